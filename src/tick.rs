@@ -1,0 +1,174 @@
+//! The tick: one update of one symbol's quote and trade state, and its encodings.
+//!
+//! A tick is encoded to JSON once, when it enters a node's hub; the same bytes are then
+//! shared by every subscriber, the history ring and (with the Redis bus) the wire.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// A symbol name, shared cheaply between the hub, sessions and ticks.
+pub type Symbol = Arc<str>;
+
+/// Nanoseconds since the Unix epoch, as used for `ts`.
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Whether `s` is a well-formed symbol: `^[A-Z0-9][A-Z0-9._:/-]{0,31}$`.
+pub fn valid_symbol(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.is_empty() || b.len() > 32 {
+        return false;
+    }
+    if !(b[0].is_ascii_uppercase() || b[0].is_ascii_digit()) {
+        return false;
+    }
+    b[1..].iter().all(|&c| {
+        c.is_ascii_uppercase()
+            || c.is_ascii_digit()
+            || matches!(c, b'.' | b'_' | b':' | b'/' | b'-')
+    })
+}
+
+/// One update of a symbol, as produced by a feed.
+///
+/// `seq` rises by exactly one per symbol within an `epoch`; `ts` is the source time in
+/// nanoseconds since the Unix epoch. A replayed tick keeps its recorded time in `src_ts`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Tick {
+    /// The instrument, e.g. `AAPL`, `EUR/USD`, `BTC-USD`.
+    pub symbol: Symbol,
+    /// Names the numbering `seq` belongs to; new whenever a feed restarts it.
+    #[serde(default, skip_serializing_if = "str_is_empty")]
+    pub epoch: Arc<str>,
+    /// Per-symbol sequence number, from 1.
+    pub seq: u64,
+    /// Source time, nanoseconds since the Unix epoch.
+    pub ts: u64,
+    /// Best bid price.
+    pub bid: f64,
+    /// Best ask price.
+    pub ask: f64,
+    /// Size at the best bid.
+    pub bid_size: u64,
+    /// Size at the best ask.
+    pub ask_size: u64,
+    /// Last trade price.
+    pub last: f64,
+    /// Last trade size.
+    pub last_size: u64,
+    /// Cumulative traded volume.
+    pub volume: u64,
+    /// Original source time of a replayed tick.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src_ts: Option<u64>,
+}
+
+fn str_is_empty(s: &Arc<str>) -> bool {
+    s.is_empty()
+}
+
+/// The `type` a tick object is sent as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A live or replayed update.
+    Tick,
+    /// The latest state, sent before the ticks of a new subscription.
+    Snapshot,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Tick => "tick",
+            Kind::Snapshot => "snapshot",
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Tagged<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(flatten)]
+    tick: &'a Tick,
+}
+
+impl Tick {
+    /// Appends this tick as one JSON object of the given `type` to `out`.
+    pub fn write_json(&self, kind: Kind, out: &mut Vec<u8>) {
+        // Serializing plain numbers and strings into a Vec cannot fail.
+        let _ = serde_json::to_writer(
+            out,
+            &Tagged {
+                kind: kind.as_str(),
+                tick: self,
+            },
+        );
+    }
+
+    /// This tick as one JSON object of the given `type`.
+    pub fn to_json(&self, kind: Kind) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256);
+        self.write_json(kind, &mut out);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Tick {
+        Tick {
+            symbol: "AAPL".into(),
+            epoch: "k3v9q1".into(),
+            seq: 1043,
+            ts: 1_764_284_400_124_456_789,
+            bid: 189.10,
+            ask: 189.13,
+            bid_size: 300,
+            ask_size: 100,
+            last: 189.12,
+            last_size: 25,
+            volume: 1_234_592,
+            src_ts: None,
+        }
+    }
+
+    #[test]
+    fn json_has_type_first_and_round_trips() {
+        let t = sample();
+        let json = t.to_json(Kind::Tick);
+        let text = std::str::from_utf8(&json).unwrap();
+        assert!(
+            text.starts_with(r#"{"type":"tick","symbol":"AAPL","epoch":"k3v9q1","seq":1043,"#),
+            "{text}"
+        );
+        assert!(text.contains(r#""bid":189.1,"#), "{text}");
+        let back: Tick = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back, t);
+        let snap = t.to_json(Kind::Snapshot);
+        assert!(std::str::from_utf8(&snap)
+            .unwrap()
+            .starts_with(r#"{"type":"snapshot""#));
+    }
+
+    #[test]
+    fn symbol_grammar() {
+        for ok in [
+            "AAPL", "EUR/USD", "BTC-USD", "BRK.B", "X", "0", "ES:H6", "A_B",
+        ] {
+            assert!(valid_symbol(ok), "{ok}");
+        }
+        let long = "A".repeat(33);
+        for bad in ["", "aapl", "-X", ".A", "A B", "AAPL!", long.as_str(), "Ä"] {
+            assert!(!valid_symbol(bad), "{bad}");
+        }
+        assert!(valid_symbol(&"A".repeat(32)));
+    }
+}
