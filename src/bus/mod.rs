@@ -1,0 +1,50 @@
+//! The bus carries ticks from whoever ingests them to the hub of every node.
+//!
+//! Contract of every implementation: per symbol, ticks reach a node's hub in the order
+//! they were published; delivery is at most once (a tick may be lost, for instance while
+//! a connection to Redis is down, never duplicated by the bus itself); the hub detects a
+//! jump in `seq` and announces it to subscribers as a `gap`. A node receives only the
+//! symbols it watches, and watches a symbol while at least one local client wants it:
+//! sessions call [`Bus::watch`] for every symbol they add and [`Bus::unwatch`] for every
+//! symbol they drop, so the calls are balanced and the bus counts interest per symbol,
+//! subscribing upstream on the first and unsubscribing on the last.
+
+pub mod local;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::tick::{Symbol, Tick};
+
+pub use local::LocalBus;
+
+/// A boxed future, as returned by [`Bus`] methods.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why a bus operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The bus is not reachable now.
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Moves ticks between feeds and the hubs of every node.
+pub trait Bus: Send + Sync + 'static {
+    /// Publishes one tick to every node. Never blocks on the network.
+    fn publish(&self, tick: Tick) -> Result<(), BusError>;
+
+    /// One more local subscriber wants each of `symbols`. Before returning, the bus
+    /// receives them and has given the hub their latest value where it knows one. On
+    /// error nothing changed (the whole call is rolled back).
+    fn watch<'a>(&'a self, symbols: &'a [Symbol]) -> BoxFuture<'a, Result<(), BusError>>;
+
+    /// One local subscriber fewer wants each of `symbols`; the last one leaving stops
+    /// the node receiving the symbol.
+    fn unwatch<'a>(&'a self, symbols: &'a [Symbol]) -> BoxFuture<'a, ()>;
+
+    /// Whether the bus is connected; `/healthz` answers 503 while it is not.
+    fn healthy(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,18 @@
+//! `tickstream serve`: run a node until SIGINT or SIGTERM.
+
+use crate::config::ServeArgs;
+
+pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let settings = args.resolve()?;
+    super::init_logs(settings.log.as_deref());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let running = crate::server::start(settings).await?;
+        super::wait_for_signal().await;
+        tracing::info!("shutting down");
+        running.shutdown().await;
+        Ok(())
+    })
+}

@@ -1,0 +1,411 @@
+//! Settings of `tickstream serve`: flags, `TICKSTREAM_*` environment variables and a TOML
+//! file, in that order of precedence, over built-in defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+
+use crate::session::outbox::SlowPolicy;
+
+/// A duration written like `500ms`, `30s` or `5m`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl FromStr for Dur {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        humantime::parse_duration(s.trim())
+            .map(Dur)
+            .map_err(|e| format!("invalid duration {s:?} ({e}); write it like 500ms, 30s or 5m"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Where a node's ticks come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FeedSpec {
+    /// The built-in synthetic generator.
+    Synthetic,
+    /// A recorded session, replayed.
+    Replay(PathBuf),
+    /// No feed of its own: ticks arrive over the bus or the publisher endpoint.
+    None,
+}
+
+impl FromStr for FeedSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "synthetic" => Ok(FeedSpec::Synthetic),
+            "none" => Ok(FeedSpec::None),
+            _ => match s.strip_prefix("replay:") {
+                Some(p) if !p.is_empty() => Ok(FeedSpec::Replay(PathBuf::from(p))),
+                _ => Err(format!("unknown feed {s:?} (synthetic|replay:FILE|none)")),
+            },
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for FeedSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Options of `tickstream serve`. Every one may also come from the environment
+/// (`TICKSTREAM_<NAME>`) or the TOML file given by `--config` (key `<name>` with `_`).
+#[derive(Args, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeArgs {
+    /// TOML file with any of these options (keys like `max_symbols = 512`).
+    #[arg(long, env = "TICKSTREAM_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Address to listen on. Default: 127.0.0.1:8080.
+    #[arg(long, env = "TICKSTREAM_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// Name of this node, sent in `welcome`. Default: the host name and port.
+    #[arg(long, env = "TICKSTREAM_NODE")]
+    pub node: Option<String>,
+
+    /// Where ticks come from: synthetic, replay:FILE or none. Default: synthetic.
+    #[arg(
+        long,
+        env = "TICKSTREAM_FEED",
+        value_name = "synthetic|replay:FILE|none"
+    )]
+    pub feed: Option<FeedSpec>,
+
+    /// Symbol universe (CSV, see feeds/README.md). Default: the bundled feeds/universe.csv.
+    #[arg(long, env = "TICKSTREAM_UNIVERSE", value_name = "FILE")]
+    pub universe: Option<PathBuf>,
+
+    /// Synthetic feed: total ticks per second over all symbols. Default: 1000.
+    #[arg(long, env = "TICKSTREAM_RATE", value_name = "N")]
+    pub rate: Option<f64>,
+
+    /// Synthetic feed: random seed; the same seed gives the same ticks. Default: random.
+    #[arg(long, env = "TICKSTREAM_SEED")]
+    pub seed: Option<u64>,
+
+    /// Recent ticks kept per symbol for `resume`. Default: 1024.
+    #[arg(long, env = "TICKSTREAM_HISTORY", value_name = "N")]
+    pub history: Option<usize>,
+
+    /// Interval of server Pings. Default: 30s.
+    #[arg(long, env = "TICKSTREAM_HEARTBEAT", value_name = "DURATION")]
+    pub heartbeat: Option<Dur>,
+
+    /// A connection silent for heartbeat + this grace is closed. Default: 10s.
+    #[arg(long, env = "TICKSTREAM_HEARTBEAT_GRACE", value_name = "DURATION")]
+    pub heartbeat_grace: Option<Dur>,
+
+    /// Largest inbound message in bytes; larger closes with 1009. Default: 65536.
+    #[arg(long, env = "TICKSTREAM_MAX_MSG_BYTES", value_name = "BYTES")]
+    pub max_msg_bytes: Option<usize>,
+
+    /// Inbound messages per second per connection (token bucket refill). Default: 50.
+    #[arg(long, env = "TICKSTREAM_RATE_LIMIT", value_name = "N")]
+    pub rate_limit: Option<u32>,
+
+    /// Inbound burst per connection (token bucket size). Default: 100.
+    #[arg(long, env = "TICKSTREAM_RATE_BURST", value_name = "N")]
+    pub rate_burst: Option<u32>,
+
+    /// Rate-limited messages in a row after which the connection closes with 1008. Default: 20.
+    #[arg(long, env = "TICKSTREAM_RATE_STRIKES", value_name = "N")]
+    pub rate_strikes: Option<u32>,
+
+    /// Most symbols one connection may subscribe. Default: 1024.
+    #[arg(long, env = "TICKSTREAM_MAX_SYMBOLS", value_name = "N")]
+    pub max_symbols: Option<usize>,
+
+    /// Outbound queue per connection, in messages. Default: 4096.
+    #[arg(long, env = "TICKSTREAM_QUEUE", value_name = "N")]
+    pub queue: Option<usize>,
+
+    /// What to do when a client's queue is full: conflate (gap + newest tick per symbol)
+    /// or disconnect (close 4008). Default: conflate.
+    #[arg(
+        long,
+        env = "TICKSTREAM_SLOW_POLICY",
+        value_name = "conflate|disconnect"
+    )]
+    pub slow_policy: Option<SlowPolicy>,
+
+    /// A write to a client that takes longer than this drops the connection. Default: 10s.
+    #[arg(long, env = "TICKSTREAM_SEND_TIMEOUT", value_name = "DURATION")]
+    pub send_timeout: Option<Dur>,
+
+    /// On SIGINT/SIGTERM, how long clients get to be closed before exit. Default: 5s.
+    #[arg(long, env = "TICKSTREAM_DRAIN", value_name = "DURATION")]
+    pub drain: Option<Dur>,
+
+    /// Allow plain ws on a non-loopback address (behind a TLS-terminating balancer).
+    #[arg(long, env = "TICKSTREAM_ALLOW_PLAINTEXT_PUBLIC", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub allow_plaintext_public: Option<bool>,
+
+    /// Log filter (error, warn, info, debug, trace or a tracing directive). Default: RUST_LOG, else info.
+    #[arg(long, env = "TICKSTREAM_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
+}
+
+/// Resolved settings of a node.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Listening address.
+    pub listen: SocketAddr,
+    /// Node name.
+    pub node: String,
+    /// Feed.
+    pub feed: FeedSpec,
+    /// Universe file, or the bundled one.
+    pub universe: Option<PathBuf>,
+    /// Synthetic rate, ticks per second.
+    pub rate: f64,
+    /// Synthetic seed.
+    pub seed: u64,
+    /// History ring length per symbol.
+    pub history: usize,
+    /// Ping interval.
+    pub heartbeat: Duration,
+    /// Grace after the heartbeat interval.
+    pub heartbeat_grace: Duration,
+    /// Largest inbound message.
+    pub max_msg_bytes: usize,
+    /// Inbound messages per second.
+    pub rate_limit: u32,
+    /// Inbound burst.
+    pub rate_burst: u32,
+    /// Rate-limited messages in a row before close 1008.
+    pub rate_strikes: u32,
+    /// Symbols per connection.
+    pub max_symbols: usize,
+    /// Outbound queue per connection.
+    pub queue: usize,
+    /// Slow-consumer policy.
+    pub slow_policy: SlowPolicy,
+    /// Write timeout per frame.
+    pub send_timeout: Duration,
+    /// Shutdown drain time.
+    pub drain: Duration,
+    /// Plain ws allowed on a public address.
+    pub allow_plaintext_public: bool,
+    /// Log filter, if set.
+    pub log: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        ServeArgs::default().resolve_with(ServeArgs::default())
+    }
+}
+
+/// A configuration error, reported before anything starts.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid for these options.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is out of its range.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+macro_rules! fill_from_file {
+    ($cli:ident, $file:ident: $($field:ident),* $(,)?) => {
+        $( if $cli.$field.is_none() { $cli.$field = $file.$field.take(); } )*
+    };
+}
+
+impl ServeArgs {
+    /// Reads the TOML file named by `--config`, if any, and resolves every option.
+    pub fn resolve(self) -> Result<Settings, ConfigError> {
+        let file = match &self.config {
+            Some(path) => Self::load_file(path)?,
+            None => ServeArgs::default(),
+        };
+        let s = self.resolve_with(file);
+        s.validate()?;
+        Ok(s)
+    }
+
+    fn load_file(path: &Path) -> Result<ServeArgs, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    fn resolve_with(mut self, mut file: ServeArgs) -> Settings {
+        fill_from_file!(self, file: listen, node, feed, universe, rate, seed, history,
+            heartbeat, heartbeat_grace, max_msg_bytes, rate_limit, rate_burst, rate_strikes,
+            max_symbols, queue, slow_policy, send_timeout, drain, allow_plaintext_public, log);
+        let listen = self
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+        let rate_limit = self.rate_limit.unwrap_or(50);
+        Settings {
+            listen,
+            node: self.node.unwrap_or_else(|| default_node_name(listen)),
+            feed: self.feed.unwrap_or(FeedSpec::Synthetic),
+            universe: self.universe,
+            rate: self.rate.unwrap_or(1000.0),
+            seed: self.seed.unwrap_or_else(rand::random),
+            history: self.history.unwrap_or(1024),
+            heartbeat: self.heartbeat.map_or(Duration::from_secs(30), |d| d.0),
+            heartbeat_grace: self
+                .heartbeat_grace
+                .map_or(Duration::from_secs(10), |d| d.0),
+            max_msg_bytes: self.max_msg_bytes.unwrap_or(65536),
+            rate_limit,
+            rate_burst: self.rate_burst.unwrap_or(rate_limit.saturating_mul(2)),
+            rate_strikes: self.rate_strikes.unwrap_or(20),
+            max_symbols: self.max_symbols.unwrap_or(1024),
+            queue: self.queue.unwrap_or(4096),
+            slow_policy: self.slow_policy.unwrap_or_default(),
+            send_timeout: self.send_timeout.map_or(Duration::from_secs(10), |d| d.0),
+            drain: self.drain.map_or(Duration::from_secs(5), |d| d.0),
+            allow_plaintext_public: self.allow_plaintext_public.unwrap_or(false),
+            log: self.log,
+        }
+    }
+}
+
+impl Settings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if !(self.rate.is_finite() && self.rate > 0.0) {
+            return bad("rate must be a positive number of ticks per second");
+        }
+        if self.history == 0 {
+            return bad("history must be at least 1");
+        }
+        if self.heartbeat.is_zero() {
+            return bad("heartbeat must be longer than 0");
+        }
+        if self.max_msg_bytes < 64 {
+            return bad("max-msg-bytes must be at least 64");
+        }
+        if self.rate_limit == 0 || self.rate_burst == 0 {
+            return bad("rate-limit and rate-burst must be at least 1");
+        }
+        if self.max_symbols == 0 || self.queue == 0 {
+            return bad("max-symbols and queue must be at least 1");
+        }
+        if !self.listen.ip().is_loopback() && !self.allow_plaintext_public {
+            return Err(ConfigError::Invalid(format!(
+                "refusing to serve plain ws without auth on non-loopback address {}; put a TLS-terminating \
+                 balancer in front and pass --allow-plaintext-public, or listen on 127.0.0.1",
+                self.listen
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn default_node_name(listen: SocketAddr) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "tickstream".to_owned());
+    format!("{host}:{}", listen.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    #[test]
+    fn flag_beats_file_and_file_beats_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(
+            &path,
+            "max_symbols = 7\nqueue = 9\nheartbeat = \"2s\"\nslow_policy = \"disconnect\"\n",
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from(["x", "--config", path.to_str().unwrap(), "--queue", "11"])
+            .unwrap();
+        let s = cli.serve.resolve().unwrap();
+        assert_eq!(s.max_symbols, 7);
+        assert_eq!(s.queue, 11);
+        assert_eq!(s.heartbeat, Duration::from_secs(2));
+        assert_eq!(s.slow_policy, SlowPolicy::Disconnect);
+        assert_eq!(s.history, 1024);
+    }
+
+    #[test]
+    fn unknown_file_key_and_public_plaintext_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, "max_symbolz = 7\n").unwrap();
+        let cli = Cli::try_parse_from(["x", "--config", path.to_str().unwrap()]).unwrap();
+        let e = cli.serve.resolve().unwrap_err().to_string();
+        assert!(e.contains("max_symbolz"), "{e}");
+        let cli = Cli::try_parse_from(["x", "--listen", "0.0.0.0:9"]).unwrap();
+        assert!(cli
+            .serve
+            .resolve()
+            .unwrap_err()
+            .to_string()
+            .contains("--allow-plaintext-public"));
+        let cli = Cli::try_parse_from(["x", "--listen", "0.0.0.0:9", "--allow-plaintext-public"])
+            .unwrap();
+        assert!(cli.serve.resolve().is_ok());
+    }
+
+    #[test]
+    fn durations_and_feeds_parse() {
+        assert_eq!(
+            "500ms".parse::<Dur>().unwrap().0,
+            Duration::from_millis(500)
+        );
+        assert_eq!("5m".parse::<Dur>().unwrap().0, Duration::from_secs(300));
+        assert!("5 parsecs".parse::<Dur>().is_err());
+        assert_eq!(
+            "replay:a.ndjson".parse::<FeedSpec>().unwrap(),
+            FeedSpec::Replay("a.ndjson".into())
+        );
+        assert!("replay:".parse::<FeedSpec>().is_err());
+    }
+}

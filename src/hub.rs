@@ -1,0 +1,382 @@
+//! The hub: this node's registry of symbols — latest value, bounded history and local
+//! subscribers — and the fan-out of every tick to them.
+//!
+//! A tick is encoded once when it arrives; every subscriber's queue gets a clone of the
+//! same bytes (a reference count, not a copy). Each symbol has its own lock, taken once
+//! per tick and once per subscribe or unsubscribe, so a snapshot or a replay and the
+//! live ticks after it can never interleave out of order.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+
+use crate::protocol::{GapReason, ResumeFrom, ServerMsg};
+use crate::session::outbox::{Behind, Outbox, NEED_SNAPSHOT};
+use crate::tick::{Kind, Symbol, Tick};
+
+/// A tick as the hub keeps it: decoded, and encoded once as a `tick` message.
+#[derive(Debug)]
+pub struct Entry {
+    /// The tick.
+    pub tick: Tick,
+    /// Its JSON `tick` object, shared by every subscriber.
+    pub json: Bytes,
+}
+
+impl Entry {
+    /// Encodes `tick` once.
+    pub fn new(tick: Tick) -> Arc<Entry> {
+        let json = Bytes::from(tick.to_json(Kind::Tick));
+        Arc::new(Entry { tick, json })
+    }
+
+    /// This tick as a `snapshot` message.
+    pub fn snapshot_json(&self) -> Bytes {
+        Bytes::from(self.tick.to_json(Kind::Snapshot))
+    }
+}
+
+struct Subscriber {
+    outbox: Arc<Outbox>,
+    behind: Behind,
+}
+
+#[derive(Default)]
+struct SlotState {
+    latest: Option<Arc<Entry>>,
+    history: VecDeque<Arc<Entry>>,
+    subscribers: Vec<Subscriber>,
+}
+
+/// One symbol's state. Sessions hold it only to catch up a subscription that fell behind.
+pub struct Slot {
+    symbol: Symbol,
+    state: Mutex<SlotState>,
+}
+
+/// What became of a published tick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Published {
+    /// Stored and fanned out to this many subscribers.
+    Delivered(usize),
+    /// A seq this node already has for the symbol's epoch; dropped.
+    Duplicate,
+    /// The symbol is not served here.
+    UnknownSymbol,
+}
+
+/// Counters the hub keeps.
+#[derive(Debug, Default)]
+pub struct HubStats {
+    /// Ticks accepted.
+    pub ticks: AtomicU64,
+    /// Messages handed to subscriber queues.
+    pub deliveries: AtomicU64,
+    /// Ticks dropped as duplicates.
+    pub duplicates: AtomicU64,
+    /// Ticks not queued for a slow subscriber (conflated or overflowed).
+    pub dropped_slow: AtomicU64,
+}
+
+/// The registry of symbols and subscribers of one node.
+pub struct Hub {
+    slots: RwLock<HashMap<Symbol, Arc<Slot>>>,
+    history_len: usize,
+    stats: HubStats,
+}
+
+/// How a subscription starts, as asked by the client.
+#[derive(Clone, Debug, Default)]
+pub struct Start {
+    /// Send a snapshot of the latest value first.
+    pub snapshot: bool,
+    /// Replay what follows this position instead.
+    pub resume: Option<ResumeFrom>,
+}
+
+impl Hub {
+    /// A hub serving `symbols`, keeping `history_len` recent ticks per symbol.
+    pub fn new<I: IntoIterator<Item = Symbol>>(symbols: I, history_len: usize) -> Hub {
+        let slots = symbols
+            .into_iter()
+            .map(|s| {
+                let slot = Arc::new(Slot {
+                    symbol: s.clone(),
+                    state: Mutex::new(SlotState::default()),
+                });
+                (s, slot)
+            })
+            .collect();
+        Hub {
+            slots: RwLock::new(slots),
+            history_len: history_len.max(1),
+            stats: HubStats::default(),
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &HubStats {
+        &self.stats
+    }
+
+    /// Whether this node serves `symbol`.
+    pub fn serves(&self, symbol: &str) -> bool {
+        self.slots.read().contains_key(symbol)
+    }
+
+    /// Every symbol served, sorted.
+    pub fn symbols(&self) -> Vec<Symbol> {
+        let mut v: Vec<Symbol> = self.slots.read().keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// The shared name of a served symbol.
+    pub fn symbol(&self, symbol: &str) -> Option<Symbol> {
+        self.slot(symbol).map(|s| s.symbol.clone())
+    }
+
+    fn slot(&self, symbol: &str) -> Option<Arc<Slot>> {
+        self.slots.read().get(symbol).cloned()
+    }
+
+    /// The latest tick of `symbol`, if it has one.
+    pub fn latest(&self, symbol: &str) -> Option<Arc<Entry>> {
+        self.slot(symbol)?.state.lock().latest.clone()
+    }
+
+    /// Number of local subscribers of `symbol`.
+    pub fn subscriber_count(&self, symbol: &str) -> usize {
+        self.slot(symbol)
+            .map_or(0, |s| s.state.lock().subscribers.len())
+    }
+
+    /// Stores `tick` as the symbol's latest value and hands it to every subscriber.
+    pub fn publish(&self, tick: Tick) -> Published {
+        let Some(slot) = self.slot(&tick.symbol) else {
+            return Published::UnknownSymbol;
+        };
+        let mut st = slot.state.lock();
+        let mut announce: Option<Bytes> = None;
+        let mut reset = false;
+        if let Some(prev) = &st.latest {
+            if prev.tick.epoch == tick.epoch {
+                if tick.seq <= prev.tick.seq {
+                    self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                    return Published::Duplicate;
+                }
+                if tick.seq > prev.tick.seq + 1 {
+                    announce = Some(gap(
+                        &tick.symbol,
+                        prev.tick.seq + 1,
+                        tick.seq - 1,
+                        GapReason::Upstream,
+                    ));
+                }
+            } else {
+                announce = Some(gap(
+                    &tick.symbol,
+                    prev.tick.seq + 1,
+                    prev.tick.seq + 1,
+                    GapReason::Reset,
+                ));
+                reset = true;
+                st.history.clear();
+            }
+        }
+        let seq = tick.seq;
+        let entry = Entry::new(tick);
+        if st.history.len() >= self.history_len {
+            st.history.pop_front();
+        }
+        st.history.push_back(entry.clone());
+        st.latest = Some(entry.clone());
+        self.stats.ticks.fetch_add(1, Ordering::Relaxed);
+
+        let snapshot = reset.then(|| entry.snapshot_json());
+        let mut delivered = 0usize;
+        let mut dropped = 0u64;
+        for sub in &st.subscribers {
+            if sub.behind.load(Ordering::Acquire) != 0 {
+                dropped += 1;
+                continue;
+            }
+            if let Some(note) = &announce {
+                if !sub
+                    .outbox
+                    .push(&slot, &sub.behind, note.clone(), NEED_SNAPSHOT)
+                {
+                    dropped += 1;
+                    continue;
+                }
+            }
+            let ok = match &snapshot {
+                Some(s) => sub
+                    .outbox
+                    .push(&slot, &sub.behind, s.clone(), NEED_SNAPSHOT),
+                None => sub.outbox.push(&slot, &sub.behind, entry.json.clone(), seq),
+            };
+            if ok {
+                delivered += 1;
+            } else {
+                dropped += 1;
+            }
+        }
+        drop(st);
+        self.stats
+            .deliveries
+            .fetch_add(delivered as u64, Ordering::Relaxed);
+        if dropped > 0 {
+            self.stats
+                .dropped_slow
+                .fetch_add(dropped, Ordering::Relaxed);
+        }
+        Published::Delivered(delivered)
+    }
+
+    /// Adds a subscriber to `symbol`, first queueing what `start` asks for (a snapshot,
+    /// or a replay from history with `gap`s for what is gone), all under the symbol's
+    /// lock so that live ticks follow without a hole or a duplicate.
+    ///
+    /// Returns false when the symbol is not served here. Subscribing twice replaces
+    /// nothing and queues nothing.
+    pub fn subscribe(
+        &self,
+        symbol: &str,
+        outbox: &Arc<Outbox>,
+        behind: &Behind,
+        start: &Start,
+    ) -> bool {
+        let Some(slot) = self.slot(symbol) else {
+            return false;
+        };
+        let mut st = slot.state.lock();
+        if st.subscribers.iter().any(|s| s.outbox.id() == outbox.id()) {
+            return true;
+        }
+        behind.store(0, Ordering::Release);
+        if let Some(latest) = st.latest.clone() {
+            let push = |msg: Bytes, missed: u64| outbox.push(&slot, behind, msg, missed);
+            match &start.resume {
+                Some(from) => replay(&st, &slot.symbol, &latest, from, push),
+                None if start.snapshot => {
+                    push(latest.snapshot_json(), NEED_SNAPSHOT);
+                }
+                None => {}
+            }
+        }
+        st.subscribers.push(Subscriber {
+            outbox: outbox.clone(),
+            behind: behind.clone(),
+        });
+        true
+    }
+
+    /// Removes a subscriber. Returns whether it was subscribed.
+    pub fn unsubscribe(&self, symbol: &str, session: u64) -> bool {
+        let Some(slot) = self.slot(symbol) else {
+            return false;
+        };
+        let mut st = slot.state.lock();
+        let before = st.subscribers.len();
+        st.subscribers.retain(|s| {
+            if s.outbox.id() == session {
+                s.behind.store(0, Ordering::Release);
+                false
+            } else {
+                true
+            }
+        });
+        before != st.subscribers.len()
+    }
+
+    /// Brings a subscription that fell behind up to date: under the symbol's lock, the
+    /// messages that replace what was dropped (a `gap` and the newest tick, or a fresh
+    /// snapshot), and the mark cleared so live ticks flow again. Appends to `out`.
+    pub fn catch_up(slot: &Arc<Slot>, behind: &Behind, out: &mut Vec<Bytes>) {
+        let st = slot.state.lock();
+        let missed = behind.swap(0, Ordering::AcqRel);
+        if missed == 0 {
+            return;
+        }
+        let Some(latest) = st.latest.as_ref() else {
+            return;
+        };
+        if missed == NEED_SNAPSHOT {
+            out.push(latest.snapshot_json());
+            return;
+        }
+        let to = latest.tick.seq;
+        if to > missed {
+            out.push(gap(&slot.symbol, missed, to - 1, GapReason::SlowConsumer));
+        }
+        if to >= missed {
+            out.push(latest.json.clone());
+        }
+    }
+}
+
+fn gap(symbol: &str, from: u64, to: u64, reason: GapReason) -> Bytes {
+    ServerMsg::Gap {
+        symbol,
+        from,
+        to,
+        reason,
+    }
+    .to_json()
+}
+
+/// Queues the replay of `symbol` after `from`, per the resume rules of the protocol.
+fn replay(
+    st: &SlotState,
+    symbol: &str,
+    latest: &Entry,
+    from: &ResumeFrom,
+    mut push: impl FnMut(Bytes, u64) -> bool,
+) {
+    let last = latest.tick.seq;
+    let epoch_differs = from
+        .epoch
+        .as_deref()
+        .is_some_and(|e| e != &*latest.tick.epoch);
+    if epoch_differs || from.seq > last {
+        if push(
+            gap(symbol, from.seq + 1, from.seq + 1, GapReason::Reset),
+            NEED_SNAPSHOT,
+        ) {
+            push(latest.snapshot_json(), NEED_SNAPSHOT);
+        }
+        return;
+    }
+    if from.seq == last {
+        return;
+    }
+    let oldest = st.history.front().map_or(last, |e| e.tick.seq);
+    if from.seq + 1 < oldest {
+        if push(
+            gap(symbol, from.seq + 1, last - 1, GapReason::Expired),
+            NEED_SNAPSHOT,
+        ) {
+            push(latest.snapshot_json(), NEED_SNAPSHOT);
+        }
+        return;
+    }
+    let mut expected = from.seq + 1;
+    for e in st.history.iter().filter(|e| e.tick.seq > from.seq) {
+        if e.tick.seq > expected
+            && !push(
+                gap(symbol, expected, e.tick.seq - 1, GapReason::Upstream),
+                e.tick.seq,
+            )
+        {
+            return;
+        }
+        if !push(e.json.clone(), e.tick.seq) {
+            return;
+        }
+        expected = e.tick.seq + 1;
+    }
+}

@@ -1,0 +1,30 @@
+//! # tickstream
+//!
+//! Market-data streaming: ticks from feeds reach every subscriber of their symbol over
+//! WebSocket, on one node or many joined by Redis Pub/Sub.
+//!
+//! # Layout
+//!
+//! The data flows `feed → bus → hub → session → transport`:
+//!
+//! - [`feed`]: produces ticks (synthetic generator), owns `seq`, stamps `ts`.
+//! - [`bus`]: carries ticks from feeds to the hub of every node (in-process by default).
+//! - [`hub`]: symbol → latest value, history ring and local subscribers; fan-out.
+//! - [`session`]: one client: commands, limits, bounded outbound queue.
+//! - [`transport`]: WebSocket frames and the HTTP routes on the same port.
+//!
+//! Around them: [`tick`] (the tick and its encoding), [`protocol`] (the wire messages),
+//! [`config`] (settings), [`cli`] (the command line), [`node`] (what connections share) and [`server`] (listen,
+//! accept, shut down).
+
+pub mod bus;
+pub mod cli;
+pub mod config;
+pub mod feed;
+pub mod hub;
+pub mod node;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod tick;
+pub mod transport;

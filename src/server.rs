@@ -1,0 +1,178 @@
+//! The server: builds a node from its settings, starts its feed, accepts connections,
+//! and shuts down in order (stop accepting, close clients with 1001, drain, stop feed).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::bus::{Bus, LocalBus};
+use crate::config::{FeedSpec, Settings};
+use crate::feed::{self, Universe};
+use crate::hub::Hub;
+use crate::node::Node;
+use crate::tick::Tick;
+
+/// Ticks buffered between a feed thread and the bus.
+const FEED_BUFFER: usize = 65_536;
+
+/// A started node.
+pub struct Running {
+    /// The address it listens on (useful with port 0).
+    pub addr: SocketAddr,
+    /// The node itself.
+    pub node: Arc<Node>,
+    accept: tokio::task::JoinHandle<()>,
+    feed: Option<FeedThreads>,
+}
+
+struct FeedThreads {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl FeedThreads {
+    fn stop(self) {
+        self.stop.store(true, Ordering::Release);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Loads the universe the settings name, or the bundled one.
+pub fn load_universe(settings: &Settings) -> anyhow::Result<Universe> {
+    match &settings.universe {
+        Some(path) => {
+            Universe::load(path).with_context(|| format!("loading universe {}", path.display()))
+        }
+        None => Ok(Universe::bundled()),
+    }
+}
+
+/// Builds the node, binds its port and starts its feed and accept loop.
+pub async fn start(settings: Settings) -> anyhow::Result<Running> {
+    let universe = load_universe(&settings)?;
+    let hub = Arc::new(Hub::new(universe.symbols().cloned(), settings.history));
+    let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(hub.clone()));
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let addr = listener.local_addr()?;
+    let feed = match &settings.feed {
+        FeedSpec::Synthetic => Some(start_synthetic(&settings, universe, bus.clone())),
+        FeedSpec::None => None,
+        FeedSpec::Replay(path) => anyhow::bail!(
+            "replay feeds are not available in this build: {}",
+            path.display()
+        ),
+    };
+    let node = Node::new(settings, hub, bus);
+    let accept = tokio::spawn(accept_loop(node.clone(), listener));
+    tracing::info!(%addr, node = %node.settings.node, "serving");
+    Ok(Running {
+        addr,
+        node,
+        accept,
+        feed,
+    })
+}
+
+fn start_synthetic(settings: &Settings, universe: Universe, bus: Arc<dyn Bus>) -> FeedThreads {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = crossbeam_channel::bounded::<Tick>(FEED_BUFFER);
+    let config = feed::SynthConfig {
+        rate: settings.rate,
+        seed: settings.seed,
+        duration: None,
+    };
+    let epoch = feed::new_epoch();
+    tracing::info!(rate = settings.rate, seed = settings.seed, %epoch, symbols = universe.len(), "synthetic feed");
+    let generator = feed::synthetic::spawn(universe, config, epoch, tx, stop.clone());
+    let generator = std::thread::spawn(move || {
+        let _ = generator.join();
+    });
+    let pump = std::thread::Builder::new()
+        .name("feed-pump".into())
+        .spawn(move || pump(rx, bus))
+        .expect("spawning the feed pump thread");
+    FeedThreads {
+        stop,
+        threads: vec![generator, pump],
+    }
+}
+
+/// Hands every tick a feed thread produces to the bus, in order, until the feed ends.
+pub fn pump(rx: crossbeam_channel::Receiver<Tick>, bus: Arc<dyn Bus>) {
+    for tick in rx {
+        if let Err(e) = bus.publish(tick) {
+            tracing::warn!(error = %e, "publish failed");
+        }
+    }
+}
+
+async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
+    loop {
+        let accepted = tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((tcp, _peer)) => {
+                let _ = tcp.set_nodelay(true);
+                node.tasks.spawn(serve_connection(node.clone(), tcp));
+            }
+            Err(e) => {
+                // Out of descriptors or a reset before accept: log, breathe, go on.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve_connection(node: Arc<Node>, tcp: TcpStream) {
+    let svc_node = node.clone();
+    let service = service_fn(move |req| crate::transport::http::route(svc_node.clone(), req));
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(tcp), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "http connection ended");
+            }
+        }
+        _ = node.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(node.settings.drain, conn).await;
+        }
+    }
+}
+
+impl Running {
+    /// Stops accepting, closes every client with 1001, waits up to the drain time for
+    /// them, then stops the feed.
+    pub async fn shutdown(self) {
+        let node = self.node;
+        node.shutdown.cancel();
+        let _ = self.accept.await;
+        node.tasks.close();
+        if tokio::time::timeout(node.settings.drain, node.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("drain time elapsed with connections still open");
+        }
+        if let Some(feed) = self.feed {
+            let _ = tokio::task::spawn_blocking(move || feed.stop()).await;
+        }
+        tracing::info!("stopped");
+    }
+}

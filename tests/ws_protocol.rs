@@ -1,0 +1,441 @@
+//! The WebSocket protocol end to end, on real loopback sockets, with an independent client.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::SinkExt;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn welcome_announces_node_heartbeat_and_limits() {
+    let mut s = settings();
+    s.max_symbols = 77;
+    s.rate_limit = 33;
+    s.max_msg_bytes = 4096;
+    s.heartbeat = Duration::from_millis(1500);
+    let run = start(s).await;
+    let (_c, w) = Client::ready(run.addr).await;
+    assert_eq!(w["node"], "test-node");
+    assert_eq!(w["heartbeat_ms"], 1500);
+    assert_eq!(w["encoding"], "json");
+    assert_eq!(
+        w["limits"],
+        json!({"max_symbols":77,"max_msg_bytes":4096,"rate_per_s":33})
+    );
+    assert!(w["session"].as_str().is_some_and(|s| s.len() == 16));
+    run.shutdown().await;
+}
+
+#[tokio::test]
+async fn snapshot_comes_before_ticks_and_seqs_are_continuous() {
+    let run = start(settings()).await;
+    publish(&run, "AAPL", "e1", 1..=5);
+    let (mut c, _) = Client::ready(run.addr).await;
+    c.send(r#"{"op":"subscribe","id":7,"symbols":["AAPL","MSFT"]}"#)
+        .await;
+    let sub = c.next().await;
+    assert_eq!(
+        sub,
+        json!({"type":"subscribed","id":7,"symbols":["AAPL","MSFT"]})
+    );
+    let snap = c.next().await;
+    assert_eq!(snap["type"], "snapshot");
+    assert_eq!(snap["symbol"], "AAPL");
+    assert_eq!(snap["epoch"], "e1");
+    assert_eq!(snap["seq"], 5);
+    for k in [
+        "ts",
+        "bid",
+        "ask",
+        "bid_size",
+        "ask_size",
+        "last",
+        "last_size",
+        "volume",
+    ] {
+        assert!(snap[k].is_number(), "snapshot lacks {k}: {snap}");
+    }
+    publish(&run, "AAPL", "e1", 6..=300);
+    publish(&run, "MSFT", "e1", 1..=50);
+    let mut next = std::collections::HashMap::from([("AAPL", 6u64), ("MSFT", 1u64)]);
+    while next["AAPL"] <= 300 || next["MSFT"] <= 50 {
+        let m = c.next().await;
+        assert_eq!(m["type"], "tick", "{m}");
+        let sym = m["symbol"].as_str().unwrap();
+        let want = next.get_mut(sym).unwrap();
+        assert_eq!(m["seq"].as_u64().unwrap(), *want, "{sym} out of sequence");
+        assert!(m["bid"].as_f64().unwrap() < m["ask"].as_f64().unwrap());
+        *want += 1;
+    }
+    run.shutdown().await;
+}
+
+#[tokio::test]
+async fn snapshot_false_sends_only_ticks() {
+    let run = start(settings()).await;
+    publish(&run, "AAPL", "e1", 1..=3);
+    let (mut c, _) = Client::ready(run.addr).await;
+    c.send(r#"{"op":"subscribe","symbols":["AAPL"],"snapshot":false}"#)
+        .await;
+    assert_eq!(c.next().await["type"], "subscribed");
+    publish(&run, "AAPL", "e1", 4..=4);
+    let m = c.next().await;
+    assert_eq!(
+        (m["type"].as_str(), m["seq"].as_u64()),
+        (Some("tick"), Some(4))
+    );
+    run.shutdown().await;
+}
+
+#[tokio::test]
+async fn unsubscribe_stops_the_flow_and_list_reflects_it() {
+    let run = start(settings()).await;
+    let (mut c, _) = Client::ready(run.addr).await;
+    c.send(r#"{"op":"subscribe","symbols":["AAPL","MSFT"],"snapshot":false}"#)
+        .await;
+    c.until("subscribed").await;
+    c.send(r#"{"op":"list","id":9}"#).await;
+    assert_eq!(
+        c.next().await,
+        json!({"type":"subscriptions","id":9,"symbols":["AAPL","MSFT"]})
+    );
+    c.send(r#"{"op":"unsubscribe","id":8,"symbols":["AAPL"]}"#)
+        .await;
+    assert_eq!(
+        c.next().await,
+        json!({"type":"unsubscribed","id":8,"symbols":["AAPL"]})
+    );
+    assert_eq!(run.node.hub.subscriber_count("AAPL"), 0);
+    publish(&run, "AAPL", "e1", 1..=10);
+    publish(&run, "MSFT", "e1", 1..=1);
+    let m = c.next().await;
+    assert_eq!(m["symbol"], "MSFT", "no AAPL tick after unsubscribe: {m}");
+    c.send(r#"{"op":"list","id":10}"#).await;
+    assert_eq!(
+        c.next().await,
+        json!({"type":"subscriptions","id":10,"symbols":["MSFT"]})
+    );
+    run.shutdown().await;
+}
+
+#[tokio::test]
+async fn ping_is_answered_with_pong_and_id() {
+    let run = start(settings()).await;
+    let (mut c, _) = Client::ready(run.addr).await;
+    let before = tickstream::tick::now_ns();
+    c.send(r#"{"op":"ping","id":10}"#).await;
+    let p = c.next().await;
+    assert_eq!(p["type"], "pong");
+    assert_eq!(p["id"], 10);
+    assert!(p["ts"].as_u64().unwrap() >= before);
+    run.shutdown().await;
+}
+
+async fn expect_error(c: &mut Client, code: &str) -> Value {
+    let e = c.until("error").await;
+    assert_eq!(e["code"], code, "{e}");
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()));
+    e
+}
+
+/// The connection still works after an error.
+async fn still_alive(c: &mut Client) {
+    c.send(r#"{"op":"ping","id":4242}"#).await;
+    let p = c.until("pong").await;
+    assert_eq!(p["id"], 4242);
+}
+
+#[tokio::test]
+async fn every_error_code_keeps_the_connection() {
+    let mut s = settings();
+    s.max_symbols = 2;
+    let run = start(s).await;
+    let (mut c, _) = Client::ready(run.addr).await;
+
+    c.send("this is not json").await;
+    expect_error(&mut c, "bad_request").await;
+    c.send("[1,2,3]").await;
+    expect_error(&mut c, "bad_request").await;
+    c.send(r#"{"op":"subscribe","id":3,"symbols":"AAPL"}"#)
+        .await;
+    assert_eq!(expect_error(&mut c, "bad_request").await["id"], 3);
+    c.send(r#"{"op":"fly","id":5}"#).await;
+    assert_eq!(expect_error(&mut c, "unknown_op").await["id"], 5);
+    c.send(r#"{"op":"subscribe","id":6,"symbols":["XXXX"]}"#)
+        .await;
+    let e = expect_error(&mut c, "unknown_symbol").await;
+    assert_eq!(
+        (e["id"].clone(), e["symbols"].clone()),
+        (json!(6), json!(["XXXX"]))
+    );
+    c.send(r#"{"op":"subscribe","id":7,"symbols":["aapl"]}"#)
+        .await;
+    assert_eq!(
+        expect_error(&mut c, "bad_symbol").await["symbols"],
+        json!(["aapl"])
+    );
+    c.send(r#"{"op":"subscribe","id":8,"symbols":["AAPL","MSFT","NVDA"]}"#)
+        .await;
+    assert_eq!(expect_error(&mut c, "too_many_symbols").await["id"], 8);
+    c.send(r#"{"op":"list","id":1}"#).await;
+    assert_eq!(
+        c.until("subscriptions").await["symbols"],
+        json!([]),
+        "a refused subscribe changes nothing"
+    );
+    still_alive(&mut c).await;
+
+    // Non-UTF-8 text and binary frames are refused without closing.
+    c.send_msg(Message::Binary(vec![1u8, 2, 3].into())).await;
+    expect_error(&mut c, "bad_request").await;
+    send_raw_invalid_utf8(&mut c).await;
+    expect_error(&mut c, "bad_request").await;
+    still_alive(&mut c).await;
+
+    // Another client was never disturbed.
+    let (mut other, _) = Client::ready(run.addr).await;
+    still_alive(&mut other).await;
+    run.shutdown().await;
+}
+
+/// tungstenite refuses to send a text frame that is not UTF-8, so the frame is written
+/// by hand on a raw connection instead.
+async fn send_raw_invalid_utf8(c: &mut Client) {
+    use tokio_tungstenite::tungstenite::protocol::frame::{coding::Data, coding::OpCode, Frame};
+    let payload = vec![b'{', 0xff, 0xfe, b'}'];
+    let frame = Frame::message(payload, OpCode::Data(Data::Text), true);
+    c.send_msg(Message::Frame(frame)).await;
+}
+
+#[tokio::test]
+async fn a_fragmented_command_is_reassembled() {
+    use tokio_tungstenite::tungstenite::protocol::frame::{coding::Data, coding::OpCode, Frame};
+    let run = start(settings()).await;
+    let (mut c, _) = Client::ready(run.addr).await;
+    let text = br#"{"op":"ping","id":77}"#;
+    c.send_msg(Message::Frame(Frame::message(
+        text[..5].to_vec(),
+        OpCode::Data(Data::Text),
+        false,
+    )))
+    .await;
+    c.send_msg(Message::Frame(Frame::message(
+        text[5..].to_vec(),
+        OpCode::Data(Data::Continue),
+        true,
+    )))
+    .await;
+    assert_eq!(c.until("pong").await["id"], 77);
+    run.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_oversized_message_closes_with_1009() {
+    let mut s = settings();
+    s.max_msg_bytes = 1024;
+    let run = start(s).await;
+    let (mut c, _) = Client::ready(run.addr).await;
+    let (mut other, _) = Client::ready(run.addr).await;
+    let big = format!(r#"{{"op":"ping","pad":"{}"}}"#, "x".repeat(2000));
+    c.send(&big).await;
+    assert_eq!(c.closed(WAIT).await, Some(1009));
+    still_alive(&mut other).await;
+    run.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_flood_is_rate_limited_then_closed_with_1008() {
+    let mut s = settings();
+    s.rate_limit = 10;
+    s.rate_burst = 10;
+    s.rate_strikes = 5;
+    let run = start(s).await;
+    let (mut c, _) = Client::ready(run.addr).await;
+    let (mut other, _) = Client::ready(run.addr).await;
+    for i in 0..40 {
+        // The server may close before the whole flood is written.
+        if c.ws
+            .send(Message::text(format!(r#"{{"op":"ping","id":{i}}}"#)))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let mut pongs = 0;
+    let mut limited = 0;
+    while let Some(m) = c.try_next(WAIT).await {
+        match m["type"].as_str() {
+            Some("pong") => pongs += 1,
+            Some(t) if std::env::var("DBG").is_ok() => eprintln!("{t} {m}"),
+            Some("error") => {
+                assert_eq!(m["code"], "rate_limited");
+                limited += 1;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(pongs, 10, "the burst is served (close {:?})", c.close);
+    assert_eq!(
+        limited, 5,
+        "then rate_limited errors up to the strike limit"
+    );
+    assert_eq!(
+        c.close.clone().flatten().map(|f| u16::from(f.code)),
+        Some(1008)
+    );
+    still_alive(&mut other).await;
+    run.shutdown().await;
+}
+
+#[tokio::test]
+async fn resume_within_the_ring_replays_without_hole_or_duplicate() {
+    let run = start(settings()).await;
+    publish(&run, "AAPL", "e1", 1..=100);
+    let (mut c, _) = Client::ready(run.addr).await;
+    c.send(r#"{"op":"subscribe","symbols":["AAPL"],"resume":{"AAPL":{"epoch":"e1","seq":90}}}"#)
+        .await;
+    c.until("subscribed").await;
+    publish(&run, "AAPL", "e1", 101..=110);
+    for want in 91..=110u64 {
+        let m = c.next().await;
+        assert_eq!(
+            (m["type"].as_str(), m["seq"].as_u64()),
+            (Some("tick"), Some(want)),
+            "{m}"
+        );
+    }
+    // A bare number is accepted too.
+    let (mut d, _) = Client::ready(run.addr).await;
+    d.send(r#"{"op":"subscribe","symbols":["AAPL"],"resume":{"AAPL":108}}"#)
+        .await;
+    d.until("subscribed").await;
+    assert_eq!(d.next().await["seq"], 109);
+    assert_eq!(d.next().await["seq"], 110);
+    run.shutdown().await;
+}
+
+#[tokio::test]
+async fn resume_beyond_the_ring_sends_expired_gap_then_snapshot() {
+    let mut s = settings();
+    s.history = 16;
+    let run = start(s).await;
+    publish(&run, "AAPL", "e1", 1..=100);
+    let (mut c, _) = Client::ready(run.addr).await;
+    c.send(r#"{"op":"subscribe","symbols":["AAPL"],"resume":{"AAPL":10}}"#)
+        .await;
+    c.until("subscribed").await;
+    assert_eq!(
+        c.next().await,
+        json!({"type":"gap","symbol":"AAPL","from":11,"to":99,"reason":"expired"})
+    );
+    let snap = c.next().await;
+    assert_eq!(
+        (snap["type"].as_str(), snap["seq"].as_u64()),
+        (Some("snapshot"), Some(100))
+    );
+    publish(&run, "AAPL", "e1", 101..=101);
+    assert_eq!(c.next().await["seq"], 101);
+    run.shutdown().await;
+}
+
+#[tokio::test]
+async fn resume_from_another_epoch_sends_reset_gap_then_snapshot() {
+    let run = start(settings()).await;
+    publish(&run, "AAPL", "e2", 1..=5);
+    let (mut c, _) = Client::ready(run.addr).await;
+    c.send(r#"{"op":"subscribe","symbols":["AAPL"],"resume":{"AAPL":{"epoch":"e1","seq":3}}}"#)
+        .await;
+    c.until("subscribed").await;
+    let g = c.next().await;
+    assert_eq!(
+        (g["type"].as_str(), g["reason"].as_str()),
+        (Some("gap"), Some("reset")),
+        "{g}"
+    );
+    let snap = c.next().await;
+    assert_eq!(
+        (
+            snap["type"].as_str(),
+            snap["epoch"].as_str(),
+            snap["seq"].as_u64()
+        ),
+        (Some("snapshot"), Some("e2"), Some(5))
+    );
+    run.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_feed_restart_mid_stream_is_announced_as_reset() {
+    let run = start(settings()).await;
+    publish(&run, "AAPL", "e1", 1..=3);
+    let (mut c, _) = Client::ready(run.addr).await;
+    c.send(r#"{"op":"subscribe","symbols":["AAPL"]}"#).await;
+    c.until("snapshot").await;
+    publish(&run, "AAPL", "e2", 1..=2);
+    let g = c.next().await;
+    assert_eq!(
+        (g["type"].as_str(), g["reason"].as_str()),
+        (Some("gap"), Some("reset")),
+        "{g}"
+    );
+    let snap = c.next().await;
+    assert_eq!(
+        (
+            snap["type"].as_str(),
+            snap["epoch"].as_str(),
+            snap["seq"].as_u64()
+        ),
+        (Some("snapshot"), Some("e2"), Some(1))
+    );
+    let t = c.next().await;
+    assert_eq!(
+        (t["type"].as_str(), t["seq"].as_u64()),
+        (Some("tick"), Some(2))
+    );
+    run.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_silent_client_is_closed_after_heartbeat_and_grace() {
+    let mut s = settings();
+    s.heartbeat = Duration::from_millis(200);
+    s.heartbeat_grace = Duration::from_millis(200);
+    let run = start(s).await;
+    let (mut c, _) = Client::ready(run.addr).await;
+    c.send(r#"{"op":"subscribe","symbols":["AAPL"]}"#).await;
+    eventually("subscribed", || run.node.hub.subscriber_count("AAPL") == 1).await;
+    // Not reading means not answering the server's pings.
+    let t0 = std::time::Instant::now();
+    eventually("the silent connection is freed", || {
+        run.node.hub.subscriber_count("AAPL") == 0
+    })
+    .await;
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(300),
+        "closed too early: {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(1500),
+        "closed too late: {took:?}"
+    );
+    assert_eq!(
+        run.node
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    // A client that reads (and so answers pings) stays connected past the same time.
+    let (mut live, _) = Client::ready(run.addr).await;
+    let until = tokio::time::Instant::now() + Duration::from_millis(900);
+    while tokio::time::Instant::now() < until {
+        live.try_next(Duration::from_millis(50)).await;
+    }
+    assert!(live.close.is_none());
+    still_alive(&mut live).await;
+    run.shutdown().await;
+}
