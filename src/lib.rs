@@ -19,6 +19,7 @@
 
 pub mod bus;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod feed;
 pub mod hub;

@@ -1,6 +1,11 @@
 //! The `tickstream` command line: one subcommand per file. `main.rs` only calls [`run`].
 
+mod feed;
+mod feed_record;
+mod feed_replay;
+mod feed_synth;
 mod serve;
+mod subscribe;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -18,7 +23,12 @@ enum Cmd {
     /// Run a node: feed, hub and the WebSocket/HTTP endpoints on one port.
     ///
     /// Example: tickstream serve --listen 127.0.0.1:8080 --rate 5000
-    Serve(crate::config::ServeArgs),
+    Serve(Box<crate::config::ServeArgs>),
+    /// Subscribe to symbols and show what arrives.
+    Subscribe(subscribe::Args),
+    /// Feeds as their own processes: synth, replay, record.
+    #[command(subcommand)]
+    Feed(feed::FeedCmd),
 }
 
 /// Starts logging to stderr with `filter`, else `RUST_LOG`, else `info`.
@@ -38,7 +48,9 @@ pub fn init_logs(filter: Option<&str>) {
 pub fn run() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Serve(args) => serve::run(args),
+        Cmd::Serve(args) => serve::run(*args),
+        Cmd::Subscribe(args) => subscribe::run(args),
+        Cmd::Feed(cmd) => feed::run(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -6,6 +6,7 @@
 //! [`Universe`]; other feeds (replays of recorded sessions, external publishers) sit
 //! beside it in this module.
 
+pub mod recording;
 pub mod synthetic;
 pub mod universe;
 

@@ -1,0 +1,5 @@
+//! The Rust client of tickstream.
+
+pub mod connect;
+
+pub use connect::{connect, ClientWs, ConnectError};

@@ -1,0 +1,284 @@
+//! The recording format: one JSON object per line (NDJSON), zstd-compressed when the
+//! file name ends in `.zst` or `.zstd`.
+//!
+//! A recording may start with a header line `{"type":"recording","version":1,…}`; every
+//! other line is a server message as sent to clients. `tick` lines are what replays
+//! play back: the tick object of the protocol, with its original `ts` (and `src_ts`
+//! where it was itself replayed). Other message types (`snapshot`, `gap`) are kept for
+//! the record and skipped by replays. Blank lines are ignored.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::tick::{valid_symbol, Kind, Tick};
+
+/// Format version written in the header line.
+pub const VERSION: u32 = 1;
+
+/// Why a recording could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordingError {
+    /// Opening, reading or writing failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A line is not a valid recording line.
+    #[error("{path}:{line}: {message}")]
+    Line {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: u64,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn compressed(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("zst") | Some("zstd")
+    )
+}
+
+/// Writes a recording.
+pub struct Writer {
+    path: PathBuf,
+    out: Box<dyn Write + Send>,
+    line: Vec<u8>,
+}
+
+impl Writer {
+    /// Creates `path` (compressed by its extension) and writes the header line.
+    pub fn create(path: &Path, source: &str) -> Result<Writer, RecordingError> {
+        let io = |source| RecordingError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let file = File::create(path).map_err(io)?;
+        let out: Box<dyn Write + Send> = if compressed(path) {
+            Box::new(zstd::Encoder::new(file, 3).map_err(io)?.auto_finish())
+        } else {
+            Box::new(BufWriter::with_capacity(64 * 1024, file))
+        };
+        let mut w = Writer {
+            path: path.to_owned(),
+            out,
+            line: Vec::with_capacity(512),
+        };
+        let header = serde_json::json!({
+            "type": "recording",
+            "version": VERSION,
+            "source": source,
+            "started_ns": crate::tick::now_ns(),
+        });
+        w.write_line(header.to_string().as_bytes())?;
+        Ok(w)
+    }
+
+    /// Appends one tick as a `tick` line.
+    pub fn write_tick(&mut self, tick: &Tick) -> Result<(), RecordingError> {
+        let mut line = std::mem::take(&mut self.line);
+        line.clear();
+        tick.write_json(Kind::Tick, &mut line);
+        let r = self.write_line(&line);
+        self.line = line;
+        r
+    }
+
+    /// Appends one server message (a JSON object) as it is.
+    pub fn write_line(&mut self, json: &[u8]) -> Result<(), RecordingError> {
+        let path = &self.path;
+        let io = |source| RecordingError::Io {
+            path: path.clone(),
+            source,
+        };
+        self.out.write_all(json).map_err(io)?;
+        self.out.write_all(b"\n").map_err(io)
+    }
+
+    /// Flushes buffered lines to the file (and, for zstd, the frame so far).
+    pub fn flush(&mut self) -> Result<(), RecordingError> {
+        self.out.flush().map_err(|source| RecordingError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Flushes and closes the file.
+    pub fn finish(mut self) -> Result<(), RecordingError> {
+        self.flush()
+    }
+}
+
+#[derive(Deserialize)]
+struct TypeOnly<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<&'a str>,
+}
+
+/// Reads the ticks of a recording, in file order, with their line numbers.
+pub struct Reader {
+    path: PathBuf,
+    lines: Box<dyn BufRead + Send>,
+    line_no: u64,
+    buf: String,
+}
+
+impl Reader {
+    /// Opens `path` (decompressing by its extension).
+    pub fn open(path: &Path) -> Result<Reader, RecordingError> {
+        let io = |source| RecordingError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let file = File::open(path).map_err(io)?;
+        let lines: Box<dyn BufRead + Send> = if compressed(path) {
+            Box::new(BufReader::new(zstd::Decoder::new(file).map_err(io)?))
+        } else {
+            Box::new(BufReader::with_capacity(64 * 1024, file))
+        };
+        Ok(Reader {
+            path: path.to_owned(),
+            lines,
+            line_no: 0,
+            buf: String::new(),
+        })
+    }
+
+    fn bad(&self, message: String) -> RecordingError {
+        RecordingError::Line {
+            path: self.path.clone(),
+            line: self.line_no,
+            message,
+        }
+    }
+
+    /// The next tick and its line number; `None` at the end of the file.
+    pub fn next_tick(&mut self) -> Result<Option<(u64, Tick)>, RecordingError> {
+        loop {
+            self.buf.clear();
+            self.line_no += 1;
+            let n = self.lines.read_line(&mut self.buf).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::InvalidData {
+                    self.bad("not valid UTF-8 text".into())
+                } else {
+                    RecordingError::Io {
+                        path: self.path.clone(),
+                        source: e,
+                    }
+                }
+            })?;
+            if n == 0 {
+                return Ok(None);
+            }
+            let text = self.buf.trim();
+            if text.is_empty() {
+                continue;
+            }
+            if !self.buf.ends_with('\n') {
+                // A last line without its newline is a file cut short mid-write.
+                serde_json::from_str::<serde::de::IgnoredAny>(text)
+                    .map_err(|e| self.bad(format!("truncated line: {e}")))?;
+            }
+            let kind = serde_json::from_str::<TypeOnly>(text)
+                .map_err(|e| self.bad(format!("not a JSON object: {e}")))?
+                .kind;
+            match kind {
+                Some("tick") => {}
+                Some(_) => continue,
+                None => return Err(self.bad("missing \"type\"".into())),
+            }
+            let tick: Tick =
+                serde_json::from_str(text).map_err(|e| self.bad(format!("bad tick: {e}")))?;
+            if !valid_symbol(&tick.symbol) {
+                return Err(self.bad(format!("bad symbol {:?}", tick.symbol)));
+            }
+            return Ok(Some((self.line_no, tick)));
+        }
+    }
+}
+
+impl Iterator for Reader {
+    type Item = Result<(u64, Tick), RecordingError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_tick().transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tick(seq: u64) -> Tick {
+        Tick {
+            symbol: "AAPL".into(),
+            epoch: "e".into(),
+            seq,
+            ts: 1_000 + seq,
+            bid: 1.5,
+            ask: 1.75,
+            bid_size: 1,
+            ask_size: 2,
+            last: 1.5,
+            last_size: 3,
+            volume: seq,
+            src_ts: None,
+        }
+    }
+
+    #[test]
+    fn round_trips_plain_and_zstd() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["r.ndjson", "r.ndjson.zst"] {
+            let path = dir.path().join(name);
+            let mut w = Writer::create(&path, "test").unwrap();
+            for s in 1..=100 {
+                w.write_tick(&tick(s)).unwrap();
+            }
+            w.write_line(br#"{"type":"gap","symbol":"AAPL","from":1,"to":2,"reason":"upstream"}"#)
+                .unwrap();
+            w.finish().unwrap();
+            let got: Vec<Tick> = Reader::open(&path).unwrap().map(|r| r.unwrap().1).collect();
+            assert_eq!(got, (1..=100).map(tick).collect::<Vec<_>>(), "{name}");
+        }
+        let raw = std::fs::read(dir.path().join("r.ndjson.zst")).unwrap();
+        assert_eq!(&raw[..4], &[0x28, 0xb5, 0x2f, 0xfd], "zstd magic");
+    }
+
+    #[test]
+    fn bad_lines_are_reported_with_their_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = String::from_utf8(tick(1).to_json(Kind::Tick)).unwrap();
+        for (body, line, needle) in [
+            (format!("{good}\nnot json\n"), 2, "not a JSON object"),
+            (
+                format!(
+                    "{good}\n{good}\n{{\"type\":\"tick\",\"symbol\":\"AAPL\",\"seq\":\"x\"}}\n"
+                ),
+                3,
+                "bad tick",
+            ),
+            (format!("\n{good}\n{{\"seq\":1}}\n"), 3, "missing \"type\""),
+            (format!("{good}\n{}", &good[..40]), 2, "truncated"),
+            (good.replace("AAPL", "aapl") + "\n", 1, "bad symbol"),
+        ] {
+            let path = dir.path().join("bad.ndjson");
+            std::fs::write(&path, &body).unwrap();
+            let err = Reader::open(&path)
+                .unwrap()
+                .find_map(Result::err)
+                .expect("an error");
+            let text = err.to_string();
+            assert!(text.contains(&format!(":{line}: ")), "{text}");
+            assert!(text.contains(needle), "{text}");
+        }
+    }
+}
