@@ -150,6 +150,11 @@ pub struct ServeArgs {
     #[arg(long, env = "TICKSTREAM_SEND_TIMEOUT", value_name = "DURATION")]
     pub send_timeout: Option<Dur>,
 
+    /// Kernel send buffer per client socket, in bytes; bounds the memory a stalled client
+    /// can hold in the kernel. Default: the OS default (autotuned).
+    #[arg(long, env = "TICKSTREAM_SEND_BUFFER", value_name = "BYTES")]
+    pub send_buffer: Option<usize>,
+
     /// On SIGINT/SIGTERM, how long clients get to be closed before exit. Default: 5s.
     #[arg(long, env = "TICKSTREAM_DRAIN", value_name = "DURATION")]
     pub drain: Option<Dur>,
@@ -157,6 +162,15 @@ pub struct ServeArgs {
     /// Allow plain ws on a non-loopback address (behind a TLS-terminating balancer).
     #[arg(long, env = "TICKSTREAM_ALLOW_PLAINTEXT_PUBLIC", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub allow_plaintext_public: Option<bool>,
+
+    /// File holding the HS256 secret (32+ bytes) that signs client JWTs; enables auth.
+    /// Default: no auth.
+    #[arg(long, env = "TICKSTREAM_JWT_SECRET_FILE", value_name = "FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+
+    /// Clock skew allowed when checking a token's expiry. Default: 30s.
+    #[arg(long, env = "TICKSTREAM_JWT_LEEWAY", value_name = "DURATION")]
+    pub jwt_leeway: Option<Dur>,
 
     /// Log filter (error, warn, info, debug, trace or a tracing directive). Default: RUST_LOG, else info.
     #[arg(long, env = "TICKSTREAM_LOG", value_name = "FILTER")]
@@ -200,10 +214,16 @@ pub struct Settings {
     pub slow_policy: SlowPolicy,
     /// Write timeout per frame.
     pub send_timeout: Duration,
+    /// Kernel send buffer per client socket (None: OS default).
+    pub send_buffer: Option<usize>,
     /// Shutdown drain time.
     pub drain: Duration,
     /// Plain ws allowed on a public address.
     pub allow_plaintext_public: bool,
+    /// JWT secret file; auth is on when set.
+    pub jwt_secret_file: Option<PathBuf>,
+    /// Clock skew allowed on token expiry.
+    pub jwt_leeway: Duration,
     /// Log filter, if set.
     pub log: Option<String>,
 }
@@ -270,7 +290,7 @@ impl ServeArgs {
     fn resolve_with(mut self, mut file: ServeArgs) -> Settings {
         fill_from_file!(self, file: listen, node, feed, universe, rate, seed, history,
             heartbeat, heartbeat_grace, max_msg_bytes, rate_limit, rate_burst, rate_strikes,
-            max_symbols, queue, slow_policy, send_timeout, drain, allow_plaintext_public, log);
+            max_symbols, queue, slow_policy, send_timeout, send_buffer, drain, allow_plaintext_public, jwt_secret_file, jwt_leeway, log);
         let listen = self
             .listen
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
@@ -295,8 +315,11 @@ impl ServeArgs {
             queue: self.queue.unwrap_or(4096),
             slow_policy: self.slow_policy.unwrap_or_default(),
             send_timeout: self.send_timeout.map_or(Duration::from_secs(10), |d| d.0),
+            send_buffer: self.send_buffer,
             drain: self.drain.map_or(Duration::from_secs(5), |d| d.0),
             allow_plaintext_public: self.allow_plaintext_public.unwrap_or(false),
+            jwt_secret_file: self.jwt_secret_file,
+            jwt_leeway: self.jwt_leeway.map_or(Duration::from_secs(30), |d| d.0),
             log: self.log,
         }
     }

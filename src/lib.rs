@@ -14,9 +14,10 @@
 //! - [`transport`]: WebSocket frames and the HTTP routes on the same port.
 //!
 //! Around them: [`tick`] (the tick and its encoding), [`protocol`] (the wire messages),
-//! [`config`] (settings), [`cli`] (the command line), [`node`] (what connections share) and [`server`] (listen,
+//! [`auth`] (tokens), [`config`] (settings), [`cli`] (the command line), [`node`] (what connections share) and [`server`] (listen,
 //! accept, shut down).
 
+pub mod auth;
 pub mod bus;
 pub mod cli;
 pub mod client;

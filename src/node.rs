@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Auth;
 use crate::bus::Bus;
 use crate::config::Settings;
 use crate::hub::Hub;
@@ -26,11 +27,18 @@ pub struct Node {
     pub session_salt: u64,
     /// Connections open now.
     pub connections: AtomicU64,
+    /// Token checking, when auth is enabled.
+    pub auth: Option<Auth>,
 }
 
 impl Node {
     /// A node over `hub` and `bus`.
-    pub fn new(settings: Settings, hub: Arc<Hub>, bus: Arc<dyn Bus>) -> Arc<Node> {
+    pub fn new(
+        settings: Settings,
+        hub: Arc<Hub>,
+        bus: Arc<dyn Bus>,
+        auth: Option<Auth>,
+    ) -> Arc<Node> {
         Arc::new(Node {
             settings,
             hub,
@@ -39,6 +47,7 @@ impl Node {
             tasks: TaskTracker::new(),
             session_salt: rand::random(),
             connections: AtomicU64::new(0),
+            auth,
         })
     }
 }

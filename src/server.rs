@@ -11,6 +11,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::auth::Auth;
 use crate::bus::{Bus, LocalBus};
 use crate::config::{FeedSpec, Settings};
 use crate::feed::{self, Universe};
@@ -58,6 +59,13 @@ pub fn load_universe(settings: &Settings) -> anyhow::Result<Universe> {
 /// Builds the node, binds its port and starts its feed and accept loop.
 pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let universe = load_universe(&settings)?;
+    let auth = match &settings.jwt_secret_file {
+        Some(path) => Some(Auth::new(
+            &crate::auth::read_secret(path)?,
+            settings.jwt_leeway,
+        )),
+        None => None,
+    };
     let hub = Arc::new(Hub::new(universe.symbols().cloned(), settings.history));
     let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(hub.clone()));
     let listener = TcpListener::bind(settings.listen)
@@ -72,7 +80,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             path.display()
         ),
     };
-    let node = Node::new(settings, hub, bus);
+    let node = Node::new(settings, hub, bus, auth);
     let accept = tokio::spawn(accept_loop(node.clone(), listener));
     tracing::info!(%addr, node = %node.settings.node, "serving");
     Ok(Running {
@@ -125,6 +133,9 @@ async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
         match accepted {
             Ok((tcp, _peer)) => {
                 let _ = tcp.set_nodelay(true);
+                if let Some(bytes) = node.settings.send_buffer {
+                    let _ = socket2::SockRef::from(&tcp).set_send_buffer_size(bytes);
+                }
                 node.tasks.spawn(serve_connection(node.clone(), tcp));
             }
             Err(e) => {

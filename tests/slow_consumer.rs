@@ -9,15 +9,15 @@ use std::time::Duration;
 use common::*;
 use tickstream::session::outbox::SlowPolicy;
 
-const TOTAL: u64 = 60_000;
+const TOTAL: u64 = 20_000;
 
-/// Publishes `TOTAL` ticks of AAPL at about 30,000/s from a plain thread.
+/// Publishes `TOTAL` ticks of AAPL at about 10,000/s from a plain thread.
 fn publish_paced(run: &tickstream::server::Running) -> std::thread::JoinHandle<()> {
     let bus = run.node.bus.clone();
     std::thread::spawn(move || {
         let mut seq = 1;
         while seq <= TOTAL {
-            for _ in 0..150 {
+            for _ in 0..50 {
                 if seq > TOTAL {
                     break;
                 }
@@ -58,7 +58,10 @@ async fn read_all(c: &mut Client) -> (u64, u64, Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_client_is_conflated_while_others_get_every_tick() {
     let mut s = settings();
-    s.queue = 256;
+    s.queue = 512;
+    // Small kernel buffers, so that a stalled client fills its queue after a few
+    // thousand ticks rather than megabytes.
+    s.send_buffer = Some(32 * 1024);
     let run = start(s).await;
     let (mut slow, _) = Client::ready(run.addr).await;
     slow.send(r#"{"op":"subscribe","symbols":["AAPL"]}"#).await;
@@ -98,7 +101,10 @@ async fn a_stalled_client_is_conflated_while_others_get_every_tick() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_client_is_disconnected_with_4008_under_that_policy() {
     let mut s = settings();
-    s.queue = 256;
+    s.queue = 512;
+    // Small kernel buffers, so that a stalled client fills its queue after a few
+    // thousand ticks rather than megabytes.
+    s.send_buffer = Some(32 * 1024);
     s.slow_policy = SlowPolicy::Disconnect;
     let run = start(s).await;
     let (mut slow, _) = Client::ready(run.addr).await;

@@ -6,6 +6,7 @@ mod feed_replay;
 mod feed_synth;
 mod serve;
 mod subscribe;
+mod token;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -29,6 +30,8 @@ enum Cmd {
     /// Feeds as their own processes: synth, replay, record.
     #[command(subcommand)]
     Feed(feed::FeedCmd),
+    /// Sign a client token (JWT) with the node's secret.
+    Token(token::Args),
 }
 
 /// Starts logging to stderr with `filter`, else `RUST_LOG`, else `info`.
@@ -51,6 +54,7 @@ pub fn run() -> std::process::ExitCode {
         Cmd::Serve(args) => serve::run(*args),
         Cmd::Subscribe(args) => subscribe::run(args),
         Cmd::Feed(cmd) => feed::run(cmd),
+        Cmd::Token(args) => token::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::auth::Claims;
 use crate::hub::Start;
 use crate::node::Node;
 use crate::protocol::{self, Command, CommandError, ErrorCode, ServerMsg};
@@ -84,13 +85,18 @@ pub struct Session {
     subs: HashMap<Symbol, Behind>,
     bucket: TokenBucket,
     strikes: u32,
+    claims: Option<Claims>,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Session {
     /// A new session on `node`; returns it with the receiving end of its queue.
-    pub fn new(node: Arc<Node>) -> (Session, tokio::sync::mpsc::Receiver<Bytes>) {
+    /// `claims` are the client's token claims when the node has auth enabled.
+    pub fn new(
+        node: Arc<Node>,
+        claims: Option<Claims>,
+    ) -> (Session, tokio::sync::mpsc::Receiver<Bytes>) {
         let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let cfg = &node.settings;
         let (outbox, rx) = Outbox::new(id, cfg.queue, cfg.slow_policy);
@@ -101,6 +107,7 @@ impl Session {
             subs: HashMap::new(),
             bucket,
             strikes: 0,
+            claims,
         };
         (session, rx)
     }
@@ -233,6 +240,23 @@ impl Session {
                 message: format!("not served here: {}", unknown.join(",")),
             };
             self.reply(protocol::error_json(&e, &unknown)).await;
+        }
+        if let Some(claims) = &self.claims {
+            let (allowed, denied): (Vec<Symbol>, Vec<Symbol>) =
+                known.into_iter().partition(|s| claims.allows(s));
+            known = allowed;
+            if !denied.is_empty() {
+                let names: Vec<&str> = denied.iter().map(|s| &**s).collect();
+                let e = CommandError {
+                    id,
+                    code: ErrorCode::Forbidden,
+                    message: format!("token does not allow: {}", names.join(",")),
+                };
+                self.reply(protocol::error_json(&e, &names)).await;
+                if known.is_empty() {
+                    return;
+                }
+            }
         }
         if known.is_empty() {
             if malformed.is_empty() && unknown.is_empty() {

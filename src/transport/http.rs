@@ -6,9 +6,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{CACHE_CONTROL, CONTENT_TYPE};
+use hyper::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 
+use crate::auth::{Claims, ROLE_SUBSCRIBE};
 use crate::node::Node;
 use crate::tick::valid_symbol;
 
@@ -27,7 +28,10 @@ pub async fn route(
         ));
     }
     let resp = match req.uri().path() {
-        "/v1/ws" => upgrade_ws(node, &mut req),
+        "/v1/ws" => match authorize(&node, &req, ROLE_SUBSCRIBE) {
+            Ok(claims) => upgrade_ws(node, &mut req, claims),
+            Err(refused) => *refused,
+        },
         "/healthz" => {
             if node.bus.healthy() {
                 text(StatusCode::OK, "ok\n")
@@ -43,13 +47,57 @@ pub async fn route(
                 serde_json::to_vec(&names).unwrap_or_default(),
             )
         }
-        "/v1/snapshot" => snapshot(&node, req.uri().query()),
+        "/v1/snapshot" => match authorize(&node, &req, ROLE_SUBSCRIBE) {
+            Ok(claims) => snapshot(&node, req.uri().query(), claims.as_ref()),
+            Err(refused) => *refused,
+        },
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     };
     Ok(resp)
 }
 
-fn upgrade_ws(node: Arc<Node>, req: &mut Request<Incoming>) -> Response<Body> {
+/// Checks the request's token for `role` when the node has auth enabled: `Ok(None)`
+/// without auth, `Ok(Some(claims))` with a good token, else the 401/403 response.
+pub fn authorize<B>(
+    node: &Node,
+    req: &Request<B>,
+    role: &str,
+) -> Result<Option<Claims>, Box<Response<Body>>> {
+    let Some(auth) = &node.auth else {
+        return Ok(None);
+    };
+    let header = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .map(str::to_owned);
+    let token = header.or_else(|| query_param(req.uri().query(), "token"));
+    match auth.check(token.as_deref(), role) {
+        Ok(claims) => Ok(Some(claims)),
+        Err(refusal) => {
+            let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::UNAUTHORIZED);
+            let mut resp = text(status, &format!("{}\n", refusal.message));
+            if status == StatusCode::UNAUTHORIZED {
+                resp.headers_mut().insert(
+                    WWW_AUTHENTICATE,
+                    hyper::header::HeaderValue::from_static("Bearer"),
+                );
+            }
+            Err(Box::new(resp))
+        }
+    }
+}
+
+fn upgrade_ws(
+    node: Arc<Node>,
+    req: &mut Request<Incoming>,
+    claims: Option<Claims>,
+) -> Response<Body> {
     if !fastwebsockets::upgrade::is_upgrade_request(req) {
         return text(
             StatusCode::UPGRADE_REQUIRED,
@@ -76,7 +124,7 @@ fn upgrade_ws(node: Arc<Node>, req: &mut Request<Incoming>) -> Response<Body> {
             Ok(ws) => {
                 node.connections
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                super::ws::serve(node.clone(), ws).await;
+                super::ws::serve(node.clone(), ws, claims).await;
                 node.connections
                     .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             }
@@ -87,7 +135,7 @@ fn upgrade_ws(node: Arc<Node>, req: &mut Request<Incoming>) -> Response<Body> {
     Response::from_parts(parts, Full::new(Bytes::new()))
 }
 
-fn snapshot(node: &Node, query: Option<&str>) -> Response<Body> {
+fn snapshot(node: &Node, query: Option<&str>, claims: Option<&Claims>) -> Response<Body> {
     let wanted: Vec<String> = match query_param(query, "symbols") {
         Some(list) => list
             .split(',')
@@ -112,6 +160,20 @@ fn snapshot(node: &Node, query: Option<&str>) -> Response<Body> {
     if !unknown.is_empty() {
         return error(StatusCode::NOT_FOUND, "unknown_symbol", &unknown);
     }
+    if let Some(c) = claims {
+        let forbidden: Vec<&str> = wanted
+            .iter()
+            .map(String::as_str)
+            .filter(|s| !c.allows(s))
+            .collect();
+        if query.is_some_and(|q| q.contains("symbols=")) && !forbidden.is_empty() {
+            return error(StatusCode::FORBIDDEN, "forbidden", &forbidden);
+        }
+    }
+    let wanted: Vec<&String> = wanted
+        .iter()
+        .filter(|s| claims.is_none_or(|c| c.allows(s)))
+        .collect();
     let mut body = Vec::with_capacity(64 + wanted.len() * 256);
     body.push(b'[');
     for entry in wanted.iter().filter_map(|s| node.hub.latest(s)) {

@@ -16,6 +16,7 @@ use fastwebsockets::{
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 
+use crate::auth::Claims;
 use crate::hub::Hub;
 use crate::node::Node;
 use crate::session::outbox::Outbox;
@@ -30,11 +31,14 @@ enum Ctrl {
 }
 
 /// Runs one WebSocket connection to its end, then frees the session.
-pub async fn serve<S>(node: Arc<Node>, ws: WebSocket<S>)
+pub async fn serve<S>(node: Arc<Node>, ws: WebSocket<S>, claims: Option<Claims>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut session, rx) = Session::new(node.clone());
+    let expires = claims
+        .as_ref()
+        .map(|c| tokio::time::Instant::now() + c.remaining());
+    let (mut session, rx) = Session::new(node.clone(), claims);
     let outbox = session.outbox().clone();
     outbox.send(session.welcome("json")).await;
 
@@ -52,6 +56,7 @@ where
         ctrl_rx,
         outbox,
         clock.clone(),
+        expires,
     ));
 
     let ended = tokio::select! {
@@ -206,6 +211,7 @@ async fn write_loop<S>(
     mut ctrl: mpsc::Receiver<Ctrl>,
     outbox: Arc<Outbox>,
     clock: Clock,
+    expires: Option<tokio::time::Instant>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -253,6 +259,10 @@ async fn write_loop<S>(
                 }
             }
             _ = outbox.overflow_notified() => {}
+            _ = sleep_until_some(expires) => {
+                let _ = send(&mut write, timeout, Frame::close(close::POLICY, b"token expired")).await;
+                return;
+            }
             _ = ping.tick() => {
                 if !send(&mut write, timeout, Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[]))).await {
                     return;
@@ -295,6 +305,14 @@ async fn write_loop<S>(
         {
             return;
         }
+    }
+}
+
+/// Sleeps until `at`, or forever when there is no deadline.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
