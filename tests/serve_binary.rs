@@ -109,3 +109,50 @@ fn a_public_address_without_tls_is_refused_by_name() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--allow-plaintext-public"), "{err}");
 }
+
+/// Reads the `welcome` of a binary started with `args` and `env`, then stops it.
+async fn welcome_of(args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tickstream"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--feed", "none"])
+        .args(args)
+        .envs(env.iter().copied())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr: SocketAddr = loop {
+        let line = lines.next().expect("the server logs its address").unwrap();
+        if let Some(rest) = line.split("addr=").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    let (_c, w) = Client::ready(addr).await;
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
+    w
+}
+
+#[tokio::test]
+async fn flags_beat_environment_beat_file_beat_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("node.toml");
+    std::fs::write(
+        &file,
+        "max_symbols = 7\nrate_limit = 9\nmax_msg_bytes = 2048\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let w = welcome_of(
+        &["--config", file, "--max-symbols", "5"],
+        &[
+            ("TICKSTREAM_MAX_SYMBOLS", "6"),
+            ("TICKSTREAM_RATE_LIMIT", "8"),
+        ],
+    )
+    .await;
+    let limits = &w["limits"];
+    assert_eq!(limits["max_symbols"], 5, "flag over environment");
+    assert_eq!(limits["rate_per_s"], 8, "environment over file");
+    assert_eq!(limits["max_msg_bytes"], 2048, "file over default");
+    let w = welcome_of(&[], &[]).await;
+    assert_eq!(w["limits"]["max_symbols"], 1024, "default");
+}
