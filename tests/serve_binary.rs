@@ -12,9 +12,15 @@ use common::*;
 
 /// Starts `tickstream serve` on a free port; returns the child and its address.
 fn spawn_server(extra: &[&str]) -> (Child, SocketAddr) {
+    spawn_server_with(extra, &[])
+}
+
+/// Like [`spawn_server`], with extra environment variables.
+fn spawn_server_with(extra: &[&str], env: &[(&str, &str)]) -> (Child, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tickstream"))
         .args(["serve", "--listen", "127.0.0.1:0", "--log", "info"])
         .args(extra)
+        .envs(env.iter().copied())
         .stderr(Stdio::piped())
         .spawn()
         .expect("the binary starts");
@@ -112,21 +118,12 @@ fn a_public_address_without_tls_is_refused_by_name() {
 
 /// Reads the `welcome` of a binary started with `args` and `env`, then stops it.
 async fn welcome_of(args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tickstream"));
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--feed", "none"])
-        .args(args)
-        .envs(env.iter().copied())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr: SocketAddr = loop {
-        let line = lines.next().expect("the server logs its address").unwrap();
-        if let Some(rest) = line.split("addr=").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
+    let mut all = vec!["--feed", "none"];
+    all.extend_from_slice(args);
+    let (child, addr) = spawn_server_with(&all, env);
     let (_c, w) = Client::ready(addr).await;
     sigterm(&child);
+    let mut child = child;
     assert!(child.wait().unwrap().success());
     w
 }

@@ -342,14 +342,8 @@ async fn resume_beyond_the_ring_sends_expired_gap_then_snapshot() {
     run.shutdown().await;
 }
 
-#[tokio::test]
-async fn resume_from_another_epoch_sends_reset_gap_then_snapshot() {
-    let run = start(settings()).await;
-    publish(&run, "AAPL", "e2", 1..=5);
-    let (mut c, _) = Client::ready(run.addr).await;
-    c.send(r#"{"op":"subscribe","symbols":["AAPL"],"resume":{"AAPL":{"epoch":"e1","seq":3}}}"#)
-        .await;
-    c.until("subscribed").await;
+/// A `gap` with reason `reset`, then the snapshot of the new epoch.
+async fn expect_reset(c: &mut Client, epoch: &str, seq: u64) {
     let g = c.next().await;
     assert_eq!(
         (g["type"].as_str(), g["reason"].as_str()),
@@ -363,8 +357,19 @@ async fn resume_from_another_epoch_sends_reset_gap_then_snapshot() {
             snap["epoch"].as_str(),
             snap["seq"].as_u64()
         ),
-        (Some("snapshot"), Some("e2"), Some(5))
+        (Some("snapshot"), Some(epoch), Some(seq))
     );
+}
+
+#[tokio::test]
+async fn resume_from_another_epoch_sends_reset_gap_then_snapshot() {
+    let run = start(settings()).await;
+    publish(&run, "AAPL", "e2", 1..=5);
+    let (mut c, _) = Client::ready(run.addr).await;
+    c.send(r#"{"op":"subscribe","symbols":["AAPL"],"resume":{"AAPL":{"epoch":"e1","seq":3}}}"#)
+        .await;
+    c.until("subscribed").await;
+    expect_reset(&mut c, "e2", 5).await;
     run.shutdown().await;
 }
 
@@ -376,21 +381,7 @@ async fn a_feed_restart_mid_stream_is_announced_as_reset() {
     c.send(r#"{"op":"subscribe","symbols":["AAPL"]}"#).await;
     c.until("snapshot").await;
     publish(&run, "AAPL", "e2", 1..=2);
-    let g = c.next().await;
-    assert_eq!(
-        (g["type"].as_str(), g["reason"].as_str()),
-        (Some("gap"), Some("reset")),
-        "{g}"
-    );
-    let snap = c.next().await;
-    assert_eq!(
-        (
-            snap["type"].as_str(),
-            snap["epoch"].as_str(),
-            snap["seq"].as_u64()
-        ),
-        (Some("snapshot"), Some("e2"), Some(1))
-    );
+    expect_reset(&mut c, "e2", 1).await;
     let t = c.next().await;
     assert_eq!(
         (t["type"].as_str(), t["seq"].as_u64()),
