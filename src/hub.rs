@@ -201,6 +201,11 @@ impl Hub {
         let mut dropped = 0u64;
         for sub in &st.subscribers {
             if sub.behind.load(Ordering::Acquire) != 0 {
+                if reset {
+                    // What it missed belongs to the old epoch: it catches up with a
+                    // snapshot of the new one instead.
+                    sub.behind.store(NEED_SNAPSHOT, Ordering::Release);
+                }
                 dropped += 1;
                 continue;
             }
@@ -378,5 +383,107 @@ fn replay(
             return;
         }
         expected = e.tick.seq + 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::outbox::SlowPolicy;
+
+    fn tick(epoch: &str, seq: u64) -> Tick {
+        Tick {
+            symbol: "AAPL".into(),
+            epoch: epoch.into(),
+            seq,
+            ts: seq,
+            bid: 1.0,
+            ask: 1.5,
+            bid_size: 1,
+            ask_size: 1,
+            last: 1.25,
+            last_size: 1,
+            volume: seq,
+            src_ts: None,
+        }
+    }
+
+    fn drain(rx: &mut tokio::sync::mpsc::Receiver<Bytes>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            out.push(String::from_utf8(m.to_vec()).unwrap());
+        }
+        out
+    }
+
+    #[test]
+    fn a_lagging_subscriber_catches_up_with_gap_then_newest_tick() {
+        let hub = Hub::new(["AAPL".into()], 16);
+        let (outbox, mut rx) = Outbox::new(1, 2, SlowPolicy::Conflate);
+        let behind: Behind = Arc::new(AtomicU64::new(0));
+        assert!(hub.subscribe("AAPL", &outbox, &behind, &Start::default()));
+        for seq in 1..=6 {
+            hub.publish(tick("e", seq));
+        }
+        assert_eq!(behind.load(Ordering::Relaxed), 3, "first tick not queued");
+        let queued = drain(&mut rx);
+        assert_eq!(queued.len(), 2);
+        let mut out = Vec::new();
+        for (slot, b) in outbox.take_lagging() {
+            Hub::catch_up(&slot, &b, &mut out);
+        }
+        let out: Vec<String> = out
+            .iter()
+            .map(|b| String::from_utf8(b.to_vec()).unwrap())
+            .collect();
+        assert_eq!(
+            out[0],
+            r#"{"type":"gap","symbol":"AAPL","from":3,"to":5,"reason":"slow_consumer"}"#
+        );
+        assert!(out[1].contains(r#""seq":6"#) && out[1].starts_with(r#"{"type":"tick""#));
+        hub.publish(tick("e", 7));
+        assert!(drain(&mut rx)[0].contains(r#""seq":7"#), "live again");
+    }
+
+    #[test]
+    fn a_lagging_subscriber_gets_a_snapshot_of_a_new_epoch() {
+        let hub = Hub::new(["AAPL".into()], 16);
+        let (outbox, mut rx) = Outbox::new(1, 1, SlowPolicy::Conflate);
+        let behind: Behind = Arc::new(AtomicU64::new(0));
+        hub.subscribe("AAPL", &outbox, &behind, &Start::default());
+        hub.publish(tick("old", 1));
+        hub.publish(tick("old", 2));
+        hub.publish(tick("new", 1));
+        drain(&mut rx);
+        let mut out = Vec::new();
+        for (slot, b) in outbox.take_lagging() {
+            Hub::catch_up(&slot, &b, &mut out);
+        }
+        assert_eq!(out.len(), 1);
+        let snap = String::from_utf8(out[0].to_vec()).unwrap();
+        assert!(
+            snap.starts_with(r#"{"type":"snapshot","symbol":"AAPL","epoch":"new","seq":1"#),
+            "{snap}"
+        );
+    }
+
+    #[test]
+    fn duplicates_are_dropped_and_jumps_announced() {
+        let hub = Hub::new(["AAPL".into()], 16);
+        let (outbox, mut rx) = Outbox::new(1, 64, SlowPolicy::Conflate);
+        let behind: Behind = Arc::new(AtomicU64::new(0));
+        hub.subscribe("AAPL", &outbox, &behind, &Start::default());
+        assert_eq!(hub.publish(tick("e", 1)), Published::Delivered(1));
+        assert_eq!(hub.publish(tick("e", 1)), Published::Duplicate);
+        hub.publish(tick("e", 5));
+        let got = drain(&mut rx);
+        assert_eq!(got.len(), 3);
+        assert_eq!(
+            got[1],
+            r#"{"type":"gap","symbol":"AAPL","from":2,"to":4,"reason":"upstream"}"#
+        );
+        let mut t = tick("e", 9);
+        t.symbol = "ZZZZ".into();
+        assert_eq!(hub.publish(t), Published::UnknownSymbol);
     }
 }
