@@ -1,0 +1,232 @@
+//! The client library against real nodes: 2,000 clients lose their node at once and
+//! come back on another, spread over the backoff window, each resuming with no hole.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tickstream::client::{BackoffConfig, Client, ClientConfig, Event, ServerMessage};
+use tickstream::server::Running;
+use tickstream::tick::Tick;
+
+const CLIENTS: usize = 2_000;
+const SYMBOLS: [&str; 2] = ["AAPL", "MSFT"];
+/// Ticks both nodes have before the failure.
+const BEFORE: u64 = 5;
+/// Last tick published, on the surviving node, after the failure.
+const LAST: u64 = 30;
+/// Width of the histogram's slots.
+const SLOT: Duration = Duration::from_millis(100);
+/// The backoff window of the first retry (base), and the cap.
+const BASE: Duration = Duration::from_secs(2);
+
+/// A node in its own runtime, so that it can be made to vanish at once: shutting the
+/// runtime down drops every connection task, closing the sockets without close frames.
+fn isolated_node() -> (tokio::runtime::Runtime, Running) {
+    // Built on a thread of its own: a runtime cannot be entered from inside another.
+    std::thread::spawn(|| {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let run = rt.block_on(tickstream::server::start(settings())).unwrap();
+        (rt, run)
+    })
+    .join()
+    .unwrap()
+}
+
+/// What one client saw after the failure.
+#[derive(Default, Debug)]
+struct Outcome {
+    reconnected_after: Option<Duration>,
+    resumed: usize,
+    out_of_order: u64,
+    gaps: u64,
+    holes: u64,
+    duplicates: u64,
+    last: [u64; 2],
+}
+
+async fn run_client(
+    urls: Vec<String>,
+    ready: Arc<AtomicUsize>,
+    failed_at: Arc<tokio::sync::OnceCell<Instant>>,
+) -> Outcome {
+    let mut client = Client::new(ClientConfig {
+        urls,
+        symbols: SYMBOLS.iter().map(|s| s.to_string()).collect(),
+        backoff: BackoffConfig {
+            base: BASE,
+            cap: Duration::from_secs(4),
+            max_attempts: 10,
+        },
+        ..ClientConfig::default()
+    })
+    .unwrap();
+    let mut out = Outcome::default();
+    let mut counted_ready = false;
+    while out.last != [LAST, LAST] {
+        let ev = client.next().await.expect("the client keeps going");
+        match ev {
+            Event::Connected {
+                reconnect: true,
+                resumed,
+                ..
+            } => {
+                let t0 = *failed_at.get().expect("reconnects only after the failure");
+                out.reconnected_after = Some(t0.elapsed());
+                out.resumed = resumed;
+            }
+            Event::Hole { .. } => out.holes += 1,
+            Event::Message(ServerMessage::Gap { .. }) => out.gaps += 1,
+            Event::Message(ServerMessage::Snapshot(t)) => {
+                let i = SYMBOLS.iter().position(|s| *s == &*t.symbol).unwrap();
+                out.last[i] = t.seq;
+            }
+            Event::Message(ServerMessage::Tick(t)) => {
+                let i = SYMBOLS.iter().position(|s| *s == &*t.symbol).unwrap();
+                if t.seq != out.last[i] + 1 {
+                    out.out_of_order += 1;
+                }
+                out.last[i] = t.seq;
+            }
+            _ => {}
+        }
+        if !counted_ready && out.last == [BEFORE, BEFORE] {
+            counted_ready = true;
+            ready.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    out.duplicates = client.counters().duplicates;
+    out
+}
+
+fn tick_pair(seq: u64) -> Vec<Tick> {
+    SYMBOLS.iter().map(|s| tick(s, "herd", seq)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thundering_herd_spreads_over_the_backoff_window_and_resumes_without_holes() {
+    let (rt_a, node_a) = isolated_node();
+    let node_b = start(settings()).await;
+    for seq in 1..=BEFORE {
+        for t in tick_pair(seq) {
+            node_a.node.bus.publish(t.clone()).unwrap();
+            node_b.node.bus.publish(t).unwrap();
+        }
+    }
+    let urls = vec![
+        format!("ws://{}/v1/ws", node_a.addr),
+        format!("ws://{}/v1/ws", node_b.addr),
+    ];
+    let ready = Arc::new(AtomicUsize::new(0));
+    let failed_at = Arc::new(tokio::sync::OnceCell::new());
+    let mut tasks = Vec::with_capacity(CLIENTS);
+    // Connect in waves well under the listen backlog.
+    let setup = Instant::now();
+    for wave in 0..CLIENTS / 200 {
+        for _ in 0..200 {
+            tasks.push(tokio::spawn(run_client(
+                urls.clone(),
+                ready.clone(),
+                failed_at.clone(),
+            )));
+        }
+        let want = (wave + 1) * 200;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while ready.load(Ordering::SeqCst) < want {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {want} clients ready",
+                ready.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    assert_eq!(node_a.node.hub.subscriber_count("AAPL"), CLIENTS);
+    eprintln!(
+        "{CLIENTS} clients connected to node A in {:?}",
+        setup.elapsed()
+    );
+
+    // Node A dies: every connection drops at once, without a close frame.
+    failed_at.set(Instant::now()).unwrap();
+    rt_a.shutdown_background();
+    drop(node_a);
+
+    // The market goes on, on node B, while the clients come back.
+    let publish_for = BASE;
+    let steps = LAST - BEFORE;
+    for seq in BEFORE + 1..=LAST {
+        for t in tick_pair(seq) {
+            node_b.node.bus.publish(t).unwrap();
+        }
+        tokio::time::sleep(publish_for / steps as u32).await;
+    }
+
+    let mut outcomes = Vec::with_capacity(CLIENTS);
+    let deadline = Duration::from_secs(30);
+    for t in tasks {
+        outcomes.push(
+            tokio::time::timeout(deadline, t)
+                .await
+                .expect("every client finishes")
+                .unwrap(),
+        );
+    }
+
+    // The histogram of reconnect times, in 100 ms slots from the failure.
+    let slots = (BASE.as_millis() / SLOT.as_millis()) as usize + 10;
+    let mut hist = vec![0usize; slots];
+    for o in &outcomes {
+        let after = o.reconnected_after.expect("every client reconnected");
+        let i = ((after.as_millis() / SLOT.as_millis()) as usize).min(slots - 1);
+        hist[i] += 1;
+    }
+    let mut report = String::from("reconnects after the failure, per 100 ms slot:\n");
+    for (i, n) in hist.iter().enumerate() {
+        report.push_str(&format!(
+            "{:>5}-{:<5}ms {:>5} {}\n",
+            i * 100,
+            (i + 1) * 100,
+            n,
+            "#".repeat(n.div_ceil(5))
+        ));
+    }
+    eprintln!("{report}");
+
+    // Full jitter draws each first retry uniformly in [0, base): with base = 2 s, each of
+    // the 20 slots expects 2000/20 = 100 clients (5 %), binomial σ ≈ 9.7. A bound of 10 %
+    // (200) sits ten σ above that; without jitter every client would share one slot.
+    let max = *hist.iter().max().unwrap();
+    assert!(
+        max <= CLIENTS / 10,
+        "a 100 ms slot holds {max} of {CLIENTS} reconnects\n{report}"
+    );
+    let in_window: usize = hist[..(BASE.as_millis() / SLOT.as_millis()) as usize + 5]
+        .iter()
+        .sum();
+    assert!(
+        in_window >= CLIENTS * 99 / 100,
+        "only {in_window} of {CLIENTS} reconnected within the window plus 500ms\n{report}"
+    );
+    let busy = hist.iter().filter(|n| **n > 0).count();
+    assert!(busy >= 18, "reconnects bunched into {busy} slots\n{report}");
+
+    // Every client resumed both symbols and saw every tick after the failure exactly once.
+    for (i, o) in outcomes.iter().enumerate() {
+        assert_eq!(o.resumed, 2, "client {i}: {o:?}");
+        assert_eq!(
+            (o.out_of_order, o.gaps, o.holes, o.duplicates),
+            (0, 0, 0, 0),
+            "client {i} has a hole: {o:?}"
+        );
+        assert_eq!(o.last, [LAST, LAST], "client {i}");
+    }
+    node_b.shutdown().await;
+}
