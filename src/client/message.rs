@@ -407,6 +407,39 @@ mod tests {
     }
 
     #[test]
+    fn prices_decode_to_the_exact_double_sent() {
+        let mut names = Names::default();
+        let mut out = Vec::new();
+        for p in [100.03999999999999_f64, 1.4333333333333333, 0.1 + 0.2, 1e-7] {
+            let mut t = crate::tick::Tick {
+                symbol: "A".into(),
+                epoch: "e".into(),
+                seq: 1,
+                ts: 1,
+                bid: p,
+                ask: p,
+                bid_size: 0,
+                ask_size: 0,
+                last: p,
+                last_size: 0,
+                volume: 0,
+                src_ts: None,
+            };
+            let mut frame = b"[".to_vec();
+            t.write_json(crate::tick::Kind::Tick, &mut frame);
+            frame.push(b']');
+            out.clear();
+            decode_frame(&frame, &mut names, &mut out).unwrap();
+            let ServerMessage::Tick(got) = &out[0] else {
+                panic!()
+            };
+            t.symbol = got.symbol.clone();
+            assert_eq!(got, &t, "{p:?}");
+            assert_eq!(got.bid.to_bits(), p.to_bits());
+        }
+    }
+
+    #[test]
     fn refuses_what_is_not_a_frame() {
         let mut names = Names::default();
         let mut out = Vec::new();
