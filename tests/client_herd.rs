@@ -230,3 +230,65 @@ async fn thundering_herd_spreads_over_the_backoff_window_and_resumes_without_hol
     }
     node_b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resuming_past_the_history_gets_a_gap_then_a_snapshot() {
+    let (rt_a, node_a) = isolated_node();
+    let mut s = settings();
+    s.history = 4;
+    let node_b = start(s).await;
+    for seq in 1..=3 {
+        let t = tick("AAPL", "x", seq);
+        node_a.node.bus.publish(t.clone()).unwrap();
+        node_b.node.bus.publish(t).unwrap();
+    }
+    let mut client = Client::new(ClientConfig {
+        urls: vec![
+            format!("ws://{}/v1/ws", node_a.addr),
+            format!("ws://{}/v1/ws", node_b.addr),
+        ],
+        symbols: vec!["AAPL".into()],
+        backoff: BackoffConfig {
+            base: Duration::from_millis(50),
+            cap: Duration::from_millis(100),
+            max_attempts: 5,
+        },
+        ..ClientConfig::default()
+    })
+    .unwrap();
+    while !matches!(next_event(&mut client).await, Event::Message(ServerMessage::Snapshot(t)) if t.seq == 3)
+    {
+    }
+    rt_a.shutdown_background();
+    drop(node_a);
+    publish(&node_b, "AAPL", "x", 4..=20);
+    let mut after = Vec::new();
+    while after.len() < 2 {
+        match next_event(&mut client).await {
+            Event::Message(m @ (ServerMessage::Gap { .. } | ServerMessage::Snapshot(_))) => {
+                after.push(m)
+            }
+            Event::Message(ServerMessage::Tick(t)) => panic!("a tick before the snapshot: {t:?}"),
+            _ => {}
+        }
+    }
+    assert!(
+        matches!(&after[0], ServerMessage::Gap { from: 4, to: 19, reason, .. } if *reason == tickstream::protocol::GapReason::Expired),
+        "{after:?}"
+    );
+    assert!(
+        matches!(&after[1], ServerMessage::Snapshot(t) if t.seq == 20),
+        "{after:?}"
+    );
+    let p = client.position("AAPL").unwrap();
+    assert!(!p.stale, "the snapshot replaced the state");
+    assert_eq!(client.counters().holes, 0);
+    node_b.shutdown().await;
+}
+
+async fn next_event(c: &mut Client) -> Event {
+    tokio::time::timeout(WAIT, c.next())
+        .await
+        .expect("an event in time")
+        .expect("the client goes on")
+}

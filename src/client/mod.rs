@@ -306,7 +306,8 @@ impl Client {
         self.counters
     }
 
-    /// The position held for `symbol`.
+    /// The position held for `symbol`: it counts every message of the frames read so
+    /// far, which may be ahead of the events yielded yet.
     pub fn position(&self, symbol: &str) -> Option<&Position> {
         self.positions.get(symbol)
     }
