@@ -116,6 +116,8 @@ pub enum Event {
         resumed: usize,
         /// Whether this is a reconnection (not the first connection).
         reconnect: bool,
+        /// When this connection attempt began (after its backoff delay).
+        dialed: Instant,
     },
     /// The connection was lost.
     Disconnected {
@@ -220,6 +222,7 @@ pub struct Position {
 struct Conn {
     ws: FragmentCollector<TokioIo<Upgraded>>,
     url: Arc<str>,
+    dialed: Instant,
     since: Instant,
     welcomed: bool,
     got_data: bool,
@@ -389,6 +392,7 @@ impl Client {
             tokio::time::sleep_until(at).await;
         }
         let url = self.url();
+        let dialed = Instant::now();
         let attempt = tokio::time::timeout(
             self.cfg.connect_timeout,
             connect(&url, self.cfg.token.as_deref()),
@@ -402,6 +406,7 @@ impl Client {
                         self.conn = Some(Conn {
                             ws,
                             url,
+                            dialed,
                             since: Instant::now(),
                             welcomed: false,
                             got_data: false,
@@ -629,6 +634,7 @@ impl Client {
                         attempt: backoff.attempt(),
                         resumed,
                         reconnect: *ever_connected,
+                        dialed: conn.dialed,
                     });
                     *ever_connected = true;
                 }
