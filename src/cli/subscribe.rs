@@ -308,9 +308,22 @@ pub(super) fn describe(ev: &Event) -> Option<String> {
             from,
             to,
             reason,
-        }) => format!("{symbol}: gap {from}..={to} ({reason:?}); state replaced by what follows"),
+        }) => format!(
+            "{symbol}: gap {from}..={to} ({}); state replaced by what follows",
+            gap_reason(*reason)
+        ),
         Event::Message(_) => return None,
     })
+}
+
+fn gap_reason(r: crate::protocol::GapReason) -> &'static str {
+    use crate::protocol::GapReason::*;
+    match r {
+        SlowConsumer => "slow_consumer",
+        Upstream => "upstream",
+        Expired => "expired",
+        Reset => "reset",
+    }
 }
 
 /// A symbol refused by the server ends the command: it asked for something impossible.
