@@ -342,3 +342,55 @@ async fn next_event(c: &mut Client) -> Event {
         .expect("an event in time")
         .expect("the client goes on")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_connection_lives_on_pings_both_ways() {
+    let mut s = settings();
+    s.heartbeat = Duration::from_millis(100);
+    s.heartbeat_grace = Duration::from_millis(100);
+    let node = start(s).await;
+    let client = Client::new(ClientConfig {
+        urls: vec![format!("ws://{}/v1/ws", node.addr)],
+        symbols: vec!["AAPL".into()],
+        heartbeat_grace: Duration::from_millis(150),
+        ..ClientConfig::default()
+    })
+    .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (mut rx, task) = client.spawn(64, stop.clone());
+    // No tick for ten times the silence either side allows: the server's Pings keep the
+    // client's idle timer fed, and the client's Pongs keep the server from closing.
+    let quiet = tokio::time::sleep(Duration::from_secs(2));
+    tokio::pin!(quiet);
+    let mut events = Vec::new();
+    loop {
+        tokio::select! {
+            _ = &mut quiet => break,
+            ev = rx.recv() => events.push(ev.expect("the client goes on")),
+        }
+    }
+    assert!(
+        matches!(events.first(), Some(Event::Connected { .. })),
+        "{events:?}"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::Disconnected { .. } | Event::Retrying { .. })),
+        "{events:?}"
+    );
+    publish(&node, "AAPL", "q", 1..=1);
+    let ev = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(Event::Message(ServerMessage::Tick(t))) = rx.recv().await {
+                break t;
+            }
+        }
+    })
+    .await
+    .expect("the tick after the quiet spell");
+    assert_eq!(ev.seq, 1);
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    node.shutdown().await;
+}

@@ -399,7 +399,10 @@ impl Client {
         )
         .await;
         let err = match attempt {
-            Ok(Ok(ws)) => {
+            Ok(Ok(mut ws)) => {
+                // Pings are answered here rather than inside the socket, so that they
+                // count as signs of life for the idle timer.
+                ws.set_auto_pong(false);
                 let mut ws = FragmentCollector::new(ws);
                 match self.send_subscribe(&mut ws).await {
                     Ok(()) => {
@@ -533,6 +536,13 @@ impl Client {
         };
         match frame.opcode {
             OpCode::Text => {}
+            OpCode::Ping => {
+                let pong = Frame::pong(frame.payload);
+                return match conn.ws.write_frame(pong).await {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(Lost::Retry(None, e.to_string())),
+                };
+            }
             OpCode::Close => {
                 let p = &frame.payload[..];
                 let code = (p.len() >= 2).then(|| u16::from_be_bytes([p[0], p[1]]));
@@ -544,7 +554,7 @@ impl Client {
                     _ => Lost::Retry(code, reason),
                 });
             }
-            // Pings are answered by the socket itself; binary ticks are not asked for.
+            // Pongs need nothing; binary ticks are not asked for.
             _ => return Ok(()),
         }
         let Self {
