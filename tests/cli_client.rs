@@ -468,3 +468,53 @@ async fn failures_exit_non_zero_with_a_clear_message() {
     }
     run.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_resume_starts_after_a_given_position() {
+    let run = start(settings()).await;
+    publish(&run, "AAPL", "r", 1..=10);
+    for at in ["AAPL=r:5", "AAPL=5"] {
+        let mut sub = Proc::spawn(&[
+            "subscribe",
+            "--url",
+            &ws_url(run.addr),
+            "AAPL",
+            "--resume",
+            at,
+            "--count",
+            "5",
+        ]);
+        let status = sub.exit(Duration::from_secs(10)).await;
+        assert!(status.success(), "{at}: {}", sub.err());
+        let lines = sub.json();
+        assert_eq!(
+            ticks_of(&lines, "AAPL"),
+            (6..=10).map(|s| ("r".to_owned(), s)).collect::<Vec<_>>(),
+            "{at}"
+        );
+        assert!(
+            !lines
+                .iter()
+                .any(|v| v["type"] == "snapshot" || v["type"] == "gap"),
+            "{at}: {lines:?}"
+        );
+    }
+    // A position from another epoch gets the reset the protocol promises.
+    let mut sub = Proc::spawn(&[
+        "subscribe",
+        "--url",
+        &ws_url(run.addr),
+        "AAPL",
+        "--resume",
+        "AAPL=old:5",
+        "--count",
+        "1",
+    ]);
+    assert!(sub.exit(Duration::from_secs(10)).await.success());
+    let lines = sub.json();
+    assert_eq!(lines[2]["type"], "gap", "{lines:?}");
+    assert_eq!(lines[2]["reason"], "reset");
+    assert_eq!(lines[3]["type"], "snapshot");
+    assert_eq!(lines[3]["seq"], 10);
+    run.shutdown().await;
+}

@@ -99,10 +99,24 @@ pub fn parse_symbols(args: &[String]) -> anyhow::Result<Vec<String>> {
     Ok(out)
 }
 
+/// Parses `SYMBOL=EPOCH:SEQ` or `SYMBOL=SEQ`.
+pub fn parse_resume(s: &str) -> anyhow::Result<(String, (String, u64))> {
+    let bad = || anyhow::anyhow!("--resume {s:?}: write it like AAPL=k3v9q1:1042 or AAPL=1042");
+    let (sym, at) = s.trim().split_once('=').ok_or_else(bad)?;
+    anyhow::ensure!(valid_symbol(sym), "--resume {s:?}: bad symbol {sym:?}");
+    let (epoch, seq) = match at.rsplit_once(':') {
+        Some((e, n)) => (e.to_owned(), n),
+        None => (String::new(), at),
+    };
+    let seq: u64 = seq.parse().map_err(|_| bad())?;
+    Ok((sym.to_owned(), (epoch, seq)))
+}
+
 /// Options.
 #[derive(clap::Args, Debug)]
 #[command(after_help = "\
 Examples:
+  tickstream subscribe AAPL --resume AAPL=k3v9q1:1042 --json   replay what followed seq 1042
   tickstream subscribe AAPL MSFT                       live table in a terminal
   tickstream subscribe AAPL,BTC-USD --count 5 | jq .   NDJSON when piped
   tickstream subscribe AAPL --stats                    rate, gaps and latency every second
@@ -139,6 +153,12 @@ pub struct Args {
     #[arg(long)]
     pub no_snapshot: bool,
 
+    /// Start after a position already held, e.g. from an earlier run's last line:
+    /// SYMBOL=EPOCH:SEQ or SYMBOL=SEQ, repeated or comma-separated. The node replays
+    /// what follows, or says with a gap what it no longer has.
+    #[arg(long, value_name = "SYM=EPOCH:SEQ", value_delimiter = ',')]
+    pub resume: Vec<String>,
+
     /// Log filter for the client's own logs (stderr). Default: RUST_LOG, else warn.
     #[arg(long, env = "TICKSTREAM_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -147,8 +167,16 @@ pub struct Args {
 pub(super) fn run(args: Args) -> anyhow::Result<()> {
     super::init_logs(Some(args.log.as_deref().unwrap_or("warn")));
     let symbols = parse_symbols(&args.symbols)?;
-    let mut cfg = args.conn.client_config(symbols)?;
+    let mut cfg = args.conn.client_config(symbols.clone())?;
     cfg.snapshot = !args.no_snapshot;
+    for r in &args.resume {
+        let (sym, at) = parse_resume(r)?;
+        anyhow::ensure!(
+            symbols.contains(&sym),
+            "--resume {r}: {sym} is not among the symbols subscribed"
+        );
+        cfg.start_from.insert(sym, at);
+    }
     let client = Client::new(cfg)?;
     let mode = if args.stats && !args.json {
         Mode::Stats
@@ -623,6 +651,25 @@ mod tests {
             .to_string()
             .contains("bad symbol \"aapl\""));
         assert!(parse_symbols(&args(&[","])).is_err());
+    }
+
+    #[test]
+    fn resume_positions_parse() {
+        assert_eq!(
+            parse_resume("AAPL=k3v9q1:1042").unwrap(),
+            ("AAPL".into(), ("k3v9q1".into(), 1042))
+        );
+        assert_eq!(
+            parse_resume("ES:H6=e:7").unwrap(),
+            ("ES:H6".into(), ("e".into(), 7))
+        );
+        assert_eq!(
+            parse_resume("AAPL=5").unwrap(),
+            ("AAPL".into(), (String::new(), 5))
+        );
+        for bad in ["AAPL", "AAPL=x", "aapl=1", "AAPL=e:", "=1"] {
+            assert!(parse_resume(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

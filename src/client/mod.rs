@@ -81,6 +81,10 @@ pub struct ClientConfig {
     pub fail_fast: bool,
     /// Most symbols per `subscribe` command (a long list is sent as several). Default: 256.
     pub symbols_per_command: usize,
+    /// Where to start: the last `(epoch, seq)` already held per symbol, as from an
+    /// earlier run (an empty epoch resumes by `seq` alone). The first subscription
+    /// asks the server to replay what follows. Default: none.
+    pub start_from: HashMap<String, (String, u64)>,
 }
 
 impl Default for ClientConfig {
@@ -96,6 +100,7 @@ impl Default for ClientConfig {
             heartbeat_grace: Duration::from_secs(10),
             fail_fast: true,
             symbols_per_command: 256,
+            start_from: HashMap::new(),
         }
     }
 }
@@ -280,10 +285,19 @@ impl Client {
                 wanted.push(sym);
             }
         }
-        let positions = wanted
+        let mut positions: HashMap<Symbol, Position> = wanted
             .iter()
             .map(|s| (s.clone(), Position::default()))
             .collect();
+        for (sym, (epoch, seq)) in &cfg.start_from {
+            let p = positions.get_mut(sym.as_str()).ok_or_else(|| {
+                ClientError::Config(format!(
+                    "resume position for {sym}, which is not subscribed"
+                ))
+            })?;
+            p.epoch = names.intern(epoch);
+            p.seq = *seq;
+        }
         Ok(Client {
             urls: cfg.urls.iter().map(|u| Arc::from(u.as_str())).collect(),
             url_idx: 0,
@@ -496,10 +510,12 @@ impl Client {
             let mut resume = serde_json::Map::new();
             for s in chunk {
                 if let Some(p) = self.positions.get(s).filter(|p| p.seq > 0) {
-                    resume.insert(
-                        s.to_string(),
-                        serde_json::json!({"epoch": &*p.epoch, "seq": p.seq}),
-                    );
+                    let at = if p.epoch.is_empty() {
+                        serde_json::json!(p.seq)
+                    } else {
+                        serde_json::json!({"epoch": &*p.epoch, "seq": p.seq})
+                    };
+                    resume.insert(s.to_string(), at);
                 }
             }
             let mut cmd = serde_json::json!({
