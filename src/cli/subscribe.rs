@@ -42,15 +42,30 @@ pub struct ConnArgs {
 
     /// Window of the first reconnect attempt; each failed attempt doubles it, up to
     /// --backoff-cap. The delay is drawn uniformly in the window (full jitter).
-    #[arg(long, value_name = "DURATION", default_value = "500ms")]
+    #[arg(
+        long,
+        env = "TICKSTREAM_BACKOFF_BASE",
+        value_name = "DURATION",
+        default_value = "500ms"
+    )]
     pub backoff_base: Dur,
 
     /// Largest reconnect window.
-    #[arg(long, value_name = "DURATION", default_value = "30s")]
+    #[arg(
+        long,
+        env = "TICKSTREAM_BACKOFF_CAP",
+        value_name = "DURATION",
+        default_value = "30s"
+    )]
     pub backoff_cap: Dur,
 
     /// Consecutive failed reconnect attempts before giving up (0: never give up).
-    #[arg(long, value_name = "N", default_value_t = 30)]
+    #[arg(
+        long,
+        env = "TICKSTREAM_MAX_ATTEMPTS",
+        value_name = "N",
+        default_value_t = 30
+    )]
     pub max_attempts: u32,
 }
 
