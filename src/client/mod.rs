@@ -8,6 +8,25 @@
 //! position of every symbol, so the server replays what was missed, or says with a
 //! `gap` what it no longer has.
 //!
+//! ```no_run
+//! use tickstream::client::{Client, ClientConfig, Event, ServerMessage};
+//!
+//! # async fn run() -> Result<(), tickstream::client::ClientError> {
+//! let mut client = Client::new(ClientConfig {
+//!     urls: vec!["ws://127.0.0.1:8080/v1/ws".into(), "ws://127.0.0.1:8081/v1/ws".into()],
+//!     symbols: vec!["AAPL".into(), "BTC-USD".into()],
+//!     ..ClientConfig::default()
+//! })?;
+//! loop {
+//!     match client.next().await? {
+//!         Event::Message(ServerMessage::Tick(t)) => println!("{} {} {}", t.symbol, t.seq, t.last),
+//!         Event::Connected { node, resumed, .. } => eprintln!("on {node}, resuming {resumed}"),
+//!         _ => {}
+//!     }
+//! }
+//! # }
+//! ```
+//!
 //! # Sequence tracking and re-snapshotting
 //!
 //! - A tick whose `seq` follows the last one is in order. One at or below the last is a
