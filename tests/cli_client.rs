@@ -518,3 +518,83 @@ async fn subscribe_resume_starts_after_a_given_position() {
     assert_eq!(lines[3]["seq"], 10);
     run.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feed_record_resumes_across_a_node_restart_without_holes_or_repeats() {
+    let first = start(settings()).await;
+    let addr = first.addr;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("across.ndjson");
+    let mut rec = Proc::spawn(&[
+        "feed",
+        "record",
+        "--url",
+        &ws_url(addr),
+        "AAPL",
+        "--out",
+        path.to_str().unwrap(),
+        "--count",
+        "30",
+        "--flush",
+        "20ms",
+        "--backoff-base",
+        "100ms",
+        "--backoff-cap",
+        "400ms",
+    ]);
+    eventually("the recorder's subscription", || {
+        first.node.hub.subscriber_count("AAPL") == 1
+    })
+    .await;
+    let mut sent: Vec<Tick> = (1..=10).map(|s| tick("AAPL", "k", s)).collect();
+    for t in &sent {
+        first.node.bus.publish(t.clone()).unwrap();
+    }
+    // The recorder has written them (it flushes every 20 ms) before the node goes.
+    let deadline = Instant::now() + WAIT;
+    while Reader::open(&path)
+        .map(|r| r.take_while(Result::is_ok).count())
+        .unwrap_or(0)
+        < 10
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the first ticks were not recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    first.shutdown().await;
+    let mut s = settings();
+    s.listen = addr;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let second = loop {
+        match tickstream::server::start(s.clone()).await {
+            Ok(r) => break r,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "cannot listen again: {e:#}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    // The feed carried on: the node has the same history the old one had, and more.
+    let more: Vec<Tick> = (11..=30).map(|s| tick("AAPL", "k", s)).collect();
+    for t in sent.iter().chain(&more[..10]) {
+        second.node.bus.publish(t.clone()).unwrap();
+    }
+    eventually("the resubscription", || {
+        second.node.hub.subscriber_count("AAPL") == 1
+    })
+    .await;
+    for t in &more[10..] {
+        second.node.bus.publish(t.clone()).unwrap();
+    }
+    sent.extend(more);
+    let status = rec.exit(Duration::from_secs(10)).await;
+    assert!(status.success(), "{status:?}\n{}", rec.err());
+    let got: Vec<Tick> = Reader::open(&path).unwrap().map(|r| r.unwrap().1).collect();
+    assert_eq!(got, sent, "every tick once, in order, with its ts");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(!text.contains("\"gap\""), "{text}");
+    assert!(rec.err().contains("reconnected to"), "{}", rec.err());
+    second.shutdown().await;
+}

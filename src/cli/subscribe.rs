@@ -585,7 +585,9 @@ impl Table {
     fn draw(&mut self, out: &mut impl Write, stats: &Stats) -> std::io::Result<()> {
         use crossterm::{cursor, queue, terminal};
         let (cols, rows) = terminal::size().unwrap_or((100, 40));
-        let room = rows.saturating_sub(3 + self.events.len() as u16).max(1) as usize;
+        // Header, "more", stats and events around the rows, and one line spare so that
+        // the last newline never scrolls the table off its own top.
+        let room = rows.saturating_sub(4 + self.events.len() as u16).max(1) as usize;
         if self.drawn > 0 {
             queue!(out, cursor::MoveToPreviousLine(self.drawn))?;
         }
