@@ -14,7 +14,8 @@
 //! - [`transport`]: WebSocket frames and the HTTP routes on the same port.
 //!
 //! Around them: [`tick`] (the tick and its encoding), [`protocol`] (the wire messages),
-//! [`auth`] (tokens), [`config`] (settings), [`cli`] (the command line), [`node`] (what connections share) and [`server`] (listen,
+//! [`auth`] (tokens), [`config`] (settings), [`cli`] (the command line), [`client`] (the
+//! Rust client), [`node`] (what connections share) and [`server`] (listen,
 //! accept, shut down).
 
 pub mod auth;

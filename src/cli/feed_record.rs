@@ -1,9 +1,168 @@
-//! `tickstream feed record` (not built yet).
+//! `tickstream feed record`: subscribe to a node and write what arrives to a recording.
+//!
+//! The file is the recording format of [`crate::feed::recording`]: a header line, then
+//! one server message per line — `tick` lines exactly as sent (symbol, epoch, seq,
+//! original `ts`, prices, sizes), and the `snapshot` and `gap` lines received, which
+//! replays skip. A name ending in `.zst` or `.zstd` is written zstd-compressed. Lines
+//! are flushed every `--flush` interval, so a recorder killed outright loses at most
+//! that much; SIGINT, SIGTERM, `--duration` and `--count` finish the file cleanly.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use super::subscribe::{describe, parse_symbols, ConnArgs};
+use crate::client::{Client, Event, ServerMessage};
+use crate::config::Dur;
+use crate::feed::recording::Writer;
+use crate::tick::Kind;
+
+/// Options (boxed: the command enum stays small).
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    inner: Box<RecordArgs>,
+}
 
 /// Options.
-#[derive(clap::Args)]
-pub struct Args {}
+#[derive(clap::Args, Debug)]
+#[command(after_help = "\
+Examples:
+  tickstream feed record --symbols AAPL,MSFT --out session.ndjson --duration 5m
+  tickstream feed record --url ws://127.0.0.1:8080/v1/ws AAPL BTC-USD --out s.ndjson.zst
 
-pub(super) fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+Progress and connection events go to stderr. Exit status: 0 when stopped by --duration,
+--count or SIGINT/SIGTERM with the file complete; 1 when the file cannot be written, the
+client gives up, or the server refuses a symbol.")]
+pub struct RecordArgs {
+    /// Symbols, as separate arguments or comma-separated.
+    #[arg(value_name = "SYMBOL")]
+    pub symbols: Vec<String>,
+
+    /// Symbols, comma-separated (the same as giving them as arguments).
+    #[arg(long = "symbols", value_name = "SYMBOLS")]
+    pub symbols_opt: Vec<String>,
+
+    /// The recording to write (NDJSON; zstd-compressed when it ends in .zst or .zstd).
+    #[arg(long, short, value_name = "FILE")]
+    pub out: PathBuf,
+
+    #[command(flatten)]
+    pub conn: ConnArgs,
+
+    /// Stop after this long (e.g. 5m).
+    #[arg(long, value_name = "DURATION")]
+    pub duration: Option<Dur>,
+
+    /// Stop after this many ticks.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+
+    /// Interval between flushes to the file.
+    #[arg(long, value_name = "DURATION", default_value = "1s")]
+    pub flush: Dur,
+
+    /// Write the snapshots received too (skipped by replays; default: on).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub snapshots: bool,
+
+    /// Log filter for the client's own logs (stderr). Default: RUST_LOG, else warn.
+    #[arg(long, env = "TICKSTREAM_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
+}
+
+pub(super) fn run(args: Args) -> anyhow::Result<()> {
+    let args = *args.inner;
+    super::init_logs(Some(args.log.as_deref().unwrap_or("warn")));
+    let mut all = args.symbols.clone();
+    all.extend(args.symbols_opt.iter().cloned());
+    let symbols = parse_symbols(&all)?;
+    anyhow::ensure!(!args.flush.0.is_zero(), "--flush must be more than 0");
+    let client = Client::new(args.conn.client_config(symbols)?)?;
+    let source = args.conn.url.join(",");
+    let writer = Writer::create(&args.out, &source)
+        .with_context(|| format!("cannot create the recording {}", args.out.display()))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(record(client, writer, &args))
+}
+
+async fn record(client: Client, mut writer: Writer, args: &RecordArgs) -> anyhow::Result<()> {
+    let stop_client = CancellationToken::new();
+    let (mut rx, task) = client.spawn(8192, stop_client.clone());
+    let started = tokio::time::Instant::now();
+    let deadline = started
+        + args
+            .duration
+            .map_or(Duration::from_secs(100 * 365 * 86400), |d| d.0);
+    let mut flush = tokio::time::interval(args.flush.0);
+    let signal = super::wait_for_signal();
+    tokio::pin!(signal);
+    let (mut ticks, mut snapshots, mut gaps) = (0u64, 0u64, 0u64);
+    let mut line = Vec::with_capacity(512);
+    let mut failure: Option<anyhow::Error> = None;
+    loop {
+        tokio::select! {
+            _ = &mut signal => break,
+            _ = tokio::time::sleep_until(deadline) => break,
+            _ = flush.tick() => {
+                if let Err(e) = writer.flush() {
+                    failure = Some(e.into());
+                    break;
+                }
+            }
+            ev = rx.recv() => {
+                let Some(ev) = ev else { break };
+                if let Some(text) = describe(&ev) {
+                    eprintln!("tickstream: {text}");
+                }
+                let written = match &ev {
+                    Event::Message(ServerMessage::Tick(t)) => {
+                        ticks += 1;
+                        writer.write_tick(t)
+                    }
+                    Event::Message(ServerMessage::Snapshot(t)) if args.snapshots => {
+                        snapshots += 1;
+                        line.clear();
+                        t.write_json(Kind::Snapshot, &mut line);
+                        writer.write_line(&line)
+                    }
+                    Event::Message(m @ ServerMessage::Gap { .. }) => {
+                        gaps += 1;
+                        line.clear();
+                        m.write_json(&mut line);
+                        writer.write_line(&line)
+                    }
+                    Event::Message(ServerMessage::Error { code, message, symbols, .. }) if !symbols.is_empty() => {
+                        failure = Some(anyhow::anyhow!("the server refused {}: {code}: {message}", symbols.join(",")));
+                        break;
+                    }
+                    _ => Ok(()),
+                };
+                if let Err(e) = written {
+                    failure = Some(e.into());
+                    break;
+                }
+                if args.count.is_some_and(|c| ticks >= c) {
+                    break;
+                }
+            }
+        }
+    }
+    stop_client.cancel();
+    let result = task.await.context("the client task failed")?;
+    let finished = writer.finish();
+    eprintln!(
+        "tickstream: recorded {ticks} ticks, {snapshots} snapshots, {gaps} gaps to {} in {:.1}s",
+        args.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    if let Some(f) = failure {
+        return Err(f);
+    }
+    finished?;
+    result.map_err(Into::into)
 }
