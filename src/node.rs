@@ -26,6 +26,8 @@ pub struct Node {
     pub session_salt: u64,
     /// Connections open now.
     pub connections: AtomicU64,
+    /// Counters of the publisher endpoint.
+    pub publish: crate::transport::publish::PublishStats,
 }
 
 impl Node {
@@ -39,6 +41,7 @@ impl Node {
             tasks: TaskTracker::new(),
             session_salt: rand::random(),
             connections: AtomicU64::new(0),
+            publish: Default::default(),
         })
     }
 }
