@@ -237,7 +237,6 @@ pub async fn to_node(
                 }
                 Some(Event::Refused(text)) => {
                     if report.errors.len() < KEPT_ERRORS {
-                        tracing::warn!("refused: {text}");
                         report.errors.push(text);
                     }
                 }

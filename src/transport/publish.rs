@@ -409,9 +409,9 @@ impl<'a> Checker<'a> {
 
 fn describe(r: &Refused) -> String {
     let what = match (&r.symbol, r.seq) {
-        (Some(s), Some(q)) => format!("tick {} ({s} seq {q})", r.index),
-        (Some(s), None) => format!("tick {} ({s})", r.index),
-        _ => format!("tick {}", r.index),
+        (Some(s), Some(q)) => format!("tick {} of the frame ({s} seq {q})", r.index),
+        (Some(s), None) => format!("tick {} of the frame ({s})", r.index),
+        _ => format!("tick {} of the frame", r.index),
     };
     format!("{what}: {}", r.why)
 }
