@@ -67,7 +67,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let feed = match &settings.feed {
         FeedSpec::Synthetic => Some(start_synthetic(&settings, universe, bus.clone())),
         FeedSpec::None => None,
-        FeedSpec::Replay(path) => Some(start_replay(&settings, path, bus.clone())?),
+        FeedSpec::Replay(path) => Some(start_replay(&settings, path, &hub, bus.clone())?),
     };
     let node = Node::new(settings, hub, bus);
     let accept = tokio::spawn(accept_loop(node.clone(), listener));
@@ -110,6 +110,7 @@ fn start_synthetic(settings: &Settings, universe: Universe, bus: Arc<dyn Bus>) -
 fn start_replay(
     settings: &Settings,
     path: &std::path::Path,
+    hub: &Hub,
     bus: Arc<dyn Bus>,
 ) -> anyhow::Result<FeedThreads> {
     let config = feed::ReplayConfig {
@@ -127,6 +128,19 @@ fn start_replay(
         looping = config.looping,
         "replay feed"
     );
+    let unserved: Vec<&str> = scan
+        .symbol_names
+        .iter()
+        .filter(|s| !hub.serves(s))
+        .map(|s| &**s)
+        .collect();
+    if !unserved.is_empty() {
+        tracing::warn!(
+            count = unserved.len(),
+            first = %unserved[..unserved.len().min(10)].join(","),
+            "the recording has symbols outside the universe; their ticks are dropped (see --universe)"
+        );
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = crossbeam_channel::bounded::<Tick>(FEED_BUFFER);
     let player = feed::replay::spawn(

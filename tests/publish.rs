@@ -43,7 +43,7 @@ async fn exchange(p: &mut Client, frame: &Value) -> Vec<Value> {
 async fn bad_ticks_are_refused_one_by_one_and_good_ones_forwarded() {
     let run = start(settings()).await;
     let mut sub = subscriber(run.addr, &["AAPL", "MSFT"]).await;
-    let mut p = Client::connect_path(run.addr, "/v1/publish").await;
+    let (mut p, _) = publisher(run.addr).await;
 
     let frame = json!([
         good("AAPL", 1),
@@ -102,6 +102,17 @@ async fn bad_ticks_are_refused_one_by_one_and_good_ones_forwarded() {
     let e = p.next().await;
     assert_eq!(e["code"], "bad_request", "{e}");
     assert_eq!(p.next().await["type"], "published");
+    p.send_msg(Message::binary(b"\x01\x02".to_vec())).await;
+    let e = p.next().await;
+    assert_eq!(e["code"], "bad_request", "{e}");
+    assert_eq!(
+        p.next().await,
+        json!({"type":"published","accepted":0,"refused":0})
+    );
+    let pings_ok = exchange(&mut p, &good("AAPL", 3)).await;
+    assert_eq!(pings_ok.last().unwrap()["accepted"], 1);
+    let t = sub.next().await;
+    assert_eq!(t["seq"], 3);
     let reply = exchange(&mut p, &without(without(good("MSFT", 7), "type"), "epoch")).await;
     assert_eq!(
         reply,
@@ -125,7 +136,8 @@ async fn publisher_limits_are_its_own() {
     s.max_msg_bytes = 256;
     s.publish_max_msg_bytes = 8192;
     let run = start(s).await;
-    let mut p = Client::connect_path(run.addr, "/v1/publish").await;
+    let (mut p, w) = publisher(run.addr).await;
+    assert_eq!(w["limits"]["max_msg_bytes"], 8192, "{w}");
     // Far above the subscriber limit, within the publisher's.
     let frame = Value::Array((1..=20).map(|s| good("AAPL", s)).collect());
     assert!(frame.to_string().len() > 2048);
@@ -222,4 +234,35 @@ async fn synth_out_writes_a_recording_that_replays() {
     assert!(ticks
         .iter()
         .all(|t| matches!(&*t.symbol, "BTC-USD" | "ETH-USD") && t.bid <= t.ask));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_replay_keeps_its_publisher_connection_alive() {
+    // The node closes connections silent for 600 ms; the ticks are 1.5 s apart.
+    let mut s = settings();
+    s.heartbeat = std::time::Duration::from_millis(300);
+    s.heartbeat_grace = std::time::Duration::from_millis(300);
+    let run = start(s).await;
+    let (_, w) = publisher(run.addr).await;
+    assert_eq!(w["idle_timeout_ms"], 600);
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_recording(dir.path(), "slow.ndjson", &spaced("AAPL", 2, 1500));
+    let out = spawn_bin(
+        [
+            "feed",
+            "replay",
+            path.to_str().unwrap(),
+            "--to",
+            &publish_url(run.addr),
+        ]
+        .map(String::from)
+        .to_vec(),
+        LONG,
+    )
+    .await
+    .unwrap();
+    let (stdout, stderr) = texts(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("2 accepted, 0 refused"), "{stdout}");
+    run.shutdown().await;
 }

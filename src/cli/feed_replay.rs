@@ -195,11 +195,11 @@ fn progress_bar(len: Option<u64>) -> ProgressBar {
     let (bar, template) = match len {
         Some(n) => (
             ProgressBar::new(n),
-            "{elapsed_precise} [{wide_bar}] {pos}/{len} ticks ({per_sec}, eta {eta})",
+            "{elapsed_precise} [{wide_bar}] {human_pos}/{human_len} ticks, eta {eta}",
         ),
         None => (
             ProgressBar::no_length(),
-            "{elapsed_precise} {spinner} {pos} ticks ({per_sec}) {msg}",
+            "{elapsed_precise} {spinner} {human_pos} ticks, {msg}",
         ),
     };
     bar.set_draw_target(ProgressDrawTarget::stderr());

@@ -23,8 +23,9 @@ use crate::tick::{Kind, Tick};
 /// Most ticks sent in one frame to a publisher endpoint.
 pub const MAX_FRAME_TICKS: usize = 512;
 
-/// An idle publisher connection sends a WebSocket Ping this often, so that the node
-/// does not close it for silence during long gaps of a slow replay.
+/// An idle publisher connection sends a WebSocket Ping this often (or four times per
+/// idle timeout the node announces in its `welcome`, when that is shorter), so that the
+/// node does not close it for silence during long gaps of a slow replay.
 pub const KEEPALIVE: Duration = Duration::from_secs(10);
 
 /// How long, after the last frame, to wait for the node to acknowledge every frame.
@@ -120,6 +121,7 @@ pub fn to_file(rx: Receiver<Tick>, path: &Path, source: &str) -> Result<SinkRepo
 }
 
 enum Event {
+    Welcome { idle: Duration },
     Ack { accepted: u64, refused: u64 },
     Refused(String),
     Closed(String),
@@ -230,6 +232,10 @@ pub async fn to_node(
                 None => feeding = false,
             },
             ev = events.recv() => match ev {
+                Some(Event::Welcome { idle }) => {
+                    let every = (idle / 4).clamp(Duration::from_millis(20), KEEPALIVE);
+                    keepalive = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                }
                 Some(Event::Ack { accepted, refused }) => {
                     acked += 1;
                     report.accepted += accepted;
@@ -286,6 +292,9 @@ fn parse_replies(payload: &[u8]) -> Vec<Event> {
                 m["code"].as_str().unwrap_or("error"),
                 m["message"].as_str().unwrap_or("")
             ))),
+            "welcome" => Some(Event::Welcome {
+                idle: Duration::from_millis(m["idle_timeout_ms"].as_u64().unwrap_or(u64::MAX / 4)),
+            }),
             _ => None,
         })
         .collect()

@@ -106,6 +106,8 @@ pub struct Scan {
     pub selected: u64,
     /// Distinct symbols among the selected ticks.
     pub symbols: usize,
+    /// Those symbols, sorted.
+    pub symbol_names: Vec<Arc<str>>,
     /// Recorded `ts` of the first tick in the file.
     pub first_ts: u64,
     /// Recorded time from the first to the last selected tick.
@@ -175,6 +177,8 @@ pub fn scan(path: &Path, config: &ReplayConfig) -> Result<Scan, ReplayError> {
         });
     }
     scan.symbols = symbols.len();
+    scan.symbol_names = symbols.into_iter().collect();
+    scan.symbol_names.sort();
     scan.span = Duration::from_nanos(last_sel.saturating_sub(first_sel.unwrap_or(last_sel)));
     Ok(scan)
 }
@@ -199,7 +203,7 @@ pub struct ReplayReport {
     pub symbols: usize,
     /// Wall time from the first published tick to the last, on the replay's own clock.
     pub elapsed: Duration,
-    /// Recorded time covered by the published ticks of the last complete pass.
+    /// Recorded time from the first tick of the last pass to the furthest one published.
     pub span: Duration,
     /// Whether it ended because it was stopped or the sink went away.
     pub stopped: bool,
@@ -232,7 +236,6 @@ pub fn play(
         // (recorded ts of the pass's first tick, when the pass started)
         let mut origin: Option<(u64, Instant)> = None;
         let mut pass_ticks = 0u64;
-        let mut pass_last_ts = 0u64;
         while let Some((_, mut tick)) = reader.next_tick()? {
             if stop.load(Ordering::Relaxed) {
                 report.stopped = true;
@@ -270,11 +273,10 @@ pub fn play(
             started.get_or_insert(last_emit);
             report.ticks += 1;
             pass_ticks += 1;
-            pass_last_ts = recorded;
+            report.span = report
+                .span
+                .max(Duration::from_nanos(recorded.saturating_sub(t0)));
             progress.ticks.fetch_add(1, Ordering::Relaxed);
-        }
-        if let Some((t0, _)) = origin {
-            report.span = Duration::from_nanos(pass_last_ts.saturating_sub(t0));
         }
         if !config.looping || pass_ticks == 0 {
             return Ok(finish(report, symbols, started, last_emit));

@@ -1,7 +1,8 @@
 //! The publisher endpoint, `GET /v1/publish`: an external feed process pushes ticks into
 //! this node over a WebSocket, and the node publishes them on its bus like its own feed.
 //!
-//! Inbound: one text frame holds one tick object or a JSON array of them (the `tick`
+//! On connect the node sends `{"type":"welcome","role":"publisher","idle_timeout_ms":…,
+//! "limits":{"max_msg_bytes":…,"frames_per_s":…}}`. Inbound: one text frame holds one tick object or a JSON array of them (the `tick`
 //! object of the protocol; `type` may be left out). Every tick is checked on its own: a
 //! bad one is refused with an `error` naming it (its index in the frame, symbol and
 //! seq) and counted, never forwarded, and the rest of the frame goes on. Each frame is
@@ -24,7 +25,8 @@ use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Payload, WebSocket, WebSocketError};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use serde_json::{Map, Value};
+use serde::Serialize;
+use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::http::{text, Body};
@@ -98,11 +100,24 @@ where
     let cfg = &node.settings;
     let max = cfg.publish_max_msg_bytes;
     ws.set_max_message_size(max.saturating_add(1));
-    ws.set_auto_pong(true);
+    // Pings are answered here, not inside read_frame, so that they count as activity.
+    ws.set_auto_pong(false);
     ws.set_auto_close(true);
     let silence = cfg.heartbeat + cfg.heartbeat_grace;
     let mut bucket = TokenBucket::new(cfg.publish_rate_limit, cfg.publish_rate_limit);
     let mut checker = Checker::new(node);
+    let welcome = Reply::Welcome {
+        node: &cfg.node,
+        role: "publisher",
+        idle_timeout_ms: silence.as_millis() as u64,
+        limits: PublishLimits {
+            max_msg_bytes: max,
+            frames_per_s: cfg.publish_rate_limit,
+        },
+    };
+    if !reply(&mut ws, vec![welcome]).await {
+        return;
+    }
     let mut partial: Vec<u8> = Vec::new();
     let mut in_partial = false;
     let (code, reason): (u16, &[u8]) = loop {
@@ -111,16 +126,29 @@ where
             r = tokio::time::timeout(silence, ws.read_frame()) => match r {
                 Err(_) => break (close::NORMAL, b"heartbeat timeout"),
                 Ok(Err(WebSocketError::FrameTooLarge)) => break (close::TOO_BIG, b"message too big"),
+                Ok(Err(WebSocketError::InvalidUTF8)) => {
+                    let msg = refusal("bad_request", "text frame is not valid UTF-8");
+                    if !reply(&mut ws, vec![msg, ack(0, 0)]).await {
+                        return;
+                    }
+                    continue;
+                }
                 Ok(Err(_)) => return,
                 Ok(Ok(f)) => f,
             },
         };
         let whole: Vec<u8> = match frame.opcode {
             OpCode::Close => return,
-            OpCode::Ping | OpCode::Pong => continue,
+            OpCode::Ping => {
+                let pong = Frame::pong(Payload::Owned(frame.payload.to_vec()));
+                if ws.write_frame(pong).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            OpCode::Pong => continue,
             OpCode::Binary => {
                 let msg = refusal(
-                    None,
                     "bad_request",
                     "binary frames are not accepted; send ticks as JSON text",
                 );
@@ -164,7 +192,7 @@ where
     let _ = ws.write_frame(Frame::close(code, reason)).await;
 }
 
-async fn reply<S>(ws: &mut WebSocket<S>, msgs: Vec<Value>) -> bool
+async fn reply<S>(ws: &mut WebSocket<S>, msgs: Vec<Reply<'_>>) -> bool
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -174,26 +202,63 @@ where
         .is_ok()
 }
 
-fn ack(accepted: u64, refused: u64) -> Value {
-    serde_json::json!({"type": "published", "accepted": accepted, "refused": refused})
+/// Limits announced in the publisher `welcome`.
+#[derive(Serialize)]
+struct PublishLimits {
+    max_msg_bytes: usize,
+    frames_per_s: u32,
 }
 
-/// A refused tick (or frame) as an `error` message.
-fn refusal(at: Option<&Refused>, code: &str, message: &str) -> Value {
-    let mut m = Map::new();
-    m.insert("type".into(), "error".into());
-    m.insert("code".into(), code.into());
-    m.insert("message".into(), message.into());
-    if let Some(r) = at {
-        m.insert("index".into(), r.index.into());
-        if let Some(s) = &r.symbol {
-            m.insert("symbol".into(), s.as_str().into());
-        }
-        if let Some(s) = r.seq {
-            m.insert("seq".into(), s.into());
-        }
+/// What the node sends a publisher (`type` first, as in every server message).
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Reply<'a> {
+    Welcome {
+        node: &'a str,
+        role: &'static str,
+        idle_timeout_ms: u64,
+        limits: PublishLimits,
+    },
+    Error {
+        code: &'static str,
+        message: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        index: Option<usize>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        symbol: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+    },
+    Published {
+        accepted: u64,
+        refused: u64,
+    },
+}
+
+fn ack(accepted: u64, refused: u64) -> Reply<'static> {
+    Reply::Published { accepted, refused }
+}
+
+/// A refused frame as an `error` message.
+fn refusal(code: &'static str, message: &str) -> Reply<'static> {
+    Reply::Error {
+        code,
+        message: message.to_owned(),
+        index: None,
+        symbol: None,
+        seq: None,
     }
-    Value::Object(m)
+}
+
+/// A refused tick as an `error` message naming it.
+fn tick_error(r: Refused) -> Reply<'static> {
+    Reply::Error {
+        code: r.code,
+        message: describe(&r),
+        index: Some(r.index),
+        symbol: r.symbol,
+        seq: r.seq,
+    }
 }
 
 /// Where a refused tick was and why.
@@ -224,13 +289,13 @@ impl<'a> Checker<'a> {
     }
 
     /// Checks and publishes the ticks of one message; returns the reply messages.
-    fn frame(&mut self, payload: &[u8]) -> Vec<Value> {
+    fn frame(&mut self, payload: &[u8]) -> Vec<Reply<'static>> {
         let stats = &self.node.publish;
         let value: Value = match serde_json::from_slice(payload) {
             Ok(v) => v,
             Err(e) => {
                 let why = format!("the frame is not JSON: {e}");
-                return vec![refusal(None, "bad_request", &why), ack(0, 0)];
+                return vec![refusal("bad_request", &why), ack(0, 0)];
             }
         };
         let items = match value {
@@ -258,13 +323,13 @@ impl<'a> Checker<'a> {
                                 code: "unavailable",
                                 why: e.to_string(),
                             };
-                            out.push(refusal(Some(&r), r.code, &describe(&r)));
+                            out.push(tick_error(r));
                         }
                     }
                 }
                 Err(r) => {
                     refused += 1;
-                    out.push(refusal(Some(&r), r.code, &describe(&r)));
+                    out.push(tick_error(r));
                 }
             }
         }

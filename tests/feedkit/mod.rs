@@ -95,6 +95,15 @@ pub fn texts(out: &Output) -> (String, String) {
     )
 }
 
+/// A publisher connection to `/v1/publish`, past its `welcome`.
+pub async fn publisher(addr: SocketAddr) -> (Client, Value) {
+    let mut c = Client::connect_path(addr, "/v1/publish").await;
+    let w = c.next().await;
+    assert_eq!(w["type"], "welcome", "{w}");
+    assert_eq!(w["role"], "publisher", "{w}");
+    (c, w)
+}
+
 /// A subscriber to `symbols` without snapshots; returns once subscribed.
 pub async fn subscriber(addr: SocketAddr, symbols: &[&str]) -> Client {
     let (mut c, _) = Client::ready(addr).await;
