@@ -266,3 +266,31 @@ async fn a_slow_replay_keeps_its_publisher_connection_alive() {
     assert!(stdout.contains("2 accepted, 0 refused"), "{stdout}");
     run.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_whose_node_goes_away_fails_with_the_reason() {
+    let run = start(settings()).await;
+    let cli = spawn_bin(
+        [
+            "feed",
+            "synth",
+            "--to",
+            &publish_url(run.addr),
+            "--rate",
+            "500",
+        ]
+        .map(String::from)
+        .to_vec(),
+        LONG,
+    );
+    let node = run.node.clone();
+    eventually("the feed is publishing", || {
+        node.publish.accepted.load(Ordering::Relaxed) > 0
+    })
+    .await;
+    run.shutdown().await;
+    let out = cli.await.unwrap();
+    let (stdout, stderr) = texts(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("1001 server shutting down"), "{stderr}");
+}

@@ -62,7 +62,7 @@ pub struct Args {
     #[arg(long, value_name = "DURATION")]
     from: Option<Dur>,
 
-    /// Play only these symbols (separate arguments or comma-separated).
+    /// Play only these symbols (separate arguments or comma-separated; give FILE before them).
     #[arg(long, value_delimiter = ',', num_args = 1.., value_name = "SYMBOL")]
     symbols: Vec<String>,
 

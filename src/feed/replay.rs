@@ -396,6 +396,22 @@ mod tests {
     }
 
     #[test]
+    fn speed_reads_from_toml_as_number_or_text() {
+        #[derive(serde::Deserialize)]
+        struct C {
+            a: Speed,
+            b: Speed,
+            c: Speed,
+        }
+        let c: C = toml::from_str("a = 10\nb = \"max\"\nc = 0.5\n").unwrap();
+        assert_eq!(
+            (c.a, c.b, c.c),
+            (Speed::Factor(10.0), Speed::Max, Speed::Factor(0.5))
+        );
+        assert!(toml::from_str::<C>("a = 0\nb = 1\nc = 1\n").is_err());
+    }
+
+    #[test]
     fn restamps_keeps_order_and_filters() {
         let dir = tempfile::tempdir().unwrap();
         let ticks: Vec<Tick> = (1..=20u64)
