@@ -14,7 +14,8 @@
 //! Limits: `--publish-max-msg-bytes` (a larger message closes with 1009) and
 //! `--publish-rate-limit` frames per second; past the rate the node reads the
 //! connection more slowly (back-pressure), it drops nothing. A connection silent for
-//! heartbeat + grace is closed; publishers ping when idle.
+//! heartbeat + grace is closed; publishers ping when idle. A publisher must read its
+//! replies: one not written within `--send-timeout` drops the connection.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -115,7 +116,7 @@ where
             frames_per_s: cfg.publish_rate_limit,
         },
     };
-    if !reply(&mut ws, vec![welcome]).await {
+    if !reply(&mut ws, cfg.send_timeout, vec![welcome]).await {
         return;
     }
     let mut partial: Vec<u8> = Vec::new();
@@ -128,7 +129,7 @@ where
                 Ok(Err(WebSocketError::FrameTooLarge)) => break (close::TOO_BIG, b"message too big"),
                 Ok(Err(WebSocketError::InvalidUTF8)) => {
                     let msg = refusal("bad_request", "text frame is not valid UTF-8");
-                    if !reply(&mut ws, vec![msg, ack(0, 0)]).await {
+                    if !reply(&mut ws, cfg.send_timeout, vec![msg, ack(0, 0)]).await {
                         return;
                     }
                     continue;
@@ -152,7 +153,7 @@ where
                     "bad_request",
                     "binary frames are not accepted; send ticks as JSON text",
                 );
-                if !reply(&mut ws, vec![msg, ack(0, 0)]).await {
+                if !reply(&mut ws, cfg.send_timeout, vec![msg, ack(0, 0)]).await {
                     return;
                 }
                 continue;
@@ -185,21 +186,22 @@ where
         }
         node.publish.frames.fetch_add(1, Ordering::Relaxed);
         let msgs = checker.frame(&whole);
-        if !reply(&mut ws, msgs).await {
+        if !reply(&mut ws, cfg.send_timeout, msgs).await {
             return;
         }
     };
     let _ = ws.write_frame(Frame::close(code, reason)).await;
 }
 
-async fn reply<S>(ws: &mut WebSocket<S>, msgs: Vec<Reply<'_>>) -> bool
+/// Sends `msgs` as one frame; false when that failed or took longer than `timeout` (a
+/// publisher that does not read its replies is dropped, not waited for).
+async fn reply<S>(ws: &mut WebSocket<S>, timeout: Duration, msgs: Vec<Reply<'_>>) -> bool
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let body = serde_json::to_vec(&msgs).unwrap_or_default();
-    ws.write_frame(Frame::text(Payload::Owned(body)))
-        .await
-        .is_ok()
+    let write = ws.write_frame(Frame::text(Payload::Owned(body)));
+    matches!(tokio::time::timeout(timeout, write).await, Ok(Ok(())))
 }
 
 /// Limits announced in the publisher `welcome`.
