@@ -355,3 +355,57 @@ fn usage_errors_exit_non_zero_and_help_has_an_example() {
         "the file is checked first: {stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loop_runs_until_interrupted_then_summarizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_recording(dir.path(), "three.ndjson", &spaced("AAPL", 3, 1));
+    let run = start(settings()).await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tickstream"))
+        .args(["feed", "replay", path.to_str().unwrap(), "--loop", "--to"])
+        .arg(publish_url(run.addr))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let node = run.node.clone();
+    eventually("ten passes", || {
+        node.publish.accepted.load(Ordering::Relaxed) >= 30
+    })
+    .await;
+    let pid = child.id().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + SHORT;
+        while child.try_wait().unwrap().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still running after SIGINT"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let (stdout, stderr) = texts(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let passes: u64 = stdout
+        .split(" passes")
+        .next()
+        .and_then(|s| s.rsplit(", ").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a pass count in {stdout}"));
+    assert!(passes >= 10, "{stdout}");
+    // Everything sent was accepted: each pass had its own epoch.
+    let accepted = node.publish.accepted.load(Ordering::Relaxed);
+    assert!(
+        stdout.contains(&format!("; {accepted} accepted, 0 refused")),
+        "{stdout} (node accepted {accepted})"
+    );
+    run.shutdown().await;
+}

@@ -86,6 +86,7 @@ pub(super) fn run(args: Args) -> anyhow::Result<()> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let progress = Arc::new(Progress::default());
+    let signal = stop_on_signal(&rt, stop.clone())?;
     let (tx, rx) = crossbeam_channel::bounded::<Tick>(FEED_BUFFER);
     let player = replay::spawn(
         args.file.clone(),
@@ -112,7 +113,8 @@ pub(super) fn run(args: Args) -> anyhow::Result<()> {
             }
         })
     };
-    let delivered = rt.block_on(dest.deliver(rx, stop.clone()));
+    let delivered = rt.block_on(dest.deliver(rx));
+    signal.abort();
     stop.store(true, Ordering::Release);
     let played = player
         .join()
@@ -179,6 +181,26 @@ pub(super) fn rate(n: u64, secs: f64) -> f64 {
     }
 }
 
+/// From now on SIGINT and SIGTERM set `stop` (which ends the feed, and so, once what it
+/// sent is delivered, the command) instead of killing the process. The handlers are in
+/// place when this returns.
+pub(super) fn stop_on_signal(
+    rt: &tokio::runtime::Runtime,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let _ctx = rt.enter();
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    Ok(rt.spawn(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        stop.store(true, Ordering::Release);
+    }))
+}
+
 pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     // One worker, so spawned tasks (the signal watch) run while a thread blocks on a file.
     tokio::runtime::Builder::new_multi_thread()
@@ -231,17 +253,8 @@ impl Dest {
         Ok(Dest::Node(url.to_owned(), ws))
     }
 
-    /// Drains the feed into the destination; SIGINT/SIGTERM sets `stop`, which ends the
-    /// feed and so, once what it sent is delivered, this.
-    pub(super) async fn deliver(
-        self,
-        rx: Receiver<Tick>,
-        stop: Arc<AtomicBool>,
-    ) -> anyhow::Result<SinkReport> {
-        let signal = tokio::spawn(async move {
-            super::wait_for_signal().await;
-            stop.store(true, Ordering::Release);
-        });
+    /// Drains the feed into the destination until the feed ends.
+    pub(super) async fn deliver(self, rx: Receiver<Tick>) -> anyhow::Result<SinkReport> {
         let started = Instant::now();
         let r = match self {
             Dest::Node(url, ws) => publish::to_node(&url, ws, rx).await,
@@ -249,7 +262,6 @@ impl Dest {
                 .await
                 .context("the bus publisher panicked")?,
         };
-        signal.abort();
         tracing::debug!(
             elapsed_ms = started.elapsed().as_millis() as u64,
             "delivered"

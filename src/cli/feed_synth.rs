@@ -8,7 +8,9 @@ use std::time::Instant;
 
 use anyhow::Context;
 
-use super::feed_replay::{checked_symbols, rate, refusals, runtime, Dest, Target, FEED_BUFFER};
+use super::feed_replay::{
+    checked_symbols, rate, refusals, runtime, stop_on_signal, Dest, Target, FEED_BUFFER,
+};
 use crate::config::Dur;
 use crate::feed::{self, publish, SynthConfig, Universe};
 use crate::tick::Tick;
@@ -78,23 +80,18 @@ pub(super) fn run(args: Args) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = crossbeam_channel::bounded::<Tick>(FEED_BUFFER);
     let epoch = feed::new_epoch();
+    let signal = stop_on_signal(&rt, stop.clone())?;
     let started = Instant::now();
     let generator = feed::synthetic::spawn(universe, config, epoch.clone(), tx, stop.clone());
     let delivered = match (dest, &args.out) {
-        (Some(dest), _) => rt.block_on(dest.deliver(rx, stop.clone())),
+        (Some(dest), _) => rt.block_on(dest.deliver(rx)),
         (None, Some(path)) => {
             let source = format!("tickstream feed synth --rate {} --seed {seed}", args.rate);
-            let sig_stop = stop.clone();
-            let signal = rt.spawn(async move {
-                super::wait_for_signal().await;
-                sig_stop.store(true, Ordering::Release);
-            });
-            let r = publish::to_file(rx, path, &source);
-            signal.abort();
-            r.map_err(anyhow::Error::from)
+            publish::to_file(rx, path, &source).map_err(anyhow::Error::from)
         }
         (None, None) => unreachable!("clap requires a destination"),
     };
+    signal.abort();
     stop.store(true, Ordering::Release);
     let _generated = generator
         .join()
