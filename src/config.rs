@@ -101,6 +101,24 @@ pub struct ServeArgs {
     #[arg(long, env = "TICKSTREAM_SEED")]
     pub seed: Option<u64>,
 
+    /// Replay feed: speed factor (0.5, 1, 10) or `max`. Default: 1 (recorded spacing).
+    #[arg(long, env = "TICKSTREAM_REPLAY_SPEED", value_name = "X|max")]
+    pub replay_speed: Option<crate::feed::Speed>,
+
+    /// Replay feed: start again at the end, each pass with a new epoch. Default: false.
+    #[arg(long, env = "TICKSTREAM_REPLAY_LOOP", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub replay_loop: Option<bool>,
+
+    /// Publisher endpoint (/v1/publish): largest inbound message in bytes; larger closes
+    /// with 1009. Default: 1048576.
+    #[arg(long, env = "TICKSTREAM_PUBLISH_MAX_MSG_BYTES", value_name = "BYTES")]
+    pub publish_max_msg_bytes: Option<usize>,
+
+    /// Publisher endpoint: frames per second per connection (each frame may hold many
+    /// ticks); past it the node reads more slowly, dropping nothing. Default: 20000.
+    #[arg(long, env = "TICKSTREAM_PUBLISH_RATE_LIMIT", value_name = "N")]
+    pub publish_rate_limit: Option<u32>,
+
     /// Recent ticks kept per symbol for `resume`. Default: 1024.
     #[arg(long, env = "TICKSTREAM_HISTORY", value_name = "N")]
     pub history: Option<usize>,
@@ -192,6 +210,14 @@ pub struct Settings {
     pub rate: f64,
     /// Synthetic seed.
     pub seed: u64,
+    /// Replay feed speed.
+    pub replay_speed: crate::feed::Speed,
+    /// Replay feed loops.
+    pub replay_loop: bool,
+    /// Largest inbound message on the publisher endpoint.
+    pub publish_max_msg_bytes: usize,
+    /// Frames per second per publisher connection.
+    pub publish_rate_limit: u32,
     /// History ring length per symbol.
     pub history: usize,
     /// Ping interval.
@@ -288,7 +314,8 @@ impl ServeArgs {
     }
 
     fn resolve_with(mut self, mut file: ServeArgs) -> Settings {
-        fill_from_file!(self, file: listen, node, feed, universe, rate, seed, history,
+        fill_from_file!(self, file: listen, node, feed, universe, rate, seed, replay_speed,
+            replay_loop, publish_max_msg_bytes, publish_rate_limit, history,
             heartbeat, heartbeat_grace, max_msg_bytes, rate_limit, rate_burst, rate_strikes,
             max_symbols, queue, slow_policy, send_timeout, send_buffer, drain, allow_plaintext_public, jwt_secret_file, jwt_leeway, log);
         let listen = self
@@ -302,6 +329,10 @@ impl ServeArgs {
             universe: self.universe,
             rate: self.rate.unwrap_or(1000.0),
             seed: self.seed.unwrap_or_else(rand::random),
+            replay_speed: self.replay_speed.unwrap_or_default(),
+            replay_loop: self.replay_loop.unwrap_or(false),
+            publish_max_msg_bytes: self.publish_max_msg_bytes.unwrap_or(1 << 20),
+            publish_rate_limit: self.publish_rate_limit.unwrap_or(20_000),
             history: self.history.unwrap_or(1024),
             heartbeat: self.heartbeat.map_or(Duration::from_secs(30), |d| d.0),
             heartbeat_grace: self
@@ -339,6 +370,12 @@ impl Settings {
         }
         if self.max_msg_bytes < 64 {
             return bad("max-msg-bytes must be at least 64");
+        }
+        if self.publish_max_msg_bytes < 64 {
+            return bad("publish-max-msg-bytes must be at least 64");
+        }
+        if self.publish_rate_limit == 0 {
+            return bad("publish-rate-limit must be at least 1");
         }
         if self.rate_limit == 0 || self.rate_burst == 0 {
             return bad("rate-limit and rate-burst must be at least 1");

@@ -7,11 +7,13 @@
 //!
 //! The data flows `feed → bus → hub → session → transport`:
 //!
-//! - [`feed`]: produces ticks (synthetic generator), owns `seq`, stamps `ts`.
+//! - [`feed`]: produces ticks (synthetic generator, replays of recordings), owns `seq`,
+//!   stamps `ts`; also carries a feed process's ticks to a node, a bus or a file.
 //! - [`bus`]: carries ticks from feeds to the hub of every node (in-process by default).
 //! - [`hub`]: symbol → latest value, history ring and local subscribers; fan-out.
 //! - [`session`]: one client: commands, limits, bounded outbound queue.
-//! - [`transport`]: WebSocket frames and the HTTP routes on the same port.
+//! - [`transport`]: WebSocket frames and the HTTP routes on the same port, including the
+//!   publisher endpoint through which external feeds push ticks in.
 //!
 //! Around them: [`tick`] (the tick and its encoding), [`protocol`] (the wire messages),
 //! [`auth`] (tokens), [`config`] (settings), [`cli`] (the command line), [`client`] (the

@@ -29,6 +29,8 @@ pub struct Node {
     pub connections: AtomicU64,
     /// Token checking, when auth is enabled.
     pub auth: Option<Auth>,
+    /// Counters of the publisher endpoint.
+    pub publish: crate::transport::publish::PublishStats,
 }
 
 impl Node {
@@ -48,6 +50,7 @@ impl Node {
             session_salt: rand::random(),
             connections: AtomicU64::new(0),
             auth,
+            publish: Default::default(),
         })
     }
 }

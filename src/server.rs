@@ -75,10 +75,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let feed = match &settings.feed {
         FeedSpec::Synthetic => Some(start_synthetic(&settings, universe, bus.clone())),
         FeedSpec::None => None,
-        FeedSpec::Replay(path) => anyhow::bail!(
-            "replay feeds are not available in this build: {}",
-            path.display()
-        ),
+        FeedSpec::Replay(path) => Some(start_replay(&settings, path, &hub, bus.clone())?),
     };
     let node = Node::new(settings, hub, bus, auth);
     let accept = tokio::spawn(accept_loop(node.clone(), listener));
@@ -113,6 +110,65 @@ fn start_synthetic(settings: &Settings, universe: Universe, bus: Arc<dyn Bus>) -
         stop,
         threads: vec![generator, pump],
     }
+}
+
+/// Checks the whole recording (so a bad file stops the start with its line number),
+/// then plays it on its own thread into the bus, at `--replay-speed`, looping with
+/// `--replay-loop`.
+fn start_replay(
+    settings: &Settings,
+    path: &std::path::Path,
+    hub: &Hub,
+    bus: Arc<dyn Bus>,
+) -> anyhow::Result<FeedThreads> {
+    let config = feed::ReplayConfig {
+        speed: settings.replay_speed,
+        looping: settings.replay_loop,
+        ..Default::default()
+    };
+    let scan = feed::replay::scan(path, &config)?;
+    tracing::info!(
+        file = %path.display(),
+        ticks = scan.ticks,
+        symbols = scan.symbols,
+        span_ms = scan.span.as_millis() as u64,
+        speed = %config.speed,
+        looping = config.looping,
+        "replay feed"
+    );
+    let unserved: Vec<&str> = scan
+        .symbol_names
+        .iter()
+        .filter(|s| !hub.serves(s))
+        .map(|s| &**s)
+        .collect();
+    if !unserved.is_empty() {
+        tracing::warn!(
+            count = unserved.len(),
+            first = %unserved[..unserved.len().min(10)].join(","),
+            "the recording has symbols outside the universe; their ticks are dropped (see --universe)"
+        );
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = crossbeam_channel::bounded::<Tick>(FEED_BUFFER);
+    let player = feed::replay::spawn(
+        path.to_owned(),
+        config,
+        tx,
+        stop.clone(),
+        Default::default(),
+    );
+    let player = std::thread::spawn(move || {
+        let _ = player.join();
+    });
+    let pump = std::thread::Builder::new()
+        .name("feed-pump".into())
+        .spawn(move || pump(rx, bus))
+        .expect("spawning the feed pump thread");
+    Ok(FeedThreads {
+        stop,
+        threads: vec![player, pump],
+    })
 }
 
 /// Hands every tick a feed thread produces to the bus, in order, until the feed ends.

@@ -3,12 +3,15 @@
 //! A feed produces [`Tick`](crate::tick::Tick)s and is their origin of truth: it owns
 //! each symbol's `seq` (rising by exactly one per symbol within an `epoch`) and stamps
 //! `ts` when a tick is produced. The synthetic generator walks the symbols of a
-//! [`Universe`]; other feeds (replays of recorded sessions, external publishers) sit
-//! beside it in this module.
+//! [`Universe`]; [`replay`] plays a [`recording`] back; [`publish`] carries a feed's
+//! ticks to a node, a bus or a file when the feed runs as its own process.
 
+pub mod publish;
 pub mod recording;
+pub mod replay;
 pub mod synthetic;
 pub mod universe;
 
+pub use replay::{ReplayConfig, Speed};
 pub use synthetic::{new_epoch, Generator, SynthConfig};
 pub use universe::{AssetClass, Instrument, Universe, UniverseError};

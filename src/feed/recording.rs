@@ -186,23 +186,34 @@ impl Reader {
             if !self.buf.ends_with('\n') {
                 // A last line without its newline is a file cut short mid-write.
                 serde_json::from_str::<serde::de::IgnoredAny>(text)
-                    .map_err(|e| self.bad(format!("truncated line: {e}")))?;
+                    .map_err(|e| self.bad(format!("truncated line: {}", json_error(&e))))?;
             }
             let kind = serde_json::from_str::<TypeOnly>(text)
-                .map_err(|e| self.bad(format!("not a JSON object: {e}")))?
+                .map_err(|e| self.bad(format!("not a JSON object: {}", json_error(&e))))?
                 .kind;
             match kind {
                 Some("tick") => {}
                 Some(_) => continue,
                 None => return Err(self.bad("missing \"type\"".into())),
             }
-            let tick: Tick =
-                serde_json::from_str(text).map_err(|e| self.bad(format!("bad tick: {e}")))?;
+            let tick: Tick = serde_json::from_str(text)
+                .map_err(|e| self.bad(format!("bad tick: {}", json_error(&e))))?;
             if !valid_symbol(&tick.symbol) {
                 return Err(self.bad(format!("bad symbol {:?}", tick.symbol)));
             }
             return Ok(Some((self.line_no, tick)));
         }
+    }
+}
+
+/// A JSON error of one line, placed by column only: serde's "line 1" would contradict
+/// the file's line number beside it.
+fn json_error(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    match text.strip_suffix(&suffix) {
+        Some(what) => format!("{what} (column {})", e.column()),
+        None => text,
     }
 }
 

@@ -32,6 +32,7 @@ pub async fn route(
             Ok(claims) => upgrade_ws(node, &mut req, claims),
             Err(refused) => *refused,
         },
+        "/v1/publish" => super::publish::upgrade(node, &mut req),
         "/healthz" => {
             if node.bus.healthy() {
                 text(StatusCode::OK, "ok\n")
@@ -213,7 +214,7 @@ fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
         .unwrap_or_default()
 }
 
-fn text(status: StatusCode, body: &str) -> Response<Body> {
+pub(crate) fn text(status: StatusCode, body: &str) -> Response<Body> {
     Response::builder()
         .status(status)
         .header(CONTENT_TYPE, "text/plain; charset=utf-8")

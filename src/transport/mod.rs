@@ -1,5 +1,7 @@
 //! Transports move frames between a session and its client: WebSocket (`ws`), and the
-//! HTTP routes that share its port (`http`).
+//! HTTP routes that share its port (`http`), and the publisher endpoint through which
+//! external feeds push ticks in (`publish`).
 
 pub mod http;
+pub mod publish;
 pub mod ws;

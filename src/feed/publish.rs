@@ -1,0 +1,315 @@
+//! Where a feed process sends its ticks: a node's publisher endpoint (`--to URL`), a bus
+//! (`--redis URL`), or a recording file (`--out FILE`).
+//!
+//! A feed runs on its own thread and hands its ticks to a bounded crossbeam channel; one
+//! of the functions here drains that channel into its destination and reports what
+//! became of the ticks. When the destination fails, the function returns and drops the
+//! receiver, which stops the feed thread at its next tick.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use crossbeam_channel::Receiver;
+use fastwebsockets::{Frame, OpCode, Payload, WebSocketError};
+use tokio::sync::mpsc;
+
+use crate::bus::Bus;
+use crate::client::connect::{connect, ClientWs};
+use crate::feed::recording::Writer;
+use crate::tick::{Kind, Tick};
+
+/// Most ticks sent in one frame to a publisher endpoint.
+pub const MAX_FRAME_TICKS: usize = 512;
+
+/// An idle publisher connection sends a WebSocket Ping this often (or four times per
+/// idle timeout the node announces in its `welcome`, when that is shorter), so that the
+/// node does not close it for silence during long gaps of a slow replay.
+pub const KEEPALIVE: Duration = Duration::from_secs(10);
+
+/// How long, after the last frame, to wait for the node to acknowledge every frame.
+pub const ACK_WAIT: Duration = Duration::from_secs(10);
+
+/// Errors (at most) kept in a [`SinkReport`]; the rest are only counted.
+const KEPT_ERRORS: usize = 10;
+
+/// What became of the ticks a feed produced.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SinkReport {
+    /// Ticks handed to the destination.
+    pub sent: u64,
+    /// Ticks the destination accepted (equal to `sent` where it does not say).
+    pub accepted: u64,
+    /// Ticks the destination refused.
+    pub refused: u64,
+    /// The first refusals, as the destination explained them.
+    pub errors: Vec<String>,
+}
+
+/// Why a destination failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The publisher endpoint could not be reached.
+    #[error("cannot publish to {url}: {error}")]
+    Connect {
+        /// The URL.
+        url: String,
+        /// Why.
+        error: crate::client::connect::ConnectError,
+    },
+    /// The connection failed or the node closed it.
+    #[error("publishing to {url}: {why}")]
+    Lost {
+        /// The URL.
+        url: String,
+        /// What happened.
+        why: String,
+    },
+    /// Writing the recording failed.
+    #[error("{0}")]
+    Recording(crate::feed::recording::RecordingError),
+    /// The bus refused the ticks.
+    #[error("publishing to the bus: {0}")]
+    Bus(crate::bus::BusError),
+}
+
+// Plain conversions, not `#[from]`: the messages already hold their cause, which a
+// `source` would print a second time in an error chain.
+impl From<crate::feed::recording::RecordingError> for PublishError {
+    fn from(e: crate::feed::recording::RecordingError) -> Self {
+        PublishError::Recording(e)
+    }
+}
+
+impl From<crate::bus::BusError> for PublishError {
+    fn from(e: crate::bus::BusError) -> Self {
+        PublishError::Bus(e)
+    }
+}
+
+/// Connects the bus that `--redis URL` names.
+///
+/// Every feed command reaches Redis through this one function.
+pub async fn redis_bus(url: &str) -> anyhow::Result<Arc<dyn Bus>> {
+    anyhow::bail!("the Redis bus is not available in this build (asked for {url})")
+}
+
+/// Publishes every tick from `rx` on `bus`, in order, until the feed ends. Stops at the
+/// first bus error.
+pub fn to_bus(rx: Receiver<Tick>, bus: &dyn Bus) -> Result<SinkReport, PublishError> {
+    let mut report = SinkReport::default();
+    for tick in rx {
+        report.sent += 1;
+        bus.publish(tick)?;
+        report.accepted += 1;
+    }
+    Ok(report)
+}
+
+/// Writes every tick from `rx` to a new recording at `path` (zstd by its extension).
+pub fn to_file(rx: Receiver<Tick>, path: &Path, source: &str) -> Result<SinkReport, PublishError> {
+    let mut w = Writer::create(path, source)?;
+    let mut report = SinkReport::default();
+    for tick in rx {
+        w.write_tick(&tick)?;
+        report.sent += 1;
+        report.accepted += 1;
+    }
+    w.finish()?;
+    Ok(report)
+}
+
+enum Event {
+    Welcome { idle: Duration },
+    Ack { accepted: u64, refused: u64 },
+    Refused(String),
+    Closed(String),
+}
+
+/// Opens a publisher connection to a node (`ws://HOST:PORT/v1/publish`), sending
+/// `token` as a bearer token when given.
+pub async fn connect_node(url: &str, token: Option<&str>) -> Result<ClientWs, PublishError> {
+    connect(url, token)
+        .await
+        .map_err(|error| PublishError::Connect {
+            url: url.to_owned(),
+            error,
+        })
+}
+
+/// Publishes every tick from `rx` over `ws` (from [`connect_node`] to `url`), several
+/// ticks per frame, until the feed ends; then waits for the node to acknowledge every
+/// frame and closes normally. Refused ticks are counted and their errors kept; the
+/// connection carries on past them.
+pub async fn to_node(
+    url: &str,
+    ws: ClientWs,
+    rx: Receiver<Tick>,
+) -> Result<SinkReport, PublishError> {
+    let lost = |why: String| PublishError::Lost {
+        url: url.to_owned(),
+        why,
+    };
+    let (mut read, mut write) = ws.split(tokio::io::split);
+    read.set_auto_close(false);
+    read.set_auto_pong(false);
+
+    // A blocking thread turns single ticks into frames' worth of ticks.
+    let (batch_tx, mut batches) = mpsc::channel::<Vec<Tick>>(8);
+    let bridge = std::thread::Builder::new()
+        .name("feed-batch".into())
+        .spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut batch = Vec::with_capacity(MAX_FRAME_TICKS);
+                batch.push(first);
+                while batch.len() < MAX_FRAME_TICKS {
+                    match rx.try_recv() {
+                        Ok(t) => batch.push(t),
+                        Err(_) => break,
+                    }
+                }
+                if batch_tx.blocking_send(batch).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| lost(format!("cannot start the batching thread: {e}")))?;
+
+    let (ev_tx, mut events) = mpsc::unbounded_channel::<Event>();
+    let reader = tokio::spawn(async move {
+        let why = loop {
+            let frame = match read
+                .read_frame::<_, WebSocketError>(&mut |_| std::future::ready(Ok(())))
+                .await
+            {
+                Ok(f) => f,
+                Err(e) => break format!("connection failed: {e}"),
+            };
+            match frame.opcode {
+                OpCode::Close => {
+                    let code = frame
+                        .payload
+                        .get(..2)
+                        .map_or(1005, |b| u16::from_be_bytes([b[0], b[1]]));
+                    let reason = String::from_utf8_lossy(frame.payload.get(2..).unwrap_or(&[]));
+                    break format!("the node closed the connection ({code} {reason})");
+                }
+                OpCode::Text => {
+                    for ev in parse_replies(&frame.payload) {
+                        if ev_tx.send(ev).is_err() {
+                            return;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        };
+        let _ = ev_tx.send(Event::Closed(why));
+    });
+
+    let mut report = SinkReport::default();
+    let mut frames = 0u64;
+    let mut acked = 0u64;
+    let mut keepalive = tokio::time::interval(KEEPALIVE);
+    keepalive.tick().await;
+    let mut feeding = true;
+    let result: Result<(), PublishError> = loop {
+        if !feeding && acked >= frames {
+            break Ok(());
+        }
+        tokio::select! {
+            b = batches.recv(), if feeding => match b {
+                Some(batch) => {
+                    let bytes = encode_frame(&batch);
+                    if let Err(e) = write.write_frame(Frame::text(Payload::Borrowed(&bytes))).await {
+                        break Err(lost(format!("sending failed: {e}")));
+                    }
+                    frames += 1;
+                    report.sent += batch.len() as u64;
+                    keepalive.reset();
+                }
+                None => feeding = false,
+            },
+            ev = events.recv() => match ev {
+                Some(Event::Welcome { idle }) => {
+                    let every = (idle / 4).clamp(Duration::from_millis(20), KEEPALIVE);
+                    keepalive = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                }
+                Some(Event::Ack { accepted, refused }) => {
+                    acked += 1;
+                    report.accepted += accepted;
+                    report.refused += refused;
+                }
+                Some(Event::Refused(text)) => {
+                    if report.errors.len() < KEPT_ERRORS {
+                        report.errors.push(text);
+                    }
+                }
+                Some(Event::Closed(why)) => break Err(lost(why)),
+                None => break Err(lost("the connection ended".into())),
+            },
+            _ = keepalive.tick(), if feeding => {
+                let ping = Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[]));
+                if let Err(e) = write.write_frame(ping).await {
+                    break Err(lost(format!("sending failed: {e}")));
+                }
+            }
+            _ = tokio::time::sleep(ACK_WAIT), if !feeding => {
+                break Err(lost(format!(
+                    "{} of {frames} frames not acknowledged within {ACK_WAIT:?}",
+                    frames - acked
+                )));
+            }
+        }
+    };
+    // Dropping the batch receiver ends the bridge thread, which drops the feed's receiver.
+    drop(batches);
+    if result.is_ok() {
+        let _ = write
+            .write_frame(Frame::close(1000, b"feed finished"))
+            .await;
+    }
+    reader.abort();
+    let _ = tokio::task::spawn_blocking(move || bridge.join()).await;
+    result.map(|()| report)
+}
+
+/// Reads the node's replies in one frame: `published` acknowledgements and `error`s.
+fn parse_replies(payload: &[u8]) -> Vec<Event> {
+    let Ok(serde_json::Value::Array(msgs)) = serde_json::from_slice::<serde_json::Value>(payload)
+    else {
+        return Vec::new();
+    };
+    msgs.iter()
+        .filter_map(|m| match m["type"].as_str()? {
+            "published" => Some(Event::Ack {
+                accepted: m["accepted"].as_u64().unwrap_or(0),
+                refused: m["refused"].as_u64().unwrap_or(0),
+            }),
+            "error" => Some(Event::Refused(format!(
+                "{}: {}",
+                m["code"].as_str().unwrap_or("error"),
+                m["message"].as_str().unwrap_or("")
+            ))),
+            "welcome" => Some(Event::Welcome {
+                idle: Duration::from_millis(m["idle_timeout_ms"].as_u64().unwrap_or(u64::MAX / 4)),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The bytes of a frame of ticks as [`to_node`] sends it: a JSON array of tick objects.
+pub fn encode_frame(ticks: &[Tick]) -> Bytes {
+    let mut buf = Vec::with_capacity(ticks.len() * 256 + 2);
+    buf.push(b'[');
+    for (i, t) in ticks.iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        t.write_json(Kind::Tick, &mut buf);
+    }
+    buf.push(b']');
+    Bytes::from(buf)
+}
