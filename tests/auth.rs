@@ -111,9 +111,20 @@ async fn tokens_are_checked_before_the_upgrade() {
     assert_eq!(status, 401, "the snapshot needs a token too");
     let (status, _) = http_get(run.addr, "/healthz").await;
     assert_eq!(status, 200, "health stays open");
-    assert_eq!(upgrade_status(run.addr, "/v1/publish", None).await, 401, "publishing needs a token");
-    assert_eq!(upgrade_status(run.addr, "/v1/publish", Some(&good)).await, 403, "and the publish role");
-    assert_eq!(upgrade_status(run.addr, "/v1/publish", Some(&publisher_only)).await, 101);
+    assert_eq!(
+        upgrade_status(run.addr, "/v1/publish", None).await,
+        401,
+        "publishing needs a token"
+    );
+    assert_eq!(
+        upgrade_status(run.addr, "/v1/publish", Some(&good)).await,
+        403,
+        "and the publish role"
+    );
+    assert_eq!(
+        upgrade_status(run.addr, "/v1/publish", Some(&publisher_only)).await,
+        101
+    );
     run.shutdown().await;
 }
 
