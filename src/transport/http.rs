@@ -1,6 +1,7 @@
 //! The HTTP routes on the node's port: the WebSocket upgrade and the small JSON and text
 //! endpoints beside it.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -99,16 +100,33 @@ fn upgrade_ws(
     req: &mut Request<Incoming>,
     claims: Option<Claims>,
 ) -> Response<Body> {
+    if let Some(enc) = query_param(req.uri().query(), "encoding") {
+        if enc != "json" {
+            return text(StatusCode::BAD_REQUEST, "encoding must be json\n");
+        }
+    }
+    upgrade(node, req, move |node, ws| async move {
+        node.connections.fetch_add(1, Ordering::Relaxed);
+        super::ws::serve(node.clone(), ws, claims).await;
+        node.connections.fetch_sub(1, Ordering::Relaxed);
+    })
+}
+
+/// An upgraded connection, as handed to the code that serves it.
+pub type Upgraded = fastwebsockets::WebSocket<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Answers a WebSocket upgrade request and, once the client has switched, runs `serve`
+/// on the connection as a task the node waits for at shutdown.
+pub fn upgrade<F, Fut>(node: Arc<Node>, req: &mut Request<Incoming>, serve: F) -> Response<Body>
+where
+    F: FnOnce(Arc<Node>, Upgraded) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     if !fastwebsockets::upgrade::is_upgrade_request(req) {
         return text(
             StatusCode::UPGRADE_REQUIRED,
             "this endpoint speaks WebSocket\n",
         );
-    }
-    if let Some(enc) = query_param(req.uri().query(), "encoding") {
-        if enc != "json" {
-            return text(StatusCode::BAD_REQUEST, "encoding must be json\n");
-        }
     }
     let (resp, fut) = match fastwebsockets::upgrade::upgrade(req) {
         Ok(r) => r,
@@ -122,13 +140,7 @@ fn upgrade_ws(
     let tasks = node.tasks.clone();
     tasks.spawn(async move {
         match fut.await {
-            Ok(ws) => {
-                node.connections
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                super::ws::serve(node.clone(), ws, claims).await;
-                node.connections
-                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            }
+            Ok(ws) => serve(node, ws).await,
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
     });
@@ -214,7 +226,7 @@ fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
         .unwrap_or_default()
 }
 
-pub(crate) fn text(status: StatusCode, body: &str) -> Response<Body> {
+fn text(status: StatusCode, body: &str) -> Response<Body> {
     Response::builder()
         .status(status)
         .header(CONTENT_TYPE, "text/plain; charset=utf-8")

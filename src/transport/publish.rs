@@ -22,15 +22,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Payload, WebSocket, WebSocketError};
 use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, Response};
 use serde::Serialize;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::http::{text, Body};
+use super::http::Body;
 use crate::node::Node;
 use crate::session::{close, TokenBucket};
 use crate::tick::{valid_symbol, Symbol, Tick};
@@ -65,34 +64,11 @@ pub fn upgrade(node: Arc<Node>, req: &mut Request<Incoming>) -> Response<Body> {
     if let Err(resp) = authorize_publisher(&node, req) {
         return *resp;
     }
-    if !fastwebsockets::upgrade::is_upgrade_request(req) {
-        return text(
-            StatusCode::UPGRADE_REQUIRED,
-            "this endpoint speaks WebSocket\n",
-        );
-    }
-    let (resp, fut) = match fastwebsockets::upgrade::upgrade(req) {
-        Ok(r) => r,
-        Err(e) => {
-            return text(
-                StatusCode::BAD_REQUEST,
-                &format!("bad WebSocket handshake: {e}\n"),
-            )
-        }
-    };
-    let tasks = node.tasks.clone();
-    tasks.spawn(async move {
-        match fut.await {
-            Ok(ws) => {
-                node.publish.connections.fetch_add(1, Ordering::Relaxed);
-                serve(&node, ws).await;
-                node.publish.connections.fetch_sub(1, Ordering::Relaxed);
-            }
-            Err(e) => tracing::debug!(error = %e, "publisher upgrade failed"),
-        }
-    });
-    let (parts, _) = resp.into_parts();
-    Response::from_parts(parts, http_body_util::Full::new(Bytes::new()))
+    super::http::upgrade(node, req, |node, ws| async move {
+        node.publish.connections.fetch_add(1, Ordering::Relaxed);
+        serve(&node, ws).await;
+        node.publish.connections.fetch_sub(1, Ordering::Relaxed);
+    })
 }
 
 /// Runs one publisher connection to its end.
