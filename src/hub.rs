@@ -49,6 +49,9 @@ struct SlotState {
     latest: Option<Arc<Entry>>,
     history: VecDeque<Arc<Entry>>,
     subscribers: Vec<Subscriber>,
+    /// The bus lost this symbol for a while: the next value is announced with a `gap`
+    /// for what was missed and sent as a fresh `snapshot`.
+    stale: bool,
 }
 
 /// One symbol's state. Sessions hold it only to catch up a subscription that fell behind.
@@ -95,6 +98,9 @@ pub struct Start {
     pub snapshot: bool,
     /// Replay what follows this position instead.
     pub resume: Option<ResumeFrom>,
+    /// Ticks after the resume position fetched from the bus's history, for a range the
+    /// local ring does not hold; merged with the ring (by `seq`) under the symbol's lock.
+    pub backfill: Vec<Tick>,
 }
 
 impl Hub {
@@ -196,7 +202,7 @@ impl Hub {
         st.latest = Some(entry.clone());
         self.stats.ticks.fetch_add(1, Ordering::Relaxed);
 
-        let snapshot = reset.then(|| entry.snapshot_json());
+        let snapshot = (reset || std::mem::take(&mut st.stale)).then(|| entry.snapshot_json());
         let mut delivered = 0usize;
         let mut dropped = 0u64;
         for sub in &st.subscribers {
@@ -261,7 +267,7 @@ impl Hub {
         if let Some(latest) = st.latest.clone() {
             let push = |msg: Bytes, missed: u64| outbox.push(&slot, behind, msg, missed);
             match &start.resume {
-                Some(from) => replay(&st, &slot.symbol, &latest, from, push),
+                Some(from) => replay(&st, &slot.symbol, &latest, from, &start.backfill, push),
                 None if start.snapshot => {
                     push(latest.snapshot_json(), NEED_SNAPSHOT);
                 }
@@ -291,6 +297,111 @@ impl Hub {
             }
         });
         before != st.subscribers.len()
+    }
+
+    /// Takes `tick` (read from the bus's store) as the latest value of a symbol that no
+    /// local client watched until now, when it is newer than what the hub holds. Nobody
+    /// is subscribed yet, so nothing is sent; a ring that would have a hole is emptied.
+    pub fn seed(&self, tick: Tick) {
+        let Some(slot) = self.slot(&tick.symbol) else {
+            return;
+        };
+        let mut st = slot.state.lock();
+        let contiguous = match &st.latest {
+            Some(prev) if prev.tick.epoch == tick.epoch => {
+                if tick.seq <= prev.tick.seq {
+                    return;
+                }
+                tick.seq == prev.tick.seq + 1
+            }
+            _ => false,
+        };
+        if !contiguous {
+            st.history.clear();
+        }
+        let entry = Entry::new(tick);
+        if st.history.len() >= self.history_len {
+            st.history.pop_front();
+        }
+        st.history.push_back(entry.clone());
+        st.latest = Some(entry);
+        st.stale = false;
+    }
+
+    /// Marks `symbols` as lost by the bus (its connection went down): their next value
+    /// is announced with a `gap` (reason `upstream`) for the missed range and sent as a
+    /// `snapshot`.
+    pub fn mark_stale(&self, symbols: &[Symbol]) {
+        for s in symbols {
+            if let Some(slot) = self.slot(s) {
+                slot.state.lock().stale = true;
+            }
+        }
+    }
+
+    /// After the bus came back: `last` is the symbol's latest value as the bus's store
+    /// knows it. A newer value is published (announcing the missed range and sent as a
+    /// snapshot); otherwise subscribers get a fresh snapshot of what the hub holds. With
+    /// no value known, the symbol stays marked until its next tick.
+    pub fn resync(&self, symbol: &str, last: Option<Tick>) {
+        let Some(slot) = self.slot(symbol) else {
+            return;
+        };
+        if let Some(t) = last {
+            let newer = {
+                let st = slot.state.lock();
+                st.latest
+                    .as_ref()
+                    .is_none_or(|p| p.tick.epoch != t.epoch || t.seq > p.tick.seq)
+            };
+            if newer {
+                self.publish(t);
+                return;
+            }
+        } else {
+            return;
+        }
+        let mut st = slot.state.lock();
+        if !std::mem::take(&mut st.stale) {
+            return;
+        }
+        let Some(latest) = st.latest.clone() else {
+            return;
+        };
+        let snap = latest.snapshot_json();
+        for sub in &st.subscribers {
+            if sub.behind.load(Ordering::Acquire) == 0 {
+                sub.outbox
+                    .push(&slot, &sub.behind, snap.clone(), NEED_SNAPSHOT);
+            }
+        }
+    }
+
+    /// Whether the local ring holds every tick after `from` up to the latest (or a resume
+    /// from there needs no replay: nothing newer, or another epoch).
+    pub fn covers(&self, symbol: &str, from: &ResumeFrom) -> bool {
+        let Some(slot) = self.slot(symbol) else {
+            return true;
+        };
+        let st = slot.state.lock();
+        let Some(latest) = &st.latest else {
+            return false;
+        };
+        if from
+            .epoch
+            .as_deref()
+            .is_some_and(|e| e != &*latest.tick.epoch)
+            || from.seq >= latest.tick.seq
+        {
+            return true;
+        }
+        let held = st
+            .history
+            .iter()
+            .rev()
+            .take_while(|e| e.tick.seq > from.seq)
+            .count() as u64;
+        held == latest.tick.seq - from.seq
     }
 
     /// Brings a subscription that fell behind up to date: under the symbol's lock, the
@@ -335,6 +446,7 @@ fn replay(
     symbol: &str,
     latest: &Entry,
     from: &ResumeFrom,
+    backfill: &[Tick],
     mut push: impl FnMut(Bytes, u64) -> bool,
 ) {
     let last = latest.tick.seq;
@@ -354,7 +466,21 @@ fn replay(
     if from.seq == last {
         return;
     }
-    let oldest = st.history.front().map_or(last, |e| e.tick.seq);
+    // The ring, completed from the bus's history where it has holes, in seq order.
+    let merged: Vec<Arc<Entry>> = if backfill.is_empty() {
+        st.history.iter().cloned().collect()
+    } else {
+        let mut by_seq: std::collections::BTreeMap<u64, Arc<Entry>> = backfill
+            .iter()
+            .filter(|t| t.epoch == latest.tick.epoch && t.seq > from.seq && t.seq <= last)
+            .map(|t| (t.seq, Entry::new(t.clone())))
+            .collect();
+        for e in &st.history {
+            by_seq.insert(e.tick.seq, e.clone());
+        }
+        by_seq.into_values().collect()
+    };
+    let oldest = merged.first().map_or(last, |e| e.tick.seq);
     if from.seq + 1 < oldest {
         if push(
             gap(symbol, from.seq + 1, last - 1, GapReason::Expired),
@@ -365,7 +491,7 @@ fn replay(
         return;
     }
     let mut expected = from.seq + 1;
-    for e in st.history.iter().filter(|e| e.tick.seq > from.seq) {
+    for e in merged.iter().filter(|e| e.tick.seq > from.seq) {
         if e.tick.seq > expected
             && !push(
                 gap(symbol, expected, e.tick.seq - 1, GapReason::Upstream),

@@ -10,12 +10,14 @@
 //! subscribing upstream on the first and unsubscribing on the last.
 
 pub mod local;
+pub mod redis;
 
 use std::future::Future;
 use std::pin::Pin;
 
 use crate::tick::{Symbol, Tick};
 
+pub use self::redis::{RedisBus, RedisConfig, RedisMode, RedisPublisher};
 pub use local::LocalBus;
 
 /// A boxed future, as returned by [`Bus`] methods.
@@ -46,5 +48,19 @@ pub trait Bus: Send + Sync + 'static {
     /// Whether the bus is connected; `/healthz` answers 503 while it is not.
     fn healthy(&self) -> bool {
         true
+    }
+
+    /// The ticks the bus still holds after each `(symbol, seq)`, in order (for a client
+    /// that resumes here after another node). A bus without history returns nothing.
+    fn history<'a>(
+        &'a self,
+        wants: &'a [(Symbol, u64)],
+    ) -> BoxFuture<'a, Result<Vec<Vec<Tick>>, BusError>> {
+        Box::pin(async move { Ok(vec![Vec::new(); wants.len()]) })
+    }
+
+    /// Flushes what is queued for publishing and stops background work.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
     }
 }
