@@ -185,7 +185,8 @@ pub struct ServeArgs {
     #[arg(long, env = "TICKSTREAM_REDIS_BACKOFF_MAX", value_name = "DURATION")]
     pub redis_backoff_max: Option<Dur>,
 
-    /// Redis connect and response timeout; also the health-check interval. Default: 1s.
+    /// Redis connect and response timeout, and the health-check interval when given.
+    /// Default: 2s (health check every 1s).
     #[arg(long, env = "TICKSTREAM_REDIS_TIMEOUT", value_name = "DURATION")]
     pub redis_timeout: Option<Dur>,
 
@@ -513,6 +514,60 @@ mod tests {
         let cli = Cli::try_parse_from(["x", "--listen", "0.0.0.0:9", "--allow-plaintext-public"])
             .unwrap();
         assert!(cli.serve.resolve().is_ok());
+    }
+
+    #[test]
+    fn redis_options_resolve_and_bad_ones_are_refused() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--redis",
+            "redis://127.0.0.1:6379",
+            "--redis-prefix",
+            "md:",
+            "--redis-history",
+            "50",
+        ])
+        .unwrap();
+        let s = cli.serve.resolve().unwrap();
+        let r = s.redis.expect("redis configured");
+        assert_eq!(r.mode, RedisMode::Single("redis://127.0.0.1:6379".into()));
+        assert_eq!((r.prefix.as_str(), r.history), ("md:", 50));
+        assert_eq!(
+            s.feed,
+            FeedSpec::None,
+            "a node joining others runs no feed by default"
+        );
+        let cli = Cli::try_parse_from([
+            "x",
+            "--redis-cluster",
+            "redis://127.0.0.1:7000, redis://127.0.0.1:7001",
+        ])
+        .unwrap();
+        let r = cli.serve.resolve().unwrap().redis.unwrap();
+        assert_eq!(
+            r.mode,
+            RedisMode::Cluster(vec![
+                "redis://127.0.0.1:7000".into(),
+                "redis://127.0.0.1:7001".into()
+            ])
+        );
+        for bad in [
+            &["x", "--redis", "127.0.0.1:6379"][..],
+            &["x", "--redis", "redis://h:1", "--redis-history", "0"],
+            &["x", "--redis", "redis://h:1", "--redis-prefix", "a{b}"],
+        ] {
+            let cli = Cli::try_parse_from(bad).unwrap();
+            assert!(cli.serve.resolve().is_err(), "{bad:?}");
+        }
+        assert!(Cli::try_parse_from([
+            "x",
+            "--redis",
+            "redis://a:1",
+            "--redis-cluster",
+            "redis://b:1"
+        ])
+        .is_err());
+        assert_eq!(Settings::default().redis, None);
     }
 
     #[test]

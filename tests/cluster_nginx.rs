@@ -11,7 +11,8 @@ use std::time::Duration;
 use common::Client;
 use env::{Nginx, Proc, RedisServer};
 
-const UNIVERSE: &str = "symbol,class,price,volatility,activity\nAAA,equity,100,0.2,1\nBBB,equity,50,0.2,1\n";
+const UNIVERSE: &str =
+    "symbol,class,price,volatility,activity\nAAA,equity,100,0.2,1\nBBB,equity,50,0.2,1\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sticky_through_nginx_and_resume_on_another_node_after_kill_9() {
@@ -56,7 +57,9 @@ async fn sticky_through_nginx_and_resume_on_another_node_after_kill_9() {
         }
     }
     let epoch = {
-        let snap = common::http_get(nginx.addr(), "/v1/snapshot?symbols=AAA").await.1;
+        let snap = common::http_get(nginx.addr(), "/v1/snapshot?symbols=AAA")
+            .await
+            .1;
         let v: serde_json::Value = serde_json::from_str(&snap).unwrap();
         v[0]["epoch"].as_str().unwrap().to_owned()
     };

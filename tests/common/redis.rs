@@ -327,7 +327,8 @@ impl Nginx {
         };
         wait_until("nginx to listen", Duration::from_secs(10), || {
             if let Some(Ok(Some(status))) = n.child.as_mut().map(|c| c.try_wait()) {
-                let log = std::fs::read_to_string(n.dir.path().join("error.log")).unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(n.dir.path().join("error.log")).unwrap_or_default();
                 panic!("nginx exited with {status}: {log}");
             }
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()

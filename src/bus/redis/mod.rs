@@ -548,6 +548,11 @@ fn stream_tick(entry: Value) -> Option<Tick> {
     }
 }
 
+/// Whether Redis Cluster sent the request elsewhere (the slot map is out of date).
+pub(crate) fn is_redirect(e: &redis::RedisError) -> bool {
+    matches!(e.code(), Some("MOVED" | "ASK" | "CLUSTERDOWN"))
+}
+
 fn unavailable(inner: &Inner, e: impl std::fmt::Display) -> BusError {
     BusError::Unavailable(format!("Redis at {}: {e}", inner.cfg.describe()))
 }
@@ -579,6 +584,10 @@ impl Bus for RedisBus {
                     .clone()
                     .ok_or_else(|| unavailable(inner, "down, reconnecting"))?;
                 if let Err(e) = subscribe(inner, &links, &fresh, true).await {
+                    if is_redirect(&e) {
+                        // The cluster's slots moved: reconnect, which reads the map again.
+                        inner.broken.notify_one();
+                    }
                     let _ = subscribe(inner, &links, &fresh, false).await;
                     return Err(unavailable(inner, e));
                 }

@@ -167,6 +167,36 @@ impl RedisPublisher {
     }
 }
 
+/// A publisher is a bus that only publishes, for feed processes: it receives nothing.
+impl crate::bus::Bus for RedisPublisher {
+    fn publish(&self, tick: Tick) -> Result<(), BusError> {
+        RedisPublisher::publish(self, tick)
+    }
+
+    fn watch<'a>(
+        &'a self,
+        _symbols: &'a [Symbol],
+    ) -> crate::bus::BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async {
+            Err(BusError::Unavailable(
+                "a feed's publisher receives no ticks".into(),
+            ))
+        })
+    }
+
+    fn unwatch<'a>(&'a self, _symbols: &'a [Symbol]) -> crate::bus::BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+
+    fn healthy(&self) -> bool {
+        RedisPublisher::healthy(self)
+    }
+
+    fn close(&self) -> crate::bus::BoxFuture<'_, ()> {
+        Box::pin(RedisPublisher::close(self))
+    }
+}
+
 impl Drop for RedisPublisher {
     fn drop(&mut self) {
         self.stop.cancel();
@@ -357,9 +387,21 @@ impl Worker {
                 Ok(replies) => {
                     published += counts[i];
                     if let Some(e) = replies.iter().find_map(server_error) {
-                        // An XADD below the stream's top (a seq this epoch already had)
-                        // is refused by Redis; the tick is still announced.
-                        tracing::debug!(error = %e, "Redis refused part of a batch");
+                        if e.starts_with("MOVED")
+                            || e.starts_with("ASK")
+                            || e.starts_with("CLUSTERDOWN")
+                        {
+                            // The cluster's slots moved: reconnect, reading the map again.
+                            first_err.get_or_insert(redis::RedisError::from((
+                                redis::ErrorKind::Io,
+                                "cluster slot map changed",
+                                e,
+                            )));
+                        } else {
+                            // An XADD below the stream's top (a seq this epoch already had)
+                            // is refused by Redis; the tick is still announced.
+                            tracing::debug!(error = %e, "Redis refused part of a batch");
+                        }
                     }
                 }
                 Err(e) => {
@@ -485,7 +527,7 @@ impl Worker {
 
 fn server_error(v: &redis::Value) -> Option<String> {
     match v {
-        redis::Value::ServerError(e) => Some(format!("{e:?}")),
+        redis::Value::ServerError(e) => Some(format!("{}: {e:?}", e.code())),
         _ => None,
     }
 }
