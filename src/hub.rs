@@ -506,3 +506,146 @@ fn replay(
         expected = e.tick.seq + 1;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::outbox::SlowPolicy;
+    use std::sync::atomic::AtomicU64;
+
+    fn tick(seq: u64) -> Tick {
+        Tick {
+            symbol: "AAPL".into(),
+            epoch: "e1".into(),
+            seq,
+            ts: seq,
+            bid: 1.0,
+            ask: 1.1,
+            bid_size: 1,
+            ask_size: 1,
+            last: 1.0,
+            last_size: 1,
+            volume: seq,
+            src_ts: None,
+        }
+    }
+
+    /// (type, seq or from..to) of every message queued.
+    fn drain(rx: &mut tokio::sync::mpsc::Receiver<Bytes>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(b) = rx.try_recv() {
+            let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+            out.push(match v["type"].as_str().unwrap() {
+                "gap" => format!(
+                    "gap {}-{} {}",
+                    v["from"],
+                    v["to"],
+                    v["reason"].as_str().unwrap()
+                ),
+                t => format!("{t} {}", v["seq"]),
+            });
+        }
+        out
+    }
+
+    fn sub(hub: &Hub, start: Start) -> tokio::sync::mpsc::Receiver<Bytes> {
+        static ID: AtomicU64 = AtomicU64::new(1);
+        let id = ID.fetch_add(1, Ordering::Relaxed);
+        let (outbox, rx) = Outbox::new(id, 1024, SlowPolicy::Conflate);
+        let behind: Behind = Arc::new(AtomicU64::new(0));
+        assert!(hub.subscribe("AAPL", &outbox, &behind, &start));
+        rx
+    }
+
+    fn resume(seq: u64, backfill: Vec<Tick>) -> Start {
+        Start {
+            snapshot: true,
+            resume: Some(ResumeFrom {
+                epoch: Some("e1".into()),
+                seq,
+            }),
+            backfill,
+        }
+    }
+
+    #[test]
+    fn a_resume_merges_the_bus_history_with_the_ring_without_hole_or_duplicate() {
+        let hub = Hub::new(["AAPL".into()], 100);
+        // A node that only saw 20 (seeded) and then 23..25 live.
+        hub.seed(tick(20));
+        for s in 23..=25 {
+            hub.publish(tick(s));
+        }
+        assert!(!hub.covers(
+            "AAPL",
+            &ResumeFrom {
+                epoch: None,
+                seq: 17
+            }
+        ));
+        assert!(hub.covers(
+            "AAPL",
+            &ResumeFrom {
+                epoch: None,
+                seq: 22
+            }
+        ));
+        // The bus still holds 18..=24 (overlapping the ring).
+        let backfill: Vec<Tick> = (18..=24).map(tick).collect();
+        let mut rx = sub(&hub, resume(17, backfill));
+        let got = drain(&mut rx);
+        let want: Vec<String> = (18..=25).map(|s| format!("tick {s}")).collect();
+        assert_eq!(got, want);
+        // Without the bus's history the hole is announced instead.
+        let mut rx = sub(&hub, resume(17, Vec::new()));
+        assert_eq!(
+            drain(&mut rx),
+            vec!["gap 18-24 expired".to_string(), "snapshot 25".to_string()]
+        );
+    }
+
+    #[test]
+    fn after_a_bus_outage_the_missed_range_is_a_gap_then_a_snapshot() {
+        let hub = Hub::new(["AAPL".into()], 100);
+        hub.publish(tick(1));
+        let mut rx = sub(&hub, Start::default());
+        hub.publish(tick(2));
+        hub.mark_stale(&["AAPL".into()]);
+        // The store knows 9: 3..8 were missed.
+        hub.resync("AAPL", Some(tick(9)));
+        hub.publish(tick(10));
+        assert_eq!(
+            drain(&mut rx),
+            vec!["tick 2", "gap 3-8 upstream", "snapshot 9", "tick 10"]
+        );
+        // Nothing missed: still a fresh snapshot, once.
+        hub.mark_stale(&["AAPL".into()]);
+        hub.resync("AAPL", Some(tick(10)));
+        hub.publish(tick(11));
+        assert_eq!(drain(&mut rx), vec!["snapshot 10", "tick 11"]);
+        // The store lost everything: the next tick carries the gap and the snapshot.
+        hub.mark_stale(&["AAPL".into()]);
+        hub.resync("AAPL", None);
+        hub.publish(tick(15));
+        assert_eq!(drain(&mut rx), vec!["gap 12-14 upstream", "snapshot 15"]);
+    }
+
+    #[test]
+    fn seeding_keeps_the_newest_value_and_empties_a_ring_with_a_hole() {
+        let hub = Hub::new(["AAPL".into()], 100);
+        for s in 1..=3 {
+            hub.publish(tick(s));
+        }
+        hub.seed(tick(2));
+        assert_eq!(hub.latest("AAPL").unwrap().tick.seq, 3);
+        hub.seed(tick(50));
+        assert_eq!(hub.latest("AAPL").unwrap().tick.seq, 50);
+        assert!(!hub.covers(
+            "AAPL",
+            &ResumeFrom {
+                epoch: None,
+                seq: 2
+            }
+        ));
+    }
+}
