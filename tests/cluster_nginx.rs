@@ -41,6 +41,22 @@ async fn sticky_through_nginx_and_resume_on_another_node_after_kill_9() {
         assert_eq!(w2["node"], home.as_str(), "sticky by client address");
     }
 
+    // With the affinity cookie, the cookie decides: the same value, the same node.
+    let mut by_cookie = std::collections::HashSet::new();
+    for key in ["desk-1", "desk-2", "desk-3", "desk-4", "desk-5", "desk-6"] {
+        let first = welcome_with_cookie(&nginx, key).await;
+        assert_eq!(
+            welcome_with_cookie(&nginx, key).await,
+            first,
+            "sticky by cookie {key}"
+        );
+        by_cookie.insert(first);
+    }
+    assert!(
+        by_cookie.len() > 1,
+        "cookies spread clients over nodes: {by_cookie:?}"
+    );
+
     c.send(r#"{"op":"subscribe","symbols":["AAA"]}"#).await;
     assert_eq!(c.next().await["type"], "subscribed");
     let mut last = 0u64;
@@ -87,4 +103,31 @@ async fn sticky_through_nginx_and_resume_on_another_node_after_kill_9() {
         assert_eq!(m["type"], "tick", "{m}");
         assert_eq!(m["seq"].as_u64().unwrap(), want, "{m}");
     }
+}
+
+/// The node that answers a WebSocket opened with the affinity cookie set to `key`.
+async fn welcome_with_cookie(nginx: &Nginx, key: &str) -> String {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{}/v1/ws", nginx.addr())
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("Cookie", format!("tickstream_node={key}").parse().unwrap());
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("connects");
+    let set = resp
+        .headers()
+        .get("set-cookie")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    assert!(set.starts_with(&format!("tickstream_node={key};")), "{set}");
+    let msg = tokio::time::timeout(common::WAIT, ws.next())
+        .await
+        .expect("welcome in time")
+        .expect("a frame")
+        .expect("a message");
+    let v: serde_json::Value = serde_json::from_str(msg.to_text().unwrap()).unwrap();
+    v[0]["node"].as_str().unwrap().to_owned()
 }

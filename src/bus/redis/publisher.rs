@@ -125,10 +125,17 @@ impl RedisPublisher {
         match self.tx.try_send(tick) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.shared
+                let n = self
+                    .shared
                     .stats
                     .dropped_full
                     .fetch_add(1, Ordering::Relaxed);
+                if n % 10_000 == 0 {
+                    tracing::warn!(
+                        dropped = n + 1,
+                        "publishing to Redis falls behind the feed; ticks dropped"
+                    );
+                }
                 Ok(())
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
