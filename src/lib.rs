@@ -8,7 +8,8 @@
 //! The data flows `feed → bus → hub → session → transport`:
 //!
 //! - [`feed`]: produces ticks (synthetic generator), owns `seq`, stamps `ts`.
-//! - [`bus`]: carries ticks from feeds to the hub of every node (in-process by default).
+//! - [`bus`]: carries ticks from feeds to the hub of every node (in-process by default,
+//!   Redis Pub/Sub or sharded Pub/Sub between nodes).
 //! - [`hub`]: symbol → latest value, history ring and local subscribers; fan-out.
 //! - [`session`]: one client: commands, limits, bounded outbound queue.
 //! - [`transport`]: WebSocket frames and the HTTP routes on the same port.

@@ -151,6 +151,15 @@ async fn interest_is_counted_batched_and_released() {
     );
 
     subscribe(&mut c2, r#"{"op":"subscribe","symbols":["AAPL"]}"#).await;
+    // One connection carries every subscription of the node, whatever the clients.
+    let clients = match redis.cmd(&["CLIENT", "LIST"]) {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+        redis::Value::VerbatimString { text, .. } => text,
+        v => panic!("{v:?}"),
+    };
+    let subscribers: Vec<&str> = clients.lines().filter(|l| !l.contains(" sub=0 ")).collect();
+    assert_eq!(subscribers.len(), 1, "{clients}");
+    assert!(subscribers[0].contains(" sub=500 "), "{clients}");
     c1.send(r#"{"op":"unsubscribe","symbols":["AAPL"]}"#).await;
     assert_eq!(c1.until("unsubscribed").await["type"], "unsubscribed");
     let chan = "tickstream:tick:{AAPL}".to_string();

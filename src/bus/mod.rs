@@ -1,4 +1,6 @@
-//! The bus carries ticks from whoever ingests them to the hub of every node.
+//! The bus carries ticks from whoever ingests them to the hub of every node: in-process
+//! on one node ([`LocalBus`], the default), or through Redis between nodes ([`RedisBus`];
+//! feed processes publish with [`RedisPublisher`]).
 //!
 //! Contract of every implementation: per symbol, ticks reach a node's hub in the order
 //! they were published; delivery is at most once (a tick may be lost, for instance while
