@@ -130,7 +130,7 @@ impl RedisPublisher {
                     .stats
                     .dropped_full
                     .fetch_add(1, Ordering::Relaxed);
-                if n % 10_000 == 0 {
+                if n.is_multiple_of(10_000) {
                     tracing::warn!(
                         dropped = n + 1,
                         "publishing to Redis falls behind the feed; ticks dropped"
