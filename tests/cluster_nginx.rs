@@ -131,3 +131,76 @@ async fn welcome_with_cookie(nginx: &Nginx, key: &str) -> String {
     let v: serde_json::Value = serde_json::from_str(msg.to_text().unwrap()).unwrap();
     v[0]["node"].as_str().unwrap().to_owned()
 }
+
+/// `scripts/cluster` starts Redis, a feed, three nodes and nginx, prints the URLs, and
+/// `scripts/cluster stop` stops exactly those processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_script_starts_a_working_cluster_and_stops_exactly_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = env::repo_path("scripts/cluster");
+    let run = |arg: &str| {
+        std::process::Command::new("bash")
+            .arg(&script)
+            .arg(arg)
+            .env("TICKSTREAM_CLUSTER_DIR", dir.path())
+            .env("TICKSTREAM_BIN", env!("CARGO_BIN_EXE_tickstream"))
+            .env("TICKSTREAM_FEED_ARGS", "--rate 200")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("bash runs")
+    };
+    // Stops what was started even if the test fails half-way.
+    struct Stop<F: FnMut()>(F);
+    impl<F: FnMut()> Drop for Stop<F> {
+        fn drop(&mut self) {
+            (self.0)();
+        }
+    }
+    let started = run("start");
+    let _stop = Stop(|| {
+        let _ = run("stop");
+    });
+    let out = String::from_utf8_lossy(&started.stdout).into_owned();
+    assert!(
+        started.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let pids: Vec<u32> = std::fs::read_to_string(dir.path().join("pids"))
+        .unwrap()
+        .lines()
+        .map(|l| l.split_whitespace().nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 6, "redis, feed, three nodes, nginx");
+    let ws = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("nginx"))
+        .and_then(|l| l.split_whitespace().find(|w| w.starts_with("ws://")))
+        .expect("the nginx URL is printed")
+        .to_owned();
+    let addr: std::net::SocketAddr = ws
+        .trim_start_matches("ws://")
+        .trim_end_matches("/v1/ws")
+        .parse()
+        .unwrap();
+    let (mut c, w) = Client::ready(addr).await;
+    assert!(w["node"].as_str().unwrap().starts_with("node-"), "{w}");
+    c.send(r#"{"op":"subscribe","symbols":["NVDA"]}"#).await;
+    assert_eq!(c.next().await["type"], "subscribed");
+    let t = c.until("tick").await;
+    assert_eq!(t["symbol"], "NVDA");
+    drop(c);
+
+    let stopped = run("stop");
+    assert!(stopped.status.success());
+    for pid in pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .map(|s| s.contains(") Z "))
+                    .unwrap_or(true),
+            "process {pid} still runs after stop"
+        );
+    }
+    assert!(!dir.path().join("pids").exists());
+}
