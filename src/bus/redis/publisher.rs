@@ -69,6 +69,23 @@ struct Shared {
 }
 
 /// Publishes ticks into Redis (single server or cluster) without blocking the caller.
+///
+/// For a feed process: connect once (inside a tokio runtime), hand it every tick, check
+/// [`RedisPublisher::conflicts`] to refuse running beside another feed, close at the end.
+///
+/// ```no_run
+/// # async fn feed() -> Result<(), tickstream::bus::BusError> {
+/// use tickstream::bus::{RedisConfig, RedisPublisher};
+/// let cfg = RedisConfig::single("redis://127.0.0.1:6379");
+/// let publisher = RedisPublisher::connect(&cfg, "synth-1").await?;
+/// # let tick: tickstream::tick::Tick = unimplemented!();
+/// publisher.publish(tick)?;
+/// if let Some(c) = publisher.conflicts().first() {
+///     eprintln!("{} is published by feed {}", c.symbol, c.holder);
+/// }
+/// publisher.close().await;
+/// # Ok(()) }
+/// ```
 pub struct RedisPublisher {
     tx: mpsc::Sender<Tick>,
     shared: Arc<Shared>,
