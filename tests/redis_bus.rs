@@ -489,3 +489,57 @@ async fn a_three_master_cluster_carries_ticks_for_symbols_on_every_shard() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_shard_restart_gives_gap_and_snapshot_then_live_ticks() {
+    let mut cluster = RedisCluster::start(3);
+    let cfg = fast(RedisConfig::cluster(&cluster.urls()));
+    let a = node(&cfg, "node-a").await;
+    let symbol = "AAPL";
+    let owner_port = cluster.owner(symbol).port;
+    let p = std::sync::Arc::new(publisher(&cfg, "feed-1").await);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let feeder = {
+        let p = p.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut seq = 0;
+            while !stop.is_cancelled() {
+                seq += 1;
+                p.publish(common::tick(symbol, "e1", seq)).unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let (mut c, _) = Client::ready(a.addr).await;
+    subscribe(&mut c, r#"{"op":"subscribe","symbols":["AAPL"]}"#).await;
+    let s0 = c.until("tick").await["seq"].as_u64().unwrap();
+    expect_run(&mut c, symbol, s0 + 1, s0 + 5).await;
+
+    let shard = cluster
+        .nodes
+        .iter_mut()
+        .find(|n| n.port == owner_port)
+        .unwrap();
+    shard.kill();
+    eventually_async(|| async { http_get(a.addr, "/healthz").await.0 == 503 }).await;
+    shard.restart();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let gap = loop {
+        let m = tokio::time::timeout_at(deadline, c.next())
+            .await
+            .expect("a gap after the shard came back");
+        if m["type"] == "gap" {
+            break m;
+        }
+    };
+    assert_eq!(gap["reason"], "upstream", "{gap}");
+    let snap = c.next().await;
+    assert_eq!(snap["type"], "snapshot", "{snap}");
+    let s = snap["seq"].as_u64().unwrap();
+    expect_run(&mut c, symbol, s + 1, s + 10).await;
+    stop.cancel();
+    feeder.await.unwrap();
+    p.close().await;
+    a.shutdown().await;
+}
