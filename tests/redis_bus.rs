@@ -543,3 +543,104 @@ async fn a_cluster_shard_restart_gives_gap_and_snapshot_then_live_ticks() {
     p.close().await;
     a.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feed_commands_publish_into_redis_and_a_second_feed_is_refused() {
+    let redis = RedisServer::start();
+    let cfg = fast(RedisConfig::single(&redis.url()));
+    let a = node(&cfg, "node-a").await;
+    let mut c = Client::ready(a.addr).await.0;
+    subscribe(
+        &mut c,
+        r#"{"op":"subscribe","symbols":["AAPL"],"snapshot":false}"#,
+    )
+    .await;
+
+    // A replay published into Redis reaches a client of a node, in recorded order.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("aapl.ndjson");
+    let mut w = tickstream::feed::recording::Writer::create(&file, "test").unwrap();
+    for seq in 1..=50 {
+        w.write_tick(&common::tick("AAPL", "rec", seq)).unwrap();
+    }
+    w.finish().unwrap();
+    let bin = env!("CARGO_BIN_EXE_tickstream");
+    let replay = tokio::process::Command::new(bin)
+        .args([
+            "feed",
+            "replay",
+            file.to_str().unwrap(),
+            "--redis",
+            &redis.url(),
+            "--speed",
+            "max",
+        ])
+        .args(["--feed-id", "replayer"])
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(20), replay)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    expect_run(&mut c, "AAPL", 1, 50).await;
+
+    // `feed synth --redis` publishes the universe it is given; while it holds AAPL, a
+    // second feed publishing AAPL is refused and says so.
+    let synth = tokio::process::Command::new(bin)
+        .args([
+            "feed",
+            "synth",
+            "--redis",
+            &redis.url(),
+            "--symbols",
+            "AAPL,MSFT",
+        ])
+        .args(["--rate", "200", "--duration", "3s", "--feed-id", "synth-1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let owner = cfg.prefix.clone() + "owner:{AAPL}";
+    eventually(
+        "synth-1 holds AAPL",
+        || matches!(redis.cmd(&["GET", &owner]), redis::Value::BulkString(b) if b == b"synth-1"),
+    )
+    .await;
+    let second = tokio::process::Command::new(bin)
+        .args([
+            "feed",
+            "synth",
+            "--redis",
+            &redis.url(),
+            "--symbols",
+            "AAPL",
+        ])
+        .args(["--rate", "100", "--duration", "1s", "--feed-id", "synth-2"])
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(20), second)
+        .await
+        .unwrap()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the second feed must fail");
+    assert!(
+        err.contains("synth-1"),
+        "names the feed holding AAPL: {err}"
+    );
+    let out = tokio::time::timeout(Duration::from_secs(20), synth.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains("0 refused"), "{summary}");
+    a.shutdown().await;
+}

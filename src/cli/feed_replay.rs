@@ -29,6 +29,33 @@ pub(super) struct Target {
     #[arg(long, value_name = "URL", env = "TICKSTREAM_REDIS")]
     pub redis: Option<String>,
 
+    /// Publish on a Redis Cluster (sharded Pub/Sub) reached through these seed URLs.
+    #[arg(long, value_name = "URL[,URL…]", env = "TICKSTREAM_REDIS_CLUSTER")]
+    pub redis_cluster: Option<String>,
+
+    /// Prefix of the Redis keys and channels (with --redis or --redis-cluster).
+    #[arg(
+        long,
+        value_name = "PREFIX",
+        env = "TICKSTREAM_REDIS_PREFIX",
+        default_value = "tickstream:"
+    )]
+    pub redis_prefix: String,
+
+    /// Ticks kept per symbol in the Redis `hist:` stream.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "TICKSTREAM_REDIS_HISTORY",
+        default_value_t = 10_000
+    )]
+    pub redis_history: usize,
+
+    /// This feed's id in the Redis lease keys; a second feed with another id is refused
+    /// the symbols this one publishes. Default: feed-<host>-<pid>.
+    #[arg(long, value_name = "ID", env = "TICKSTREAM_FEED_ID")]
+    pub feed_id: Option<String>,
+
     /// Bearer token sent to the publisher endpoint (with --to).
     #[arg(
         long,
@@ -39,10 +66,40 @@ pub(super) struct Target {
     pub token: Option<String>,
 }
 
+impl Target {
+    /// The Redis bus named by `--redis` or `--redis-cluster`, if any.
+    pub(super) fn redis_config(&self) -> Option<crate::bus::RedisConfig> {
+        let mut cfg = match (&self.redis, &self.redis_cluster) {
+            (Some(url), _) => crate::bus::RedisConfig::single(url.trim()),
+            (None, Some(list)) => {
+                let seeds: Vec<&str> = list
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .collect();
+                crate::bus::RedisConfig::cluster(&seeds)
+            }
+            (None, None) => return None,
+        };
+        cfg.prefix = self.redis_prefix.clone();
+        cfg.history = self.redis_history;
+        Some(cfg)
+    }
+
+    /// A name of the destination, for summaries.
+    pub(super) fn describe(&self) -> String {
+        match (&self.to, self.redis_config()) {
+            (Some(url), _) => url.clone(),
+            (None, Some(cfg)) => cfg.describe(),
+            (None, None) => String::new(),
+        }
+    }
+}
+
 /// Options.
 #[derive(clap::Args, Debug)]
 #[command(
-    group(clap::ArgGroup::new("dest").required(true).args(["to", "redis"])),
+    group(clap::ArgGroup::new("dest").required(true).args(["to", "redis", "redis_cluster"])),
     after_help = "Example:\n  tickstream feed replay feeds/sample.ndjson.zst --to ws://127.0.0.1:8080/v1/publish --speed 10 --symbols AAPL,MSFT"
 )]
 pub struct Args {
@@ -235,15 +292,20 @@ fn progress_bar(len: Option<u64>) -> ProgressBar {
 pub(super) enum Dest {
     /// A node's publisher endpoint.
     Node(String, crate::client::connect::ClientWs),
-    /// A bus (Redis).
-    Bus(Arc<dyn crate::bus::Bus>),
+    /// A Redis bus (one server or a cluster).
+    Redis(Arc<crate::bus::RedisPublisher>),
 }
 
 impl Dest {
     /// Connects what `target` names, failing fast before any tick is produced.
     pub(super) async fn open(target: &Target) -> anyhow::Result<Dest> {
-        if let Some(url) = &target.redis {
-            return Ok(Dest::Bus(publish::redis_bus(url).await?));
+        if let Some(cfg) = target.redis_config() {
+            let feed_id = target
+                .feed_id
+                .clone()
+                .unwrap_or_else(publish::default_feed_id);
+            let publisher = publish::redis_publisher(&cfg, &feed_id).await?;
+            return Ok(Dest::Redis(Arc::new(publisher)));
         }
         let url = target
             .to
@@ -258,9 +320,14 @@ impl Dest {
         let started = Instant::now();
         let r = match self {
             Dest::Node(url, ws) => publish::to_node(&url, ws, rx).await,
-            Dest::Bus(bus) => tokio::task::spawn_blocking(move || publish::to_bus(rx, &*bus))
-                .await
-                .context("the bus publisher panicked")?,
+            Dest::Redis(publisher) => {
+                let p = publisher.clone();
+                let r = tokio::task::spawn_blocking(move || publish::to_redis(rx, &p))
+                    .await
+                    .context("the bus publisher panicked")?;
+                publisher.close().await;
+                r.map(|report| publish::redis_report(report, &publisher))
+            }
         };
         tracing::debug!(
             elapsed_ms = started.elapsed().as_millis() as u64,

@@ -18,7 +18,7 @@ use crate::tick::Tick;
 /// Options.
 #[derive(clap::Args, Debug)]
 #[command(
-    group(clap::ArgGroup::new("dest").required(true).args(["to", "redis", "out"])),
+    group(clap::ArgGroup::new("dest").required(true).args(["to", "redis", "redis_cluster", "out"])),
     after_help = "Examples:\n  tickstream feed synth --to ws://127.0.0.1:8080/v1/publish --rate 5000 --duration 30s\n  tickstream feed synth --out session.ndjson.zst --symbols AAPL,MSFT,EUR/USD --duration 1m --seed 7"
 )]
 pub struct Args {
@@ -98,10 +98,9 @@ pub(super) fn run(args: Args) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("the generator thread panicked"))?;
     let sink = delivered?;
     let secs = started.elapsed().as_secs_f64();
-    let dest = match (&args.out, &args.target.to, &args.target.redis) {
-        (Some(p), _, _) => p.display().to_string(),
-        (_, Some(u), _) | (_, _, Some(u)) => u.clone(),
-        _ => String::new(),
+    let dest = match &args.out {
+        Some(p) => p.display().to_string(),
+        None => args.target.describe(),
     };
     println!(
         "published {} ticks over {n_symbols} symbols to {dest} in {secs:.2}s ({:.0} ticks/s, seed {seed}, epoch {epoch}); {} accepted, {} refused",

@@ -7,7 +7,6 @@
 //! receiver, which stops the feed thread at its next tick.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,7 +14,7 @@ use crossbeam_channel::Receiver;
 use fastwebsockets::{Frame, OpCode, Payload, WebSocketError};
 use tokio::sync::mpsc;
 
-use crate::bus::Bus;
+use crate::bus::{RedisConfig, RedisPublisher};
 use crate::client::connect::{connect, ClientWs};
 use crate::feed::recording::Writer;
 use crate::tick::{Kind, Tick};
@@ -88,23 +87,58 @@ impl From<crate::bus::BusError> for PublishError {
     }
 }
 
-/// Connects the bus that `--redis URL` names.
+/// Connects a Redis publisher for a feed process, failing fast when Redis is unreachable.
 ///
 /// Every feed command reaches Redis through this one function.
-pub async fn redis_bus(url: &str) -> anyhow::Result<Arc<dyn Bus>> {
-    anyhow::bail!("the Redis bus is not available in this build (asked for {url})")
+pub async fn redis_publisher(cfg: &RedisConfig, feed_id: &str) -> anyhow::Result<RedisPublisher> {
+    Ok(RedisPublisher::connect(cfg, feed_id).await?)
 }
 
-/// Publishes every tick from `rx` on `bus`, in order, until the feed ends. Stops at the
-/// first bus error.
-pub fn to_bus(rx: Receiver<Tick>, bus: &dyn Bus) -> Result<SinkReport, PublishError> {
+/// The feed id used in Redis lease keys when none is given: `feed-<host>-<pid>`.
+pub fn default_feed_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    format!("feed-{}-{}", host.trim(), std::process::id())
+}
+
+/// Hands every tick from `rx` to a Redis publisher, waiting for room rather than
+/// dropping, until the feed ends. Call it from a plain thread.
+pub fn to_redis(
+    rx: Receiver<Tick>,
+    publisher: &RedisPublisher,
+) -> Result<SinkReport, PublishError> {
     let mut report = SinkReport::default();
     for tick in rx {
         report.sent += 1;
-        bus.publish(tick)?;
-        report.accepted += 1;
+        publisher.publish_blocking(tick)?;
     }
     Ok(report)
+}
+
+/// Completes a report of [`to_redis`] once the publisher is closed: ticks refused because
+/// another feed holds their symbol, or lost while Redis was down, count as refused.
+pub fn redis_report(mut report: SinkReport, publisher: &RedisPublisher) -> SinkReport {
+    let stats = publisher.stats();
+    let refused = stats.refused.load(std::sync::atomic::Ordering::Relaxed);
+    let lost = stats
+        .dropped_down
+        .load(std::sync::atomic::Ordering::Relaxed)
+        + stats
+            .dropped_full
+            .load(std::sync::atomic::Ordering::Relaxed);
+    report.refused = refused + lost;
+    report.accepted = report.sent.saturating_sub(report.refused);
+    for c in publisher.conflicts() {
+        report.errors.push(format!(
+            "{} is published by another feed ({}); refused",
+            c.symbol, c.holder
+        ));
+    }
+    if lost > 0 {
+        report
+            .errors
+            .push(format!("{lost} ticks lost while Redis was unreachable"));
+    }
+    report
 }
 
 /// Writes every tick from `rx` to a new recording at `path` (zstd by its extension).

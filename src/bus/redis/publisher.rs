@@ -161,6 +161,15 @@ impl RedisPublisher {
         }
     }
 
+    /// Queues a tick for publishing, waiting for room when the queue is full: for a feed
+    /// process that would rather slow down than drop. Call it from a plain thread (not
+    /// from async code).
+    pub fn publish_blocking(&self, tick: Tick) -> Result<(), BusError> {
+        self.tx
+            .blocking_send(tick)
+            .map_err(|_| BusError::Unavailable("publisher stopped".into()))
+    }
+
     /// Counters.
     pub fn stats(&self) -> &PublisherStats {
         &self.shared.stats
