@@ -227,7 +227,7 @@ pub(super) fn refusals(sink: &SinkReport) -> anyhow::Result<()> {
     for e in &sink.errors {
         eprintln!("refused: {e}");
     }
-    anyhow::bail!("{} ticks were refused by the node", sink.refused)
+    anyhow::bail!("{} ticks were refused", sink.refused)
 }
 
 pub(super) fn rate(n: u64, secs: f64) -> f64 {
