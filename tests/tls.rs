@@ -577,3 +577,114 @@ async fn the_subscribe_binary_prints_ndjson_ticks_over_wss() {
     assert!(!ticks.is_empty(), "{stdout}");
     assert!(ticks.windows(2).all(|w| w[1] == w[0] + 1), "{ticks:?}");
 }
+
+/// Runs the binary with `args` to its exit on a blocking thread (killed after 20 s).
+async fn output_of(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(BIN)
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feed_synth_publishes_over_wss_with_the_ca_file() {
+    let certs = Certs::new();
+    let run = tls_node(&certs, Duration::from_secs(10)).await;
+    let mut client = Client::new(ClientConfig {
+        urls: vec![wss(run.addr, "/v1/ws")],
+        ca_file: Some(certs.ca()),
+        symbols: vec!["AAPL".into()],
+        snapshot: false,
+        ..ClientConfig::default()
+    })
+    .unwrap();
+    loop {
+        let e = tokio::time::timeout(WAIT, client.next()).await.unwrap();
+        if let Event::Message(ServerMessage::Subscribed { .. }) = e.unwrap() {
+            break;
+        }
+    }
+    let synth = |ca: Option<&Path>| {
+        let mut args: Vec<String> = [
+            "feed",
+            "synth",
+            "--to",
+            &wss(run.addr, "/v1/publish"),
+            "--symbols",
+            "AAPL",
+            "--rate",
+            "400",
+            "--duration",
+            "500ms",
+        ]
+        .map(String::from)
+        .to_vec();
+        if let Some(ca) = ca {
+            args.extend(["--ca-file".into(), ca.to_str().unwrap().into()]);
+        }
+        output_of(args)
+    };
+    // Without the CA the node's certificate is refused, before any tick is made.
+    let out = synth(None).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("UnknownIssuer"), "{err}");
+    // With it, every tick reaches the subscriber, in order.
+    let out = synth(Some(&certs.ca())).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("200 accepted, 0 refused"), "{stdout}");
+    let mut want = 1;
+    while want <= 200 {
+        let e = tokio::time::timeout(WAIT, client.next()).await.unwrap();
+        if let Event::Message(ServerMessage::Tick(t)) = e.unwrap() {
+            assert_eq!(t.seq, want);
+            want += 1;
+        }
+    }
+    run.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_wss_clients_with_1001() {
+    let certs = Certs::new();
+    let run = tls_node(&certs, Duration::from_secs(10)).await;
+    let stream = tls_stream(run.addr, &certs.ca()).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(wss(run.addr, "/v1/ws"), stream)
+        .await
+        .unwrap();
+    let mut pending = std::collections::VecDeque::new();
+    assert_eq!(next_json(&mut ws, &mut pending).await["type"], "welcome");
+    let stopping = tokio::spawn(run.shutdown());
+    let code = loop {
+        match tokio::time::timeout(WAIT, ws.next()).await.unwrap() {
+            Some(Ok(Message::Close(c))) => break c.map(|c| u16::from(c.code)),
+            Some(Ok(_)) => {}
+            other => panic!("no close frame: {other:?}"),
+        }
+    };
+    assert_eq!(code, Some(1001));
+    drop(ws);
+    tokio::time::timeout(WAIT, stopping)
+        .await
+        .expect("the node stops within the drain time")
+        .unwrap();
+}
