@@ -372,6 +372,19 @@ async fn plain_ws_and_http_to_the_tls_port_fail_cleanly() {
         https_get(run.addr, &certs.ca(), "/healthz").await,
         (200, "ok\n".into())
     );
+    // The other way round: wss:// to a plain node is a TLS error, not a hang.
+    let plain = start(settings()).await;
+    let tls = ClientTls::new(Some(&certs.ca())).unwrap();
+    let e = tokio::time::timeout(
+        WAIT,
+        connect_with(&wss(plain.addr, "/v1/ws"), None, Some(&tls)),
+    )
+    .await
+    .expect("fails in time")
+    .err()
+    .expect("refused");
+    assert!(matches!(e, ConnectError::Tls { .. }), "{e:?}");
+    plain.shutdown().await;
     run.shutdown().await;
 }
 
