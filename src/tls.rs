@@ -24,14 +24,16 @@ const ALPN_HTTP1: &[u8] = b"http/1.1";
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// The file could not be read.
-    #[error("cannot read {what} {path}: {source}")]
+    // `error`, not `source`: the message holds it already, and an error chain would
+    // print it twice.
+    #[error("cannot read {what} {path}: {error}")]
     Read {
         /// What the file was meant to hold.
         what: &'static str,
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file was read but does not hold what it should.
     #[error("{what} {path}: {why}")]
@@ -50,10 +52,10 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
+    std::fs::read(path).map_err(|error| TlsError::Read {
         what,
         path: path.to_owned(),
-        source,
+        error,
     })
 }
 

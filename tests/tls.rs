@@ -475,6 +475,11 @@ fn serve_refuses_missing_invalid_or_mismatched_certificates_naming_the_file() {
         for w in &wanted {
             assert!(err.contains(w.as_str()), "{args:?}: {w:?} not in {err}");
         }
+        assert_eq!(err.trim().lines().count(), 1, "one clear line: {err}");
+        assert!(
+            !err.contains("os error 2): No such"),
+            "the cause once, not twice: {err}"
+        );
     }
 }
 
