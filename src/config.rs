@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Args;
 use serde::Deserialize;
 
+use crate::bus::redis::{RedisConfig, RedisMode};
 use crate::session::outbox::SlowPolicy;
 
 /// A duration written like `500ms`, `30s` or `5m`.
@@ -209,6 +210,45 @@ pub struct ServeArgs {
     #[arg(long, env = "TICKSTREAM_JWT_LEEWAY", value_name = "DURATION")]
     pub jwt_leeway: Option<Dur>,
 
+    /// Join other nodes through this Redis server (`redis://host:port`). Ticks then reach
+    /// the hub only from Redis, and the default feed becomes `none`. Default: in-process bus.
+    #[arg(
+        long,
+        env = "TICKSTREAM_REDIS",
+        value_name = "URL",
+        conflicts_with = "redis_cluster"
+    )]
+    pub redis: Option<String>,
+
+    /// Join through a Redis Cluster (sharded Pub/Sub, Redis 7), given by seed URLs.
+    #[arg(long, env = "TICKSTREAM_REDIS_CLUSTER", value_name = "URL[,URL…]")]
+    pub redis_cluster: Option<String>,
+
+    /// Prefix of every Redis key and channel. Default: tickstream:.
+    #[arg(long, env = "TICKSTREAM_REDIS_PREFIX", value_name = "PREFIX")]
+    pub redis_prefix: Option<String>,
+
+    /// Ticks kept per symbol in the Redis `hist:` stream (resume across nodes). Default: 10000.
+    #[arg(long, env = "TICKSTREAM_REDIS_HISTORY", value_name = "N")]
+    pub redis_history: Option<usize>,
+
+    /// Longest wait between Redis reconnection attempts. Default: 2s.
+    #[arg(long, env = "TICKSTREAM_REDIS_BACKOFF_MAX", value_name = "DURATION")]
+    pub redis_backoff_max: Option<Dur>,
+
+    /// Redis connect and response timeout, and the health-check interval when given.
+    /// Default: 2s (health check every 1s).
+    #[arg(long, env = "TICKSTREAM_REDIS_TIMEOUT", value_name = "DURATION")]
+    pub redis_timeout: Option<Dur>,
+
+    /// Expiry of a feed's claim on its symbols in Redis. Default: 10s.
+    #[arg(long, env = "TICKSTREAM_REDIS_LEASE", value_name = "DURATION")]
+    pub redis_lease: Option<Dur>,
+
+    /// Id of this node's feed in Redis lease keys. Default: the node name and process id.
+    #[arg(long, env = "TICKSTREAM_FEED_ID", value_name = "ID")]
+    pub feed_id: Option<String>,
+
     /// Log filter (error, warn, info, debug, trace or a tracing directive). Default: RUST_LOG, else info.
     #[arg(long, env = "TICKSTREAM_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -277,6 +317,10 @@ pub struct Settings {
     pub jwt_leeway: Duration,
     /// Log filter, if set.
     pub log: Option<String>,
+    /// The Redis bus, when the node joins others.
+    pub redis: Option<RedisConfig>,
+    /// Id of this node's feed in Redis lease keys.
+    pub feed_id: String,
 }
 
 impl Default for Settings {
@@ -322,6 +366,13 @@ impl ServeArgs {
             Some(path) => Self::load_file(path)?,
             None => ServeArgs::default(),
         };
+        if (self.redis.is_some() || file.redis.is_some())
+            && (self.redis_cluster.is_some() || file.redis_cluster.is_some())
+        {
+            return Err(ConfigError::Invalid(
+                "give redis or redis-cluster, not both".into(),
+            ));
+        }
         let s = self.resolve_with(file);
         s.validate()?;
         Ok(s)
@@ -342,16 +393,28 @@ impl ServeArgs {
         fill_from_file!(self, file: listen, node, feed, universe, rate, seed, replay_speed,
             replay_loop, publish_max_msg_bytes, publish_rate_limit, history,
             heartbeat, heartbeat_grace, max_msg_bytes, rate_limit, rate_burst, rate_strikes,
-            max_symbols, queue, slow_policy, send_timeout, send_buffer, drain, allow_plaintext_public, jwt_secret_file, jwt_leeway, log);
+            max_symbols, queue, slow_policy, send_timeout, send_buffer, drain, allow_plaintext_public, jwt_secret_file, jwt_leeway, log,
+            redis, redis_cluster, redis_prefix, redis_history, redis_backoff_max, redis_timeout,
+            redis_lease, feed_id);
         fill_from_file!(self, file: tls_cert, tls_key, tls_handshake_timeout);
+        let redis = self.redis_config();
         let listen = self
             .listen
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
         let rate_limit = self.rate_limit.unwrap_or(50);
+        let node = self.node.unwrap_or_else(|| default_node_name(listen));
         Settings {
             listen,
-            node: self.node.unwrap_or_else(|| default_node_name(listen)),
-            feed: self.feed.unwrap_or(FeedSpec::Synthetic),
+            feed_id: self
+                .feed_id
+                .unwrap_or_else(|| format!("{node}/{}", std::process::id())),
+            node,
+            feed: self.feed.unwrap_or(if redis.is_some() {
+                FeedSpec::None
+            } else {
+                FeedSpec::Synthetic
+            }),
+            redis,
             universe: self.universe,
             rate: self.rate.unwrap_or(1000.0),
             seed: self.seed.unwrap_or_else(rand::random),
@@ -387,9 +450,68 @@ impl ServeArgs {
     }
 }
 
+impl ServeArgs {
+    fn redis_config(&self) -> Option<RedisConfig> {
+        let mode = match (&self.redis, &self.redis_cluster) {
+            (Some(url), _) => RedisMode::Single(url.trim().to_owned()),
+            (None, Some(list)) => RedisMode::Cluster(
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            ),
+            (None, None) => return None,
+        };
+        let mut c = RedisConfig::new(mode);
+        if let Some(p) = &self.redis_prefix {
+            c.prefix = p.clone();
+        }
+        if let Some(h) = self.redis_history {
+            c.history = h;
+        }
+        if let Some(d) = self.redis_backoff_max {
+            c.backoff_max = d.0;
+        }
+        if let Some(d) = self.redis_timeout {
+            c.timeout = d.0;
+            c.ping_interval = d.0;
+        }
+        if let Some(d) = self.redis_lease {
+            c.lease = d.0;
+        }
+        Some(c)
+    }
+}
+
 impl Settings {
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if let Some(r) = &self.redis {
+            let urls: Vec<&String> = match &r.mode {
+                RedisMode::Single(u) => vec![u],
+                RedisMode::Cluster(v) => v.iter().collect(),
+            };
+            if urls.is_empty() {
+                return bad("--redis-cluster needs at least one URL");
+            }
+            for u in urls {
+                if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+                    return Err(ConfigError::Invalid(format!(
+                        "Redis URL {u:?} must start with redis:// (e.g. redis://127.0.0.1:6379)"
+                    )));
+                }
+            }
+            if r.prefix.contains(['{', '}', ' ']) {
+                return bad("redis-prefix must not contain braces or spaces");
+            }
+            if r.history == 0 {
+                return bad("redis-history must be at least 1");
+            }
+            if r.timeout.is_zero() || r.lease < Duration::from_millis(100) {
+                return bad("redis-timeout must be longer than 0 and redis-lease at least 100ms");
+            }
+        }
         if !(self.rate.is_finite() && self.rate > 0.0) {
             return bad("rate must be a positive number of ticks per second");
         }
@@ -536,6 +658,60 @@ mod tests {
             Settings::default().tls_handshake_timeout,
             Duration::from_secs(10)
         );
+    }
+
+    #[test]
+    fn redis_options_resolve_and_bad_ones_are_refused() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--redis",
+            "redis://127.0.0.1:6379",
+            "--redis-prefix",
+            "md:",
+            "--redis-history",
+            "50",
+        ])
+        .unwrap();
+        let s = cli.serve.resolve().unwrap();
+        let r = s.redis.expect("redis configured");
+        assert_eq!(r.mode, RedisMode::Single("redis://127.0.0.1:6379".into()));
+        assert_eq!((r.prefix.as_str(), r.history), ("md:", 50));
+        assert_eq!(
+            s.feed,
+            FeedSpec::None,
+            "a node joining others runs no feed by default"
+        );
+        let cli = Cli::try_parse_from([
+            "x",
+            "--redis-cluster",
+            "redis://127.0.0.1:7000, redis://127.0.0.1:7001",
+        ])
+        .unwrap();
+        let r = cli.serve.resolve().unwrap().redis.unwrap();
+        assert_eq!(
+            r.mode,
+            RedisMode::Cluster(vec![
+                "redis://127.0.0.1:7000".into(),
+                "redis://127.0.0.1:7001".into()
+            ])
+        );
+        for bad in [
+            &["x", "--redis", "127.0.0.1:6379"][..],
+            &["x", "--redis", "redis://h:1", "--redis-history", "0"],
+            &["x", "--redis", "redis://h:1", "--redis-prefix", "a{b}"],
+        ] {
+            let cli = Cli::try_parse_from(bad).unwrap();
+            assert!(cli.serve.resolve().is_err(), "{bad:?}");
+        }
+        assert!(Cli::try_parse_from([
+            "x",
+            "--redis",
+            "redis://a:1",
+            "--redis-cluster",
+            "redis://b:1"
+        ])
+        .is_err());
+        assert_eq!(Settings::default().redis, None);
     }
 
     #[test]

@@ -49,6 +49,9 @@ struct SlotState {
     latest: Option<Arc<Entry>>,
     history: VecDeque<Arc<Entry>>,
     subscribers: Vec<Subscriber>,
+    /// The bus lost this symbol for a while: the next value is announced with a `gap`
+    /// for what was missed and sent as a fresh `snapshot`.
+    stale: bool,
 }
 
 /// One symbol's state. Sessions hold it only to catch up a subscription that fell behind.
@@ -95,6 +98,9 @@ pub struct Start {
     pub snapshot: bool,
     /// Replay what follows this position instead.
     pub resume: Option<ResumeFrom>,
+    /// Ticks after the resume position fetched from the bus's history, for a range the
+    /// local ring does not hold; merged with the ring (by `seq`) under the symbol's lock.
+    pub backfill: Vec<Tick>,
 }
 
 impl Hub {
@@ -196,7 +202,7 @@ impl Hub {
         st.latest = Some(entry.clone());
         self.stats.ticks.fetch_add(1, Ordering::Relaxed);
 
-        let snapshot = reset.then(|| entry.snapshot_json());
+        let snapshot = (reset || std::mem::take(&mut st.stale)).then(|| entry.snapshot_json());
         let mut delivered = 0usize;
         let mut dropped = 0u64;
         for sub in &st.subscribers {
@@ -266,7 +272,7 @@ impl Hub {
         if let Some(latest) = st.latest.clone() {
             let push = |msg: Bytes, missed: u64| outbox.push(&slot, behind, msg, missed);
             match &start.resume {
-                Some(from) => replay(&st, &slot.symbol, &latest, from, push),
+                Some(from) => replay(&st, &slot.symbol, &latest, from, &start.backfill, push),
                 None if start.snapshot => {
                     push(latest.snapshot_json(), NEED_SNAPSHOT);
                 }
@@ -296,6 +302,111 @@ impl Hub {
             }
         });
         before != st.subscribers.len()
+    }
+
+    /// Takes `tick` (read from the bus's store) as the latest value of a symbol that no
+    /// local client watched until now, when it is newer than what the hub holds. Nobody
+    /// is subscribed yet, so nothing is sent; a ring that would have a hole is emptied.
+    pub fn seed(&self, tick: Tick) {
+        let Some(slot) = self.slot(&tick.symbol) else {
+            return;
+        };
+        let mut st = slot.state.lock();
+        let contiguous = match &st.latest {
+            Some(prev) if prev.tick.epoch == tick.epoch => {
+                if tick.seq <= prev.tick.seq {
+                    return;
+                }
+                tick.seq == prev.tick.seq + 1
+            }
+            _ => false,
+        };
+        if !contiguous {
+            st.history.clear();
+        }
+        let entry = Entry::new(tick);
+        if st.history.len() >= self.history_len {
+            st.history.pop_front();
+        }
+        st.history.push_back(entry.clone());
+        st.latest = Some(entry);
+        st.stale = false;
+    }
+
+    /// Marks `symbols` as lost by the bus (its connection went down): their next value
+    /// is announced with a `gap` (reason `upstream`) for the missed range and sent as a
+    /// `snapshot`.
+    pub fn mark_stale(&self, symbols: &[Symbol]) {
+        for s in symbols {
+            if let Some(slot) = self.slot(s) {
+                slot.state.lock().stale = true;
+            }
+        }
+    }
+
+    /// After the bus came back: `last` is the symbol's latest value as the bus's store
+    /// knows it. A newer value is published (announcing the missed range and sent as a
+    /// snapshot); otherwise subscribers get a fresh snapshot of what the hub holds. With
+    /// no value known, the symbol stays marked until its next tick.
+    pub fn resync(&self, symbol: &str, last: Option<Tick>) {
+        let Some(slot) = self.slot(symbol) else {
+            return;
+        };
+        if let Some(t) = last {
+            let newer = {
+                let st = slot.state.lock();
+                st.latest
+                    .as_ref()
+                    .is_none_or(|p| p.tick.epoch != t.epoch || t.seq > p.tick.seq)
+            };
+            if newer {
+                self.publish(t);
+                return;
+            }
+        } else {
+            return;
+        }
+        let mut st = slot.state.lock();
+        if !std::mem::take(&mut st.stale) {
+            return;
+        }
+        let Some(latest) = st.latest.clone() else {
+            return;
+        };
+        let snap = latest.snapshot_json();
+        for sub in &st.subscribers {
+            if sub.behind.load(Ordering::Acquire) == 0 {
+                sub.outbox
+                    .push(&slot, &sub.behind, snap.clone(), NEED_SNAPSHOT);
+            }
+        }
+    }
+
+    /// Whether the local ring holds every tick after `from` up to the latest (or a resume
+    /// from there needs no replay: nothing newer, or another epoch).
+    pub fn covers(&self, symbol: &str, from: &ResumeFrom) -> bool {
+        let Some(slot) = self.slot(symbol) else {
+            return true;
+        };
+        let st = slot.state.lock();
+        let Some(latest) = &st.latest else {
+            return false;
+        };
+        if from
+            .epoch
+            .as_deref()
+            .is_some_and(|e| e != &*latest.tick.epoch)
+            || from.seq >= latest.tick.seq
+        {
+            return true;
+        }
+        let held = st
+            .history
+            .iter()
+            .rev()
+            .take_while(|e| e.tick.seq > from.seq)
+            .count() as u64;
+        held == latest.tick.seq - from.seq
     }
 
     /// Brings a subscription that fell behind up to date: under the symbol's lock, the
@@ -340,6 +451,7 @@ fn replay(
     symbol: &str,
     latest: &Entry,
     from: &ResumeFrom,
+    backfill: &[Tick],
     mut push: impl FnMut(Bytes, u64) -> bool,
 ) {
     let last = latest.tick.seq;
@@ -359,7 +471,21 @@ fn replay(
     if from.seq == last {
         return;
     }
-    let oldest = st.history.front().map_or(last, |e| e.tick.seq);
+    // The ring, completed from the bus's history where it has holes, in seq order.
+    let merged: Vec<Arc<Entry>> = if backfill.is_empty() {
+        st.history.iter().cloned().collect()
+    } else {
+        let mut by_seq: std::collections::BTreeMap<u64, Arc<Entry>> = backfill
+            .iter()
+            .filter(|t| t.epoch == latest.tick.epoch && t.seq > from.seq && t.seq <= last)
+            .map(|t| (t.seq, Entry::new(t.clone())))
+            .collect();
+        for e in &st.history {
+            by_seq.insert(e.tick.seq, e.clone());
+        }
+        by_seq.into_values().collect()
+    };
+    let oldest = merged.first().map_or(last, |e| e.tick.seq);
     if from.seq + 1 < oldest {
         if push(
             gap(symbol, from.seq + 1, last - 1, GapReason::Expired),
@@ -370,7 +496,7 @@ fn replay(
         return;
     }
     let mut expected = from.seq + 1;
-    for e in st.history.iter().filter(|e| e.tick.seq > from.seq) {
+    for e in merged.iter().filter(|e| e.tick.seq > from.seq) {
         if e.tick.seq > expected
             && !push(
                 gap(symbol, expected, e.tick.seq - 1, GapReason::Upstream),
@@ -388,6 +514,149 @@ fn replay(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::session::outbox::SlowPolicy;
+    use std::sync::atomic::AtomicU64;
+
+    fn tick(seq: u64) -> Tick {
+        Tick {
+            symbol: "AAPL".into(),
+            epoch: "e1".into(),
+            seq,
+            ts: seq,
+            bid: 1.0,
+            ask: 1.1,
+            bid_size: 1,
+            ask_size: 1,
+            last: 1.0,
+            last_size: 1,
+            volume: seq,
+            src_ts: None,
+        }
+    }
+
+    /// (type, seq or from..to) of every message queued.
+    fn drain(rx: &mut tokio::sync::mpsc::Receiver<Bytes>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(b) = rx.try_recv() {
+            let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+            out.push(match v["type"].as_str().unwrap() {
+                "gap" => format!(
+                    "gap {}-{} {}",
+                    v["from"],
+                    v["to"],
+                    v["reason"].as_str().unwrap()
+                ),
+                t => format!("{t} {}", v["seq"]),
+            });
+        }
+        out
+    }
+
+    fn sub(hub: &Hub, start: Start) -> tokio::sync::mpsc::Receiver<Bytes> {
+        static ID: AtomicU64 = AtomicU64::new(1);
+        let id = ID.fetch_add(1, Ordering::Relaxed);
+        let (outbox, rx) = Outbox::new(id, 1024, SlowPolicy::Conflate);
+        let behind: Behind = Arc::new(AtomicU64::new(0));
+        assert!(hub.subscribe("AAPL", &outbox, &behind, &start));
+        rx
+    }
+
+    fn resume(seq: u64, backfill: Vec<Tick>) -> Start {
+        Start {
+            snapshot: true,
+            resume: Some(ResumeFrom {
+                epoch: Some("e1".into()),
+                seq,
+            }),
+            backfill,
+        }
+    }
+
+    #[test]
+    fn a_resume_merges_the_bus_history_with_the_ring_without_hole_or_duplicate() {
+        let hub = Hub::new(["AAPL".into()], 100);
+        // A node that only saw 20 (seeded) and then 23..25 live.
+        hub.seed(tick(20));
+        for s in 23..=25 {
+            hub.publish(tick(s));
+        }
+        assert!(!hub.covers(
+            "AAPL",
+            &ResumeFrom {
+                epoch: None,
+                seq: 17
+            }
+        ));
+        assert!(hub.covers(
+            "AAPL",
+            &ResumeFrom {
+                epoch: None,
+                seq: 22
+            }
+        ));
+        // The bus still holds 18..=24 (overlapping the ring).
+        let backfill: Vec<Tick> = (18..=24).map(tick).collect();
+        let mut rx = sub(&hub, resume(17, backfill));
+        let got = drain(&mut rx);
+        let want: Vec<String> = (18..=25).map(|s| format!("tick {s}")).collect();
+        assert_eq!(got, want);
+        // Without the bus's history the hole is announced instead.
+        let mut rx = sub(&hub, resume(17, Vec::new()));
+        assert_eq!(
+            drain(&mut rx),
+            vec!["gap 18-24 expired".to_string(), "snapshot 25".to_string()]
+        );
+    }
+
+    #[test]
+    fn after_a_bus_outage_the_missed_range_is_a_gap_then_a_snapshot() {
+        let hub = Hub::new(["AAPL".into()], 100);
+        hub.publish(tick(1));
+        let mut rx = sub(&hub, Start::default());
+        hub.publish(tick(2));
+        hub.mark_stale(&["AAPL".into()]);
+        // The store knows 9: 3..8 were missed.
+        hub.resync("AAPL", Some(tick(9)));
+        hub.publish(tick(10));
+        assert_eq!(
+            drain(&mut rx),
+            vec!["tick 2", "gap 3-8 upstream", "snapshot 9", "tick 10"]
+        );
+        // Nothing missed: still a fresh snapshot, once.
+        hub.mark_stale(&["AAPL".into()]);
+        hub.resync("AAPL", Some(tick(10)));
+        hub.publish(tick(11));
+        assert_eq!(drain(&mut rx), vec!["snapshot 10", "tick 11"]);
+        // The store lost everything: the next tick carries the gap and the snapshot.
+        hub.mark_stale(&["AAPL".into()]);
+        hub.resync("AAPL", None);
+        hub.publish(tick(15));
+        assert_eq!(drain(&mut rx), vec!["gap 12-14 upstream", "snapshot 15"]);
+    }
+
+    #[test]
+    fn seeding_keeps_the_newest_value_and_empties_a_ring_with_a_hole() {
+        let hub = Hub::new(["AAPL".into()], 100);
+        for s in 1..=3 {
+            hub.publish(tick(s));
+        }
+        hub.seed(tick(2));
+        assert_eq!(hub.latest("AAPL").unwrap().tick.seq, 3);
+        hub.seed(tick(50));
+        assert_eq!(hub.latest("AAPL").unwrap().tick.seq, 50);
+        assert!(!hub.covers(
+            "AAPL",
+            &ResumeFrom {
+                epoch: None,
+                seq: 2
+            }
+        ));
+    }
+}
+
+#[cfg(test)]
+mod conflation_tests {
     use super::*;
     use crate::session::outbox::SlowPolicy;
 

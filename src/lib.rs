@@ -9,7 +9,8 @@
 //!
 //! - [`feed`]: produces ticks (synthetic generator, replays of recordings), owns `seq`,
 //!   stamps `ts`; also carries a feed process's ticks to a node, a bus or a file.
-//! - [`bus`]: carries ticks from feeds to the hub of every node (in-process by default).
+//! - [`bus`]: carries ticks from feeds to the hub of every node (in-process by default,
+//!   Redis Pub/Sub or sharded Pub/Sub between nodes).
 //! - [`hub`]: symbol → latest value, history ring and local subscribers; fan-out.
 //! - [`session`]: one client: commands, limits, bounded outbound queue.
 //! - [`transport`]: WebSocket frames and the HTTP routes on the same port, including the

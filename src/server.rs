@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::Auth;
-use crate::bus::{Bus, LocalBus};
+use crate::bus::{Bus, LocalBus, RedisBus};
 use crate::config::{FeedSpec, Settings};
 use crate::feed::{self, Universe};
 use crate::hub::Hub;
@@ -70,7 +70,18 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     };
     let tls = crate::tls::acceptor(&settings)?;
     let hub = Arc::new(Hub::new(universe.symbols().cloned(), settings.history));
-    let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(hub.clone()));
+    let bus: Arc<dyn Bus> = match &settings.redis {
+        None => Arc::new(LocalBus::new(hub.clone())),
+        Some(cfg) => {
+            // With Redis, the hub gets ticks from Redis only; a feed here publishes there.
+            let feed_id = (settings.feed != FeedSpec::None).then_some(settings.feed_id.as_str());
+            let bus = RedisBus::connect(cfg.clone(), hub.clone(), feed_id)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            tracing::info!(redis = %cfg.describe(), prefix = %cfg.prefix, "joined through Redis");
+            Arc::new(bus)
+        }
+    };
     let listener = TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -273,6 +284,7 @@ impl Running {
         if let Some(feed) = self.feed {
             let _ = tokio::task::spawn_blocking(move || feed.stop()).await;
         }
+        node.bus.close().await;
         tracing::info!("stopped");
     }
 }

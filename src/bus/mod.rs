@@ -1,4 +1,6 @@
-//! The bus carries ticks from whoever ingests them to the hub of every node.
+//! The bus carries ticks from whoever ingests them to the hub of every node: in-process
+//! on one node ([`LocalBus`], the default), or through Redis between nodes ([`RedisBus`];
+//! feed processes publish with [`RedisPublisher`]).
 //!
 //! Contract of every implementation: per symbol, ticks reach a node's hub in the order
 //! they were published; delivery is at most once (a tick may be lost, for instance while
@@ -10,12 +12,14 @@
 //! subscribing upstream on the first and unsubscribing on the last.
 
 pub mod local;
+pub mod redis;
 
 use std::future::Future;
 use std::pin::Pin;
 
 use crate::tick::{Symbol, Tick};
 
+pub use self::redis::{RedisBus, RedisConfig, RedisMode, RedisPublisher};
 pub use local::LocalBus;
 
 /// A boxed future, as returned by [`Bus`] methods.
@@ -46,5 +50,19 @@ pub trait Bus: Send + Sync + 'static {
     /// Whether the bus is connected; `/healthz` answers 503 while it is not.
     fn healthy(&self) -> bool {
         true
+    }
+
+    /// The ticks the bus still holds after each `(symbol, seq)`, in order (for a client
+    /// that resumes here after another node). A bus without history returns nothing.
+    fn history<'a>(
+        &'a self,
+        wants: &'a [(Symbol, u64)],
+    ) -> BoxFuture<'a, Result<Vec<Vec<Tick>>, BusError>> {
+        Box::pin(async move { Ok(vec![Vec::new(); wants.len()]) })
+    }
+
+    /// Flushes what is queued for publishing and stops background work.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
     }
 }

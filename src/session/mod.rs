@@ -305,6 +305,7 @@ impl Session {
             .to_json(),
         )
         .await;
+        let mut backfill = self.backfill(&known, &resume).await;
         for sym in known {
             let behind = self
                 .subs
@@ -314,8 +315,36 @@ impl Session {
             let start = Start {
                 snapshot,
                 resume: resume.remove(&*sym),
+                backfill: backfill.remove(&sym).unwrap_or_default(),
             };
             self.node.hub.subscribe(&sym, &self.outbox, &behind, &start);
+        }
+    }
+
+    /// For each resumed symbol whose range the local ring does not hold (a client that
+    /// moved here from another node), the ticks the bus still has after its position.
+    async fn backfill(
+        &self,
+        symbols: &[Symbol],
+        resume: &HashMap<String, protocol::ResumeFrom>,
+    ) -> HashMap<Symbol, Vec<crate::tick::Tick>> {
+        let wants: Vec<(Symbol, u64)> = symbols
+            .iter()
+            .filter_map(|s| {
+                let from = resume.get(&**s)?;
+                (!self.node.hub.covers(s, from)).then(|| (s.clone(), from.seq))
+            })
+            .collect();
+        if wants.is_empty() {
+            return HashMap::new();
+        }
+        match self.node.bus.history(&wants).await {
+            Ok(found) => wants.into_iter().map(|(s, _)| s).zip(found).collect(),
+            Err(e) => {
+                // The replay then announces what it cannot send as a gap.
+                tracing::warn!(error = %e, "reading the bus history for a resume failed");
+                HashMap::new()
+            }
         }
     }
 

@@ -1,0 +1,668 @@
+//! The Redis bus: ticks travel between nodes over Redis Pub/Sub (or sharded Pub/Sub on
+//! Redis Cluster), laid out as PROTOCOL.md's bus section says so that any process can
+//! publish into a cluster.
+//!
+//! Keys and channels, with the default prefix `tickstream:` and the symbol as the hash tag:
+//!
+//! | name | what |
+//! | --- | --- |
+//! | `tickstream:tick:{S}` | channel; payload the `tick` JSON object |
+//! | `tickstream:last:{S}` | string; the latest `tick` object |
+//! | `tickstream:hist:{S}` | stream of the recent ticks of the current epoch, entry id `<seq>-0`, one field `t` holding the `tick` object, trimmed to `--redis-history` entries |
+//! | `tickstream:owner:{S}` | string; id of the feed publishing `S` (a lease with expiry) |
+//!
+//! A node keeps one connection per Redis server (one in all for a single server, one per
+//! master for a cluster) which carries its subscriptions and its reads. Interest is
+//! counted per symbol: the first local subscriber subscribes the channel, the last one
+//! leaving unsubscribes it, batched into one command (one pipeline per shard in cluster
+//! mode, where `SSUBSCRIBE` takes one slot per command). Ticks received go straight to the
+//! hub from the connection's reader, so a node's hub sees the order Redis delivered.
+//!
+//! When Redis goes away the node keeps its clients, reports unhealthy, reconnects with
+//! capped, jittered exponential backoff, resubscribes every wanted channel and, per
+//! symbol, announces what it missed (`gap` reason `upstream`) and sends a fresh `snapshot`.
+
+mod publisher;
+pub mod shards;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::RwLock;
+use redis::{PushInfo, PushKind, Value};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::{BoxFuture, Bus, BusError};
+use crate::hub::Hub;
+use crate::tick::{Symbol, Tick};
+pub use publisher::{Conflict, PublisherStats, RedisPublisher};
+use shards::Shards;
+
+/// Which Redis deployment to use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RedisMode {
+    /// One server (`redis://host:port`): `PUBLISH`/`SUBSCRIBE`.
+    Single(String),
+    /// A Redis Cluster, given by one or more seed URLs: `SPUBLISH`/`SSUBSCRIBE`.
+    Cluster(Vec<String>),
+}
+
+/// How to reach Redis and lay out the keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// Server or cluster.
+    pub mode: RedisMode,
+    /// Prefix of every key and channel. Default: `tickstream:`.
+    pub prefix: String,
+    /// Entries kept in each `hist:` stream. Default: 10000.
+    pub history: usize,
+    /// Longest wait between reconnection attempts. Default: 2s.
+    pub backoff_max: Duration,
+    /// Connect and response timeout. Default: 2s.
+    pub timeout: Duration,
+    /// Interval of the health check `PING`. Default: 1s.
+    pub ping_interval: Duration,
+    /// Feed lease expiry (two feeds must not publish one symbol). Default: 10s.
+    pub lease: Duration,
+    /// Ticks queued between a feed and the publishing task. Default: 65536.
+    pub publish_queue: usize,
+}
+
+impl RedisConfig {
+    /// A configuration with the defaults for `mode`.
+    pub fn new(mode: RedisMode) -> RedisConfig {
+        RedisConfig {
+            mode,
+            prefix: "tickstream:".into(),
+            history: 10_000,
+            backoff_max: Duration::from_secs(2),
+            timeout: Duration::from_secs(2),
+            ping_interval: Duration::from_secs(1),
+            lease: Duration::from_secs(10),
+            publish_queue: 65_536,
+        }
+    }
+
+    /// One server at `url`.
+    pub fn single(url: &str) -> RedisConfig {
+        RedisConfig::new(RedisMode::Single(url.to_owned()))
+    }
+
+    /// A cluster reached through `seeds`.
+    pub fn cluster<S: AsRef<str>>(seeds: &[S]) -> RedisConfig {
+        RedisConfig::new(RedisMode::Cluster(
+            seeds.iter().map(|s| s.as_ref().to_owned()).collect(),
+        ))
+    }
+
+    /// Where Redis is, for messages.
+    pub fn describe(&self) -> String {
+        match &self.mode {
+            RedisMode::Single(u) => shards::host_port(u),
+            RedisMode::Cluster(s) => format!(
+                "cluster {}",
+                s.iter()
+                    .map(|u| shards::host_port(u))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        }
+    }
+}
+
+/// Names of a symbol's channel and keys.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Names under `prefix`.
+    pub fn new(prefix: &str) -> Keys {
+        Keys {
+            prefix: prefix.to_owned(),
+        }
+    }
+    /// `<prefix>tick:{S}`.
+    pub fn channel(&self, s: &str) -> String {
+        format!("{}tick:{{{s}}}", self.prefix)
+    }
+    /// `<prefix>last:{S}`.
+    pub fn last(&self, s: &str) -> String {
+        format!("{}last:{{{s}}}", self.prefix)
+    }
+    /// `<prefix>hist:{S}`.
+    pub fn hist(&self, s: &str) -> String {
+        format!("{}hist:{{{s}}}", self.prefix)
+    }
+    /// `<prefix>owner:{S}`.
+    pub fn owner(&self, s: &str) -> String {
+        format!("{}owner:{{{s}}}", self.prefix)
+    }
+}
+
+/// Capped exponential backoff with full jitter.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    max: Duration,
+    cur: Duration,
+    next_at: Instant,
+}
+
+const BACKOFF_BASE: Duration = Duration::from_millis(50);
+
+impl Backoff {
+    pub(crate) fn new(max: Duration) -> Backoff {
+        Backoff {
+            max: max.max(BACKOFF_BASE),
+            cur: BACKOFF_BASE,
+            next_at: Instant::now(),
+        }
+    }
+    /// Records a failure; returns how long to wait before the next try.
+    pub(crate) fn failed(&mut self) -> Duration {
+        let ms = self.cur.as_millis().max(1) as u64;
+        let wait = Duration::from_millis(rand::random_range(ms / 2..=ms));
+        self.next_at = Instant::now() + wait;
+        self.cur = (self.cur * 2).min(self.max);
+        wait
+    }
+    pub(crate) fn ready(&self) -> bool {
+        Instant::now() >= self.next_at
+    }
+    pub(crate) fn reset(&mut self) {
+        self.cur = BACKOFF_BASE;
+        self.next_at = Instant::now();
+    }
+}
+
+/// Counters of the node side of the Redis bus.
+#[derive(Debug, Default)]
+pub struct RedisBusStats {
+    /// Ticks received from Redis.
+    pub received: AtomicU64,
+    /// Messages that were not a valid tick object.
+    pub malformed: AtomicU64,
+    /// Reconnections to Redis.
+    pub reconnects: AtomicU64,
+}
+
+struct Inner {
+    cfg: RedisConfig,
+    keys: Keys,
+    hub: Arc<Hub>,
+    links: RwLock<Option<Arc<Links>>>,
+    /// Local interest per symbol; the lock also serializes (un)subscriptions.
+    wanted: tokio::sync::Mutex<HashMap<Symbol, usize>>,
+    healthy: AtomicBool,
+    broken: Notify,
+    generation: AtomicU64,
+    stats: RedisBusStats,
+}
+
+struct Links {
+    shards: Shards,
+}
+
+/// The node side of the Redis bus (and, when the node runs a feed, its publisher).
+pub struct RedisBus {
+    inner: Arc<Inner>,
+    publisher: Option<RedisPublisher>,
+    stop: CancellationToken,
+}
+
+impl RedisBus {
+    /// Connects a node's hub to Redis, failing fast with a clear message when it is
+    /// unreachable, and starts the reconnecting supervisor. With `feed_id`, the node
+    /// also publishes (its own feed's ticks) under that feed id.
+    pub async fn connect(
+        cfg: RedisConfig,
+        hub: Arc<Hub>,
+        feed_id: Option<&str>,
+    ) -> Result<RedisBus, BusError> {
+        let inner = Arc::new(Inner {
+            keys: Keys::new(&cfg.prefix),
+            cfg,
+            hub,
+            links: RwLock::new(None),
+            wanted: tokio::sync::Mutex::new(HashMap::new()),
+            healthy: AtomicBool::new(false),
+            broken: Notify::new(),
+            generation: AtomicU64::new(0),
+            stats: RedisBusStats::default(),
+        });
+        let links = connect_links(&inner).await.map_err(|e| {
+            BusError::Unavailable(format!(
+                "cannot reach Redis at {}: {e}",
+                inner.cfg.describe()
+            ))
+        })?;
+        *inner.links.write() = Some(Arc::new(links));
+        inner.healthy.store(true, Ordering::Release);
+        let publisher = match feed_id {
+            Some(id) => Some(RedisPublisher::connect(&inner.cfg, id).await?),
+            None => None,
+        };
+        let stop = CancellationToken::new();
+        tokio::spawn(supervise(inner.clone(), stop.clone()));
+        Ok(RedisBus {
+            inner,
+            publisher,
+            stop,
+        })
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &RedisBusStats {
+        &self.inner.stats
+    }
+
+    /// The publisher of this node's own feed, if it has one.
+    pub fn publisher(&self) -> Option<&RedisPublisher> {
+        self.publisher.as_ref()
+    }
+
+    /// `host:port` of the Redis server holding `symbol` (its shard in a cluster).
+    pub fn server_of(&self, symbol: &str) -> Option<String> {
+        let links = self.inner.links.read().clone()?;
+        Some(
+            links.shards.list[links.shards.index_of(symbol)]
+                .addr
+                .clone(),
+        )
+    }
+}
+
+impl Drop for RedisBus {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        // Breaking the reference cycle through the connections' push handlers.
+        *self.inner.links.write() = None;
+    }
+}
+
+async fn connect_links(inner: &Arc<Inner>) -> redis::RedisResult<Links> {
+    let gen = inner.generation.fetch_add(1, Ordering::AcqRel) + 1;
+    let weak = Arc::downgrade(inner);
+    let make = move |_shard: usize| -> Box<dyn redis::aio::AsyncPushSender> {
+        let weak = weak.clone();
+        Box::new(move |info: PushInfo| -> Result<(), ()> {
+            on_push(&weak, gen, info);
+            Ok(())
+        })
+    };
+    let shards = Shards::connect(&inner.cfg, Some(make)).await?;
+    Ok(Links { shards })
+}
+
+/// Handles what a subscription connection receives: ticks go to the hub.
+fn on_push(weak: &Weak<Inner>, gen: u64, info: PushInfo) {
+    let Some(inner) = weak.upgrade() else {
+        return;
+    };
+    match info.kind {
+        PushKind::Message | PushKind::SMessage => {
+            let Some(Value::BulkString(mut payload)) = info.data.into_iter().nth(1) else {
+                inner.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            match simd_json::serde::from_slice::<Tick>(&mut payload) {
+                Ok(tick) => {
+                    inner.stats.received.fetch_add(1, Ordering::Relaxed);
+                    inner.hub.publish(tick);
+                }
+                Err(_) => {
+                    inner.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        PushKind::Disconnection if inner.generation.load(Ordering::Acquire) == gen => {
+            inner.healthy.store(false, Ordering::Release);
+            inner.broken.notify_one();
+        }
+        _ => {}
+    }
+}
+
+/// Watches the links: a failed health check or a dropped connection starts the
+/// reconnection, which ends with every wanted channel subscribed again and the missed
+/// ranges announced.
+async fn supervise(inner: Arc<Inner>, stop: CancellationToken) {
+    let mut ping = tokio::time::interval(inner.cfg.ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = inner.broken.notified() => {}
+            _ = ping.tick() => {
+                if ping_all(&inner).await {
+                    continue;
+                }
+            }
+        }
+        inner.healthy.store(false, Ordering::Release);
+        let old = inner.links.write().take();
+        drop(old);
+        tracing::warn!(redis = %inner.cfg.describe(), "lost Redis; clients stay connected, reconnecting");
+        // Every watched symbol will need its missed range announced and a snapshot.
+        {
+            let wanted = inner.wanted.lock().await;
+            let syms: Vec<Symbol> = wanted.keys().cloned().collect();
+            inner.hub.mark_stale(&syms);
+        }
+        let mut backoff = Backoff::new(inner.cfg.backoff_max);
+        loop {
+            let wait = backoff.failed();
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            match reconnect(&inner).await {
+                Ok(()) => break,
+                Err(e) => tracing::debug!(error = %e, "Redis reconnection failed"),
+            }
+        }
+        inner.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(redis = %inner.cfg.describe(), "Redis back; channels resubscribed");
+    }
+}
+
+async fn ping_all(inner: &Inner) -> bool {
+    let Some(links) = inner.links.read().clone() else {
+        return false;
+    };
+    for shard in &links.shards.list {
+        let mut conn = shard.conn.clone();
+        let r = tokio::time::timeout(
+            inner.cfg.timeout,
+            redis::cmd("PING").query_async::<Value>(&mut conn),
+        )
+        .await;
+        if !matches!(r, Ok(Ok(_))) {
+            return false;
+        }
+    }
+    true
+}
+
+async fn reconnect(inner: &Arc<Inner>) -> redis::RedisResult<()> {
+    let links = connect_links(inner).await?;
+    let wanted = inner.wanted.lock().await;
+    let syms: Vec<Symbol> = wanted.keys().cloned().collect();
+    subscribe(inner, &links, &syms, true).await?;
+    let last = fetch_last(inner, &links, &syms).await?;
+    for (s, t) in syms.iter().zip(last) {
+        inner.hub.resync(s, t);
+    }
+    *inner.links.write() = Some(Arc::new(links));
+    inner.healthy.store(true, Ordering::Release);
+    drop(wanted);
+    Ok(())
+}
+
+/// (Un)subscribes the channels of `symbols`: one command per server, or in cluster mode
+/// one pipeline of single-slot `SSUBSCRIBE`s per master.
+async fn subscribe(
+    inner: &Inner,
+    links: &Links,
+    symbols: &[Symbol],
+    on: bool,
+) -> redis::RedisResult<()> {
+    if symbols.is_empty() {
+        return Ok(());
+    }
+    let shards = &links.shards;
+    let mut per: Vec<Vec<String>> = vec![Vec::new(); shards.list.len()];
+    for s in symbols {
+        per[shards.index_of(s)].push(inner.keys.channel(s));
+    }
+    for (i, channels) in per.into_iter().enumerate() {
+        if channels.is_empty() {
+            continue;
+        }
+        let mut conn = shards.list[i].conn.clone();
+        if shards.sharded {
+            let mut p = redis::pipe();
+            for c in &channels {
+                p.cmd(if on { "SSUBSCRIBE" } else { "SUNSUBSCRIBE" }).arg(c);
+            }
+            let replies: Vec<Value> = p.query_async(&mut conn).await?;
+            if let Some(Value::ServerError(e)) =
+                replies.iter().find(|v| matches!(v, Value::ServerError(_)))
+            {
+                return Err(redis::RedisError::from(e.clone()));
+            }
+        } else if on {
+            conn.subscribe(&channels).await?;
+        } else {
+            conn.unsubscribe(&channels).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The `last:` value of each symbol, in order: `MGET` on one server, one pipeline of
+/// `GET`s per master in a cluster.
+async fn fetch_last(
+    inner: &Inner,
+    links: &Links,
+    symbols: &[Symbol],
+) -> redis::RedisResult<Vec<Option<Tick>>> {
+    let mut out: Vec<Option<Tick>> = vec![None; symbols.len()];
+    if symbols.is_empty() {
+        return Ok(out);
+    }
+    let shards = &links.shards;
+    let mut per: Vec<Vec<usize>> = vec![Vec::new(); shards.list.len()];
+    for (k, s) in symbols.iter().enumerate() {
+        per[shards.index_of(s)].push(k);
+    }
+    for (i, idx) in per.into_iter().enumerate() {
+        if idx.is_empty() {
+            continue;
+        }
+        let mut conn = shards.list[i].conn.clone();
+        let values: Vec<Value> = if shards.sharded {
+            let mut p = redis::pipe();
+            for &k in &idx {
+                p.cmd("GET").arg(inner.keys.last(&symbols[k]));
+            }
+            p.query_async(&mut conn).await?
+        } else {
+            let keys: Vec<String> = idx.iter().map(|&k| inner.keys.last(&symbols[k])).collect();
+            redis::cmd("MGET").arg(keys).query_async(&mut conn).await?
+        };
+        for (&k, v) in idx.iter().zip(values) {
+            if let Value::BulkString(mut b) = v {
+                match simd_json::serde::from_slice::<Tick>(&mut b) {
+                    Ok(t) if *t.symbol == *symbols[k] => out[k] = Some(t),
+                    _ => {
+                        inner.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Reads `hist:` after the given seqs, one pipeline of `XRANGE` per server.
+async fn fetch_history(
+    inner: &Inner,
+    links: &Links,
+    wants: &[(Symbol, u64)],
+) -> redis::RedisResult<Vec<Vec<Tick>>> {
+    let mut out: Vec<Vec<Tick>> = vec![Vec::new(); wants.len()];
+    let shards = &links.shards;
+    let mut per: Vec<Vec<usize>> = vec![Vec::new(); shards.list.len()];
+    for (k, (s, _)) in wants.iter().enumerate() {
+        per[shards.index_of(s)].push(k);
+    }
+    for (i, idx) in per.into_iter().enumerate() {
+        if idx.is_empty() {
+            continue;
+        }
+        let mut p = redis::pipe();
+        for &k in &idx {
+            let (s, after) = &wants[k];
+            p.cmd("XRANGE")
+                .arg(inner.keys.hist(s))
+                .arg(format!("({after}-0"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(inner.cfg.history);
+        }
+        let mut conn = shards.list[i].conn.clone();
+        let values: Vec<Value> = p.query_async(&mut conn).await?;
+        for (&k, v) in idx.iter().zip(values) {
+            let Value::Array(entries) = v else { continue };
+            for e in entries {
+                if let Some(t) = stream_tick(e) {
+                    if *t.symbol == *wants[k].0 {
+                        out[k].push(t);
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The tick in one stream entry `[id, [field, value, …]]`.
+fn stream_tick(entry: Value) -> Option<Tick> {
+    let Value::Array(parts) = entry else {
+        return None;
+    };
+    let fields = parts.into_iter().nth(1)?;
+    let mut payload = match fields {
+        Value::Array(f) => f.into_iter().nth(1)?,
+        Value::Map(m) => m.into_iter().next()?.1,
+        _ => return None,
+    };
+    match &mut payload {
+        Value::BulkString(b) => simd_json::serde::from_slice::<Tick>(b).ok(),
+        _ => None,
+    }
+}
+
+/// Whether Redis Cluster sent the request elsewhere (the slot map is out of date).
+pub(crate) fn is_redirect(e: &redis::RedisError) -> bool {
+    matches!(e.code(), Some("MOVED" | "ASK" | "CLUSTERDOWN"))
+}
+
+fn unavailable(inner: &Inner, e: impl std::fmt::Display) -> BusError {
+    BusError::Unavailable(format!("Redis at {}: {e}", inner.cfg.describe()))
+}
+
+impl Bus for RedisBus {
+    fn publish(&self, tick: Tick) -> Result<(), BusError> {
+        match &self.publisher {
+            Some(p) => p.publish(tick),
+            None => Err(BusError::Unavailable(
+                "this node runs no feed; publish with a feed process".into(),
+            )),
+        }
+    }
+
+    fn watch<'a>(&'a self, symbols: &'a [Symbol]) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            let inner = &*self.inner;
+            let mut wanted = inner.wanted.lock().await;
+            let mut fresh: Vec<Symbol> = Vec::new();
+            for s in symbols {
+                if wanted.get(s).copied().unwrap_or(0) == 0 && !fresh.contains(s) {
+                    fresh.push(s.clone());
+                }
+            }
+            if !fresh.is_empty() {
+                let links = inner
+                    .links
+                    .read()
+                    .clone()
+                    .ok_or_else(|| unavailable(inner, "down, reconnecting"))?;
+                if let Err(e) = subscribe(inner, &links, &fresh, true).await {
+                    if is_redirect(&e) {
+                        // The cluster's slots moved: reconnect, which reads the map again.
+                        inner.broken.notify_one();
+                    }
+                    let _ = subscribe(inner, &links, &fresh, false).await;
+                    return Err(unavailable(inner, e));
+                }
+                match fetch_last(inner, &links, &fresh).await {
+                    Ok(last) => {
+                        for t in last.into_iter().flatten() {
+                            inner.hub.seed(t);
+                        }
+                    }
+                    Err(e) => {
+                        let _ = subscribe(inner, &links, &fresh, false).await;
+                        return Err(unavailable(inner, e));
+                    }
+                }
+            }
+            for s in symbols {
+                *wanted.entry(s.clone()).or_insert(0) += 1;
+            }
+            Ok(())
+        })
+    }
+
+    fn unwatch<'a>(&'a self, symbols: &'a [Symbol]) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let inner = &*self.inner;
+            let mut wanted = inner.wanted.lock().await;
+            let mut gone: Vec<Symbol> = Vec::new();
+            for s in symbols {
+                if let Some(n) = wanted.get_mut(s) {
+                    *n -= 1;
+                    if *n == 0 {
+                        wanted.remove(s);
+                        gone.push(s.clone());
+                    }
+                }
+            }
+            let links = inner.links.read().clone();
+            if let Some(links) = links {
+                if let Err(e) = subscribe(inner, &links, &gone, false).await {
+                    // The reconnection subscribes only what is wanted; until then the
+                    // hub receives a few ticks nobody here wants.
+                    tracing::warn!(error = %e, "unsubscribing from Redis failed");
+                }
+            }
+        })
+    }
+
+    fn history<'a>(
+        &'a self,
+        wants: &'a [(Symbol, u64)],
+    ) -> BoxFuture<'a, Result<Vec<Vec<Tick>>, BusError>> {
+        Box::pin(async move {
+            let inner = &*self.inner;
+            let links = inner
+                .links
+                .read()
+                .clone()
+                .ok_or_else(|| unavailable(inner, "down, reconnecting"))?;
+            fetch_history(inner, &links, wants)
+                .await
+                .map_err(|e| unavailable(inner, e))
+        })
+    }
+
+    fn healthy(&self) -> bool {
+        self.inner.healthy.load(Ordering::Acquire)
+            && self.publisher.as_ref().is_none_or(|p| p.healthy())
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Some(p) = &self.publisher {
+                p.close().await;
+            }
+            self.stop.cancel();
+        })
+    }
+}

@@ -1,0 +1,206 @@
+//! Nodes as real processes behind a real nginx (the shipped template), joined by a real
+//! `redis-server`, with a feed in its own process: stickiness, and a client that loses
+//! its node to `kill -9` and resumes on another through nginx without a hole.
+
+mod common;
+#[path = "common/redis.rs"]
+mod env;
+
+use std::time::Duration;
+
+use common::Client;
+use env::{Nginx, Proc, RedisServer};
+
+const UNIVERSE: &str =
+    "symbol,class,price,volatility,activity\nAAA,equity,100,0.2,1\nBBB,equity,50,0.2,1\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_through_nginx_and_resume_on_another_node_after_kill_9() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let universe = dir.path().join("u.csv");
+    std::fs::write(&universe, UNIVERSE).unwrap();
+    let u = universe.to_str().unwrap();
+    let url = redis.url();
+    let common_args = ["--redis", url.as_str(), "--universe", u];
+    let _feed = Proc::serve(
+        "feed",
+        &[&common_args[..], &["--feed", "synthetic", "--rate", "200"]].concat(),
+        dir.path(),
+    );
+    let mut nodes: Vec<Proc> = (1..=3)
+        .map(|i| Proc::serve(&format!("node-{i}"), &common_args, dir.path()))
+        .collect();
+    let nginx = Nginx::start(&nodes.iter().map(|n| n.port).collect::<Vec<_>>());
+
+    // The same client address lands on the same node, connection after connection.
+    let (mut c, w) = Client::ready(nginx.addr()).await;
+    let home = w["node"].as_str().unwrap().to_owned();
+    for _ in 0..5 {
+        let (_, w2) = Client::ready(nginx.addr()).await;
+        assert_eq!(w2["node"], home.as_str(), "sticky by client address");
+    }
+
+    // With the affinity cookie, the cookie decides: the same value, the same node.
+    let mut by_cookie = std::collections::HashSet::new();
+    for key in ["desk-1", "desk-2", "desk-3", "desk-4", "desk-5", "desk-6"] {
+        let first = welcome_with_cookie(&nginx, key).await;
+        assert_eq!(
+            welcome_with_cookie(&nginx, key).await,
+            first,
+            "sticky by cookie {key}"
+        );
+        by_cookie.insert(first);
+    }
+    assert!(
+        by_cookie.len() > 1,
+        "cookies spread clients over nodes: {by_cookie:?}"
+    );
+
+    c.send(r#"{"op":"subscribe","symbols":["AAA"]}"#).await;
+    assert_eq!(c.next().await["type"], "subscribed");
+    let mut last = 0u64;
+    let mut seen = 0;
+    while seen < 30 {
+        let m = c.next().await;
+        if m["type"] == "tick" || m["type"] == "snapshot" {
+            let s = m["seq"].as_u64().unwrap();
+            if m["type"] == "tick" && last > 0 {
+                assert_eq!(s, last + 1, "{m}");
+            }
+            last = s;
+            seen += 1;
+        }
+    }
+    let epoch = {
+        let snap = common::http_get(nginx.addr(), "/v1/snapshot?symbols=AAA")
+            .await
+            .1;
+        let v: serde_json::Value = serde_json::from_str(&snap).unwrap();
+        v[0]["epoch"].as_str().unwrap().to_owned()
+    };
+
+    // kill -9 the node serving the client.
+    nodes
+        .iter_mut()
+        .find(|n| n.name == home)
+        .expect("the home node is one of ours")
+        .kill9();
+    while c.try_next(Duration::from_secs(5)).await.is_some() {
+        // Drain what was in flight; the connection then ends.
+    }
+
+    let (mut c, w) = Client::ready(nginx.addr()).await;
+    let moved = w["node"].as_str().unwrap().to_owned();
+    assert_ne!(moved, home, "nginx moved the client to a live node");
+    let resume = serde_json::json!({"op":"subscribe","symbols":["AAA"],
+        "resume":{"AAA":{"epoch":epoch,"seq":last}}});
+    c.send(&resume.to_string()).await;
+    assert_eq!(c.next().await["type"], "subscribed");
+    // Everything after `last`, from the Redis history then live, without hole or duplicate.
+    for want in last + 1..=last + 60 {
+        let m = c.next().await;
+        assert_eq!(m["type"], "tick", "{m}");
+        assert_eq!(m["seq"].as_u64().unwrap(), want, "{m}");
+    }
+}
+
+/// The node that answers a WebSocket opened with the affinity cookie set to `key`.
+async fn welcome_with_cookie(nginx: &Nginx, key: &str) -> String {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{}/v1/ws", nginx.addr())
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("Cookie", format!("tickstream_node={key}").parse().unwrap());
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("connects");
+    let set = resp
+        .headers()
+        .get("set-cookie")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    assert!(set.starts_with(&format!("tickstream_node={key};")), "{set}");
+    let msg = tokio::time::timeout(common::WAIT, ws.next())
+        .await
+        .expect("welcome in time")
+        .expect("a frame")
+        .expect("a message");
+    let v: serde_json::Value = serde_json::from_str(msg.to_text().unwrap()).unwrap();
+    v[0]["node"].as_str().unwrap().to_owned()
+}
+
+/// `scripts/cluster` starts Redis, a feed, three nodes and nginx, prints the URLs, and
+/// `scripts/cluster stop` stops exactly those processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_script_starts_a_working_cluster_and_stops_exactly_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = env::repo_path("scripts/cluster");
+    let run = |arg: &str| {
+        std::process::Command::new("bash")
+            .arg(&script)
+            .arg(arg)
+            .env("TICKSTREAM_CLUSTER_DIR", dir.path())
+            .env("TICKSTREAM_BIN", env!("CARGO_BIN_EXE_tickstream"))
+            .env("TICKSTREAM_FEED_ARGS", "--rate 200")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("bash runs")
+    };
+    // Stops what was started even if the test fails half-way.
+    struct Stop<F: FnMut()>(F);
+    impl<F: FnMut()> Drop for Stop<F> {
+        fn drop(&mut self) {
+            (self.0)();
+        }
+    }
+    let started = run("start");
+    let _stop = Stop(|| {
+        let _ = run("stop");
+    });
+    let out = String::from_utf8_lossy(&started.stdout).into_owned();
+    assert!(
+        started.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let pids: Vec<u32> = std::fs::read_to_string(dir.path().join("pids"))
+        .unwrap()
+        .lines()
+        .map(|l| l.split_whitespace().nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 6, "redis, feed, three nodes, nginx");
+    let ws = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("nginx"))
+        .and_then(|l| l.split_whitespace().find(|w| w.starts_with("ws://")))
+        .expect("the nginx URL is printed")
+        .to_owned();
+    let addr: std::net::SocketAddr = ws
+        .trim_start_matches("ws://")
+        .trim_end_matches("/v1/ws")
+        .parse()
+        .unwrap();
+    let (mut c, w) = Client::ready(addr).await;
+    assert!(w["node"].as_str().unwrap().starts_with("node-"), "{w}");
+    c.send(r#"{"op":"subscribe","symbols":["NVDA"]}"#).await;
+    assert_eq!(c.next().await["type"], "subscribed");
+    let t = c.until("tick").await;
+    assert_eq!(t["symbol"], "NVDA");
+    drop(c);
+
+    let stopped = run("stop");
+    assert!(stopped.status.success());
+    for pid in pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .map(|s| s.contains(") Z "))
+                    .unwrap_or(true),
+            "process {pid} still runs after stop"
+        );
+    }
+    assert!(!dir.path().join("pids").exists());
+}

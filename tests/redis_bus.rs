@@ -1,0 +1,545 @@
+//! The Redis bus against a real `redis-server` (and a real three-master Redis Cluster):
+//! nodes in this process, each with its own connection to Redis.
+
+mod common;
+#[path = "common/redis.rs"]
+mod env;
+
+use std::time::Duration;
+
+use common::{eventually, http_get, Client, WAIT};
+use env::{RedisCluster, RedisServer};
+use serde_json::Value;
+use tickstream::bus::{RedisConfig, RedisPublisher};
+use tickstream::config::{FeedSpec, Settings};
+use tickstream::server::Running;
+
+fn fast(mut c: RedisConfig) -> RedisConfig {
+    c.timeout = Duration::from_millis(500);
+    c.ping_interval = Duration::from_millis(200);
+    c.backoff_max = Duration::from_millis(300);
+    c.lease = Duration::from_secs(3);
+    c
+}
+
+fn node_settings(cfg: &RedisConfig, name: &str) -> Settings {
+    Settings {
+        redis: Some(cfg.clone()),
+        node: name.into(),
+        ..common::settings()
+    }
+}
+
+async fn node(cfg: &RedisConfig, name: &str) -> Running {
+    common::start(node_settings(cfg, name)).await
+}
+
+async fn publisher(cfg: &RedisConfig, id: &str) -> RedisPublisher {
+    RedisPublisher::connect(cfg, id)
+        .await
+        .expect("publisher connects")
+}
+
+fn publish(p: &RedisPublisher, symbol: &str, epoch: &str, seqs: std::ops::RangeInclusive<u64>) {
+    for seq in seqs {
+        p.publish(common::tick(symbol, epoch, seq)).unwrap();
+    }
+}
+
+async fn subscribe(c: &mut Client, body: &str) {
+    c.send(body).await;
+    let m = c.next().await;
+    assert_eq!(m["type"], "subscribed", "{m}");
+}
+
+/// The seq of the first snapshot or tick (a subscription made before the feed's first
+/// tick has no snapshot).
+async fn first_seq(c: &mut Client) -> u64 {
+    let m = c.next().await;
+    assert!(m["type"] == "snapshot" || m["type"] == "tick", "{m}");
+    m["seq"].as_u64().unwrap()
+}
+
+/// Reads ticks of `symbol` until `last`, asserting they come one by one from `first`.
+async fn expect_run(c: &mut Client, symbol: &str, first: u64, last: u64) {
+    let mut want = first;
+    while want <= last {
+        let m = c.next().await;
+        assert_eq!(m["type"], "tick", "expected tick {want}: {m}");
+        assert_eq!(m["symbol"], symbol, "{m}");
+        assert_eq!(m["seq"], want, "{m}");
+        want += 1;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_ingested_on_one_node_reaches_clients_of_another_in_order() {
+    let redis = RedisServer::start();
+    let cfg = fast(RedisConfig::single(&redis.url()));
+    let dir = tempfile::tempdir().unwrap();
+    let universe = dir.path().join("u.csv");
+    std::fs::write(
+        &universe,
+        "symbol,class,price,volatility,activity\nAAA,equity,100,0.2,1\nBBB,equity,50,0.2,1\n",
+    )
+    .unwrap();
+    let b = common::start(Settings {
+        feed: FeedSpec::Synthetic,
+        rate: 400.0,
+        universe: Some(universe.clone()),
+        ..node_settings(&cfg, "node-b")
+    })
+    .await;
+    let a = common::start(Settings {
+        universe: Some(universe),
+        ..node_settings(&cfg, "node-a")
+    })
+    .await;
+    let (mut ca, _) = Client::ready(a.addr).await;
+    let (mut cb, _) = Client::ready(b.addr).await;
+    subscribe(&mut ca, r#"{"op":"subscribe","symbols":["AAA"]}"#).await;
+    subscribe(&mut cb, r#"{"op":"subscribe","symbols":["AAA"]}"#).await;
+    let from = first_seq(&mut ca).await;
+    expect_run(&mut ca, "AAA", from + 1, from + 100).await;
+    // Node B's own clients get the same ticks, through Redis too.
+    let fb = first_seq(&mut cb).await;
+    expect_run(&mut cb, "AAA", fb + 1, fb + 20).await;
+    assert_eq!(
+        b.node
+            .hub
+            .stats()
+            .duplicates
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interest_is_counted_batched_and_released() {
+    let redis = RedisServer::start();
+    let cfg = fast(RedisConfig::single(&redis.url()));
+    let a = node(&cfg, "node-a").await;
+    let symbols: Vec<String> = a
+        .node
+        .hub
+        .symbols()
+        .iter()
+        .take(500)
+        .map(|s| s.to_string())
+        .collect();
+    let (mut c1, _) = Client::ready(a.addr).await;
+    let (mut c2, _) = Client::ready(a.addr).await;
+    redis.cmd(&["CONFIG", "RESETSTAT"]);
+    let body = serde_json::json!({"op":"subscribe","symbols":symbols}).to_string();
+    subscribe(&mut c1, &body).await;
+    let channels = redis.strings(&["PUBSUB", "CHANNELS", "tickstream:tick:*"]);
+    assert_eq!(channels.len(), 500);
+    let stats = match redis.cmd(&["INFO", "commandstats"]) {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+        redis::Value::VerbatimString { text, .. } => text,
+        v => panic!("{v:?}"),
+    };
+    let line = stats
+        .lines()
+        .find(|l| l.starts_with("cmdstat_subscribe:"))
+        .expect("subscribe was called");
+    assert!(
+        line.starts_with("cmdstat_subscribe:calls=1,"),
+        "one SUBSCRIBE for 500 symbols: {line}"
+    );
+
+    subscribe(&mut c2, r#"{"op":"subscribe","symbols":["AAPL"]}"#).await;
+    // One connection carries every subscription of the node, whatever the clients.
+    let clients = match redis.cmd(&["CLIENT", "LIST"]) {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+        redis::Value::VerbatimString { text, .. } => text,
+        v => panic!("{v:?}"),
+    };
+    let subscribers: Vec<&str> = clients.lines().filter(|l| !l.contains(" sub=0 ")).collect();
+    assert_eq!(subscribers.len(), 1, "{clients}");
+    assert!(subscribers[0].contains(" sub=500 "), "{clients}");
+    c1.send(r#"{"op":"unsubscribe","symbols":["AAPL"]}"#).await;
+    assert_eq!(c1.until("unsubscribed").await["type"], "unsubscribed");
+    let chan = "tickstream:tick:{AAPL}".to_string();
+    assert!(
+        redis
+            .strings(&["PUBSUB", "CHANNELS", "tickstream:tick:*"])
+            .contains(&chan),
+        "c2 still wants AAPL"
+    );
+    c2.send(r#"{"op":"unsubscribe","symbols":["AAPL"]}"#).await;
+    assert_eq!(c2.until("unsubscribed").await["type"], "unsubscribed");
+    assert!(
+        !redis
+            .strings(&["PUBSUB", "CHANNELS", "tickstream:tick:*"])
+            .contains(&chan),
+        "last local unsubscribe removes the channel"
+    );
+    // Closing the connection releases the rest.
+    drop(c1);
+    eventually("every channel released", || {
+        redis
+            .strings(&["PUBSUB", "CHANNELS", "tickstream:tick:*"])
+            .is_empty()
+    })
+    .await;
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_and_resume_come_from_redis_on_a_node_that_never_saw_the_symbol() {
+    let redis = RedisServer::start();
+    let mut cfg = fast(RedisConfig::single(&redis.url()));
+    cfg.history = 30;
+    let p = publisher(&cfg, "feed-1").await;
+    publish(&p, "AAPL", "e1", 1..=50);
+    eventually("50 ticks written", || {
+        p.stats()
+            .published
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 50
+    })
+    .await;
+    let a = node(&cfg, "node-a").await;
+    let (mut c, _) = Client::ready(a.addr).await;
+    subscribe(&mut c, r#"{"op":"subscribe","symbols":["AAPL"]}"#).await;
+    let snap = c.next().await;
+    assert_eq!(snap["type"], "snapshot", "{snap}");
+    assert_eq!(snap["seq"], 50);
+    assert_eq!(snap["epoch"], "e1");
+
+    // A client that held up to 20 on another node moves to a fresh node C.
+    let node_c = node(&cfg, "node-c").await;
+    let (mut m, _) = Client::ready(node_c.addr).await;
+    subscribe(
+        &mut m,
+        r#"{"op":"subscribe","symbols":["AAPL"],"resume":{"AAPL":{"epoch":"e1","seq":20}}}"#,
+    )
+    .await;
+    expect_run(&mut m, "AAPL", 21, 50).await;
+    publish(&p, "AAPL", "e1", 51..=60);
+    expect_run(&mut m, "AAPL", 51, 60).await;
+    expect_run(&mut c, "AAPL", 51, 60).await;
+
+    // What Redis no longer holds (it keeps 30) is a gap, then a snapshot.
+    let node_d = node(&cfg, "node-d").await;
+    let (mut old, _) = Client::ready(node_d.addr).await;
+    subscribe(
+        &mut old,
+        r#"{"op":"subscribe","symbols":["AAPL"],"resume":{"AAPL":5}}"#,
+    )
+    .await;
+    let g = old.next().await;
+    assert_eq!(g["type"], "gap", "{g}");
+    assert_eq!(g["reason"], "expired");
+    assert_eq!(g["from"], 6);
+    let s = old.next().await;
+    assert_eq!(s["type"], "snapshot", "{s}");
+    assert_eq!(s["seq"], 60);
+    p.close().await;
+    for n in [a, node_c, node_d] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_gives_gap_and_snapshot_then_live_ticks() {
+    let mut redis = RedisServer::start();
+    let cfg = fast(RedisConfig::single(&redis.url()));
+    let a = node(&cfg, "node-a").await;
+    let p = std::sync::Arc::new(publisher(&cfg, "feed-1").await);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let feeder = {
+        let p = p.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut seq = 0;
+            while !stop.is_cancelled() {
+                seq += 1;
+                p.publish(common::tick("AAPL", "e1", seq)).unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let (mut c, _) = Client::ready(a.addr).await;
+    subscribe(&mut c, r#"{"op":"subscribe","symbols":["AAPL"]}"#).await;
+    let first = c.until("tick").await;
+    let s0 = first["seq"].as_u64().unwrap();
+    expect_run(&mut c, "AAPL", s0 + 1, s0 + 10).await;
+    assert_eq!(http_get(a.addr, "/healthz").await.0, 200);
+    redis.kill();
+    let mut down = false;
+    for _ in 0..300 {
+        if http_get(a.addr, "/healthz").await.0 == 503 {
+            down = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(down, "/healthz answers 503 while Redis is down");
+    // The client stays connected meanwhile.
+    c.send(r#"{"op":"ping","id":1}"#).await;
+    let pong = loop {
+        let m = c.next().await;
+        if m["type"] == "pong" {
+            break m;
+        }
+    };
+    assert_eq!(pong["id"], 1);
+    redis.restart();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let gap = loop {
+        let m = tokio::time::timeout_at(deadline, c.next())
+            .await
+            .expect("a gap after the restart");
+        if m["type"] == "gap" {
+            break m;
+        }
+    };
+    assert_eq!(gap["reason"], "upstream", "{gap}");
+    let snap = c.next().await;
+    assert_eq!(snap["type"], "snapshot", "{snap}");
+    let s = snap["seq"].as_u64().unwrap();
+    assert_eq!(gap["to"].as_u64().unwrap(), s - 1);
+    expect_run(&mut c, "AAPL", s + 1, s + 10).await;
+    eventually_async(|| async { http_get(a.addr, "/healthz").await.0 == 200 }).await;
+    stop.cancel();
+    feeder.await.unwrap();
+    p.close().await;
+    a.shutdown().await;
+}
+
+async fn eventually_async<F, Fut>(mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + WAIT;
+    while !cond().await {
+        assert!(std::time::Instant::now() < deadline, "timed out");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_redis_fails_fast_and_a_failed_subscribe_rolls_back() {
+    let port = env::free_port(false);
+    let cfg = fast(RedisConfig::single(&format!("redis://127.0.0.1:{port}")));
+    let started = std::time::Instant::now();
+    let err = tickstream::server::start(node_settings(&cfg, "n"))
+        .await
+        .err()
+        .expect("refuses to start");
+    assert!(
+        err.to_string().contains("cannot reach Redis at 127.0.0.1:"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    let mut redis = RedisServer::start();
+    let cfg = fast(RedisConfig::single(&redis.url()));
+    let a = node(&cfg, "node-a").await;
+    let (mut c, _) = Client::ready(a.addr).await;
+    redis.kill();
+    eventually_async(|| async { http_get(a.addr, "/healthz").await.0 == 503 }).await;
+    c.send(r#"{"op":"subscribe","id":3,"symbols":["AAPL"]}"#)
+        .await;
+    let e = c.next().await;
+    assert_eq!(e["type"], "error", "{e}");
+    assert_eq!(e["id"], 3);
+    c.send(r#"{"op":"list","id":4}"#).await;
+    let l = c.next().await;
+    assert_eq!(
+        l["symbols"],
+        Value::Array(vec![]),
+        "nothing was subscribed: {l}"
+    );
+    redis.restart();
+    eventually_async(|| async { http_get(a.addr, "/healthz").await.0 == 200 }).await;
+    subscribe(&mut c, r#"{"op":"subscribe","symbols":["AAPL"]}"#).await;
+    assert_eq!(
+        redis.strings(&["PUBSUB", "CHANNELS", "*"]),
+        vec!["tickstream:tick:{AAPL}".to_string()]
+    );
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_feed_on_the_same_symbol_is_refused() {
+    let redis = RedisServer::start();
+    let cfg = fast(RedisConfig::single(&redis.url()));
+    let p1 = publisher(&cfg, "feed-1").await;
+    let p2 = publisher(&cfg, "feed-2").await;
+    publish(&p1, "AAPL", "e1", 1..=3);
+    eventually("p1 wrote", || {
+        p1.stats()
+            .published
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 3
+    })
+    .await;
+    publish(&p2, "AAPL", "e2", 1..=3);
+    publish(&p2, "MSFT", "e2", 1..=1);
+    eventually("p2 noticed", || !p2.conflicts().is_empty()).await;
+    let c = &p2.conflicts()[0];
+    assert_eq!(&*c.symbol, "AAPL");
+    assert_eq!(c.holder, "feed-1");
+    eventually("p2 published MSFT", || {
+        p2.stats()
+            .published
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1
+    })
+    .await;
+    assert_eq!(
+        p2.stats()
+            .refused
+            .load(std::sync::atomic::Ordering::Relaxed),
+        3
+    );
+    let last = match redis.cmd(&["GET", "tickstream:last:{AAPL}"]) {
+        redis::Value::BulkString(b) => String::from_utf8(b).unwrap(),
+        v => panic!("{v:?}"),
+    };
+    assert!(last.contains(r#""epoch":"e1""#), "{last}");
+    assert_eq!(redis.strings(&["KEYS", "tickstream:owner:*"]).len(), 2);
+    p1.close().await;
+    p2.close().await;
+    // Leases are released on close.
+    assert!(redis.strings(&["KEYS", "tickstream:owner:*"]).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_master_cluster_carries_ticks_for_symbols_on_every_shard() {
+    let cluster = RedisCluster::start(3);
+    let cfg = fast(RedisConfig::cluster(&cluster.urls()));
+    let a = node(&cfg, "node-a").await;
+    // One symbol per shard.
+    let mut picked: Vec<(String, u16)> = Vec::new();
+    for s in a.node.hub.symbols() {
+        let owner = cluster.owner(&s).port;
+        if !picked.iter().any(|(_, p)| *p == owner) {
+            picked.push((s.to_string(), owner));
+        }
+        if picked.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(picked.len(), 3);
+    let names: Vec<&str> = picked.iter().map(|(s, _)| s.as_str()).collect();
+    let (mut c, _) = Client::ready(a.addr).await;
+    subscribe(
+        &mut c,
+        &serde_json::json!({"op":"subscribe","symbols":names}).to_string(),
+    )
+    .await;
+    for (s, _) in &picked {
+        let owner = cluster.owner(s);
+        assert_eq!(
+            owner.strings(&["PUBSUB", "SHARDCHANNELS", "*"]),
+            vec![format!("tickstream:tick:{{{s}}}")]
+        );
+    }
+    let p = publisher(&cfg, "feed-1").await;
+    for (s, _) in &picked {
+        publish(&p, s, "e1", 1..=20);
+    }
+    let mut next: std::collections::HashMap<String, u64> =
+        picked.iter().map(|(s, _)| (s.clone(), 1)).collect();
+    while next.values().any(|n| *n <= 20) {
+        let m = c.next().await;
+        if m["type"] != "tick" {
+            continue;
+        }
+        let s = m["symbol"].as_str().unwrap().to_owned();
+        let want = next.get_mut(&s).unwrap();
+        assert_eq!(m["seq"].as_u64().unwrap(), *want, "{m}");
+        *want += 1;
+    }
+    // Resume on another node from the shard's stream.
+    let b = node(&cfg, "node-b").await;
+    let (mut m, _) = Client::ready(b.addr).await;
+    let (s0, _) = &picked[2];
+    subscribe(
+        &mut m,
+        &serde_json::json!({"op":"subscribe","symbols":[s0],"resume":{s0: 15}}).to_string(),
+    )
+    .await;
+    expect_run(&mut m, s0, 16, 20).await;
+    c.send(&serde_json::json!({"op":"unsubscribe","symbols":names}).to_string())
+        .await;
+    c.until("unsubscribed").await;
+    let owner = cluster.owner(s0);
+    assert_eq!(
+        owner.strings(&["PUBSUB", "SHARDCHANNELS", "*"]),
+        vec![format!("tickstream:tick:{{{s0}}}")],
+        "node B still wants it"
+    );
+    drop(m);
+    eventually("every shard channel released", || {
+        cluster
+            .nodes
+            .iter()
+            .all(|n| n.strings(&["PUBSUB", "SHARDCHANNELS", "*"]).is_empty())
+    })
+    .await;
+    p.close().await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_shard_restart_gives_gap_and_snapshot_then_live_ticks() {
+    let mut cluster = RedisCluster::start(3);
+    let cfg = fast(RedisConfig::cluster(&cluster.urls()));
+    let a = node(&cfg, "node-a").await;
+    let symbol = "AAPL";
+    let owner_port = cluster.owner(symbol).port;
+    let p = std::sync::Arc::new(publisher(&cfg, "feed-1").await);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let feeder = {
+        let p = p.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut seq = 0;
+            while !stop.is_cancelled() {
+                seq += 1;
+                p.publish(common::tick(symbol, "e1", seq)).unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let (mut c, _) = Client::ready(a.addr).await;
+    subscribe(&mut c, r#"{"op":"subscribe","symbols":["AAPL"]}"#).await;
+    let s0 = c.until("tick").await["seq"].as_u64().unwrap();
+    expect_run(&mut c, symbol, s0 + 1, s0 + 5).await;
+
+    let shard = cluster
+        .nodes
+        .iter_mut()
+        .find(|n| n.port == owner_port)
+        .unwrap();
+    shard.kill();
+    eventually_async(|| async { http_get(a.addr, "/healthz").await.0 == 503 }).await;
+    shard.restart();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let gap = loop {
+        let m = tokio::time::timeout_at(deadline, c.next())
+            .await
+            .expect("a gap after the shard came back");
+        if m["type"] == "gap" {
+            break m;
+        }
+    };
+    assert_eq!(gap["reason"], "upstream", "{gap}");
+    let snap = c.next().await;
+    assert_eq!(snap["type"], "snapshot", "{snap}");
+    let s = snap["seq"].as_u64().unwrap();
+    expect_run(&mut c, symbol, s + 1, s + 10).await;
+    stop.cancel();
+    feeder.await.unwrap();
+    p.close().await;
+    a.shutdown().await;
+}
