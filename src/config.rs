@@ -178,9 +178,28 @@ pub struct ServeArgs {
     #[arg(long, env = "TICKSTREAM_DRAIN", value_name = "DURATION")]
     pub drain: Option<Dur>,
 
-    /// Allow plain ws on a non-loopback address (behind a TLS-terminating balancer).
+    /// Allow plain ws on a non-loopback address (behind a TLS-terminating balancer); not
+    /// needed with --tls-cert.
     #[arg(long, env = "TICKSTREAM_ALLOW_PLAINTEXT_PUBLIC", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub allow_plaintext_public: Option<bool>,
+
+    /// PEM certificate chain (leaf first) to serve every endpoint over TLS (https, wss);
+    /// needs --tls-key. Default: plain http and ws.
+    #[arg(long, env = "TICKSTREAM_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1). Default: none.
+    #[arg(long, env = "TICKSTREAM_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// With TLS: a connection that has not finished its TLS handshake this long after
+    /// being accepted is dropped. Default: 10s.
+    #[arg(
+        long,
+        env = "TICKSTREAM_TLS_HANDSHAKE_TIMEOUT",
+        value_name = "DURATION"
+    )]
+    pub tls_handshake_timeout: Option<Dur>,
 
     /// File holding the HS256 secret (32+ bytes) that signs client JWTs; enables auth.
     /// Default: no auth.
@@ -286,6 +305,12 @@ pub struct Settings {
     pub drain: Duration,
     /// Plain ws allowed on a public address.
     pub allow_plaintext_public: bool,
+    /// TLS certificate chain file; TLS is on when set (with `tls_key`).
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key file.
+    pub tls_key: Option<PathBuf>,
+    /// Longest time a TLS handshake may take after accept.
+    pub tls_handshake_timeout: Duration,
     /// JWT secret file; auth is on when set.
     pub jwt_secret_file: Option<PathBuf>,
     /// Clock skew allowed on token expiry.
@@ -371,6 +396,7 @@ impl ServeArgs {
             max_symbols, queue, slow_policy, send_timeout, send_buffer, drain, allow_plaintext_public, jwt_secret_file, jwt_leeway, log,
             redis, redis_cluster, redis_prefix, redis_history, redis_backoff_max, redis_timeout,
             redis_lease, feed_id);
+        fill_from_file!(self, file: tls_cert, tls_key, tls_handshake_timeout);
         let redis = self.redis_config();
         let listen = self
             .listen
@@ -412,6 +438,11 @@ impl ServeArgs {
             send_buffer: self.send_buffer,
             drain: self.drain.map_or(Duration::from_secs(5), |d| d.0),
             allow_plaintext_public: self.allow_plaintext_public.unwrap_or(false),
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
+            tls_handshake_timeout: self
+                .tls_handshake_timeout
+                .map_or(Duration::from_secs(10), |d| d.0),
             jwt_secret_file: self.jwt_secret_file,
             jwt_leeway: self.jwt_leeway.map_or(Duration::from_secs(30), |d| d.0),
             log: self.log,
@@ -505,10 +536,18 @@ impl Settings {
         if self.max_symbols == 0 || self.queue == 0 {
             return bad("max-symbols and queue must be at least 1");
         }
-        if !self.listen.ip().is_loopback() && !self.allow_plaintext_public {
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return bad("tls-cert and tls-key go together: give both to serve TLS, or neither");
+        }
+        if self.tls_handshake_timeout.is_zero() {
+            return bad("tls-handshake-timeout must be longer than 0");
+        }
+        let tls = self.tls_cert.is_some();
+        if !self.listen.ip().is_loopback() && !tls && !self.allow_plaintext_public {
             return Err(ConfigError::Invalid(format!(
-                "refusing to serve plain ws without auth on non-loopback address {}; put a TLS-terminating \
-                 balancer in front and pass --allow-plaintext-public, or listen on 127.0.0.1",
+                "refusing to serve plain http/ws on non-loopback address {}; give --tls-cert and \
+                 --tls-key, or put a TLS-terminating balancer in front and pass \
+                 --allow-plaintext-public, or listen on 127.0.0.1",
                 self.listen
             )));
         }
@@ -574,6 +613,51 @@ mod tests {
         let cli = Cli::try_parse_from(["x", "--listen", "0.0.0.0:9", "--allow-plaintext-public"])
             .unwrap();
         assert!(cli.serve.resolve().is_ok());
+        // With TLS a public address needs no waiver.
+        let cli = Cli::try_parse_from([
+            "x",
+            "--listen",
+            "0.0.0.0:9",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+        ])
+        .unwrap();
+        assert!(cli.serve.resolve().is_ok());
+    }
+
+    #[test]
+    fn tls_cert_and_key_go_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(
+            &path,
+            "tls_key = \"k.pem\"\ntls_handshake_timeout = \"3s\"\n",
+        )
+        .unwrap();
+        // The key from the file and the certificate from a flag make a pair.
+        let cli = Cli::try_parse_from([
+            "x",
+            "--config",
+            path.to_str().unwrap(),
+            "--tls-cert",
+            "c.pem",
+        ])
+        .unwrap();
+        let s = cli.serve.resolve().unwrap();
+        assert_eq!(s.tls_cert.as_deref(), Some(Path::new("c.pem")));
+        assert_eq!(s.tls_key.as_deref(), Some(Path::new("k.pem")));
+        assert_eq!(s.tls_handshake_timeout, Duration::from_secs(3));
+        let cli = Cli::try_parse_from(["x", "--config", path.to_str().unwrap()]).unwrap();
+        let e = cli.serve.resolve().unwrap_err().to_string();
+        assert!(e.contains("tls-cert and tls-key go together"), "{e}");
+        let cli = Cli::try_parse_from(["x", "--tls-cert", "c.pem"]).unwrap();
+        assert!(cli.serve.resolve().is_err());
+        assert_eq!(
+            Settings::default().tls_handshake_timeout,
+            Duration::from_secs(10)
+        );
     }
 
     #[test]

@@ -18,8 +18,8 @@
 //!
 //! Around them: [`tick`] (the tick and its encoding), [`protocol`] (the wire messages),
 //! [`auth`] (tokens), [`config`] (settings), [`cli`] (the command line), [`client`] (the
-//! Rust client), [`node`] (what connections share) and [`server`] (listen,
-//! accept, shut down).
+//! Rust client), [`node`] (what connections share), [`server`] (listen, accept, shut
+//! down) and [`tls`] (certificates and trust for `https`/`wss`).
 
 pub mod auth;
 pub mod bus;
@@ -33,4 +33,5 @@ pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod tick;
+pub mod tls;
 pub mod transport;

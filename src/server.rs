@@ -9,7 +9,9 @@ use std::time::Duration;
 use anyhow::Context;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 
 use crate::auth::Auth;
 use crate::bus::{Bus, LocalBus, RedisBus};
@@ -66,6 +68,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         )),
         None => None,
     };
+    let tls = crate::tls::acceptor(&settings)?;
     let hub = Arc::new(Hub::new(universe.symbols().cloned(), settings.history));
     let bus: Arc<dyn Bus> = match &settings.redis {
         None => Arc::new(LocalBus::new(hub.clone())),
@@ -89,8 +92,9 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         FeedSpec::Replay(path) => Some(start_replay(&settings, path, &hub, bus.clone())?),
     };
     let node = Node::new(settings, hub, bus, auth);
-    let accept = tokio::spawn(accept_loop(node.clone(), listener));
-    tracing::info!(%addr, node = %node.settings.node, "serving");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let accept = tokio::spawn(accept_loop(node.clone(), listener, tls));
+    tracing::info!(%addr, %scheme, node = %node.settings.node, "serving");
     Ok(Running {
         addr,
         node,
@@ -191,7 +195,7 @@ pub fn pump(rx: crossbeam_channel::Receiver<Tick>, bus: Arc<dyn Bus>) {
     }
 }
 
-async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
+async fn accept_loop(node: Arc<Node>, listener: TcpListener, tls: Option<TlsAcceptor>) {
     loop {
         let accepted = tokio::select! {
             _ = node.shutdown.cancelled() => return,
@@ -203,7 +207,10 @@ async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
                 if let Some(bytes) = node.settings.send_buffer {
                     let _ = socket2::SockRef::from(&tcp).set_send_buffer_size(bytes);
                 }
-                node.tasks.spawn(serve_connection(node.clone(), tcp));
+                match &tls {
+                    None => node.tasks.spawn(serve_connection(node.clone(), tcp)),
+                    Some(tls) => node.tasks.spawn(serve_tls(node.clone(), tcp, tls.clone())),
+                };
             }
             Err(e) => {
                 // Out of descriptors or a reset before accept: log, breathe, go on.
@@ -214,11 +221,37 @@ async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
     }
 }
 
-async fn serve_connection(node: Arc<Node>, tcp: TcpStream) {
+/// Runs the TLS handshake of an accepted connection in its own task, bounded by
+/// `tls_handshake_timeout` (and by shutdown), then serves it like a plain one.
+async fn serve_tls(node: Arc<Node>, tcp: TcpStream, tls: TlsAcceptor) {
+    let peer = tcp.peer_addr().ok();
+    let limit = node.settings.tls_handshake_timeout;
+    let stream = tokio::select! {
+        _ = node.shutdown.cancelled() => return,
+        r = tokio::time::timeout(limit, tls.accept(tcp)) => match r {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::debug!(?peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(?peer, ?limit, "TLS handshake timed out");
+                return;
+            }
+        },
+    };
+    serve_connection(node, stream).await;
+}
+
+/// Serves HTTP/1.1 (and the WebSocket upgrades) on one connection, plain or TLS.
+async fn serve_connection<S>(node: Arc<Node>, io: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let svc_node = node.clone();
     let service = service_fn(move |req| crate::transport::http::route(svc_node.clone(), req));
     let conn = hyper::server::conn::http1::Builder::new()
-        .serve_connection(TokioIo::new(tcp), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {

@@ -414,8 +414,15 @@ async fn failures_exit_non_zero_with_a_clear_message() {
             "the server refused NOPE9: unknown_symbol",
         ),
         (
-            vec!["subscribe", "--url", "wss://127.0.0.1:1/v1/ws", "AAPL"],
-            "wss://",
+            vec![
+                "subscribe",
+                "--url",
+                "wss://127.0.0.1:1/v1/ws",
+                "--ca-file",
+                "/nonexistent/ca.pem",
+                "AAPL",
+            ],
+            "cannot read CA file /nonexistent/ca.pem",
         ),
         (
             vec![

@@ -64,6 +64,10 @@ pub(super) struct Target {
         hide_env_values = true
     )]
     pub token: Option<String>,
+
+    /// PEM bundle of extra CAs trusted for a wss:// --to URL, besides the built-in roots.
+    #[arg(long, value_name = "FILE", env = "TICKSTREAM_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Target {
@@ -311,7 +315,11 @@ impl Dest {
             .to
             .as_deref()
             .context("give --to WS_URL or --redis URL")?;
-        let ws = publish::connect_node(url, target.token.as_deref()).await?;
+        let tls = match &target.ca_file {
+            Some(path) => Some(crate::client::ClientTls::new(Some(path))?),
+            None => None,
+        };
+        let ws = publish::connect_node(url, target.token.as_deref(), tls.as_ref()).await?;
         Ok(Dest::Node(url.to_owned(), ws))
     }
 

@@ -9,8 +9,11 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
+        // Listening for signals before the node announces its address: a SIGTERM sent
+        // right after that must shut it down in order, not kill it.
+        let signal = super::wait_for_signal();
         let running = crate::server::start(settings).await?;
-        super::wait_for_signal().await;
+        signal.await;
         tracing::info!("shutting down");
         running.shutdown().await;
         Ok(())

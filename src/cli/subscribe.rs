@@ -40,6 +40,11 @@ pub struct ConnArgs {
     #[arg(long, env = "TICKSTREAM_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
+    /// PEM bundle of extra CAs trusted for wss:// URLs, besides the built-in roots
+    /// (e.g. the ca.pem that scripts/dev-cert makes).
+    #[arg(long, env = "TICKSTREAM_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
+
     /// Window of the first reconnect attempt; each failed attempt doubles it, up to
     /// --backoff-cap. The delay is drawn uniformly in the window (full jitter).
     #[arg(
@@ -84,6 +89,7 @@ impl ConnArgs {
         Ok(ClientConfig {
             urls: self.url.clone(),
             token: self.token.clone(),
+            ca_file: self.ca_file.clone(),
             symbols,
             backoff: BackoffConfig {
                 base: self.backoff_base.0,

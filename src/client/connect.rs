@@ -1,4 +1,5 @@
-//! Opening a WebSocket to a tickstream node (`ws://`; `wss://` once TLS is built in).
+//! Opening a WebSocket to a tickstream node, over `ws://` or `wss://` (TLS with rustls:
+//! the server's certificate is checked against [`ClientTls`], for the URL's host name).
 
 use std::future::Future;
 
@@ -9,7 +10,11 @@ use hyper::header::{AUTHORIZATION, CONNECTION, HOST, UPGRADE};
 use hyper::upgrade::Upgraded;
 use hyper::Request;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls::pki_types::ServerName;
+
+pub use crate::tls::ClientTls;
 
 /// An open client WebSocket.
 pub type ClientWs = WebSocket<TokioIo<Upgraded>>;
@@ -33,6 +38,17 @@ pub enum ConnectError {
         /// The error.
         source: std::io::Error,
     },
+    /// The TLS handshake failed: the server's certificate was refused (unknown issuer,
+    /// wrong name, expired), or the server does not speak TLS.
+    // `error`, not `source`: the message already holds it, and an error chain would
+    // print it twice.
+    #[error("TLS handshake with {addr} failed: {error}{}", tls_hint(error))]
+    Tls {
+        /// host:port.
+        addr: String,
+        /// The error; for a refused certificate it wraps the rustls error.
+        error: std::io::Error,
+    },
     /// The server answered the upgrade with an HTTP status instead of switching.
     #[error("server refused the WebSocket upgrade with HTTP {status}")]
     Refused {
@@ -50,8 +66,17 @@ impl ConnectError {
         match self {
             ConnectError::BadUrl { .. } => false,
             ConnectError::Refused { status } => !matches!(status, 400 | 401 | 403 | 404),
+            ConnectError::Tls { error, .. } => !crate::tls::is_certificate_error(error),
             _ => true,
         }
+    }
+}
+
+fn tls_hint(e: &std::io::Error) -> &'static str {
+    if crate::tls::is_certificate_error(e) {
+        " (the server's certificate is not trusted for this host name; to trust a private CA, pass its certificate with --ca-file)"
+    } else {
+        ""
     }
 }
 
@@ -67,26 +92,43 @@ where
     }
 }
 
-/// Opens a WebSocket to `url` (e.g. `ws://127.0.0.1:8080/v1/ws`), sending `token` as a
-/// bearer token when given.
+/// Opens a WebSocket to `url` (e.g. `ws://127.0.0.1:8080/v1/ws` or
+/// `wss://example.com/v1/ws`), sending `token` as a bearer token when given. A `wss://`
+/// server is verified against the built-in roots ([`ClientTls::platform`]).
 pub async fn connect(url: &str, token: Option<&str>) -> Result<ClientWs, ConnectError> {
+    connect_with(url, token, None).await
+}
+
+/// Like [`connect`], verifying a `wss://` server with `tls` (e.g. one that also trusts a
+/// private CA) instead of the built-in roots alone when given.
+pub async fn connect_with(
+    url: &str,
+    token: Option<&str>,
+    tls: Option<&ClientTls>,
+) -> Result<ClientWs, ConnectError> {
     let bad = |why: &str| ConnectError::BadUrl {
         url: url.to_owned(),
         why: why.to_owned(),
     };
     let parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
-    match parsed.scheme() {
-        "ws" => {}
-        "wss" => return Err(bad("wss:// is not supported by this build; use ws://")),
-        _ => return Err(bad("the scheme must be ws://")),
-    }
-    let host = parsed.host_str().ok_or_else(|| bad("no host"))?;
-    let port = parsed.port_or_known_default().unwrap_or(80);
-    let addr = if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
+    let secure = match parsed.scheme() {
+        "ws" => false,
+        "wss" => true,
+        _ => return Err(bad("the scheme must be ws:// or wss://")),
     };
+    let (name, server_name) = match parsed.host() {
+        Some(url::Host::Domain(d)) => (
+            d.to_owned(),
+            ServerName::try_from(d.to_owned()).map_err(|e| bad(&e.to_string()))?,
+        ),
+        Some(url::Host::Ipv4(ip)) => (ip.to_string(), ServerName::IpAddress(ip.into())),
+        Some(url::Host::Ipv6(ip)) => (format!("[{ip}]"), ServerName::IpAddress(ip.into())),
+        None => return Err(bad("no host")),
+    };
+    let port = parsed
+        .port_or_known_default()
+        .unwrap_or(if secure { 443 } else { 80 });
+    let addr = format!("{name}:{port}");
     let tcp = TcpStream::connect(&addr)
         .await
         .map_err(|source| ConnectError::Io {
@@ -116,7 +158,23 @@ pub async fn connect(url: &str, token: Option<&str>) -> Result<ClientWs, Connect
     let req = req
         .body(Empty::<Bytes>::new())
         .map_err(|e| bad(&e.to_string()))?;
-    match fastwebsockets::handshake::client(&SpawnExecutor, req, tcp).await {
+    if !secure {
+        return handshake(req, tcp).await;
+    }
+    let tls = tls.unwrap_or_else(|| ClientTls::platform());
+    let stream = tls
+        .connector()
+        .connect(server_name, tcp)
+        .await
+        .map_err(|error| ConnectError::Tls { addr, error })?;
+    handshake(req, stream).await
+}
+
+async fn handshake<S>(req: Request<Empty<Bytes>>, stream: S) -> Result<ClientWs, ConnectError>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    match fastwebsockets::handshake::client(&SpawnExecutor, req, stream).await {
         Ok((ws, _)) => Ok(ws),
         Err(fastwebsockets::WebSocketError::InvalidStatusCode(status)) => {
             Err(ConnectError::Refused { status })

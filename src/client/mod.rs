@@ -66,7 +66,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use backoff::{Backoff, BackoffConfig};
-pub use connect::{connect, ClientWs, ConnectError};
+pub use connect::{connect, connect_with, ClientTls, ClientWs, ConnectError};
 pub use message::{Names, ServerMessage};
 
 use crate::protocol::GapReason;
@@ -80,6 +80,9 @@ pub struct ClientConfig {
     pub urls: Vec<String>,
     /// Bearer token sent with the upgrade, when set.
     pub token: Option<String>,
+    /// PEM bundle of extra CAs trusted for `wss://` URLs, besides the built-in roots.
+    /// Default: none.
+    pub ca_file: Option<std::path::PathBuf>,
     /// Symbols to subscribe.
     pub symbols: Vec<String>,
     /// Ask for a `snapshot` before the ticks of a symbol first subscribed. Default: true.
@@ -111,6 +114,7 @@ impl Default for ClientConfig {
         ClientConfig {
             urls: vec!["ws://127.0.0.1:8080/v1/ws".into()],
             token: None,
+            ca_file: None,
             symbols: Vec::new(),
             snapshot: true,
             backoff: BackoffConfig::default(),
@@ -263,6 +267,7 @@ enum Lost {
 /// A subscriber that reconnects and resumes by itself. See the module documentation.
 pub struct Client {
     cfg: ClientConfig,
+    tls: Option<ClientTls>,
     urls: Vec<Arc<str>>,
     url_idx: usize,
     backoff: Backoff,
@@ -317,7 +322,14 @@ impl Client {
             p.epoch = names.intern(epoch);
             p.seq = *seq;
         }
+        let tls = match &cfg.ca_file {
+            Some(path) => {
+                Some(ClientTls::new(Some(path)).map_err(|e| ClientError::Config(e.to_string()))?)
+            }
+            None => None,
+        };
         Ok(Client {
+            tls,
             urls: cfg.urls.iter().map(|u| Arc::from(u.as_str())).collect(),
             url_idx: 0,
             backoff: Backoff::new(cfg.backoff),
@@ -428,7 +440,7 @@ impl Client {
         let dialed = Instant::now();
         let attempt = tokio::time::timeout(
             self.cfg.connect_timeout,
-            connect(&url, self.cfg.token.as_deref()),
+            connect_with(&url, self.cfg.token.as_deref(), self.tls.as_ref()),
         )
         .await;
         let err = match attempt {

@@ -15,7 +15,7 @@ use fastwebsockets::{Frame, OpCode, Payload, WebSocketError};
 use tokio::sync::mpsc;
 
 use crate::bus::{RedisConfig, RedisPublisher};
-use crate::client::connect::{connect, ClientWs};
+use crate::client::connect::{connect_with, ClientTls, ClientWs};
 use crate::feed::recording::Writer;
 use crate::tick::{Kind, Tick};
 
@@ -161,10 +161,15 @@ enum Event {
     Closed(String),
 }
 
-/// Opens a publisher connection to a node (`ws://HOST:PORT/v1/publish`), sending
-/// `token` as a bearer token when given.
-pub async fn connect_node(url: &str, token: Option<&str>) -> Result<ClientWs, PublishError> {
-    connect(url, token)
+/// Opens a publisher connection to a node (`ws://HOST:PORT/v1/publish` or `wss://…`),
+/// sending `token` as a bearer token when given and verifying a `wss://` node with `tls`
+/// (the built-in roots when None).
+pub async fn connect_node(
+    url: &str,
+    token: Option<&str>,
+    tls: Option<&ClientTls>,
+) -> Result<ClientWs, PublishError> {
+    connect_with(url, token, tls)
         .await
         .map_err(|error| PublishError::Connect {
             url: url.to_owned(),
