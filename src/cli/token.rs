@@ -6,9 +6,10 @@ use crate::auth::{self, Claims};
 use crate::config::Dur;
 
 /// Options.
-///
-/// Example: tickstream token --secret-file secret.key --sub dashboard-1 --symbols AAPL,BTC-* --ttl 12h
 #[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  tickstream token --secret-file secret.key --sub dashboard-1 --symbols AAPL,BTC-* --ttl 12h\n  tickstream token --secret-file secret.key --sub feed-1 --roles publish --ttl 30d"
+)]
 pub struct Args {
     /// File holding the HS256 secret the node checks tokens with.
     #[arg(long, env = "TICKSTREAM_JWT_SECRET_FILE", value_name = "FILE")]
