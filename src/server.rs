@@ -34,17 +34,44 @@ pub struct Running {
     feed: Option<FeedThreads>,
 }
 
+/// A feed's producing thread, the pump that hands its ticks to the bus, and the flag
+/// that stops them.
 struct FeedThreads {
     stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
+    producer: Box<dyn FnOnce() + Send>,
+    pump: std::thread::JoinHandle<()>,
 }
 
 impl FeedThreads {
+    /// Starts a feed: `produce` spawns the producing thread, given the channel sender and
+    /// the stop flag; a pump thread forwards what it sends to `bus`.
+    fn start<R: Send + 'static>(
+        bus: Arc<dyn Bus>,
+        produce: impl FnOnce(
+            crossbeam_channel::Sender<Tick>,
+            Arc<AtomicBool>,
+        ) -> std::thread::JoinHandle<R>,
+    ) -> FeedThreads {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = crossbeam_channel::bounded::<Tick>(FEED_BUFFER);
+        let producer = produce(tx, stop.clone());
+        let pump = std::thread::Builder::new()
+            .name("feed-pump".into())
+            .spawn(move || pump(rx, bus))
+            .expect("spawning the feed pump thread");
+        FeedThreads {
+            stop,
+            producer: Box::new(move || {
+                let _ = producer.join();
+            }),
+            pump,
+        }
+    }
+
     fn stop(self) {
         self.stop.store(true, Ordering::Release);
-        for t in self.threads {
-            let _ = t.join();
-        }
+        (self.producer)();
+        let _ = self.pump.join();
     }
 }
 
@@ -104,8 +131,6 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
 }
 
 fn start_synthetic(settings: &Settings, universe: Universe, bus: Arc<dyn Bus>) -> FeedThreads {
-    let stop = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = crossbeam_channel::bounded::<Tick>(FEED_BUFFER);
     let config = feed::SynthConfig {
         rate: settings.rate,
         seed: settings.seed,
@@ -113,18 +138,9 @@ fn start_synthetic(settings: &Settings, universe: Universe, bus: Arc<dyn Bus>) -
     };
     let epoch = feed::new_epoch();
     tracing::info!(rate = settings.rate, seed = settings.seed, %epoch, symbols = universe.len(), "synthetic feed");
-    let generator = feed::synthetic::spawn(universe, config, epoch, tx, stop.clone());
-    let generator = std::thread::spawn(move || {
-        let _ = generator.join();
-    });
-    let pump = std::thread::Builder::new()
-        .name("feed-pump".into())
-        .spawn(move || pump(rx, bus))
-        .expect("spawning the feed pump thread");
-    FeedThreads {
-        stop,
-        threads: vec![generator, pump],
-    }
+    FeedThreads::start(bus, move |tx, stop| {
+        feed::synthetic::spawn(universe, config, epoch, tx, stop)
+    })
 }
 
 /// Checks the whole recording (so a bad file stops the start with its line number),
@@ -164,26 +180,10 @@ fn start_replay(
             "the recording has symbols outside the universe; their ticks are dropped (see --universe)"
         );
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = crossbeam_channel::bounded::<Tick>(FEED_BUFFER);
-    let player = feed::replay::spawn(
-        path.to_owned(),
-        config,
-        tx,
-        stop.clone(),
-        Default::default(),
-    );
-    let player = std::thread::spawn(move || {
-        let _ = player.join();
-    });
-    let pump = std::thread::Builder::new()
-        .name("feed-pump".into())
-        .spawn(move || pump(rx, bus))
-        .expect("spawning the feed pump thread");
-    Ok(FeedThreads {
-        stop,
-        threads: vec![player, pump],
-    })
+    let path = path.to_owned();
+    Ok(FeedThreads::start(bus, move |tx, stop| {
+        feed::replay::spawn(path, config, tx, stop, Default::default())
+    }))
 }
 
 /// Hands every tick a feed thread produces to the bus, in order, until the feed ends.
