@@ -201,6 +201,11 @@ pub struct ServeArgs {
     )]
     pub tls_handshake_timeout: Option<Dur>,
 
+    /// A connection whose HTTP request headers have not all arrived this long after it
+    /// started sending them (or after it was accepted) is closed. Default: 10s.
+    #[arg(long, env = "TICKSTREAM_HEADER_TIMEOUT", value_name = "DURATION")]
+    pub header_timeout: Option<Dur>,
+
     /// File holding the HS256 secret (32+ bytes) that signs client JWTs; enables auth.
     /// Default: no auth.
     #[arg(long, env = "TICKSTREAM_JWT_SECRET_FILE", value_name = "FILE")]
@@ -311,6 +316,8 @@ pub struct Settings {
     pub tls_key: Option<PathBuf>,
     /// Longest time a TLS handshake may take after accept.
     pub tls_handshake_timeout: Duration,
+    /// Longest time the request headers may take to arrive.
+    pub header_timeout: Duration,
     /// JWT secret file; auth is on when set.
     pub jwt_secret_file: Option<PathBuf>,
     /// Clock skew allowed on token expiry.
@@ -396,7 +403,7 @@ impl ServeArgs {
             max_symbols, queue, slow_policy, send_timeout, send_buffer, drain, allow_plaintext_public, jwt_secret_file, jwt_leeway, log,
             redis, redis_cluster, redis_prefix, redis_history, redis_backoff_max, redis_timeout,
             redis_lease, feed_id);
-        fill_from_file!(self, file: tls_cert, tls_key, tls_handshake_timeout);
+        fill_from_file!(self, file: tls_cert, tls_key, tls_handshake_timeout, header_timeout);
         let redis = self.redis_config();
         let listen = self
             .listen
@@ -443,6 +450,7 @@ impl ServeArgs {
             tls_handshake_timeout: self
                 .tls_handshake_timeout
                 .map_or(Duration::from_secs(10), |d| d.0),
+            header_timeout: self.header_timeout.map_or(Duration::from_secs(10), |d| d.0),
             jwt_secret_file: self.jwt_secret_file,
             jwt_leeway: self.jwt_leeway.map_or(Duration::from_secs(30), |d| d.0),
             log: self.log,

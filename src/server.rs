@@ -251,6 +251,8 @@ where
     let svc_node = node.clone();
     let service = service_fn(move |req| crate::transport::http::route(svc_node.clone(), req));
     let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(node.settings.header_timeout)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);

@@ -56,3 +56,31 @@ async fn healthz_symbols_and_snapshot() {
     );
     run.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = settings();
+    s.header_timeout = std::time::Duration::from_millis(300);
+    let run = start(s).await;
+    let mut silent = tokio::net::TcpStream::connect(run.addr).await.unwrap();
+    let mut partial = tokio::net::TcpStream::connect(run.addr).await.unwrap();
+    partial
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    for conn in [&mut silent, &mut partial] {
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(WAIT, conn.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "still open after {WAIT:?}");
+    }
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        t0.elapsed()
+    );
+    let (status, _) = http_get(run.addr, "/healthz").await;
+    assert_eq!(status, 200, "others are served meanwhile");
+    run.shutdown().await;
+}
