@@ -9,9 +9,9 @@
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use fastwebsockets::{Frame, OpCode, Payload};
 use hdrhistogram::Histogram;
-use serde::Deserialize;
+use tickstream::client::{Client, ClientConfig, Event, ServerMessage};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(name = "tickstream-bench", about = "tickstream benchmarks")]
@@ -46,14 +46,6 @@ struct LatencyArgs {
     /// A name for this run, printed first.
     #[arg(long, default_value = "run")]
     label: String,
-}
-
-#[derive(Deserialize)]
-struct Msg<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: &'a str,
-    #[serde(default)]
-    ts: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -110,37 +102,35 @@ async fn one_connection(
     until: Instant,
 ) -> anyhow::Result<Histogram<u64>> {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
-    let mut ws = tickstream::client::connect::connect(url, None)
-        .await
-        .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
-    let sub = serde_json::json!({"op":"subscribe","symbols":symbols,"snapshot":false}).to_string();
-    ws.write_frame(Frame::text(Payload::Owned(sub.into_bytes())))
-        .await?;
+    let client = Client::new(ClientConfig {
+        urls: vec![url.to_owned()],
+        symbols: symbols.to_vec(),
+        snapshot: false,
+        ..ClientConfig::default()
+    })
+    .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+    let stop = CancellationToken::new();
+    let (mut events, task) = client.spawn(4096, stop.clone());
     loop {
         let now = Instant::now();
         if now >= until {
             break;
         }
-        let frame = match tokio::time::timeout(until - now, ws.read_frame()).await {
-            Err(_) => break,
-            Ok(f) => f?,
+        let ev = match tokio::time::timeout(until - now, events.recv()).await {
+            Err(_) | Ok(None) => break,
+            Ok(Some(ev)) => ev,
         };
-        let recv = tickstream::tick::now_ns();
-        match frame.opcode {
-            OpCode::Text => {
-                if Instant::now() < record_from {
-                    continue;
-                }
-                let msgs: Vec<Msg> = serde_json::from_slice(&frame.payload)?;
-                for m in msgs {
-                    if m.kind == "tick" && m.ts > 0 {
-                        let _ = hist.record(recv.saturating_sub(m.ts).max(1));
-                    }
-                }
+        if let Event::Message(ServerMessage::Tick(t)) = ev {
+            let recv = tickstream::tick::now_ns();
+            if t.ts > 0 && Instant::now() >= record_from {
+                let _ = hist.record(recv.saturating_sub(t.ts).max(1));
             }
-            OpCode::Close => break,
-            _ => {}
         }
+    }
+    stop.cancel();
+    drop(events);
+    if let Ok(Err(e)) = task.await {
+        anyhow::bail!("{url}: {e}");
     }
     Ok(hist)
 }
