@@ -289,11 +289,27 @@ async fn redis_restart_gives_gap_and_snapshot_then_live_ticks() {
     };
     assert_eq!(pong["id"], 1);
     redis.restart();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let (gap, s) = expect_upstream_gap_then_live(&mut c, "AAPL", Duration::from_secs(20)).await;
+    assert_eq!(gap["to"].as_u64().unwrap(), s - 1);
+    eventually_async(|| async { http_get(a.addr, "/healthz").await.0 == 200 }).await;
+    stop.cancel();
+    feeder.await.unwrap();
+    p.close().await;
+    a.shutdown().await;
+}
+
+/// After Redis (or a shard) came back: a `gap` with reason `upstream`, a `snapshot`,
+/// then ten live ticks in order. Returns the gap and the snapshot's seq.
+async fn expect_upstream_gap_then_live(
+    c: &mut Client,
+    symbol: &str,
+    wait: Duration,
+) -> (Value, u64) {
+    let deadline = tokio::time::Instant::now() + wait;
     let gap = loop {
         let m = tokio::time::timeout_at(deadline, c.next())
             .await
-            .expect("a gap after the restart");
+            .expect("a gap after Redis came back");
         if m["type"] == "gap" {
             break m;
         }
@@ -302,13 +318,8 @@ async fn redis_restart_gives_gap_and_snapshot_then_live_ticks() {
     let snap = c.next().await;
     assert_eq!(snap["type"], "snapshot", "{snap}");
     let s = snap["seq"].as_u64().unwrap();
-    assert_eq!(gap["to"].as_u64().unwrap(), s - 1);
-    expect_run(&mut c, "AAPL", s + 1, s + 10).await;
-    eventually_async(|| async { http_get(a.addr, "/healthz").await.0 == 200 }).await;
-    stop.cancel();
-    feeder.await.unwrap();
-    p.close().await;
-    a.shutdown().await;
+    expect_run(c, symbol, s + 1, s + 10).await;
+    (gap, s)
 }
 
 async fn eventually_async<F, Fut>(mut cond: F)
@@ -524,20 +535,7 @@ async fn a_cluster_shard_restart_gives_gap_and_snapshot_then_live_ticks() {
     shard.kill();
     eventually_async(|| async { http_get(a.addr, "/healthz").await.0 == 503 }).await;
     shard.restart();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let gap = loop {
-        let m = tokio::time::timeout_at(deadline, c.next())
-            .await
-            .expect("a gap after the shard came back");
-        if m["type"] == "gap" {
-            break m;
-        }
-    };
-    assert_eq!(gap["reason"], "upstream", "{gap}");
-    let snap = c.next().await;
-    assert_eq!(snap["type"], "snapshot", "{snap}");
-    let s = snap["seq"].as_u64().unwrap();
-    expect_run(&mut c, symbol, s + 1, s + 10).await;
+    expect_upstream_gap_then_live(&mut c, symbol, Duration::from_secs(30)).await;
     stop.cancel();
     feeder.await.unwrap();
     p.close().await;
