@@ -173,13 +173,12 @@ impl Session {
         self.outbox.send(msg).await;
     }
 
-    /// Handles one text message.
-    pub async fn handle_text(&mut self, buf: &mut [u8]) -> Flow {
+    /// Handles one text message (parsed in place); replies are queued.
+    pub async fn handle_text(&mut self, buf: &mut [u8]) {
         match protocol::parse_command(buf) {
             Ok(cmd) => self.handle(cmd).await,
             Err(e) => self.reply(protocol::error_json(&e, &[])).await,
         }
-        Flow::Continue
     }
 
     async fn handle(&mut self, cmd: Command) {

@@ -104,6 +104,18 @@ impl Clock {
 
 type Reader<S> = WebSocketRead<ReadHalf<S>>;
 
+/// One whole inbound message, as the session sees it.
+enum Inbound<'a> {
+    /// A text message (its bytes are parsed in place, without a copy).
+    Text(Payload<'a>),
+    /// A text message whose payload is not UTF-8.
+    BadUtf8,
+    /// A binary message: commands are text only.
+    Binary,
+}
+
+/// Reads until the connection ends or must close. Each whole message is rate-limited
+/// once and handed to the session once, however many frames it came in.
 async fn read_loop<S>(
     node: &Node,
     read: &mut Reader<S>,
@@ -118,87 +130,69 @@ where
     let mut partial: Vec<u8> = Vec::new();
     let mut partial_op: Option<OpCode> = None;
     loop {
-        let frame = match read
+        let got = read
             .read_frame::<_, std::io::Error>(&mut |_| std::future::ready(Ok(())))
-            .await
-        {
-            Ok(f) => f,
+            .await;
+        let msg = match got {
             Err(WebSocketError::FrameTooLarge) => {
                 return Flow::Close(close::TOO_BIG, "message too big")
             }
             Err(WebSocketError::InvalidUTF8) => {
                 clock.heard();
-                if let Some(flow) = session.admit().await {
-                    if flow != Flow::Continue {
-                        return flow;
-                    }
-                    continue;
-                }
-                session.refuse("text frame is not valid UTF-8").await;
-                continue;
+                Inbound::BadUtf8
             }
             Err(_) => return Flow::Continue,
+            Ok(frame) => {
+                clock.heard();
+                let (op, fin) = (frame.opcode, frame.fin);
+                match op {
+                    OpCode::Close => return Flow::Close(close::NORMAL, ""),
+                    OpCode::Ping => {
+                        let _ = ctrl.send(Ctrl::Pong(frame.payload.to_vec())).await;
+                        continue;
+                    }
+                    OpCode::Pong => continue,
+                    OpCode::Binary if fin && partial_op.is_none() => Inbound::Binary,
+                    OpCode::Text if fin && partial_op.is_none() => Inbound::Text(frame.payload),
+                    OpCode::Text | OpCode::Binary | OpCode::Continuation => {
+                        let starts = op != OpCode::Continuation;
+                        if starts == partial_op.is_some() {
+                            return Flow::Close(1002, "unexpected continuation frame");
+                        }
+                        if starts {
+                            partial_op = Some(op);
+                            partial.clear();
+                        }
+                        if partial.len() + frame.payload.len() > max {
+                            return Flow::Close(close::TOO_BIG, "message too big");
+                        }
+                        partial.extend_from_slice(&frame.payload);
+                        if !fin {
+                            continue;
+                        }
+                        let whole = std::mem::take(&mut partial);
+                        match partial_op.take() {
+                            Some(OpCode::Binary) => Inbound::Binary,
+                            _ if std::str::from_utf8(&whole).is_err() => Inbound::BadUtf8,
+                            _ => Inbound::Text(Payload::Owned(whole)),
+                        }
+                    }
+                }
+            }
         };
-        clock.heard();
-        let (op, fin) = (frame.opcode, frame.fin);
-        match op {
-            OpCode::Close => return Flow::Close(close::NORMAL, ""),
-            OpCode::Ping => {
-                let _ = ctrl.send(Ctrl::Pong(frame.payload.to_vec())).await;
-                continue;
+        if let Some(flow) = session.admit().await {
+            if flow != Flow::Continue {
+                return flow;
             }
-            OpCode::Pong => continue,
-            OpCode::Text | OpCode::Binary if fin && partial_op.is_none() => {
-                if let Some(flow) = session.admit().await {
-                    if flow != Flow::Continue {
-                        return flow;
-                    }
-                    continue;
-                }
-                if op == OpCode::Binary {
-                    session
-                        .refuse("binary frames are not accepted; send commands as JSON text")
-                        .await;
-                    continue;
-                }
-                let mut payload = frame.payload;
-                if let Flow::Close(c, r) = session.handle_text(payload.to_mut()).await {
-                    return Flow::Close(c, r);
-                }
-            }
-            OpCode::Text | OpCode::Binary | OpCode::Continuation => {
-                let starts = op != OpCode::Continuation;
-                if starts == partial_op.is_some() {
-                    return Flow::Close(1002, "unexpected continuation frame");
-                }
-                if starts {
-                    partial_op = Some(op);
-                    partial.clear();
-                }
-                if partial.len() + frame.payload.len() > max {
-                    return Flow::Close(close::TOO_BIG, "message too big");
-                }
-                partial.extend_from_slice(&frame.payload);
-                if !fin {
-                    continue;
-                }
-                let whole_op = partial_op.take();
-                if let Some(flow) = session.admit().await {
-                    if flow != Flow::Continue {
-                        return flow;
-                    }
-                    continue;
-                }
-                if whole_op == Some(OpCode::Binary) {
-                    session
-                        .refuse("binary frames are not accepted; send commands as JSON text")
-                        .await;
-                } else if std::str::from_utf8(&partial).is_err() {
-                    session.refuse("text frame is not valid UTF-8").await;
-                } else if let Flow::Close(c, r) = session.handle_text(&mut partial).await {
-                    return Flow::Close(c, r);
-                }
-                partial = Vec::new();
+            continue;
+        }
+        match msg {
+            Inbound::Text(mut text) => session.handle_text(text.to_mut()).await,
+            Inbound::BadUtf8 => session.refuse("text frame is not valid UTF-8").await,
+            Inbound::Binary => {
+                session
+                    .refuse("binary frames are not accepted; send commands as JSON text")
+                    .await
             }
         }
     }
