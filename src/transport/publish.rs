@@ -116,7 +116,8 @@ where
                 Ok(Ok(f)) => f,
             },
         };
-        let whole: Vec<u8> = match frame.opcode {
+        let single;
+        let whole: &[u8] = match frame.opcode {
             OpCode::Close => return,
             OpCode::Ping => {
                 let pong = Frame::pong(Payload::Owned(frame.payload.to_vec()));
@@ -136,7 +137,10 @@ where
                 }
                 continue;
             }
-            OpCode::Text if frame.fin && !in_partial => frame.payload.to_vec(),
+            OpCode::Text if frame.fin && !in_partial => {
+                single = frame.payload;
+                &single
+            }
             OpCode::Text | OpCode::Continuation => {
                 let starts = frame.opcode == OpCode::Text;
                 if starts == in_partial {
@@ -154,7 +158,7 @@ where
                     continue;
                 }
                 in_partial = false;
-                std::mem::take(&mut partial)
+                &partial
             }
         };
         // Past the frame rate, wait for a token: the publisher is slowed, nothing dropped.
@@ -163,7 +167,7 @@ where
             tokio::time::sleep(wait).await;
         }
         node.publish.frames.fetch_add(1, Ordering::Relaxed);
-        let msgs = checker.frame(&whole);
+        let msgs = checker.frame(whole);
         if !reply(&mut ws, cfg.send_timeout, msgs).await {
             return;
         }

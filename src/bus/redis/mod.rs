@@ -309,12 +309,12 @@ fn on_push(weak: &Weak<Inner>, gen: u64, info: PushInfo) {
                 inner.stats.malformed.fetch_add(1, Ordering::Relaxed);
                 return;
             };
-            match simd_json::serde::from_slice::<Tick>(&mut payload) {
-                Ok(tick) => {
+            match decode_tick(&mut payload) {
+                Some(tick) => {
                     inner.stats.received.fetch_add(1, Ordering::Relaxed);
                     inner.hub.publish(tick);
                 }
-                Err(_) => {
+                None => {
                     inner.stats.malformed.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -477,8 +477,8 @@ async fn fetch_last(
         };
         for (&k, v) in idx.iter().zip(values) {
             if let Value::BulkString(mut b) = v {
-                match simd_json::serde::from_slice::<Tick>(&mut b) {
-                    Ok(t) if *t.symbol == *symbols[k] => out[k] = Some(t),
+                match decode_tick(&mut b) {
+                    Some(t) if *t.symbol == *symbols[k] => out[k] = Some(t),
                     _ => {
                         inner.stats.malformed.fetch_add(1, Ordering::Relaxed);
                     }
@@ -543,9 +543,14 @@ fn stream_tick(entry: Value) -> Option<Tick> {
         _ => return None,
     };
     match &mut payload {
-        Value::BulkString(b) => simd_json::serde::from_slice::<Tick>(b).ok(),
+        Value::BulkString(b) => decode_tick(b),
         _ => None,
     }
+}
+
+/// A tick object as stored and published in Redis (parsed in place with simd-json).
+fn decode_tick(json: &mut [u8]) -> Option<Tick> {
+    simd_json::serde::from_slice::<Tick>(json).ok()
 }
 
 /// Whether Redis Cluster sent the request elsewhere (the slot map is out of date).
