@@ -10,7 +10,7 @@ use clap::Args;
 use serde::Deserialize;
 
 use crate::bus::redis::{RedisConfig, RedisMode};
-use crate::session::outbox::SlowPolicy;
+use crate::hub::SlowPolicy;
 
 /// A duration written like `500ms`, `30s` or `5m`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,21 +5,30 @@
 //!
 //! # Layout
 //!
-//! The data flows `feed → bus → hub → session → transport`:
+//! The data flows `feed → bus → hub → session → transport`. The modules form layers: each
+//! imports only from the layers above it in this list (bottom first), never from below.
 //!
-//! - [`feed`]: produces ticks (synthetic generator, replays of recordings), owns `seq`,
-//!   stamps `ts`; also carries a feed process's ticks to a node, a bus or a file.
-//! - [`bus`]: carries ticks from feeds to the hub of every node (in-process by default,
-//!   Redis Pub/Sub or sharded Pub/Sub between nodes).
-//! - [`hub`]: symbol → latest value, history ring and local subscribers; fan-out.
-//! - [`session`]: one client: commands, limits, bounded outbound queue.
-//! - [`transport`]: WebSocket frames and the HTTP routes on the same port, including the
-//!   publisher endpoint through which external feeds push ticks in.
-//!
-//! Around them: [`tick`] (the tick and its encoding), [`protocol`] (the wire messages),
-//! [`auth`] (tokens), [`config`] (settings), [`cli`] (the command line), [`client`] (the
-//! Rust client), [`node`] (what connections share), [`server`] (listen, accept, shut
-//! down) and [`tls`] (certificates and trust for `https`/`wss`).
+//! 1. [`tick`]: the tick, symbols and their grammar, epochs; its JSON encoding.
+//! 2. [`protocol`]: the wire messages, and the close codes with their meaning.
+//! 3. [`auth`] (tokens), [`tls`] (certificates and trust for `https`/`wss`).
+//! 4. [`hub`]: symbol → latest value, history ring and local subscribers; fan-out into
+//!    each session's bounded queue ([`hub::queue`], with the slow-consumer policy).
+//! 5. [`bus`]: carries ticks to the hub of every node (in-process by default, Redis
+//!    Pub/Sub or sharded Pub/Sub between nodes); watches the channels the node asks for.
+//! 6. [`client`]: the Rust client (reconnects, resumes; also what feed processes use to
+//!    reach a node).
+//! 7. [`feed`]: produces ticks (synthetic generator, replays of recordings) and owns
+//!    `seq`; runs a feed inside a node ([`feed::pump`]); checks the ticks external feeds
+//!    push in ([`feed::ingest`]); carries a feed process's ticks to a node, a bus or a file.
+//! 8. [`config`]: settings from flags, environment and TOML.
+//! 9. [`node`]: what one server's connections share, and the coordinator of
+//!    subscriptions: local interest per symbol, first/last subscriber to the bus.
+//! 10. [`session`]: one client whatever the transport: commands, inbound limits,
+//!     heartbeat and silence deadlines, token expiry, catching up, the close.
+//! 11. [`transport`]: moves frames: WebSocket (subscriber and publisher endpoints, one
+//!     reassembly path) and the HTTP routes on the same port.
+//! 12. [`server`]: listen, accept, TLS hand-off, shutdown.
+//! 13. [`cli`]: the command line.
 
 pub mod auth;
 pub mod bus;

@@ -2,7 +2,6 @@
 //! and shuts down in order (stop accepting, close clients with 1001, drain, stop feed).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,13 +15,10 @@ use tokio_rustls::TlsAcceptor;
 use crate::auth::Auth;
 use crate::bus::{Bus, LocalBus, RedisBus};
 use crate::config::{FeedSpec, Settings};
+use crate::feed::pump::FeedThreads;
 use crate::feed::{self, Universe};
 use crate::hub::Hub;
 use crate::node::Node;
-use crate::tick::Tick;
-
-/// Ticks buffered between a feed thread and the bus.
-const FEED_BUFFER: usize = 65_536;
 
 /// A started node.
 pub struct Running {
@@ -32,47 +28,6 @@ pub struct Running {
     pub node: Arc<Node>,
     accept: tokio::task::JoinHandle<()>,
     feed: Option<FeedThreads>,
-}
-
-/// A feed's producing thread, the pump that hands its ticks to the bus, and the flag
-/// that stops them.
-struct FeedThreads {
-    stop: Arc<AtomicBool>,
-    producer: Box<dyn FnOnce() + Send>,
-    pump: std::thread::JoinHandle<()>,
-}
-
-impl FeedThreads {
-    /// Starts a feed: `produce` spawns the producing thread, given the channel sender and
-    /// the stop flag; a pump thread forwards what it sends to `bus`.
-    fn start<R: Send + 'static>(
-        bus: Arc<dyn Bus>,
-        produce: impl FnOnce(
-            crossbeam_channel::Sender<Tick>,
-            Arc<AtomicBool>,
-        ) -> std::thread::JoinHandle<R>,
-    ) -> FeedThreads {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = crossbeam_channel::bounded::<Tick>(FEED_BUFFER);
-        let producer = produce(tx, stop.clone());
-        let pump = std::thread::Builder::new()
-            .name("feed-pump".into())
-            .spawn(move || pump(rx, bus))
-            .expect("spawning the feed pump thread");
-        FeedThreads {
-            stop,
-            producer: Box::new(move || {
-                let _ = producer.join();
-            }),
-            pump,
-        }
-    }
-
-    fn stop(self) {
-        self.stop.store(true, Ordering::Release);
-        (self.producer)();
-        let _ = self.pump.join();
-    }
 }
 
 /// Loads the universe the settings name, or the bundled one.
@@ -136,16 +91,9 @@ fn start_synthetic(settings: &Settings, universe: Universe, bus: Arc<dyn Bus>) -
         seed: settings.seed,
         duration: None,
     };
-    let epoch = feed::new_epoch();
-    tracing::info!(rate = settings.rate, seed = settings.seed, %epoch, symbols = universe.len(), "synthetic feed");
-    FeedThreads::start(bus, move |tx, stop| {
-        feed::synthetic::spawn(universe, config, epoch, tx, stop)
-    })
+    FeedThreads::synthetic(universe, config, bus)
 }
 
-/// Checks the whole recording (so a bad file stops the start with its line number),
-/// then plays it on its own thread into the bus, at `--replay-speed`, looping with
-/// `--replay-loop`.
 fn start_replay(
     settings: &Settings,
     path: &std::path::Path,
@@ -157,42 +105,7 @@ fn start_replay(
         looping: settings.replay_loop,
         ..Default::default()
     };
-    let scan = feed::replay::scan(path, &config)?;
-    tracing::info!(
-        file = %path.display(),
-        ticks = scan.ticks,
-        symbols = scan.symbols,
-        span_ms = scan.span.as_millis() as u64,
-        speed = %config.speed,
-        looping = config.looping,
-        "replay feed"
-    );
-    let unserved: Vec<&str> = scan
-        .symbol_names
-        .iter()
-        .filter(|s| !hub.serves(s))
-        .map(|s| &**s)
-        .collect();
-    if !unserved.is_empty() {
-        tracing::warn!(
-            count = unserved.len(),
-            first = %unserved[..unserved.len().min(10)].join(","),
-            "the recording has symbols outside the universe; their ticks are dropped (see --universe)"
-        );
-    }
-    let path = path.to_owned();
-    Ok(FeedThreads::start(bus, move |tx, stop| {
-        feed::replay::spawn(path, config, tx, stop, Default::default())
-    }))
-}
-
-/// Hands every tick a feed thread produces to the bus, in order, until the feed ends.
-pub fn pump(rx: crossbeam_channel::Receiver<Tick>, bus: Arc<dyn Bus>) {
-    for tick in rx {
-        if let Err(e) = bus.publish(tick) {
-            tracing::warn!(error = %e, "publish failed");
-        }
-    }
+    FeedThreads::replay(path, config, hub, bus)
 }
 
 async fn accept_loop(node: Arc<Node>, listener: TcpListener, tls: Option<TlsAcceptor>) {

@@ -3,7 +3,10 @@
 //! A tick is encoded to JSON once, when it enters a node's hub; the same bytes are then
 //! shared by every subscriber, the history ring and (with the Redis bus) the wire.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use rand::Rng;
 
 use serde::{Deserialize, Serialize};
 
@@ -119,8 +122,46 @@ impl Tick {
     }
 }
 
+/// A new epoch name: 7 random base36 characters, different on every call and run.
+pub fn new_epoch() -> Arc<str> {
+    const RADIX: u64 = 36;
+    const LEN: u32 = 7;
+    const SPACE: u64 = RADIX.pow(LEN);
+    // Coprime with 36^7, so successive calls walk a permutation of the whole space.
+    const STRIDE: u64 = 48_431_716_907;
+    static BASE: OnceLock<u64> = OnceLock::new();
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let base = *BASE.get_or_init(|| rand::rng().random_range(0..SPACE));
+    let n = CALLS.fetch_add(1, Ordering::Relaxed);
+    let mut v = ((base as u128 + n as u128 * STRIDE as u128) % SPACE as u128) as u64;
+    let mut out = [b'0'; LEN as usize];
+    for c in out.iter_mut().rev() {
+        let d = (v % RADIX) as u8;
+        *c = if d < 10 { b'0' + d } else { b'a' + d - 10 };
+        v /= RADIX;
+    }
+    out.iter().map(|&b| b as char).collect::<String>().into()
+}
+
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
+    #[test]
+    fn epochs_are_short_base36_and_distinct() {
+        let mut seen = HashSet::new();
+        for _ in 0..10_000 {
+            let e = new_epoch();
+            assert!((6..=8).contains(&e.len()), "{e}");
+            assert!(
+                e.bytes()
+                    .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()),
+                "{e}"
+            );
+            assert!(seen.insert(e.clone()), "{e} repeated");
+        }
+    }
+
     use super::*;
 
     fn sample() -> Tick {

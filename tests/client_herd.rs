@@ -382,7 +382,10 @@ async fn a_quiet_connection_lives_on_pings_both_ways() {
     publish(&node, "AAPL", "q", 1..=1);
     let ev = tokio::time::timeout(WAIT, async {
         loop {
-            if let Some(Event::Message(ServerMessage::Tick(t))) = rx.recv().await {
+            // The symbol had no value yet: its first one comes as the snapshot.
+            if let Some(Event::Message(ServerMessage::Snapshot(t) | ServerMessage::Tick(t))) =
+                rx.recv().await
+            {
                 break t;
             }
         }

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
-use tickstream::session::outbox::SlowPolicy;
+use tickstream::hub::SlowPolicy;
 
 const TOTAL: u64 = 20_000;
 
@@ -36,6 +36,12 @@ async fn read_all(c: &mut Client) -> (u64, u64, Duration) {
     while expected <= TOTAL {
         let m = c.next().await;
         match m["type"].as_str().unwrap() {
+            // The symbol had no value when the client subscribed: its first is the snapshot.
+            "snapshot" => {
+                assert_eq!((m["seq"].as_u64().unwrap(), expected), (1, 1), "{m}");
+                expected += 1;
+                ticks += 1;
+            }
             "tick" => {
                 assert_eq!(m["seq"].as_u64().unwrap(), expected, "hole without a gap");
                 let lat = tickstream::tick::now_ns().saturating_sub(m["ts"].as_u64().unwrap());

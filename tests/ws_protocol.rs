@@ -63,8 +63,11 @@ async fn snapshot_comes_before_ticks_and_seqs_are_continuous() {
     let mut next = std::collections::HashMap::from([("AAPL", 6u64), ("MSFT", 1u64)]);
     while next["AAPL"] <= 300 || next["MSFT"] <= 50 {
         let m = c.next().await;
-        assert_eq!(m["type"], "tick", "{m}");
         let sym = m["symbol"].as_str().unwrap();
+        // MSFT had no value when subscribed: its first value comes as its snapshot.
+        let first_of_msft = sym == "MSFT" && next["MSFT"] == 1;
+        let want_type = if first_of_msft { "snapshot" } else { "tick" };
+        assert_eq!(m["type"], want_type, "{m}");
         let want = next.get_mut(sym).unwrap();
         assert_eq!(m["seq"].as_u64().unwrap(), *want, "{sym} out of sequence");
         assert!(m["bid"].as_f64().unwrap() < m["ask"].as_f64().unwrap());
@@ -428,5 +431,82 @@ async fn a_silent_client_is_closed_after_heartbeat_and_grace() {
     }
     assert!(live.close.is_none());
     still_alive(&mut live).await;
+    run.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_resume_for_a_held_symbol_restarts_its_stream_and_a_plain_repeat_does_nothing() {
+    let run = start(settings()).await;
+    publish(&run, "AAPL", "e1", 1..=10);
+    let (mut c, _) = Client::ready(run.addr).await;
+    c.send(r#"{"op":"subscribe","id":1,"symbols":["AAPL"]}"#)
+        .await;
+    assert_eq!(c.until("subscribed").await["id"], 1);
+    assert_eq!(c.next().await["seq"], 10, "the snapshot");
+    // A plain repeated subscribe: answered, nothing replayed.
+    c.send(r#"{"op":"subscribe","id":2,"symbols":["AAPL"]}"#)
+        .await;
+    assert_eq!(c.next().await["id"], 2);
+    assert!(c.try_next(Duration::from_millis(200)).await.is_none());
+    // A client that saw a hole after 6 re-syncs from there.
+    c.send(
+        r#"{"op":"subscribe","id":3,"symbols":["AAPL"],"resume":{"AAPL":{"epoch":"e1","seq":6}}}"#,
+    )
+    .await;
+    assert_eq!(c.next().await["id"], 3);
+    for seq in 7..=10 {
+        let m = c.next().await;
+        assert_eq!(
+            (m["type"].as_str(), m["seq"].as_u64()),
+            (Some("tick"), Some(seq))
+        );
+    }
+    // From another epoch: a reset and a fresh snapshot.
+    c.send(
+        r#"{"op":"subscribe","id":4,"symbols":["AAPL"],"resume":{"AAPL":{"epoch":"old","seq":3}}}"#,
+    )
+    .await;
+    assert_eq!(c.next().await["id"], 4);
+    let gap = c.next().await;
+    assert_eq!(
+        (gap["type"].as_str(), gap["reason"].as_str()),
+        (Some("gap"), Some("reset"))
+    );
+    let snap = c.next().await;
+    assert_eq!(
+        (snap["type"].as_str(), snap["seq"].as_u64()),
+        (Some("snapshot"), Some(10))
+    );
+    // Live ticks follow once, with no duplicate.
+    publish(&run, "AAPL", "e1", 11..=12);
+    assert_eq!(c.next().await["seq"], 11);
+    assert_eq!(c.next().await["seq"], 12);
+    assert!(c.try_next(Duration::from_millis(200)).await.is_none());
+    assert_eq!(run.node.hub.subscriber_count("AAPL"), 1);
+    run.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_symbol_with_no_value_yet_sends_its_first_tick_as_the_snapshot() {
+    let run = start(settings()).await;
+    let (mut c, _) = Client::ready(run.addr).await;
+    c.send(r#"{"op":"subscribe","symbols":["AAPL","MSFT"],"snapshot":true}"#)
+        .await;
+    c.until("subscribed").await;
+    publish(&run, "MSFT", "e1", 1..=2);
+    let first = c.next().await;
+    assert_eq!(
+        (first["type"].as_str(), first["seq"].as_u64()),
+        (Some("snapshot"), Some(1))
+    );
+    assert_eq!(c.next().await["type"], "tick");
+    // Without a snapshot asked for, the first value is a plain tick.
+    let (mut d, _) = Client::ready(run.addr).await;
+    d.send(r#"{"op":"subscribe","symbols":["AAPL"],"snapshot":false}"#)
+        .await;
+    d.until("subscribed").await;
+    publish(&run, "AAPL", "e1", 1..=1);
+    assert_eq!(d.next().await["type"], "tick");
+    assert_eq!(c.next().await["type"], "snapshot");
     run.shutdown().await;
 }

@@ -6,10 +6,9 @@
 //! they were published; delivery is at most once (a tick may be lost, for instance while
 //! a connection to Redis is down, never duplicated by the bus itself); the hub detects a
 //! jump in `seq` and announces it to subscribers as a `gap`. A node receives only the
-//! symbols it watches, and watches a symbol while at least one local client wants it:
-//! sessions call [`Bus::watch`] for every symbol they add and [`Bus::unwatch`] for every
-//! symbol they drop, so the calls are balanced and the bus counts interest per symbol,
-//! subscribing upstream on the first and unsubscribing on the last.
+//! symbols it watches. The bus knows nothing of sessions: the node counts local interest
+//! and calls [`Bus::watch`] when a symbol gets its first local subscriber and
+//! [`Bus::unwatch`] when its last one leaves, so for each symbol the calls alternate.
 
 pub mod local;
 pub mod redis;
@@ -38,13 +37,12 @@ pub trait Bus: Send + Sync + 'static {
     /// Publishes one tick to every node. Never blocks on the network.
     fn publish(&self, tick: Tick) -> Result<(), BusError>;
 
-    /// One more local subscriber wants each of `symbols`. Before returning, the bus
-    /// receives them and has given the hub their latest value where it knows one. On
-    /// error nothing changed (the whole call is rolled back).
+    /// Starts receiving `symbols` (none of which is watched now). Before returning, the
+    /// bus receives them and has given the hub their latest value where it knows one.
+    /// On error nothing changed (the whole call is rolled back).
     fn watch<'a>(&'a self, symbols: &'a [Symbol]) -> BoxFuture<'a, Result<(), BusError>>;
 
-    /// One local subscriber fewer wants each of `symbols`; the last one leaving stops
-    /// the node receiving the symbol.
+    /// Stops receiving `symbols` (each of them watched now).
     fn unwatch<'a>(&'a self, symbols: &'a [Symbol]) -> BoxFuture<'a, ()>;
 
     /// Whether the bus is connected; `/healthz` answers 503 while it is not.

@@ -102,6 +102,9 @@ async fn record(client: Client, mut writer: Writer, args: &RecordArgs) -> anyhow
     let signal = super::wait_for_signal();
     tokio::pin!(signal);
     let (mut ticks, mut snapshots, mut gaps) = (0u64, 0u64, 0u64);
+    // Symbols whose first value has been recorded: a symbol's first snapshot is its
+    // opening quote, which readers (and replays) take as its first tick.
+    let mut opened: std::collections::HashSet<String> = std::collections::HashSet::new();
     let mut line = Vec::with_capacity(512);
     let mut failure: Option<anyhow::Error> = None;
     loop {
@@ -122,7 +125,22 @@ async fn record(client: Client, mut writer: Writer, args: &RecordArgs) -> anyhow
                 let written = match &ev {
                     Event::Message(ServerMessage::Tick(t)) => {
                         ticks += 1;
+                        if !opened.contains(&*t.symbol) {
+                            opened.insert(t.symbol.to_string());
+                        }
                         writer.write_tick(t)
+                    }
+                    Event::Message(ServerMessage::Snapshot(t)) if !opened.contains(&*t.symbol) => {
+                        opened.insert(t.symbol.to_string());
+                        ticks += 1;
+                        if args.snapshots {
+                            snapshots += 1;
+                            line.clear();
+                            t.write_json(Kind::Snapshot, &mut line);
+                            writer.write_line(&line)
+                        } else {
+                            writer.write_tick(t)
+                        }
                     }
                     Event::Message(ServerMessage::Snapshot(t)) if args.snapshots => {
                         snapshots += 1;

@@ -79,7 +79,7 @@ pub(super) fn run(args: Args) -> anyhow::Result<()> {
     let n_symbols = universe.len();
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = crossbeam_channel::bounded::<Tick>(FEED_BUFFER);
-    let epoch = feed::new_epoch();
+    let epoch = crate::tick::new_epoch();
     let signal = stop_on_signal(&rt, stop.clone())?;
     let started = Instant::now();
     let generator = feed::synthetic::spawn(universe, config, epoch.clone(), tx, stop.clone());

@@ -45,9 +45,10 @@
 //!
 //! # Close codes
 //!
-//! 1000, 1001, 1011, 4008 and a connection that simply drops: reconnect with backoff.
-//! 1002, 1003, 1007, 1008 and 1009: the client stops with [`ClientError::Closed`]; the
-//! same request would meet the same refusal.
+//! The reconnect decision reads [`CloseCode::reconnect`]: after 1000, 1001, 1011, 4008
+//! (and a connection that simply drops) the client reconnects with backoff; after 1002,
+//! 1003, 1007, 1008 and 1009 it stops with [`ClientError::Closed`], since the same
+//! request would meet the same refusal.
 
 pub mod backoff;
 pub mod connect;
@@ -69,7 +70,7 @@ pub use backoff::{Backoff, BackoffConfig};
 pub use connect::{connect, connect_with, ClientTls, ClientWs, ConnectError};
 pub use message::{Names, ServerMessage};
 
-use crate::protocol::GapReason;
+use crate::protocol::{CloseCode, GapReason};
 use crate::tick::{valid_symbol, Symbol};
 
 /// What a client is told to do.
@@ -285,9 +286,10 @@ pub struct Client {
     last_error: String,
 }
 
-/// Close codes after which reconnecting as is would meet the same refusal.
+/// Close codes after which reconnecting as is would meet the same refusal (see
+/// [`CloseCode::reconnect`]).
 pub fn close_is_fatal(code: u16) -> bool {
-    matches!(code, 1002 | 1003 | 1007 | 1008 | 1009)
+    !CloseCode::from_code(code).reconnect()
 }
 
 impl Client {

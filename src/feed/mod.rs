@@ -6,12 +6,14 @@
 //! [`Universe`]; [`replay`] plays a [`recording`] back; [`publish`] carries a feed's
 //! ticks to a node, a bus or a file when the feed runs as its own process.
 
+pub mod ingest;
 pub mod publish;
+pub mod pump;
 pub mod recording;
 pub mod replay;
 pub mod synthetic;
 pub mod universe;
 
 pub use replay::{ReplayConfig, Speed};
-pub use synthetic::{new_epoch, Generator, SynthConfig};
+pub use synthetic::{Generator, SynthConfig};
 pub use universe::{AssetClass, Instrument, Universe, UniverseError};

@@ -4,8 +4,10 @@
 //! A recording may start with a header line `{"type":"recording","version":1,…}`; every
 //! other line is a server message as sent to clients. `tick` lines are what replays
 //! play back: the tick object of the protocol, with its original `ts` (and `src_ts`
-//! where it was itself replayed). Other message types (`snapshot`, `gap`) are kept for
-//! the record and skipped by replays. Blank lines are ignored.
+//! where it was itself replayed). A symbol's `snapshot` line that comes before any of its
+//! `tick` lines is its opening quote (what a subscriber got first): readers, and so
+//! replays, yield it as the symbol's first tick. Other `snapshot` lines and `gap` lines
+//! are kept for the record and skipped by replays. Blank lines are ignored.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -122,6 +124,8 @@ impl Writer {
 struct TypeOnly<'a> {
     #[serde(rename = "type", borrow)]
     kind: Option<&'a str>,
+    #[serde(borrow)]
+    symbol: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// Reads the ticks of a recording, in file order, with their line numbers.
@@ -130,6 +134,8 @@ pub struct Reader {
     lines: Box<dyn BufRead + Send>,
     line_no: u64,
     buf: String,
+    /// Symbols that had a tick (or an opening snapshot) already.
+    seen: std::collections::HashSet<String>,
 }
 
 impl Reader {
@@ -150,6 +156,7 @@ impl Reader {
             lines,
             line_no: 0,
             buf: String::new(),
+            seen: Default::default(),
         })
     }
 
@@ -188,11 +195,11 @@ impl Reader {
                 serde_json::from_str::<serde::de::IgnoredAny>(text)
                     .map_err(|e| self.bad(format!("truncated line: {}", json_error(&e))))?;
             }
-            let kind = serde_json::from_str::<TypeOnly>(text)
-                .map_err(|e| self.bad(format!("not a JSON object: {}", json_error(&e))))?
-                .kind;
-            match kind {
+            let head = serde_json::from_str::<TypeOnly>(text)
+                .map_err(|e| self.bad(format!("not a JSON object: {}", json_error(&e))))?;
+            match head.kind {
                 Some("tick") => {}
+                Some("snapshot") if head.symbol.is_some_and(|s| !self.seen.contains(&*s)) => {}
                 Some(_) => continue,
                 None => return Err(self.bad("missing \"type\"".into())),
             }
@@ -200,6 +207,9 @@ impl Reader {
                 .map_err(|e| self.bad(format!("bad tick: {}", json_error(&e))))?;
             if !valid_symbol(&tick.symbol) {
                 return Err(self.bad(format!("bad symbol {:?}", tick.symbol)));
+            }
+            if !self.seen.contains(&*tick.symbol) {
+                self.seen.insert(tick.symbol.to_string());
             }
             return Ok(Some((self.line_no, tick)));
         }

@@ -242,7 +242,10 @@ pub fn play(
                 return Ok(finish(report, symbols, started, last_emit));
             }
             let first = *file_first.get_or_insert(tick.ts);
-            if tick.ts < first.saturating_add(offset) || !config.wants(&tick) {
+            // Opening quotes may be stamped a little before the first tick: `--from`
+            // skips nothing unless given.
+            let early = offset > 0 && tick.ts < first.saturating_add(offset);
+            if early || !config.wants(&tick) {
                 continue;
             }
             let recorded = tick.ts;
@@ -257,7 +260,7 @@ pub fn play(
             }
             let epoch = epochs
                 .entry(tick.epoch.clone())
-                .or_insert_with(super::new_epoch)
+                .or_insert_with(crate::tick::new_epoch)
                 .clone();
             tick.epoch = epoch;
             tick.src_ts = Some(tick.src_ts.unwrap_or(recorded));

@@ -29,8 +29,8 @@
 //! also in odd lots), FX in multiples of 100,000, crypto in whole coins scaled to a
 //! notional.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -324,27 +324,6 @@ fn geometric(rng: &mut ChaCha8Rng, mean: f64) -> u64 {
     (-mean * (1.0 - u).ln()).floor().min(1e6) as u64
 }
 
-/// A new epoch name: 7 random base36 characters, different on every call and run.
-pub fn new_epoch() -> Arc<str> {
-    const RADIX: u64 = 36;
-    const LEN: u32 = 7;
-    const SPACE: u64 = RADIX.pow(LEN);
-    // Coprime with 36^7, so successive calls walk a permutation of the whole space.
-    const STRIDE: u64 = 48_431_716_907;
-    static BASE: OnceLock<u64> = OnceLock::new();
-    static CALLS: AtomicU64 = AtomicU64::new(0);
-    let base = *BASE.get_or_init(|| rand::rng().random_range(0..SPACE));
-    let n = CALLS.fetch_add(1, Ordering::Relaxed);
-    let mut v = ((base as u128 + n as u128 * STRIDE as u128) % SPACE as u128) as u64;
-    let mut out = [b'0'; LEN as usize];
-    for c in out.iter_mut().rev() {
-        let d = (v % RADIX) as u8;
-        *c = if d < 10 { b'0' + d } else { b'a' + d - 10 };
-        v /= RADIX;
-    }
-    out.iter().map(|&b| b as char).collect::<String>().into()
-}
-
 /// Runs the synthetic feed on its own OS thread named `feed-synth`.
 ///
 /// Ticks are paced to `config.rate` per second (in bursts at high rates, keeping the
@@ -493,7 +472,7 @@ fn send(sink: &Sender<Tick>, mut tick: Tick, stop: &AtomicBool) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::{HashMap, HashSet};
+    use std::collections::HashMap;
 
     fn bundled_generator(seed: u64) -> Generator {
         Generator::new(&Universe::bundled(), seed, "test01".into())
@@ -724,21 +703,6 @@ mod tests {
             (counts[0] as i64 - counts[2] as i64).abs() < 2_000,
             "{counts:?}"
         );
-    }
-
-    #[test]
-    fn epochs_are_short_base36_and_distinct() {
-        let mut seen = HashSet::new();
-        for _ in 0..10_000 {
-            let e = new_epoch();
-            assert!((6..=8).contains(&e.len()), "{e}");
-            assert!(
-                e.bytes()
-                    .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()),
-                "{e}"
-            );
-            assert!(seen.insert(e.clone()), "{e} repeated");
-        }
     }
 
     fn small_universe() -> Universe {

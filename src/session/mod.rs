@@ -1,9 +1,14 @@
-//! A session is one client: its subscriptions, its inbound limits and its outbound queue.
+//! A session is one client, whatever the transport carrying it: its subscriptions, its
+//! commands, its inbound limits, and (in [`outbound`]) the life of its outbound side —
+//! the bounded queue, heartbeats, the silence deadline, token expiry, catching up a
+//! subscription that fell behind, and the close code when it ends.
 //!
-//! The transport reads frames and hands each text message to [`Session::handle_text`];
-//! replies go into the same outbound queue as the ticks, so they are ordered with them.
+//! A transport drives a session through a small interface: it hands each whole inbound
+//! message to [`Session::receive`] (and calls [`Session::heard`] for any sign of life),
+//! and writes what [`Outbound::next`] returns: messages to send, a heartbeat, or the
+//! close. Replies go into the same queue as the ticks, so they are ordered with them.
 
-pub mod outbox;
+pub mod outbound;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -13,35 +18,30 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::auth::Claims;
-use crate::hub::Start;
-use crate::node::Node;
-use crate::protocol::{self, Command, CommandError, ErrorCode, ServerMsg};
+use crate::hub::{Behind, Outbox, Start};
+use crate::node::{Node, Want};
+use crate::protocol::{self, CloseCode, Command, CommandError, ErrorCode, ServerMsg};
 use crate::tick::Symbol;
-use outbox::{Behind, Outbox};
-
-/// Close codes this server uses (see the protocol document).
-pub mod close {
-    /// Normal closure.
-    pub const NORMAL: u16 = 1000;
-    /// The server is shutting down: reconnect with backoff.
-    pub const GOING_AWAY: u16 = 1001;
-    /// Policy violation (rate-limit abuse): do not reconnect without a change.
-    pub const POLICY: u16 = 1008;
-    /// Message too big: do not resend it.
-    pub const TOO_BIG: u16 = 1009;
-    /// Internal error: reconnect with backoff.
-    pub const INTERNAL: u16 = 1011;
-    /// Slow consumer disconnected: reconnect with backoff, and read faster.
-    pub const SLOW_CONSUMER: u16 = 4008;
-}
+pub use outbound::{Life, Out, Outbound, Transport};
 
 /// What the transport should do after a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flow {
     /// Keep reading.
     Continue,
-    /// Close the connection with this code and reason.
-    Close(u16, &'static str),
+    /// Stop reading: the session closes with this code and reason (the outbound side
+    /// sends what is queued, then the close).
+    Close(CloseCode, &'static str),
+}
+
+/// One whole inbound message, as a transport hands it over.
+pub enum Inbound<'a> {
+    /// A text message; its bytes are parsed in place.
+    Text(&'a mut [u8]),
+    /// A text message whose payload is not UTF-8.
+    BadUtf8,
+    /// A binary message: commands are text only.
+    Binary,
 }
 
 /// A token bucket: `rate` tokens per second, at most `burst` saved.
@@ -78,10 +78,11 @@ impl TokenBucket {
     }
 }
 
-/// One connected client.
+/// One connected client: its commands, limits and subscriptions.
 pub struct Session {
     node: Arc<Node>,
     outbox: Arc<Outbox>,
+    life: Arc<Life>,
     subs: HashMap<Symbol, Behind>,
     bucket: TokenBucket,
     strikes: u32,
@@ -91,34 +92,41 @@ pub struct Session {
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Session {
-    /// A new session on `node`; returns it with the receiving end of its queue.
-    /// `claims` are the client's token claims when the node has auth enabled.
+    /// A new session on `node` over `transport`, with its `welcome` queued; returns it
+    /// with its outbound side, which the transport's writer drives. `claims` are the
+    /// client's token claims when the node has auth enabled.
     pub fn new(
         node: Arc<Node>,
         claims: Option<Claims>,
-    ) -> (Session, tokio::sync::mpsc::Receiver<Bytes>) {
+        transport: Transport,
+    ) -> (Session, Outbound) {
         let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let cfg = &node.settings;
         let (outbox, rx) = Outbox::new(id, cfg.queue, cfg.slow_policy);
         let bucket = TokenBucket::new(cfg.rate_limit, cfg.rate_burst);
+        let expires = claims.as_ref().map(|c| c.remaining());
+        let life = Arc::new(Life::new());
         let session = Session {
-            node,
-            outbox,
+            node: node.clone(),
+            outbox: outbox.clone(),
+            life: life.clone(),
             subs: HashMap::new(),
             bucket,
             strikes: 0,
             claims,
         };
-        (session, rx)
+        let welcome = session.welcome(transport.encoding());
+        let out = Outbound::new(node, rx, outbox, life, transport, expires, welcome);
+        (session, out)
     }
 
-    /// The outbound queue.
-    pub fn outbox(&self) -> &Arc<Outbox> {
-        &self.outbox
+    /// This session's id, unique within the process.
+    pub fn id(&self) -> u64 {
+        self.outbox.id()
     }
 
     /// The `welcome` message.
-    pub fn welcome(&self, encoding: &str) -> Bytes {
+    fn welcome(&self, encoding: &str) -> Bytes {
         let cfg = &self.node.settings;
         let session = format!("{:016x}", self.outbox.id() ^ self.node.session_salt);
         ServerMsg::Welcome {
@@ -135,32 +143,56 @@ impl Session {
         .to_json()
     }
 
-    /// Applies the inbound rate limit to one message. `Some(flow)` means the message
-    /// must be dropped (an error was queued), and how to go on.
-    pub async fn admit(&mut self) -> Option<Flow> {
-        if self.bucket.take(Instant::now()) {
-            self.strikes = 0;
-            return None;
-        }
-        self.strikes += 1;
-        if self.strikes > self.node.settings.rate_strikes {
-            return Some(Flow::Close(close::POLICY, "rate limit exceeded repeatedly"));
-        }
-        let err = CommandError {
-            id: None,
-            code: ErrorCode::RateLimited,
-            message: format!(
-                "more than {} messages per second; message dropped",
-                self.node.settings.rate_limit
-            ),
-        };
-        self.reply(protocol::error_json(&err, &[])).await;
-        Some(Flow::Continue)
+    /// The client showed a sign of life (any frame, a Pong included): the silence
+    /// deadline moves.
+    pub fn heard(&self) {
+        self.life.heard();
     }
 
-    /// Answers a message the transport could not accept as a command (bad UTF-8, a
-    /// binary frame): `bad_request`, and the connection goes on.
-    pub async fn refuse(&mut self, message: &str) {
+    /// Asks the outbound side to send what is queued, then close with `code`.
+    pub fn close(&self, code: CloseCode, reason: &'static str) -> Flow {
+        self.life.close(code, reason);
+        Flow::Close(code, reason)
+    }
+
+    /// Handles one whole inbound message: counts it as a sign of life, applies the
+    /// inbound rate limit, then runs it as a command (replies are queued).
+    pub async fn receive(&mut self, msg: Inbound<'_>) -> Flow {
+        self.heard();
+        if !self.bucket.take(Instant::now()) {
+            self.strikes += 1;
+            if self.strikes > self.node.settings.rate_strikes {
+                return self.close(CloseCode::Policy, "rate limit exceeded repeatedly");
+            }
+            let err = CommandError {
+                id: None,
+                code: ErrorCode::RateLimited,
+                message: format!(
+                    "more than {} messages per second; message dropped",
+                    self.node.settings.rate_limit
+                ),
+            };
+            self.reply(protocol::error_json(&err, &[])).await;
+            return Flow::Continue;
+        }
+        self.strikes = 0;
+        match msg {
+            Inbound::Text(buf) => match protocol::parse_command(buf) {
+                Ok(cmd) => self.command(cmd).await,
+                Err(e) => self.reply(protocol::error_json(&e, &[])).await,
+            },
+            Inbound::BadUtf8 => self.refuse("text frame is not valid UTF-8").await,
+            Inbound::Binary => {
+                self.refuse("binary frames are not accepted; send commands as JSON text")
+                    .await
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Answers a message that is not a command (bad UTF-8, a binary frame):
+    /// `bad_request`, and the connection goes on.
+    async fn refuse(&mut self, message: &str) {
         let err = CommandError {
             id: None,
             code: ErrorCode::BadRequest,
@@ -173,15 +205,9 @@ impl Session {
         self.outbox.send(msg).await;
     }
 
-    /// Handles one text message (parsed in place); replies are queued.
-    pub async fn handle_text(&mut self, buf: &mut [u8]) {
-        match protocol::parse_command(buf) {
-            Ok(cmd) => self.handle(cmd).await,
-            Err(e) => self.reply(protocol::error_json(&e, &[])).await,
-        }
-    }
-
-    async fn handle(&mut self, cmd: Command) {
+    /// Runs one command; replies are queued. Transports without a command channel (SSE)
+    /// call this with the command their request stands for.
+    pub async fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Subscribe {
                 id,
@@ -211,9 +237,20 @@ impl Session {
         id: Option<u64>,
         symbols: Vec<String>,
         snapshot: bool,
-        mut resume: HashMap<String, protocol::ResumeFrom>,
+        resume: HashMap<String, protocol::ResumeFrom>,
     ) {
+        let Some(known) = self.admit(id, symbols).await else {
+            return;
+        };
+        self.subscribe_admitted(id, known, snapshot, resume).await;
+    }
+
+    /// Steps 1 to 5 of a `subscribe` (see docs/protocol.md): the served, allowed
+    /// symbols asked for, once each, with an `error` queued for every other; `None`
+    /// when nothing is left to subscribe or the symbol limit refuses the command.
+    async fn admit(&mut self, id: Option<u64>, symbols: Vec<String>) -> Option<Vec<Symbol>> {
         let (good, malformed) = protocol::partition_symbols(symbols);
+
         if !malformed.is_empty() {
             let names: Vec<&str> = malformed.iter().map(String::as_str).collect();
             let e = CommandError {
@@ -253,7 +290,7 @@ impl Session {
                 };
                 self.reply(protocol::error_json(&e, &names)).await;
                 if known.is_empty() {
-                    return;
+                    return None;
                 }
             }
         }
@@ -262,7 +299,7 @@ impl Session {
                 self.reply(ServerMsg::Subscribed { id, symbols: &[] }.to_json())
                     .await;
             }
-            return;
+            return None;
         }
         let added = known.iter().filter(|s| !self.subs.contains_key(*s)).count();
         let max = self.node.settings.max_symbols;
@@ -277,16 +314,58 @@ impl Session {
                 ),
             };
             self.reply(protocol::error_json(&e, &names)).await;
-            return;
+            return None;
         }
-        let fresh: Vec<Symbol> = known
+        Some(known)
+    }
+
+    async fn subscribe_admitted(
+        &mut self,
+        id: Option<u64>,
+        known: Vec<Symbol>,
+        snapshot: bool,
+        mut resume: HashMap<String, protocol::ResumeFrom>,
+    ) {
+        // New symbols, and held ones given a position to restart from.
+        let wants: Vec<Want> = known
             .iter()
-            .filter(|s| !self.subs.contains_key(*s))
-            .cloned()
+            .filter_map(|sym| {
+                let resume = resume.remove(&**sym);
+                let held = self.subs.contains_key(sym);
+                if held && resume.is_none() {
+                    return None;
+                }
+                let behind = self
+                    .subs
+                    .get(sym)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(AtomicU64::new(0)));
+                Some(Want {
+                    symbol: sym.clone(),
+                    behind,
+                    start: Start {
+                        snapshot,
+                        resume,
+                        backfill: Vec::new(),
+                    },
+                    held,
+                })
+            })
             .collect();
-        if let Err(e) = self.node.bus.watch(&fresh).await {
+        let names: Vec<&str> = known.iter().map(|s| &**s).collect();
+        let confirm = ServerMsg::Subscribed {
+            id,
+            symbols: &names,
+        }
+        .to_json();
+        let added: Vec<(Symbol, Behind)> = wants
+            .iter()
+            .filter(|w| !w.held)
+            .map(|w| (w.symbol.clone(), w.behind.clone()))
+            .collect();
+        if let Err(e) = self.node.subscribe(&self.outbox, wants, confirm).await {
             tracing::warn!(error = %e, "bus refused a subscription");
-            let names: Vec<&str> = fresh.iter().map(|s| &**s).collect();
+            let names: Vec<&str> = added.iter().map(|(s, _)| &**s).collect();
             let e = CommandError {
                 id,
                 code: ErrorCode::BadRequest,
@@ -295,56 +374,7 @@ impl Session {
             self.reply(protocol::error_json(&e, &names)).await;
             return;
         }
-        let names: Vec<&str> = known.iter().map(|s| &**s).collect();
-        self.reply(
-            ServerMsg::Subscribed {
-                id,
-                symbols: &names,
-            }
-            .to_json(),
-        )
-        .await;
-        let mut backfill = self.backfill(&known, &resume).await;
-        for sym in known {
-            let behind = self
-                .subs
-                .entry(sym.clone())
-                .or_insert_with(|| Arc::new(AtomicU64::new(0)))
-                .clone();
-            let start = Start {
-                snapshot,
-                resume: resume.remove(&*sym),
-                backfill: backfill.remove(&sym).unwrap_or_default(),
-            };
-            self.node.hub.subscribe(&sym, &self.outbox, &behind, &start);
-        }
-    }
-
-    /// For each resumed symbol whose range the local ring does not hold (a client that
-    /// moved here from another node), the ticks the bus still has after its position.
-    async fn backfill(
-        &self,
-        symbols: &[Symbol],
-        resume: &HashMap<String, protocol::ResumeFrom>,
-    ) -> HashMap<Symbol, Vec<crate::tick::Tick>> {
-        let wants: Vec<(Symbol, u64)> = symbols
-            .iter()
-            .filter_map(|s| {
-                let from = resume.get(&**s)?;
-                (!self.node.hub.covers(s, from)).then(|| (s.clone(), from.seq))
-            })
-            .collect();
-        if wants.is_empty() {
-            return HashMap::new();
-        }
-        match self.node.bus.history(&wants).await {
-            Ok(found) => wants.into_iter().map(|(s, _)| s).zip(found).collect(),
-            Err(e) => {
-                // The replay then announces what it cannot send as a gap.
-                tracing::warn!(error = %e, "reading the bus history for a resume failed");
-                HashMap::new()
-            }
-        }
+        self.subs.extend(added);
     }
 
     async fn unsubscribe(&mut self, id: Option<u64>, symbols: Vec<String>) {
@@ -355,7 +385,7 @@ impl Session {
             }
         }
         let names: Vec<&str> = symbols.iter().map(String::as_str).collect();
-        self.unwatch(&dropped).await;
+        self.node.unsubscribe(self.id(), &dropped).await;
         self.reply(
             ServerMsg::Unsubscribed {
                 id,
@@ -366,21 +396,10 @@ impl Session {
         .await;
     }
 
-    /// Removes this session from the hub for `symbols` and releases its bus interest.
-    async fn unwatch(&self, symbols: &[Symbol]) {
-        if symbols.is_empty() {
-            return;
-        }
-        for s in symbols {
-            self.node.hub.unsubscribe(s, self.outbox.id());
-        }
-        self.node.bus.unwatch(symbols).await;
-    }
-
     /// Ends the session: every subscription is removed and its memory freed.
     pub async fn finish(mut self) {
         let all: Vec<Symbol> = self.subs.drain().map(|(s, _)| s).collect();
-        self.unwatch(&all).await;
+        self.node.unsubscribe(self.id(), &all).await;
     }
 }
 

@@ -2,6 +2,7 @@
 //! HTTP routes that share its port (`http`), and the publisher endpoint through which
 //! external feeds push ticks in (`publish`).
 
+pub mod frames;
 pub mod http;
 pub mod publish;
 pub mod ws;

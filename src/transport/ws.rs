@@ -1,312 +1,158 @@
-//! The WebSocket transport: one reader and one writer per connection.
+//! The WebSocket transport of the subscriber stream: one reader and one writer per
+//! connection, moving frames for a [`Session`].
 //!
-//! The reader turns frames into session commands and enforces the inbound limits. The
-//! writer drains the session's queue and sends everything queued as one frame holding a
-//! JSON array, pings on the heartbeat, closes silent connections, catches up
-//! subscriptions that fell behind, and closes with the code the situation calls for.
+//! The reader turns frames into whole messages ([`frames`](super::frames)) and hands
+//! them to the session; the writer writes what the session's [`Outbound`] says — every
+//! queued message as one frame holding a JSON array, a Ping for the heartbeat, the
+//! close — and answers the client's Pings. Limits, deadlines and catching up are the
+//! session's.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use fastwebsockets::{
-    Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite,
-};
+use fastwebsockets::{Frame, OpCode, Payload, WebSocket, WebSocketRead, WebSocketWrite};
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 
+use super::frames::{self, Message, Reassembler};
 use crate::auth::Claims;
-use crate::hub::Hub;
 use crate::node::Node;
-use crate::session::outbox::Outbox;
-use crate::session::{close, Flow, Session};
-
-/// Most messages taken from the queue for one frame.
-pub const MAX_BATCH: usize = 512;
-
-enum Ctrl {
-    Pong(Vec<u8>),
-    Close(u16, &'static str),
-}
+use crate::protocol::CloseCode;
+use crate::session::{Flow, Inbound, Out, Outbound, Session, Transport};
 
 /// Runs one WebSocket connection to its end, then frees the session.
 pub async fn serve<S>(node: Arc<Node>, ws: WebSocket<S>, claims: Option<Claims>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let expires = claims
-        .as_ref()
-        .map(|c| tokio::time::Instant::now() + c.remaining());
-    let (mut session, rx) = Session::new(node.clone(), claims);
-    let outbox = session.outbox().clone();
-    outbox.send(session.welcome("json")).await;
+    let (mut session, outbound) = Session::new(node.clone(), claims, Transport::WebSocket);
+    let max = node.settings.max_msg_bytes;
+    let timeout = node.settings.send_timeout;
 
     let (mut read, write) = ws.split(tokio::io::split);
     read.set_auto_close(false);
     read.set_auto_pong(false);
-    read.set_max_message_size(node.settings.max_msg_bytes.saturating_add(1));
+    read.set_max_message_size(max.saturating_add(1));
 
-    let clock = Clock::new();
-    let (ctrl_tx, ctrl_rx) = mpsc::channel(16);
-    let mut writer = tokio::spawn(write_loop(
-        node.clone(),
-        write,
-        rx,
-        ctrl_rx,
-        outbox,
-        clock.clone(),
-        expires,
-    ));
-
+    let (pong_tx, pong_rx) = mpsc::channel(16);
+    let mut writer = tokio::spawn(write_loop(write, outbound, pong_rx, timeout));
     let ended = tokio::select! {
-        flow = read_loop(&node, &mut read, &mut session, &ctrl_tx, &clock) => Some(flow),
+        flow = read_loop(&mut read, &mut session, &pong_tx, max) => Some(flow),
         _ = &mut writer => None,
     };
     if let Some(flow) = ended {
-        if let Flow::Close(code, reason) = flow {
-            let _ = ctrl_tx.send(Ctrl::Close(code, reason)).await;
+        if flow == Flow::Continue {
+            // The client went away: the writer stops at its next turn.
+            drop(pong_tx);
         }
-        drop(ctrl_tx);
-        if tokio::time::timeout(node.settings.send_timeout, &mut writer)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(timeout, &mut writer).await.is_err() {
             writer.abort();
         }
     }
     session.finish().await;
 }
 
-/// When the peer was last heard from, in milliseconds since the connection opened.
-#[derive(Clone)]
-struct Clock {
-    start: Instant,
-    last_heard_ms: Arc<AtomicU64>,
-}
-
-impl Clock {
-    fn new() -> Clock {
-        Clock {
-            start: Instant::now(),
-            last_heard_ms: Arc::new(AtomicU64::new(0)),
-        }
-    }
-    fn heard(&self) {
-        let ms = self.start.elapsed().as_millis() as u64;
-        self.last_heard_ms.store(ms, Ordering::Relaxed);
-    }
-    fn last_heard(&self) -> tokio::time::Instant {
-        let ms = self.last_heard_ms.load(Ordering::Relaxed);
-        tokio::time::Instant::from_std(self.start + Duration::from_millis(ms))
-    }
-}
-
 type Reader<S> = WebSocketRead<ReadHalf<S>>;
 
-/// One whole inbound message, as the session sees it.
-enum Inbound<'a> {
-    /// A text message (its bytes are parsed in place, without a copy).
-    Text(Payload<'a>),
-    /// A text message whose payload is not UTF-8.
-    BadUtf8,
-    /// A binary message: commands are text only.
-    Binary,
-}
-
-/// Reads until the connection ends or must close. Each whole message is rate-limited
-/// once and handed to the session once, however many frames it came in.
+/// Reads until the connection ends (`Flow::Continue`) or must close (`Flow::Close`,
+/// already passed to the session's outbound side).
 async fn read_loop<S>(
-    node: &Node,
     read: &mut Reader<S>,
     session: &mut Session,
-    ctrl: &mpsc::Sender<Ctrl>,
-    clock: &Clock,
+    pongs: &mpsc::Sender<Vec<u8>>,
+    max: usize,
 ) -> Flow
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let max = node.settings.max_msg_bytes;
-    let mut partial: Vec<u8> = Vec::new();
-    let mut partial_op: Option<OpCode> = None;
+    let mut whole = Reassembler::new(max);
     loop {
         let got = read
             .read_frame::<_, std::io::Error>(&mut |_| std::future::ready(Ok(())))
             .await;
-        let msg = match got {
-            Err(WebSocketError::FrameTooLarge) => {
-                return Flow::Close(close::TOO_BIG, "message too big")
-            }
-            Err(WebSocketError::InvalidUTF8) => {
-                clock.heard();
-                Inbound::BadUtf8
-            }
-            Err(_) => return Flow::Continue,
+        let msg = match got.map_err(frames::read_error) {
             Ok(frame) => {
-                clock.heard();
-                let (op, fin) = (frame.opcode, frame.fin);
-                match op {
-                    OpCode::Close => return Flow::Close(close::NORMAL, ""),
-                    OpCode::Ping => {
-                        let _ = ctrl.send(Ctrl::Pong(frame.payload.to_vec())).await;
-                        continue;
-                    }
-                    OpCode::Pong => continue,
-                    OpCode::Binary if fin && partial_op.is_none() => Inbound::Binary,
-                    OpCode::Text if fin && partial_op.is_none() => Inbound::Text(frame.payload),
-                    OpCode::Text | OpCode::Binary | OpCode::Continuation => {
-                        let starts = op != OpCode::Continuation;
-                        if starts == partial_op.is_some() {
-                            return Flow::Close(1002, "unexpected continuation frame");
-                        }
-                        if starts {
-                            partial_op = Some(op);
-                            partial.clear();
-                        }
-                        if partial.len() + frame.payload.len() > max {
-                            return Flow::Close(close::TOO_BIG, "message too big");
-                        }
-                        partial.extend_from_slice(&frame.payload);
-                        if !fin {
-                            continue;
-                        }
-                        let whole = std::mem::take(&mut partial);
-                        match partial_op.take() {
-                            Some(OpCode::Binary) => Inbound::Binary,
-                            _ if std::str::from_utf8(&whole).is_err() => Inbound::BadUtf8,
-                            _ => Inbound::Text(Payload::Owned(whole)),
-                        }
-                    }
+                session.heard();
+                match whole.push(frame) {
+                    Ok(Some(m)) => m,
+                    Ok(None) => continue,
+                    Err((code, reason)) => return session.close(code, reason),
                 }
             }
+            Err(Ok(m)) => m,
+            Err(Err(Some((code, reason)))) => return session.close(code, reason),
+            Err(Err(None)) => return Flow::Continue,
         };
-        if let Some(flow) = session.admit().await {
-            if flow != Flow::Continue {
-                return flow;
+        let inbound = match msg {
+            Message::Close => return session.close(CloseCode::Normal, ""),
+            Message::Ping(p) => {
+                let _ = pongs.send(p.to_vec()).await;
+                continue;
             }
-            continue;
-        }
-        match msg {
-            Inbound::Text(mut text) => session.handle_text(text.to_mut()).await,
-            Inbound::BadUtf8 => session.refuse("text frame is not valid UTF-8").await,
-            Inbound::Binary => {
-                session
-                    .refuse("binary frames are not accepted; send commands as JSON text")
-                    .await
+            Message::Pong => continue,
+            Message::Text(mut text) => {
+                let flow = session.receive(Inbound::Text(text.to_mut())).await;
+                if flow != Flow::Continue {
+                    return flow;
+                }
+                continue;
             }
+            Message::BadUtf8 => Inbound::BadUtf8,
+            Message::Binary(_) => Inbound::Binary,
+        };
+        let flow = session.receive(inbound).await;
+        if flow != Flow::Continue {
+            return flow;
         }
     }
 }
 
+/// Writes what the session's outbound side says, and Pongs, until the close.
 async fn write_loop<S>(
-    node: Arc<Node>,
     mut write: WebSocketWrite<WriteHalf<S>>,
-    mut rx: mpsc::Receiver<Bytes>,
-    mut ctrl: mpsc::Receiver<Ctrl>,
-    outbox: Arc<Outbox>,
-    clock: Clock,
-    expires: Option<tokio::time::Instant>,
+    mut out: Outbound,
+    mut pongs: mpsc::Receiver<Vec<u8>>,
+    timeout: Duration,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let cfg = &node.settings;
-    let silence = cfg.heartbeat + cfg.heartbeat_grace;
-    let mut ping =
-        tokio::time::interval_at(tokio::time::Instant::now() + cfg.heartbeat, cfg.heartbeat);
-    let mut batch: Vec<Bytes> = Vec::with_capacity(64);
-    let mut frame_buf: Vec<u8> = Vec::with_capacity(4096);
-    let timeout = cfg.send_timeout;
+    let mut frame_buf: Vec<u8> = Vec::new();
     loop {
-        let deadline = clock.last_heard() + silence;
-        tokio::select! {
+        let next = tokio::select! {
             biased;
-            _ = node.shutdown.cancelled() => {
-                let _ = send(&mut write, timeout, Frame::close(close::GOING_AWAY, b"server shutting down")).await;
-                return;
-            }
-            c = ctrl.recv() => match c {
-                Some(Ctrl::Pong(p)) => {
-                    if !send(&mut write, timeout, Frame::pong(Payload::Owned(p))).await {
-                        return;
-                    }
-                    continue;
-                }
-                Some(Ctrl::Close(code, reason)) => {
-                    // What the session queued before closing (errors, replies) goes first.
-                    while let Ok(m) = rx.try_recv() {
-                        batch.push(m);
-                    }
-                    if !batch.is_empty() {
-                        encode_batch(&batch, &mut frame_buf);
-                        if !send(&mut write, timeout, Frame::text(Payload::Borrowed(&frame_buf))).await {
-                            return;
-                        }
-                    }
-                    let _ = send(&mut write, timeout, Frame::close(code, reason.as_bytes())).await;
-                    return;
-                }
-                None => return,
-            },
-            n = rx.recv_many(&mut batch, MAX_BATCH) => {
-                if n == 0 {
-                    return;
-                }
-            }
-            _ = outbox.overflow_notified() => {}
-            _ = sleep_until_some(expires) => {
-                let _ = send(&mut write, timeout, Frame::close(close::POLICY, b"token expired")).await;
-                return;
-            }
-            _ = ping.tick() => {
-                if !send(&mut write, timeout, Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[]))).await {
+            p = pongs.recv() => {
+                let Some(p) = p else { return };
+                if !send(&mut write, timeout, Frame::pong(Payload::Owned(p))).await {
                     return;
                 }
                 continue;
             }
-            _ = tokio::time::sleep_until(deadline) => {
-                if clock.last_heard() + silence <= tokio::time::Instant::now() {
-                    let _ = send(&mut write, timeout, Frame::close(close::NORMAL, b"heartbeat timeout")).await;
-                    return;
-                }
-                continue;
+            next = out.next() => next,
+        };
+        let sent = match next {
+            Out::Messages(msgs) => {
+                encode_batch(msgs, &mut frame_buf);
+                send(
+                    &mut write,
+                    timeout,
+                    Frame::text(Payload::Borrowed(&frame_buf)),
+                )
+                .await
             }
-        }
-        if outbox.overflowed() {
-            let _ = send(
-                &mut write,
-                timeout,
-                Frame::close(close::SLOW_CONSUMER, b"slow consumer"),
-            )
-            .await;
+            Out::Heartbeat => {
+                let ping = Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[]));
+                send(&mut write, timeout, ping).await
+            }
+            Out::Close(code, reason) => {
+                let close = Frame::close(code.code(), reason.as_bytes());
+                let _ = send(&mut write, timeout, close).await;
+                return;
+            }
+        };
+        if !sent {
             return;
         }
-        if outbox.has_lagging() && rx.is_empty() {
-            for (slot, behind) in outbox.take_lagging() {
-                Hub::catch_up(&slot, &behind, &mut batch);
-            }
-        }
-        if batch.is_empty() {
-            continue;
-        }
-        encode_batch(&batch, &mut frame_buf);
-        batch.clear();
-        if !send(
-            &mut write,
-            timeout,
-            Frame::text(Payload::Borrowed(&frame_buf)),
-        )
-        .await
-        {
-            return;
-        }
-    }
-}
-
-/// Sleeps until `at`, or forever when there is no deadline.
-async fn sleep_until_some(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -12,10 +12,10 @@
 //! | `tickstream:owner:{S}` | string; id of the feed publishing `S` (a lease with expiry) |
 //!
 //! A node keeps one connection per Redis server (one in all for a single server, one per
-//! master for a cluster) which carries its subscriptions and its reads. Interest is
-//! counted per symbol: the first local subscriber subscribes the channel, the last one
-//! leaving unsubscribes it, batched into one command (one pipeline per shard in cluster
-//! mode, where `SSUBSCRIBE` takes one slot per command). Ticks received go straight to the
+//! master for a cluster) which carries its subscriptions and its reads. The node tells
+//! the bus when to watch a symbol (its first local subscriber) and when to stop (the
+//! last one left); each call is one command for all its symbols (one pipeline per shard
+//! in cluster mode, where `SSUBSCRIBE` takes one slot per command). Ticks received go straight to the
 //! hub from the connection's reader, so a node's hub sees the order Redis delivered.
 //!
 //! When Redis goes away the node keeps its clients, reports unhealthy, reconnects with
@@ -25,12 +25,12 @@
 mod publisher;
 pub mod shards;
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use redis::{PushInfo, PushKind, Value};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -195,8 +195,9 @@ struct Inner {
     keys: Keys,
     hub: Arc<Hub>,
     links: RwLock<Option<Arc<Links>>>,
-    /// Local interest per symbol; the lock also serializes (un)subscriptions.
-    wanted: tokio::sync::Mutex<HashMap<Symbol, usize>>,
+    /// The symbols whose channels the node watches (the node decides when), subscribed
+    /// again after a reconnection. Never held across a Redis call.
+    watched: Mutex<HashSet<Symbol>>,
     healthy: AtomicBool,
     broken: Notify,
     generation: AtomicU64,
@@ -228,7 +229,7 @@ impl RedisBus {
             cfg,
             hub,
             links: RwLock::new(None),
-            wanted: tokio::sync::Mutex::new(HashMap::new()),
+            watched: Mutex::new(HashSet::new()),
             healthy: AtomicBool::new(false),
             broken: Notify::new(),
             generation: AtomicU64::new(0),
@@ -348,11 +349,8 @@ async fn supervise(inner: Arc<Inner>, stop: CancellationToken) {
         drop(old);
         tracing::warn!(redis = %inner.cfg.describe(), "lost Redis; clients stay connected, reconnecting");
         // Every watched symbol will need its missed range announced and a snapshot.
-        {
-            let wanted = inner.wanted.lock().await;
-            let syms: Vec<Symbol> = wanted.keys().cloned().collect();
-            inner.hub.mark_stale(&syms);
-        }
+        let syms: Vec<Symbol> = inner.watched.lock().iter().cloned().collect();
+        inner.hub.mark_stale(&syms);
         let mut backoff = Backoff::new(inner.cfg.backoff_max);
         loop {
             let wait = backoff.failed();
@@ -390,8 +388,7 @@ async fn ping_all(inner: &Inner) -> bool {
 
 async fn reconnect(inner: &Arc<Inner>) -> redis::RedisResult<()> {
     let links = connect_links(inner).await?;
-    let wanted = inner.wanted.lock().await;
-    let syms: Vec<Symbol> = wanted.keys().cloned().collect();
+    let syms: Vec<Symbol> = inner.watched.lock().iter().cloned().collect();
     subscribe(inner, &links, &syms, true).await?;
     let last = fetch_last(inner, &links, &syms).await?;
     for (s, t) in syms.iter().zip(last) {
@@ -399,7 +396,17 @@ async fn reconnect(inner: &Arc<Inner>) -> redis::RedisResult<()> {
     }
     *inner.links.write() = Some(Arc::new(links));
     inner.healthy.store(true, Ordering::Release);
-    drop(wanted);
+    // A symbol watched while the new links were being made (its watch failed, the
+    // links were down) is subscribed by the session's retry; one unwatched meanwhile
+    // was subscribed here for nothing: drop it.
+    let gone: Vec<Symbol> = {
+        let watched = inner.watched.lock();
+        syms.into_iter().filter(|s| !watched.contains(s)).collect()
+    };
+    let links = inner.links.read().clone();
+    if let Some(links) = links {
+        let _ = subscribe(inner, &links, &gone, false).await;
+    }
     Ok(())
 }
 
@@ -575,64 +582,59 @@ impl Bus for RedisBus {
     fn watch<'a>(&'a self, symbols: &'a [Symbol]) -> BoxFuture<'a, Result<(), BusError>> {
         Box::pin(async move {
             let inner = &*self.inner;
-            let mut wanted = inner.wanted.lock().await;
-            let mut fresh: Vec<Symbol> = Vec::new();
-            for s in symbols {
-                if wanted.get(s).copied().unwrap_or(0) == 0 && !fresh.contains(s) {
-                    fresh.push(s.clone());
+            if symbols.is_empty() {
+                return Ok(());
+            }
+            let links = inner
+                .links
+                .read()
+                .clone()
+                .ok_or_else(|| unavailable(inner, "down, reconnecting"))?;
+            inner.watched.lock().extend(symbols.iter().cloned());
+            let undo = || {
+                let mut watched = inner.watched.lock();
+                for s in symbols {
+                    watched.remove(s);
+                }
+            };
+            if let Err(e) = subscribe(inner, &links, symbols, true).await {
+                if is_redirect(&e) {
+                    // The cluster's slots moved: reconnect, which reads the map again.
+                    inner.broken.notify_one();
+                }
+                undo();
+                let _ = subscribe(inner, &links, symbols, false).await;
+                return Err(unavailable(inner, e));
+            }
+            match fetch_last(inner, &links, symbols).await {
+                Ok(last) => {
+                    for t in last.into_iter().flatten() {
+                        inner.hub.seed(t);
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    undo();
+                    let _ = subscribe(inner, &links, symbols, false).await;
+                    Err(unavailable(inner, e))
                 }
             }
-            if !fresh.is_empty() {
-                let links = inner
-                    .links
-                    .read()
-                    .clone()
-                    .ok_or_else(|| unavailable(inner, "down, reconnecting"))?;
-                if let Err(e) = subscribe(inner, &links, &fresh, true).await {
-                    if is_redirect(&e) {
-                        // The cluster's slots moved: reconnect, which reads the map again.
-                        inner.broken.notify_one();
-                    }
-                    let _ = subscribe(inner, &links, &fresh, false).await;
-                    return Err(unavailable(inner, e));
-                }
-                match fetch_last(inner, &links, &fresh).await {
-                    Ok(last) => {
-                        for t in last.into_iter().flatten() {
-                            inner.hub.seed(t);
-                        }
-                    }
-                    Err(e) => {
-                        let _ = subscribe(inner, &links, &fresh, false).await;
-                        return Err(unavailable(inner, e));
-                    }
-                }
-            }
-            for s in symbols {
-                *wanted.entry(s.clone()).or_insert(0) += 1;
-            }
-            Ok(())
         })
     }
 
     fn unwatch<'a>(&'a self, symbols: &'a [Symbol]) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             let inner = &*self.inner;
-            let mut wanted = inner.wanted.lock().await;
-            let mut gone: Vec<Symbol> = Vec::new();
-            for s in symbols {
-                if let Some(n) = wanted.get_mut(s) {
-                    *n -= 1;
-                    if *n == 0 {
-                        wanted.remove(s);
-                        gone.push(s.clone());
-                    }
+            {
+                let mut watched = inner.watched.lock();
+                for s in symbols {
+                    watched.remove(s);
                 }
             }
             let links = inner.links.read().clone();
             if let Some(links) = links {
-                if let Err(e) = subscribe(inner, &links, &gone, false).await {
-                    // The reconnection subscribes only what is wanted; until then the
+                if let Err(e) = subscribe(inner, &links, symbols, false).await {
+                    // The reconnection subscribes only what is watched; until then the
                     // hub receives a few ticks nobody here wants.
                     tracing::warn!(error = %e, "unsubscribing from Redis failed");
                 }

@@ -11,11 +11,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use parking_lot::{Mutex, RwLock};
+use indexmap::IndexMap;
+use parking_lot::Mutex;
 
 use crate::protocol::{GapReason, ResumeFrom, ServerMsg};
-use crate::session::outbox::{Behind, Outbox, NEED_SNAPSHOT};
 use crate::tick::{Kind, Symbol, Tick};
+
+pub mod queue;
+
+pub use queue::{Behind, Outbox, SlowPolicy, NEED_SNAPSHOT};
 
 /// A tick as the hub keeps it: decoded, and encoded once as a `tick` message.
 #[derive(Debug)]
@@ -42,13 +46,30 @@ impl Entry {
 struct Subscriber {
     outbox: Arc<Outbox>,
     behind: Behind,
+    /// What the first message this subscriber gets must be, while the symbol has no value.
+    first: First,
+}
+
+/// How a subscription that started before its symbol had any value begins.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum First {
+    /// Already streaming.
+    Live,
+    /// The first value is sent as its `snapshot`.
+    Snapshot,
+    /// The client holds this position: the first value continues it as a tick when it
+    /// is the next one, else it is announced (`gap`) and sent as a `snapshot`.
+    After(ResumeFrom),
 }
 
 #[derive(Default)]
 struct SlotState {
     latest: Option<Arc<Entry>>,
     history: VecDeque<Arc<Entry>>,
-    subscribers: Vec<Subscriber>,
+    /// By session id: found, added and removed in O(1), iterated densely.
+    subscribers: IndexMap<u64, Subscriber>,
+    /// Subscribers still waiting for their first message (see [`First`]).
+    waiting_first: usize,
     /// The bus lost this symbol for a while: the next value is announced with a `gap`
     /// for what was missed and sent as a fresh `snapshot`.
     stale: bool,
@@ -84,9 +105,10 @@ pub struct HubStats {
     pub dropped_slow: AtomicU64,
 }
 
-/// The registry of symbols and subscribers of one node.
+/// The registry of symbols and subscribers of one node. The symbol table is fixed when
+/// the hub is made, so looking a symbol up takes no lock.
 pub struct Hub {
-    slots: RwLock<HashMap<Symbol, Arc<Slot>>>,
+    slots: HashMap<Symbol, Arc<Slot>>,
     history_len: usize,
     stats: HubStats,
 }
@@ -117,7 +139,7 @@ impl Hub {
             })
             .collect();
         Hub {
-            slots: RwLock::new(slots),
+            slots,
             history_len: history_len.max(1),
             stats: HubStats::default(),
         }
@@ -130,12 +152,12 @@ impl Hub {
 
     /// Whether this node serves `symbol`.
     pub fn serves(&self, symbol: &str) -> bool {
-        self.slots.read().contains_key(symbol)
+        self.slots.contains_key(symbol)
     }
 
     /// Every symbol served, sorted.
     pub fn symbols(&self) -> Vec<Symbol> {
-        let mut v: Vec<Symbol> = self.slots.read().keys().cloned().collect();
+        let mut v: Vec<Symbol> = self.slots.keys().cloned().collect();
         v.sort();
         v
     }
@@ -145,8 +167,8 @@ impl Hub {
         self.slot(symbol).map(|s| s.symbol.clone())
     }
 
-    fn slot(&self, symbol: &str) -> Option<Arc<Slot>> {
-        self.slots.read().get(symbol).cloned()
+    fn slot(&self, symbol: &str) -> Option<&Arc<Slot>> {
+        self.slots.get(symbol)
     }
 
     /// The latest tick of `symbol`, if it has one.
@@ -203,9 +225,20 @@ impl Hub {
         self.stats.ticks.fetch_add(1, Ordering::Relaxed);
 
         let snapshot = (reset || std::mem::take(&mut st.stale)).then(|| entry.snapshot_json());
+        // Subscribers that came before the symbol's first value get it as a snapshot
+        // (or as the continuation of the position they resumed from).
+        let waiting = std::mem::take(&mut st.waiting_first) > 0;
         let mut delivered = 0usize;
         let mut dropped = 0u64;
-        for sub in &st.subscribers {
+        for sub in st.subscribers.values() {
+            if waiting && sub.first != First::Live {
+                if first_message(&st, slot, sub, &entry) {
+                    delivered += 1;
+                } else {
+                    dropped += 1;
+                }
+                continue;
+            }
             if sub.behind.load(Ordering::Acquire) != 0 {
                 if reset {
                     // What it missed belongs to the old epoch: it catches up with a
@@ -218,22 +251,25 @@ impl Hub {
             if let Some(note) = &announce {
                 if !sub
                     .outbox
-                    .push(&slot, &sub.behind, note.clone(), NEED_SNAPSHOT)
+                    .push(slot, &sub.behind, note.clone(), NEED_SNAPSHOT)
                 {
                     dropped += 1;
                     continue;
                 }
             }
             let ok = match &snapshot {
-                Some(s) => sub
-                    .outbox
-                    .push(&slot, &sub.behind, s.clone(), NEED_SNAPSHOT),
-                None => sub.outbox.push(&slot, &sub.behind, entry.json.clone(), seq),
+                Some(s) => sub.outbox.push(slot, &sub.behind, s.clone(), NEED_SNAPSHOT),
+                None => sub.outbox.push(slot, &sub.behind, entry.json.clone(), seq),
             };
             if ok {
                 delivered += 1;
             } else {
                 dropped += 1;
+            }
+        }
+        if waiting {
+            for sub in st.subscribers.values_mut() {
+                sub.first = First::Live;
             }
         }
         drop(st);
@@ -250,10 +286,12 @@ impl Hub {
 
     /// Adds a subscriber to `symbol`, first queueing what `start` asks for (a snapshot,
     /// or a replay from history with `gap`s for what is gone), all under the symbol's
-    /// lock so that live ticks follow without a hole or a duplicate.
+    /// lock so that live ticks follow without a hole or a duplicate. A symbol that has
+    /// no value yet sends its first one as the snapshot.
     ///
-    /// Returns false when the symbol is not served here. Subscribing twice replaces
-    /// nothing and queues nothing.
+    /// Returns false when the symbol is not served here. Subscribing twice queues
+    /// nothing, unless `start` resumes from a position: then the subscription restarts
+    /// from there (how a client re-syncs after it saw a hole).
     pub fn subscribe(
         &self,
         symbol: &str,
@@ -265,24 +303,42 @@ impl Hub {
             return false;
         };
         let mut st = slot.state.lock();
-        if st.subscribers.iter().any(|s| s.outbox.id() == outbox.id()) {
-            return true;
+        if st.subscribers.contains_key(&outbox.id()) {
+            if start.resume.is_none() {
+                return true;
+            }
+            remove(&mut st, outbox.id());
         }
         behind.store(0, Ordering::Release);
-        if let Some(latest) = st.latest.clone() {
-            let push = |msg: Bytes, missed: u64| outbox.push(&slot, behind, msg, missed);
-            match &start.resume {
-                Some(from) => replay(&st, &slot.symbol, &latest, from, &start.backfill, push),
-                None if start.snapshot => {
-                    push(latest.snapshot_json(), NEED_SNAPSHOT);
+        let first = match st.latest.clone() {
+            Some(latest) => {
+                let push = |msg: Bytes, missed: u64| outbox.push(slot, behind, msg, missed);
+                match &start.resume {
+                    Some(from) => replay(&st, &slot.symbol, &latest, from, &start.backfill, push),
+                    None if start.snapshot => {
+                        push(latest.snapshot_json(), NEED_SNAPSHOT);
+                    }
+                    None => {}
                 }
-                None => {}
+                First::Live
             }
+            None => match &start.resume {
+                Some(from) => First::After(from.clone()),
+                None if start.snapshot => First::Snapshot,
+                None => First::Live,
+            },
+        };
+        if first != First::Live {
+            st.waiting_first += 1;
         }
-        st.subscribers.push(Subscriber {
-            outbox: outbox.clone(),
-            behind: behind.clone(),
-        });
+        st.subscribers.insert(
+            outbox.id(),
+            Subscriber {
+                outbox: outbox.clone(),
+                behind: behind.clone(),
+                first,
+            },
+        );
         true
     }
 
@@ -291,17 +347,7 @@ impl Hub {
         let Some(slot) = self.slot(symbol) else {
             return false;
         };
-        let mut st = slot.state.lock();
-        let before = st.subscribers.len();
-        st.subscribers.retain(|s| {
-            if s.outbox.id() == session {
-                s.behind.store(0, Ordering::Release);
-                false
-            } else {
-                true
-            }
-        });
-        before != st.subscribers.len()
+        remove(&mut slot.state.lock(), session)
     }
 
     /// Takes `tick` (read from the bus's store) as the latest value of a symbol that no
@@ -374,10 +420,10 @@ impl Hub {
             return;
         };
         let snap = latest.snapshot_json();
-        for sub in &st.subscribers {
+        for sub in st.subscribers.values() {
             if sub.behind.load(Ordering::Acquire) == 0 {
                 sub.outbox
-                    .push(&slot, &sub.behind, snap.clone(), NEED_SNAPSHOT);
+                    .push(slot, &sub.behind, snap.clone(), NEED_SNAPSHOT);
             }
         }
     }
@@ -431,6 +477,38 @@ impl Hub {
         }
         if to >= missed {
             out.push(latest.json.clone());
+        }
+    }
+}
+
+/// Takes a subscriber out of a symbol's state; whether it was there.
+fn remove(st: &mut SlotState, session: u64) -> bool {
+    match st.subscribers.swap_remove(&session) {
+        Some(sub) => {
+            sub.behind.store(0, Ordering::Release);
+            if sub.first != First::Live {
+                st.waiting_first -= 1;
+            }
+            true
+        }
+        None => false,
+    }
+}
+
+/// Queues the first message of a subscriber that came before its symbol had a value,
+/// now that `entry` is the first one. Returns whether it was queued.
+fn first_message(st: &SlotState, slot: &Arc<Slot>, sub: &Subscriber, entry: &Entry) -> bool {
+    let push = |msg: Bytes, missed: u64| sub.outbox.push(slot, &sub.behind, msg, missed);
+    match &sub.first {
+        First::Live => true,
+        First::Snapshot => push(entry.snapshot_json(), NEED_SNAPSHOT),
+        First::After(from) => {
+            let mut ok = true;
+            replay(st, &slot.symbol, entry, from, &[], |m, missed| {
+                ok = push(m, missed);
+                ok
+            });
+            ok
         }
     }
 }
@@ -514,8 +592,8 @@ fn replay(
 
 #[cfg(test)]
 mod tests {
+    use super::queue::SlowPolicy;
     use super::*;
-    use crate::session::outbox::SlowPolicy;
     use std::sync::atomic::AtomicU64;
 
     fn tick(seq: u64) -> Tick {
@@ -657,8 +735,8 @@ mod tests {
 
 #[cfg(test)]
 mod conflation_tests {
+    use super::queue::SlowPolicy;
     use super::*;
-    use crate::session::outbox::SlowPolicy;
 
     fn tick(epoch: &str, seq: u64) -> Tick {
         Tick {

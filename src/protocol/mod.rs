@@ -3,6 +3,8 @@
 //! Commands are parsed with simd-json from the frame's own buffer. Server messages are
 //! JSON objects; the transport sends one or more of them per frame as a JSON array.
 
+mod close;
+
 use std::collections::HashMap;
 use std::fmt;
 
@@ -11,6 +13,8 @@ use simd_json::prelude::*;
 use simd_json::BorrowedValue;
 
 use crate::tick::{now_ns, valid_symbol};
+
+pub use close::CloseCode;
 
 /// Error codes of the `error` message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -1,0 +1,112 @@
+//! A feed running inside a node: its producing thread, and the pump thread that hands
+//! what it produces to the bus, in order.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use super::{ReplayConfig, SynthConfig, Universe};
+use crate::bus::Bus;
+use crate::hub::Hub;
+use crate::tick::Tick;
+
+/// Ticks buffered between a feed thread and the bus.
+const FEED_BUFFER: usize = 65_536;
+
+/// A feed's producing thread, the pump that hands its ticks to the bus, and the flag
+/// that stops them.
+pub struct FeedThreads {
+    stop: Arc<AtomicBool>,
+    producer: Box<dyn FnOnce() + Send>,
+    pump: std::thread::JoinHandle<()>,
+}
+
+impl FeedThreads {
+    /// Starts a feed: `produce` spawns the producing thread, given the channel sender and
+    /// the stop flag; a pump thread forwards what it sends to `bus`.
+    pub fn start<R: Send + 'static>(
+        bus: Arc<dyn Bus>,
+        produce: impl FnOnce(
+            crossbeam_channel::Sender<Tick>,
+            Arc<AtomicBool>,
+        ) -> std::thread::JoinHandle<R>,
+    ) -> FeedThreads {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = crossbeam_channel::bounded::<Tick>(FEED_BUFFER);
+        let producer = produce(tx, stop.clone());
+        let pump = std::thread::Builder::new()
+            .name("feed-pump".into())
+            .spawn(move || pump(rx, bus))
+            .expect("spawning the feed pump thread");
+        FeedThreads {
+            stop,
+            producer: Box::new(move || {
+                let _ = producer.join();
+            }),
+            pump,
+        }
+    }
+
+    /// Stops the feed and waits for both threads.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Release);
+        (self.producer)();
+        let _ = self.pump.join();
+    }
+}
+
+impl FeedThreads {
+    /// Starts the synthetic generator over `universe`, publishing on `bus`.
+    pub fn synthetic(universe: Universe, config: SynthConfig, bus: Arc<dyn Bus>) -> FeedThreads {
+        let epoch = crate::tick::new_epoch();
+        tracing::info!(rate = config.rate, seed = config.seed, %epoch, symbols = universe.len(), "synthetic feed");
+        FeedThreads::start(bus, move |tx, stop| {
+            super::synthetic::spawn(universe, config, epoch, tx, stop)
+        })
+    }
+
+    /// Checks the whole recording at `path` (so a bad file stops the start with its
+    /// line number), then plays it on its own thread into `bus`.
+    pub fn replay(
+        path: &std::path::Path,
+        config: ReplayConfig,
+        hub: &Hub,
+        bus: Arc<dyn Bus>,
+    ) -> anyhow::Result<FeedThreads> {
+        let scan = super::replay::scan(path, &config)?;
+        tracing::info!(
+            file = %path.display(),
+            ticks = scan.ticks,
+            symbols = scan.symbols,
+            span_ms = scan.span.as_millis() as u64,
+            speed = %config.speed,
+            looping = config.looping,
+            "replay feed"
+        );
+        let unserved: Vec<&str> = scan
+            .symbol_names
+            .iter()
+            .filter(|s| !hub.serves(s))
+            .map(|s| &**s)
+            .collect();
+        if !unserved.is_empty() {
+            tracing::warn!(
+                count = unserved.len(),
+                first = %unserved[..unserved.len().min(10)].join(","),
+                "the recording has symbols outside the universe; their ticks are dropped (see --universe)"
+            );
+        }
+        let path = path.to_owned();
+        Ok(FeedThreads::start(bus, move |tx, stop| {
+            super::replay::spawn(path, config, tx, stop, Default::default())
+        }))
+    }
+}
+
+/// Hands every tick a feed thread produces to the bus, in order, until the feed ends.
+pub fn pump(rx: crossbeam_channel::Receiver<Tick>, bus: Arc<dyn Bus>) {
+    for tick in rx {
+        if let Err(e) = bus.publish(tick) {
+            tracing::warn!(error = %e, "publish failed");
+        }
+    }
+}
