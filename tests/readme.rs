@@ -394,8 +394,24 @@ impl Run {
                 cmd,
                 expect: vec![],
             });
+            if !args.contains(&"none") {
+                run.wait_for_values();
+            }
         }
         run
+    }
+
+    /// Until the symbols the examples use have had a first tick, as they have on a node
+    /// that has run for a moment.
+    fn wait_for_values(&self) {
+        let url = format!(
+            "127.0.0.1:{}/v1/snapshot?symbols=AAPL,MSFT,BTC-USD,EUR/USD",
+            self.ports.node
+        );
+        wait_for("a first tick of the symbols the examples use", || {
+            let out = Command::new("curl").args(["-s", &url]).output().unwrap();
+            serde_json::from_slice::<Vec<Value>>(&out.stdout).is_ok_and(|v| v.len() == 4)
+        });
     }
 
     /// `bash -c SCRIPT` in the block's directory, its stderr into its stdout, with the
@@ -440,7 +456,8 @@ impl Run {
         if serve {
             self.wait_healthy();
         } else {
-            std::thread::sleep(Duration::from_secs(1));
+            // A feed in the background: give it time to connect and claim its symbols.
+            std::thread::sleep(Duration::from_secs(2));
         }
     }
 
