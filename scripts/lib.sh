@@ -30,3 +30,12 @@ need_cargo_tool() {
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
+
+# absolute PATH: prints PATH made absolute against the current directory (the path
+# need not exist). Child processes that change directory then still find it.
+absolute() {
+  case $1 in
+    /*) printf '%s\n' "$1" ;;
+    *) printf '%s\n' "$PWD/${1#./}" ;;
+  esac
+}

@@ -133,21 +133,29 @@ async fn welcome_with_cookie(nginx: &Nginx, key: &str) -> String {
 }
 
 /// `scripts/cluster` starts Redis, a feed, three nodes and nginx, prints the URLs, and
-/// `scripts/cluster stop` stops exactly those processes.
+/// `scripts/cluster stop` stops exactly those processes. It runs the way the README
+/// says: `scripts/cluster` from the root of a checkout (a throw-away copy of `scripts/`
+/// and `feeds/`), with its default state directory and feed rate and no `TICKSTREAM_*`
+/// variable but `TICKSTREAM_BIN`, which names the binary the tests built.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cluster_script_starts_a_working_cluster_and_stops_exactly_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let script = env::repo_path("scripts/cluster");
+    let root = tempfile::tempdir().unwrap();
+    copy_tree(&env::repo_path("scripts"), &root.path().join("scripts"));
+    copy_tree(&env::repo_path("feeds"), &root.path().join("feeds"));
+    let state = root.path().join("target/cluster");
     let run = |arg: &str| {
-        std::process::Command::new("bash")
-            .arg(&script)
-            .arg(arg)
-            .env("TICKSTREAM_CLUSTER_DIR", dir.path())
+        let mut cmd = std::process::Command::new("scripts/cluster");
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("TICKSTREAM_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.arg(arg)
+            .current_dir(root.path())
             .env("TICKSTREAM_BIN", env!("CARGO_BIN_EXE_tickstream"))
-            .env("TICKSTREAM_FEED_ARGS", "--rate 200")
             .stdin(std::process::Stdio::null())
             .output()
-            .expect("bash runs")
+            .expect("scripts/cluster runs")
     };
     // Stops what was started even if the test fails half-way.
     struct Stop<F: FnMut()>(F);
@@ -166,12 +174,29 @@ async fn the_cluster_script_starts_a_working_cluster_and_stops_exactly_it() {
         "{out}{}",
         String::from_utf8_lossy(&started.stderr)
     );
-    let pids: Vec<u32> = std::fs::read_to_string(dir.path().join("pids"))
+    assert!(
+        out.contains(&format!("state in {}", state.display())),
+        "the default state directory, absolute: {out}"
+    );
+    // Redis opened its log in the default (relative) state directory.
+    let redis_log = std::fs::read_to_string(state.join("redis.log")).expect("redis.log");
+    assert!(
+        redis_log.contains("Ready to accept connections"),
+        "{redis_log}"
+    );
+    let pids: Vec<u32> = std::fs::read_to_string(state.join("pids"))
         .unwrap()
         .lines()
         .map(|l| l.split_whitespace().nth(1).unwrap().parse().unwrap())
         .collect();
     assert_eq!(pids.len(), 6, "redis, feed, three nodes, nginx");
+    let status = run("status");
+    let status_out = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(
+        status_out.matches(" running").count(),
+        6,
+        "all six run: {status_out}"
+    );
     let ws = out
         .lines()
         .find(|l| l.trim_start().starts_with("nginx"))
@@ -202,5 +227,19 @@ async fn the_cluster_script_starts_a_working_cluster_and_stops_exactly_it() {
             "process {pid} still runs after stop"
         );
     }
-    assert!(!dir.path().join("pids").exists());
+    assert!(!state.join("pids").exists());
+}
+
+/// Copies the files under `from` to `to`, keeping their permissions.
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let dest = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), &dest).unwrap();
+        }
+    }
 }

@@ -25,7 +25,7 @@ async fn welcome_announces_node_heartbeat_and_limits() {
         w["limits"],
         json!({"max_symbols":77,"max_msg_bytes":4096,"rate_per_s":33})
     );
-    assert!(w["session"].as_str().is_some_and(|s| s.len() == 16));
+    assert!(w["session"].as_str().is_some_and(|s| s.len() == 32));
     run.shutdown().await;
 }
 

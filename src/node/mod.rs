@@ -36,8 +36,6 @@ pub struct Node {
     pub shutdown: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
     pub tasks: TaskTracker,
-    /// Mixed into session ids so they do not reveal a counter.
-    pub session_salt: u64,
     /// Connections open now.
     pub connections: AtomicU64,
     /// Token checking, when auth is enabled.
@@ -76,7 +74,6 @@ impl Node {
             bus,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
-            session_salt: rand::random(),
             connections: AtomicU64::new(0),
             auth,
             publish: Default::default(),

@@ -87,6 +87,8 @@ pub struct Session {
     bucket: TokenBucket,
     strikes: u32,
     claims: Option<Claims>,
+    /// The id sent in `welcome`: 128 random bits, hex (an opaque label, not a secret).
+    label: String,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -114,6 +116,8 @@ impl Session {
             bucket,
             strikes: 0,
             claims,
+            // ThreadRng is a CSPRNG seeded from the OS: one id says nothing of another.
+            label: format!("{:032x}", rand::random::<u128>()),
         };
         let welcome = session.welcome(transport.encoding());
         let out = Outbound::new(node, rx, outbox, life, transport, expires, welcome);
@@ -128,10 +132,9 @@ impl Session {
     /// The `welcome` message.
     fn welcome(&self, encoding: &str) -> Bytes {
         let cfg = &self.node.settings;
-        let session = format!("{:016x}", self.outbox.id() ^ self.node.session_salt);
         ServerMsg::Welcome {
             node: &cfg.node,
-            session: &session,
+            session: &self.label,
             heartbeat_ms: cfg.heartbeat.as_millis() as u64,
             encoding,
             limits: &protocol::Limits {
