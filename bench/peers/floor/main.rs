@@ -43,11 +43,11 @@ struct Cli {
     listen: SocketAddr,
     /// Messages queued per subscriber connection; past it the newest is dropped and
     /// counted.
-    #[arg(long, default_value_t = 4096)]
-    queue: usize,
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    queue: u64,
     /// Most messages written in one frame (tickstream writes at most 512).
-    #[arg(long, default_value_t = 512)]
-    max_batch: usize,
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
+    max_batch: u64,
     /// WebSocket Ping interval on subscriber connections, announced in `welcome` (0: none).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     heartbeat: Duration,
@@ -66,28 +66,38 @@ pub struct Opts {
 type Body = Full<Bytes>;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    anyhow::ensure!(
-        cli.queue > 0 && cli.max_batch > 0,
-        "--queue and --max-batch must be at least 1"
-    );
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tickstream-floor: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> std::io::Result<()> {
     let opts = Arc::new(Opts {
-        queue: cli.queue,
-        max_batch: cli.max_batch,
+        queue: cli.queue as usize,
+        max_batch: cli.max_batch as usize,
         heartbeat: cli.heartbeat,
     });
     let hub = Arc::new(Hub::default());
-    let listener = TcpListener::bind(cli.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cli.listen))?;
+    // The handlers are in place before the port opens: a signal sent once it listens
+    // is never missed.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let listener = TcpListener::bind(cli.listen).await.map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", cli.listen))
+    })?;
     eprintln!("tickstream-floor listening on {}", listener.local_addr()?);
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
             _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
+            _ = int.recv() => break,
             accepted = listener.accept() => {
                 let Ok((tcp, _)) = accepted else { continue };
                 let _ = tcp.set_nodelay(true);

@@ -191,9 +191,15 @@ const heartbeat = setInterval(() => {
   }
 }, HEARTBEAT_MS);
 
-server.listen(port, host, () => {
-  const addr = server.address();
-  console.error(`node-ws listening on ${addr.address}:${addr.port}`);
+// Listen once both Redis connections are ready: a SUBSCRIBE sent while ioredis is still
+// in its connection handshake can collide with it ("Connection in subscriber mode").
+const ready = (client) =>
+  new Promise((resolve) => (client.status === 'ready' ? resolve() : client.once('ready', resolve)));
+Promise.all([ready(redis), ready(sub)]).then(() => {
+  server.listen(port, host, () => {
+    const addr = server.address();
+    console.error(`node-ws listening on ${addr.address}:${addr.port}`);
+  });
 });
 
 function shutdown() {
