@@ -4,8 +4,9 @@
 //! A feed publishes into a real `redis-server`; the page's node joins through it. The
 //! page loads, a symbol is added through the box and ticks within a second; the node is
 //! then killed and started again on the same port, and the page shows its countdown,
-//! reconnects and resumes every symbol from the Redis history with no hole. The picture
-//! is kept in `target/test-artifacts/dashboard.png`.
+//! reconnects and resumes every symbol from the Redis history with no hole. Then Redis
+//! restarts under the node, and the `gap` it announces shows on the rows it hit. The
+//! pictures are kept in `target/test-artifacts/dashboard.png` (and `dashboard-gap.png`).
 
 mod common;
 #[path = "common/redis.rs"]
@@ -129,7 +130,7 @@ fn the_dashboard_adds_a_symbol_and_resumes_after_a_node_restart_without_a_hole()
     let _ = std::fs::remove_file(&shot);
 
     let logs = tempfile::tempdir().unwrap();
-    let redis = RedisServer::start();
+    let mut redis = RedisServer::start();
     let url = redis.url();
     let _feed = Proc::serve(
         "feed",
@@ -183,7 +184,12 @@ fn the_dashboard_adds_a_symbol_and_resumes_after_a_node_restart_without_a_hole()
         driver.expect("RESTART", Duration::from_secs(20));
         server = node(port, "dash-b", &url, logs.path());
         driver.say("RESTARTED");
-        driver.expect("RESULT ", Duration::from_secs(90))
+        driver.expect("GAP", Duration::from_secs(60));
+        redis.kill();
+        std::thread::sleep(Duration::from_millis(500));
+        redis.restart();
+        driver.say("REDIS_RESTARTED");
+        driver.expect("RESULT ", Duration::from_secs(60))
     }));
     let result = match step {
         Ok(line) => line,

@@ -7,6 +7,8 @@
 //   stdin  "KILLED"     the server is gone
 //   stdout "RESTART"    the page shows its reconnect countdown: start the server again
 //   stdin  "RESTARTED"  the server listens again on the same port
+//   stdout "GAP"        the page resumed: restart Redis under the node
+//   stdin  "REDIS_RESTARTED"
 //   stdout "RESULT {…}" what the page counted; exit status 0 when every check held
 "use strict";
 
@@ -78,21 +80,33 @@ async function main() {
   try {
     const page = context.pages()[0] || (await context.newPage());
     page.on("pageerror", (e) => errors.push(String(e)));
-    page.on("console", (m) => { if (m.type() === "error") errors.push(m.text()); });
+    // Chromium logs each refused connection while the node is down; those are expected.
+    page.on("console", (m) => {
+      if (m.type() === "error" && !/^WebSocket connection to .* failed/.test(m.text())) errors.push(m.text());
+    });
 
     // 1. The page loads, connects and shows the default watchlist ticking.
     const resp = await page.goto(url, { waitUntil: "load" });
     check(resp && resp.status() === 200, `GET / answered ${resp && resp.status()}`);
     await until(page, "the connection to be live", () => window.__tickstream.state === "live");
-    const defaults = await page.$$eval("#rows tr", (trs) => trs.map((t) => t.dataset.symbol));
+    const defaults = await page.$$eval("#rows .row", (trs) => trs.map((t) => t.dataset.symbol));
     check(defaults.length >= 3, `a default watchlist, got ${JSON.stringify(defaults)}`);
     check(!defaults.includes(ADDED), `${ADDED} is not among the defaults`);
     await until(page, "every default symbol to show a price", () =>
-      [...document.querySelectorAll("#rows tr .last")].every((td) => td.textContent !== "–"));
+      [...document.querySelectorAll("#rows .row .last")].every((td) => td.textContent !== "–"));
     const node1 = await page.evaluate(() => window.__tickstream.node);
     check(await page.textContent("#st-node") === node1, "the status bar shows the node name");
 
-    // 2. Add a symbol through the box: type part of it, take the suggestion with Enter.
+    // 2. A symbol the node does not serve is refused with a message, and nothing changes.
+    await page.fill("#add-input", "NOPE9");
+    await page.keyboard.press("Enter");
+    const refusal = await page.textContent("#add-msg");
+    check(/not served/.test(refusal), `a refused symbol is explained: "${refusal}"`);
+    const rowsNow = await page.$$eval("#rows .row", (trs) => trs.map((t) => t.dataset.symbol));
+    check(JSON.stringify(rowsNow) === JSON.stringify(defaults), "a refused symbol adds no row");
+    await page.fill("#add-input", "");
+
+    // Add a symbol through the box: type part of it, take the suggestion with Enter.
     await page.focus("#add-input");
     await page.keyboard.type(ADDED.slice(0, 3));
     await page.waitForSelector(`#suggest li >> text=${ADDED}`, { timeout: 5000 });
@@ -103,7 +117,7 @@ async function main() {
       await page.keyboard.press("ArrowDown");
     }
     await page.keyboard.press("Enter");
-    const row = `#rows tr[data-symbol="${ADDED}"]`;
+    const row = `#rows .row[data-symbol="${ADDED}"]`;
     await page.waitForSelector(row, { timeout: 2000 });
     const firstPrice = await until(page, `${ADDED} to show a price`, (sel) => {
       const td = document.querySelector(sel);
@@ -168,20 +182,33 @@ async function main() {
     fs.mkdirSync(path.dirname(shot), { recursive: true });
     await page.screenshot({ path: shot });
 
-    // 5. Keyboard removal, then a reload keeps the list as it was left.
+    // 5. Redis restarts under the node: what the node missed arrives as a `gap`
+    //    (upstream) on the symbols it hit, shown on their rows; still no hole.
+    console.log("GAP");
+    await expectLine("REDIS_RESTARTED");
+    const gapped = await until(page, "a gap shown on a row", () => {
+      const b = [...document.querySelectorAll("#rows .row .badge")].find((e) => !e.hidden);
+      return b ? `${b.closest(".row").dataset.symbol}: ${b.textContent}` : null;
+    }, undefined, 30000);
+    check(/: gap \d+(–\d+)? · upstream$/.test(gapped), `the badge names the range and reason: ${gapped}`);
+    const afterGap = await page.evaluate(() => ({ ...window.__tickstream.stats }));
+    check(afterGap.gaps >= 1 && afterGap.holes === 0, `gaps counted, no hole: ${JSON.stringify(afterGap)}`);
+    await page.screenshot({ path: shot.replace(/\.png$/, "-gap.png") });
+
+    // 6. Keyboard removal, then a reload keeps the list as it was left.
     const victim = defaults[defaults.length - 1];
-    await page.focus(`#rows tr[data-symbol="${victim}"]`);
+    await page.focus(`#rows .row[data-symbol="${victim}"]`);
     await page.keyboard.press("Delete");
-    check(!(await page.$(`#rows tr[data-symbol="${victim}"]`)), `${victim} removed with Delete`);
+    check(!(await page.$(`#rows .row[data-symbol="${victim}"]`)), `${victim} removed with Delete`);
     await page.reload({ waitUntil: "load" });
     await until(page, "the connection after the reload", () => window.__tickstream.state === "live");
-    const kept = await page.$$eval("#rows tr", (trs) => trs.map((t) => t.dataset.symbol));
+    const kept = await page.$$eval("#rows .row", (trs) => trs.map((t) => t.dataset.symbol));
     check(kept.includes(ADDED) && !kept.includes(victim),
       `the reloaded watchlist holds ${ADDED} and not ${victim}: ${JSON.stringify(kept)}`);
     check(errors.length === 0, `no errors in the page: ${JSON.stringify(errors)}`);
 
     console.log("RESULT " + JSON.stringify({
-      defaults, added: ADDED, firstPrice, changedAfterMs, countdown, node1, node2: after.node,
+      defaults, added: ADDED, firstPrice, changedAfterMs, countdown, node1, node2: after.node, gapped,
       before: beforeKill.stats, after: after.stats, latency: after.latency, kept,
     }));
   } finally {

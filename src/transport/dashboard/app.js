@@ -53,7 +53,7 @@
   let statusDirty = true;
   let framePending = false;
 
-  const tbody = $("rows");
+  const rowsEl = $("rows");
   const tpl = $("row-tpl");
   const dpr = Math.max(1, Math.min(3, window.devicePixelRatio || 1));
 
@@ -68,34 +68,34 @@
   }
 
   function makeRow(symbol) {
-    const tr = tpl.content.firstElementChild.cloneNode(true);
-    tr.dataset.symbol = symbol;
-    const name = tr.querySelector(".sym-name");
+    const el = tpl.content.firstElementChild.cloneNode(true);
+    el.dataset.symbol = symbol;
+    const name = el.querySelector(".sym-name");
     name.textContent = symbol;
-    const badge = tr.querySelector(".badge");
+    const badge = el.querySelector(".badge");
     const badgeText = document.createTextNode("");
     badge.appendChild(badgeText);
-    const canvas = tr.querySelector("canvas");
+    const canvas = el.querySelector("canvas");
     canvas.width = 160 * dpr;
     canvas.height = 28 * dpr;
-    const remove = tr.querySelector(".remove");
+    const remove = el.querySelector(".remove");
     remove.setAttribute("aria-label", `Remove ${symbol}`);
     remove.title = `Remove ${symbol}`;
     remove.addEventListener("click", () => removeSymbol(symbol, true));
-    tr.addEventListener("keydown", (e) => {
-      if (e.target === tr && (e.key === "Delete" || e.key === "Backspace")) {
+    el.addEventListener("keydown", (e) => {
+      if (e.target === el && (e.key === "Delete" || e.key === "Backspace")) {
         e.preventDefault();
         removeSymbol(symbol, true);
       }
     });
-    tr.setAttribute("aria-label", symbol);
+    el.setAttribute("aria-label", symbol);
     const row = {
-      symbol, tr, badge, badgeText, canvas, ctx: canvas.getContext("2d"),
-      bid: cell(tr.querySelector(".bid")),
-      ask: cell(tr.querySelector(".ask")),
-      last: cell(tr.querySelector(".last")),
-      chg: cell(tr.querySelector(".chg")),
-      rate: cell(tr.querySelector(".rate")),
+      symbol, el, badge, badgeText, canvas, ctx: canvas.getContext("2d"),
+      bid: cell(el.querySelector(".bid")),
+      ask: cell(el.querySelector(".ask")),
+      last: cell(el.querySelector(".last")),
+      chg: cell(el.querySelector(".chg")),
+      rate: cell(el.querySelector(".rate")),
       chgCls: "",
       // quote and position
       epoch: null, seq: null, q: null, prev: null, first: null, decimals: 2, decSamples: 0,
@@ -104,7 +104,7 @@
       slots: new Uint32Array(RATE_SLOTS), perSec: 0, ticks: 0, holes: 0, gaps: 0,
       // sparkline ring
       spark: new Float64Array(SPARK_POINTS), sparkLen: 0, sparkHead: 0, sparkBucket: -1,
-      sparkDrawn: 0,
+      sparkDrawn: 0, visible: false,
       // badge: a gap or an error shown on the row
       badgeMsg: "", badgeCls: "", badgeUntil: 0, shownBadge: null,
       lastGap: null, error: null,
@@ -135,10 +135,24 @@
     } catch (_) { /* private mode: the list lives as long as the page */ }
   }
 
+  // Sparklines of rows out of view are drawn when they come into view, not before.
+  const byEl = new WeakMap();
+  const seen = new IntersectionObserver((entries) => {
+    for (const e of entries) {
+      const row = byEl.get(e.target);
+      if (!row) continue;
+      row.visible = e.isIntersecting;
+      if (row.visible) sparkDue.add(row);
+    }
+    schedule();
+  });
+
   function addRow(symbol) {
     const row = makeRow(symbol);
     rows.set(symbol, row);
-    tbody.appendChild(row.tr);
+    byEl.set(row.el, row);
+    rowsEl.appendChild(row.el);
+    seen.observe(row.el);
     statusDirty = true;
     return row;
   }
@@ -148,7 +162,7 @@
     if (!symbol) return say("Type a symbol to add.");
     if (!SYMBOL_RE.test(symbol)) return say(`${symbol} is not a valid symbol.`);
     if (rows.has(symbol)) {
-      rows.get(symbol).tr.focus();
+      rows.get(symbol).el.focus();
       return say(`${symbol} is already in the watchlist.`);
     }
     if (universeSet && !universeSet.has(symbol)) return say(`${symbol} is not served by this node.`);
@@ -166,8 +180,9 @@
   function removeSymbol(symbol, moveFocus) {
     const row = rows.get(symbol);
     if (!row) return;
-    const next = row.tr.nextElementSibling || row.tr.previousElementSibling;
-    row.tr.remove();
+    const next = row.el.nextElementSibling || row.el.previousElementSibling;
+    seen.unobserve(row.el);
+    row.el.remove();
     rows.delete(symbol);
     dirty.delete(row);
     sparkDue.delete(row);
@@ -559,7 +574,9 @@
       }
     }
     for (const row of sparkDue) {
-      if (now - row.sparkDrawn >= SPARK_MIN_INTERVAL_MS) {
+      if (!row.visible) {
+        sparkDue.delete(row);
+      } else if (now - row.sparkDrawn >= SPARK_MIN_INTERVAL_MS) {
         drawSpark(row);
         row.sparkDrawn = now;
         sparkDue.delete(row);
@@ -617,7 +634,7 @@
     }
     setText(row.rate.t, String(row.perSec));
     if (row.stale !== row.shownStale) {
-      row.tr.classList.toggle("stale", row.stale);
+      row.el.classList.toggle("stale", row.stale);
       row.shownStale = row.stale;
     }
     const badge = row.badgeMsg && now < row.badgeUntil ? row.badgeMsg : "";
@@ -626,7 +643,7 @@
       row.badge.hidden = !badge;
       row.badge.className = row.badgeCls ? `badge ${row.badgeCls}` : "badge";
       row.shownBadge = badge;
-      row.tr.title = row.lastGap
+      row.el.title = row.lastGap
         ? `last gap ${row.lastGap.from}–${row.lastGap.to} (${row.lastGap.reason}); ${row.gaps} gaps`
         : "";
     }
