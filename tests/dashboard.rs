@@ -8,7 +8,6 @@
 //! restarts under the node, and the `gap` it announces shows on the rows it hit. The
 //! pictures are kept in `target/test-artifacts/dashboard.png` (and `dashboard-gap.png`).
 
-mod common;
 #[path = "common/redis.rs"]
 mod env;
 
