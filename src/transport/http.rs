@@ -1,5 +1,5 @@
-//! The HTTP routes on the node's port: the WebSocket upgrade and the small JSON and text
-//! endpoints beside it.
+//! The HTTP routes on the node's port: the WebSocket upgrade, the small JSON and text
+//! endpoints beside it, and the dashboard's files.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -53,7 +53,8 @@ pub async fn route(
             Ok(claims) => snapshot(&node, req.uri().query(), claims.as_ref()),
             Err(refused) => *refused,
         },
-        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        path => super::dashboard::serve(path, req.headers())
+            .unwrap_or_else(|| text(StatusCode::NOT_FOUND, "not found\n")),
     };
     Ok(resp)
 }

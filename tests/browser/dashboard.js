@@ -1,0 +1,226 @@
+// Drives the dashboard in headless Chromium for tests/dashboard.rs.
+//
+// Usage: node dashboard.js URL SCREENSHOT.png
+//
+// Talks to the test over stdio, one line each way:
+//   stdout "KILL"       the page is live and a symbol was added: stop the server now
+//   stdin  "KILLED"     the server is gone
+//   stdout "RESTART"    the page shows its reconnect countdown: start the server again
+//   stdin  "RESTARTED"  the server listens again on the same port
+//   stdout "GAP"        the page resumed: restart Redis under the node
+//   stdin  "REDIS_RESTARTED"
+//   stdout "RESULT {…}" what the page counted; exit status 0 when every check held
+"use strict";
+
+const fs = require("node:fs");
+const os = require("node:os");
+const path = require("node:path");
+const readline = require("node:readline");
+const { chromium } = require("playwright-core");
+
+const [url, shot] = process.argv.slice(2);
+if (!url || !shot) {
+  console.error("usage: node dashboard.js URL SCREENSHOT.png");
+  process.exit(2);
+}
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+const ADDED = process.env.ADD_SYMBOL || "TSLA";
+
+const stdin = readline.createInterface({ input: process.stdin });
+const lines = [];
+let waiter = null;
+stdin.on("line", (l) => {
+  if (waiter) {
+    const w = waiter;
+    waiter = null;
+    w(l.trim());
+  } else lines.push(l.trim());
+});
+function readLine() {
+  if (lines.length) return Promise.resolve(lines.shift());
+  return new Promise((resolve) => { waiter = resolve; });
+}
+async function expectLine(want) {
+  const got = await readLine();
+  if (got !== want) throw new Error(`expected "${want}" from the test, got "${got}"`);
+}
+
+function check(cond, what) {
+  if (!cond) throw new Error(`check failed: ${what}`);
+}
+
+/** Polls `fn` in the page until it returns something truthy. */
+async function until(page, what, fn, arg, timeout = 10000) {
+  try {
+    const h = await page.waitForFunction(fn, arg, { timeout, polling: 50 });
+    return await h.jsonValue();
+  } catch (e) {
+    const state = await page.evaluate(() => ({
+      state: window.__tickstream && window.__tickstream.state,
+      stats: window.__tickstream && window.__tickstream.stats,
+      conn: document.getElementById("conn-text").textContent,
+    })).catch(() => null);
+    throw new Error(`timed out waiting for ${what}: ${JSON.stringify(state)}`);
+  }
+}
+
+async function main() {
+  const profile = fs.mkdtempSync(path.join(os.tmpdir(), "tickstream-chromium-"));
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM,
+    headless: true,
+    viewport: { width: 1280, height: 560 },
+    deviceScaleFactor: 1,
+    args: [
+      "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    ],
+  });
+  const errors = [];
+  try {
+    const page = context.pages()[0] || (await context.newPage());
+    page.on("pageerror", (e) => errors.push(String(e)));
+    // Chromium logs each refused connection while the node is down; those are expected.
+    page.on("console", (m) => {
+      if (m.type() === "error" && !/^WebSocket connection to .* failed/.test(m.text())) errors.push(m.text());
+    });
+
+    // 1. The page loads, connects and shows the default watchlist ticking.
+    const resp = await page.goto(url, { waitUntil: "load" });
+    check(resp && resp.status() === 200, `GET / answered ${resp && resp.status()}`);
+    await until(page, "the connection to be live", () => window.__tickstream.state === "live");
+    const defaults = await page.$$eval("#rows .row", (trs) => trs.map((t) => t.dataset.symbol));
+    check(defaults.length >= 3, `a default watchlist, got ${JSON.stringify(defaults)}`);
+    check(!defaults.includes(ADDED), `${ADDED} is not among the defaults`);
+    await until(page, "every default symbol to show a price", () =>
+      [...document.querySelectorAll("#rows .row .last")].every((td) => td.textContent !== "–"));
+    const node1 = await page.evaluate(() => window.__tickstream.node);
+    check(await page.textContent("#st-node") === node1, "the status bar shows the node name");
+
+    // 2. A symbol the node does not serve is refused with a message, and nothing changes.
+    await page.fill("#add-input", "NOPE9");
+    await page.keyboard.press("Enter");
+    const refusal = await page.textContent("#add-msg");
+    check(/not served/.test(refusal), `a refused symbol is explained: "${refusal}"`);
+    const rowsNow = await page.$$eval("#rows .row", (trs) => trs.map((t) => t.dataset.symbol));
+    check(JSON.stringify(rowsNow) === JSON.stringify(defaults), "a refused symbol adds no row");
+    await page.fill("#add-input", "");
+
+    // Add a symbol through the box: type part of it, take the suggestion with Enter.
+    await page.focus("#add-input");
+    await page.keyboard.type(ADDED.slice(0, 3));
+    await page.waitForSelector(`#suggest li >> text=${ADDED}`, { timeout: 5000 });
+    const options = await page.$$eval("#suggest li", (lis) => lis.map((l) => l.textContent));
+    check(options.length > 0 && options.every((o) => o.includes(ADDED.slice(0, 3))),
+      `suggestions match what was typed: ${JSON.stringify(options)}`);
+    while ((await page.$eval("#suggest li.active", (l) => l.textContent)) !== ADDED) {
+      await page.keyboard.press("ArrowDown");
+    }
+    await page.keyboard.press("Enter");
+    const row = `#rows .row[data-symbol="${ADDED}"]`;
+    await page.waitForSelector(row, { timeout: 2000 });
+    const firstPrice = await until(page, `${ADDED} to show a price`, (sel) => {
+      const td = document.querySelector(sel);
+      return td && td.textContent !== "–" ? td.textContent : null;
+    }, `${row} .last`);
+    const shownAt = Date.now();
+    const quote = (sel) => {
+      const tr = document.querySelector(sel);
+      return ["bid", "ask", "last"].map((c) => tr.querySelector(`.${c}`).textContent).join(" ");
+    };
+    const before = await page.evaluate(quote, row);
+    await until(page, `${ADDED}'s price to change within a second`,
+      ([sel, was]) => {
+        const tr = document.querySelector(sel);
+        const now = ["bid", "ask", "last"].map((c) => tr.querySelector(`.${c}`).textContent).join(" ");
+        return now !== was;
+      }, [row, before], 1000);
+    const changedAfterMs = Date.now() - shownAt;
+    const stored = await page.evaluate(() => JSON.parse(localStorage.getItem("tickstream.watchlist")));
+    check(stored.includes(ADDED), `the watchlist in localStorage holds ${ADDED}: ${JSON.stringify(stored)}`);
+
+    // 3. The server goes away: the page counts down to its next attempt.
+    await page.waitForTimeout(500);
+    const beforeKill = await page.evaluate(() => ({
+      stats: { ...window.__tickstream.stats }, symbols: window.__tickstream.symbols(),
+    }));
+    check(beforeKill.stats.holes === 0 && beforeKill.stats.gaps === 0,
+      `no hole or gap before the restart: ${JSON.stringify(beforeKill.stats)}`);
+    console.log("KILL");
+    await expectLine("KILLED");
+    const countdown = await until(page, "the reconnect countdown", () => {
+      const t = document.getElementById("conn-text").textContent;
+      return /^reconnecting in \d+\.\d s/.test(t) ? t : null;
+    });
+    console.log("RESTART");
+    await expectLine("RESTARTED");
+
+    // 4. It reconnects and resumes every symbol where it left off: no hole, no gap.
+    await until(page, "a reconnect", () =>
+      window.__tickstream.state === "live" && window.__tickstream.stats.reconnects >= 1, undefined, 40000);
+    await until(page, "every symbol to move past where it was", (was) => {
+      const now = window.__tickstream.symbols();
+      return Object.keys(was).every((s) => now[s] && now[s].seq > was[s].seq + 5);
+    }, beforeKill.symbols, 15000);
+    const after = await page.evaluate(() => ({
+      stats: { ...window.__tickstream.stats }, symbols: window.__tickstream.symbols(),
+      node: window.__tickstream.node, latency: window.__tickstream.latency,
+    }));
+    for (const [s, was] of Object.entries(beforeKill.symbols)) {
+      const now = after.symbols[s];
+      check(now.epoch === was.epoch, `${s} kept its epoch across the restart`);
+      check(now.holes === 0 && now.gaps === 0, `${s} resumed without a hole or gap`);
+      check(now.ticks - was.ticks >= now.seq - was.seq,
+        `${s}: every seq from ${was.seq} to ${now.seq} arrived (${now.ticks - was.ticks} ticks)`);
+    }
+    check(after.stats.holes === 0, `no hole: ${JSON.stringify(after.stats)}`);
+    check(after.stats.resumes >= 1, "the subscribe after the reconnect carried resume");
+    check(after.latency.p50 !== null && after.latency.p99 >= after.latency.p50, "latency percentiles shown");
+
+    // Let the sparklines fill a little, then keep the picture.
+    await page.waitForTimeout(2500);
+    fs.mkdirSync(path.dirname(shot), { recursive: true });
+    await page.screenshot({ path: shot });
+
+    // 5. Redis restarts under the node: what the node missed arrives as a `gap`
+    //    (upstream) on the symbols it hit, shown on their rows; still no hole.
+    console.log("GAP");
+    await expectLine("REDIS_RESTARTED");
+    const gapped = await until(page, "a gap shown on a row", () => {
+      const b = [...document.querySelectorAll("#rows .row .badge")].find((e) => !e.hidden);
+      return b ? `${b.closest(".row").dataset.symbol}: ${b.textContent}` : null;
+    }, undefined, 30000);
+    check(/: gap \d+(–\d+)? · upstream$/.test(gapped), `the badge names the range and reason: ${gapped}`);
+    const afterGap = await page.evaluate(() => ({ ...window.__tickstream.stats }));
+    check(afterGap.gaps >= 1 && afterGap.holes === 0, `gaps counted, no hole: ${JSON.stringify(afterGap)}`);
+    await page.screenshot({ path: shot.replace(/\.png$/, "-gap.png") });
+
+    // 6. Keyboard removal, then a reload keeps the list as it was left.
+    const victim = defaults[defaults.length - 1];
+    await page.focus(`#rows .row[data-symbol="${victim}"]`);
+    await page.keyboard.press("Delete");
+    check(!(await page.$(`#rows .row[data-symbol="${victim}"]`)), `${victim} removed with Delete`);
+    await page.reload({ waitUntil: "load" });
+    await until(page, "the connection after the reload", () => window.__tickstream.state === "live");
+    const kept = await page.$$eval("#rows .row", (trs) => trs.map((t) => t.dataset.symbol));
+    check(kept.includes(ADDED) && !kept.includes(victim),
+      `the reloaded watchlist holds ${ADDED} and not ${victim}: ${JSON.stringify(kept)}`);
+    check(errors.length === 0, `no errors in the page: ${JSON.stringify(errors)}`);
+
+    console.log("RESULT " + JSON.stringify({
+      defaults, added: ADDED, firstPrice, changedAfterMs, countdown, node1, node2: after.node, gapped,
+      before: beforeKill.stats, after: after.stats, latency: after.latency, kept,
+    }));
+  } finally {
+    await context.close();
+    fs.rmSync(profile, { recursive: true, force: true });
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (e) => {
+    console.error(e && e.stack ? e.stack : String(e));
+    process.exit(1);
+  },
+);
