@@ -758,7 +758,12 @@ async fn connection(
         let ws = open_subscribed(url, spec.bind, rcvbuf, &symbols).await;
         let mut ws = match ws {
             Ok(ws) => {
-                state.borrow_mut().counts.opened += 1;
+                let mut st = state.borrow_mut();
+                st.counts.opened += 1;
+                // A new connection subscribes without snapshot: each symbol's sequence
+                // starts again from the first tick it brings.
+                st.last.clear();
+                drop(st);
                 if let Some((tx, _permit)) = done.take() {
                     let _ = tx.send(Ok(()));
                 }
@@ -915,6 +920,7 @@ async fn read_loop(
             }
         }
         if let Some(s) = ctl.sub {
+            state.borrow_mut().last.remove(&s);
             cmd_id += 1;
             if ws
                 .write_frame(subscribe_frame(cmd_id, "subscribe", &[s]))

@@ -80,9 +80,15 @@ fn now_ns() -> u64 {
     tickstream::tick::now_ns()
 }
 
+/// Shortest time between two batches: at high rates everything due in this quantum
+/// shares one frame (or pipeline), so the publisher never sends more than 10,000
+/// frames/s (a node limits each publisher connection to 20,000 by default).
+const QUANTUM_NS: u64 = 100_000;
+
 struct Schedule {
     plan: Plan,
     next: u64,
+    last_batch: u64,
     behind: Histogram<u64>,
     report: Report,
 }
@@ -96,6 +102,7 @@ impl Schedule {
             },
             plan,
             next: 0,
+            last_batch: 0,
             behind: crate::load::new_hist(),
         }
     }
@@ -112,10 +119,12 @@ impl Schedule {
             return None;
         }
         let now = now_ns();
-        if now < first {
-            std::thread::sleep(Duration::from_nanos(first - now));
+        let start = first.max(self.last_batch + QUANTUM_NS);
+        if now < start {
+            std::thread::sleep(Duration::from_nanos(start - now));
         }
         let now = now_ns();
+        self.last_batch = now;
         let mut end = self.next + 1;
         while end - self.next < max {
             let t = self.due_at(end);

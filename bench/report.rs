@@ -325,19 +325,27 @@ pub fn ratios(ms_: &[Medians], pairs: &[(&str, &str)]) -> Vec<Ratio> {
         .collect()
 }
 
+fn ratio(r: f64) -> String {
+    if r.abs() < 0.01 && r != 0.0 {
+        format!("{r:.5}")
+    } else {
+        format!("{r:.2}")
+    }
+}
+
 /// Prints ratios.
 pub fn print_ratios(rs: &[Ratio]) {
     for r in rs {
         let lat: Vec<String> = COLUMNS
             .iter()
-            .map(|c| format!("{c} {:.2}", r.latency[*c]))
+            .map(|c| format!("{c} {}", ratio(r.latency[*c])))
             .collect();
         println!(
-            "{} ÷ {}: {}; CPU per message {:.2}",
+            "{} ÷ {}: {}; CPU per message {}",
             r.target,
             r.reference,
             lat.join(", "),
-            r.cpu_per_msg
+            ratio(r.cpu_per_msg)
         );
     }
 }

@@ -256,10 +256,11 @@ fn slow_consumers_are_told_apart_from_healthy_ones() {
         "--slow-share",
         "0.2",
         "--queue",
-        "16",
+        "256",
         "--duration",
         "2s",
-        "--node-arg=--send-buffer=8192",
+        "--send-buffer",
+        "8192",
     ]);
     ok(&out);
     let s = s.unwrap();
@@ -362,6 +363,8 @@ fn soak_samples_and_judges_growth() {
         r["counts"]
     );
     assert!(r["counts"]["ticks"].as_u64().unwrap() > 0);
+    // Reconnected and resubscribed connections start their sequences afresh: no hole.
+    assert_eq!(r["counts"]["holes"], 0, "{}", r["counts"]);
 }
 
 #[test]

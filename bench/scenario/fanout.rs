@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::common::{targets_with_references, Common, Shape};
 use crate::report::{self, Medians};
-use crate::scenario::{finish, reference_pairs, run_once, Ctx, Defaults, Load};
+use crate::scenario::{finish, run_once, Ctx, Defaults, Load};
 
 /// The highest sustained fan-out within a latency bound.
 #[derive(clap::Args, Debug)]
@@ -193,7 +193,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         true,
     )?;
     let pairs: Vec<(String, String)> = Vec::new();
-    let _ = reference_pairs(&targets);
     finish(
         &ctx,
         "fan-out, every step",

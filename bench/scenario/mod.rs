@@ -565,7 +565,8 @@ pub fn run_once(
 
     // The window.
     let now = tickstream::tick::now_ns();
-    let t0 = now + 200_000_000;
+    // Time for the publisher to connect before its first tick is due.
+    let t0 = now + 500_000_000;
     let record_from = t0 + ctx.warmup.as_nanos() as u64;
     let until = record_from + ctx.duration.as_nanos() as u64;
     let stop_at = until + c.drain.as_nanos() as u64;

@@ -32,6 +32,11 @@ pub struct Args {
     /// Outbound queue of a spawned tickstream node, messages (`serve --queue`).
     #[arg(long, default_value_t = 1024)]
     pub queue: usize,
+    /// Kernel send buffer per client socket of a spawned tickstream node, bytes
+    /// (`serve --send-buffer`): on loopback the kernel would otherwise take megabytes
+    /// for a stalled client before the node's own queue fills.
+    #[arg(long, default_value_t = 65536)]
+    pub send_buffer: usize,
 }
 
 /// Runs it.
@@ -54,7 +59,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             Behaviour::Healthy
         }
     });
-    load.node_args = vec!["--queue".into(), a.queue.to_string()];
+    load.node_args = vec![
+        "--queue".into(),
+        a.queue.to_string(),
+        "--send-buffer".into(),
+        a.send_buffer.to_string(),
+    ];
     let runs = run_alternating(&mut ctx, &targets, &load)?;
     println!("\nstalled connections (they read again after the window)");
     let mut rows = Vec::new();
@@ -112,7 +122,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         ),
         &runs,
         &reference_pairs(&targets),
-        serde_json::json!({"slow_share": a.slow_share, "queue": a.queue, "stalled": rows}),
+        serde_json::json!({"slow_share": a.slow_share, "queue": a.queue, "send_buffer": a.send_buffer, "stalled": rows}),
     )?;
     Ok(())
 }
