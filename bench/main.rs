@@ -1,20 +1,39 @@
-//! `tickstream-bench`: measures publish-to-receive latency as clients see it.
+//! `tickstream-bench`: how fast, how many, at what latency, at what cost — measured
+//! from the outside, as clients see it, with references measured beside it.
 //!
-//! `tickstream-bench latency --url ws://… [--url …] --conns N --symbols A,B,… --duration D`
-//! opens N subscriber connections spread over the URLs, subscribes each to the symbols,
-//! and records receive time minus the tick's `ts` (stamped by the feed when it
-//! published) in an HDR histogram. After a warm-up it prints one line of percentiles in
-//! microseconds, `key=value` separated, for scripts to read.
+//! Each scenario is a subcommand (`tickstream-bench SCENARIO --help` shows an example).
+//! A run: servers started (`--spawn`) or given (`--url`); the receiving side in several
+//! worker processes (this binary, `worker`), each on its own source address; an
+//! open-loop publisher stamping each tick with its intended send time; the server's
+//! CPU and memory sampled from /proc; then a table, `summary.json`, `.hgrm` files and
+//! SVG plots in `--out`.
+//!
+//! # Layout
+//!
+//! - `common`: the common flags, load shape `C×K/N`, flat universe, targets.
+//! - `publisher`: the paced publisher (into `/v1/publish` or Redis).
+//! - `load`: the worker processes and their connections, seq checks, histograms.
+//! - `spawn`: starting and stopping servers on chosen CPUs; /proc samples.
+//! - `scenario`: one measured run (`run_once`) and each scenario on top of it.
+//! - `report`, `plot`: tables, medians, ratios, JSON, `.hgrm`, SVG.
 
-use std::time::{Duration, Instant};
+mod common;
+mod load;
+mod plot;
+mod publisher;
+mod report;
+mod scenario;
+mod spawn;
 
 use clap::{Parser, Subcommand};
-use hdrhistogram::Histogram;
-use tickstream::client::{Client, ClientConfig, Event, ServerMessage};
-use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "tickstream-bench", about = "tickstream benchmarks")]
+#[command(
+    name = "tickstream-bench",
+    about = "tickstream benchmarks: latency, fan-out and scale, with references in the same run",
+    after_help = "One-command answer: tickstream-bench latency --spawn\n\
+                  Every scenario: tickstream-bench SCENARIO --help"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -22,115 +41,39 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Publish-to-receive latency of live ticks.
-    Latency(LatencyArgs),
+    /// Latency percentiles at a fixed rate and shape.
+    Latency(scenario::latency::Args),
+    /// Raise the rate (or connections) until p99 passes a bound; the highest delivered rate.
+    Fanout(scenario::fanout::Args),
+    /// Many connections held: setup rate, memory per connection, idle CPU, heartbeat rounds.
+    Connections(scenario::connections::Args),
+    /// A share of clients stop reading: healthy clients' latency, stalled clients' conflation.
+    SlowConsumers(scenario::slow::Args),
+    /// Publisher into Redis, subscribers on two nodes, against one node.
+    CrossNode(scenario::cross_node::Args),
+    /// The same load in JSON and binary frames.
+    Encoding(scenario::encoding::Args),
+    /// Churn for a long time at a steady rate; fails when memory, descriptors or threads grow.
+    Soak(scenario::soak::Args),
+    /// A receiving process (started by the bench itself).
+    #[command(hide = true)]
+    Worker,
 }
 
-#[derive(clap::Args, Clone)]
-struct LatencyArgs {
-    /// WebSocket URL of a node (repeat for several; connections go round-robin).
-    #[arg(long = "url", required = true)]
-    urls: Vec<String>,
-    /// Subscriber connections in all.
-    #[arg(long, default_value_t = 10)]
-    conns: usize,
-    /// Symbols each connection subscribes, comma-separated.
-    #[arg(long, default_value = "AAPL,MSFT,NVDA,AMZN,TSLA")]
-    symbols: String,
-    /// How long to record.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    duration: Duration,
-    /// Ticks received before this are not recorded.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
-    warmup: Duration,
-    /// A name for this run, printed first.
-    #[arg(long, default_value = "run")]
-    label: String,
-}
-
-fn main() -> anyhow::Result<()> {
+fn main() {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    match cli.cmd {
-        Cmd::Latency(a) => rt.block_on(latency(a)),
+    let r = match cli.cmd {
+        Cmd::Latency(a) => scenario::latency::run(a),
+        Cmd::Fanout(a) => scenario::fanout::run(a),
+        Cmd::Connections(a) => scenario::connections::run(a),
+        Cmd::SlowConsumers(a) => scenario::slow::run(a),
+        Cmd::CrossNode(a) => scenario::cross_node::run(a),
+        Cmd::Encoding(a) => scenario::encoding::run(a),
+        Cmd::Soak(a) => scenario::soak::run(a),
+        Cmd::Worker => load::worker_main(),
+    };
+    if let Err(e) = r {
+        eprintln!("tickstream-bench: {e:#}");
+        std::process::exit(1);
     }
-}
-
-async fn latency(a: LatencyArgs) -> anyhow::Result<()> {
-    let symbols: Vec<String> = a
-        .symbols
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect();
-    let start = Instant::now();
-    let record_from = start + a.warmup;
-    let until = record_from + a.duration;
-    let mut tasks = Vec::with_capacity(a.conns);
-    for i in 0..a.conns.max(1) {
-        let url = a.urls[i % a.urls.len()].clone();
-        let symbols = symbols.clone();
-        tasks.push(tokio::spawn(async move {
-            one_connection(&url, &symbols, record_from, until).await
-        }));
-    }
-    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
-    for t in tasks {
-        let h = t.await??;
-        all.add(&h)?;
-    }
-    let us = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
-    println!(
-        "{} n={} p50_us={:.1} p90_us={:.1} p99_us={:.1} p999_us={:.1} max_us={:.1}",
-        a.label,
-        all.len(),
-        us(0.50),
-        us(0.90),
-        us(0.99),
-        us(0.999),
-        all.max() as f64 / 1000.0
-    );
-    Ok(())
-}
-
-async fn one_connection(
-    url: &str,
-    symbols: &[String],
-    record_from: Instant,
-    until: Instant,
-) -> anyhow::Result<Histogram<u64>> {
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
-    let client = Client::new(ClientConfig {
-        urls: vec![url.to_owned()],
-        symbols: symbols.to_vec(),
-        snapshot: false,
-        ..ClientConfig::default()
-    })
-    .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
-    let stop = CancellationToken::new();
-    let (mut events, task) = client.spawn(4096, stop.clone());
-    loop {
-        let now = Instant::now();
-        if now >= until {
-            break;
-        }
-        let ev = match tokio::time::timeout(until - now, events.recv()).await {
-            Err(_) | Ok(None) => break,
-            Ok(Some(ev)) => ev,
-        };
-        if let Event::Message(ServerMessage::Tick(t)) = ev {
-            let recv = tickstream::tick::now_ns();
-            if t.ts > 0 && Instant::now() >= record_from {
-                let _ = hist.record(recv.saturating_sub(t.ts).max(1));
-            }
-        }
-    }
-    stop.cancel();
-    drop(events);
-    if let Ok(Err(e)) = task.await {
-        anyhow::bail!("{url}: {e}");
-    }
-    Ok(hist)
 }

@@ -65,7 +65,7 @@ const BLOCKS: &[(&str, &str)] = &[
     ),
     ("scripts/dev-cert .dev-tls", "tls_with_dev_cert"),
     ("head -c 48 /dev/urandom", "tokens"),
-    ("src/feed/", "a figure (the layout), not an example"),
+    ("src/tick.rs", "a figure (the layout), not an example"),
     ("$ tickstream serve --feed none &", "feed_synth"),
     (
         "$ tickstream feed replay feeds/sample.ndjson.zst --to",

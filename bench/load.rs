@@ -1,0 +1,1111 @@
+//! The receiving side: worker processes (this binary re-run as the hidden `worker`
+//! subcommand), each on its own source address, each a single thread holding its share
+//! of the connections, parsing only what the checks need (type, symbol, seq, ts and a
+//! gap's range), with one HDR histogram per connection merged at the end.
+//!
+//! Parent and worker talk over the worker's stdin and stdout, one line each:
+//! parent → `<spec JSON>`, later `GO <window JSON>`; worker → `READY <json>`,
+//! `P <messages so far>` (progress), and last `R <result JSON>` carrying the serialized
+//! histograms.
+
+use std::borrow::Cow;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use bytes::Bytes;
+use fastwebsockets::{FragmentCollector, Frame, OpCode, Payload};
+use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
+use hdrhistogram::Histogram;
+use http_body_util::Empty;
+use hyper::header::{CONNECTION, HOST, UPGRADE};
+use hyper_util::rt::TokioIo;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::common::{symbol_name, Shape};
+
+/// Latency histogram bounds: 1 ns to 100 s, 3 significant digits.
+pub fn new_hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("valid bounds")
+}
+
+/// How one connection behaves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Behaviour {
+    /// Reads everything as fast as it can.
+    #[default]
+    Healthy,
+    /// Stops reading for the whole recorded window, then reads again.
+    Stalled,
+    /// Reads, but sleeps a little after every frame.
+    Slow,
+    /// Stops reading for a while, again and again (soak).
+    Intermittent,
+}
+
+/// Churn of the soak: connections that close and reopen, subscriptions that change.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct Churn {
+    /// Shortest life of a connection, ms.
+    pub life_min_ms: u64,
+    /// Longest life of a connection, ms.
+    pub life_max_ms: u64,
+    /// Every this many ms a connection swaps one of its symbols for another.
+    pub resub_ms: u64,
+}
+
+/// What a worker is asked to do.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WorkerSpec {
+    /// Worker number.
+    pub index: usize,
+    /// Source address to bind before connecting.
+    pub bind: Option<IpAddr>,
+    /// Subscriber URLs; connection `i` uses `urls[i % len]`.
+    pub urls: Vec<String>,
+    /// The load shape (which symbols connection `i` takes).
+    pub shape: Shape,
+    /// Global indices of this worker's connections, each with its behaviour.
+    pub conns: Vec<(usize, Behaviour)>,
+    /// Connections opened per second by this worker (0: as fast as possible).
+    pub open_rate: f64,
+    /// Soak churn, if any.
+    pub churn: Option<Churn>,
+}
+
+/// The recorded window, sent with `GO`.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct Window {
+    /// Ticks whose `ts` is at or after this are recorded (ns since the Unix epoch).
+    pub record_from: u64,
+    /// … and before this.
+    pub until: u64,
+    /// The worker reports and exits at this time.
+    pub stop_at: u64,
+}
+
+/// Counters of a set of connections; ticks count when their `ts` is in the window,
+/// frames and bytes when they arrive in it, sequence events after it began.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Counts {
+    /// Connections opened (churn included).
+    pub opened: u64,
+    /// Connections that could not be opened or subscribed.
+    pub connect_failed: u64,
+    /// Ticks received with `ts` in the window.
+    pub ticks: u64,
+    /// Ticks received in all (warm-up and drain too).
+    pub ticks_all: u64,
+    /// Snapshots received.
+    pub snapshots: u64,
+    /// Text frames arriving in the window.
+    pub frames: u64,
+    /// Their payload bytes.
+    pub bytes: u64,
+    /// Binary frames arriving in the window (not decoded).
+    pub binary_frames: u64,
+    /// Their payload bytes.
+    pub binary_bytes: u64,
+    /// `gap` messages.
+    pub gaps: u64,
+    /// Ticks they announced missing.
+    pub gap_ticks: u64,
+    /// … of which with reason `slow_consumer` (conflated).
+    pub conflated: u64,
+    /// Gap ticks by reason.
+    pub gap_reasons: BTreeMap<String, u64>,
+    /// Seq jumps with no `gap` before them.
+    pub holes: u64,
+    /// Ticks missing in those jumps.
+    pub hole_ticks: u64,
+    /// Ticks with a seq at or below the last one.
+    pub duplicates: u64,
+    /// `error` messages.
+    pub errors: u64,
+    /// Connections ended by the server, by close code (`drop` where it just went away).
+    pub closes: BTreeMap<String, u64>,
+}
+
+impl Counts {
+    /// Adds `o` into `self`.
+    pub fn add(&mut self, o: &Counts) {
+        self.opened += o.opened;
+        self.connect_failed += o.connect_failed;
+        self.ticks += o.ticks;
+        self.ticks_all += o.ticks_all;
+        self.snapshots += o.snapshots;
+        self.frames += o.frames;
+        self.bytes += o.bytes;
+        self.binary_frames += o.binary_frames;
+        self.binary_bytes += o.binary_bytes;
+        self.gaps += o.gaps;
+        self.gap_ticks += o.gap_ticks;
+        self.conflated += o.conflated;
+        for (k, v) in &o.gap_reasons {
+            *self.gap_reasons.entry(k.clone()).or_default() += v;
+        }
+        self.holes += o.holes;
+        self.hole_ticks += o.hole_ticks;
+        self.duplicates += o.duplicates;
+        self.errors += o.errors;
+        for (k, v) in &o.closes {
+            *self.closes.entry(k.clone()).or_default() += v;
+        }
+    }
+}
+
+/// What a worker reports at the end.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WorkerResult {
+    /// Worker number.
+    pub index: usize,
+    /// Healthy connections' counters.
+    pub healthy: Counts,
+    /// Other connections' counters (stalled, slow, intermittent).
+    pub other: Counts,
+    /// Healthy connections' latency histogram (V2 deflate, hex).
+    pub hist: String,
+    /// The others' latency histogram.
+    pub other_hist: String,
+    /// One histogram per second of the window, healthy connections.
+    pub seconds: Vec<String>,
+    /// CPU seconds this process used during the window.
+    pub cpu_s: f64,
+    /// Length of the window, s.
+    pub wall_s: f64,
+    /// Scheduling lag of the worker's own loop (a 10 ms timer's overshoot), p99, µs.
+    pub lag_p99_us: f64,
+    /// … its maximum, µs.
+    pub lag_max_us: f64,
+    /// Where it ran (`Cpus_allowed_list`).
+    pub cpus: String,
+    /// Its descriptor limit after raising it.
+    pub nofile: u64,
+}
+
+/// Sent with `READY`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Ready {
+    /// Connections open and subscribed.
+    pub open: u64,
+    /// Connections that failed.
+    pub failed: u64,
+    /// Time to open them all, s.
+    pub setup_s: f64,
+    /// The first failure, if any.
+    pub first_error: Option<String>,
+}
+
+pub fn hist_to_hex(h: &Histogram<u64>) -> String {
+    let mut buf = Vec::new();
+    V2DeflateSerializer::new()
+        .serialize(h, &mut buf)
+        .expect("serializing to memory");
+    let mut s = String::with_capacity(buf.len() * 2);
+    for b in buf {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+pub fn hist_from_hex(s: &str) -> anyhow::Result<Histogram<u64>> {
+    let bytes = (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16))
+        .collect::<Result<Vec<u8>, _>>()?;
+    let h: Histogram<u64> = Deserializer::new()
+        .deserialize(&mut &bytes[..])
+        .map_err(|e| anyhow!("bad histogram from a worker: {e:?}"))?;
+    Ok(h)
+}
+
+/// Raises the soft descriptor limit to the hard one; returns the limit now in force.
+pub fn raise_nofile() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) => {
+            if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+                hard
+            } else {
+                soft
+            }
+        }
+        Err(_) => 0,
+    }
+}
+
+/// CPU time (user + system) of this process, s.
+pub fn self_cpu_s() -> f64 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    match getrusage(UsageWho::RUSAGE_SELF) {
+        Ok(u) => {
+            let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+            t(u.user_time()) + t(u.system_time())
+        }
+        Err(_) => 0.0,
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Parent side.
+
+/// Events from the workers.
+enum FromWorker {
+    Ready(usize, Ready),
+    Progress(usize, u64),
+    Result(usize, Box<WorkerResult>),
+    Gone(usize, String),
+}
+
+/// The running workers of one measurement.
+pub struct Workers {
+    children: Vec<Child>,
+    stdins: Vec<ChildStdin>,
+    rx: crossbeam_channel::Receiver<FromWorker>,
+    progress: Vec<u64>,
+    /// Each worker's pid.
+    pub pids: Vec<u32>,
+}
+
+impl Workers {
+    /// Starts one worker per spec (each inherits this process's CPU placement).
+    pub fn start(specs: Vec<WorkerSpec>) -> anyhow::Result<Workers> {
+        let exe = std::env::current_exe().context("finding this binary")?;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut children = Vec::new();
+        let mut stdins = Vec::new();
+        let mut pids = Vec::new();
+        for spec in &specs {
+            let mut child = Command::new(&exe)
+                .arg("worker")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .with_context(|| format!("starting worker {}", spec.index))?;
+            let mut stdin = child.stdin.take().expect("piped");
+            writeln!(stdin, "{}", serde_json::to_string(spec)?)?;
+            stdin.flush()?;
+            let stdout = child.stdout.take().expect("piped");
+            let tx = tx.clone();
+            let i = spec.index;
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    let ev = if let Some(r) = line.strip_prefix("READY ") {
+                        serde_json::from_str(r)
+                            .map(|r| FromWorker::Ready(i, r))
+                            .ok()
+                    } else if let Some(p) = line.strip_prefix("P ") {
+                        p.trim().parse().map(|n| FromWorker::Progress(i, n)).ok()
+                    } else if let Some(r) = line.strip_prefix("R ") {
+                        match serde_json::from_str(r) {
+                            Ok(r) => Some(FromWorker::Result(i, Box::new(r))),
+                            Err(e) => Some(FromWorker::Gone(i, format!("bad result: {e}"))),
+                        }
+                    } else {
+                        None
+                    };
+                    if let Some(ev) = ev {
+                        if tx.send(ev).is_err() {
+                            break;
+                        }
+                    }
+                }
+                let _ = tx.send(FromWorker::Gone(i, "its output ended".into()));
+            });
+            pids.push(child.id());
+            children.push(child);
+            stdins.push(stdin);
+        }
+        Ok(Workers {
+            progress: vec![0; children.len()],
+            children,
+            stdins,
+            rx,
+            pids,
+        })
+    }
+
+    /// Waits until every worker has opened its connections.
+    pub fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<Vec<Ready>> {
+        let deadline = Instant::now() + timeout;
+        let mut ready: Vec<Option<Ready>> = (0..self.children.len()).map(|_| None).collect();
+        while ready.iter().any(Option::is_none) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(FromWorker::Ready(i, r)) => ready[i] = Some(r),
+                Ok(FromWorker::Progress(i, n)) => self.progress[i] = n,
+                Ok(FromWorker::Gone(i, why)) => {
+                    bail!("worker {i} ended before it was ready: {why}")
+                }
+                Ok(FromWorker::Result(..)) => {}
+                Err(_) => bail!(
+                    "the workers did not open their connections within {}",
+                    humantime::format_duration(timeout)
+                ),
+            }
+        }
+        Ok(ready.into_iter().map(|r| r.expect("all ready")).collect())
+    }
+
+    /// Tells every worker the window.
+    pub fn go(&mut self, w: &Window) -> anyhow::Result<()> {
+        let line = format!("GO {}\n", serde_json::to_string(w)?);
+        for s in &mut self.stdins {
+            s.write_all(line.as_bytes())?;
+            s.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Messages received so far by all workers (from their progress lines).
+    pub fn progress(&mut self) -> u64 {
+        while let Ok(ev) = self.rx.try_recv() {
+            if let FromWorker::Progress(i, n) = ev {
+                self.progress[i] = n;
+            }
+        }
+        self.progress.iter().sum()
+    }
+
+    /// Waits for every worker's result.
+    pub fn results(mut self, timeout: Duration) -> anyhow::Result<Vec<WorkerResult>> {
+        let deadline = Instant::now() + timeout;
+        let mut out: Vec<Option<WorkerResult>> = (0..self.children.len()).map(|_| None).collect();
+        while out.iter().any(Option::is_none) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(FromWorker::Result(i, r)) => out[i] = Some(*r),
+                Ok(FromWorker::Gone(i, why)) if out[i].is_none() => {
+                    bail!("worker {i} ended without a result: {why}")
+                }
+                Ok(_) => {}
+                Err(_) => bail!("the workers sent no result in time"),
+            }
+        }
+        for c in &mut self.children {
+            let _ = c.wait();
+        }
+        self.children.clear();
+        Ok(out.into_iter().map(|r| r.expect("all in")).collect())
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Worker side.
+
+/// One message as far as the checks read it; everything else is skipped unparsed
+/// into values.
+#[derive(Deserialize)]
+struct Msg<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: Cow<'a, str>,
+    #[serde(default, borrow)]
+    symbol: Option<Cow<'a, str>>,
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(default)]
+    ts: Option<u64>,
+    #[serde(default)]
+    from: Option<u64>,
+    #[serde(default)]
+    to: Option<u64>,
+    #[serde(default, borrow)]
+    reason: Option<Cow<'a, str>>,
+}
+
+/// What one connection holds: its histogram and counters, owned by its task and read
+/// by the worker at the end (one thread: no lock, a `RefCell`).
+struct ConnState {
+    behaviour: Behaviour,
+    hist: Histogram<u64>,
+    counts: Counts,
+    /// symbol → last seq.
+    last: HashMap<String, u64>,
+}
+
+struct Shared {
+    window: Cell<Window>,
+    received: Cell<u64>,
+    seconds: RefCell<Vec<Histogram<u64>>>,
+    conns: RefCell<Vec<Rc<RefCell<ConnState>>>>,
+}
+
+fn now_ns() -> u64 {
+    tickstream::tick::now_ns()
+}
+
+/// Entry point of `tickstream-bench worker`.
+pub fn worker_main() -> anyhow::Result<()> {
+    let nofile = raise_nofile();
+    let mut first = String::new();
+    std::io::stdin().read_line(&mut first)?;
+    let spec: WorkerSpec = serde_json::from_str(first.trim()).context("worker spec")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, worker(spec, nofile))
+}
+
+async fn worker(spec: WorkerSpec, nofile: u64) -> anyhow::Result<()> {
+    let far = Window {
+        record_from: u64::MAX,
+        until: u64::MAX,
+        stop_at: u64::MAX,
+    };
+    let shared = Rc::new(Shared {
+        window: Cell::new(far),
+        received: Cell::new(0),
+        seconds: RefCell::new(Vec::new()),
+        conns: RefCell::new(Vec::new()),
+    });
+    let spec = Rc::new(spec);
+    let started = Instant::now();
+    // Open the connections, a bounded number at a time, paced by open_rate.
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Result<(), String>>();
+    let total = spec.conns.len();
+    let opener = {
+        let spec = spec.clone();
+        let shared = shared.clone();
+        tokio::task::spawn_local(async move {
+            let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(256));
+            for (n, &(i, behaviour)) in spec.conns.iter().enumerate() {
+                if spec.open_rate > 0.0 {
+                    let due = started + Duration::from_secs_f64(n as f64 / spec.open_rate);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let permit = sem.clone().acquire_owned().await.expect("open");
+                let spec = spec.clone();
+                let shared = shared.clone();
+                let done = done_tx.clone();
+                tokio::task::spawn_local(async move {
+                    connection(spec, shared, i, behaviour, Some((done, permit))).await;
+                });
+            }
+        })
+    };
+    let mut open = 0u64;
+    let mut failed = 0u64;
+    let mut first_error = None;
+    while (open + failed) < total as u64 {
+        match done_rx.recv().await {
+            Some(Ok(())) => open += 1,
+            Some(Err(e)) => {
+                failed += 1;
+                first_error.get_or_insert(e);
+            }
+            None => break,
+        }
+    }
+    let _ = opener.await;
+    let ready = Ready {
+        open,
+        failed,
+        setup_s: started.elapsed().as_secs_f64(),
+        first_error,
+    };
+    println!("READY {}", serde_json::to_string(&ready)?);
+
+    // Progress lines until GO.
+    let progress = {
+        let shared = shared.clone();
+        tokio::task::spawn_local(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                println!("P {}", shared.received.get());
+            }
+        })
+    };
+    // The parent's `GO` line, read on a thread of its own.
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<Option<String>>();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let got = loop {
+            line.clear();
+            match std::io::stdin().read_line(&mut line) {
+                Ok(0) | Err(_) => break None,
+                Ok(_) => {
+                    if let Some(w) = line.trim().strip_prefix("GO ") {
+                        break Some(w.to_owned());
+                    }
+                }
+            }
+        };
+        let _ = go_tx.send(got);
+    });
+    let w: Window = match go_rx.await.ok().flatten() {
+        Some(w) => serde_json::from_str(&w)?,
+        None => bail!("the parent went away"),
+    };
+    shared.window.set(w);
+    let secs = ((w.until.saturating_sub(w.record_from)) as f64 / 1e9).ceil() as usize;
+    *shared.seconds.borrow_mut() = (0..secs.max(1)).map(|_| new_hist()).collect();
+
+    // Own scheduling lag: how late a 10 ms timer fires, during the window.
+    let lag = Rc::new(RefCell::new(new_hist()));
+    {
+        let lag = lag.clone();
+        tokio::task::spawn_local(async move {
+            loop {
+                let t = Instant::now();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                let late = t.elapsed().saturating_sub(Duration::from_millis(10));
+                let now = now_ns();
+                if now >= w.record_from && now < w.until {
+                    let _ = lag.borrow_mut().record(late.as_nanos().max(1) as u64);
+                }
+            }
+        });
+    }
+    let at = |ns: u64| {
+        let now = now_ns();
+        Instant::now() + Duration::from_nanos(ns.saturating_sub(now))
+    };
+    tokio::time::sleep_until(at(w.record_from).into()).await;
+    let cpu0 = self_cpu_s();
+    let t0 = Instant::now();
+    tokio::time::sleep_until(at(w.until).into()).await;
+    let cpu_s = self_cpu_s() - cpu0;
+    let wall_s = t0.elapsed().as_secs_f64();
+    tokio::time::sleep_until(at(w.stop_at).into()).await;
+    progress.abort();
+
+    let mut healthy = Counts::default();
+    let mut other = Counts::default();
+    let mut hist = new_hist();
+    let mut other_hist = new_hist();
+    for c in shared.conns.borrow().iter() {
+        let c = c.borrow();
+        if c.behaviour == Behaviour::Healthy {
+            healthy.add(&c.counts);
+            hist.add(&c.hist)?;
+        } else {
+            other.add(&c.counts);
+            other_hist.add(&c.hist)?;
+        }
+    }
+    let lag = lag.borrow();
+    let result = WorkerResult {
+        index: spec.index,
+        healthy,
+        other,
+        hist: hist_to_hex(&hist),
+        other_hist: hist_to_hex(&other_hist),
+        seconds: shared.seconds.borrow().iter().map(hist_to_hex).collect(),
+        cpu_s,
+        wall_s,
+        lag_p99_us: lag.value_at_quantile(0.99) as f64 / 1000.0,
+        lag_max_us: lag.max() as f64 / 1000.0,
+        cpus: crate::spawn::cpus_allowed(std::process::id()),
+        nofile,
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "R {}", serde_json::to_string(&result)?)?;
+    out.flush()?;
+    // The connections' tasks are simply dropped with the process.
+    std::process::exit(0)
+}
+
+/// Receive buffer of a stalled connection, bytes.
+pub const STALLED_RCVBUF: u32 = 16 * 1024;
+
+type Ws = FragmentCollector<TokioIo<hyper::upgrade::Upgraded>>;
+
+struct SpawnLocal;
+
+impl<Fut> hyper::rt::Executor<Fut> for SpawnLocal
+where
+    Fut: std::future::Future + Send + 'static,
+    Fut::Output: Send + 'static,
+{
+    fn execute(&self, fut: Fut) {
+        tokio::spawn(fut);
+    }
+}
+
+/// Opens a WebSocket from `bind` (source address, port chosen by the kernel).
+async fn open_ws(url: &str, bind: Option<IpAddr>, rcvbuf: Option<u32>) -> anyhow::Result<Ws> {
+    let u = url::Url::parse(url)?;
+    if u.scheme() != "ws" {
+        bail!("{url}: the bench speaks ws:// only");
+    }
+    let host = u.host_str().ok_or_else(|| anyhow!("{url}: no host"))?;
+    let port = u.port_or_known_default().unwrap_or(80);
+    let addr: SocketAddr = tokio::net::lookup_host((host, port))
+        .await?
+        .next()
+        .ok_or_else(|| anyhow!("{url}: no address"))?;
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    if let Some(n) = rcvbuf {
+        sock.set_recv_buffer_size(n)?;
+    }
+    if let (Some(b), true) = (bind, addr.ip().is_loopback()) {
+        sock.bind(SocketAddr::new(b, 0))
+            .with_context(|| format!("binding {b}"))?;
+    }
+    let tcp = sock
+        .connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    tcp.set_nodelay(true)?;
+    let mut path = u.path().to_owned();
+    if let Some(q) = u.query() {
+        path.push('?');
+        path.push_str(q);
+    }
+    let req = hyper::Request::builder()
+        .method("GET")
+        .uri(path)
+        .header(HOST, format!("{host}:{port}"))
+        .header(UPGRADE, "websocket")
+        .header(CONNECTION, "upgrade")
+        .header(
+            "Sec-WebSocket-Key",
+            fastwebsockets::handshake::generate_key(),
+        )
+        .header("Sec-WebSocket-Version", "13")
+        .body(Empty::<Bytes>::new())?;
+    let (ws, _) = fastwebsockets::handshake::client(&SpawnLocal, req, tcp)
+        .await
+        .map_err(|e| anyhow!("{url}: {e}"))?;
+    Ok(FragmentCollector::new(ws))
+}
+
+fn subscribe_frame(id: u64, op: &str, symbols: &[String]) -> Frame<'static> {
+    let body = serde_json::json!({"op": op, "id": id, "symbols": symbols, "snapshot": false});
+    Frame::text(Payload::Owned(body.to_string().into_bytes()))
+}
+
+/// Opens, subscribes and waits for `subscribed`.
+async fn open_subscribed(
+    url: &str,
+    bind: Option<IpAddr>,
+    rcvbuf: Option<u32>,
+    symbols: &[String],
+) -> anyhow::Result<Ws> {
+    let mut ws = open_ws(url, bind, rcvbuf).await?;
+    ws.write_frame(subscribe_frame(1, "subscribe", symbols))
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let f = tokio::time::timeout_at(deadline.into(), ws.read_frame())
+            .await
+            .map_err(|_| anyhow!("{url}: no `subscribed` within 20 s"))??;
+        match f.opcode {
+            OpCode::Text => {
+                let mut p = f.payload;
+                let msgs: Vec<Msg> = simd_json::serde::from_slice(p.to_mut())
+                    .map_err(|e| anyhow!("{url}: bad frame: {e}"))?;
+                for m in msgs {
+                    match &*m.ty {
+                        "subscribed" => return Ok(ws),
+                        "error" => bail!("{url}: the subscribe was refused"),
+                        _ => {}
+                    }
+                }
+            }
+            OpCode::Close => bail!("{url}: closed before `subscribed`"),
+            _ => {}
+        }
+    }
+}
+
+type Done = (
+    tokio::sync::mpsc::UnboundedSender<Result<(), String>>,
+    tokio::sync::OwnedSemaphorePermit,
+);
+
+async fn connection(
+    spec: Rc<WorkerSpec>,
+    shared: Rc<Shared>,
+    i: usize,
+    behaviour: Behaviour,
+    mut done: Option<Done>,
+) {
+    let url = &spec.urls[i % spec.urls.len()];
+    let mut symbols: Vec<String> = spec.shape.symbols_of(i).map(symbol_name).collect();
+    let state = Rc::new(RefCell::new(ConnState {
+        behaviour,
+        hist: new_hist(),
+        counts: Counts::default(),
+        last: HashMap::new(),
+    }));
+    shared.conns.borrow_mut().push(state.clone());
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(i as u64 * 7919 + spec.index as u64);
+    let mut next_swap = spec.shape.per_conn;
+    loop {
+        // A stalled client's small receive window lets the server see it stall soon,
+        // as it would across a real network.
+        let rcvbuf = (behaviour == Behaviour::Stalled).then_some(STALLED_RCVBUF);
+        let ws = open_subscribed(url, spec.bind, rcvbuf, &symbols).await;
+        let mut ws = match ws {
+            Ok(ws) => {
+                let mut st = state.borrow_mut();
+                st.counts.opened += 1;
+                // A new connection subscribes without snapshot: each symbol's sequence
+                // starts again from the first tick it brings.
+                st.last.clear();
+                drop(st);
+                if let Some((tx, _permit)) = done.take() {
+                    let _ = tx.send(Ok(()));
+                }
+                ws
+            }
+            Err(e) => {
+                state.borrow_mut().counts.connect_failed += 1;
+                if let Some((tx, _permit)) = done.take() {
+                    let _ = tx.send(Err(format!("{e:#}")));
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let opened = Instant::now();
+        let life = spec.churn.map(|c| {
+            Duration::from_millis(
+                rng.random_range(c.life_min_ms..=c.life_max_ms.max(c.life_min_ms)),
+            )
+        });
+        let mut last_swap = Instant::now();
+        let mut next_pause = Instant::now() + Duration::from_millis(rng.random_range(2000..6000));
+        let ended = read_loop(&mut ws, &shared, &state, behaviour, |ws_ctl| {
+            // Churn: change a subscription now and then; end the connection when its
+            // life is over.
+            if let Some(c) = spec.churn {
+                if last_swap.elapsed() >= Duration::from_millis(c.resub_ms) && !symbols.is_empty() {
+                    last_swap = Instant::now();
+                    let old = symbols.remove(0);
+                    let new =
+                        symbol_name((i * spec.shape.per_conn + next_swap) % spec.shape.symbols);
+                    next_swap += 1;
+                    ws_ctl.unsub = Some(old);
+                    if !symbols.contains(&new) {
+                        symbols.push(new.clone());
+                        ws_ctl.sub = Some(new);
+                    }
+                }
+            }
+            if behaviour == Behaviour::Intermittent && Instant::now() >= next_pause {
+                next_pause = Instant::now() + Duration::from_millis(rng.random_range(4000..8000));
+                ws_ctl.pause = Some(Duration::from_millis(rng.random_range(1000..3000)));
+            }
+            if let Some(l) = life {
+                if opened.elapsed() >= l {
+                    ws_ctl.close = true;
+                }
+            }
+        })
+        .await;
+        match ended {
+            End::Closed => {
+                // Our own close (churn): open again, as a new client would.
+                continue;
+            }
+            End::Server(code) => {
+                *state.borrow_mut().counts.closes.entry(code).or_default() += 1;
+                if spec.churn.is_none() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Ctl {
+    close: bool,
+    sub: Option<String>,
+    unsub: Option<String>,
+    pause: Option<Duration>,
+}
+
+enum End {
+    /// We closed it.
+    Closed,
+    /// The server closed it (code, or `drop`).
+    Server(String),
+}
+
+async fn read_loop(
+    ws: &mut Ws,
+    shared: &Shared,
+    state: &RefCell<ConnState>,
+    behaviour: Behaviour,
+    mut control: impl FnMut(&mut Ctl),
+) -> End {
+    let mut cmd_id = 2u64;
+    loop {
+        let frame = match ws.read_frame().await {
+            Ok(f) => f,
+            Err(_) => return End::Server("drop".into()),
+        };
+        let recv = now_ns();
+        let w = shared.window.get();
+        let in_window = recv >= w.record_from && recv < w.until;
+        match frame.opcode {
+            OpCode::Text => {
+                let mut payload = frame.payload;
+                let len = payload.len() as u64;
+                let mut st = state.borrow_mut();
+                if in_window {
+                    st.counts.frames += 1;
+                    st.counts.bytes += len;
+                }
+                let Ok(msgs) = simd_json::serde::from_slice::<Vec<Msg>>(payload.to_mut()) else {
+                    st.counts.errors += 1;
+                    continue;
+                };
+                for m in msgs {
+                    on_message(&mut st, shared, &w, recv, m);
+                }
+            }
+            OpCode::Binary if in_window => {
+                let mut st = state.borrow_mut();
+                st.counts.binary_frames += 1;
+                st.counts.binary_bytes += frame.payload.len() as u64;
+            }
+            OpCode::Close => {
+                let code = if frame.payload.len() >= 2 {
+                    u16::from_be_bytes([frame.payload[0], frame.payload[1]]).to_string()
+                } else {
+                    "1005".into()
+                };
+                return End::Server(code);
+            }
+            _ => {}
+        }
+        let now = now_ns();
+        match behaviour {
+            Behaviour::Stalled if now >= w.record_from && now < w.until => {
+                let left = Duration::from_nanos(w.until - now);
+                tokio::time::sleep(left).await;
+            }
+            Behaviour::Slow => tokio::time::sleep(Duration::from_millis(20)).await,
+            _ => {}
+        }
+        let mut ctl = Ctl::default();
+        control(&mut ctl);
+        if let Some(p) = ctl.pause {
+            tokio::time::sleep(p).await;
+        }
+        if let Some(s) = ctl.unsub {
+            state.borrow_mut().last.remove(&s);
+            cmd_id += 1;
+            if ws
+                .write_frame(subscribe_frame(cmd_id, "unsubscribe", &[s]))
+                .await
+                .is_err()
+            {
+                return End::Server("drop".into());
+            }
+        }
+        if let Some(s) = ctl.sub {
+            state.borrow_mut().last.remove(&s);
+            cmd_id += 1;
+            if ws
+                .write_frame(subscribe_frame(cmd_id, "subscribe", &[s]))
+                .await
+                .is_err()
+            {
+                return End::Server("drop".into());
+            }
+        }
+        if ctl.close {
+            let _ = ws
+                .write_frame(Frame::close(1000, b"bench: connection life over"))
+                .await;
+            return End::Closed;
+        }
+    }
+}
+
+fn on_message(st: &mut ConnState, shared: &Shared, w: &Window, recv: u64, m: Msg<'_>) {
+    match &*m.ty {
+        "tick" => {
+            let (Some(sym), Some(seq)) = (m.symbol, m.seq) else {
+                st.counts.errors += 1;
+                return;
+            };
+            let ts = m.ts.unwrap_or(0);
+            st.counts.ticks_all += 1;
+            let counted = ts >= w.record_from && ts < w.until;
+            let last = st.last.get(&*sym).copied();
+            match last {
+                Some(l) if seq <= l => {
+                    if counted {
+                        st.counts.duplicates += 1;
+                    }
+                    return;
+                }
+                Some(l) if seq > l + 1 && counted => {
+                    st.counts.holes += 1;
+                    st.counts.hole_ticks += seq - l - 1;
+                }
+                _ => {}
+            }
+            match st.last.get_mut(&*sym) {
+                Some(v) => *v = seq,
+                None => {
+                    st.last.insert(sym.into_owned(), seq);
+                }
+            }
+            if counted {
+                st.counts.ticks += 1;
+                let lat = recv.saturating_sub(ts).max(1);
+                let _ = st.hist.record(lat);
+                if st.behaviour == Behaviour::Healthy {
+                    let s = ((ts - w.record_from) / 1_000_000_000) as usize;
+                    if let Some(h) = shared.seconds.borrow_mut().get_mut(s) {
+                        let _ = h.record(lat);
+                    }
+                }
+                shared.received.set(shared.received.get() + 1);
+            }
+        }
+        "snapshot" => {
+            st.counts.snapshots += 1;
+            if let (Some(sym), Some(seq)) = (m.symbol, m.seq) {
+                st.last.insert(sym.into_owned(), seq);
+            }
+        }
+        "gap" => {
+            let (Some(sym), Some(from), Some(to)) = (m.symbol, m.from, m.to) else {
+                st.counts.errors += 1;
+                return;
+            };
+            if recv >= w.record_from {
+                let n = to.saturating_sub(from) + 1;
+                st.counts.gaps += 1;
+                st.counts.gap_ticks += n;
+                let reason = m.reason.as_deref().unwrap_or("?").to_owned();
+                if reason == "slow_consumer" {
+                    st.counts.conflated += n;
+                }
+                *st.counts.gap_reasons.entry(reason).or_default() += n;
+            }
+            // The next tick after the gap follows `to`.
+            match st.last.get_mut(&*sym) {
+                Some(v) => *v = (*v).max(to),
+                None => {
+                    st.last.insert(sym.into_owned(), to);
+                }
+            }
+        }
+        "error" => st.counts.errors += 1,
+        _ => {}
+    }
+}
+
+/// Source address of worker `i`: 127.0.0.2, 127.0.0.3, …
+pub fn source_addr(i: usize) -> IpAddr {
+    let n = i + 1;
+    IpAddr::V4(Ipv4Addr::new(127, 0, (n / 253) as u8, (n % 253) as u8 + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window() -> Window {
+        Window {
+            record_from: 1_000,
+            until: 10_000_000_000,
+            stop_at: u64::MAX,
+        }
+    }
+
+    fn state() -> (ConnState, Shared) {
+        let st = ConnState {
+            behaviour: Behaviour::Healthy,
+            hist: new_hist(),
+            counts: Counts::default(),
+            last: HashMap::new(),
+        };
+        let sh = Shared {
+            window: Cell::new(window()),
+            received: Cell::new(0),
+            seconds: RefCell::new(vec![new_hist(); 10]),
+            conns: RefCell::new(Vec::new()),
+        };
+        (st, sh)
+    }
+
+    fn feed(st: &mut ConnState, sh: &Shared, frame: &str) {
+        let mut b = frame.as_bytes().to_vec();
+        let msgs: Vec<Msg> = simd_json::serde::from_slice(&mut b).unwrap();
+        for m in msgs {
+            on_message(st, sh, &window(), 5_000, m);
+        }
+    }
+
+    #[test]
+    fn holes_gaps_and_duplicates_are_told_apart() {
+        let (mut st, sh) = state();
+        feed(
+            &mut st,
+            &sh,
+            r#"[{"type":"tick","symbol":"A","seq":1,"ts":2000,"bid":1.5,"x":{"y":[1,2]}},{"type":"tick","symbol":"A","seq":2,"ts":2000}]"#,
+        );
+        feed(
+            &mut st,
+            &sh,
+            r#"[{"type":"tick","symbol":"A","seq":5,"ts":2000}]"#,
+        );
+        feed(
+            &mut st,
+            &sh,
+            r#"[{"type":"gap","symbol":"A","from":6,"to":9,"reason":"slow_consumer"},{"type":"tick","symbol":"A","seq":10,"ts":2000},{"type":"tick","symbol":"A","seq":10,"ts":2000}]"#,
+        );
+        let c = &st.counts;
+        assert_eq!(c.ticks, 4);
+        assert_eq!((c.holes, c.hole_ticks), (1, 2));
+        assert_eq!((c.gaps, c.gap_ticks, c.conflated), (1, 4, 4));
+        assert_eq!(c.duplicates, 1);
+        assert_eq!(st.hist.len(), 4);
+        assert_eq!(st.hist.max(), st.hist.highest_equivalent(3_000));
+    }
+
+    #[test]
+    fn histograms_survive_the_pipe() {
+        let mut h = new_hist();
+        for v in [1u64, 10, 1_000, 1_000_000, 7_000_000_000] {
+            h.record(v).unwrap();
+        }
+        let back = hist_from_hex(&hist_to_hex(&h)).unwrap();
+        assert_eq!(back.len(), 5);
+        assert_eq!(back.max(), h.max());
+    }
+
+    #[test]
+    fn source_addresses_skip_the_network_and_broadcast_numbers() {
+        assert_eq!(source_addr(0).to_string(), "127.0.0.2");
+        assert_eq!(source_addr(1).to_string(), "127.0.0.3");
+        for i in 0..2000 {
+            let IpAddr::V4(a) = source_addr(i) else {
+                panic!()
+            };
+            assert_ne!(a.octets()[3], 0);
+            assert_ne!(a.octets()[3], 255);
+        }
+    }
+}

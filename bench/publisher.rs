@@ -1,0 +1,334 @@
+//! The open-loop publisher: tick `i` is due at `t0 + i / rate` and is stamped with that
+//! intended time in `ts`, whenever it actually leaves. A publisher (or a server) that
+//! stalls cannot hide latency: what it delays shows as latency, and how far the
+//! publisher fell behind its schedule is reported beside it.
+//!
+//! Ticks go round-robin over the N symbols of the flat universe (tick `i` is symbol
+//! `i mod N`, seq `i / N + 1`), everything due at once in one batch: one `/v1/publish`
+//! text frame holding an array, or one Redis pipeline of `XADD hist`, `SET last` and
+//! `PUBLISH tick` per tick (PROTOCOL.md, "The bus between nodes").
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use fastwebsockets::{Frame, OpCode, Payload};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::common::symbol_name;
+
+/// Where the ticks go.
+#[derive(Clone, Debug)]
+pub enum Sink {
+    /// A node's (or the floor's) `/v1/publish`.
+    Ws(String),
+    /// Redis, following the contract's channels and keys.
+    Redis {
+        /// `redis://127.0.0.1:PORT`.
+        url: String,
+        /// Key prefix, e.g. `tickstream:`.
+        prefix: String,
+        /// Length of `hist:` streams; 0 publishes only (no `SET last`, no `XADD`).
+        history: usize,
+    },
+}
+
+/// What to publish.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// Ticks per second over all symbols.
+    pub rate: f64,
+    /// Symbols of the universe.
+    pub symbols: usize,
+    /// Epoch named in every tick.
+    pub epoch: String,
+    /// First tick due at this time (ns since the Unix epoch).
+    pub t0: u64,
+    /// No tick due at or after this is published.
+    pub end: u64,
+    /// The recorded window, to count what was published inside it.
+    pub record_from: u64,
+    /// Skip this seq of symbol 0 (a gap injected on purpose).
+    pub skip_seq: Option<u64>,
+}
+
+/// What the publisher did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    /// Ticks published.
+    pub published: u64,
+    /// Ticks whose intended time lies in the recorded window.
+    pub in_window: u64,
+    /// The same, per symbol.
+    pub in_window_per_symbol: Vec<u64>,
+    /// Batches (frames or pipelines).
+    pub batches: u64,
+    /// How late against schedule each tick left: p50, µs.
+    pub behind_p50_us: f64,
+    /// … p99, µs.
+    pub behind_p99_us: f64,
+    /// … max, µs.
+    pub behind_max_us: f64,
+    /// Ticks the server acknowledged (`/v1/publish`).
+    pub accepted: u64,
+    /// Ticks it refused.
+    pub refused: u64,
+}
+
+fn now_ns() -> u64 {
+    tickstream::tick::now_ns()
+}
+
+/// Shortest time between two batches: at high rates everything due in this quantum
+/// shares one frame (or pipeline), so the publisher never sends more than 10,000
+/// frames/s (a node limits each publisher connection to 20,000 by default).
+const QUANTUM_NS: u64 = 100_000;
+
+struct Schedule {
+    plan: Plan,
+    next: u64,
+    last_batch: u64,
+    behind: Histogram<u64>,
+    report: Report,
+}
+
+impl Schedule {
+    fn new(plan: Plan) -> Schedule {
+        Schedule {
+            report: Report {
+                in_window_per_symbol: vec![0; plan.symbols],
+                ..Report::default()
+            },
+            plan,
+            next: 0,
+            last_batch: 0,
+            behind: crate::load::new_hist(),
+        }
+    }
+
+    fn due_at(&self, i: u64) -> u64 {
+        self.plan.t0 + (i as f64 * 1e9 / self.plan.rate) as u64
+    }
+
+    /// Waits for the next tick's time; `None` when the schedule is over. Returns the
+    /// range of ticks due now, at most `max` of them.
+    fn wait_due(&mut self, max: u64) -> Option<(u64, u64)> {
+        let first = self.due_at(self.next);
+        if first >= self.plan.end {
+            return None;
+        }
+        let now = now_ns();
+        let start = first.max(self.last_batch + QUANTUM_NS);
+        if now < start {
+            std::thread::sleep(Duration::from_nanos(start - now));
+        }
+        let now = now_ns();
+        self.last_batch = now;
+        let mut end = self.next + 1;
+        while end - self.next < max {
+            let t = self.due_at(end);
+            if t > now || t >= self.plan.end {
+                break;
+            }
+            end += 1;
+        }
+        let r = (self.next, end);
+        self.next = end;
+        Some(r)
+    }
+
+    /// Writes ticks `a..b` into `out` (one JSON object each, via `each`).
+    fn ticks(&mut self, a: u64, b: u64, mut each: impl FnMut(usize, u64, &[u8])) {
+        let n = self.plan.symbols as u64;
+        let mut buf = Vec::with_capacity(256);
+        for i in a..b {
+            let sym = (i % n) as usize;
+            let mut seq = i / n + 1;
+            if let Some(skip) = self.plan.skip_seq {
+                if sym == 0 && seq >= skip {
+                    seq += 1;
+                }
+            }
+            let ts = self.due_at(i);
+            let cents = 10_000 + (seq % 200) as i64 - 100;
+            buf.clear();
+            let _ = write!(
+                buf,
+                r#"{{"type":"tick","symbol":"{}","epoch":"{}","seq":{seq},"ts":{ts},"bid":{}.{:02},"ask":{}.{:02},"bid_size":100,"ask_size":200,"last":{}.{:02},"last_size":10,"volume":{}}}"#,
+                symbol_name(sym),
+                self.plan.epoch,
+                cents / 100,
+                cents % 100,
+                (cents + 1) / 100,
+                (cents + 1) % 100,
+                cents / 100,
+                cents % 100,
+                seq * 10,
+            );
+            self.report.published += 1;
+            if ts >= self.plan.record_from {
+                self.report.in_window += 1;
+                self.report.in_window_per_symbol[sym] += 1;
+            }
+            each(sym, seq, &buf);
+        }
+    }
+
+    /// Records how late ticks `a..b` leave, now.
+    fn sent(&mut self, a: u64, b: u64) {
+        self.report.batches += 1;
+        let now = now_ns();
+        let late = now.saturating_sub(self.due_at(a)).max(1);
+        let _ = self.behind.record_n(late, b - a);
+    }
+
+    fn finish(mut self) -> Report {
+        let us = |v: u64| v as f64 / 1000.0;
+        self.report.behind_p50_us = us(self.behind.value_at_quantile(0.5));
+        self.report.behind_p99_us = us(self.behind.value_at_quantile(0.99));
+        self.report.behind_max_us = us(self.behind.max());
+        self.report
+    }
+}
+
+/// Starts the publisher on its own thread.
+pub fn start(plan: Plan, sink: Sink) -> std::thread::JoinHandle<anyhow::Result<Report>> {
+    std::thread::Builder::new()
+        .name("publisher".into())
+        .spawn(move || match sink {
+            Sink::Redis {
+                url,
+                prefix,
+                history,
+            } => run_redis(plan, &url, &prefix, history),
+            Sink::Ws(url) => run_ws(plan, &url),
+        })
+        .expect("spawning the publisher thread")
+}
+
+fn run_redis(plan: Plan, url: &str, prefix: &str, history: usize) -> anyhow::Result<Report> {
+    let client = redis::Client::open(url).with_context(|| format!("redis url {url}"))?;
+    let mut con = client
+        .get_connection()
+        .with_context(|| format!("connecting to {url}"))?;
+    // A new epoch: the old history of these symbols goes (PROTOCOL.md: a publisher
+    // starting a new epoch deletes it first).
+    if history > 0 {
+        let mut p = redis::pipe();
+        for s in 0..plan.symbols {
+            p.del(format!("{prefix}hist:{{{}}}", symbol_name(s)))
+                .ignore();
+        }
+        p.query::<()>(&mut con).context("deleting old history")?;
+    }
+    let mut sched = Schedule::new(plan);
+    while let Some((a, b)) = sched.wait_due(5_000) {
+        let mut p = redis::pipe();
+        sched.ticks(a, b, |sym, seq, json| {
+            let name = symbol_name(sym);
+            if history > 0 {
+                p.cmd("XADD")
+                    .arg(format!("{prefix}hist:{{{name}}}"))
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(history)
+                    .arg(format!("{seq}-0"))
+                    .arg("t")
+                    .arg(json)
+                    .ignore();
+                p.set(format!("{prefix}last:{{{name}}}"), json).ignore();
+            }
+            p.publish(format!("{prefix}tick:{{{name}}}"), json).ignore();
+        });
+        sched.sent(a, b);
+        p.query::<()>(&mut con).context("publishing into Redis")?;
+    }
+    Ok(sched.finish())
+}
+
+fn run_ws(plan: Plan, url: &str) -> anyhow::Result<Report> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let ws = rt
+        .block_on(tickstream::client::connect(url, None))
+        .map_err(|e| anyhow!("publisher: {e}"))?;
+    let (mut rd, mut wr) = ws.split(tokio::io::split);
+    // Replies: one `published` per frame (after an `error` per refused tick).
+    let (acks_tx, acks_rx) = std::sync::mpsc::channel::<(u64, u64)>();
+    let reader = rt.spawn(async move {
+        let mut accepted = 0u64;
+        let mut refused = 0u64;
+        loop {
+            let f = rd
+                .read_frame::<_, fastwebsockets::WebSocketError>(&mut |_| async { Ok(()) })
+                .await;
+            let Ok(f) = f else { break };
+            match f.opcode {
+                OpCode::Text => {
+                    let v: serde_json::Value =
+                        serde_json::from_slice(&f.payload).unwrap_or_default();
+                    for m in v.as_array().into_iter().flatten() {
+                        if m["type"] == "published" {
+                            accepted += m["accepted"].as_u64().unwrap_or(0);
+                            refused += m["refused"].as_u64().unwrap_or(0);
+                            let _ = acks_tx.send((accepted, refused));
+                        }
+                    }
+                }
+                OpCode::Close => break,
+                _ => {}
+            }
+        }
+        (accepted, refused)
+    });
+    let mut sched = Schedule::new(plan);
+    let mut frame = Vec::with_capacity(64 * 1024);
+    while let Some((a, b)) = sched.wait_due(2_000) {
+        frame.clear();
+        frame.push(b'[');
+        sched.ticks(a, b, |_, _, json| {
+            if frame.len() > 1 {
+                frame.push(b',');
+            }
+            frame.extend_from_slice(json);
+        });
+        frame.push(b']');
+        let payload = Payload::Owned(std::mem::take(&mut frame));
+        rt.block_on(wr.write_frame(Frame::text(payload)))
+            .map_err(|e| anyhow!("publishing to {url}: {e}"))?;
+        sched.sent(a, b);
+        frame = Vec::with_capacity(64 * 1024);
+    }
+    let mut report = sched.finish();
+    // Wait for the acknowledgement of every tick (or give up after 10 s).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut last = (0, 0);
+    while last.0 + last.1 < report.published {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match acks_rx.recv_timeout(left) {
+            Ok(v) => last = v,
+            Err(_) => break,
+        }
+    }
+    let _ = rt.block_on(wr.write_frame(Frame::close(1000, b"")));
+    reader.abort();
+    report.accepted = last.0;
+    report.refused = last.1;
+    if report.refused > 0 {
+        eprintln!(
+            "tickstream-bench: the server refused {} of {} published ticks",
+            report.refused, report.published
+        );
+    }
+    if report.accepted + report.refused < report.published {
+        bail!(
+            "{url} acknowledged only {} of {} ticks",
+            report.accepted + report.refused,
+            report.published
+        );
+    }
+    Ok(report)
+}

@@ -1,0 +1,123 @@
+//! `connections`: many subscribed connections held open at a low rate: setup rate,
+//! memory per connection, CPU while idle, latency through heartbeat rounds.
+
+use crate::common::{targets_with_references, Common, Shape};
+use crate::scenario::{finish, reference_pairs, run_alternating, Ctx, Defaults, Load};
+
+/// Many connections, held.
+#[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Example (15,000 connections, 1 of 100 symbols each, 100 ticks/s, opened \
+at 2,000/s over 4 processes, heartbeat every 5 s so rounds fall in the 20 s held):
+
+  tickstream-bench connections --spawn --shape 15000x1/100 --rate 100 --clients 4 --open-rate 2000"
+)]
+pub struct Args {
+    #[command(flatten)]
+    pub common: Common,
+    /// Load shape C×K/N.
+    #[arg(long, default_value = "2000x1/100")]
+    pub shape: Shape,
+    /// Ticks per second over the N symbols.
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Connections opened per second over all client processes (0: all at once).
+    #[arg(long, default_value_t = 2000.0)]
+    pub open_rate: f64,
+    /// Heartbeat of a spawned tickstream node, so that rounds fall inside the window.
+    #[arg(long, default_value = "5s")]
+    pub heartbeat: String,
+}
+
+/// Runs it.
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let targets = targets_with_references(&a.common)?;
+    let d = Defaults {
+        duration: std::time::Duration::from_secs(20),
+        runs: 1,
+        ..Defaults::default()
+    };
+    let mut ctx = Ctx::new(a.common, "connections", d)?;
+    let mut load = Load::plain(a.shape, a.rate);
+    load.open_rate = a.open_rate;
+    load.node_args = vec!["--heartbeat".into(), a.heartbeat.clone()];
+    let runs = run_alternating(&mut ctx, &targets, &load)?;
+    let mut rows = Vec::new();
+    println!("\nconnections held");
+    for r in &runs {
+        let per_sec_p999: Vec<f64> = r
+            .seconds
+            .iter()
+            .filter(|p| p.count > 0)
+            .map(|p| p.p999)
+            .collect();
+        let mut sorted = per_sec_p999.clone();
+        sorted.sort_by(|a, b| a.total_cmp(b));
+        let med = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
+        let max = sorted.last().copied().unwrap_or(0.0);
+        let tcp = match r.tcp_mem_kb {
+            (Some(a), Some(b)) => Some((b.saturating_sub(a)) as f64 * 1024.0 / a_conns(r) as f64),
+            _ => None,
+        };
+        println!(
+            "{} run {}: {} connections opened at {:.0}/s; server RSS idle {:.1} MB, held {:.1} MB = {:.0} bytes/connection; kernel TCP memory {} bytes/connection; server CPU {:.1}% while held; per-second p99.9 median {:.2} ms, worst {:.2} ms (moves by {:.2} ms)",
+            r.target,
+            r.run,
+            a_conns(r),
+            r.setup_conns_per_s,
+            r.server.rss_idle_kb as f64 / 1024.0,
+            r.server.rss_mean_kb as f64 / 1024.0,
+            r.server.rss_per_conn_bytes,
+            tcp.map(|t| format!("{t:.0}")).unwrap_or_else(|| "?".into()),
+            r.server.cpu_util * 100.0,
+            med / 1e3,
+            max / 1e3,
+            (max - med) / 1e3,
+        );
+        rows.push(serde_json::json!({
+            "target": r.target, "run": r.run,
+            "setup_conns_per_s": r.setup_conns_per_s,
+            "rss_idle_kb": r.server.rss_idle_kb,
+            "rss_held_kb": r.server.rss_mean_kb,
+            "rss_per_conn_bytes": r.server.rss_per_conn_bytes,
+            "kernel_tcp_bytes_per_conn": tcp,
+            "cpu_util_held": r.server.cpu_util,
+            "per_second_p999_us": per_sec_p999,
+            "p999_moves_by_us": max - med,
+        }));
+    }
+    let series: Vec<(String, Vec<(f64, f64)>)> = runs
+        .iter()
+        .map(|r| {
+            (
+                format!("{} run {}", r.target, r.run),
+                r.seconds
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.count > 0)
+                    .map(|(i, p)| (i as f64, (p.p999 / 1e3).max(1e-3)))
+                    .collect(),
+            )
+        })
+        .collect();
+    crate::plot::lines(
+        &ctx.out.join("p999-by-second.svg"),
+        "p99.9 per second while the connections are held",
+        "second of the window",
+        "p99.9 (ms)",
+        &series,
+        true,
+    )?;
+    finish(
+        &ctx,
+        &format!("connections, {} at {} ticks/s", a.shape, a.rate),
+        &runs,
+        &reference_pairs(&targets),
+        serde_json::json!({"held": rows, "open_rate": a.open_rate, "heartbeat": a.heartbeat}),
+    )?;
+    Ok(())
+}
+
+fn a_conns(r: &crate::scenario::RunResult) -> u64 {
+    r.counts.opened + r.counts_other.opened
+}

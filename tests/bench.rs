@@ -1,0 +1,455 @@
+//! `tickstream-bench` at a tiny scale (a second or two, a few connections, everything
+//! spawned by the bench itself): each scenario produces its files, its JSON parses and
+//! its counts add up. Nothing here asserts a speed.
+//!
+//! The comparison with the references (`--against floor,node`) runs only where they
+//! exist: `bench/peers/node-ws/server.js` in the tree and `tickstream-floor` built beside
+//! the bench; otherwise that test says so and returns.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+const BENCH: &str = env!("CARGO_BIN_EXE_tickstream-bench");
+
+/// Runs the bench with `args` plus a tiny common scale, output into a fresh directory.
+fn bench(args: &[&str]) -> (Output, Option<Value>, tempfile::TempDir) {
+    // The node the bench spawns is the `tickstream` binary beside it.
+    let _ = env!("CARGO_BIN_EXE_tickstream");
+    let dir = tempfile::tempdir().unwrap();
+    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    for (k, v) in [
+        ("--duration", "1500ms"),
+        ("--warmup", "500ms"),
+        ("--runs", "1"),
+        ("--drain", "1s"),
+        ("--clients", "2"),
+        // A debug build on a busy machine may lag; these tests check counts, not pace.
+        ("--max-behind", "2s"),
+        ("--max-client-lag", "2s"),
+    ] {
+        if !args.contains(&k) {
+            all.push(k.into());
+            all.push(v.into());
+        }
+    }
+    all.push("--out".into());
+    all.push(dir.path().display().to_string());
+    let out = Command::new(BENCH)
+        .args(&all)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("the bench runs");
+    let summary = std::fs::read_to_string(dir.path().join("summary.json"))
+        .ok()
+        .map(|s| serde_json::from_str(&s).expect("summary.json parses"));
+    (out, summary, dir)
+}
+
+fn ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "bench failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn exists(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
+    assert!(p.exists(), "{} is missing", p.display());
+    p
+}
+
+fn runs_of<'a>(s: &'a Value, target: &str) -> Vec<&'a Value> {
+    s["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["target"] == target)
+        .collect()
+}
+
+/// Received = published × fan-out, nothing lost, nothing extra.
+fn assert_complete(r: &Value, fanout: u64) {
+    let published = r["published_in_window"].as_u64().unwrap();
+    assert!(published > 0, "nothing published: {r}");
+    let c = &r["counts"];
+    assert_eq!(r["expected"].as_u64().unwrap(), published * fanout, "{r}");
+    assert_eq!(c["ticks"].as_u64().unwrap(), published * fanout, "{c}");
+    assert_eq!(c["gaps"], 0);
+    assert_eq!(c["holes"], 0);
+    assert_eq!(c["duplicates"], 0);
+    assert_eq!(r["complete"], true);
+    assert_eq!(r["latency"]["count"].as_u64().unwrap(), published * fanout);
+    assert!(r["latency"]["p50"].as_f64().unwrap() > 0.0);
+    assert!(r["frames_per_s"].as_f64().unwrap() > 0.0);
+    assert!(r["server"]["samples"].as_array().unwrap().len() > 2);
+    assert!(!r["placement"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn latency_through_publish_counts_add_up() {
+    let (out, s, dir) = bench(&["latency", "--spawn", "--shape", "6x2/4", "--rate", "400"]);
+    ok(&out);
+    let s = s.unwrap();
+    exists(dir.path(), "latency.svg");
+    exists(dir.path(), "universe.csv");
+    let hgrm = std::fs::read_to_string(exists(dir.path(), "tickstream-publish-run1.hgrm")).unwrap();
+    assert!(hgrm.contains("Percentile"), "{hgrm}");
+    let runs = runs_of(&s, "tickstream-publish");
+    assert_eq!(runs.len(), 1);
+    // 6 connections × 2 of 4 symbols: every tick reaches 3 connections.
+    assert_complete(runs[0], 3);
+    let p = &runs[0]["publisher"];
+    assert_eq!(p["refused"], 0);
+    assert_eq!(p["accepted"], p["published"]);
+    assert!(s["medians"][0]["latency"]["p99"].as_f64().unwrap() > 0.0);
+    // The workers ran from their own source addresses.
+    let placement = runs[0]["placement"].to_string();
+    assert!(
+        placement.contains("127.0.0.2") && placement.contains("127.0.0.3"),
+        "{placement}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("p99.99"), "{stdout}");
+}
+
+#[test]
+fn an_injected_gap_is_counted() {
+    // 400 ticks/s over 4 symbols: seq 200 of the first symbol falls 1.0 s after the
+    // start, inside the recorded window (0.5 s to 2.0 s).
+    let (out, s, _dir) = bench(&[
+        "latency",
+        "--spawn",
+        "--shape",
+        "6x2/4",
+        "--rate",
+        "400",
+        "--skip-seq",
+        "100",
+    ]);
+    ok(&out);
+    let s = s.unwrap();
+    let r = runs_of(&s, "tickstream-publish")[0];
+    let c = &r["counts"];
+    // Symbol 0 has 3 subscribers: each sees the one missing seq, announced or not.
+    let events = c["holes"].as_u64().unwrap() + c["gaps"].as_u64().unwrap();
+    let missing = c["hole_ticks"].as_u64().unwrap() + c["gap_ticks"].as_u64().unwrap();
+    assert_eq!(events, 3, "{c}");
+    assert_eq!(missing, 3, "{c}");
+    // Everything that was published still arrived.
+    assert_eq!(c["ticks"], r["expected"]);
+    assert_eq!(r["complete"], false);
+}
+
+#[test]
+fn latency_through_redis_counts_add_up() {
+    let (out, s, dir) = bench(&[
+        "latency", "--spawn", "--source", "redis", "--shape", "4x2/4", "--rate", "400",
+    ]);
+    ok(&out);
+    let s = s.unwrap();
+    let r = runs_of(&s, "tickstream-redis")[0];
+    assert_complete(r, 2);
+    assert!(r["redis"]["pids"].as_array().unwrap().len() == 1);
+    exists(dir.path(), "tickstream-redis-run1.hgrm");
+}
+
+#[test]
+fn latency_from_the_nodes_own_feed() {
+    let (out, s, _dir) = bench(&[
+        "latency",
+        "--spawn",
+        "--source",
+        "synthetic",
+        "--shape",
+        "4x2/4",
+        "--rate",
+        "400",
+    ]);
+    ok(&out);
+    let s = s.unwrap();
+    let r = runs_of(&s, "tickstream-synthetic")[0];
+    let c = &r["counts"];
+    // No publisher of ours: no exact expectation, but ticks in order over the flat universe.
+    assert!(r["expected"].is_null());
+    assert!(c["ticks"].as_u64().unwrap() > 100, "{c}");
+    assert_eq!(c["holes"], 0);
+    assert_eq!(c["duplicates"], 0);
+}
+
+#[test]
+fn fanout_steps_and_stops() {
+    let (out, s, dir) = bench(&[
+        "fanout", "--spawn", "--shape", "4x2/4", "--rates", "100,300",
+    ]);
+    ok(&out);
+    let s = s.unwrap();
+    exists(dir.path(), "fanout.svg");
+    let steps = s["extra"]["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2, "{steps:?}");
+    for st in steps {
+        assert_eq!(st["passed"], true, "{st}");
+    }
+    for r in s["runs"].as_array().unwrap() {
+        assert_complete(r, 2);
+    }
+    assert!(
+        s["extra"]["best_msgs_per_s"]["tickstream-publish"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    // Stepping by connections instead.
+    let (out, s, _dir) = bench(&[
+        "fanout",
+        "--spawn",
+        "--rate",
+        "200",
+        "--shapes",
+        "2x1/2,4x1/2",
+        "--p99-bound",
+        "10s",
+    ]);
+    ok(&out);
+    let steps = s.unwrap()["extra"]["steps"].as_array().unwrap().len();
+    assert_eq!(steps, 2);
+}
+
+#[test]
+fn connections_reports_memory_per_connection() {
+    let (out, s, dir) = bench(&[
+        "connections",
+        "--spawn",
+        "--shape",
+        "40x1/4",
+        "--rate",
+        "40",
+        "--open-rate",
+        "200",
+        "--heartbeat",
+        "1s",
+    ]);
+    ok(&out);
+    let s = s.unwrap();
+    exists(dir.path(), "p999-by-second.svg");
+    let held = &s["extra"]["held"][0];
+    assert!(held["setup_conns_per_s"].as_f64().unwrap() > 0.0, "{held}");
+    assert!(held["rss_held_kb"].as_u64().unwrap() > 0, "{held}");
+    let r = &s["runs"][0];
+    assert_eq!(r["counts"]["opened"], 40);
+    assert_complete(r, 10);
+}
+
+#[test]
+fn slow_consumers_are_told_apart_from_healthy_ones() {
+    let (out, s, dir) = bench(&[
+        "slow-consumers",
+        "--spawn",
+        "--shape",
+        "10x5/10",
+        "--rate",
+        "1000",
+        "--slow-share",
+        "0.2",
+        "--queue",
+        "256",
+        "--duration",
+        "2s",
+        "--send-buffer",
+        "8192",
+    ]);
+    ok(&out);
+    let s = s.unwrap();
+    exists(dir.path(), "rss.svg");
+    let r = &s["runs"][0];
+    // 2 of 10 connections stall; the other 8 receive everything.
+    let expected = r["expected"].as_u64().unwrap();
+    let published = r["published_in_window"].as_u64().unwrap();
+    assert_eq!(expected, published * 8 * 5 / 10);
+    assert_eq!(
+        r["counts"]["ticks"].as_u64().unwrap(),
+        expected,
+        "{}",
+        r["counts"]
+    );
+    assert_eq!(r["counts"]["gaps"], 0);
+    assert!(s["extra"]["stalled"].as_array().unwrap().len() == 1);
+    // The stalled ones got less, announced as conflation, or were disconnected.
+    let o = &r["counts_other"];
+    let got = o["ticks"].as_u64().unwrap();
+    let closed = o["closes"].as_object().is_some_and(|c| !c.is_empty());
+    assert!(got < published * 2 * 5 / 10 || closed, "{o}");
+    assert!(o["conflated"].as_u64().unwrap() > 0 || closed, "{o}");
+    // Whatever they missed was announced: no silent hole.
+    assert_eq!(o["holes"], 0, "{o}");
+}
+
+#[test]
+fn cross_node_compares_two_nodes_with_one() {
+    let (out, s, _dir) = bench(&["cross-node", "--spawn", "--shape", "4x2/4", "--rate", "400"]);
+    ok(&out);
+    let s = s.unwrap();
+    assert_complete(runs_of(&s, "single-node")[0], 2);
+    let cross = runs_of(&s, "cross-node")[0];
+    assert_complete(cross, 2);
+    assert_eq!(cross["server"]["pids"].as_array().unwrap().len(), 2);
+    assert_eq!(s["ratios"][0]["target"], "cross-node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("added by the hop through Redis"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn encoding_measures_json_and_says_what_binary_did() {
+    let (out, s, _dir) = bench(&["encoding", "--spawn", "--shape", "4x2/4", "--rate", "400"]);
+    ok(&out);
+    let s = s.unwrap();
+    let json = runs_of(&s, "json");
+    assert_eq!(json.len(), 1);
+    assert_complete(json[0], 2);
+    // Binary frames either arrived (counted) or the bench said they are not offered.
+    let binary = runs_of(&s, "binary");
+    let notes = s["extra"]["notes"].as_array().unwrap();
+    assert!(
+        binary
+            .iter()
+            .any(|r| r["counts"]["binary_frames"].as_u64().unwrap() > 0)
+            || notes
+                .iter()
+                .any(|n| n.as_str().unwrap().contains("not offered")),
+        "{s}"
+    );
+}
+
+#[test]
+fn soak_samples_and_judges_growth() {
+    let (out, s, dir) = bench(&[
+        "soak",
+        "--spawn",
+        "--shape",
+        "20x2/10",
+        "--rate",
+        "200",
+        "--duration",
+        "4s",
+        "--warmup",
+        "1s",
+        "--life-min",
+        "500ms",
+        "--life-max",
+        "1500ms",
+        "--resub",
+        "700ms",
+    ]);
+    ok(&out);
+    let s = s.unwrap();
+    exists(dir.path(), "soak-rss-run1.svg");
+    exists(dir.path(), "soak-fds-run1.svg");
+    let v = s["extra"]["verdicts"].as_array().unwrap();
+    assert_eq!(v.len(), 3);
+    assert_eq!(s["extra"]["failed"], false);
+    let r = &s["runs"][0];
+    // Connections closed and opened again, more than there are connections.
+    assert!(
+        r["counts"]["opened"].as_u64().unwrap() + r["counts_other"]["opened"].as_u64().unwrap()
+            > 20,
+        "{}",
+        r["counts"]
+    );
+    assert!(r["counts"]["ticks"].as_u64().unwrap() > 0);
+    // Reconnected and resubscribed connections start their sequences afresh: no hole.
+    assert_eq!(r["counts"]["holes"], 0, "{}", r["counts"]);
+}
+
+#[test]
+fn every_scenario_has_help_with_an_example() {
+    for s in [
+        "latency",
+        "fanout",
+        "connections",
+        "slow-consumers",
+        "cross-node",
+        "encoding",
+        "soak",
+    ] {
+        let out = Command::new(BENCH).args([s, "--help"]).output().unwrap();
+        ok(&out);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Example"), "{s}: {text}");
+        assert!(
+            text.contains("--spawn") && text.contains("--against"),
+            "{s}: {text}"
+        );
+    }
+    let out = Command::new(BENCH)
+        .args(["latency", "--shape", "10x20/10"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot exceed N"));
+}
+
+fn peers_present() -> bool {
+    let floor = Path::new(BENCH).with_file_name("tickstream-floor");
+    let node = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/peers/node-ws/server.js");
+    floor.exists() && node.exists()
+}
+
+#[test]
+fn a_missing_reference_is_a_clear_error() {
+    let floor = Path::new(BENCH).with_file_name("tickstream-floor");
+    if floor.exists() {
+        eprintln!("tickstream-floor is built: nothing missing to check");
+        return;
+    }
+    let (out, _s, _dir) = bench(&[
+        "latency",
+        "--spawn",
+        "--shape",
+        "2x1/2",
+        "--rate",
+        "100",
+        "--against",
+        "floor",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--against floor") && err.contains("tickstream-floor"),
+        "{err}"
+    );
+}
+
+#[test]
+fn references_measured_in_the_same_run() {
+    if !peers_present() {
+        eprintln!(
+            "skipped: the references are not here (bench/peers/node-ws/server.js and a built \
+             tickstream-floor); this test runs once they are"
+        );
+        return;
+    }
+    let (out, s, _dir) = bench(&[
+        "latency",
+        "--spawn",
+        "--shape",
+        "4x2/4",
+        "--rate",
+        "400",
+        "--against",
+        "floor,node",
+    ]);
+    ok(&out);
+    let s = s.unwrap();
+    assert_complete(runs_of(&s, "floor")[0], 2);
+    assert_complete(runs_of(&s, "node-ws")[0], 2);
+    assert_complete(runs_of(&s, "tickstream-redis")[0], 2);
+    let ratios = s["ratios"].as_array().unwrap();
+    assert_eq!(ratios.len(), 2, "{ratios:?}");
+}
