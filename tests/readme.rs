@@ -77,11 +77,17 @@ const BLOCKS: &[(&str, &str)] = &[
         "feeds_into_redis",
     ),
     ("$ cat mixed.ndjson", "publishing_into_a_node"),
+    (
+        "cargo build --release",
+        "bench::references_measured_in_the_same_run runs it at a tiny scale",
+    ),
 ];
 
 /// Commands of the README not run here, and where they are.
 const NOT_RUN: &[(&str, &str)] = &[
     ("scripts/test", "it is the command that runs these tests"),
+    ("cargo build --release", "the bench tests build and run tickstream-bench"),
+    ("target/release/tickstream-bench", "tests/bench.rs runs every scenario at a tiny scale"),
     ("scripts/cluster", "cluster_nginx::the_cluster_script_starts_a_working_cluster_and_stops_exactly_it"),
     ("scripts/cluster stop", "the same test"),
     ("tickstream serve --listen 127.0.0.1:900", "fixed ports; their flags are checked here, nodes joined by Redis in cluster_nginx and redis_bus"),
