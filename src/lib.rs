@@ -17,11 +17,12 @@
 //!   publisher endpoint through which external feeds push ticks in.
 //!
 //! Around them: [`tick`] (the tick and its encoding), [`protocol`] (the wire messages),
-//! [`auth`] (tokens), [`config`] (settings), [`cli`] (the command line), [`client`] (the
+//! [`auth`] (tokens), [`backoff`] (retry delays of the client and the Redis bus), [`config`] (settings), [`cli`] (the command line), [`client`] (the
 //! Rust client), [`node`] (what connections share), [`server`] (listen, accept, shut
 //! down) and [`tls`] (certificates and trust for `https`/`wss`).
 
 pub mod auth;
+pub mod backoff;
 pub mod bus;
 pub mod cli;
 pub mod client;
