@@ -6,6 +6,8 @@
 //! published) in an HDR histogram. After a warm-up it prints one line of percentiles in
 //! microseconds, `key=value` separated, for scripts to read.
 
+mod cluster;
+
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
@@ -24,6 +26,9 @@ struct Cli {
 enum Cmd {
     /// Publish-to-receive latency of live ticks.
     Latency(LatencyArgs),
+    /// SPUBLISH → receive on a Redis Cluster: the node's slot routing against the redis
+    /// crate's cluster client.
+    ClusterPubsub(cluster::ClusterArgs),
 }
 
 #[derive(clap::Args, Clone)]
@@ -55,16 +60,12 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.cmd {
         Cmd::Latency(a) => rt.block_on(latency(a)),
+        Cmd::ClusterPubsub(a) => rt.block_on(cluster::run(a)),
     }
 }
 
 async fn latency(a: LatencyArgs) -> anyhow::Result<()> {
-    let symbols: Vec<String> = a
-        .symbols
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect();
+    let symbols = tickstream::tick::parse_symbols([a.symbols.as_str()])?;
     let start = Instant::now();
     let record_from = start + a.warmup;
     let until = record_from + a.duration;

@@ -4,13 +4,15 @@
 //! Cluster routing is done here rather than through the crate's cluster client
 //! (`redis::cluster_async`, which has sharded Pub/Sub over RESP3 since 0.28) because a
 //! node needs to know which shard it lost, to announce the gap and resend snapshots of
-//! that shard's symbols, and because one round trip through it cost more:
-//! `tickstream-bench cluster-pubsub` (SPUBLISH → receive on a 3-master cluster) measured
-//! a median of about 190µs here against 320µs through the cluster client, with more CPU
-//! per message (bench/RESULTS.md). The map is read with `CLUSTER SLOTS` when connecting;
-//! a node that meets `MOVED` or `ASK` treats it as a broken link and reconnects, which
-//! reads the map again. Every master is reached with the seed's scheme (`rediss://` for
-//! TLS) and credentials.
+//! that shard's symbols, while the cluster client resubscribes by itself and its
+//! disconnection notice does not say which node went away. Speed does not
+//! decide it either way: `tickstream-bench cluster-pubsub` (SPUBLISH → receive on a
+//! 3-master cluster, both in one run, bench/RESULTS.md) measured single round trips
+//! faster here (median about 200µs against 290µs) and bursts a little faster through the
+//! cluster client (about 12,200 against 10,700 messages/s). The map is read with
+//! `CLUSTER SLOTS` when connecting; a node that meets `MOVED` or `ASK` treats it as a
+//! broken link and reconnects, which reads the map again. Every master is reached with
+//! the seed's scheme (`rediss://` for TLS) and credentials.
 
 use redis::aio::{AsyncPushSender, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client, Value};
