@@ -70,8 +70,8 @@ pub struct RedisConfig {
     pub lease: Duration,
     /// Ticks queued between a feed and the publishing task. Default: 65536.
     pub publish_queue: usize,
-    /// PEM file of the CAs trusted for `rediss://` servers, besides none: when given,
-    /// only these. Default: none (the system's trusted roots).
+    /// PEM file of the CAs trusted for `rediss://` servers; when given, only these are.
+    /// Default: none (the system's trusted roots).
     pub ca_file: Option<std::path::PathBuf>,
 }
 
