@@ -16,7 +16,10 @@
 //! - `spawn`: starting and stopping servers on chosen CPUs; /proc samples.
 //! - `scenario`: one measured run (`run_once`) and each scenario on top of it.
 //! - `report`, `plot`: tables, medians, ratios, JSON, `.hgrm`, SVG.
+//! - `cluster`: Redis Cluster sharded Pub/Sub, the node's slot routing against the
+//!   redis crate's cluster client.
 
+mod cluster;
 mod common;
 mod load;
 mod plot;
@@ -55,6 +58,9 @@ enum Cmd {
     Encoding(scenario::encoding::Args),
     /// Churn for a long time at a steady rate; fails when memory, descriptors or threads grow.
     Soak(scenario::soak::Args),
+    /// SPUBLISH → receive on a Redis Cluster: the node's slot routing against the redis
+    /// crate's cluster client.
+    ClusterPubsub(cluster::ClusterArgs),
     /// A receiving process (started by the bench itself).
     #[command(hide = true)]
     Worker,
@@ -70,6 +76,11 @@ fn main() {
         Cmd::CrossNode(a) => scenario::cross_node::run(a),
         Cmd::Encoding(a) => scenario::encoding::run(a),
         Cmd::Soak(a) => scenario::soak::run(a),
+        Cmd::ClusterPubsub(a) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(cluster::run(a))),
         Cmd::Worker => load::worker_main(),
     };
     if let Err(e) = r {

@@ -1,5 +1,12 @@
 //! Settings of `tickstream serve`: flags, `TICKSTREAM_*` environment variables and a TOML
 //! file, in that order of precedence, over built-in defaults.
+//!
+//! The layering is generic: clap reads flags and the environment into [`ServeArgs`], whose
+//! fields are all optional; what was given there and what the file gives become two
+//! tables of named values, the first laid over the second, and the result is read into
+//! [`Settings`], whose missing fields come from [`Settings::default`] — the one place that
+//! states each default. The Redis options are one group, [`RedisArgs`], shared with the
+//! feed commands.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -7,7 +14,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Args;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use crate::bus::redis::{RedisConfig, RedisMode};
 use crate::hub::SlowPolicy;
@@ -23,6 +31,17 @@ impl FromStr for Dur {
             .map(Dur)
             .map_err(|e| format!("invalid duration {s:?} ({e}); write it like 500ms, 30s or 5m"))
     }
+}
+
+impl Serialize for Dur {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(self.0))
+    }
+}
+
+/// Reads a duration written like `Dur` into a plain [`Duration`].
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    Dur::deserialize(d).map(|d| d.0)
 }
 
 impl<'de> Deserialize<'de> for Dur {
@@ -57,6 +76,40 @@ impl FromStr for FeedSpec {
     }
 }
 
+impl std::fmt::Display for FeedSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FeedSpec::Synthetic => f.write_str("synthetic"),
+            FeedSpec::Replay(p) => write!(f, "replay:{}", p.display()),
+            FeedSpec::None => f.write_str("none"),
+        }
+    }
+}
+
+impl Serialize for FeedSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+fn slow_policy_name<S: serde::Serializer>(p: &Option<SlowPolicy>, s: S) -> Result<S::Ok, S::Error> {
+    match p {
+        Some(SlowPolicy::Conflate) => s.serialize_str("conflate"),
+        Some(SlowPolicy::Disconnect) => s.serialize_str("disconnect"),
+        None => s.serialize_none(),
+    }
+}
+
+fn display_opt<T: std::fmt::Display, S: serde::Serializer>(
+    v: &Option<T>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
+    }
+}
+
 impl<'de> Deserialize<'de> for FeedSpec {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -64,10 +117,141 @@ impl<'de> Deserialize<'de> for FeedSpec {
     }
 }
 
+/// The Redis options, one group shared by `serve` and the feed commands (`#[command(flatten)]`
+/// in each); in a TOML file the same names as keys (`redis_prefix = "md:"`). Every field is
+/// optional: [`RedisArgs::config`] fills what is not given from [`RedisConfig::new`].
+#[derive(Args, Clone, Debug, Default, Deserialize, Serialize)]
+pub struct RedisArgs {
+    /// The Redis server of the bus: `redis://host:port`, `redis://user:password@host:port`
+    /// for an ACL user, `rediss://…` for TLS. A node on Redis gets its ticks only from
+    /// there, and its default feed becomes `none`. Default: in-process bus.
+    #[arg(
+        long,
+        env = "TICKSTREAM_REDIS",
+        hide_env_values = true,
+        value_name = "URL",
+        conflicts_with = "redis_cluster"
+    )]
+    pub redis: Option<String>,
+
+    /// A Redis Cluster instead (sharded Pub/Sub, Redis 7), given by seed URLs; the scheme and
+    /// credentials of the seed are used for every master.
+    #[arg(
+        long,
+        env = "TICKSTREAM_REDIS_CLUSTER",
+        hide_env_values = true,
+        value_name = "URL[,URL…]"
+    )]
+    pub redis_cluster: Option<String>,
+
+    /// Prefix of every Redis key and channel. Default: tickstream:.
+    #[arg(long, env = "TICKSTREAM_REDIS_PREFIX", value_name = "PREFIX")]
+    pub redis_prefix: Option<String>,
+
+    /// Ticks kept per symbol in the Redis `hist:` stream (resume across nodes). Default: 10000.
+    #[arg(long, env = "TICKSTREAM_REDIS_HISTORY", value_name = "N")]
+    pub redis_history: Option<usize>,
+
+    /// Longest wait between Redis reconnection attempts. Default: 2s.
+    #[arg(long, env = "TICKSTREAM_REDIS_BACKOFF_MAX", value_name = "DURATION")]
+    pub redis_backoff_max: Option<Dur>,
+
+    /// Redis connect and response timeout, and the health-check interval when given.
+    /// Default: 2s (health check every 1s).
+    #[arg(long, env = "TICKSTREAM_REDIS_TIMEOUT", value_name = "DURATION")]
+    pub redis_timeout: Option<Dur>,
+
+    /// Expiry of a feed's claim on its symbols in Redis. Default: 10s.
+    #[arg(long, env = "TICKSTREAM_REDIS_LEASE", value_name = "DURATION")]
+    pub redis_lease: Option<Dur>,
+
+    /// PEM file of the CA(s) that signed the Redis server's certificate, for `rediss://`
+    /// URLs. Default: the system's trusted roots.
+    #[arg(long, env = "TICKSTREAM_REDIS_CA_FILE", value_name = "FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+}
+
+impl RedisArgs {
+    /// The Redis bus these options name, if any, checked.
+    pub fn config(&self) -> Result<Option<RedisConfig>, ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        let mode = match (&self.redis, &self.redis_cluster) {
+            (Some(_), Some(_)) => return bad("give redis or redis-cluster, not both"),
+            (Some(url), None) => RedisMode::Single(url.trim().to_owned()),
+            (None, Some(list)) => RedisMode::Cluster(
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            ),
+            (None, None) => {
+                if self.redis_ca_file.is_some() {
+                    return bad("redis-ca-file needs --redis or --redis-cluster");
+                }
+                return Ok(None);
+            }
+        };
+        let mut c = RedisConfig::new(mode);
+        if let Some(p) = &self.redis_prefix {
+            c.prefix = p.clone();
+        }
+        if let Some(h) = self.redis_history {
+            c.history = h;
+        }
+        if let Some(d) = self.redis_backoff_max {
+            c.backoff_max = d.0;
+        }
+        if let Some(d) = self.redis_timeout {
+            c.timeout = d.0;
+            c.ping_interval = d.0;
+        }
+        if let Some(d) = self.redis_lease {
+            c.lease = d.0;
+        }
+        c.ca_file = self.redis_ca_file.clone();
+        let urls: Vec<&String> = match &c.mode {
+            RedisMode::Single(u) => vec![u],
+            RedisMode::Cluster(v) => v.iter().collect(),
+        };
+        if urls.is_empty() {
+            return bad("--redis-cluster needs at least one URL");
+        }
+        for u in &urls {
+            if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+                return Err(ConfigError::Invalid(format!(
+                    "Redis URL {u:?} must start with redis:// or rediss:// (e.g. redis://127.0.0.1:6379)"
+                )));
+            }
+            if let Err(e) = redis::IntoConnectionInfo::into_connection_info(u.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "Redis URL {}: {e}",
+                    crate::bus::redis::shards::host_port(u)
+                )));
+            }
+        }
+        if c.ca_file.is_some() && !urls.iter().all(|u| u.starts_with("rediss://")) {
+            return bad("redis-ca-file is for TLS: give rediss:// URLs with it");
+        }
+        if c.prefix.contains(['{', '}', ' ']) {
+            return bad("redis-prefix must not contain braces or spaces");
+        }
+        if c.history == 0 {
+            return bad("redis-history must be at least 1");
+        }
+        if c.timeout.is_zero() || c.lease < Duration::from_millis(100) {
+            return bad("redis-timeout must be longer than 0 and redis-lease at least 100ms");
+        }
+        Ok(Some(c))
+    }
+}
+
 /// Options of `tickstream serve`. Every one may also come from the environment
 /// (`TICKSTREAM_<NAME>`) or the TOML file given by `--config` (key `<name>` with `_`).
-#[derive(Args, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+///
+/// Only what is given is kept (every field is optional); [`ServeArgs::resolve`] layers it
+/// over the file and the defaults of [`Settings::default`].
+#[derive(Args, Debug, Default, Deserialize, Serialize)]
 pub struct ServeArgs {
     /// TOML file with any of these options (keys like `max_symbols = 512`).
     #[arg(long, env = "TICKSTREAM_CONFIG", value_name = "FILE")]
@@ -104,6 +288,7 @@ pub struct ServeArgs {
 
     /// Replay feed: speed factor (0.5, 1, 10) or `max`. Default: 1 (recorded spacing).
     #[arg(long, env = "TICKSTREAM_REPLAY_SPEED", value_name = "X|max")]
+    #[serde(serialize_with = "display_opt")]
     pub replay_speed: Option<crate::feed::Speed>,
 
     /// Replay feed: start again at the end, each pass with a new epoch. Default: false.
@@ -163,6 +348,7 @@ pub struct ServeArgs {
         env = "TICKSTREAM_SLOW_POLICY",
         value_name = "conflate|disconnect"
     )]
+    #[serde(serialize_with = "slow_policy_name")]
     pub slow_policy: Option<SlowPolicy>,
 
     /// A write to a client that takes longer than this drops the connection. Default: 10s.
@@ -215,40 +401,9 @@ pub struct ServeArgs {
     #[arg(long, env = "TICKSTREAM_JWT_LEEWAY", value_name = "DURATION")]
     pub jwt_leeway: Option<Dur>,
 
-    /// Join other nodes through this Redis server (`redis://host:port`). Ticks then reach
-    /// the hub only from Redis, and the default feed becomes `none`. Default: in-process bus.
-    #[arg(
-        long,
-        env = "TICKSTREAM_REDIS",
-        value_name = "URL",
-        conflicts_with = "redis_cluster"
-    )]
-    pub redis: Option<String>,
-
-    /// Join through a Redis Cluster (sharded Pub/Sub, Redis 7), given by seed URLs.
-    #[arg(long, env = "TICKSTREAM_REDIS_CLUSTER", value_name = "URL[,URL…]")]
-    pub redis_cluster: Option<String>,
-
-    /// Prefix of every Redis key and channel. Default: tickstream:.
-    #[arg(long, env = "TICKSTREAM_REDIS_PREFIX", value_name = "PREFIX")]
-    pub redis_prefix: Option<String>,
-
-    /// Ticks kept per symbol in the Redis `hist:` stream (resume across nodes). Default: 10000.
-    #[arg(long, env = "TICKSTREAM_REDIS_HISTORY", value_name = "N")]
-    pub redis_history: Option<usize>,
-
-    /// Longest wait between Redis reconnection attempts. Default: 2s.
-    #[arg(long, env = "TICKSTREAM_REDIS_BACKOFF_MAX", value_name = "DURATION")]
-    pub redis_backoff_max: Option<Dur>,
-
-    /// Redis connect and response timeout, and the health-check interval when given.
-    /// Default: 2s (health check every 1s).
-    #[arg(long, env = "TICKSTREAM_REDIS_TIMEOUT", value_name = "DURATION")]
-    pub redis_timeout: Option<Dur>,
-
-    /// Expiry of a feed's claim on its symbols in Redis. Default: 10s.
-    #[arg(long, env = "TICKSTREAM_REDIS_LEASE", value_name = "DURATION")]
-    pub redis_lease: Option<Dur>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub redis: RedisArgs,
 
     /// Id of this node's feed in Redis lease keys. Default: the node name and process id.
     #[arg(long, env = "TICKSTREAM_FEED_ID", value_name = "ID")]
@@ -259,14 +414,18 @@ pub struct ServeArgs {
     pub log: Option<String>,
 }
 
-/// Resolved settings of a node.
-#[derive(Clone, Debug)]
+/// Resolved settings of a node. [`Settings::default`] holds every default, stated once;
+/// the layered options are read into it by name.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
 pub struct Settings {
     /// Listening address.
     pub listen: SocketAddr,
     /// Node name.
+    #[serde(skip)]
     pub node: String,
     /// Feed.
+    #[serde(skip)]
     pub feed: FeedSpec,
     /// Universe file, or the bundled one.
     pub universe: Option<PathBuf>,
@@ -285,8 +444,10 @@ pub struct Settings {
     /// History ring length per symbol.
     pub history: usize,
     /// Ping interval.
+    #[serde(deserialize_with = "duration")]
     pub heartbeat: Duration,
     /// Grace after the heartbeat interval.
+    #[serde(deserialize_with = "duration")]
     pub heartbeat_grace: Duration,
     /// Largest inbound message.
     pub max_msg_bytes: usize,
@@ -303,10 +464,12 @@ pub struct Settings {
     /// Slow-consumer policy.
     pub slow_policy: SlowPolicy,
     /// Write timeout per frame.
+    #[serde(deserialize_with = "duration")]
     pub send_timeout: Duration,
     /// Kernel send buffer per client socket (None: OS default).
     pub send_buffer: Option<usize>,
     /// Shutdown drain time.
+    #[serde(deserialize_with = "duration")]
     pub drain: Duration,
     /// Plain ws allowed on a public address.
     pub allow_plaintext_public: bool,
@@ -315,24 +478,66 @@ pub struct Settings {
     /// TLS private key file.
     pub tls_key: Option<PathBuf>,
     /// Longest time a TLS handshake may take after accept.
+    #[serde(deserialize_with = "duration")]
     pub tls_handshake_timeout: Duration,
     /// Longest time the request headers may take to arrive.
+    #[serde(deserialize_with = "duration")]
     pub header_timeout: Duration,
     /// JWT secret file; auth is on when set.
     pub jwt_secret_file: Option<PathBuf>,
     /// Clock skew allowed on token expiry.
+    #[serde(deserialize_with = "duration")]
     pub jwt_leeway: Duration,
     /// Log filter, if set.
     pub log: Option<String>,
     /// The Redis bus, when the node joins others.
+    #[serde(skip)]
     pub redis: Option<RedisConfig>,
     /// Id of this node's feed in Redis lease keys.
+    #[serde(skip)]
     pub feed_id: String,
 }
 
 impl Default for Settings {
+    /// Every default of a node, stated once.
     fn default() -> Self {
-        ServeArgs::default().resolve_with(ServeArgs::default())
+        let listen = SocketAddr::from(([127, 0, 0, 1], 8080));
+        let node = default_node_name(listen);
+        Settings {
+            listen,
+            feed_id: default_feed_id(&node),
+            node,
+            feed: FeedSpec::Synthetic,
+            universe: None,
+            rate: 1000.0,
+            seed: rand::random(),
+            replay_speed: crate::feed::Speed::default(),
+            replay_loop: false,
+            publish_max_msg_bytes: 1 << 20,
+            publish_rate_limit: 20_000,
+            history: 1024,
+            heartbeat: Duration::from_secs(30),
+            heartbeat_grace: Duration::from_secs(10),
+            max_msg_bytes: 65536,
+            rate_limit: 50,
+            rate_burst: 100,
+            rate_strikes: 20,
+            max_symbols: 1024,
+            queue: 4096,
+            slow_policy: SlowPolicy::default(),
+            send_timeout: Duration::from_secs(10),
+            send_buffer: None,
+            drain: Duration::from_secs(5),
+            allow_plaintext_public: false,
+            tls_cert: None,
+            tls_key: None,
+            tls_handshake_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            jwt_secret_file: None,
+            jwt_leeway: Duration::from_secs(30),
+            log: None,
+            redis: None,
+        }
     }
 }
 
@@ -360,166 +565,90 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-macro_rules! fill_from_file {
-    ($cli:ident, $file:ident: $($field:ident),* $(,)?) => {
-        $( if $cli.$field.is_none() { $cli.$field = $file.$field.take(); } )*
-    };
-}
-
 impl ServeArgs {
-    /// Reads the TOML file named by `--config`, if any, and resolves every option.
+    /// Reads the TOML file named by `--config`, if any, lays what was given here over it
+    /// and resolves every option.
     pub fn resolve(self) -> Result<Settings, ConfigError> {
-        let file = match &self.config {
+        let mut layers = match &self.config {
             Some(path) => Self::load_file(path)?,
-            None => ServeArgs::default(),
+            None => Map::new(),
         };
-        if (self.redis.is_some() || file.redis.is_some())
-            && (self.redis_cluster.is_some() || file.redis_cluster.is_some())
-        {
-            return Err(ConfigError::Invalid(
-                "give redis or redis-cluster, not both".into(),
-            ));
-        }
-        let s = self.resolve_with(file);
+        layers.extend(self.given());
+        let s = Settings::from_layers(layers)?;
         s.validate()?;
         Ok(s)
     }
 
-    fn load_file(path: &Path) -> Result<ServeArgs, ConfigError> {
+    /// The options given, by name (absent ones left out).
+    fn given(&self) -> Map<String, Value> {
+        match serde_json::to_value(self) {
+            Ok(Value::Object(mut m)) => {
+                m.retain(|_, v| !v.is_null());
+                m
+            }
+            // Plain strings, numbers and paths always serialize to an object.
+            _ => Map::new(),
+        }
+    }
+
+    /// The option names a file may use: those of the flags, with `_`.
+    fn known_keys() -> Vec<String> {
+        use clap::Args as _;
+        ServeArgs::augment_args(clap::Command::new("serve"))
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .filter(|id| id != "config")
+            .collect()
+    }
+
+    fn load_file(path: &Path) -> Result<Map<String, Value>, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        let parse = |message: String| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string(),
-        })
-    }
-
-    fn resolve_with(mut self, mut file: ServeArgs) -> Settings {
-        fill_from_file!(self, file: listen, node, feed, universe, rate, seed, replay_speed,
-            replay_loop, publish_max_msg_bytes, publish_rate_limit, history,
-            heartbeat, heartbeat_grace, max_msg_bytes, rate_limit, rate_burst, rate_strikes,
-            max_symbols, queue, slow_policy, send_timeout, send_buffer, drain, allow_plaintext_public, jwt_secret_file, jwt_leeway, log,
-            redis, redis_cluster, redis_prefix, redis_history, redis_backoff_max, redis_timeout,
-            redis_lease, feed_id);
-        fill_from_file!(self, file: tls_cert, tls_key, tls_handshake_timeout, header_timeout);
-        let redis = self.redis_config();
-        let listen = self
-            .listen
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
-        let rate_limit = self.rate_limit.unwrap_or(50);
-        let node = self.node.unwrap_or_else(|| default_node_name(listen));
-        Settings {
-            listen,
-            feed_id: self
-                .feed_id
-                .unwrap_or_else(|| format!("{node}/{}", std::process::id())),
-            node,
-            feed: self.feed.unwrap_or(if redis.is_some() {
-                FeedSpec::None
-            } else {
-                FeedSpec::Synthetic
-            }),
-            redis,
-            universe: self.universe,
-            rate: self.rate.unwrap_or(1000.0),
-            seed: self.seed.unwrap_or_else(rand::random),
-            replay_speed: self.replay_speed.unwrap_or_default(),
-            replay_loop: self.replay_loop.unwrap_or(false),
-            publish_max_msg_bytes: self.publish_max_msg_bytes.unwrap_or(1 << 20),
-            publish_rate_limit: self.publish_rate_limit.unwrap_or(20_000),
-            history: self.history.unwrap_or(1024),
-            heartbeat: self.heartbeat.map_or(Duration::from_secs(30), |d| d.0),
-            heartbeat_grace: self
-                .heartbeat_grace
-                .map_or(Duration::from_secs(10), |d| d.0),
-            max_msg_bytes: self.max_msg_bytes.unwrap_or(65536),
-            rate_limit,
-            rate_burst: self.rate_burst.unwrap_or(rate_limit.saturating_mul(2)),
-            rate_strikes: self.rate_strikes.unwrap_or(20),
-            max_symbols: self.max_symbols.unwrap_or(1024),
-            queue: self.queue.unwrap_or(4096),
-            slow_policy: self.slow_policy.unwrap_or_default(),
-            send_timeout: self.send_timeout.map_or(Duration::from_secs(10), |d| d.0),
-            send_buffer: self.send_buffer,
-            drain: self.drain.map_or(Duration::from_secs(5), |d| d.0),
-            allow_plaintext_public: self.allow_plaintext_public.unwrap_or(false),
-            tls_cert: self.tls_cert,
-            tls_key: self.tls_key,
-            tls_handshake_timeout: self
-                .tls_handshake_timeout
-                .map_or(Duration::from_secs(10), |d| d.0),
-            header_timeout: self.header_timeout.map_or(Duration::from_secs(10), |d| d.0),
-            jwt_secret_file: self.jwt_secret_file,
-            jwt_leeway: self.jwt_leeway.map_or(Duration::from_secs(30), |d| d.0),
-            log: self.log,
-        }
-    }
-}
-
-impl ServeArgs {
-    fn redis_config(&self) -> Option<RedisConfig> {
-        let mode = match (&self.redis, &self.redis_cluster) {
-            (Some(url), _) => RedisMode::Single(url.trim().to_owned()),
-            (None, Some(list)) => RedisMode::Cluster(
-                list.split(',')
-                    .map(str::trim)
-                    .filter(|u| !u.is_empty())
-                    .map(str::to_owned)
-                    .collect(),
-            ),
-            (None, None) => return None,
+            message,
         };
-        let mut c = RedisConfig::new(mode);
-        if let Some(p) = &self.redis_prefix {
-            c.prefix = p.clone();
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| parse(e.to_string()))?;
+        let known = Self::known_keys();
+        if let Some(k) = table.keys().find(|k| !known.contains(k)) {
+            return Err(parse(format!(
+                "unknown option `{k}` (keys are the flag names with `_`, e.g. max_symbols)"
+            )));
         }
-        if let Some(h) = self.redis_history {
-            c.history = h;
-        }
-        if let Some(d) = self.redis_backoff_max {
-            c.backoff_max = d.0;
-        }
-        if let Some(d) = self.redis_timeout {
-            c.timeout = d.0;
-            c.ping_interval = d.0;
-        }
-        if let Some(d) = self.redis_lease {
-            c.lease = d.0;
-        }
-        Some(c)
+        // Read with the flags' types, so that a wrong value is reported at its line.
+        let args: ServeArgs = toml::from_str(&text).map_err(|e| parse(e.to_string()))?;
+        Ok(args.given())
     }
 }
 
 impl Settings {
+    /// Reads the layered options into settings; what none of them gives is the default.
+    fn from_layers(layers: Map<String, Value>) -> Result<Settings, ConfigError> {
+        let invalid = |e: serde_json::Error| ConfigError::Invalid(e.to_string());
+        let opts: ServeArgs =
+            serde_json::from_value(Value::Object(layers.clone())).map_err(invalid)?;
+        let mut s: Settings = serde_json::from_value(Value::Object(layers)).map_err(invalid)?;
+        // The defaults that depend on other settings.
+        s.redis = opts.redis.config()?;
+        s.node = opts.node.unwrap_or_else(|| default_node_name(s.listen));
+        s.feed_id = opts.feed_id.unwrap_or_else(|| default_feed_id(&s.node));
+        s.feed = opts.feed.unwrap_or(if s.redis.is_some() {
+            FeedSpec::None
+        } else {
+            FeedSpec::Synthetic
+        });
+        if opts.rate_burst.is_none() {
+            s.rate_burst = s.rate_limit.saturating_mul(2);
+        }
+        Ok(s)
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
-        if let Some(r) = &self.redis {
-            let urls: Vec<&String> = match &r.mode {
-                RedisMode::Single(u) => vec![u],
-                RedisMode::Cluster(v) => v.iter().collect(),
-            };
-            if urls.is_empty() {
-                return bad("--redis-cluster needs at least one URL");
-            }
-            for u in urls {
-                if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
-                    return Err(ConfigError::Invalid(format!(
-                        "Redis URL {u:?} must start with redis:// (e.g. redis://127.0.0.1:6379)"
-                    )));
-                }
-            }
-            if r.prefix.contains(['{', '}', ' ']) {
-                return bad("redis-prefix must not contain braces or spaces");
-            }
-            if r.history == 0 {
-                return bad("redis-history must be at least 1");
-            }
-            if r.timeout.is_zero() || r.lease < Duration::from_millis(100) {
-                return bad("redis-timeout must be longer than 0 and redis-lease at least 100ms");
-            }
-        }
         if !(self.rate.is_finite() && self.rate > 0.0) {
             return bad("rate must be a positive number of ticks per second");
         }
@@ -561,6 +690,10 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+fn default_feed_id(node: &str) -> String {
+    format!("{node}/{}", std::process::id())
 }
 
 fn default_node_name(listen: SocketAddr) -> String {
@@ -720,6 +853,79 @@ mod tests {
         ])
         .is_err());
         assert_eq!(Settings::default().redis, None);
+    }
+
+    #[test]
+    fn every_kind_of_value_passes_through_the_layers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(
+            &path,
+            "replay_speed = 10\nrate = 5.5\nsend_buffer = 4096\nnode = \"n1\"\n\
+             redis = \"redis://h:1\"\nredis_lease = \"3s\"\nslow_policy = \"conflate\"\n",
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from([
+            "x",
+            "--config",
+            path.to_str().unwrap(),
+            "--slow-policy",
+            "disconnect",
+            "--replay-speed",
+            "max",
+            "--feed",
+            "replay:x.ndjson",
+            "--listen",
+            "127.0.0.1:9",
+            "--rate-limit",
+            "7",
+            "--drain",
+            "1m",
+        ])
+        .unwrap();
+        let s = cli.serve.resolve().unwrap();
+        assert_eq!(s.replay_speed, crate::feed::Speed::Max);
+        assert_eq!(s.slow_policy, SlowPolicy::Disconnect);
+        assert_eq!((s.rate, s.send_buffer), (5.5, Some(4096)));
+        assert_eq!(s.node, "n1");
+        assert_eq!(s.feed, FeedSpec::Replay("x.ndjson".into()));
+        assert_eq!(s.listen, "127.0.0.1:9".parse().unwrap());
+        assert_eq!(s.rate_burst, 14, "the burst follows the rate limit");
+        assert_eq!(s.drain, Duration::from_secs(60));
+        assert_eq!(s.redis.unwrap().lease, Duration::from_secs(3));
+        assert!(s.feed_id.starts_with("n1/"));
+
+        std::fs::write(&path, "queue = 5\nheartbeat = \"soon\"\n").unwrap();
+        let cli = Cli::try_parse_from(["x", "--config", path.to_str().unwrap()]).unwrap();
+        let e = cli.serve.resolve().unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("soon"), "{e}");
+    }
+
+    #[test]
+    fn redis_credentials_and_tls_options_are_checked() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--redis",
+            "rediss://feed:s3cret@127.0.0.1:6380",
+            "--redis-ca-file",
+            "ca.pem",
+        ])
+        .unwrap();
+        let r = cli.serve.resolve().unwrap().redis.unwrap();
+        assert_eq!(r.ca_file.as_deref(), Some(Path::new("ca.pem")));
+        assert_eq!(r.describe(), "127.0.0.1:6380", "no password in messages");
+        let cli = Cli::try_parse_from([
+            "x",
+            "--redis",
+            "redis://127.0.0.1:6380",
+            "--redis-ca-file",
+            "ca.pem",
+        ])
+        .unwrap();
+        let e = cli.serve.resolve().unwrap_err().to_string();
+        assert!(e.contains("rediss://"), "{e}");
+        let cli = Cli::try_parse_from(["x", "--redis-ca-file", "ca.pem"]).unwrap();
+        assert!(cli.serve.resolve().is_err());
     }
 
     #[test]

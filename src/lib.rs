@@ -10,7 +10,8 @@
 //!
 //! 1. [`tick`]: the tick, symbols and their grammar, epochs; its JSON encoding.
 //! 2. [`protocol`]: the wire messages, and the close codes with their meaning.
-//! 3. [`auth`] (tokens), [`tls`] (certificates and trust for `https`/`wss`).
+//! 3. [`auth`] (tokens), [`tls`] (certificates and trust for `https`/`wss`), [`backoff`]
+//!    (retry delays of the client and the Redis bus).
 //! 4. [`hub`]: symbol → latest value, history ring and local subscribers; fan-out into
 //!    each session's bounded queue ([`hub::queue`], with the slow-consumer policy).
 //! 5. [`bus`]: carries ticks to the hub of every node (in-process by default, Redis
@@ -31,6 +32,7 @@
 //! 13. [`cli`]: the command line.
 
 pub mod auth;
+pub mod backoff;
 pub mod bus;
 pub mod cli;
 pub mod client;

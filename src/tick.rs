@@ -37,6 +37,69 @@ pub fn valid_symbol(s: &str) -> bool {
     })
 }
 
+/// Symbols of a list that do not match the symbol grammar, in the order given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadSymbols(pub Vec<String>);
+
+impl std::fmt::Display for BadSymbols {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.len() == 1 {
+            "bad symbol "
+        } else {
+            "bad symbols "
+        })?;
+        for (i, s) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{s:?}")?;
+        }
+        f.write_str(": symbols are 1 to 32 of A-Z 0-9 . _ : / - starting with a letter or digit")
+    }
+}
+
+impl std::error::Error for BadSymbols {}
+
+/// Parses symbol lists: each part is split on commas, every name trimmed, empty names
+/// skipped and repeats dropped (the first kept). Any name outside the grammar of
+/// [`valid_symbol`] fails the whole list with every such name. An empty result is not an
+/// error here: callers decide whether "no symbol" means none or all.
+///
+/// ```
+/// use tickstream::tick::parse_symbols;
+/// assert_eq!(parse_symbols(["AAPL, MSFT", "AAPL", ""]).unwrap(), ["AAPL", "MSFT"]);
+/// assert!(parse_symbols(["aapl"]).is_err());
+/// ```
+pub fn parse_symbols<'a, I, S>(parts: I) -> Result<Vec<String>, BadSymbols>
+where
+    I: IntoIterator<Item = &'a S>,
+    S: AsRef<str> + ?Sized + 'a,
+{
+    let mut out: Vec<String> = Vec::new();
+    let mut bad: Vec<String> = Vec::new();
+    for s in parts
+        .into_iter()
+        .flat_map(|p| p.as_ref().split(','))
+        .map(str::trim)
+    {
+        if s.is_empty() {
+            continue;
+        }
+        if !valid_symbol(s) {
+            if !bad.iter().any(|b| b == s) {
+                bad.push(s.to_owned());
+            }
+        } else if !out.iter().any(|o| o == s) {
+            out.push(s.to_owned());
+        }
+    }
+    if bad.is_empty() {
+        Ok(out)
+    } else {
+        Err(BadSymbols(bad))
+    }
+}
+
 /// One update of a symbol, as produced by a feed.
 ///
 /// `seq` rises by exactly one per symbol within an `epoch`; `ts` is the source time in
@@ -211,5 +274,20 @@ mod tests {
             assert!(!valid_symbol(bad), "{bad}");
         }
         assert!(valid_symbol(&"A".repeat(32)));
+    }
+
+    #[test]
+    fn symbol_lists_split_trim_dedupe_and_name_every_bad_one() {
+        assert_eq!(
+            parse_symbols(["AAPL,MSFT", " BTC-USD ", "AAPL", ",,"]).unwrap(),
+            ["AAPL", "MSFT", "BTC-USD"]
+        );
+        assert_eq!(parse_symbols::<_, str>([]).unwrap(), Vec::<String>::new());
+        let e = parse_symbols(&["AAPL,aapl".to_owned(), "x y".to_owned()]).unwrap_err();
+        assert_eq!(e, BadSymbols(vec!["aapl".into(), "x y".into()]));
+        assert!(
+            e.to_string().starts_with(r#"bad symbols "aapl", "x y": "#),
+            "{e}"
+        );
     }
 }

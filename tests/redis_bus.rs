@@ -467,7 +467,11 @@ async fn a_three_master_cluster_carries_ticks_for_symbols_on_every_shard() {
         }
         let s = m["symbol"].as_str().unwrap().to_owned();
         let want = next.get_mut(&s).unwrap();
-        assert_eq!(m["type"], if *want == 1 { "snapshot" } else { "tick" }, "{m}");
+        assert_eq!(
+            m["type"],
+            if *want == 1 { "snapshot" } else { "tick" },
+            "{m}"
+        );
         assert_eq!(m["seq"].as_u64().unwrap(), *want, "{m}");
         *want += 1;
     }
@@ -642,5 +646,213 @@ async fn feed_commands_publish_into_redis_and_a_second_feed_is_refused() {
     );
     let summary = String::from_utf8_lossy(&out.stdout);
     assert!(summary.contains("0 refused"), "{summary}");
+    a.shutdown().await;
+}
+
+/// Ticks published through `p` reach a client of `node`.
+async fn ticks_flow(node: &Running, p: &RedisPublisher, symbol: &str) {
+    let mut c = Client::ready(node.addr).await.0;
+    let body = format!(r#"{{"op":"subscribe","symbols":["{symbol}"],"snapshot":false}}"#);
+    subscribe(&mut c, &body).await;
+    publish(p, symbol, "acl", 1..=5);
+    expect_run(&mut c, symbol, 1, 5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acl_user_with_its_password_is_served_and_a_wrong_one_is_refused_at_start() {
+    // A user limited to the keys and channels under the prefix: the bus needs no more.
+    let redis = RedisServer::start_with(&[
+        "--user",
+        "feed",
+        "on",
+        ">s3cret",
+        "~tickstream:*",
+        "&tickstream:*",
+        "+@all",
+    ]);
+    let url = format!("redis://feed:s3cret@127.0.0.1:{}", redis.port);
+    let cfg = fast(RedisConfig::single(&url));
+    let a = node(&cfg, "node-a").await;
+    let p = publisher(&cfg, "feed-acl").await;
+    ticks_flow(&a, &p, "AAPL").await;
+    p.close().await;
+
+    let wrong = fast(RedisConfig::single(&format!(
+        "redis://feed:nope@127.0.0.1:{}",
+        redis.port
+    )));
+    let err = tickstream::server::start(node_settings(&wrong, "n"))
+        .await
+        .err()
+        .expect("a wrong password stops the node at start-up")
+        .to_string();
+    assert!(err.contains("refused the credentials"), "{err}");
+    assert!(!err.contains("nope"), "the password is not shown: {err}");
+    let err = RedisPublisher::connect(&wrong, "f")
+        .await
+        .err()
+        .expect("and the publisher")
+        .to_string();
+    assert!(err.contains("refused the credentials"), "{err}");
+
+    // The feed commands take the same URL: the right user publishes, a wrong one fails.
+    let bin = env!("CARGO_BIN_EXE_tickstream");
+    let mut c = Client::ready(a.addr).await.0;
+    subscribe(
+        &mut c,
+        r#"{"op":"subscribe","symbols":["MSFT"],"snapshot":false}"#,
+    )
+    .await;
+    let out = tokio::process::Command::new(bin)
+        .args(["feed", "synth", "--symbols", "MSFT", "--rate", "200"])
+        .args(["--duration", "1s", "--feed-id", "synth-acl"])
+        .env("TICKSTREAM_REDIS", &url)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = c.next().await;
+    assert_eq!((&m["type"], &m["symbol"]), (&"tick".into(), &"MSFT".into()));
+    let bad_url = format!("redis://feed:nope@127.0.0.1:{}", redis.port);
+    let out = tokio::process::Command::new(bin)
+        .args(["feed", "synth", "--redis", &bad_url, "--duration", "1s"])
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("refused the credentials"), "{err}");
+    a.shutdown().await;
+}
+
+/// A `redis-server` that speaks only TLS, with a certificate from `scripts/dev-cert`.
+struct TlsRedis {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl TlsRedis {
+    fn start() -> TlsRedis {
+        let dir = tempfile::tempdir().unwrap();
+        let script = env::repo_path("scripts/dev-cert");
+        let out = std::process::Command::new(script)
+            .arg(dir.path())
+            .output()
+            .expect("scripts/dev-cert runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = env::free_port(false);
+        let p = |f: &str| dir.path().join(f).to_str().unwrap().to_owned();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string()])
+            .args([
+                "--tls-cert-file",
+                &p("server.pem"),
+                "--tls-key-file",
+                &p("server.key"),
+            ])
+            .args([
+                "--tls-ca-cert-file",
+                &p("ca.pem"),
+                "--tls-auth-clients",
+                "no",
+            ])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--protected-mode",
+                "no",
+                "--dir",
+                &p(""),
+                "--logfile",
+                &p("redis.log"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server runs");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "TLS redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        TlsRedis { port, dir, child }
+    }
+    fn ca(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_the_ca_file_carries_ticks_and_an_unknown_ca_is_refused() {
+    let redis = TlsRedis::start();
+    let url = format!("rediss://127.0.0.1:{}", redis.port);
+    // A TLS handshake in a debug build on a busy machine can take longer than `fast`'s
+    // 500ms timeout.
+    let tls = |mut c: RedisConfig| {
+        c.timeout = Duration::from_secs(5);
+        c
+    };
+    let mut cfg = tls(fast(RedisConfig::single(&url)));
+    cfg.ca_file = Some(redis.ca());
+    let a = node(&cfg, "node-tls").await;
+    let p = publisher(&cfg, "feed-tls").await;
+    ticks_flow(&a, &p, "AAPL").await;
+    p.close().await;
+
+    // Without the CA the server's certificate is not trusted: a clear error at start-up.
+    let untrusted = tls(fast(RedisConfig::single(&url)));
+    let err = RedisPublisher::connect(&untrusted, "f")
+        .await
+        .err()
+        .expect("an unknown CA is refused")
+        .to_string();
+    assert!(err.contains("--redis-ca-file"), "{err}");
+
+    // `feed synth` over TLS with --redis-ca-file.
+    let mut c = Client::ready(a.addr).await.0;
+    subscribe(
+        &mut c,
+        r#"{"op":"subscribe","symbols":["MSFT"],"snapshot":false}"#,
+    )
+    .await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tickstream"))
+        .args(["feed", "synth", "--redis", &url, "--symbols", "MSFT"])
+        .args(["--redis-ca-file", redis.ca().to_str().unwrap()])
+        .args([
+            "--rate",
+            "200",
+            "--duration",
+            "1s",
+            "--feed-id",
+            "synth-tls",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = c.next().await;
+    assert_eq!((&m["type"], &m["symbol"]), (&"tick".into(), &"MSFT".into()));
     a.shutdown().await;
 }

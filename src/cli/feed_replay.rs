@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::config::Dur;
 use crate::feed::publish::{self, SinkReport};
 use crate::feed::replay::{self, Progress, ReplayConfig, Speed};
-use crate::tick::{valid_symbol, Tick};
+use crate::tick::Tick;
 
 /// Ticks buffered between the feed thread and its destination.
 pub(super) const FEED_BUFFER: usize = 65_536;
@@ -25,31 +25,9 @@ pub(super) struct Target {
     #[arg(long, value_name = "WS_URL", env = "TICKSTREAM_PUBLISH_URL")]
     pub to: Option<String>,
 
-    /// Publish on the Redis bus at this URL, e.g. redis://127.0.0.1:6379.
-    #[arg(long, value_name = "URL", env = "TICKSTREAM_REDIS")]
-    pub redis: Option<String>,
-
-    /// Publish on a Redis Cluster (sharded Pub/Sub) reached through these seed URLs.
-    #[arg(long, value_name = "URL[,URL…]", env = "TICKSTREAM_REDIS_CLUSTER")]
-    pub redis_cluster: Option<String>,
-
-    /// Prefix of the Redis keys and channels (with --redis or --redis-cluster).
-    #[arg(
-        long,
-        value_name = "PREFIX",
-        env = "TICKSTREAM_REDIS_PREFIX",
-        default_value = "tickstream:"
-    )]
-    pub redis_prefix: String,
-
-    /// Ticks kept per symbol in the Redis `hist:` stream.
-    #[arg(
-        long,
-        value_name = "N",
-        env = "TICKSTREAM_REDIS_HISTORY",
-        default_value_t = 10_000
-    )]
-    pub redis_history: usize,
+    /// The Redis bus to publish on (with --redis or --redis-cluster).
+    #[command(flatten)]
+    pub redis: crate::config::RedisArgs,
 
     /// This feed's id in the Redis lease keys; a second feed with another id is refused
     /// the symbols this one publishes. Default: feed-<host>-<pid>.
@@ -72,30 +50,16 @@ pub(super) struct Target {
 
 impl Target {
     /// The Redis bus named by `--redis` or `--redis-cluster`, if any.
-    pub(super) fn redis_config(&self) -> Option<crate::bus::RedisConfig> {
-        let mut cfg = match (&self.redis, &self.redis_cluster) {
-            (Some(url), _) => crate::bus::RedisConfig::single(url.trim()),
-            (None, Some(list)) => {
-                let seeds: Vec<&str> = list
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|u| !u.is_empty())
-                    .collect();
-                crate::bus::RedisConfig::cluster(&seeds)
-            }
-            (None, None) => return None,
-        };
-        cfg.prefix = self.redis_prefix.clone();
-        cfg.history = self.redis_history;
-        Some(cfg)
+    pub(super) fn redis_config(&self) -> anyhow::Result<Option<crate::bus::RedisConfig>> {
+        Ok(self.redis.config()?)
     }
 
     /// A name of the destination, for summaries.
     pub(super) fn describe(&self) -> String {
         match (&self.to, self.redis_config()) {
             (Some(url), _) => url.clone(),
-            (None, Some(cfg)) => cfg.describe(),
-            (None, None) => String::new(),
+            (None, Ok(Some(cfg))) => cfg.describe(),
+            (None, _) => String::new(),
         }
     }
 }
@@ -202,25 +166,9 @@ pub(super) fn run(args: Args) -> anyhow::Result<()> {
     refusals(&sink)
 }
 
-/// Checks `--symbols` against the symbol grammar.
+/// Checks `--symbols` against the symbol grammar; none given means every symbol.
 pub(super) fn checked_symbols(symbols: &[String]) -> anyhow::Result<Vec<String>> {
-    let list: Vec<String> = symbols
-        .iter()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .collect();
-    let bad: Vec<&str> = list
-        .iter()
-        .map(String::as_str)
-        .filter(|s| !valid_symbol(s))
-        .collect();
-    if !bad.is_empty() {
-        anyhow::bail!(
-            "malformed symbol(s): {} (symbols match ^[A-Z0-9][A-Z0-9._:/-]{{0,31}}$)",
-            bad.join(", ")
-        );
-    }
-    Ok(list)
+    Ok(crate::tick::parse_symbols(symbols)?)
 }
 
 /// Fails the command when the destination refused ticks, after listing the first ones.
@@ -303,7 +251,7 @@ pub(super) enum Dest {
 impl Dest {
     /// Connects what `target` names, failing fast before any tick is produced.
     pub(super) async fn open(target: &Target) -> anyhow::Result<Dest> {
-        if let Some(cfg) = target.redis_config() {
+        if let Some(cfg) = target.redis_config()? {
             let feed_id = target
                 .feed_id
                 .clone()

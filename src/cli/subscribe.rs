@@ -103,19 +103,7 @@ impl ConnArgs {
 
 /// Splits symbol arguments on commas and checks each; at least one is required.
 pub fn parse_symbols(args: &[String]) -> anyhow::Result<Vec<String>> {
-    let mut out = Vec::new();
-    for s in args.iter().flat_map(|a| a.split(',')).map(str::trim) {
-        if s.is_empty() {
-            continue;
-        }
-        anyhow::ensure!(
-            valid_symbol(s),
-            "bad symbol {s:?}: symbols are 1 to 32 of A-Z 0-9 . _ : / - starting with a letter or digit"
-        );
-        if !out.iter().any(|o| o == s) {
-            out.push(s.to_owned());
-        }
-    }
+    let out = crate::tick::parse_symbols(args)?;
     anyhow::ensure!(!out.is_empty(), "no symbol given");
     Ok(out)
 }

@@ -4,7 +4,7 @@
 //! [`Client::next`] drives everything and yields one [`Event`] at a time: connection
 //! changes as they happen, and every server message in order. When the connection is
 //! lost it reconnects by itself — to the next URL of its list, after a delay drawn with
-//! full jitter (see [`backoff`]) — and subscribes again with `resume` set to the last
+//! full jitter (see [`crate::backoff`]) — and subscribes again with `resume` set to the last
 //! position of every symbol, so the server replays what was missed, or says with a
 //! `gap` what it no longer has.
 //!
@@ -50,7 +50,6 @@
 //! 1003, 1007, 1008 and 1009 it stops with [`ClientError::Closed`], since the same
 //! request would meet the same refusal.
 
-pub mod backoff;
 pub mod connect;
 pub mod message;
 
@@ -66,7 +65,7 @@ use rand::SeedableRng;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub use backoff::{Backoff, BackoffConfig};
+pub use crate::backoff::{Backoff, BackoffConfig};
 pub use connect::{connect, connect_with, ClientTls, ClientWs, ConnectError};
 pub use message::{Names, ServerMessage};
 

@@ -12,7 +12,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use crate::auth::{Claims, ROLE_SUBSCRIBE};
 use crate::node::Node;
-use crate::tick::valid_symbol;
+use crate::tick::{parse_symbols, BadSymbols};
 
 /// Response body type of every route.
 pub type Body = Full<Bytes>;
@@ -150,22 +150,15 @@ where
 }
 
 fn snapshot(node: &Node, query: Option<&str>, claims: Option<&Claims>) -> Response<Body> {
-    let wanted: Vec<String> = match query_param(query, "symbols") {
-        Some(list) => list
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect(),
-        None => node.hub.symbols().iter().map(|s| s.to_string()).collect(),
-    };
-    let malformed: Vec<&str> = wanted
-        .iter()
-        .map(String::as_str)
-        .filter(|s| !valid_symbol(s))
-        .collect();
-    if !malformed.is_empty() {
-        return error(StatusCode::BAD_REQUEST, "bad_symbol", &malformed);
-    }
+    let wanted: Vec<String> =
+        match query_param(query, "symbols").map(|l| parse_symbols([l.as_str()])) {
+            Some(Ok(list)) => list,
+            Some(Err(BadSymbols(malformed))) => {
+                let malformed: Vec<&str> = malformed.iter().map(String::as_str).collect();
+                return error(StatusCode::BAD_REQUEST, "bad_symbol", &malformed);
+            }
+            None => node.hub.symbols().iter().map(|s| s.to_string()).collect(),
+        };
     let unknown: Vec<&str> = wanted
         .iter()
         .map(String::as_str)

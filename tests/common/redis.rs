@@ -47,7 +47,8 @@ impl RedisServer {
         Self::start_with(&[])
     }
 
-    fn start_with(extra: &[&str]) -> RedisServer {
+    /// Starts a server with extra `redis-server` arguments (e.g. an ACL `--user`).
+    pub fn start_with(extra: &[&str]) -> RedisServer {
         let mut s = RedisServer {
             port: free_port(extra.contains(&"--cluster-enabled")),
             dir: tempfile::tempdir().expect("temp dir"),

@@ -28,7 +28,7 @@ pub mod shards;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 use redis::{PushInfo, PushKind, Value};
@@ -36,6 +36,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{BoxFuture, Bus, BusError};
+use crate::backoff::{Backoff, BackoffConfig};
 use crate::hub::Hub;
 use crate::tick::{Symbol, Tick};
 pub use publisher::{Conflict, PublisherStats, RedisPublisher};
@@ -69,6 +70,9 @@ pub struct RedisConfig {
     pub lease: Duration,
     /// Ticks queued between a feed and the publishing task. Default: 65536.
     pub publish_queue: usize,
+    /// PEM file of the CAs trusted for `rediss://` servers; when given, only these are.
+    /// Default: none (the system's trusted roots).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl RedisConfig {
@@ -83,6 +87,7 @@ impl RedisConfig {
             ping_interval: Duration::from_secs(1),
             lease: Duration::from_secs(10),
             publish_queue: 65_536,
+            ca_file: None,
         }
     }
 
@@ -96,6 +101,17 @@ impl RedisConfig {
         RedisConfig::new(RedisMode::Cluster(
             seeds.iter().map(|s| s.as_ref().to_owned()).collect(),
         ))
+    }
+
+    /// The reconnection backoff: windows from 50ms doubling up to
+    /// [`RedisConfig::backoff_max`], full jitter, retried for ever.
+    pub fn backoff(&self) -> BackoffConfig {
+        let base = Duration::from_millis(50);
+        BackoffConfig {
+            base,
+            cap: self.backoff_max.max(base),
+            max_attempts: 0,
+        }
     }
 
     /// Where Redis is, for messages.
@@ -141,41 +157,6 @@ impl Keys {
     /// `<prefix>owner:{S}`.
     pub fn owner(&self, s: &str) -> String {
         format!("{}owner:{{{s}}}", self.prefix)
-    }
-}
-
-/// Capped exponential backoff with full jitter.
-#[derive(Debug)]
-pub(crate) struct Backoff {
-    max: Duration,
-    cur: Duration,
-    next_at: Instant,
-}
-
-const BACKOFF_BASE: Duration = Duration::from_millis(50);
-
-impl Backoff {
-    pub(crate) fn new(max: Duration) -> Backoff {
-        Backoff {
-            max: max.max(BACKOFF_BASE),
-            cur: BACKOFF_BASE,
-            next_at: Instant::now(),
-        }
-    }
-    /// Records a failure; returns how long to wait before the next try.
-    pub(crate) fn failed(&mut self) -> Duration {
-        let ms = self.cur.as_millis().max(1) as u64;
-        let wait = Duration::from_millis(rand::random_range(ms / 2..=ms));
-        self.next_at = Instant::now() + wait;
-        self.cur = (self.cur * 2).min(self.max);
-        wait
-    }
-    pub(crate) fn ready(&self) -> bool {
-        Instant::now() >= self.next_at
-    }
-    pub(crate) fn reset(&mut self) {
-        self.cur = BACKOFF_BASE;
-        self.next_at = Instant::now();
     }
 }
 
@@ -235,12 +216,9 @@ impl RedisBus {
             generation: AtomicU64::new(0),
             stats: RedisBusStats::default(),
         });
-        let links = connect_links(&inner).await.map_err(|e| {
-            BusError::Unavailable(format!(
-                "cannot reach Redis at {}: {e}",
-                inner.cfg.describe()
-            ))
-        })?;
+        let links = connect_links(&inner)
+            .await
+            .map_err(|e| BusError::Unavailable(shards::startup_error(&inner.cfg, &e)))?;
         *inner.links.write() = Some(Arc::new(links));
         inner.healthy.store(true, Ordering::Release);
         let publisher = match feed_id {
@@ -351,7 +329,7 @@ async fn supervise(inner: Arc<Inner>, stop: CancellationToken) {
         // Every watched symbol will need its missed range announced and a snapshot.
         let syms: Vec<Symbol> = inner.watched.lock().iter().cloned().collect();
         inner.hub.mark_stale(&syms);
-        let mut backoff = Backoff::new(inner.cfg.backoff_max);
+        let mut backoff = Backoff::new(inner.cfg.backoff());
         loop {
             let wait = backoff.failed();
             tokio::select! {
@@ -562,7 +540,13 @@ fn decode_tick(json: &mut [u8]) -> Option<Tick> {
 
 /// Whether Redis Cluster sent the request elsewhere (the slot map is out of date).
 pub(crate) fn is_redirect(e: &redis::RedisError) -> bool {
-    matches!(e.code(), Some("MOVED" | "ASK" | "CLUSTERDOWN"))
+    is_redirect_code(e.code())
+}
+
+/// Whether an error code is a cluster redirection (`MOVED`, `ASK`) or a cluster between
+/// slot maps (`CLUSTERDOWN`): the only check of it, for commands and pipeline replies.
+pub(crate) fn is_redirect_code(code: Option<&str>) -> bool {
+    matches!(code, Some("MOVED" | "ASK" | "CLUSTERDOWN"))
 }
 
 fn unavailable(inner: &Inner, e: impl std::fmt::Display) -> BusError {

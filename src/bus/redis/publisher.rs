@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::shards::Shards;
 use super::{Keys, RedisConfig};
+use crate::backoff::Backoff;
 use crate::bus::BusError;
 use crate::tick::{Kind, Symbol, Tick};
 
@@ -104,9 +105,7 @@ impl RedisPublisher {
             None::<fn(usize) -> Box<dyn redis::aio::AsyncPushSender>>,
         )
         .await
-        .map_err(|e| {
-            BusError::Unavailable(format!("cannot reach Redis at {}: {e}", cfg.describe()))
-        })?;
+        .map_err(|e| BusError::Unavailable(super::shards::startup_error(cfg, &e)))?;
         let (tx, rx) = mpsc::channel(cfg.publish_queue.max(1));
         let shared = Arc::new(Shared {
             stats: PublisherStats::default(),
@@ -124,7 +123,11 @@ impl RedisPublisher {
             owned: HashSet::new(),
             refused: HashMap::new(),
             last_renew: Instant::now(),
-            backoff: super::Backoff::new(cfg.backoff_max),
+            backoff: {
+                let mut b = Backoff::new(cfg.backoff());
+                b.connected();
+                b
+            },
             down_since_log: None,
         };
         let task = tokio::spawn(worker.run(rx, stop.clone()));
@@ -248,7 +251,7 @@ struct Worker {
     /// Symbols another feed holds, and when the claim was last tried.
     refused: HashMap<Symbol, Instant>,
     last_renew: Instant,
-    backoff: super::Backoff,
+    backoff: Backoff,
     down_since_log: Option<Instant>,
 }
 
@@ -299,7 +302,7 @@ impl Worker {
             Ok(s) => {
                 tracing::info!("publisher reconnected to Redis");
                 self.shards = Some(s);
-                self.backoff.reset();
+                self.backoff.connected();
                 // Leases and streams may be gone with the server: claim and start afresh.
                 self.owned.clear();
                 self.epochs.clear();
@@ -323,6 +326,8 @@ impl Worker {
         tracing::warn!(error = %e, "publishing to Redis failed; reconnecting");
         self.shards = None;
         self.shared.healthy.store(false, Ordering::Release);
+        // A link that stayed up as long as the longest wait proved healthy.
+        self.backoff.lost(self.cfg.backoff_max);
         self.backoff.failed();
     }
 
@@ -420,15 +425,12 @@ impl Worker {
                 Ok(replies) => {
                     published += counts[i];
                     if let Some(e) = replies.iter().find_map(server_error) {
-                        if e.starts_with("MOVED")
-                            || e.starts_with("ASK")
-                            || e.starts_with("CLUSTERDOWN")
-                        {
+                        if super::is_redirect_code(Some(e.code())) {
                             // The cluster's slots moved: reconnect, reading the map again.
                             first_err.get_or_insert(redis::RedisError::from((
                                 redis::ErrorKind::Io,
                                 "cluster slot map changed",
-                                e,
+                                e.to_string(),
                             )));
                         } else {
                             // An XADD below the stream's top (a seq this epoch already had)
@@ -558,9 +560,9 @@ impl Worker {
     }
 }
 
-fn server_error(v: &redis::Value) -> Option<String> {
+fn server_error(v: &redis::Value) -> Option<&redis::ServerError> {
     match v {
-        redis::Value::ServerError(e) => Some(format!("{}: {e:?}", e.code())),
+        redis::Value::ServerError(e) => Some(e),
         _ => None,
     }
 }

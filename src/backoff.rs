@@ -1,12 +1,17 @@
-//! Reconnect delays: exponential backoff with full jitter.
+//! Retry delays: capped exponential backoff with full jitter, shared by the client's
+//! reconnects and the Redis bus's.
 //!
-//! Before retry number `n` (0 for the first retry after a loss) the client waits a
+//! Before retry number `n` (0 for the first retry after a loss) the caller waits a
 //! uniformly random time in `[0, min(cap, base · 2ⁿ))`. Spreading over the whole window,
-//! rather than around its end, is what keeps a crowd of clients that lost the same node
-//! at the same instant from arriving at the next one together: `N` such clients reach
-//! it at about `N / min(cap, base)` per second during the first window.
+//! rather than around its end, is what keeps a crowd that lost the same server at the
+//! same instant from arriving at the next one together: `N` such callers reach it at
+//! about `N / min(cap, base)` per second during the first window.
+//!
+//! The count of retries starts again only once a connection has proved healthy (stayed
+//! up long enough, or carried data): a server that accepts connections and drops them at
+//! once keeps being retried ever more slowly instead of being hammered at the base rate.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 
@@ -17,7 +22,7 @@ pub struct BackoffConfig {
     pub base: Duration,
     /// Largest window. Default: 30s.
     pub cap: Duration,
-    /// Consecutive failed attempts after which the client gives up; 0 retries forever.
+    /// Consecutive failed attempts after which the caller gives up; 0 retries forever.
     /// Default: 30.
     pub max_attempts: u32,
 }
@@ -32,17 +37,24 @@ impl Default for BackoffConfig {
     }
 }
 
-/// The retry state of one client.
+/// The retry state of one connection.
 #[derive(Clone, Debug)]
 pub struct Backoff {
     config: BackoffConfig,
     attempt: u32,
+    next_at: Instant,
+    up_since: Option<Instant>,
 }
 
 impl Backoff {
     /// A fresh state: the next retry is the first.
     pub fn new(config: BackoffConfig) -> Backoff {
-        Backoff { config, attempt: 0 }
+        Backoff {
+            config,
+            attempt: 0,
+            next_at: Instant::now(),
+            up_since: None,
+        }
     }
 
     /// The parameters.
@@ -70,19 +82,56 @@ impl Backoff {
             .min(self.config.cap)
     }
 
-    /// Draws the delay before the next retry and counts the retry.
+    /// Draws the delay before the next retry from `rng` and counts the retry.
     pub fn next_delay(&mut self, rng: &mut impl Rng) -> Duration {
         let window = self.window();
         self.attempt = self.attempt.saturating_add(1);
-        if window.is_zero() {
-            return Duration::ZERO;
+        self.up_since = None;
+        let delay = if window.is_zero() {
+            Duration::ZERO
+        } else {
+            Duration::from_nanos(
+                rng.random_range(0..window.as_nanos().min(u64::MAX as u128) as u64),
+            )
+        };
+        self.next_at = Instant::now() + delay;
+        delay
+    }
+
+    /// Records a failure and draws the delay before the next try (from the thread's
+    /// random generator); [`Backoff::ready`] says when it has passed.
+    pub fn failed(&mut self) -> Duration {
+        self.next_delay(&mut rand::rng())
+    }
+
+    /// Whether the delay drawn by the last failure has passed.
+    pub fn ready(&self) -> bool {
+        Instant::now() >= self.next_at
+    }
+
+    /// Records that a connection is up. Its loss resets the backoff through
+    /// [`Backoff::lost`] only if it stayed up the healthy period.
+    pub fn connected(&mut self) {
+        self.up_since = Some(Instant::now());
+    }
+
+    /// Records the loss of the connection recorded by [`Backoff::connected`]: when it was
+    /// up at least `healthy_after`, past failures are forgotten. Returns whether they were.
+    pub fn lost(&mut self, healthy_after: Duration) -> bool {
+        let healthy = self
+            .up_since
+            .take()
+            .is_some_and(|t| t.elapsed() >= healthy_after);
+        if healthy {
+            self.reset();
         }
-        Duration::from_nanos(rng.random_range(0..window.as_nanos().min(u64::MAX as u128) as u64))
+        healthy
     }
 
     /// Forgets past failures, once a connection has proved healthy.
     pub fn reset(&mut self) {
         self.attempt = 0;
+        self.next_at = Instant::now();
     }
 }
 
@@ -148,5 +197,27 @@ mod tests {
         }
         assert!(b.exhausted());
         assert_eq!(b.attempt(), 3);
+    }
+
+    #[test]
+    fn only_a_connection_that_stayed_up_resets_and_ready_waits_for_the_delay() {
+        let mut b = Backoff::new(cfg(60_000, 60_000, 0));
+        b.failed();
+        b.failed();
+        assert_eq!(b.attempt(), 2);
+        // A draw from [0, 60s) under 1ms is a one-in-60,000 event.
+        assert!(!b.ready(), "a delay was drawn and has not passed");
+        b.connected();
+        assert!(
+            !b.lost(Duration::from_secs(5)),
+            "dropped at once: not healthy"
+        );
+        assert_eq!(b.attempt(), 2, "a flapping server keeps its backoff");
+        b.connected();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(b.lost(Duration::from_millis(10)));
+        assert_eq!(b.attempt(), 0);
+        assert!(b.ready());
+        assert!(!b.lost(Duration::ZERO), "no connection recorded");
     }
 }
