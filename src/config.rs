@@ -211,9 +211,31 @@ pub struct ServeArgs {
     #[arg(long, env = "TICKSTREAM_JWT_SECRET_FILE", value_name = "FILE")]
     pub jwt_secret_file: Option<PathBuf>,
 
-    /// Clock skew allowed when checking a token's expiry. Default: 30s.
+    /// Clock skew allowed when checking a token's expiry and not-before. Default: 30s.
     #[arg(long, env = "TICKSTREAM_JWT_LEEWAY", value_name = "DURATION")]
     pub jwt_leeway: Option<Dur>,
+
+    /// A key that verifies client JWTs, `[KID=]FILE`: a PEM public key (RSA: RS256,
+    /// P-256: ES256) or a 32+ byte secret (HS256); enables auth. Repeat it (or separate
+    /// with commas) for several keys; tokens pick theirs by `kid`. Default: none.
+    #[arg(
+        long = "jwt-key",
+        env = "TICKSTREAM_JWT_KEY",
+        value_name = "[KID=]FILE",
+        value_delimiter = ','
+    )]
+    #[serde(rename = "jwt_key")]
+    pub jwt_keys: Option<Vec<crate::auth::KeySpec>>,
+
+    /// Directory of JWT verification keys, each file one key named by its file name
+    /// without extension as `kid`; enables auth. Re-read on reload. Default: none.
+    #[arg(long, env = "TICKSTREAM_JWT_KEY_DIR", value_name = "DIR")]
+    pub jwt_key_dir: Option<PathBuf>,
+
+    /// How often TLS and JWT key files are checked for changes (they are reloaded when
+    /// changed, and on SIGHUP); 0s checks only on SIGHUP. Default: 5s.
+    #[arg(long, env = "TICKSTREAM_RELOAD_POLL", value_name = "DURATION")]
+    pub reload_poll: Option<Dur>,
 
     /// Join other nodes through this Redis server (`redis://host:port`). Ticks then reach
     /// the hub only from Redis, and the default feed becomes `none`. Default: in-process bus.
@@ -322,6 +344,12 @@ pub struct Settings {
     pub jwt_secret_file: Option<PathBuf>,
     /// Clock skew allowed on token expiry.
     pub jwt_leeway: Duration,
+    /// JWT verification key files (`--jwt-key`).
+    pub jwt_keys: Vec<crate::auth::KeySpec>,
+    /// JWT verification key directory.
+    pub jwt_key_dir: Option<PathBuf>,
+    /// How often key and certificate files are checked for changes (zero: never).
+    pub reload_poll: Duration,
     /// Log filter, if set.
     pub log: Option<String>,
     /// The Redis bus, when the node joins others.
@@ -404,6 +432,7 @@ impl ServeArgs {
             redis, redis_cluster, redis_prefix, redis_history, redis_backoff_max, redis_timeout,
             redis_lease, feed_id);
         fill_from_file!(self, file: tls_cert, tls_key, tls_handshake_timeout, header_timeout);
+        fill_from_file!(self, file: jwt_keys, jwt_key_dir, reload_poll);
         let redis = self.redis_config();
         let listen = self
             .listen
@@ -453,6 +482,9 @@ impl ServeArgs {
             header_timeout: self.header_timeout.map_or(Duration::from_secs(10), |d| d.0),
             jwt_secret_file: self.jwt_secret_file,
             jwt_leeway: self.jwt_leeway.map_or(Duration::from_secs(30), |d| d.0),
+            jwt_keys: self.jwt_keys.unwrap_or_default(),
+            jwt_key_dir: self.jwt_key_dir,
+            reload_poll: self.reload_poll.map_or(Duration::from_secs(5), |d| d.0),
             log: self.log,
         }
     }
