@@ -175,6 +175,17 @@ where
     let _ = ws.write_frame(Frame::close(code, reason)).await;
 }
 
+/// Checks and publishes the messages `frames`, in order, as one publisher connection to
+/// `node` would, and returns the reply to each (the JSON array the publisher receives).
+/// The endpoint's parser without the socket, for fuzzing and property tests.
+pub fn answer_frames<'f>(node: &Node, frames: impl IntoIterator<Item = &'f [u8]>) -> Vec<Vec<u8>> {
+    let mut checker = Checker::new(node);
+    frames
+        .into_iter()
+        .map(|f| serde_json::to_vec(&checker.frame(f)).unwrap_or_default())
+        .collect()
+}
+
 /// Sends `msgs` as one frame; false when that failed or took longer than `timeout` (a
 /// publisher that does not read its replies is dropped, not waited for).
 async fn reply<S>(ws: &mut WebSocket<S>, timeout: Duration, msgs: Vec<Reply<'_>>) -> bool
