@@ -105,11 +105,15 @@ impl FromStr for KeySpec {
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
         let (kid, path) = match s.split_once('=') {
-            Some((kid, path)) if !kid.is_empty() && !kid.contains('/') => {
-                (Some(kid.to_owned()), path)
-            }
+            // A `=` after a `/` belongs to the file name.
+            Some((kid, path)) if !kid.contains('/') => (Some(kid.to_owned()), path),
             _ => (None, s),
         };
+        if kid.as_deref() == Some("") {
+            return Err(format!(
+                "JWT key {s:?} has an empty key id; write [KID=]FILE"
+            ));
+        }
         if path.is_empty() {
             return Err(format!("JWT key {s:?} names no file; write [KID=]FILE"));
         }

@@ -631,3 +631,55 @@ fn the_token_command_signs_rs256_and_es256_with_a_kid() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--key"));
 }
+
+#[test]
+fn jwt_key_flags_and_toml_keys_resolve() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: tickstream::config::ServeArgs,
+    }
+    let cli = Cli::try_parse_from([
+        "x",
+        "--jwt-key",
+        "2026-q1=/keys/q1.pem",
+        "--jwt-key",
+        "/keys/plain.secret,q2=/keys/q2.pem",
+        "--reload-poll",
+        "0s",
+    ])
+    .unwrap();
+    let s = cli.serve.resolve().unwrap();
+    assert_eq!(
+        s.jwt_keys,
+        vec![
+            spec("2026-q1=/keys/q1.pem"),
+            spec("/keys/plain.secret"),
+            spec("q2=/keys/q2.pem")
+        ]
+    );
+    assert_eq!(s.jwt_keys[0].kid.as_deref(), Some("2026-q1"));
+    assert_eq!(s.jwt_keys[1].kid, None);
+    assert_eq!(s.reload_poll, Duration::ZERO);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.toml");
+    std::fs::write(
+        &path,
+        "jwt_key = [\"a=/k/a.pem\"]\njwt_key_dir = \"/k\"\nreload_poll = \"2s\"\n",
+    )
+    .unwrap();
+    let cli = Cli::try_parse_from(["x", "--config", path.to_str().unwrap()]).unwrap();
+    let s = cli.serve.resolve().unwrap();
+    assert_eq!(s.jwt_keys, vec![spec("a=/k/a.pem")]);
+    assert_eq!(s.jwt_key_dir.as_deref(), Some(std::path::Path::new("/k")));
+    assert_eq!(s.reload_poll, Duration::from_secs(2));
+    assert_eq!(
+        tickstream::config::Settings::default().reload_poll,
+        Duration::from_secs(5)
+    );
+    for bad in ["=", "=/k/a.pem", "kid=", ""] {
+        assert!(bad.parse::<auth::KeySpec>().is_err(), "{bad:?}");
+    }
+    assert_eq!(spec("/k/a=b.pem").kid, None, "an = in the file name");
+}
