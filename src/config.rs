@@ -397,9 +397,32 @@ pub struct ServeArgs {
     #[arg(long, env = "TICKSTREAM_JWT_SECRET_FILE", value_name = "FILE")]
     pub jwt_secret_file: Option<PathBuf>,
 
-    /// Clock skew allowed when checking a token's expiry. Default: 30s.
+    /// Clock skew allowed when checking a token's expiry and not-before. Default: 30s.
     #[arg(long, env = "TICKSTREAM_JWT_LEEWAY", value_name = "DURATION")]
     pub jwt_leeway: Option<Dur>,
+
+    /// A key that verifies client JWTs, `[KID=]FILE`: a PEM public key (RSA: RS256,
+    /// P-256: ES256) or a 32+ byte secret (HS256); enables auth. Repeat it (or separate
+    /// with commas) for several keys; tokens pick theirs by `kid`. Default: none.
+    #[arg(
+        id = "jwt_key",
+        long = "jwt-key",
+        env = "TICKSTREAM_JWT_KEY",
+        value_name = "[KID=]FILE",
+        value_delimiter = ','
+    )]
+    #[serde(rename = "jwt_key")]
+    pub jwt_keys: Option<Vec<crate::auth::KeySpec>>,
+
+    /// Directory of JWT verification keys, each file one key named by its file name
+    /// without extension as `kid`; enables auth. Re-read on reload. Default: none.
+    #[arg(long, env = "TICKSTREAM_JWT_KEY_DIR", value_name = "DIR")]
+    pub jwt_key_dir: Option<PathBuf>,
+
+    /// How often TLS and JWT key files are checked for changes (they are reloaded when
+    /// changed, and on SIGHUP); 0s checks only on SIGHUP. Default: 5s.
+    #[arg(long, env = "TICKSTREAM_RELOAD_POLL", value_name = "DURATION")]
+    pub reload_poll: Option<Dur>,
 
     #[command(flatten)]
     #[serde(flatten)]
@@ -488,6 +511,14 @@ pub struct Settings {
     /// Clock skew allowed on token expiry.
     #[serde(deserialize_with = "duration")]
     pub jwt_leeway: Duration,
+    /// JWT verification key files (`--jwt-key`).
+    #[serde(rename = "jwt_key")]
+    pub jwt_keys: Vec<crate::auth::KeySpec>,
+    /// JWT verification key directory.
+    pub jwt_key_dir: Option<PathBuf>,
+    /// How often key and certificate files are checked for changes (zero: never).
+    #[serde(deserialize_with = "duration")]
+    pub reload_poll: Duration,
     /// Log filter, if set.
     pub log: Option<String>,
     /// The Redis bus, when the node joins others.
@@ -535,6 +566,9 @@ impl Default for Settings {
             header_timeout: Duration::from_secs(10),
             jwt_secret_file: None,
             jwt_leeway: Duration::from_secs(30),
+            jwt_keys: Vec::new(),
+            jwt_key_dir: None,
+            reload_poll: Duration::from_secs(5),
             log: None,
             redis: None,
         }

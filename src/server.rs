@@ -28,6 +28,7 @@ pub struct Running {
     pub node: Arc<Node>,
     accept: tokio::task::JoinHandle<()>,
     feed: Option<FeedThreads>,
+    certs: Option<Arc<crate::tls::CertResolver>>,
 }
 
 /// Loads the universe the settings name, or the bundled one.
@@ -43,14 +44,22 @@ pub fn load_universe(settings: &Settings) -> anyhow::Result<Universe> {
 /// Builds the node, binds its port and starts its feed and accept loop.
 pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let universe = load_universe(&settings)?;
-    let auth = match &settings.jwt_secret_file {
-        Some(path) => Some(Auth::new(
-            &crate::auth::read_secret(path)?,
-            settings.jwt_leeway,
-        )),
-        None => None,
+    let keys = crate::auth::KeySources {
+        secret_file: settings.jwt_secret_file.clone(),
+        keys: settings.jwt_keys.clone(),
+        dir: settings.jwt_key_dir.clone(),
     };
-    let tls = crate::tls::acceptor(&settings)?;
+    let auth = match keys.is_empty() {
+        true => None,
+        false => Some(Auth::load(keys, settings.jwt_leeway)?),
+    };
+    let (tls, certs) = match (&settings.tls_cert, &settings.tls_key) {
+        (Some(cert), Some(key)) => {
+            let (acceptor, certs) = crate::tls::acceptor(cert, key)?;
+            (Some(acceptor), Some(certs))
+        }
+        _ => (None, None),
+    };
     let hub = Arc::new(Hub::new(universe.symbols().cloned(), settings.history));
     let bus: Arc<dyn Bus> = match &settings.redis {
         None => Arc::new(LocalBus::new(hub.clone())),
@@ -76,13 +85,74 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let node = Node::new(settings, hub, bus, auth);
     let scheme = if tls.is_some() { "https" } else { "http" };
     let accept = tokio::spawn(accept_loop(node.clone(), listener, tls));
+    if certs.is_some() || node.auth.is_some() {
+        // Installed before start returns, so a SIGHUP from then on reloads, never kills.
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| tracing::warn!(error = %e, "cannot listen for SIGHUP; reloading on file changes only"))
+            .ok();
+        tokio::spawn(reload_loop(node.clone(), certs.clone(), hangup));
+    }
     tracing::info!(%addr, %scheme, node = %node.settings.node, "serving");
     Ok(Running {
         addr,
         node,
         accept,
         feed,
+        certs,
     })
+}
+
+/// Reloads the TLS certificate and the JWT keys on SIGHUP (everything) and every
+/// `reload_poll` (what changed), until shutdown. A bad new file is logged and the old
+/// certificate or keys stay in use.
+async fn reload_loop(
+    node: Arc<Node>,
+    certs: Option<Arc<crate::tls::CertResolver>>,
+    mut hangup: Option<tokio::signal::unix::Signal>,
+) {
+    let poll = node.settings.reload_poll;
+    let mut tick = tokio::time::interval(if poll.is_zero() {
+        Duration::from_secs(3600)
+    } else {
+        poll
+    });
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let all = tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            _ = async { hangup.as_mut()?.recv().await }, if hangup.is_some() => true,
+            _ = tick.tick() => false,
+        };
+        if !all && poll.is_zero() {
+            continue;
+        }
+        if let Some(certs) = &certs {
+            match if all {
+                Some(certs.reload())
+            } else {
+                certs.reload_if_changed()
+            } {
+                Some(Ok(())) => tracing::info!("TLS certificate reloaded"),
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "TLS certificate not reloaded; keeping the one in use")
+                }
+                None => {}
+            }
+        }
+        if let Some(auth) = &node.auth {
+            match if all {
+                Some(auth.reload())
+            } else {
+                auth.reload_if_changed()
+            } {
+                Some(Ok(n)) => tracing::info!(keys = n, "JWT keys reloaded"),
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "JWT keys not reloaded; keeping the ones in use")
+                }
+                None => {}
+            }
+        }
+    }
 }
 
 fn start_synthetic(settings: &Settings, universe: Universe, bus: Arc<dyn Bus>) -> FeedThreads {
@@ -183,6 +253,11 @@ where
 }
 
 impl Running {
+    /// The certificate a TLS node serves, to reload it in place (as SIGHUP does).
+    pub fn certs(&self) -> Option<&Arc<crate::tls::CertResolver>> {
+        self.certs.as_ref()
+    }
+
     /// Stops accepting, closes every client with 1001, waits up to the drain time for
     /// them, then stops the feed.
     pub async fn shutdown(self) {

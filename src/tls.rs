@@ -2,8 +2,11 @@
 //! `--tls-key`), and the trust a client puts in `wss://` servers (the Mozilla roots built
 //! into the binary, plus an optional CA bundle such as the one `scripts/dev-cert` makes).
 //!
-//! Files are read once, at start-up; a missing or malformed one is an error that names
-//! the file.
+//! Files are read at start-up; a missing or malformed one is an error that names the
+//! file. The server's certificate and key can be replaced while it runs
+//! ([`CertResolver::reload`], on SIGHUP or when the files change): new handshakes get the
+//! new certificate, established connections keep going, and unusable new files are
+//! refused while the old certificate stays.
 //!
 //! The `ring` provider builds with a C compiler alone (no cmake, nasm or Go) and quickly.
 //! The roots are webpki-roots rather than the system store: the same trust on every
@@ -13,9 +16,15 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+use parking_lot::{Mutex, RwLock};
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::{self, PemObject};
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
+use tokio_rustls::rustls::sign::CertifiedKey;
+
+const CERT: &str = "TLS certificate file";
+const KEY: &str = "TLS key file";
 
 /// ALPN protocol offered and accepted: WebSocket upgrades ride on HTTP/1.1.
 const ALPN_HTTP1: &[u8] = b"http/1.1";
@@ -83,12 +92,10 @@ fn read_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'sta
     Ok(certs)
 }
 
-/// The server side of TLS for a node: its certificate chain (leaf first) from `cert` and
-/// its private key (PKCS#8, PKCS#1 or SEC1 PEM) from `key`. Fails when either file is
-/// unreadable or malformed, or the key does not belong to the certificate.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    const CERT: &str = "TLS certificate file";
-    const KEY: &str = "TLS key file";
+/// Reads a node's certificate chain (leaf first) from `cert` and its private key
+/// (PKCS#8, PKCS#1 or SEC1 PEM) from `key`. Fails when either file is unreadable or
+/// malformed, or the key does not belong to the certificate.
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     let chain = read_certs(cert, CERT)?;
     let key_pem = read(key, KEY)?;
     let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
@@ -99,30 +106,114 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
         ),
         e => invalid(key, KEY, format!("not valid PEM: {e}")),
     })?;
+    CertifiedKey::from_der(chain, private, &provider()).map_err(|e| {
+        invalid(
+            cert,
+            CERT,
+            format!("unusable with the key in {}: {e}", key.display()),
+        )
+    })
+}
+
+/// The server side of TLS for a node: serves the certificate of [`load_certified_key`].
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    Ok(server_tls(cert, key)?.0)
+}
+
+/// Modification time and length of a file, to notice that it changed.
+type Stamp = Option<(std::time::SystemTime, u64)>;
+
+fn stamp(path: &Path) -> Stamp {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// The certificate a node serves, replaceable while it runs: each new TLS handshake gets
+/// the current one, established connections keep theirs. [`reload`](Self::reload)
+/// re-reads the files and keeps the old certificate when the new files are unusable.
+pub struct CertResolver {
+    cert: PathBuf,
+    key: PathBuf,
+    current: RwLock<Arc<CertifiedKey>>,
+    stamps: Mutex<(Stamp, Stamp)>,
+}
+
+impl std::fmt::Debug for CertResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertResolver")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertResolver {
+    /// Reads `cert` and `key` (see [`load_certified_key`]).
+    pub fn new(cert: &Path, key: &Path) -> Result<CertResolver, TlsError> {
+        let stamps = (stamp(cert), stamp(key));
+        let current = load_certified_key(cert, key)?;
+        Ok(CertResolver {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            current: RwLock::new(Arc::new(current)),
+            stamps: Mutex::new(stamps),
+        })
+    }
+
+    /// Reads the files again and serves what they hold from the next handshake on. On
+    /// error the certificate served so far stays.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        *self.stamps.lock() = (stamp(&self.cert), stamp(&self.key));
+        let fresh = load_certified_key(&self.cert, &self.key)?;
+        *self.current.write() = Arc::new(fresh);
+        Ok(())
+    }
+
+    /// [`reload`](Self::reload)s when either file's modification time or length changed
+    /// since the last load; None when neither did.
+    pub fn reload_if_changed(&self) -> Option<Result<(), TlsError>> {
+        let now = (stamp(&self.cert), stamp(&self.key));
+        if *self.stamps.lock() == now {
+            return None;
+        }
+        Some(self.reload())
+    }
+
+    /// The certificate chain served now, leaf first.
+    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
+        self.current.read().cert.clone()
+    }
+}
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.read().clone())
+    }
+}
+
+/// The server TLS configuration for a node, with the resolver that lets its
+/// certificate be replaced while it runs.
+pub fn server_tls(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Arc<rustls::ServerConfig>, Arc<CertResolver>), TlsError> {
+    let resolver = Arc::new(CertResolver::new(cert, key)?);
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| invalid(cert, CERT, e.to_string()))?
         .with_no_client_auth()
-        .with_single_cert(chain, private)
-        .map_err(|e| {
-            invalid(
-                cert,
-                CERT,
-                format!("unusable with the key in {}: {e}", key.display()),
-            )
-        })?;
+        .with_cert_resolver(resolver.clone());
     config.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), resolver))
 }
 
-/// The acceptor for a node whose settings name a certificate and key, else None.
+/// The acceptor for a node serving `cert` and `key`, and the resolver that reloads them.
 pub fn acceptor(
-    settings: &crate::config::Settings,
-) -> Result<Option<tokio_rustls::TlsAcceptor>, TlsError> {
-    match (&settings.tls_cert, &settings.tls_key) {
-        (Some(cert), Some(key)) => Ok(Some(server_config(cert, key)?.into())),
-        _ => Ok(None),
-    }
+    cert: &Path,
+    key: &Path,
+) -> Result<(tokio_rustls::TlsAcceptor, Arc<CertResolver>), TlsError> {
+    let (config, resolver) = server_tls(cert, key)?;
+    Ok((config.into(), resolver))
 }
 
 /// How a client verifies `wss://` servers: against the Mozilla root certificates built

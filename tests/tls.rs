@@ -706,3 +706,220 @@ async fn shutdown_closes_wss_clients_with_1001() {
         .expect("the node stops within the drain time")
         .unwrap();
 }
+
+/// A node's certificate files in a directory of their own, replaced the way a
+/// certificate manager does (write aside, rename over).
+struct Served {
+    dir: tempfile::TempDir,
+}
+
+impl Served {
+    fn new(from: &Certs) -> Served {
+        let s = Served {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        s.install(from);
+        s
+    }
+    fn cert(&self) -> PathBuf {
+        self.dir.path().join("server.pem")
+    }
+    fn key(&self) -> PathBuf {
+        self.dir.path().join("server.key")
+    }
+    fn install(&self, from: &Certs) {
+        for (src, dst) in [(from.cert(), self.cert()), (from.key(), self.key())] {
+            let tmp = dst.with_extension("new");
+            std::fs::copy(src, &tmp).unwrap();
+            std::fs::rename(&tmp, &dst).unwrap();
+        }
+    }
+}
+
+/// Whether a TLS handshake trusting only `ca` succeeds.
+async fn trusted_by(addr: SocketAddr, ca: &Path) -> bool {
+    matches!(
+        tokio::time::timeout(WAIT, tls_stream(addr, ca)).await,
+        Ok(Ok(_))
+    )
+}
+
+/// A subscribed independent client trusting only `ca`, and its pending messages.
+async fn subscribed_client(
+    addr: SocketAddr,
+    ca: &Path,
+    symbol: &str,
+) -> (
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>,
+    std::collections::VecDeque<Value>,
+) {
+    let stream = tls_stream(addr, ca).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(wss(addr, "/v1/ws"), stream)
+        .await
+        .unwrap();
+    let mut pending = std::collections::VecDeque::new();
+    assert_eq!(next_json(&mut ws, &mut pending).await["type"], "welcome");
+    let cmd = format!(r#"{{"op":"subscribe","id":1,"symbols":["{symbol}"],"snapshot":false}}"#);
+    ws.send(Message::text(cmd)).await.unwrap();
+    assert_eq!(next_json(&mut ws, &mut pending).await["type"], "subscribed");
+    (ws, pending)
+}
+
+/// The next `tick` message, skipping others.
+async fn next_tick_json<S>(
+    ws: &mut tokio_tungstenite::WebSocketStream<S>,
+    pending: &mut std::collections::VecDeque<Value>,
+) -> Value
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        let m = next_json(ws, pending).await;
+        if m["type"] == "tick" {
+            return m;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_changed_certificate_is_served_to_new_connections_and_old_ones_keep_going() {
+    let (a, b) = (Certs::new(), Certs::new());
+    let served = Served::new(&a);
+    let mut s = settings();
+    s.tls_cert = Some(served.cert());
+    s.tls_key = Some(served.key());
+    s.reload_poll = Duration::from_millis(100);
+    let run = start(s).await;
+    let (mut old, mut pending) = subscribed_client(run.addr, &a.ca(), "AAPL").await;
+    assert!(!trusted_by(run.addr, &b.ca()).await, "B not served yet");
+
+    // The files change: the poll notices, new handshakes get B.
+    served.install(&b);
+    let deadline = Instant::now() + WAIT;
+    while !trusted_by(run.addr, &b.ca()).await {
+        assert!(Instant::now() < deadline, "certificate B never served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!trusted_by(run.addr, &a.ca()).await, "A no longer served");
+    let b_leaf = CertificateDer::pem_file_iter(b.cert())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(run.certs().unwrap().chain()[0], b_leaf);
+
+    // The connection made under A is still served.
+    publish(&run, "AAPL", "e1", 1..=3);
+    for want in 1..=3u64 {
+        assert_eq!(next_tick_json(&mut old, &mut pending).await["seq"], want);
+    }
+
+    // A broken file is refused; B stays, for new and old connections alike.
+    std::fs::write(served.cert(), "-----BEGIN CERTIFICATE-----\nnot base64!\n").unwrap();
+    let e = run.certs().unwrap().reload().unwrap_err().to_string();
+    assert!(e.contains("server.pem"), "{e}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        trusted_by(run.addr, &b.ca()).await,
+        "B kept after a bad file"
+    );
+    assert_eq!(run.certs().unwrap().chain()[0], b_leaf);
+    publish(&run, "AAPL", "e1", 4..=4);
+    assert_eq!(next_tick_json(&mut old, &mut pending).await["seq"], 4);
+    run.shutdown().await;
+}
+
+/// Starts `tickstream serve` with `args`; returns it, its address and a channel of its
+/// log lines from then on.
+fn spawn_serve_logged(args: &[&str]) -> (Child, SocketAddr, std::sync::mpsc::Receiver<String>) {
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .args(args)
+        .args(["--log", "info"])
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("the server logs its address").unwrap();
+        if let Some(rest) = line.split("addr=").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (child, addr, rx)
+}
+
+fn sighup(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Waits for a log line containing `needle`.
+fn log_line(rx: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => {}
+            Err(_) => panic!("no log line with {needle:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_certificate_of_the_binary_and_a_bad_one_is_logged() {
+    let (a, b) = (Certs::new(), Certs::new());
+    let served = Served::new(&a);
+    let (child, addr, logs) = spawn_serve_logged(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        served.cert().to_str().unwrap(),
+        "--tls-key",
+        served.key().to_str().unwrap(),
+        // Polling off: only the signal reloads.
+        "--reload-poll",
+        "0s",
+    ]);
+    let child = Killed(child);
+    // The synthetic feed runs: the connection made under A gets live ticks.
+    let (mut old, mut pending) = subscribed_client(addr, &a.ca(), "AAPL").await;
+    next_tick_json(&mut old, &mut pending).await;
+
+    served.install(&b);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        trusted_by(addr, &a.ca()).await,
+        "no reload before the signal"
+    );
+    sighup(&child.0);
+    log_line(&logs, "TLS certificate reloaded");
+    assert!(trusted_by(addr, &b.ca()).await, "B after SIGHUP");
+    assert!(!trusted_by(addr, &a.ca()).await, "A no longer");
+    let before = next_tick_json(&mut old, &mut pending).await["seq"]
+        .as_u64()
+        .unwrap();
+    let after = next_tick_json(&mut old, &mut pending).await["seq"]
+        .as_u64()
+        .unwrap();
+    assert!(after > before, "the old connection keeps receiving ticks");
+
+    std::fs::write(served.key(), "garbage\n").unwrap();
+    sighup(&child.0);
+    let line = log_line(&logs, "TLS certificate not reloaded");
+    assert!(line.contains("server.key"), "{line}");
+    assert!(trusted_by(addr, &b.ca()).await, "B kept");
+    next_tick_json(&mut old, &mut pending).await;
+    drop(child);
+}

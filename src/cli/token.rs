@@ -1,19 +1,27 @@
-//! `tickstream token`: sign a client token with the node's secret.
+//! `tickstream token`: sign a client token with the node's secret or a private key.
 
 use std::path::PathBuf;
 
-use crate::auth::{self, Claims};
+use crate::auth::{self, Claims, Signer};
 use crate::config::Dur;
 
 /// Options.
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  tickstream token --secret-file secret.key --sub dashboard-1 --symbols AAPL,BTC-* --ttl 12h\n  tickstream token --secret-file secret.key --sub feed-1 --roles publish --ttl 30d"
+    after_help = "Examples:\n  tickstream token --secret-file secret.key --sub dashboard-1 --symbols AAPL,BTC-* --ttl 12h\n  tickstream token --secret-file secret.key --sub feed-1 --roles publish --ttl 30d\n  tickstream token --key 2026-q1.key --kid 2026-q1 --sub dashboard-1"
 )]
 pub struct Args {
     /// File holding the HS256 secret the node checks tokens with.
     #[arg(long, env = "TICKSTREAM_JWT_SECRET_FILE", value_name = "FILE")]
-    secret_file: PathBuf,
+    secret_file: Option<PathBuf>,
+    /// Signing key instead of --secret-file: a PKCS#8 PEM private key (RSA: RS256,
+    /// P-256: ES256) whose public key the node has, or an HS256 secret file.
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// Key id put in the token header (`kid`); the node picks the key with this id.
+    /// Default: none.
+    #[arg(long, value_name = "KID")]
+    kid: Option<String>,
     /// Who the token is for.
     #[arg(long)]
     sub: String,
@@ -30,7 +38,13 @@ pub struct Args {
 }
 
 pub(super) fn run(args: Args) -> anyhow::Result<()> {
-    let secret = auth::read_secret(&args.secret_file)?;
+    // --key wins over a secret file named only by the environment.
+    let path = match (args.key, args.secret_file) {
+        (Some(key), _) => key,
+        (None, Some(secret)) => secret,
+        (None, None) => anyhow::bail!("give --key FILE or --secret-file FILE to sign with"),
+    };
+    let signer = Signer::from_file(&path, args.kid)?;
     for r in &args.roles {
         if r != auth::ROLE_SUBSCRIBE && r != auth::ROLE_PUBLISH {
             anyhow::bail!("unknown role {r:?} (subscribe|publish)");
@@ -42,6 +56,6 @@ pub(super) fn run(args: Args) -> anyhow::Result<()> {
         symbols: (!args.symbols.is_empty()).then_some(args.symbols),
         roles: (!args.roles.is_empty()).then_some(args.roles),
     };
-    println!("{}", auth::issue(&secret, &claims)?);
+    println!("{}", signer.sign(&claims)?);
     Ok(())
 }

@@ -323,3 +323,19 @@ fn describe(r: &Refused) -> String {
     };
     format!("{what}: {}", r.why)
 }
+
+/// Checks and publishes the messages `frames`, in order, as one publisher connection
+/// would, and returns the reply to each (the JSON array the publisher receives). The
+/// endpoint's parser without the socket, for fuzzing and property tests.
+pub fn answer_frames<'f>(
+    hub: &Hub,
+    bus: &dyn Bus,
+    stats: &PublishStats,
+    frames: impl IntoIterator<Item = &'f [u8]>,
+) -> Vec<Vec<u8>> {
+    let mut checker = Checker::new(hub, bus, stats);
+    frames
+        .into_iter()
+        .map(|f| serde_json::to_vec(&checker.frame(f)).unwrap_or_default())
+        .collect()
+}

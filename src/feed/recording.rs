@@ -151,13 +151,18 @@ impl Reader {
         } else {
             Box::new(BufReader::with_capacity(64 * 1024, file))
         };
-        Ok(Reader {
+        Ok(Reader::from_lines(path, lines))
+    }
+
+    /// Reads the (uncompressed) recording `lines`, naming it `path` in errors.
+    pub fn from_lines(path: &Path, lines: Box<dyn BufRead + Send>) -> Reader {
+        Reader {
             path: path.to_owned(),
             lines,
             line_no: 0,
             buf: String::new(),
             seen: Default::default(),
-        })
+        }
     }
 
     fn bad(&self, message: String) -> RecordingError {

@@ -60,7 +60,10 @@ pub async fn route(
 }
 
 /// Checks the request's token for `role` when the node has auth enabled: `Ok(None)`
-/// without auth, `Ok(Some(claims))` with a good token, else the 401/403 response.
+/// without auth, `Ok(Some(claims))` with a good token, else the 401/403 response. The
+/// token comes from `Authorization: Bearer` or, failing that, the `token` query
+/// parameter; every authenticated route (`/v1/ws`, `/v1/publish`, `/v1/snapshot`)
+/// calls this.
 pub fn authorize<B>(
     node: &Node,
     req: &Request<B>,
@@ -74,10 +77,11 @@ pub fn authorize<B>(
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
+            // The scheme is case-insensitive (RFC 9110 §11.1).
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
         })
-        .map(str::trim)
+        .filter(|t| !t.is_empty())
         .map(str::to_owned);
     let token = header.or_else(|| query_param(req.uri().query(), "token"));
     match auth.check(token.as_deref(), role) {
