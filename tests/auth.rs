@@ -683,3 +683,39 @@ fn jwt_key_flags_and_toml_keys_resolve() {
     }
     assert_eq!(spec("/k/a=b.pem").kid, None, "an = in the file name");
 }
+
+#[tokio::test]
+async fn a_publisher_token_limited_to_symbols_refuses_ticks_outside_them() {
+    let (run, _dir) = start_with_auth().await;
+    let t = token(Some(&["AAPL", "BTC-*"]), Some(&["publish"]), 60);
+    let mut p = Client::connect_path(run.addr, &format!("/v1/publish?token={t}")).await;
+    assert_eq!(p.next().await["role"], "publisher");
+    let frame = json!([
+        tick("AAPL", "e1", 1),
+        tick("MSFT", "e1", 1),
+        tick("BTC-USD", "e1", 1)
+    ]);
+    p.send(&frame.to_string()).await;
+    let e = p.next().await;
+    assert_eq!(
+        (
+            e["code"].as_str(),
+            e["index"].as_u64(),
+            e["symbol"].as_str()
+        ),
+        (Some("forbidden"), Some(1), Some("MSFT")),
+        "{e}"
+    );
+    let ack = p.next().await;
+    assert_eq!(
+        (ack["accepted"].as_u64(), ack["refused"].as_u64()),
+        (Some(2), Some(1)),
+        "{ack}"
+    );
+    assert_eq!(run.node.hub.latest("AAPL").map(|e| e.tick.seq), Some(1));
+    assert!(
+        run.node.hub.latest("MSFT").is_none(),
+        "nothing of MSFT reached the hub"
+    );
+    run.shutdown().await;
+}

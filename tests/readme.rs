@@ -81,12 +81,24 @@ const BLOCKS: &[(&str, &str)] = &[
         "cargo build --release",
         "bench::references_measured_in_the_same_run runs it at a tiny scale",
     ),
+    (
+        "cd fuzz",
+        "not run: fuzzing needs the nightly toolchain; binary(properties) runs the same parsers",
+    ),
+    (
+        "openssl genpkey -algorithm EC",
+        "auth::the_token_command_signs_rs256_and_es256_with_a_kid and auth::rotation_through_the_key_directory do the same with openssl",
+    ),
 ];
 
 /// Commands of the README not run here, and where they are.
 const NOT_RUN: &[(&str, &str)] = &[
     ("scripts/test", "it is the command that runs these tests"),
     ("cargo build --release", "the bench tests build and run tickstream-bench"),
+    ("openssl genpkey", "auth tests make their keys with openssl the same way"),
+    ("cd fuzz", "fuzzing needs the nightly toolchain"),
+    ("cargo +nightly fuzz", "fuzzing needs the nightly toolchain"),
+    ("mkdir -p jwt-keys", "auth::rotation_through_the_key_directory"),
     ("target/release/tickstream-bench", "tests/bench.rs runs every scenario at a tiny scale"),
     ("scripts/cluster", "cluster_nginx::the_cluster_script_starts_a_working_cluster_and_stops_exactly_it"),
     ("scripts/cluster stop", "the same test"),
@@ -701,8 +713,9 @@ fn configuration_table_matches_serve_help() {
             .collect();
         let (flag, var) = (cells[1], cells[2]);
         assert!(help.contains(&format!("{flag} ")), "{flag} in serve --help");
+        // Variables that may hold a password show their name only.
         assert!(
-            help.contains(&format!("[env: {var}=")),
+            help.contains(&format!("[env: {var}=")) || help.contains(&format!("[env: {var}]")),
             "{var} for {flag} in serve --help"
         );
         rows += 1;

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::auth::Claims;
 use crate::bus::Bus;
 use crate::hub::Hub;
 use crate::tick::{new_epoch, valid_symbol, Symbol, Tick};
@@ -118,6 +119,9 @@ pub struct Checker<'a> {
     epoch: Arc<str>,
     /// The last seq this connection had accepted per symbol, with its epoch.
     last: HashMap<Symbol, (Arc<str>, u64)>,
+    /// The publisher's token claims, when auth is on: ticks of symbols they do not
+    /// allow are refused.
+    claims: Option<Claims>,
 }
 
 impl<'a> Checker<'a> {
@@ -129,7 +133,15 @@ impl<'a> Checker<'a> {
             stats,
             epoch: new_epoch(),
             last: HashMap::new(),
+            claims: None,
         }
+    }
+
+    /// Refuses ticks of the symbols `claims` do not allow (a publisher token limited to
+    /// some symbols).
+    pub fn limited_to(mut self, claims: Option<Claims>) -> Checker<'a> {
+        self.claims = claims;
+        self
     }
 
     /// Checks and publishes the ticks of one message; returns the reply messages.
@@ -230,6 +242,13 @@ impl<'a> Checker<'a> {
         let Some(symbol) = self.hub.symbol(&symbol) else {
             return fail(r, "unknown_symbol", format!("{symbol} is not served here"));
         };
+        if self.claims.as_ref().is_some_and(|c| !c.allows(&symbol)) {
+            return fail(
+                r,
+                "forbidden",
+                format!("the token does not allow publishing {symbol}"),
+            );
+        }
         let epoch: Arc<str> = match obj.get("epoch") {
             None => self.epoch.clone(),
             Some(Value::String(e)) if !e.is_empty() && e.len() <= 64 => e.as_str().into(),

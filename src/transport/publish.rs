@@ -28,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::frames::{self, Message, Reassembler};
 use super::http::Body;
+use crate::auth::Claims;
 use crate::feed::ingest::{ack, refusal, Checker, PublishLimits, Reply};
 use crate::node::Node;
 use crate::protocol::CloseCode;
@@ -37,28 +38,30 @@ use crate::session::TokenBucket;
 ///
 /// Every publisher connection passes here before the upgrade; an `Err` is sent as the
 /// HTTP answer. With auth enabled the token must grant the `publish` role (401 without
-/// a valid token, 403 without the role); without auth every request is allowed.
+/// a valid token, 403 without the role); without auth every request is allowed. The
+/// claims returned limit the symbols the connection may publish.
 pub fn authorize_publisher(
     node: &Node,
     req: &Request<Incoming>,
-) -> Result<(), Box<Response<Body>>> {
-    super::http::authorize(node, req, crate::auth::ROLE_PUBLISH).map(|_| ())
+) -> Result<Option<Claims>, Box<Response<Body>>> {
+    super::http::authorize(node, req, crate::auth::ROLE_PUBLISH)
 }
 
 /// Answers `GET /v1/publish`: authorizes, upgrades and serves the connection.
 pub fn upgrade(node: Arc<Node>, req: &mut Request<Incoming>) -> Response<Body> {
-    if let Err(resp) = authorize_publisher(&node, req) {
-        return *resp;
-    }
+    let claims = match authorize_publisher(&node, req) {
+        Ok(claims) => claims,
+        Err(resp) => return *resp,
+    };
     super::http::upgrade(node, req, |node, ws| async move {
         node.publish.connections.fetch_add(1, Ordering::Relaxed);
-        serve(&node, ws).await;
+        serve(&node, ws, claims).await;
         node.publish.connections.fetch_sub(1, Ordering::Relaxed);
     })
 }
 
 /// Runs one publisher connection to its end.
-pub async fn serve<S>(node: &Node, mut ws: WebSocket<S>)
+pub async fn serve<S>(node: &Node, mut ws: WebSocket<S>, claims: Option<Claims>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -70,7 +73,7 @@ where
     ws.set_auto_close(true);
     let silence = cfg.heartbeat + cfg.heartbeat_grace;
     let mut bucket = TokenBucket::new(cfg.publish_rate_limit, cfg.publish_rate_limit);
-    let mut checker = Checker::new(&node.hub, &*node.bus, &node.publish);
+    let mut checker = Checker::new(&node.hub, &*node.bus, &node.publish).limited_to(claims);
     let welcome = Reply::Welcome {
         node: &cfg.node,
         role: "publisher",

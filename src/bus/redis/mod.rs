@@ -312,6 +312,10 @@ fn on_push(weak: &Weak<Inner>, gen: u64, info: PushInfo) {
 async fn supervise(inner: Arc<Inner>, stop: CancellationToken) {
     let mut ping = tokio::time::interval(inner.cfg.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // One backoff for the node's life: a Redis that drops the node again soon after a
+    // reconnection is retried more slowly; one that stayed up a while starts afresh.
+    let mut backoff = Backoff::new(inner.cfg.backoff());
+    backoff.connected();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -329,7 +333,7 @@ async fn supervise(inner: Arc<Inner>, stop: CancellationToken) {
         // Every watched symbol will need its missed range announced and a snapshot.
         let syms: Vec<Symbol> = inner.watched.lock().iter().cloned().collect();
         inner.hub.mark_stale(&syms);
-        let mut backoff = Backoff::new(inner.cfg.backoff());
+        backoff.lost(inner.cfg.backoff_max);
         loop {
             let wait = backoff.failed();
             tokio::select! {
@@ -341,6 +345,7 @@ async fn supervise(inner: Arc<Inner>, stop: CancellationToken) {
                 Err(e) => tracing::debug!(error = %e, "Redis reconnection failed"),
             }
         }
+        backoff.connected();
         inner.stats.reconnects.fetch_add(1, Ordering::Relaxed);
         tracing::info!(redis = %inner.cfg.describe(), "Redis back; channels resubscribed");
     }
