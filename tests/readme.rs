@@ -77,6 +77,10 @@ const BLOCKS: &[(&str, &str)] = &[
         "feeds_into_redis",
     ),
     ("$ cat mixed.ndjson", "publishing_into_a_node"),
+    (
+        "curl -N '127.0.0.1:8080/v1/sse",
+        "readme_curl_example_streams_and_resumes (tests/sse.rs)",
+    ),
 ];
 
 /// Commands of the README not run here, and where they are.

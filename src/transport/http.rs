@@ -5,7 +5,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
@@ -14,19 +15,27 @@ use crate::auth::{Claims, ROLE_SUBSCRIBE};
 use crate::node::Node;
 use crate::tick::valid_symbol;
 
-/// Response body type of every route.
+/// Response body of the routes that answer in one piece.
 pub type Body = Full<Bytes>;
+
+/// Response body of [`route`]: one piece, or a stream (`/v1/sse`).
+pub type RouteBody = BoxBody<Bytes, std::convert::Infallible>;
 
 /// Routes one request.
 pub async fn route(
     node: Arc<Node>,
     mut req: Request<Incoming>,
-) -> Result<Response<Body>, std::convert::Infallible> {
+) -> Result<Response<RouteBody>, std::convert::Infallible> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return Ok(text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "only GET is served here\n",
-        ));
+        return Ok(
+            text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served here\n").map(BodyExt::boxed),
+        );
+    }
+    if req.uri().path() == "/v1/sse" {
+        return Ok(match authorize(&node, &req, ROLE_SUBSCRIBE) {
+            Ok(claims) => super::sse::serve(node, &req, claims),
+            Err(refused) => refused.map(BodyExt::boxed),
+        });
     }
     let resp = match req.uri().path() {
         "/v1/ws" => match authorize(&node, &req, ROLE_SUBSCRIBE) {
@@ -56,7 +65,7 @@ pub async fn route(
         path => super::dashboard::serve(path, req.headers())
             .unwrap_or_else(|| text(StatusCode::NOT_FOUND, "not found\n")),
     };
-    Ok(resp)
+    Ok(resp.map(BodyExt::boxed))
 }
 
 /// Checks the request's token for `role` when the node has auth enabled: `Ok(None)`
@@ -202,7 +211,7 @@ fn snapshot(node: &Node, query: Option<&str>, claims: Option<&Claims>) -> Respon
     json(StatusCode::OK, body)
 }
 
-fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+pub(super) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     url::form_urlencoded::parse(query?.as_bytes())
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.into_owned())
@@ -227,7 +236,7 @@ fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
         .unwrap_or_default()
 }
 
-fn text(status: StatusCode, body: &str) -> Response<Body> {
+pub(super) fn text(status: StatusCode, body: &str) -> Response<Body> {
     Response::builder()
         .status(status)
         .header(CONTENT_TYPE, "text/plain; charset=utf-8")
