@@ -50,6 +50,7 @@ pub async fn route(
                 text(StatusCode::SERVICE_UNAVAILABLE, "bus down\n")
             }
         }
+        "/metrics" => metrics(&node),
         "/v1/symbols" => {
             let symbols = node.hub.symbols();
             let names: Vec<&str> = symbols.iter().map(|s| &**s).collect();
@@ -92,6 +93,9 @@ pub fn authorize<B>(
     match auth.check(token.as_deref(), role) {
         Ok(claims) => Ok(Some(claims)),
         Err(refusal) => {
+            crate::metrics::global()
+                .auth_refused
+                .fetch_add(1, Ordering::Relaxed);
             let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::UNAUTHORIZED);
             let mut resp = text(status, &format!("{}\n", refusal.message));
             if status == StatusCode::UNAUTHORIZED {
@@ -156,6 +160,35 @@ where
     });
     let (parts, _) = resp.into_parts();
     Response::from_parts(parts, Full::new(Bytes::new()))
+}
+
+/// `GET /metrics`: the Prometheus exposition, with what the node keeps read now.
+fn metrics(node: &Node) -> Response<Body> {
+    let hub = node.hub.stats();
+    let scrape = crate::metrics::Scrape {
+        hub_ticks: hub.ticks.load(Ordering::Relaxed),
+        delivered: hub.deliveries.load(Ordering::Relaxed),
+        conflated: hub.dropped_slow.load(Ordering::Relaxed),
+        publisher_ticks: node.publish.accepted.load(Ordering::Relaxed),
+        publisher_connections: node.publish.connections.load(Ordering::Relaxed),
+        subscriptions: node
+            .hub
+            .symbols()
+            .iter()
+            .map(|s| node.hub.subscriber_count(s) as u64)
+            .sum(),
+        watched: node.interest().watched() as u64,
+        bus_up: node.bus.healthy(),
+    };
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(
+            CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )
+        .header(CACHE_CONTROL, "no-store")
+        .body(Full::new(Bytes::from(crate::metrics::render(&scrape))))
+        .unwrap_or_default()
 }
 
 fn snapshot(node: &Node, query: Option<&str>, claims: Option<&Claims>) -> Response<Body> {

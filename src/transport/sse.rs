@@ -122,16 +122,20 @@ async fn stream(
     tx: mpsc::Sender<Bytes>,
 ) {
     node.connections.fetch_add(1, Ordering::Relaxed);
+    let metrics = crate::metrics::global();
+    metrics.sse_connections.fetch_add(1, Ordering::Relaxed);
     let (mut session, mut out) = Session::new(node.clone(), claims, Transport::Sse);
     session.command(cmd).await;
     let timeout = node.settings.send_timeout;
     let mut buf = BytesMut::with_capacity(4096);
     buf.extend_from_slice(format!("retry: {RETRY_MS}\n\n").as_bytes());
     loop {
+        let mut newest = None;
         let closing = tokio::select! {
             _ = tx.closed() => break,
             next = out.next() => match next {
                 Out::Messages(msgs) => {
+                    newest = crate::metrics::newest_tick_ts(msgs);
                     for m in msgs {
                         write_event(m, &mut positions, &mut buf);
                     }
@@ -142,6 +146,7 @@ async fn stream(
                     false
                 }
                 Out::Close(code, reason) => {
+                    metrics.disconnected(code.code());
                     let data = serde_json::json!({
                         "type": "close",
                         "code": code.code(),
@@ -152,13 +157,20 @@ async fn stream(
                 }
             },
         };
-        if !send(&tx, buf.split().freeze(), timeout).await || closing {
+        let chunk = buf.split().freeze();
+        let len = chunk.len();
+        if !send(&tx, chunk, timeout).await {
+            break;
+        }
+        metrics.wrote(len, newest, crate::tick::now_ns());
+        if closing {
             break;
         }
     }
     drop(tx);
     session.finish().await;
     node.connections.fetch_sub(1, Ordering::Relaxed);
+    metrics.sse_connections.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// Hands one chunk to the response body; false when the client is gone or did not take
