@@ -9,7 +9,8 @@
 //! imports only from the layers above it in this list (bottom first), never from below.
 //!
 //! 1. [`tick`]: the tick, symbols and their grammar, epochs; its JSON encoding.
-//! 2. [`protocol`]: the wire messages, and the close codes with their meaning.
+//! 2. [`protocol`]: the wire messages, and the close codes with their meaning;
+//!    [`metrics`]: process-wide counters and their Prometheus exposition.
 //! 3. [`auth`] (tokens), [`tls`] (certificates and trust for `https`/`wss`), [`backoff`]
 //!    (retry delays of the client and the Redis bus).
 //! 4. [`hub`]: symbol → latest value, history ring and local subscribers; fan-out into
@@ -39,6 +40,7 @@ pub mod client;
 pub mod config;
 pub mod feed;
 pub mod hub;
+pub mod metrics;
 pub mod node;
 pub mod protocol;
 pub mod server;

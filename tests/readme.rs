@@ -89,6 +89,10 @@ const BLOCKS: &[(&str, &str)] = &[
         "openssl genpkey -algorithm EC",
         "auth::the_token_command_signs_rs256_and_es256_with_a_kid and auth::rotation_through_the_key_directory do the same with openssl",
     ),
+    (
+        "curl -N '127.0.0.1:8080/v1/sse",
+        "readme_curl_example_streams_and_resumes (tests/sse.rs)",
+    ),
 ];
 
 /// Commands of the README not run here, and where they are.

@@ -105,8 +105,9 @@ impl FeedThreads {
 /// Hands every tick a feed thread produces to the bus, in order, until the feed ends.
 pub fn pump(rx: crossbeam_channel::Receiver<Tick>, bus: Arc<dyn Bus>) {
     for tick in rx {
-        if let Err(e) = bus.publish(tick) {
-            tracing::warn!(error = %e, "publish failed");
+        match bus.publish(tick) {
+            Ok(()) => crate::metrics::global().ingested(crate::metrics::Source::Feed),
+            Err(e) => tracing::warn!(error = %e, "publish failed"),
         }
     }
 }

@@ -188,7 +188,7 @@ impl Hub {
             return Published::UnknownSymbol;
         };
         let mut st = slot.state.lock();
-        let mut announce: Option<Bytes> = None;
+        let mut announce: Option<(Bytes, GapReason)> = None;
         let mut reset = false;
         if let Some(prev) = &st.latest {
             if prev.tick.epoch == tick.epoch {
@@ -197,7 +197,7 @@ impl Hub {
                     return Published::Duplicate;
                 }
                 if tick.seq > prev.tick.seq + 1 {
-                    announce = Some(gap(
+                    announce = Some(gap_note(
                         &tick.symbol,
                         prev.tick.seq + 1,
                         tick.seq - 1,
@@ -205,7 +205,7 @@ impl Hub {
                     ));
                 }
             } else {
-                announce = Some(gap(
+                announce = Some(gap_note(
                     &tick.symbol,
                     prev.tick.seq + 1,
                     prev.tick.seq + 1,
@@ -230,6 +230,7 @@ impl Hub {
         let waiting = std::mem::take(&mut st.waiting_first) > 0;
         let mut delivered = 0usize;
         let mut dropped = 0u64;
+        let mut notes = 0u64;
         for sub in st.subscribers.values() {
             if waiting && sub.first != First::Live {
                 if first_message(&st, slot, sub, &entry) {
@@ -248,7 +249,7 @@ impl Hub {
                 dropped += 1;
                 continue;
             }
-            if let Some(note) = &announce {
+            if let Some((note, _)) = &announce {
                 if !sub
                     .outbox
                     .push(slot, &sub.behind, note.clone(), NEED_SNAPSHOT)
@@ -256,6 +257,7 @@ impl Hub {
                     dropped += 1;
                     continue;
                 }
+                notes += 1;
             }
             let ok = match &snapshot {
                 Some(s) => sub.outbox.push(slot, &sub.behind, s.clone(), NEED_SNAPSHOT),
@@ -273,6 +275,10 @@ impl Hub {
             }
         }
         drop(st);
+        if let Some((_, reason)) = announce {
+            let m = crate::metrics::global();
+            m.gaps[gap_index(reason)].fetch_add(notes, Ordering::Relaxed);
+        }
         self.stats
             .deliveries
             .fetch_add(delivered as u64, Ordering::Relaxed);
@@ -513,14 +519,32 @@ fn first_message(st: &SlotState, slot: &Arc<Slot>, sub: &Subscriber, entry: &Ent
     }
 }
 
+/// A `gap` for one subscriber, counted in the metrics.
 fn gap(symbol: &str, from: u64, to: u64, reason: GapReason) -> Bytes {
-    ServerMsg::Gap {
+    crate::metrics::global().gaps[gap_index(reason)].fetch_add(1, Ordering::Relaxed);
+    gap_note(symbol, from, to, reason).0
+}
+
+/// Where `reason` is counted in [`crate::metrics::Metrics::gaps`].
+fn gap_index(reason: GapReason) -> usize {
+    match reason {
+        GapReason::SlowConsumer => 0,
+        GapReason::Upstream => 1,
+        GapReason::Expired => 2,
+        GapReason::Reset => 3,
+    }
+}
+
+/// A `gap` announced to every subscriber of a symbol (counted per subscriber it reached).
+fn gap_note(symbol: &str, from: u64, to: u64, reason: GapReason) -> (Bytes, GapReason) {
+    let msg = ServerMsg::Gap {
         symbol,
         from,
         to,
         reason,
     }
-    .to_json()
+    .to_json();
+    (msg, reason)
 }
 
 /// Queues the replay of `symbol` after `from`, per the resume rules of the protocol.

@@ -163,6 +163,9 @@ impl Session {
     pub async fn receive(&mut self, msg: Inbound<'_>) -> Flow {
         self.heard();
         if !self.bucket.take(Instant::now()) {
+            crate::metrics::global()
+                .rate_limited
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.strikes += 1;
             if self.strikes > self.node.settings.rate_strikes {
                 return self.close(CloseCode::Policy, "rate limit exceeded repeatedly");

@@ -5,7 +5,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
@@ -14,19 +15,27 @@ use crate::auth::{Claims, ROLE_SUBSCRIBE};
 use crate::node::Node;
 use crate::tick::{parse_symbols, BadSymbols};
 
-/// Response body type of every route.
+/// Response body of the routes that answer in one piece.
 pub type Body = Full<Bytes>;
+
+/// Response body of [`route`]: one piece, or a stream (`/v1/sse`).
+pub type RouteBody = BoxBody<Bytes, std::convert::Infallible>;
 
 /// Routes one request.
 pub async fn route(
     node: Arc<Node>,
     mut req: Request<Incoming>,
-) -> Result<Response<Body>, std::convert::Infallible> {
+) -> Result<Response<RouteBody>, std::convert::Infallible> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return Ok(text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "only GET is served here\n",
-        ));
+        return Ok(
+            text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served here\n").map(BodyExt::boxed),
+        );
+    }
+    if req.uri().path() == "/v1/sse" {
+        return Ok(match authorize(&node, &req, ROLE_SUBSCRIBE) {
+            Ok(claims) => super::sse::serve(node, &req, claims),
+            Err(refused) => refused.map(BodyExt::boxed),
+        });
     }
     let resp = match req.uri().path() {
         "/v1/ws" => match authorize(&node, &req, ROLE_SUBSCRIBE) {
@@ -41,6 +50,7 @@ pub async fn route(
                 text(StatusCode::SERVICE_UNAVAILABLE, "bus down\n")
             }
         }
+        "/metrics" => metrics(&node),
         "/v1/symbols" => {
             let symbols = node.hub.symbols();
             let names: Vec<&str> = symbols.iter().map(|s| &**s).collect();
@@ -56,7 +66,7 @@ pub async fn route(
         path => super::dashboard::serve(path, req.headers())
             .unwrap_or_else(|| text(StatusCode::NOT_FOUND, "not found\n")),
     };
-    Ok(resp)
+    Ok(resp.map(BodyExt::boxed))
 }
 
 /// Checks the request's token for `role` when the node has auth enabled: `Ok(None)`
@@ -87,6 +97,9 @@ pub fn authorize<B>(
     match auth.check(token.as_deref(), role) {
         Ok(claims) => Ok(Some(claims)),
         Err(refusal) => {
+            crate::metrics::global()
+                .auth_refused
+                .fetch_add(1, Ordering::Relaxed);
             let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::UNAUTHORIZED);
             let mut resp = text(status, &format!("{}\n", refusal.message));
             if status == StatusCode::UNAUTHORIZED {
@@ -153,6 +166,35 @@ where
     Response::from_parts(parts, Full::new(Bytes::new()))
 }
 
+/// `GET /metrics`: the Prometheus exposition, with what the node keeps read now.
+fn metrics(node: &Node) -> Response<Body> {
+    let hub = node.hub.stats();
+    let scrape = crate::metrics::Scrape {
+        hub_ticks: hub.ticks.load(Ordering::Relaxed),
+        delivered: hub.deliveries.load(Ordering::Relaxed),
+        conflated: hub.dropped_slow.load(Ordering::Relaxed),
+        publisher_ticks: node.publish.accepted.load(Ordering::Relaxed),
+        publisher_connections: node.publish.connections.load(Ordering::Relaxed),
+        subscriptions: node
+            .hub
+            .symbols()
+            .iter()
+            .map(|s| node.hub.subscriber_count(s) as u64)
+            .sum(),
+        watched: node.interest().watched() as u64,
+        bus_up: node.bus.healthy(),
+    };
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(
+            CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )
+        .header(CACHE_CONTROL, "no-store")
+        .body(Full::new(Bytes::from(crate::metrics::render(&scrape))))
+        .unwrap_or_default()
+}
+
 fn snapshot(node: &Node, query: Option<&str>, claims: Option<&Claims>) -> Response<Body> {
     let wanted: Vec<String> =
         match query_param(query, "symbols").map(|l| parse_symbols([l.as_str()])) {
@@ -199,7 +241,7 @@ fn snapshot(node: &Node, query: Option<&str>, claims: Option<&Claims>) -> Respon
     json(StatusCode::OK, body)
 }
 
-fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+pub(super) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     url::form_urlencoded::parse(query?.as_bytes())
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.into_owned())
@@ -224,7 +266,7 @@ fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
         .unwrap_or_default()
 }
 
-fn text(status: StatusCode, body: &str) -> Response<Body> {
+pub(super) fn text(status: StatusCode, body: &str) -> Response<Body> {
     Response::builder()
         .status(status)
         .header(CONTENT_TYPE, "text/plain; charset=utf-8")

@@ -1,10 +1,11 @@
 //! Transports move frames between a session and its client: WebSocket (`ws`), and the
-//! HTTP routes that share its port (`http`), and the publisher endpoint through which
-//! external feeds push ticks in (`publish`). The dashboard page served at `/` lives in
-//! `dashboard`.
+//! HTTP routes that share its port (`http`), Server-Sent Events (`sse`), and the
+//! publisher endpoint through which external feeds push ticks in (`publish`). The
+//! dashboard page served at `/` lives in `dashboard`.
 
 pub mod dashboard;
 pub mod frames;
 pub mod http;
 pub mod publish;
+pub mod sse;
 pub mod ws;

@@ -7,6 +7,7 @@
 //! close — and answers the client's Pings. Limits, deadlines and catching up are the
 //! session's.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +28,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut session, outbound) = Session::new(node.clone(), claims, Transport::WebSocket);
+    let metrics = crate::metrics::global();
+    metrics.ws_connections.fetch_add(1, Ordering::Relaxed);
     let max = node.settings.max_msg_bytes;
     let timeout = node.settings.send_timeout;
 
@@ -51,6 +54,7 @@ where
         }
     }
     session.finish().await;
+    metrics.ws_connections.fetch_sub(1, Ordering::Relaxed);
 }
 
 type Reader<S> = WebSocketRead<ReadHalf<S>>;
@@ -133,18 +137,24 @@ async fn write_loop<S>(
         let sent = match next {
             Out::Messages(msgs) => {
                 encode_batch(msgs, &mut frame_buf);
-                send(
+                let newest = crate::metrics::newest_tick_ts(msgs);
+                let sent = send(
                     &mut write,
                     timeout,
                     Frame::text(Payload::Borrowed(&frame_buf)),
                 )
-                .await
+                .await;
+                if sent {
+                    crate::metrics::global().wrote(frame_buf.len(), newest, crate::tick::now_ns());
+                }
+                sent
             }
             Out::Heartbeat => {
                 let ping = Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[]));
                 send(&mut write, timeout, ping).await
             }
             Out::Close(code, reason) => {
+                crate::metrics::global().disconnected(code.code());
                 let close = Frame::close(code.code(), reason.as_bytes());
                 let _ = send(&mut write, timeout, close).await;
                 return;

@@ -291,6 +291,10 @@ fn on_push(weak: &Weak<Inner>, gen: u64, info: PushInfo) {
             match decode_tick(&mut payload) {
                 Some(tick) => {
                     inner.stats.received.fetch_add(1, Ordering::Relaxed);
+                    let m = crate::metrics::global();
+                    m.ingested(crate::metrics::Source::Redis);
+                    let lag = crate::tick::now_ns().saturating_sub(tick.ts);
+                    m.bus_lag_ns.store(lag, Ordering::Relaxed);
                     inner.hub.publish(tick);
                 }
                 None => {
@@ -347,6 +351,9 @@ async fn supervise(inner: Arc<Inner>, stop: CancellationToken) {
         }
         backoff.connected();
         inner.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::global()
+            .bus_reconnects
+            .fetch_add(1, Ordering::Relaxed);
         tracing::info!(redis = %inner.cfg.describe(), "Redis back; channels resubscribed");
     }
 }

@@ -1,0 +1,398 @@
+//! Process-wide counters for `/metrics`, and their Prometheus text exposition.
+//!
+//! Counting is a relaxed atomic add (no lock, nothing per subscriber): the hot paths
+//! touch [`global`] directly. Values other layers already keep (hub, node, publisher
+//! endpoint) are read at scrape time and handed to [`render`] in a [`Scrape`]. This
+//! module imports nothing from the rest of the crate, so every layer may use it.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
+
+/// Upper bounds, in seconds, of the latency histograms' buckets.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// A histogram of durations kept in atomics: one add per bucket hit, no lock.
+#[derive(Debug, Default)]
+pub struct AtomicHistogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_ns: AtomicU64,
+    count: AtomicU64,
+}
+
+impl AtomicHistogram {
+    /// Records one duration, in nanoseconds.
+    pub fn observe_ns(&self, ns: u64) {
+        let secs = ns as f64 / 1e9;
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+impl TypedMetric for AtomicHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for AtomicHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        // The encoder sums the buckets itself: each one is passed with its own count.
+        let mut count = 0;
+        let mut buckets = Vec::with_capacity(LATENCY_BUCKETS.len() + 1);
+        for (i, upper) in LATENCY_BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .enumerate()
+        {
+            let n = self.buckets[i].load(Ordering::Relaxed);
+            count += n;
+            buckets.push((upper, n));
+        }
+        let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder
+            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// Where ingested ticks came from.
+#[derive(Clone, Copy, Debug)]
+pub enum Source {
+    /// The feed running inside the node.
+    Feed = 0,
+    /// The Redis bus (ticks other nodes or feed processes published).
+    Redis = 1,
+}
+
+/// The gap reasons, in the order of [`Metrics::gaps`].
+pub const GAP_REASONS: [&str; 4] = ["slow_consumer", "upstream", "expired", "reset"];
+
+/// Close codes counted by [`Metrics::disconnected`]; anything else is counted as `other`.
+pub const CLOSE_CODES: [u16; 9] = [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011, 4008];
+
+/// The process's counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Ticks ingested by [`Source`].
+    pub ingested: [AtomicU64; 2],
+    /// Bytes written to subscribers (WebSocket payloads, SSE chunks).
+    pub bytes_out: AtomicU64,
+    /// Frames (WebSocket) or chunks (SSE) written to subscribers.
+    pub frames_out: AtomicU64,
+    /// `gap` messages queued, by reason ([`GAP_REASONS`]).
+    pub gaps: [AtomicU64; 4],
+    /// Subscriber connections closed, by code ([`CLOSE_CODES`], then `other`).
+    pub disconnects: [AtomicU64; CLOSE_CODES.len() + 1],
+    /// Inbound messages refused by the rate limit.
+    pub rate_limited: AtomicU64,
+    /// Requests refused for a missing, bad or insufficient token.
+    pub auth_refused: AtomicU64,
+    /// Reconnections of the bus.
+    pub bus_reconnects: AtomicU64,
+    /// Now minus `ts` of the last tick the bus delivered, in nanoseconds.
+    pub bus_lag_ns: AtomicU64,
+    /// Open subscriber connections over WebSocket.
+    pub ws_connections: AtomicI64,
+    /// Open subscriber connections over SSE.
+    pub sse_connections: AtomicI64,
+    /// Now minus the newest tick's `ts` when a frame holding it was written.
+    pub write_latency: AtomicHistogram,
+}
+
+impl Metrics {
+    /// Counts one ingested tick.
+    pub fn ingested(&self, from: Source) {
+        self.ingested[from as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one `gap` of reason `reason` (one of [`GAP_REASONS`]).
+    pub fn gap(&self, reason: &str) {
+        if let Some(i) = GAP_REASONS.iter().position(|r| *r == reason) {
+            self.gaps[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts one subscriber connection closed with `code`.
+    pub fn disconnected(&self, code: u16) {
+        let i = CLOSE_CODES
+            .iter()
+            .position(|c| *c == code)
+            .unwrap_or(CLOSE_CODES.len());
+        self.disconnects[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one write of `bytes` to a subscriber; `newest_ts` is the `ts` of the
+    /// newest tick it held, if any.
+    pub fn wrote(&self, bytes: usize, newest_ts: Option<u64>, now_ns: u64) {
+        self.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.frames_out.fetch_add(1, Ordering::Relaxed);
+        if let Some(ts) = newest_ts {
+            self.write_latency.observe_ns(now_ns.saturating_sub(ts));
+        }
+    }
+}
+
+/// The process's counters.
+pub fn global() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(Metrics::default)
+}
+
+/// The `ts` of the newest `tick` message among `msgs` (encoded tick objects start
+/// `{"type":"tick"` and hold `"ts":` before the prices), found without parsing.
+pub fn newest_tick_ts<B: AsRef<[u8]>>(msgs: &[B]) -> Option<u64> {
+    const HEAD: &[u8] = br#"{"type":"tick""#;
+    const KEY: &[u8] = br#","ts":"#;
+    let m = msgs.iter().rev().find(|m| m.as_ref().starts_with(HEAD))?;
+    let m = m.as_ref();
+    let at = m.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let digits = m[at..].iter().take_while(|c| c.is_ascii_digit()).count();
+    std::str::from_utf8(&m[at..at + digits]).ok()?.parse().ok()
+}
+
+/// What the layers above keep themselves, read at scrape time.
+#[derive(Debug, Default, Clone)]
+pub struct Scrape {
+    /// Ticks the hub accepted.
+    pub hub_ticks: u64,
+    /// Messages handed to subscriber queues.
+    pub delivered: u64,
+    /// Ticks not queued for a slow subscriber (conflated, or overflowed).
+    pub conflated: u64,
+    /// Ticks accepted from the publisher endpoint.
+    pub publisher_ticks: u64,
+    /// Open publisher connections.
+    pub publisher_connections: u64,
+    /// Subscriptions (session, symbol) now.
+    pub subscriptions: u64,
+    /// Symbols with at least one local subscriber.
+    pub watched: u64,
+    /// Whether the bus is connected.
+    pub bus_up: bool,
+}
+
+fn counter(reg: &mut Registry, name: &str, help: &str, v: u64) {
+    reg.register(name, help, ConstCounter::new(v));
+}
+
+fn gauge(reg: &mut Registry, name: &str, help: &str, v: i64) {
+    reg.register(name, help, ConstGauge::new(v));
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// A counter family from fixed label values.
+fn labelled(reg: &mut Registry, name: &str, help: &str, rows: Vec<(Labels, u64)>) {
+    let family = Family::<Labels, prometheus_client::metrics::counter::Counter>::default();
+    for (labels, v) in rows {
+        family.get_or_create(&labels).inc_by(v);
+    }
+    reg.register(name, help, family);
+}
+
+/// The exposition (OpenMetrics text, which Prometheus reads) of [`global`] and `s`.
+pub fn render(s: &Scrape) -> String {
+    let m = global();
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let mut reg = Registry::with_prefix("tickstream");
+    reg.register(
+        "build",
+        "Build information",
+        Info::new(vec![("version", env!("CARGO_PKG_VERSION").to_owned())]),
+    );
+    let mut conns = Family::<Labels, prometheus_client::metrics::gauge::Gauge>::default();
+    for (t, v) in [
+        ("websocket", m.ws_connections.load(Ordering::Relaxed)),
+        ("sse", m.sse_connections.load(Ordering::Relaxed)),
+        ("publisher", s.publisher_connections as i64),
+    ] {
+        conns
+            .get_or_create(&vec![("transport", t.to_owned())])
+            .set(v);
+    }
+    reg.register(
+        "connections",
+        "Open connections by transport",
+        std::mem::take(&mut conns),
+    );
+    gauge(
+        &mut reg,
+        "subscriptions",
+        "Subscriptions (connection, symbol) now",
+        s.subscriptions as i64,
+    );
+    gauge(
+        &mut reg,
+        "watched_symbols",
+        "Symbols with local subscribers",
+        s.watched as i64,
+    );
+    labelled(
+        &mut reg,
+        "ticks_ingested",
+        "Ticks ingested, by source",
+        vec![
+            (
+                vec![("source", "feed".into())],
+                load(&m.ingested[Source::Feed as usize]),
+            ),
+            (
+                vec![("source", "redis".into())],
+                load(&m.ingested[Source::Redis as usize]),
+            ),
+            (vec![("source", "publisher".into())], s.publisher_ticks),
+        ],
+    );
+    counter(
+        &mut reg,
+        "hub_ticks",
+        "Ticks the hub accepted (all sources)",
+        s.hub_ticks,
+    );
+    counter(
+        &mut reg,
+        "ticks_delivered",
+        "Messages handed to subscriber queues",
+        s.delivered,
+    );
+    counter(
+        &mut reg,
+        "ticks_conflated",
+        "Ticks not queued for a slow subscriber",
+        s.conflated,
+    );
+    counter(
+        &mut reg,
+        "bytes_out",
+        "Bytes written to subscribers",
+        load(&m.bytes_out),
+    );
+    counter(
+        &mut reg,
+        "frames_out",
+        "Frames (WebSocket) or chunks (SSE) written to subscribers",
+        load(&m.frames_out),
+    );
+    labelled(
+        &mut reg,
+        "gaps",
+        "gap messages queued, by reason",
+        GAP_REASONS
+            .iter()
+            .zip(&m.gaps)
+            .map(|(r, v)| (vec![("reason", (*r).to_owned())], load(v)))
+            .collect(),
+    );
+    labelled(
+        &mut reg,
+        "disconnects",
+        "Subscriber connections closed, by close code",
+        CLOSE_CODES
+            .iter()
+            .map(|c| c.to_string())
+            .chain(["other".to_owned()])
+            .zip(&m.disconnects)
+            .map(|(c, v)| (vec![("code", c)], load(v)))
+            .collect(),
+    );
+    counter(
+        &mut reg,
+        "rate_limited",
+        "Inbound messages refused by the rate limit",
+        load(&m.rate_limited),
+    );
+    counter(
+        &mut reg,
+        "auth_refused",
+        "Requests refused for a missing, bad or insufficient token",
+        load(&m.auth_refused),
+    );
+    counter(
+        &mut reg,
+        "bus_reconnects",
+        "Reconnections of the bus",
+        load(&m.bus_reconnects),
+    );
+    gauge(
+        &mut reg,
+        "bus_up",
+        "1 while the bus is connected, else 0",
+        i64::from(s.bus_up),
+    );
+    reg.register(
+        "bus_lag_seconds",
+        "Now minus ts of the last tick the bus delivered",
+        ConstGauge::new(load(&m.bus_lag_ns) as f64 / 1e9),
+    );
+    reg.register(
+        "write_latency_seconds",
+        "Now minus the newest tick's ts when a frame holding it was written",
+        HistogramRef(&m.write_latency),
+    );
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &reg);
+    out
+}
+
+/// A histogram registered by reference for one scrape.
+#[derive(Debug)]
+struct HistogramRef(&'static AtomicHistogram);
+
+impl EncodeMetric for HistogramRef {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_newest_ticks_ts_without_parsing() {
+        let msgs = [
+            br#"{"type":"tick","symbol":"A","seq":1,"ts":5,"bid":1}"#.to_vec(),
+            br#"{"type":"tick","symbol":"A","seq":2,"ts":1234,"bid":1}"#.to_vec(),
+            br#"{"type":"gap","symbol":"A","from":3,"to":4}"#.to_vec(),
+        ];
+        assert_eq!(newest_tick_ts(&msgs), Some(1234));
+        assert_eq!(newest_tick_ts(&msgs[2..]), None);
+    }
+
+    #[test]
+    fn the_histogram_counts_into_cumulative_buckets() {
+        let h = AtomicHistogram::default();
+        h.observe_ns(50_000);
+        h.observe_ns(2_000_000);
+        h.observe_ns(60_000_000_000);
+        assert_eq!(h.count(), 3);
+        assert_eq!(h.buckets[0].load(Ordering::Relaxed), 1);
+        assert_eq!(h.buckets[LATENCY_BUCKETS.len()].load(Ordering::Relaxed), 1);
+    }
+}

@@ -1,0 +1,174 @@
+//! `/metrics`: the exposition parses, and its counters move as ticks are delivered.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use common::*;
+
+/// Parses an OpenMetrics / Prometheus text exposition strictly enough to catch a broken
+/// one: every sample belongs to a family declared by `# TYPE` before it, names and
+/// labels are well formed, values are numbers, and the text ends with `# EOF`.
+fn parse(text: &str) -> BTreeMap<String, f64> {
+    let mut families: BTreeMap<String, String> = BTreeMap::new();
+    let mut samples = BTreeMap::new();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.last(), Some(&"# EOF"), "ends with # EOF");
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+            && !n.starts_with(|c: char| c.is_ascii_digit())
+    };
+    for line in &lines[..lines.len() - 1] {
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut w = rest.splitn(3, ' ');
+            let (kind, name, what) = (w.next().unwrap(), w.next().unwrap(), w.next());
+            assert!(name_ok(name), "{line}");
+            match kind {
+                "TYPE" => {
+                    let t = what.unwrap();
+                    assert!(
+                        ["counter", "gauge", "histogram", "info", "unknown"].contains(&t),
+                        "{line}"
+                    );
+                    assert!(
+                        families.insert(name.to_owned(), t.to_owned()).is_none(),
+                        "{line}"
+                    );
+                }
+                "HELP" | "UNIT" => {}
+                _ => panic!("unknown comment {line}"),
+            }
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("name value");
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            v => v.parse().unwrap_or_else(|_| panic!("bad value in {line}")),
+        };
+        let name = series.split('{').next().unwrap();
+        assert!(name_ok(name), "{line}");
+        if let Some(labels) = series.strip_prefix(name) {
+            if !labels.is_empty() {
+                let inner = labels
+                    .strip_prefix('{')
+                    .and_then(|l| l.strip_suffix('}'))
+                    .expect("labels in braces");
+                for pair in inner.split(',') {
+                    let (k, v) = pair.split_once('=').expect("label=value");
+                    assert!(
+                        name_ok(k) && v.starts_with('"') && v.ends_with('"'),
+                        "{line}"
+                    );
+                }
+            }
+        }
+        let family = families
+            .keys()
+            .filter(|f| name.starts_with(f.as_str()))
+            .max_by_key(|f| f.len())
+            .unwrap_or_else(|| panic!("sample without a # TYPE: {line}"));
+        let suffix = &name[family.len()..];
+        let allowed: &[&str] = match families[family].as_str() {
+            "counter" => &["_total", "_created"],
+            "histogram" => &["_bucket", "_sum", "_count", "_created"],
+            "info" => &["_info"],
+            _ => &[""],
+        };
+        assert!(
+            allowed.contains(&suffix),
+            "{line}: suffix {suffix:?} of a {}",
+            families[family]
+        );
+        samples.insert(series.to_owned(), value);
+    }
+    samples
+}
+
+async fn scrape(addr: std::net::SocketAddr) -> BTreeMap<String, f64> {
+    let (status, body) = http_get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    parse(&body)
+}
+
+#[tokio::test]
+async fn metrics_parse_and_move_as_ticks_are_delivered() {
+    let run = start(settings()).await;
+    let before = scrape(run.addr).await;
+    let names: BTreeSet<&str> = before
+        .keys()
+        .map(|k| k.split('{').next().unwrap())
+        .collect();
+    for want in [
+        "tickstream_build_info",
+        "tickstream_connections",
+        "tickstream_subscriptions",
+        "tickstream_watched_symbols",
+        "tickstream_ticks_ingested_total",
+        "tickstream_ticks_delivered_total",
+        "tickstream_ticks_conflated_total",
+        "tickstream_bytes_out_total",
+        "tickstream_frames_out_total",
+        "tickstream_gaps_total",
+        "tickstream_disconnects_total",
+        "tickstream_rate_limited_total",
+        "tickstream_auth_refused_total",
+        "tickstream_bus_reconnects_total",
+        "tickstream_bus_up",
+        "tickstream_bus_lag_seconds",
+        "tickstream_write_latency_seconds_bucket",
+        "tickstream_write_latency_seconds_count",
+    ] {
+        assert!(names.contains(want), "{want} missing from {names:?}");
+    }
+    assert_eq!(before["tickstream_bus_up"], 1.0);
+    assert_eq!(before["tickstream_subscriptions"], 0.0);
+
+    let (mut c, _) = Client::ready(run.addr).await;
+    c.send(r#"{"op":"subscribe","symbols":["AAPL","MSFT"]}"#)
+        .await;
+    c.until("subscribed").await;
+    publish(&run, "AAPL", "e1", 1..=50);
+    // seq 52 after 50: the hub announces an upstream gap.
+    run.node.bus.publish(tick("AAPL", "e1", 52)).unwrap();
+    let mut seen = 0;
+    while seen < 51 {
+        let m = c.next().await;
+        if m["type"] == "tick" || m["type"] == "snapshot" {
+            seen += 1;
+        }
+    }
+    let after = scrape(run.addr).await;
+    let delta = |k: &str| after[k] - before.get(k).copied().unwrap_or(0.0);
+    assert_eq!(
+        after["tickstream_connections{transport=\"websocket\"}"],
+        1.0
+    );
+    assert_eq!(after["tickstream_subscriptions"], 2.0);
+    assert_eq!(after["tickstream_watched_symbols"], 2.0);
+    assert!(delta("tickstream_ticks_delivered_total") >= 51.0);
+    assert!(delta("tickstream_frames_out_total") >= 1.0);
+    assert!(delta("tickstream_bytes_out_total") > 51.0 * 100.0);
+    assert!(delta("tickstream_write_latency_seconds_count") >= 1.0);
+    assert_eq!(delta("tickstream_gaps_total{reason=\"upstream\"}"), 1.0);
+    assert_eq!(
+        after["tickstream_write_latency_seconds_bucket{le=\"+Inf\"}"],
+        after["tickstream_write_latency_seconds_count"]
+    );
+
+    // Closing is counted by code; a refused token by the auth counter.
+    c.send_msg(tokio_tungstenite::tungstenite::Message::Close(None))
+        .await;
+    eventually("the session ends", || {
+        run.node.hub.subscriber_count("AAPL") == 0
+    })
+    .await;
+    let end = scrape(run.addr).await;
+    assert_eq!(end["tickstream_connections{transport=\"websocket\"}"], 0.0);
+    assert!(
+        end["tickstream_disconnects_total{code=\"1000\"}"]
+            > before["tickstream_disconnects_total{code=\"1000\"}"]
+    );
+    run.shutdown().await;
+}
