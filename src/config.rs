@@ -254,6 +254,11 @@ pub struct ServeArgs {
     #[arg(long, env = "TICKSTREAM_FEED_ID", value_name = "ID")]
     pub feed_id: Option<String>,
 
+    /// After the server sends a WebSocket Close, how long it waits for the client's Close
+    /// or EOF (dropping what arrives) before closing the connection. Default: 2s.
+    #[arg(long, env = "TICKSTREAM_CLOSE_LINGER", value_name = "DURATION")]
+    pub close_linger: Option<Dur>,
+
     /// Log filter (error, warn, info, debug, trace or a tracing directive). Default: RUST_LOG, else info.
     #[arg(long, env = "TICKSTREAM_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -322,6 +327,8 @@ pub struct Settings {
     pub jwt_secret_file: Option<PathBuf>,
     /// Clock skew allowed on token expiry.
     pub jwt_leeway: Duration,
+    /// Longest wait for the client's Close after the server's.
+    pub close_linger: Duration,
     /// Log filter, if set.
     pub log: Option<String>,
     /// The Redis bus, when the node joins others.
@@ -404,6 +411,7 @@ impl ServeArgs {
             redis, redis_cluster, redis_prefix, redis_history, redis_backoff_max, redis_timeout,
             redis_lease, feed_id);
         fill_from_file!(self, file: tls_cert, tls_key, tls_handshake_timeout, header_timeout);
+        fill_from_file!(self, file: close_linger);
         let redis = self.redis_config();
         let listen = self
             .listen
@@ -453,6 +461,7 @@ impl ServeArgs {
             header_timeout: self.header_timeout.map_or(Duration::from_secs(10), |d| d.0),
             jwt_secret_file: self.jwt_secret_file,
             jwt_leeway: self.jwt_leeway.map_or(Duration::from_secs(30), |d| d.0),
+            close_linger: self.close_linger.map_or(Duration::from_secs(2), |d| d.0),
             log: self.log,
         }
     }
