@@ -259,6 +259,11 @@ pub struct ServeArgs {
     #[arg(long, env = "TICKSTREAM_CLOSE_LINGER", value_name = "DURATION")]
     pub close_linger: Option<Dur>,
 
+    /// Largest HTTP request head (request line and headers) in bytes, at least 8192;
+    /// larger is refused with 431. Default: 16384.
+    #[arg(long, env = "TICKSTREAM_MAX_HEADER_BYTES", value_name = "BYTES")]
+    pub max_header_bytes: Option<usize>,
+
     /// Log filter (error, warn, info, debug, trace or a tracing directive). Default: RUST_LOG, else info.
     #[arg(long, env = "TICKSTREAM_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -329,6 +334,8 @@ pub struct Settings {
     pub jwt_leeway: Duration,
     /// Longest wait for the client's Close after the server's.
     pub close_linger: Duration,
+    /// Largest HTTP request head, in bytes.
+    pub max_header_bytes: usize,
     /// Log filter, if set.
     pub log: Option<String>,
     /// The Redis bus, when the node joins others.
@@ -411,7 +418,7 @@ impl ServeArgs {
             redis, redis_cluster, redis_prefix, redis_history, redis_backoff_max, redis_timeout,
             redis_lease, feed_id);
         fill_from_file!(self, file: tls_cert, tls_key, tls_handshake_timeout, header_timeout);
-        fill_from_file!(self, file: close_linger);
+        fill_from_file!(self, file: close_linger, max_header_bytes);
         let redis = self.redis_config();
         let listen = self
             .listen
@@ -462,6 +469,7 @@ impl ServeArgs {
             jwt_secret_file: self.jwt_secret_file,
             jwt_leeway: self.jwt_leeway.map_or(Duration::from_secs(30), |d| d.0),
             close_linger: self.close_linger.map_or(Duration::from_secs(2), |d| d.0),
+            max_header_bytes: self.max_header_bytes.unwrap_or(16 * 1024),
             log: self.log,
         }
     }
@@ -528,6 +536,9 @@ impl Settings {
             if r.timeout.is_zero() || r.lease < Duration::from_millis(100) {
                 return bad("redis-timeout must be longer than 0 and redis-lease at least 100ms");
             }
+        }
+        if self.max_header_bytes < 8192 {
+            return bad("max-header-bytes must be at least 8192");
         }
         if !(self.rate.is_finite() && self.rate > 0.0) {
             return bad("rate must be a positive number of ticks per second");
