@@ -264,6 +264,16 @@ pub struct ServeArgs {
     #[arg(long, env = "TICKSTREAM_MAX_HEADER_BYTES", value_name = "BYTES")]
     pub max_header_bytes: Option<usize>,
 
+    /// Origins (like `https://app.example.com`, comma-separated) whose browser pages may
+    /// open WebSockets here; another Origin is refused with 403. Same-origin pages and
+    /// clients that send no Origin are always allowed. Default: every origin.
+    #[arg(
+        long,
+        env = "TICKSTREAM_ALLOWED_ORIGINS",
+        value_name = "ORIGIN[,ORIGIN…]"
+    )]
+    pub allowed_origins: Option<String>,
+
     /// Log filter (error, warn, info, debug, trace or a tracing directive). Default: RUST_LOG, else info.
     #[arg(long, env = "TICKSTREAM_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -336,6 +346,8 @@ pub struct Settings {
     pub close_linger: Duration,
     /// Largest HTTP request head, in bytes.
     pub max_header_bytes: usize,
+    /// Origins allowed to upgrade besides the same origin; empty: every origin.
+    pub allowed_origins: Vec<String>,
     /// Log filter, if set.
     pub log: Option<String>,
     /// The Redis bus, when the node joins others.
@@ -418,7 +430,7 @@ impl ServeArgs {
             redis, redis_cluster, redis_prefix, redis_history, redis_backoff_max, redis_timeout,
             redis_lease, feed_id);
         fill_from_file!(self, file: tls_cert, tls_key, tls_handshake_timeout, header_timeout);
-        fill_from_file!(self, file: close_linger, max_header_bytes);
+        fill_from_file!(self, file: close_linger, max_header_bytes, allowed_origins);
         let redis = self.redis_config();
         let listen = self
             .listen
@@ -470,6 +482,13 @@ impl ServeArgs {
             jwt_leeway: self.jwt_leeway.map_or(Duration::from_secs(30), |d| d.0),
             close_linger: self.close_linger.map_or(Duration::from_secs(2), |d| d.0),
             max_header_bytes: self.max_header_bytes.unwrap_or(16 * 1024),
+            allowed_origins: self
+                .allowed_origins
+                .iter()
+                .flat_map(|l| l.split(','))
+                .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+                .filter(|o| !o.is_empty())
+                .collect(),
             log: self.log,
         }
     }

@@ -11,8 +11,14 @@ use tokio::net::TcpStream;
 /// Sends an upgrade request to `/v1/ws` with `pad` bytes of extra headers and returns
 /// the status line of the answer.
 async fn upgrade_with_headers(addr: SocketAddr, pad: usize) -> String {
+    upgrade_with(addr, "/v1/ws", "", pad).await
+}
+
+/// Sends an upgrade request to `path` with the `extra` header lines and `pad` bytes of
+/// padding headers; the status line of the answer.
+async fn upgrade_with(addr: SocketAddr, path: &str, extra: &str, pad: usize) -> String {
     let mut head = format!(
-        "GET /v1/ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Upgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
     );
     let mut left = pad;
@@ -65,5 +71,45 @@ async fn a_request_head_over_the_limit_is_refused_with_431() {
         line.starts_with("HTTP/1.1 101"),
         "under a raised limit: {line}"
     );
+    run.shutdown().await;
+}
+
+#[tokio::test]
+async fn browser_upgrades_from_other_origins_are_refused_with_403() {
+    let mut s = settings();
+    s.allowed_origins = vec!["https://app.example.com".into()];
+    let run = start(s).await;
+    let addr = run.addr;
+    for path in ["/v1/ws", "/v1/publish"] {
+        let status = |extra: String| async move { upgrade_with(addr, path, &extra, 0).await };
+        let listed = status("Origin: https://app.example.com\r\n".into()).await;
+        assert!(
+            listed.starts_with("HTTP/1.1 101"),
+            "{path} listed: {listed}"
+        );
+        let same = status(format!("Origin: http://{addr}\r\n")).await;
+        assert!(
+            same.starts_with("HTTP/1.1 101"),
+            "{path} same origin: {same}"
+        );
+        let none = status(String::new()).await;
+        assert!(none.starts_with("HTTP/1.1 101"), "{path} no Origin: {none}");
+        let other = status("Origin: https://evil.example.net\r\n".into()).await;
+        assert!(
+            other.starts_with("HTTP/1.1 403"),
+            "{path} other origin: {other}"
+        );
+    }
+    run.shutdown().await;
+    // Unset: every origin may upgrade.
+    let run = start(settings()).await;
+    let any = upgrade_with(
+        run.addr,
+        "/v1/ws",
+        "Origin: https://evil.example.net\r\n",
+        0,
+    )
+    .await;
+    assert!(any.starts_with("HTTP/1.1 101"), "{any}");
     run.shutdown().await;
 }
