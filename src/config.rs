@@ -432,6 +432,26 @@ pub struct ServeArgs {
     #[arg(long, env = "TICKSTREAM_FEED_ID", value_name = "ID")]
     pub feed_id: Option<String>,
 
+    /// After the server sends a WebSocket Close, how long it waits for the client's Close
+    /// or EOF (dropping what arrives) before closing the connection. Default: 2s.
+    #[arg(long, env = "TICKSTREAM_CLOSE_LINGER", value_name = "DURATION")]
+    pub close_linger: Option<Dur>,
+
+    /// Largest HTTP request head (request line and headers) in bytes, at least 8192;
+    /// larger is refused with 431. Default: 16384.
+    #[arg(long, env = "TICKSTREAM_MAX_HEADER_BYTES", value_name = "BYTES")]
+    pub max_header_bytes: Option<usize>,
+
+    /// Origins (like `https://app.example.com`, comma-separated) whose browser pages may
+    /// open WebSockets here; another Origin is refused with 403. Same-origin pages and
+    /// clients that send no Origin are always allowed. Default: every origin.
+    #[arg(
+        long,
+        env = "TICKSTREAM_ALLOWED_ORIGINS",
+        value_name = "ORIGIN[,ORIGIN…]"
+    )]
+    pub allowed_origins: Option<String>,
+
     /// Log filter (error, warn, info, debug, trace or a tracing directive). Default: RUST_LOG, else info.
     #[arg(long, env = "TICKSTREAM_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -519,6 +539,15 @@ pub struct Settings {
     /// How often key and certificate files are checked for changes (zero: never).
     #[serde(deserialize_with = "duration")]
     pub reload_poll: Duration,
+    /// Longest wait for the client's Close after the server's.
+    #[serde(deserialize_with = "duration")]
+    pub close_linger: Duration,
+    /// Largest HTTP request head, in bytes.
+    pub max_header_bytes: usize,
+    /// Origins allowed to upgrade besides the same origin (lower case, no trailing
+    /// `/`); empty: every origin.
+    #[serde(skip)]
+    pub allowed_origins: Vec<String>,
     /// Log filter, if set.
     pub log: Option<String>,
     /// The Redis bus, when the node joins others.
@@ -569,6 +598,9 @@ impl Default for Settings {
             jwt_keys: Vec::new(),
             jwt_key_dir: None,
             reload_poll: Duration::from_secs(5),
+            close_linger: Duration::from_secs(2),
+            max_header_bytes: 16 * 1024,
+            allowed_origins: Vec::new(),
             log: None,
             redis: None,
         }
@@ -678,11 +710,21 @@ impl Settings {
         if opts.rate_burst.is_none() {
             s.rate_burst = s.rate_limit.saturating_mul(2);
         }
+        s.allowed_origins = opts
+            .allowed_origins
+            .iter()
+            .flat_map(|l| l.split(','))
+            .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+            .filter(|o| !o.is_empty())
+            .collect();
         Ok(s)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if self.max_header_bytes < 8192 {
+            return bad("max-header-bytes must be at least 8192");
+        }
         if !(self.rate.is_finite() && self.rate > 0.0) {
             return bad("rate must be a positive number of ticks per second");
         }

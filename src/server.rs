@@ -236,6 +236,8 @@ where
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(node.settings.header_timeout)
+        // A larger request head is answered 431 (hyper's own floor is 8192).
+        .max_buf_size(node.settings.max_header_bytes.max(8192))
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);

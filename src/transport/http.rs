@@ -146,6 +146,9 @@ where
             "this endpoint speaks WebSocket\n",
         );
     }
+    if !origin_allowed(&node.settings.allowed_origins, req) {
+        return text(StatusCode::FORBIDDEN, "origin not allowed\n");
+    }
     let (resp, fut) = match fastwebsockets::upgrade::upgrade(req) {
         Ok(r) => r,
         Err(e) => {
@@ -193,6 +196,29 @@ fn metrics(node: &Node) -> Response<Body> {
         .header(CACHE_CONTROL, "no-store")
         .body(Full::new(Bytes::from(crate::metrics::render(&scrape))))
         .unwrap_or_default()
+}
+
+/// Whether a browser page of the request's `Origin` may open a WebSocket: always
+/// without an Origin (not a browser) or from the same origin (its host is the `Host`),
+/// else when `allowed` is empty or lists it.
+fn origin_allowed<B>(allowed: &[String], req: &Request<B>) -> bool {
+    let Some(origin) = req.headers().get(hyper::header::ORIGIN) else {
+        return true;
+    };
+    let origin = origin
+        .to_str()
+        .unwrap_or("")
+        .trim_end_matches('/')
+        .to_ascii_lowercase();
+    let host = req
+        .headers()
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok());
+    let same = host.is_some_and(|h| {
+        let h = h.to_ascii_lowercase();
+        origin.strip_prefix("http://") == Some(&*h) || origin.strip_prefix("https://") == Some(&*h)
+    });
+    same || allowed.is_empty() || allowed.contains(&origin)
 }
 
 fn snapshot(node: &Node, query: Option<&str>, claims: Option<&Claims>) -> Response<Body> {

@@ -8,8 +8,9 @@
 //! seq) and counted, never forwarded, and the rest of the frame goes on. Each frame is
 //! answered with one frame: the errors of its refused ticks, then
 //! `{"type":"published","accepted":N,"refused":M}`. A frame that is not JSON at all is
-//! answered with a `bad_request` error and a `published` of zero. The connection
-//! survives every refusal.
+//! answered with a `bad_request` error and a `published` of zero (as is a binary
+//! frame); the connection survives every such refusal. Breaches of RFC 6455 (text that
+//! is not UTF-8, bad framing, a bad Close) close it with the RFC's code.
 //!
 //! Limits: `--publish-max-msg-bytes` (a larger message closes with 1009) and
 //! `--publish-rate-limit` frames per second; past the rate the node reads the
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 use fastwebsockets::{Frame, Payload, WebSocket};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::frames::{self, Message, Reassembler};
 use super::http::Body;
@@ -70,7 +71,8 @@ where
     ws.set_max_message_size(max.saturating_add(1));
     // Pings are answered here, not inside read_frame, so that they count as activity.
     ws.set_auto_pong(false);
-    ws.set_auto_close(true);
+    // Close frames are checked and answered here (fastwebsockets' own check is looser).
+    ws.set_auto_close(false);
     let silence = cfg.heartbeat + cfg.heartbeat_grace;
     let mut bucket = TokenBucket::new(cfg.publish_rate_limit, cfg.publish_rate_limit);
     let mut checker = Checker::new(&node.hub, &*node.bus, &node.publish).limited_to(claims);
@@ -95,18 +97,19 @@ where
                 Ok(r) => r,
             },
         };
-        let msg = match got.map_err(frames::read_error) {
+        let msg = match got {
             Ok(frame) => match whole.push(frame) {
                 Ok(Some(m)) => m,
                 Ok(None) => continue,
                 Err(refusal) => break refusal,
             },
-            Err(Ok(m)) => m,
-            Err(Err(Some(refusal))) => break refusal,
-            Err(Err(None)) => return,
+            Err(e) => match frames::read_error(e) {
+                Some(refusal) => break refusal,
+                None => return,
+            },
         };
         let text = match msg {
-            Message::Close => return,
+            Message::Close => break (CloseCode::Normal, ""),
             Message::Ping(p) => {
                 let pong = Frame::pong(Payload::Owned(p.to_vec()));
                 if ws.write_frame(pong).await.is_err() {
@@ -115,12 +118,8 @@ where
                 continue;
             }
             Message::Pong => continue,
-            Message::BadUtf8 | Message::Binary(_) => {
-                let why = if matches!(msg, Message::BadUtf8) {
-                    "text frame is not valid UTF-8"
-                } else {
-                    "binary frames are not accepted; send ticks as JSON text"
-                };
+            Message::Binary(_) => {
+                let why = "binary frames are not accepted; send ticks as JSON text";
                 if !reply(
                     &mut ws,
                     cfg.send_timeout,
@@ -145,9 +144,22 @@ where
             return;
         }
     };
-    let _ = ws
-        .write_frame(Frame::close(code.code(), reason.as_bytes()))
-        .await;
+    // A lingering close: the Close, then the end of our sending side, then what the
+    // client still sends is read and dropped until its EOF (bounded), so that the code
+    // reaches it rather than a reset.
+    let close = ws.write_frame(Frame::close(code.code(), reason.as_bytes()));
+    if !matches!(
+        tokio::time::timeout(cfg.send_timeout, close).await,
+        Ok(Ok(()))
+    ) {
+        return;
+    }
+    let mut stream = ws.into_inner();
+    let _ = tokio::time::timeout(cfg.close_linger, async {
+        let _ = stream.shutdown().await;
+        frames::drain(&mut stream).await;
+    })
+    .await;
 }
 
 /// Sends `msgs` as one frame; false when that failed or took longer than `timeout` (a

@@ -44,20 +44,53 @@ where
         flow = read_loop(&mut read, &mut session, &pong_tx, max) => Some(flow),
         _ = &mut writer => None,
     };
-    if let Some(flow) = ended {
-        if flow == Flow::Continue {
+    match ended {
+        Some(Flow::Continue) => {
             // The client went away: the writer stops at its next turn.
             drop(pong_tx);
+            if tokio::time::timeout(timeout, &mut writer).await.is_err() {
+                writer.abort();
+            }
+            session.finish().await;
         }
-        if tokio::time::timeout(timeout, &mut writer).await.is_err() {
-            writer.abort();
-        }
+        // The server closes: a lingering close, so that the code reaches the client.
+        _ => close_lingering(writer, read, session, timeout, node.settings.close_linger).await,
     }
-    session.finish().await;
     metrics.ws_connections.fetch_sub(1, Ordering::Relaxed);
 }
 
 type Reader<S> = WebSocketRead<ReadHalf<S>>;
+
+/// Lets the writer send its Close (within `timeout`) while whatever the client sends is
+/// read and dropped, frees the session, then waits up to `linger` for the client's
+/// Close or EOF: closing with unread data would reset the connection, and the client
+/// would never see the code.
+async fn close_lingering<S>(
+    mut writer: tokio::task::JoinHandle<()>,
+    read: Reader<S>,
+    session: Session,
+    timeout: Duration,
+    linger: Duration,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let drain = frames::discard(read);
+    tokio::pin!(drain);
+    // A finished writer (whose output may already be taken) is not polled again.
+    let drained = !writer.is_finished()
+        && tokio::select! {
+            _ = tokio::time::timeout(timeout, &mut writer) => false,
+            _ = &mut drain => true,
+        };
+    if drained && !writer.is_finished() {
+        let _ = tokio::time::timeout(timeout, &mut writer).await;
+    }
+    writer.abort();
+    session.finish().await;
+    if !drained {
+        let _ = tokio::time::timeout(linger, drain).await;
+    }
+}
 
 /// Reads until the connection ends (`Flow::Continue`) or must close (`Flow::Close`,
 /// already passed to the session's outbound side).
@@ -75,7 +108,7 @@ where
         let got = read
             .read_frame::<_, std::io::Error>(&mut |_| std::future::ready(Ok(())))
             .await;
-        let msg = match got.map_err(frames::read_error) {
+        let msg = match got {
             Ok(frame) => {
                 session.heard();
                 match whole.push(frame) {
@@ -84,9 +117,10 @@ where
                     Err((code, reason)) => return session.close(code, reason),
                 }
             }
-            Err(Ok(m)) => m,
-            Err(Err(Some((code, reason)))) => return session.close(code, reason),
-            Err(Err(None)) => return Flow::Continue,
+            Err(e) => match frames::read_error(e) {
+                Some((code, reason)) => return session.close(code, reason),
+                None => return Flow::Continue,
+            },
         };
         let inbound = match msg {
             Message::Close => return session.close(CloseCode::Normal, ""),
@@ -102,7 +136,6 @@ where
                 }
                 continue;
             }
-            Message::BadUtf8 => Inbound::BadUtf8,
             Message::Binary(_) => Inbound::Binary,
         };
         let flow = session.receive(inbound).await;
