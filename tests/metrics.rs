@@ -3,6 +3,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use common::*;
 
@@ -164,8 +165,20 @@ async fn metrics_parse_and_move_as_ticks_are_delivered() {
         run.node.hub.subscriber_count("AAPL") == 0
     })
     .await;
-    let end = scrape(run.addr).await;
-    assert_eq!(end["tickstream_connections{transport=\"websocket\"}"], 0.0);
+    // The connection itself ends after the lingering close (the client's EOF or the
+    // linger bound).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let end = loop {
+        let end = scrape(run.addr).await;
+        if end["tickstream_connections{transport=\"websocket\"}"] == 0.0 {
+            break end;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the connection gauge stays up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(
         end["tickstream_disconnects_total{code=\"1000\"}"]
             > before["tickstream_disconnects_total{code=\"1000\"}"]
