@@ -758,11 +758,12 @@ mod tests {
 }
 
 #[cfg(test)]
-mod conflation_tests {
+pub(crate) mod conflation_tests {
     use super::queue::SlowPolicy;
     use super::*;
 
-    fn tick(epoch: &str, seq: u64) -> Tick {
+    /// An AAPL tick of `epoch` (also used by the session's tests).
+    pub(crate) fn tick(epoch: &str, seq: u64) -> Tick {
         Tick {
             symbol: "AAPL".into(),
             epoch: epoch.into(),

@@ -38,8 +38,6 @@ pub enum Flow {
 pub enum Inbound<'a> {
     /// A text message; its bytes are parsed in place.
     Text(&'a mut [u8]),
-    /// A text message whose payload is not UTF-8.
-    BadUtf8,
     /// A binary message: commands are text only.
     Binary,
 }
@@ -187,7 +185,6 @@ impl Session {
                 Ok(cmd) => self.command(cmd).await,
                 Err(e) => self.reply(protocol::error_json(&e, &[])).await,
             },
-            Inbound::BadUtf8 => self.refuse("text frame is not valid UTF-8").await,
             Inbound::Binary => {
                 self.refuse("binary frames are not accepted; send commands as JSON text")
                     .await

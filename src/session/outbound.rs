@@ -269,20 +269,7 @@ mod tests {
     }
 
     fn tick(seq: u64) -> Tick {
-        Tick {
-            symbol: "AAPL".into(),
-            epoch: "e".into(),
-            seq,
-            ts: seq,
-            bid: 1.0,
-            ask: 1.5,
-            bid_size: 1,
-            ask_size: 1,
-            last: 1.25,
-            last_size: 1,
-            volume: seq,
-            src_ts: None,
-        }
+        crate::hub::conflation_tests::tick("e", seq)
     }
 
     /// A session driven without any transport: what to send, and when, comes from the
