@@ -117,6 +117,49 @@ impl<'de> Deserialize<'de> for FeedSpec {
     }
 }
 
+/// Who may read `/metrics`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum MetricsAuth {
+    /// Anyone who reaches the port.
+    #[default]
+    Open,
+    /// `Authorization: Bearer` with the token kept in this file.
+    Token(PathBuf),
+    /// A JWT from the node's keys that grants the `metrics` role.
+    Jwt,
+}
+
+impl FromStr for MetricsAuth {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "open" => Ok(MetricsAuth::Open),
+            "jwt" => Ok(MetricsAuth::Jwt),
+            _ => match s.strip_prefix("token:") {
+                Some(p) if !p.is_empty() => Ok(MetricsAuth::Token(PathBuf::from(p))),
+                _ => Err(format!("unknown metrics auth {s:?} (open|token:FILE|jwt)")),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for MetricsAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MetricsAuth::Open => f.write_str("open"),
+            MetricsAuth::Token(p) => write!(f, "token:{}", p.display()),
+            MetricsAuth::Jwt => f.write_str("jwt"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MetricsAuth {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// The Redis options, one group shared by `serve` and the feed commands (`#[command(flatten)]`
 /// in each); in a TOML file the same names as keys (`redis_prefix = "md:"`). Every field is
 /// optional: [`RedisArgs::config`] fills what is not given from [`RedisConfig::new`].
@@ -452,6 +495,39 @@ pub struct ServeArgs {
     )]
     pub allowed_origins: Option<String>,
 
+    /// Open streams (`/v1/ws`, `/v1/sse`, `/v1/publish`) one source address may hold;
+    /// past it a new one is refused with 429 and `Retry-After`. 0: no cap. Default: 0.
+    #[arg(long, env = "TICKSTREAM_MAX_CONNS_PER_ADDR", value_name = "N")]
+    pub max_conns_per_addr: Option<u32>,
+
+    /// New streams one source address may open per second (also the burst); past it a
+    /// request is refused with 429 and `Retry-After`. 0: no cap. Default: 0.
+    #[arg(long, env = "TICKSTREAM_MAX_NEW_CONNS_PER_ADDR", value_name = "N")]
+    pub max_new_conns_per_addr: Option<u32>,
+
+    /// Open streams the node holds in all; past it a new one is refused with 503 and
+    /// `Retry-After`. 0: no cap. Default: 0.
+    #[arg(long, env = "TICKSTREAM_MAX_CONNS", value_name = "N")]
+    pub max_conns: Option<u32>,
+
+    /// The `Retry-After` sent when a stream is refused for a cap on open streams (the
+    /// per-second quota sends the time until it allows one). Default: 5s.
+    #[arg(long, env = "TICKSTREAM_RETRY_AFTER", value_name = "DURATION")]
+    pub retry_after: Option<Dur>,
+
+    /// Proxies (addresses and CIDRs, comma-separated) whose `X-Forwarded-For` names the
+    /// client: the right-most address in it that is not one of them. From any other
+    /// peer the header is ignored. Default: none.
+    #[arg(long, env = "TICKSTREAM_TRUSTED_PROXIES", value_name = "ADDR|CIDR[,…]")]
+    pub trusted_proxies: Option<String>,
+
+    /// Who may read `/metrics`: `open`, `token:FILE` (`Authorization: Bearer` with the
+    /// token in FILE, 16+ bytes) or `jwt` (a token from the JWT keys with the `metrics`
+    /// role). Independent of the streams' auth. Default: open.
+    #[arg(long, env = "TICKSTREAM_METRICS_AUTH", value_name = "MODE")]
+    #[serde(serialize_with = "display_opt")]
+    pub metrics_auth: Option<MetricsAuth>,
+
     /// Log filter (error, warn, info, debug, trace or a tracing directive). Default: RUST_LOG, else info.
     #[arg(long, env = "TICKSTREAM_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -548,6 +624,21 @@ pub struct Settings {
     /// `/`); empty: every origin.
     #[serde(skip)]
     pub allowed_origins: Vec<String>,
+    /// Open streams per source address (0: no cap).
+    pub max_conns_per_addr: u32,
+    /// New streams per source address per second (0: no cap).
+    pub max_new_conns_per_addr: u32,
+    /// Open streams in all (0: no cap).
+    pub max_conns: u32,
+    /// `Retry-After` of the caps on open streams.
+    #[serde(deserialize_with = "duration")]
+    pub retry_after: Duration,
+    /// Proxies whose `X-Forwarded-For` is read.
+    #[serde(skip)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Who may read `/metrics`.
+    #[serde(skip)]
+    pub metrics_auth: MetricsAuth,
     /// Log filter, if set.
     pub log: Option<String>,
     /// The Redis bus, when the node joins others.
@@ -601,6 +692,12 @@ impl Default for Settings {
             close_linger: Duration::from_secs(2),
             max_header_bytes: 16 * 1024,
             allowed_origins: Vec::new(),
+            max_conns_per_addr: 0,
+            max_new_conns_per_addr: 0,
+            max_conns: 0,
+            retry_after: Duration::from_secs(5),
+            trusted_proxies: Vec::new(),
+            metrics_auth: MetricsAuth::Open,
             log: None,
             redis: None,
         }
@@ -717,6 +814,11 @@ impl Settings {
             .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
             .filter(|o| !o.is_empty())
             .collect();
+        s.trusted_proxies = match &opts.trusted_proxies {
+            Some(list) => parse_proxies(list)?,
+            None => Vec::new(),
+        };
+        s.metrics_auth = opts.metrics_auth.unwrap_or_default();
         Ok(s)
     }
 
@@ -755,6 +857,18 @@ impl Settings {
         if self.tls_handshake_timeout.is_zero() {
             return bad("tls-handshake-timeout must be longer than 0");
         }
+        if self.retry_after.is_zero() {
+            return bad("retry-after must be longer than 0");
+        }
+        let keys = self.jwt_secret_file.is_some()
+            || !self.jwt_keys.is_empty()
+            || self.jwt_key_dir.is_some();
+        if self.metrics_auth == MetricsAuth::Jwt && !keys {
+            return bad(
+                "metrics-auth jwt checks tokens with the JWT keys: give --jwt-key, \
+                 --jwt-key-dir or --jwt-secret-file, or use metrics-auth token:FILE",
+            );
+        }
         let tls = self.tls_cert.is_some();
         if !self.listen.ip().is_loopback() && !tls && !self.allow_plaintext_public {
             return Err(ConfigError::Invalid(format!(
@@ -766,6 +880,25 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// Reads a list of proxy addresses and CIDRs (`10.0.0.7,10.1.0.0/16,fd00::/8`); a bare
+/// address is a network of one.
+fn parse_proxies(list: &str) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<ipnet::IpNet>()
+                .map(|n| n.trunc())
+                .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    ConfigError::Invalid(format!(
+                        "trusted-proxies: {p:?} is not an address or a CIDR like 10.0.0.0/8"
+                    ))
+                })
+        })
+        .collect()
 }
 
 fn default_feed_id(node: &str) -> String {
@@ -1001,6 +1134,51 @@ mod tests {
         let e = cli.serve.resolve().unwrap_err().to_string();
         assert!(e.contains("rediss://"), "{e}");
         let cli = Cli::try_parse_from(["x", "--redis-ca-file", "ca.pem"]).unwrap();
+        assert!(cli.serve.resolve().is_err());
+    }
+
+    #[test]
+    fn door_limits_resolve_from_file_and_flags_and_bad_ones_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(
+            &path,
+            "max_conns_per_addr = 8\nmax_new_conns_per_addr = 3\nmax_conns = 100\n\
+             retry_after = \"2s\"\ntrusted_proxies = \"10.0.0.0/8, 192.168.1.5, fd00::1/8\"\n\
+             metrics_auth = \"token:/run/m.token\"\n",
+        )
+        .unwrap();
+        let cli =
+            Cli::try_parse_from(["x", "--config", path.to_str().unwrap(), "--max-conns", "50"])
+                .unwrap();
+        let s = cli.serve.resolve().unwrap();
+        assert_eq!(
+            (s.max_conns_per_addr, s.max_new_conns_per_addr, s.max_conns),
+            (8, 3, 50)
+        );
+        assert_eq!(s.retry_after, Duration::from_secs(2));
+        let nets: Vec<String> = s.trusted_proxies.iter().map(|n| n.to_string()).collect();
+        assert_eq!(nets, ["10.0.0.0/8", "192.168.1.5/32", "fd00::/8"]);
+        assert_eq!(s.metrics_auth, MetricsAuth::Token("/run/m.token".into()));
+        let d = Settings::default();
+        assert_eq!(
+            (d.max_conns_per_addr, d.max_conns),
+            (0, 0),
+            "no caps by default"
+        );
+        assert_eq!(d.metrics_auth, MetricsAuth::Open, "metrics open by default");
+
+        let cli = Cli::try_parse_from(["x", "--trusted-proxies", "10.0.0.0/8,proxy.local"]);
+        let e = cli.unwrap().serve.resolve().unwrap_err().to_string();
+        assert!(e.contains("proxy.local"), "{e}");
+        assert!(Cli::try_parse_from(["x", "--metrics-auth", "token:"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--metrics-auth", "basic"]).is_err());
+        let cli = Cli::try_parse_from(["x", "--metrics-auth", "jwt"]).unwrap();
+        let e = cli.serve.resolve().unwrap_err().to_string();
+        assert!(e.contains("JWT keys"), "jwt metrics auth needs keys: {e}");
+        let cli = Cli::try_parse_from(["x", "--metrics-auth", "jwt", "--jwt-key", "k.pem"]);
+        assert!(cli.unwrap().serve.resolve().is_ok());
+        let cli = Cli::try_parse_from(["x", "--retry-after", "0s"]).unwrap();
         assert!(cli.serve.resolve().is_err());
     }
 

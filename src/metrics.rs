@@ -92,6 +92,32 @@ pub const GAP_REASONS: [&str; 4] = ["slow_consumer", "upstream", "expired", "res
 /// Close codes counted by [`Metrics::disconnected`]; anything else is counted as `other`.
 pub const CLOSE_CODES: [u16; 9] = [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011, 4008];
 
+/// Why a request was refused at the door, before any upgrade (token refusals are
+/// [`Metrics::auth_refused`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// 429: the source address opened too many new streams this second.
+    AddressRate = 0,
+    /// 429: the source address holds too many open streams.
+    AddressBusy = 1,
+    /// 503: the node holds as many open streams as it may.
+    NodeBusy = 2,
+    /// 403: a browser page of an origin not allowed.
+    Origin = 3,
+    /// 431: the request head is over the limit.
+    HeaderTooLarge = 4,
+}
+
+/// The `reason` labels of [`Refused`], in its order; `auth` follows them in the
+/// exposition, read from [`Metrics::auth_refused`].
+pub const REFUSED_REASONS: [&str; 5] = [
+    "address_rate",
+    "address_busy",
+    "node_busy",
+    "origin",
+    "header_too_large",
+];
+
 /// The process's counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -109,6 +135,8 @@ pub struct Metrics {
     pub rate_limited: AtomicU64,
     /// Requests refused for a missing, bad or insufficient token.
     pub auth_refused: AtomicU64,
+    /// Requests refused at the door, by [`Refused`].
+    pub refused: [AtomicU64; REFUSED_REASONS.len()],
     /// Reconnections of the bus.
     pub bus_reconnects: AtomicU64,
     /// Now minus `ts` of the last tick the bus delivered, in nanoseconds.
@@ -122,6 +150,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Counts one request refused at the door.
+    pub fn refused(&self, why: Refused) {
+        self.refused[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts one ingested tick.
     pub fn ingested(&self, from: Source) {
         self.ingested[from as usize].fetch_add(1, Ordering::Relaxed);
@@ -328,6 +361,17 @@ pub fn render(s: &Scrape) -> String {
         "auth_refused",
         "Requests refused for a missing, bad or insufficient token",
         load(&m.auth_refused),
+    );
+    labelled(
+        &mut reg,
+        "refused",
+        "Requests refused before any upgrade, by reason",
+        REFUSED_REASONS
+            .iter()
+            .zip(&m.refused)
+            .map(|(r, v)| (vec![("reason", (*r).to_owned())], load(v)))
+            .chain([(vec![("reason", "auth".to_owned())], load(&m.auth_refused))])
+            .collect(),
     );
     counter(
         &mut reg,

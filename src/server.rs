@@ -19,6 +19,7 @@ use crate::feed::pump::FeedThreads;
 use crate::feed::{self, Universe};
 use crate::hub::Hub;
 use crate::node::Node;
+use crate::transport::door::Door;
 
 /// A started node.
 pub struct Running {
@@ -60,6 +61,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         }
         _ => (None, None),
     };
+    let door = Arc::new(Door::new(&settings)?);
     let hub = Arc::new(Hub::new(universe.symbols().cloned(), settings.history));
     let bus: Arc<dyn Bus> = match &settings.redis {
         None => Arc::new(LocalBus::new(hub.clone())),
@@ -84,7 +86,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     };
     let node = Node::new(settings, hub, bus, auth);
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let accept = tokio::spawn(accept_loop(node.clone(), listener, tls));
+    let accept = tokio::spawn(accept_loop(node.clone(), door, listener, tls));
     if certs.is_some() || node.auth.is_some() {
         // Installed before start returns, so a SIGHUP from then on reloads, never kills.
         let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -178,21 +180,32 @@ fn start_replay(
     FeedThreads::replay(path, config, hub, bus)
 }
 
-async fn accept_loop(node: Arc<Node>, listener: TcpListener, tls: Option<TlsAcceptor>) {
+async fn accept_loop(
+    node: Arc<Node>,
+    door: Arc<Door>,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+) {
     loop {
         let accepted = tokio::select! {
             _ = node.shutdown.cancelled() => return,
             r = listener.accept() => r,
         };
         match accepted {
-            Ok((tcp, _peer)) => {
+            Ok((tcp, peer)) => {
                 let _ = tcp.set_nodelay(true);
                 if let Some(bytes) = node.settings.send_buffer {
                     let _ = socket2::SockRef::from(&tcp).set_send_buffer_size(bytes);
                 }
+                let (node, door, peer) = (node.clone(), door.clone(), peer.ip());
                 match &tls {
-                    None => node.tasks.spawn(serve_connection(node.clone(), tcp)),
-                    Some(tls) => node.tasks.spawn(serve_tls(node.clone(), tcp, tls.clone())),
+                    None => node
+                        .tasks
+                        .spawn(serve_connection(node.clone(), door, peer, tcp)),
+                    Some(tls) => {
+                        node.tasks
+                            .spawn(serve_tls(node.clone(), door, peer, tcp, tls.clone()))
+                    }
                 };
             }
             Err(e) => {
@@ -206,33 +219,41 @@ async fn accept_loop(node: Arc<Node>, listener: TcpListener, tls: Option<TlsAcce
 
 /// Runs the TLS handshake of an accepted connection in its own task, bounded by
 /// `tls_handshake_timeout` (and by shutdown), then serves it like a plain one.
-async fn serve_tls(node: Arc<Node>, tcp: TcpStream, tls: TlsAcceptor) {
-    let peer = tcp.peer_addr().ok();
+async fn serve_tls(
+    node: Arc<Node>,
+    door: Arc<Door>,
+    peer: std::net::IpAddr,
+    tcp: TcpStream,
+    tls: TlsAcceptor,
+) {
     let limit = node.settings.tls_handshake_timeout;
     let stream = tokio::select! {
         _ = node.shutdown.cancelled() => return,
         r = tokio::time::timeout(limit, tls.accept(tcp)) => match r {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
-                tracing::debug!(?peer, error = %e, "TLS handshake failed");
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
                 return;
             }
             Err(_) => {
-                tracing::debug!(?peer, ?limit, "TLS handshake timed out");
+                tracing::debug!(%peer, ?limit, "TLS handshake timed out");
                 return;
             }
         },
     };
-    serve_connection(node, stream).await;
+    serve_connection(node, door, peer, stream).await;
 }
 
-/// Serves HTTP/1.1 (and the WebSocket upgrades) on one connection, plain or TLS.
-async fn serve_connection<S>(node: Arc<Node>, io: S)
+/// Serves HTTP/1.1 (and the WebSocket upgrades) on one connection from `peer`, plain
+/// or TLS.
+async fn serve_connection<S>(node: Arc<Node>, door: Arc<Door>, peer: std::net::IpAddr, io: S)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let svc_node = node.clone();
-    let service = service_fn(move |req| crate::transport::http::route(svc_node.clone(), req));
+    let service = service_fn(move |req| {
+        crate::transport::http::route(svc_node.clone(), door.clone(), peer, req)
+    });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(node.settings.header_timeout)
@@ -244,7 +265,10 @@ where
     tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
-                tracing::debug!(error = %e, "http connection ended");
+                if e.is_parse_too_large() {
+                    crate::metrics::global().refused(crate::metrics::Refused::HeaderTooLarge);
+                }
+                tracing::debug!(%peer, error = %e, "http connection ended");
             }
         }
         _ = node.shutdown.cancelled() => {

@@ -29,7 +29,8 @@ pub struct Args {
     /// arguments or comma-separated. Default: every symbol.
     #[arg(long, num_args = 1.., value_delimiter = ',')]
     symbols: Vec<String>,
-    /// Roles granted: subscribe, publish. Default: subscribe.
+    /// Roles granted: subscribe, publish, metrics (`/metrics` with `--metrics-auth jwt`).
+    /// Default: subscribe.
     #[arg(long, num_args = 1.., value_delimiter = ',')]
     roles: Vec<String>,
     /// Lifetime, like 30m, 12h, 7days. Default: 1h.
@@ -46,8 +47,9 @@ pub(super) fn run(args: Args) -> anyhow::Result<()> {
     };
     let signer = Signer::from_file(&path, args.kid)?;
     for r in &args.roles {
-        if r != auth::ROLE_SUBSCRIBE && r != auth::ROLE_PUBLISH {
-            anyhow::bail!("unknown role {r:?} (subscribe|publish)");
+        let metrics = crate::transport::door::ROLE_METRICS;
+        if r != auth::ROLE_SUBSCRIBE && r != auth::ROLE_PUBLISH && r != metrics {
+            anyhow::bail!("unknown role {r:?} (subscribe|publish|metrics)");
         }
     }
     let claims = Claims {

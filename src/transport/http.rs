@@ -1,6 +1,7 @@
 //! The HTTP routes on the node's port: the WebSocket upgrade, the small JSON and text
 //! endpoints beside it, and the dashboard's files.
 
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -8,10 +9,14 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 
+use tracing::Instrument;
+
+use super::door::{ClientAddr, Door, Hold};
 use crate::auth::{Claims, ROLE_SUBSCRIBE};
+use crate::metrics::Refused;
 use crate::node::Node;
 use crate::tick::{parse_symbols, BadSymbols};
 
@@ -21,9 +26,15 @@ pub type Body = Full<Bytes>;
 /// Response body of [`route`]: one piece, or a stream (`/v1/sse`).
 pub type RouteBody = BoxBody<Bytes, std::convert::Infallible>;
 
-/// Routes one request.
+/// The paths of the long-lived streams, counted at the [`Door`].
+pub const STREAM_PATHS: [&str; 3] = ["/v1/ws", "/v1/sse", "/v1/publish"];
+
+/// Routes one request that came over a connection from `peer`. A stream request is let
+/// in by the `door` first (429/503 before anything else), then authorized.
 pub async fn route(
     node: Arc<Node>,
+    door: Arc<Door>,
+    peer: IpAddr,
     mut req: Request<Incoming>,
 ) -> Result<Response<RouteBody>, std::convert::Infallible> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -31,9 +42,33 @@ pub async fn route(
             text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served here\n").map(BodyExt::boxed),
         );
     }
+    let client = door.client_addr(peer, req.headers());
+    req.extensions_mut().insert(ClientAddr(client));
+    if STREAM_PATHS.contains(&req.uri().path()) {
+        match door.admit(client) {
+            // An upgrade moves the hold into the connection's task; otherwise it is
+            // dropped with the request.
+            Ok(hold) => {
+                req.extensions_mut().insert(hold);
+            }
+            Err(refusal) => {
+                crate::metrics::global().refused(refusal.reason());
+                tracing::debug!(%client, %peer, path = req.uri().path(), ?refusal, "refused at the door");
+                return Ok(refusal.response().map(BodyExt::boxed));
+            }
+        }
+    }
     if req.uri().path() == "/v1/sse" {
+        let hold = req.extensions_mut().remove::<Hold>();
         return Ok(match authorize(&node, &req, ROLE_SUBSCRIBE) {
-            Ok(claims) => super::sse::serve(node, &req, claims),
+            // The stream's place is held as long as its body lives.
+            Ok(claims) => super::sse::serve(node, &req, claims).map(|body| {
+                body.map_frame(move |frame| {
+                    let _held = &hold;
+                    frame
+                })
+                .boxed()
+            }),
             Err(refused) => refused.map(BodyExt::boxed),
         });
     }
@@ -50,7 +85,13 @@ pub async fn route(
                 text(StatusCode::SERVICE_UNAVAILABLE, "bus down\n")
             }
         }
-        "/metrics" => metrics(&node),
+        "/metrics" => door
+            .metrics_refusal(&req, || {
+                authorize(&node, &req, super::door::ROLE_METRICS)
+                    .err()
+                    .map(|r| *r)
+            })
+            .unwrap_or_else(|| metrics(&node)),
         "/v1/symbols" => {
             let symbols = node.hub.symbols();
             let names: Vec<&str> = symbols.iter().map(|s| &**s).collect();
@@ -82,17 +123,7 @@ pub fn authorize<B>(
     let Some(auth) = &node.auth else {
         return Ok(None);
     };
-    let header = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            // The scheme is case-insensitive (RFC 9110 §11.1).
-            let (scheme, token) = v.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        })
-        .filter(|t| !t.is_empty())
-        .map(str::to_owned);
+    let header = super::door::bearer(req.headers()).map(str::to_owned);
     let token = header.or_else(|| query_param(req.uri().query(), "token"));
     match auth.check(token.as_deref(), role) {
         Ok(claims) => Ok(Some(claims)),
@@ -147,9 +178,10 @@ where
         );
     }
     if !origin_allowed(&node.settings.allowed_origins, req) {
+        crate::metrics::global().refused(Refused::Origin);
         return text(StatusCode::FORBIDDEN, "origin not allowed\n");
     }
-    let (resp, fut) = match fastwebsockets::upgrade::upgrade(req) {
+    let (resp, fut) = match fastwebsockets::upgrade::upgrade(&mut *req) {
         Ok(r) => r,
         Err(e) => {
             return text(
@@ -158,13 +190,24 @@ where
             )
         }
     };
+    // The stream's place at the door, held until the connection ends; its lines
+    // in the log name the client's address.
+    let hold = req.extensions_mut().remove::<Hold>();
+    let span = match req.extensions().get::<ClientAddr>() {
+        Some(ClientAddr(client)) => tracing::info_span!("conn", %client),
+        None => tracing::info_span!("conn"),
+    };
     let tasks = node.tasks.clone();
-    tasks.spawn(async move {
-        match fut.await {
-            Ok(ws) => serve(node, ws).await,
-            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+    tasks.spawn(
+        async move {
+            let _held = hold;
+            match fut.await {
+                Ok(ws) => serve(node, ws).await,
+                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+            }
         }
-    });
+        .instrument(span),
+    );
     let (parts, _) = resp.into_parts();
     Response::from_parts(parts, Full::new(Bytes::new()))
 }
