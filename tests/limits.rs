@@ -370,7 +370,22 @@ async fn metrics_have_their_own_auth() {
             })
             .unwrap()
     };
-    let metrics = mint(Some(vec!["metrics".into()]));
+    assert!(!mint(Some(vec!["metrics".into()])).is_empty());
+    // `tickstream token` issues it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tickstream"))
+        .args([
+            "token",
+            "--sub",
+            "scraper",
+            "--roles",
+            "metrics",
+            "--secret-file",
+        ])
+        .arg(dir.path().join("jwt.secret"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let metrics = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let subscriber = mint(None);
     let with = |t: &str| format!("Authorization: Bearer {t}\r\n");
     assert_eq!(get_from("127.0.0.2", run.addr, "/metrics", "").await.0, 401);
