@@ -50,6 +50,7 @@ pub async fn route(
                 text(StatusCode::SERVICE_UNAVAILABLE, "bus down\n")
             }
         }
+        "/metrics" if !node.settings.metrics => text(StatusCode::NOT_FOUND, METRICS_OFF),
         "/metrics" => metrics(&node),
         "/v1/symbols" => {
             let symbols = node.hub.symbols();
@@ -168,6 +169,9 @@ where
     let (parts, _) = resp.into_parts();
     Response::from_parts(parts, Full::new(Bytes::new()))
 }
+
+/// The answer of `/metrics` on a node started with `--metrics false`.
+const METRICS_OFF: &str = "metrics are off on this node (serve --metrics false)\n";
 
 /// `GET /metrics`: the Prometheus exposition, with what the node keeps read now.
 fn metrics(node: &Node) -> Response<Body> {
