@@ -67,7 +67,8 @@ pub struct Common {
     pub redis_cpus: Option<String>,
     /// References measured with the same load right after tickstream, alternating over
     /// runs: `floor` (tickstream-floor, fed through `/v1/publish`), `node` (the Node.js
-    /// `ws` + ioredis server, fed through Redis).
+    /// `ws` + ioredis server, fed through Redis), `tickstream-nometrics` (tickstream
+    /// itself with `--metrics false`, fed like tickstream: the cost of the metrics).
     #[arg(long, value_delimiter = ',')]
     pub against: Vec<Reference>,
     /// Extra argument for every spawned `tickstream serve` (repeat), e.g. `--node-arg=--queue=256`.
@@ -141,7 +142,12 @@ pub enum Reference {
     Floor,
     /// The Node.js `ws` + ioredis server.
     Node,
+    /// tickstream with `--metrics false`.
+    NoMetrics,
 }
+
+/// Label of the tickstream target started with `--metrics false`.
+pub const NOMETRICS: &str = "tickstream-nometrics";
 
 impl FromStr for Reference {
     type Err = String;
@@ -149,7 +155,8 @@ impl FromStr for Reference {
         match s {
             "floor" => Ok(Reference::Floor),
             "node" | "node-ws" => Ok(Reference::Node),
-            _ => Err(format!("`{s}` is not one of node, floor")),
+            NOMETRICS | "nometrics" => Ok(Reference::NoMetrics),
+            _ => Err(format!("`{s}` is not one of node, floor, {NOMETRICS}")),
         }
     }
 }
@@ -182,6 +189,15 @@ pub struct Target {
 }
 
 impl Target {
+    /// Extra `serve` arguments this target's nodes get.
+    pub fn serve_args(&self) -> &'static [&'static str] {
+        if self.server == Server::Tickstream && self.label.starts_with(NOMETRICS) {
+            &["--metrics", "false"]
+        } else {
+            &[]
+        }
+    }
+
     /// tickstream fed from `source` on one node.
     pub fn tickstream(source: Source) -> Target {
         Target {
@@ -200,17 +216,29 @@ impl Target {
 pub fn targets_with_references(c: &Common) -> anyhow::Result<Vec<Target>> {
     let mut out = vec![Target::tickstream(c.source)];
     for r in &c.against {
-        let (server, source, name) = match r {
-            Reference::Floor => (Server::Floor, Source::Publish, "floor"),
-            Reference::Node => (Server::NodeWs, Source::Redis, "node-ws"),
+        let name = match r {
+            Reference::Floor => "floor",
+            Reference::Node => "node-ws",
+            Reference::NoMetrics => NOMETRICS,
         };
         if !c.spawning() {
             bail!("--against {name} needs --spawn: the bench starts the references itself");
         }
-        if !out
-            .iter()
-            .any(|t| t.server == Server::Tickstream && t.source == source)
-        {
+        let (server, source) = match r {
+            Reference::Floor => (Server::Floor, Source::Publish),
+            Reference::Node => (Server::NodeWs, Source::Redis),
+            Reference::NoMetrics => {
+                // The same node and load as the first target, counting off.
+                out.push(Target {
+                    label: NOMETRICS.into(),
+                    ..Target::tickstream(c.source)
+                });
+                continue;
+            }
+        };
+        if !out.iter().any(|t| {
+            t.server == Server::Tickstream && t.serve_args().is_empty() && t.source == source
+        }) {
             out.push(Target::tickstream(source));
         }
         out.push(Target {
@@ -335,6 +363,30 @@ pub fn parse_cpus(s: &str) -> anyhow::Result<Vec<usize>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nometrics_is_tickstream_with_metrics_off_paired_with_tickstream() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            c: Common,
+        }
+        let args = ["x", "--spawn", "--against", "tickstream-nometrics"];
+        let c = <Cli as clap::Parser>::try_parse_from(args).unwrap().c;
+        let t = targets_with_references(&c).unwrap();
+        let labels: Vec<&str> = t.iter().map(|t| t.label.as_str()).collect();
+        assert_eq!(labels, ["tickstream-publish", NOMETRICS]);
+        assert!(t[0].serve_args().is_empty());
+        assert_eq!(t[1].serve_args(), ["--metrics", "false"]);
+        assert_eq!(
+            (t[1].server, t[1].source),
+            (Server::Tickstream, Source::Publish)
+        );
+        assert_eq!(
+            crate::scenario::reference_pairs(&t),
+            [("tickstream-publish".to_owned(), NOMETRICS.to_owned())]
+        );
+    }
 
     #[test]
     fn shapes_parse_both_ways() {

@@ -531,6 +531,11 @@ pub struct ServeArgs {
     /// Log filter (error, warn, info, debug, trace or a tracing directive). Default: RUST_LOG, else info.
     #[arg(long, env = "TICKSTREAM_LOG", value_name = "FILTER")]
     pub log: Option<String>,
+
+    /// Count ticks, bytes and frames on the hot path and answer `/metrics`; with false the
+    /// per-message counting is skipped and `/metrics` answers 404. Default: true.
+    #[arg(long, env = "TICKSTREAM_METRICS", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub metrics: Option<bool>,
 }
 
 /// Resolved settings of a node. [`Settings::default`] holds every default, stated once;
@@ -641,6 +646,8 @@ pub struct Settings {
     pub metrics_auth: MetricsAuth,
     /// Log filter, if set.
     pub log: Option<String>,
+    /// Hot-path counting and `/metrics` on.
+    pub metrics: bool,
     /// The Redis bus, when the node joins others.
     #[serde(skip)]
     pub redis: Option<RedisConfig>,
@@ -699,6 +706,7 @@ impl Default for Settings {
             trusted_proxies: Vec::new(),
             metrics_auth: MetricsAuth::Open,
             log: None,
+            metrics: true,
             redis: None,
         }
     }
@@ -943,6 +951,31 @@ mod tests {
         assert_eq!(s.heartbeat, Duration::from_secs(2));
         assert_eq!(s.slow_policy, SlowPolicy::Disconnect);
         assert_eq!(s.history, 1024);
+    }
+
+    #[test]
+    fn metrics_are_on_unless_turned_off_by_flag_or_file() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|c| c.serve.resolve());
+        assert!(parse(&["x"]).unwrap().unwrap().metrics);
+        assert!(parse(&["x", "--metrics"]).unwrap().unwrap().metrics);
+        assert!(
+            !parse(&["x", "--metrics", "false"])
+                .unwrap()
+                .unwrap()
+                .metrics
+        );
+        assert!(parse(&["x", "--metrics", "maybe"]).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, "metrics = false\n").unwrap();
+        let file = path.to_str().unwrap();
+        assert!(!parse(&["x", "--config", file]).unwrap().unwrap().metrics);
+        assert!(
+            parse(&["x", "--config", file, "--metrics=true"])
+                .unwrap()
+                .unwrap()
+                .metrics
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! endpoint) are read at scrape time and handed to [`render`] in a [`Scrape`]. This
 //! module imports nothing from the rest of the crate, so every layer may use it.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
@@ -157,6 +157,9 @@ impl Metrics {
 
     /// Counts one ingested tick.
     pub fn ingested(&self, from: Source) {
+        if !enabled() {
+            return;
+        }
         self.ingested[from as usize].fetch_add(1, Ordering::Relaxed);
     }
 
@@ -179,12 +182,30 @@ impl Metrics {
     /// Counts one write of `bytes` to a subscriber; `newest_ts` is the `ts` of the
     /// newest tick it held, if any.
     pub fn wrote(&self, bytes: usize, newest_ts: Option<u64>, now_ns: u64) {
+        if !enabled() {
+            return;
+        }
         self.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
         self.frames_out.fetch_add(1, Ordering::Relaxed);
         if let Some(ts) = newest_ts {
             self.write_latency.observe_ns(now_ns.saturating_sub(ts));
         }
     }
+}
+
+/// Whether the per-message counting is on (`serve --metrics`).
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns the per-message counting ([`Metrics::ingested`], [`Metrics::wrote`],
+/// [`newest_tick_ts`]) on or off for the whole process. On by default.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// Whether the per-message counting is on: one relaxed load.
+#[inline]
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
 }
 
 /// The process's counters.
@@ -194,8 +215,12 @@ pub fn global() -> &'static Metrics {
 }
 
 /// The `ts` of the newest `tick` message among `msgs` (encoded tick objects start
-/// `{"type":"tick"` and hold `"ts":` before the prices), found without parsing.
+/// `{"type":"tick"` and hold `"ts":` before the prices), found without parsing; `None`
+/// when the counting is off.
 pub fn newest_tick_ts<B: AsRef<[u8]>>(msgs: &[B]) -> Option<u64> {
+    if !enabled() {
+        return None;
+    }
     const HEAD: &[u8] = br#"{"type":"tick""#;
     const KEY: &[u8] = br#","ts":"#;
     let m = msgs.iter().rev().find(|m| m.as_ref().starts_with(HEAD))?;

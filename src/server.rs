@@ -45,6 +45,7 @@ pub fn load_universe(settings: &Settings) -> anyhow::Result<Universe> {
 /// Builds the node, binds its port and starts its feed and accept loop.
 pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let universe = load_universe(&settings)?;
+    crate::metrics::set_enabled(settings.metrics);
     let keys = crate::auth::KeySources {
         secret_file: settings.jwt_secret_file.clone(),
         keys: settings.jwt_keys.clone(),

@@ -5,8 +5,10 @@
 //! page loads, a symbol is added through the box and ticks within a second; the node is
 //! then killed and started again on the same port, and the page shows its countdown,
 //! reconnects and resumes every symbol from the Redis history with no hole. Then Redis
-//! restarts under the node, and the `gap` it announces shows on the rows it hit. The
-//! pictures are kept in `target/test-artifacts/dashboard.png` (and `dashboard-gap.png`).
+//! restarts under the node, and the `gap` it announces shows on the rows it hit. Last,
+//! with 200 symbols and ticks arriving faster than frames, the page renders at most once
+//! per animation frame (both counted in the page). The pictures are kept in
+//! `target/test-artifacts/dashboard.png` (and `dashboard-gap.png`).
 
 #[path = "common/redis.rs"]
 mod env;
@@ -233,6 +235,15 @@ fn the_dashboard_adds_a_symbol_and_resumes_after_a_node_restart_without_a_hole()
             .unwrap()
             .starts_with("reconnecting in"),
         "{r}"
+    );
+    let c = &r["coalesce"];
+    assert!(
+        c["renders"].as_u64().unwrap() <= c["frames"].as_u64().unwrap() + 1,
+        "at most one render per animation frame: {c}"
+    );
+    assert!(
+        c["ticks"].as_u64().unwrap() > c["renders"].as_u64().unwrap(),
+        "{c}"
     );
     assert!(
         std::fs::metadata(&shot)

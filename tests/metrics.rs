@@ -185,3 +185,55 @@ async fn metrics_parse_and_move_as_ticks_are_delivered() {
     );
     run.shutdown().await;
 }
+
+/// Kills the child when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A node started with `TICKSTREAM_METRICS=false` (a process of its own: the switch is
+/// process-wide) answers `/metrics` with 404 and a body that says why, and still
+/// delivers ticks.
+#[tokio::test]
+async fn metrics_turned_off_answer_404_and_ticks_still_flow() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let _node = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_tickstream"))
+            .args(["serve", "--listen", &addr.to_string()])
+            .args(["--feed", "synthetic", "--rate", "2000", "--log", "warn"])
+            .env("TICKSTREAM_METRICS", "false")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("tickstream runs"),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the node listens");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, body) = http_get(addr, "/metrics").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("metrics are off"), "{body}");
+    let (status, _) = http_get(addr, "/healthz").await;
+    assert_eq!(status, 200);
+
+    let (mut c, _) = Client::ready(addr).await;
+    c.send(r#"{"op":"subscribe","symbols":["AAPL"]}"#).await;
+    c.until("subscribed").await;
+    let mut ticks = 0;
+    while ticks < 3 {
+        if c.next().await["type"] == "tick" {
+            ticks += 1;
+        }
+    }
+}

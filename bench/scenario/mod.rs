@@ -393,6 +393,7 @@ fn start_servers(
                     ]),
                     _ => args.extend(["--feed".into(), "none".into()]),
                 }
+                args.extend(target.serve_args().iter().map(|a| a.to_string()));
                 args.extend(load.node_args.iter().cloned());
                 args.extend(c.node_args.iter().cloned());
                 procs.start(
@@ -901,13 +902,15 @@ pub fn run_alternating(
 pub fn reference_pairs(targets: &[Target]) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for t in targets {
-        if t.server == Server::Tickstream {
+        if t.server == Server::Tickstream && t.serve_args().is_empty() {
             continue;
         }
-        if let Some(ts) = targets
-            .iter()
-            .find(|x| x.server == Server::Tickstream && x.source == t.source && x.nodes == 1)
-        {
+        if let Some(ts) = targets.iter().find(|x| {
+            x.server == Server::Tickstream
+                && x.serve_args().is_empty()
+                && x.source == t.source
+                && x.nodes == 1
+        }) {
             out.push((ts.label.clone(), t.label.clone()));
         }
     }

@@ -85,6 +85,7 @@ pub async fn route(
                 text(StatusCode::SERVICE_UNAVAILABLE, "bus down\n")
             }
         }
+        "/metrics" if !node.settings.metrics => text(StatusCode::NOT_FOUND, METRICS_OFF),
         "/metrics" => door
             .metrics_refusal(&req, || {
                 authorize(&node, &req, super::door::ROLE_METRICS)
@@ -211,6 +212,9 @@ where
     let (parts, _) = resp.into_parts();
     Response::from_parts(parts, Full::new(Bytes::new()))
 }
+
+/// The answer of `/metrics` on a node started with `--metrics false`.
+const METRICS_OFF: &str = "metrics are off on this node (serve --metrics false)\n";
 
 /// `GET /metrics`: the Prometheus exposition, with what the node keeps read now.
 fn metrics(node: &Node) -> Response<Body> {

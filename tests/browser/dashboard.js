@@ -10,6 +10,10 @@
 //   stdout "GAP"        the page resumed: restart Redis under the node
 //   stdin  "REDIS_RESTARTED"
 //   stdout "RESULT {…}" what the page counted; exit status 0 when every check held
+//
+// Last, the watchlist is set to 200 symbols and the page reloaded: with ticks arriving
+// faster than the browser draws frames, the page renders at most once per animation
+// frame (both counted in the page) and draws only the rows in view.
 "use strict";
 
 const fs = require("node:fs");
@@ -77,6 +81,12 @@ async function main() {
     ],
   });
   const errors = [];
+  // Counts animation frames on every load, independently of the page's own render loop.
+  await context.addInitScript(() => {
+    window.__frames = 0;
+    const loop = () => { window.__frames += 1; requestAnimationFrame(loop); };
+    requestAnimationFrame(loop);
+  });
   try {
     const page = context.pages()[0] || (await context.newPage());
     page.on("pageerror", (e) => errors.push(String(e)));
@@ -205,11 +215,39 @@ async function main() {
     const kept = await page.$$eval("#rows .row", (trs) => trs.map((t) => t.dataset.symbol));
     check(kept.includes(ADDED) && !kept.includes(victim),
       `the reloaded watchlist holds ${ADDED} and not ${victim}: ${JSON.stringify(kept)}`);
+
+    // 7. 200 symbols: updates are coalesced into at most one render per frame.
+    const many = await page.evaluate(async () => (await (await fetch("/v1/symbols")).json()).slice(0, 200));
+    await page.evaluate((list) => localStorage.setItem("tickstream.watchlist", JSON.stringify(list)), many);
+    await page.reload({ waitUntil: "load" });
+    await until(page, "the connection with 200 symbols", () => window.__tickstream.state === "live");
+    await until(page, "ticks on many rows", () =>
+      Object.values(window.__tickstream.symbols()).filter((r) => r.ticks > 0).length >= 20, undefined, 15000);
+    const count = () => page.evaluate(() => ({
+      frames: window.__frames, renders: window.__tickstream.stats.renders,
+      ticks: window.__tickstream.stats.ticks, wsFrames: window.__tickstream.stats.frames,
+      batches: window.__tickstream.stats.batches, rowsRendered: window.__tickstream.stats.rowsRendered,
+      inView: window.__tickstream.visibleRows,
+    }));
+    const c0 = await count();
+    await page.waitForTimeout(3000);
+    const c1 = await count();
+    const coalesce = Object.fromEntries(Object.keys(c1).map((k) => [k, c1[k] - c0[k]]));
+    coalesce.inView = c1.inView;
+    check(coalesce.frames > 0 && coalesce.renders > 0, `frames and renders counted: ${JSON.stringify(coalesce)}`);
+    check(coalesce.renders <= coalesce.frames + 1,
+      `at most one render per animation frame: ${JSON.stringify(coalesce)}`);
+    check(coalesce.ticks > coalesce.renders,
+      `ticks arrived faster than the page rendered, so updates were coalesced: ${JSON.stringify(coalesce)}`);
+    check(coalesce.batches <= coalesce.wsFrames, `frames reach the page in batches: ${JSON.stringify(coalesce)}`);
+    check(c1.inView < many.length, `rows out of view are skipped: ${JSON.stringify(coalesce)}`);
+    check(coalesce.rowsRendered <= coalesce.renders * c1.inView,
+      `only rows in view are written: ${JSON.stringify(coalesce)}`);
     check(errors.length === 0, `no errors in the page: ${JSON.stringify(errors)}`);
 
     console.log("RESULT " + JSON.stringify({
       defaults, added: ADDED, firstPrice, changedAfterMs, countdown, node1, node2: after.node, gapped,
-      before: beforeKill.stats, after: after.stats, latency: after.latency, kept,
+      before: beforeKill.stats, after: after.stats, latency: after.latency, kept, coalesce,
     }));
   } finally {
     await context.close();

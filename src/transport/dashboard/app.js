@@ -1,9 +1,15 @@
 // The tickstream dashboard: one WebSocket to /v1/ws, a watchlist kept in localStorage,
 // and a render loop that draws at most once per animation frame.
 //
-// Incoming messages only change plain state (numbers, flags, a dirty set); the frame
-// callback then writes the changed text nodes and redraws due sparklines. Nothing reads
-// layout, so no update forces a reflow.
+// The WebSocket lives in a worker (feed.js), which hands the frames over in batches: the
+// page's main thread sees tens of messages a second, not thousands. Incoming messages
+// only change plain state (numbers, flags, a dirty set); the frame callback then writes
+// the changed text nodes of the rows in view and redraws their due sparklines. Rows out
+// of view are skipped by the browser (content-visibility) and by the render loop, and
+// nothing reads layout, so no update forces a reflow. The sparklines are drawn on a few
+// tall canvases laid over the trend column (one per SPARK_CHUNK rows), not one canvas per
+// row: each canvas is a compositor layer of its own, and hundreds of them cost every
+// frame far more than all the drawing.
 (() => {
   "use strict";
 
@@ -19,7 +25,7 @@
   const RATE_SLOTS = 4;
   const SPARK_POINTS = 120; // one point per 250 ms of activity
   const SPARK_BUCKET_MS = 250;
-  const SPARK_MIN_INTERVAL_MS = 100; // a sparkline is redrawn at most ten times a second
+  const SPARK_MIN_INTERVAL_MS = SPARK_BUCKET_MS; // redrawn at most once per point
   const FLASH_MS = 280;
   const GAP_BADGE_MS = 6000;
   const LAT_WINDOW_S = 10;
@@ -27,6 +33,11 @@
   const LAT_GROWTH = Math.log(1.04);
   const LAT_BUCKETS = 512;
   const MAX_SUGGESTIONS = 12;
+  const ROW_H = 41; // px, as .row in style.css
+  const SPARK_W = 160; // px, the sparkline's box in its row
+  const SPARK_H = 28;
+  const SPARK_TOP = 6; // px from the row's top
+  const SPARK_CHUNK = 32; // rows per sparkline canvas
 
   const $ = (id) => document.getElementById(id);
   const params = new URLSearchParams(location.search);
@@ -39,6 +50,7 @@
   const stats = {
     ticks: 0, snapshots: 0, gaps: 0, holes: 0, duplicates: 0, resets: 0,
     connects: 0, reconnects: 0, resumes: 0, errors: 0,
+    frames: 0, batches: 0, renders: 0, rowsRendered: 0,
   };
   let node = null;
   let limits = null;
@@ -47,7 +59,7 @@
 
   // ---- per-symbol rows ----
   const rows = new Map(); // symbol -> Row
-  const dirty = new Set(); // rows whose text needs writing
+  const dirty = new Set(); // rows whose text needs writing (written when in view)
   const sparkDue = new Set(); // rows whose sparkline needs drawing
   const flashing = new Set(); // cells with a flash class on
   let statusDirty = true;
@@ -75,9 +87,6 @@
     const badge = el.querySelector(".badge");
     const badgeText = document.createTextNode("");
     badge.appendChild(badgeText);
-    const canvas = el.querySelector("canvas");
-    canvas.width = 160 * dpr;
-    canvas.height = 28 * dpr;
     const remove = el.querySelector(".remove");
     remove.setAttribute("aria-label", `Remove ${symbol}`);
     remove.title = `Remove ${symbol}`;
@@ -90,7 +99,7 @@
     });
     el.setAttribute("aria-label", symbol);
     const row = {
-      symbol, el, badge, badgeText, canvas, ctx: canvas.getContext("2d"),
+      symbol, el, badge, badgeText, index: rows.size,
       bid: cell(el.querySelector(".bid")),
       ask: cell(el.querySelector(".ask")),
       last: cell(el.querySelector(".last")),
@@ -104,7 +113,7 @@
       slots: new Uint32Array(RATE_SLOTS), perSec: 0, ticks: 0, holes: 0, gaps: 0,
       // sparkline ring
       spark: new Float64Array(SPARK_POINTS), sparkLen: 0, sparkHead: 0, sparkBucket: -1,
-      sparkDrawn: 0, visible: false,
+      sparkDrawn: 0, visible: true,
       // badge: a gap or an error shown on the row
       badgeMsg: "", badgeCls: "", badgeUntil: 0, shownBadge: null,
       lastGap: null, error: null,
@@ -135,26 +144,56 @@
     } catch (_) { /* private mode: the list lives as long as the page */ }
   }
 
-  // Sparklines of rows out of view are drawn when they come into view, not before.
-  const byEl = new WeakMap();
-  const seen = new IntersectionObserver((entries) => {
-    for (const e of entries) {
-      const row = byEl.get(e.target);
-      if (!row) continue;
-      row.visible = e.isIntersecting;
-      if (row.visible) sparkDue.add(row);
-    }
-    schedule();
-  });
-
+  // Rows out of view are written and drawn when they come into view, not before. The
+  // browser already knows which rows it skips (content-visibility: auto) and says so
+  // when that changes; an IntersectionObserver would recompute 200 boxes every frame.
   function addRow(symbol) {
     const row = makeRow(symbol);
     rows.set(symbol, row);
-    byEl.set(row.el, row);
+    row.el.addEventListener("contentvisibilityautostatechange", (e) => {
+      row.visible = !e.skipped;
+      if (row.visible) {
+        dirty.add(row);
+        sparkDue.add(row);
+        schedule();
+      }
+    });
     rowsEl.appendChild(row.el);
-    seen.observe(row.el);
+    sparkChunks(rows.size);
     statusDirty = true;
     return row;
+  }
+
+  // ---- sparkline canvases: row i is drawn on canvas ⌊i / SPARK_CHUNK⌋ ----
+  const sparkLayer = $("sparks");
+  const chunks = []; // { canvas, ctx }
+
+  /** Keeps one canvas per SPARK_CHUNK of `n` rows. */
+  function sparkChunks(n) {
+    const want = Math.ceil(n / SPARK_CHUNK);
+    while (chunks.length < want) {
+      const k = chunks.length;
+      const canvas = document.createElement("canvas");
+      canvas.width = SPARK_W * dpr;
+      canvas.height = SPARK_CHUNK * ROW_H * dpr;
+      canvas.style.top = `${k * SPARK_CHUNK * ROW_H}px`;
+      canvas.style.height = `${SPARK_CHUNK * ROW_H}px`;
+      sparkLayer.appendChild(canvas);
+      chunks.push({ canvas, ctx: canvas.getContext("2d") });
+    }
+    while (chunks.length > want) chunks.pop().canvas.remove();
+  }
+
+  /** After a removal the rows below move up: renumber, and draw every sparkline again. */
+  function reindex() {
+    let i = 0;
+    for (const row of rows.values()) {
+      row.index = i++;
+      row.sparkDrawn = 0;
+      sparkDue.add(row);
+    }
+    sparkChunks(rows.size);
+    for (const c of chunks) c.ctx.clearRect(0, 0, c.canvas.width, c.canvas.height);
   }
 
   function addSymbol(raw) {
@@ -181,12 +220,12 @@
     const row = rows.get(symbol);
     if (!row) return;
     const next = row.el.nextElementSibling || row.el.previousElementSibling;
-    seen.unobserve(row.el);
     row.el.remove();
     rows.delete(symbol);
     dirty.delete(row);
     sparkDue.delete(row);
     for (const c of [row.bid, row.ask, row.last]) flashing.delete(c);
+    reindex();
     saveWatchlist();
     send({ op: "unsubscribe", id: nextId(), symbols: [symbol] });
     statusDirty = true;
@@ -195,8 +234,9 @@
     schedule();
   }
 
-  // ---- connection ----
-  let ws = null;
+  // ---- connection (the socket itself is in the worker) ----
+  const feed = new Worker("/assets/feed.js");
+  let open = false; // the worker's socket is open
   let connState = "connecting"; // connecting | live | waiting | stopped
   let connDetail = "";
   let attempt = 0; // consecutive failed connections
@@ -215,7 +255,7 @@
   }
 
   function send(msg) {
-    if (ws && ws.readyState === WebSocket.OPEN && connState === "live") ws.send(JSON.stringify(msg));
+    if (open && connState === "live") feed.postMessage({ kind: "send", text: JSON.stringify(msg) });
   }
 
   function connect() {
@@ -226,18 +266,26 @@
     statusDirty = true;
     schedule();
     healthy = false;
-    let sock;
-    try {
-      sock = new WebSocket(wsUrl());
-    } catch (e) {
-      stop(`cannot open the WebSocket: ${e.message}`);
-      return;
-    }
-    ws = sock;
-    sock.onopen = () => { openedAt = nowMs(); };
-    sock.onmessage = (ev) => { if (sock === ws) onFrame(ev.data); };
-    sock.onclose = (ev) => { if (sock === ws) onClose(ev); };
+    open = false;
+    feed.postMessage({ kind: "open", url: wsUrl() });
   }
+
+  feed.onmessage = (e) => {
+    const m = e.data;
+    switch (m.kind) {
+      case "frames": return onFrames(m.frames, m.times);
+      case "open":
+        open = true;
+        openedAt = nowMs();
+        return undefined;
+      case "close":
+        open = false;
+        return onClose(m);
+      case "error": return stop(`cannot open the WebSocket: ${m.message}`);
+      default: return undefined;
+    }
+  };
+  feed.onerror = (e) => stop(`the connection worker failed: ${e.message || "no reason given"}`);
 
   function stop(why) {
     connState = "stopped";
@@ -247,7 +295,6 @@
   }
 
   function onClose(ev) {
-    ws = null;
     for (const row of rows.values()) row.stale = true;
     if (openedAt && nowMs() - openedAt >= HEALTHY_AFTER_MS) healthy = true;
     openedAt = 0;
@@ -295,16 +342,21 @@
   }
 
   // ---- messages ----
-  function onFrame(data) {
-    const now = nowMs();
-    let msgs;
-    try {
-      msgs = JSON.parse(data);
-    } catch (_) {
-      return;
+  /** A batch of frames from the worker, each with its receive time. */
+  function onFrames(frames, times) {
+    stats.batches += 1;
+    stats.frames += frames.length;
+    for (let f = 0; f < frames.length; f++) {
+      let msgs;
+      try {
+        msgs = JSON.parse(frames[f]);
+      } catch (_) {
+        continue;
+      }
+      const now = times[f];
+      if (!Array.isArray(msgs)) handle(msgs, now);
+      else for (let i = 0; i < msgs.length; i++) handle(msgs[i], now);
     }
-    if (!Array.isArray(msgs)) msgs = [msgs];
-    for (let i = 0; i < msgs.length; i++) handle(msgs[i], now);
     schedule();
   }
 
@@ -563,9 +615,15 @@
 
   function render() {
     framePending = false;
+    stats.renders += 1;
     const now = nowMs();
-    for (const row of dirty) renderRow(row, now);
-    dirty.clear();
+    // Rows out of view stay dirty until they come into view.
+    for (const row of dirty) {
+      if (!row.visible) continue;
+      renderRow(row, now);
+      stats.rowsRendered += 1;
+      dirty.delete(row);
+    }
     for (const c of flashing) {
       if (now >= c.flashUntil) {
         c.td.classList.remove(c.flashCls);
@@ -703,9 +761,12 @@
   }, RATE_SLOT_MS);
 
   function drawSpark(row) {
-    const ctx = row.ctx;
-    const w = row.canvas.width;
-    const h = row.canvas.height;
+    const chunk = chunks[Math.floor(row.index / SPARK_CHUNK)];
+    if (!chunk) return;
+    const ctx = chunk.ctx;
+    const w = SPARK_W * dpr;
+    const h = SPARK_H * dpr;
+    ctx.setTransform(1, 0, 0, 1, 0, ((row.index % SPARK_CHUNK) * ROW_H + SPARK_TOP) * dpr);
     ctx.clearRect(0, 0, w, h);
     const n = row.sparkLen;
     if (n < 2) return;
@@ -873,6 +934,7 @@
     get rate() { return globalRate; },
     get latency() { return { p50, p99 }; },
     get universe() { return universe.length; },
+    get visibleRows() { let n = 0; for (const r of rows.values()) n += r.visible ? 1 : 0; return n; },
     symbols() {
       const out = {};
       for (const [s, r] of rows) {

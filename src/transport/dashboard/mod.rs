@@ -1,5 +1,5 @@
-//! The live dashboard at `/`: a page, its script and its style sheet, compiled into the
-//! binary so that a node serves them without a build step, a CDN or files beside it.
+//! The live dashboard at `/`: a page, its scripts (the page's, and the worker's that holds
+//! its WebSocket) and its style sheet, compiled into the binary so that a node serves them without a build step, a CDN or files beside it.
 //!
 //! Every asset is answered with its content type, an `ETag` computed at compile time and
 //! `Cache-Control: no-cache`: browsers keep a copy and revalidate it, so a new build is
@@ -41,10 +41,12 @@ const fn fnv1a(bytes: &[u8]) -> u64 {
 
 static INDEX: Asset = asset(include_bytes!("index.html"), "text/html; charset=utf-8");
 static APP_JS: Asset = asset(include_bytes!("app.js"), "text/javascript; charset=utf-8");
+static FEED_JS: Asset = asset(include_bytes!("feed.js"), "text/javascript; charset=utf-8");
 static STYLE_CSS: Asset = asset(include_bytes!("style.css"), "text/css; charset=utf-8");
 
-/// What the page may load: only its own files, and WebSocket/fetch to its own origin.
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+/// What the page may load: only its own files (its worker too), and WebSocket/fetch to
+/// its own origin.
+const CSP: &str = "default-src 'none'; script-src 'self'; worker-src 'self'; style-src 'self'; \
                    img-src 'self' data:; connect-src 'self'; base-uri 'none'; \
                    form-action 'none'; frame-ancestors 'none'";
 
@@ -54,6 +56,7 @@ pub fn serve(path: &str, headers: &HeaderMap) -> Option<Response<Body>> {
     let a = match path {
         "/" | "/index.html" => &INDEX,
         "/assets/app.js" => &APP_JS,
+        "/assets/feed.js" => &FEED_JS,
         "/assets/style.css" => &STYLE_CSS,
         _ => return None,
     };
@@ -99,6 +102,7 @@ mod tests {
         for (path, ty) in [
             ("/", "text/html; charset=utf-8"),
             ("/assets/app.js", "text/javascript; charset=utf-8"),
+            ("/assets/feed.js", "text/javascript; charset=utf-8"),
             ("/assets/style.css", "text/css; charset=utf-8"),
         ] {
             let r = serve(path, &none).expect(path);
