@@ -330,3 +330,65 @@ fn a_record_reads_the_same_through_peek() {
     let r: Record = binary::decode(&rec).unwrap()[0];
     assert_eq!((r.symbol, r.epoch), ("AAPL", "k3v9q1"));
 }
+
+#[test]
+fn the_hub_encodes_a_record_once_and_catches_a_slow_binary_subscriber_up_in_records() {
+    use std::sync::atomic::AtomicU64;
+    use std::sync::Arc;
+    use tickstream::hub::{Behind, Hub, Outbox, SlowPolicy, Start};
+
+    let hub = Hub::new(["AAPL".into()], 16);
+    let start = Start {
+        snapshot: false,
+        encoding: Encoding::Binary,
+        ..Start::default()
+    };
+    let sub = |id: u64, cap: usize| {
+        let (outbox, rx) = Outbox::new(id, cap, SlowPolicy::Conflate);
+        let behind: Behind = Arc::new(AtomicU64::new(0));
+        assert!(hub.subscribe("AAPL", &outbox, &behind, &start));
+        (outbox, behind, rx)
+    };
+    let (_o1, _b1, mut fast1) = sub(1, 64);
+    let (_o2, _b2, mut fast2) = sub(2, 64);
+    let (slow, _b3, mut slow_rx) = sub(3, 2);
+    for seq in 1..=6 {
+        hub.publish(tick("AAPL", "e1", seq));
+    }
+    // The same bytes for both binary subscribers: encoded once, shared.
+    let a: Vec<_> = std::iter::from_fn(|| fast1.try_recv().ok()).collect();
+    let b: Vec<_> = std::iter::from_fn(|| fast2.try_recv().ok()).collect();
+    assert_eq!(a.len(), 6);
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.as_ptr(), y.as_ptr());
+        assert_eq!(x[0], binary::KIND_TICK);
+    }
+    assert_eq!(
+        binary::decode(&a[5]).unwrap()[0].tick(),
+        hub.latest("AAPL").unwrap().tick
+    );
+    // The slow one got 1 and 2, then catches up with a JSON gap and the newest record.
+    let queued: Vec<_> = std::iter::from_fn(|| slow_rx.try_recv().ok()).collect();
+    assert_eq!(queued.len(), 2);
+    let mut out = Vec::new();
+    for (slot, behind) in slow.take_lagging() {
+        Hub::catch_up(&slot, &behind, Encoding::Binary, &mut out);
+    }
+    assert_eq!(out.len(), 2);
+    let gap: Value = serde_json::from_slice(&out[0]).unwrap();
+    assert_eq!(
+        (
+            gap["type"].as_str(),
+            gap["from"].as_u64(),
+            gap["to"].as_u64()
+        ),
+        (Some("gap"), Some(3), Some(5))
+    );
+    assert!(binary::is_record(&out[1]));
+    // The newest tick, as the very record the others got.
+    assert_eq!(out[1].as_ptr(), a[5].as_ptr());
+    assert_eq!(
+        binary::peek(&out[1]).map(|(k, seq, _)| (k, seq)),
+        Some((Kind::Tick, 6))
+    );
+}
