@@ -29,6 +29,8 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::common::{symbol_name, Shape};
+use tickstream::protocol::binary;
+use tickstream::tick::Kind;
 
 /// Latency histogram bounds: 1 ns to 100 s, 3 significant digits.
 pub fn new_hist() -> Histogram<u64> {
@@ -105,11 +107,11 @@ pub struct Counts {
     pub ticks_all: u64,
     /// Snapshots received.
     pub snapshots: u64,
-    /// Text frames arriving in the window.
+    /// Data frames (text and binary) arriving in the window.
     pub frames: u64,
     /// Their payload bytes.
     pub bytes: u64,
-    /// Binary frames arriving in the window (not decoded).
+    /// … of which binary frames (`encoding=binary`: tick and snapshot records).
     pub binary_frames: u64,
     /// Their payload bytes.
     pub binary_bytes: u64,
@@ -879,10 +881,36 @@ async fn read_loop(
                     on_message(&mut st, shared, &w, recv, m);
                 }
             }
-            OpCode::Binary if in_window => {
+            OpCode::Binary => {
+                let len = frame.payload.len() as u64;
                 let mut st = state.borrow_mut();
-                st.counts.binary_frames += 1;
-                st.counts.binary_bytes += frame.payload.len() as u64;
+                if in_window {
+                    st.counts.frames += 1;
+                    st.counts.bytes += len;
+                    st.counts.binary_frames += 1;
+                    st.counts.binary_bytes += len;
+                }
+                // Records: only kind, symbol, seq and ts are read, at fixed offsets.
+                for rec in binary::records(&frame.payload) {
+                    let Ok(r) = rec else {
+                        st.counts.errors += 1;
+                        break;
+                    };
+                    let ty = match r.kind {
+                        Kind::Tick => "tick",
+                        Kind::Snapshot => "snapshot",
+                    };
+                    let m = Msg {
+                        ty: Cow::Borrowed(ty),
+                        symbol: Some(Cow::Borrowed(r.symbol)),
+                        seq: Some(r.seq),
+                        ts: Some(r.ts),
+                        from: None,
+                        to: None,
+                        reason: None,
+                    };
+                    on_message(&mut st, shared, &w, recv, m);
+                }
             }
             OpCode::Close => {
                 let code = if frame.payload.len() >= 2 {

@@ -306,25 +306,40 @@ fn cross_node_compares_two_nodes_with_one() {
 }
 
 #[test]
-fn encoding_measures_json_and_says_what_binary_did() {
+fn encoding_runs_the_same_load_in_json_and_binary() {
     let (out, s, _dir) = bench(&["encoding", "--spawn", "--shape", "4x2/4", "--rate", "400"]);
     ok(&out);
     let s = s.unwrap();
     let json = runs_of(&s, "json");
-    assert_eq!(json.len(), 1);
-    assert_complete(json[0], 2);
-    // Binary frames either arrived (counted) or the bench said they are not offered.
     let binary = runs_of(&s, "binary");
-    let notes = s["extra"]["notes"].as_array().unwrap();
+    assert_eq!((json.len(), binary.len()), (1, 1), "{s}");
+    // Every tick reached every subscriber, in order, in either encoding.
+    assert_complete(json[0], 2);
+    assert_complete(binary[0], 2);
+    assert_eq!(json[0]["counts"]["binary_frames"], 0);
+    let c = &binary[0]["counts"];
+    assert!(c["binary_frames"].as_u64().unwrap() > 0, "{c}");
+    // Binary frames are the data frames of the window (text frames only for replies).
+    assert!(c["binary_frames"].as_u64().unwrap() <= c["frames"].as_u64().unwrap());
+    assert!(c["binary_bytes"].as_u64().unwrap() <= c["bytes"].as_u64().unwrap());
+    let per_run = s["extra"]["per_run"].as_array().unwrap();
+    assert_eq!(per_run.len(), 2);
+    for r in per_run {
+        assert!(r["bytes_per_msg"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["p50_us"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    let m = &s["extra"]["medians"];
+    assert!(m["json"]["bytes_per_msg"].as_f64().unwrap() > 0.0, "{m}");
+    assert!(m["binary"]["bytes_per_msg"].as_f64().unwrap() > 0.0, "{m}");
+    // A record (86 bytes and the names) is smaller than the JSON object of a tick.
     assert!(
-        binary
-            .iter()
-            .any(|r| r["counts"]["binary_frames"].as_u64().unwrap() > 0)
-            || notes
-                .iter()
-                .any(|n| n.as_str().unwrap().contains("not offered")),
-        "{s}"
+        m["binary"]["bytes_per_msg"].as_f64().unwrap()
+            < m["json"]["bytes_per_msg"].as_f64().unwrap(),
+        "{m}"
     );
+    assert!(s["extra"]["notes"].as_array().unwrap().is_empty(), "{s}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("binary ÷ json (medians)"), "{stdout}");
 }
 
 #[test]

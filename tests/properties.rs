@@ -1,5 +1,5 @@
 //! Properties of the parsers that read untrusted bytes (client commands, publisher
-//! frames, recording files): no input panics, every input gets a value or an error
+//! frames, recording files, binary frames): no input panics, every input gets a value or an error
 //! that says what is wrong, and what the node encodes decodes back to the same ticks.
 //! The same parsers are fuzzed by the targets in `fuzz/`.
 
@@ -11,13 +11,16 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use tickstream::bus::LocalBus;
-use tickstream::client::{message::decode_frame, Names, ServerMessage};
+use tickstream::client::{
+    message::{decode_frame, for_each_record},
+    Names, ServerMessage,
+};
 use tickstream::config::Settings;
 use tickstream::feed::ingest::answer_frames;
 use tickstream::feed::recording::{Reader, RecordingError, Writer};
 use tickstream::hub::Hub;
 use tickstream::node::Node;
-use tickstream::protocol::{parse_command, Command, ResumeFrom};
+use tickstream::protocol::{binary, parse_command, Command, ResumeFrom};
 use tickstream::tick::{Kind, Tick};
 
 const SYMBOLS: [&str; 4] = ["AAPL", "BTC-USD", "EUR/USD", "ES:H6"];
@@ -68,6 +71,76 @@ fn tick_with_epoch(epoch: &'static str) -> impl Strategy<Value = Tick> {
                 src_ts,
             },
         )
+}
+
+/// Any tick a binary record can carry: every symbol of the grammar, any epoch up to 255
+/// bytes, any doubles (NaN and infinities included), any integers.
+fn binary_tick() -> impl Strategy<Value = Tick> {
+    (
+        symbol(),
+        prop_oneof!["[a-z0-9]{0,16}", ".{0,60}"],
+        any::<u64>(),
+        any::<u64>(),
+        (any::<f64>(), any::<f64>(), any::<f64>()),
+        (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()),
+        proptest::option::of(any::<u64>()),
+    )
+        .prop_map(
+            |(symbol, epoch, seq, ts, (bid, ask, last), (bs, asz, ls, volume), src_ts)| Tick {
+                symbol: symbol.as_str().into(),
+                epoch: epoch.as_str().into(),
+                seq,
+                ts,
+                bid,
+                ask,
+                bid_size: bs,
+                ask_size: asz,
+                last,
+                last_size: ls,
+                volume,
+                src_ts,
+            },
+        )
+}
+
+/// Every field of a tick, prices as their bits (so NaN compares as itself).
+fn fields(t: &Tick) -> impl PartialEq + std::fmt::Debug {
+    (
+        (t.symbol.to_string(), t.epoch.to_string(), t.seq, t.ts),
+        (t.bid.to_bits(), t.ask.to_bits(), t.last.to_bits()),
+        (t.bid_size, t.ask_size, t.last_size, t.volume, t.src_ts),
+    )
+}
+
+/// Bytes close to a binary frame: well-formed records cut, patched or joined with
+/// noise, and plain noise.
+fn binary_like() -> impl Strategy<Value = Vec<u8>> {
+    let records = || {
+        proptest::collection::vec((binary_tick(), any::<bool>()), 1..4).prop_map(|ts| {
+            let mut out = Vec::new();
+            for (t, snap) in ts {
+                let kind = if snap { Kind::Snapshot } else { Kind::Tick };
+                binary::write(&t, kind, &mut out).unwrap();
+            }
+            out
+        })
+    };
+    prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..400),
+        (records(), any::<proptest::sample::Index>(), any::<u8>()).prop_map(|(mut r, i, b)| {
+            let at = i.index(r.len());
+            r[at] = b;
+            r
+        }),
+        (records(), any::<proptest::sample::Index>()).prop_map(|(mut r, i)| {
+            r.truncate(i.index(r.len()));
+            r
+        }),
+        (records(), proptest::collection::vec(any::<u8>(), 0..100)).prop_map(|(mut r, noise)| {
+            r.extend(noise);
+            r
+        }),
+    ]
 }
 
 fn node() -> Arc<Node> {
@@ -187,6 +260,67 @@ proptest! {
         let mut out = Vec::new();
         decode_frame(&frame, &mut Names::default(), &mut out).unwrap();
         prop_assert_eq!(out, vec![ServerMessage::Tick(t)]);
+    }
+
+    #[test]
+    fn binary_records_decode_to_every_field_sent(
+        ticks in proptest::collection::vec((binary_tick(), any::<bool>()), 1..8),
+    ) {
+        let mut frame = Vec::new();
+        for (t, snap) in &ticks {
+            let kind = if *snap { Kind::Snapshot } else { Kind::Tick };
+            let rec = binary::encode(t, kind).unwrap();
+            prop_assert!(binary::is_record(&rec));
+            prop_assert_eq!(binary::peek(&rec), Some((kind, t.seq, t.ts)));
+            frame.extend(rec);
+        }
+        let got = binary::decode(&frame).unwrap();
+        prop_assert_eq!(got.len(), ticks.len());
+        for (r, (t, snap)) in got.iter().zip(&ticks) {
+            prop_assert_eq!(r.kind, if *snap { Kind::Snapshot } else { Kind::Tick });
+            prop_assert_eq!(fields(&r.tick()), fields(t));
+        }
+        // And through the Rust client, as tick and snapshot messages.
+        let mut msgs = Vec::new();
+        let n = for_each_record(&frame, &mut Names::default(), |m| msgs.push(m)).unwrap();
+        prop_assert_eq!(n, ticks.len());
+        for (m, (t, snap)) in msgs.iter().zip(&ticks) {
+            let got = match (m, snap) {
+                (ServerMessage::Snapshot(g), true) | (ServerMessage::Tick(g), false) => g,
+                _ => return Err(TestCaseError::fail(format!("{m:?} for snapshot={snap}"))),
+            };
+            prop_assert_eq!(fields(got), fields(t));
+        }
+    }
+
+    #[test]
+    fn any_binary_frame_gets_records_or_a_clear_error(bytes in binary_like()) {
+        let whole = binary::decode(&bytes);
+        let each: Vec<_> = binary::records(&bytes).collect();
+        match &whole {
+            Ok(recs) => {
+                prop_assert!(!bytes.is_empty());
+                prop_assert_eq!(recs.len(), each.len());
+                for r in recs {
+                    prop_assert!(tickstream::tick::valid_symbol(r.symbol));
+                    // What decoded encodes again to a record of the same fields.
+                    let again = binary::encode(&r.tick(), r.kind).unwrap();
+                    let back = binary::decode(&again).unwrap();
+                    prop_assert_eq!(back[0].kind, r.kind);
+                    prop_assert_eq!(fields(&back[0].tick()), fields(&r.tick()));
+                }
+            }
+            Err(e) => {
+                prop_assert!(!e.to_string().is_empty());
+                // The iterator yields the good records before the bad one, then stops.
+                if !bytes.is_empty() {
+                    prop_assert!(each.last().unwrap().is_err());
+                    prop_assert!(each[..each.len() - 1].iter().all(Result::is_ok));
+                }
+            }
+        }
+        let client = for_each_record(&bytes, &mut Names::default(), |_| {});
+        prop_assert_eq!(client.is_ok(), whole.is_ok());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! message, CPU per message, latency.
 
 use crate::common::{Common, Shape, Target};
-use crate::scenario::{finish, run_once, Ctx, Defaults, Load};
+use crate::scenario::{finish, run_once, Ctx, Defaults, Load, RunResult};
 
 /// JSON against binary frames.
 #[derive(clap::Args, Debug)]
@@ -10,7 +10,9 @@ use crate::scenario::{finish, run_once, Ctx, Defaults, Load};
 
   tickstream-bench encoding --spawn --shape 100x10/100 --rate 10000
 
-Binary frames are counted (frames, bytes) but not decoded; a server that does not offer \
+Both runs get the same load, alternating over --runs. Binary frames are decoded by the \
+load clients (kind, symbol, seq and ts of every record, with the same sequence checks as \
+JSON); bytes per message count every data frame's payload. A server that does not offer \
 `encoding=binary` is reported as such.")]
 pub struct Args {
     #[command(flatten)]
@@ -21,6 +23,29 @@ pub struct Args {
     /// Ticks per second over the N symbols.
     #[arg(long, default_value_t = 10_000.0)]
     pub rate: f64,
+}
+
+/// The figures compared, per run.
+fn figures(r: &RunResult) -> serde_json::Value {
+    serde_json::json!({
+        "encoding": r.setup.encoding,
+        "run": r.run,
+        "bytes_per_msg": r.bytes_per_msg,
+        "cpu_us_per_msg": r.server.cpu_us_per_msg,
+        "msgs_per_frame": r.msgs_per_frame,
+        "p50_us": r.latency.p50,
+        "p99_us": r.latency.p99,
+        "ticks": r.counts.ticks,
+        "binary_frames": r.counts.binary_frames,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 /// Runs it.
@@ -63,18 +88,55 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             }
         }
     }
+    let per_run: Vec<serde_json::Value> = runs.iter().map(figures).collect();
+    println!();
+    println!(
+        "{:<8} {:>4} {:>10} {:>14} {:>10} {:>10} {:>10}",
+        "encoding", "run", "bytes/msg", "CPU µs/msg", "msgs/frame", "p50 µs", "p99 µs"
+    );
     for r in &runs {
         println!(
-            "{} run {}: {:.1} bytes/msg, {:.3} server CPU µs/msg, {:.1} msgs/frame",
-            r.target,
+            "{:<8} {:>4} {:>10.1} {:>14.3} {:>10.1} {:>10.0} {:>10.0}",
+            r.setup.encoding,
             r.run,
-            if r.setup.encoding == "binary" {
-                (r.counts.binary_bytes as f64) / (r.counts.ticks.max(1) as f64)
-            } else {
-                r.bytes_per_msg
-            },
+            r.bytes_per_msg,
             r.server.cpu_us_per_msg,
-            r.msgs_per_frame
+            r.msgs_per_frame,
+            r.latency.p50,
+            r.latency.p99
+        );
+    }
+    let mut medians = serde_json::Map::new();
+    for enc in ["json", "binary"] {
+        let of = |f: fn(&RunResult) -> f64| {
+            median(
+                runs.iter()
+                    .filter(|r| r.setup.encoding == enc)
+                    .map(f)
+                    .collect(),
+            )
+        };
+        if !runs.iter().any(|r| r.setup.encoding == enc) {
+            continue;
+        }
+        medians.insert(
+            enc.into(),
+            serde_json::json!({
+                "bytes_per_msg": of(|r| r.bytes_per_msg),
+                "cpu_us_per_msg": of(|r| r.server.cpu_us_per_msg),
+                "p50_us": of(|r| r.latency.p50),
+                "p99_us": of(|r| r.latency.p99),
+            }),
+        );
+    }
+    if let (Some(j), Some(b)) = (medians.get("json"), medians.get("binary")) {
+        let ratio = |k: &str| b[k].as_f64().unwrap_or(0.0) / j[k].as_f64().unwrap_or(0.0).max(1e-9);
+        println!(
+            "binary ÷ json (medians): bytes/msg {:.2}, CPU/msg {:.2}, p50 {:.2}, p99 {:.2}",
+            ratio("bytes_per_msg"),
+            ratio("cpu_us_per_msg"),
+            ratio("p50_us"),
+            ratio("p99_us")
         );
     }
     finish(
@@ -82,7 +144,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         &format!("encoding, {} at {} ticks/s", a.shape, a.rate),
         &runs,
         &[("binary".into(), "json".into())],
-        serde_json::json!({"notes": notes}),
+        serde_json::json!({"notes": notes, "per_run": per_run, "medians": medians}),
     )?;
     Ok(())
 }

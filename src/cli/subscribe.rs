@@ -129,6 +129,7 @@ Examples:
   tickstream subscribe AAPL MSFT                       live table in a terminal
   tickstream subscribe AAPL,BTC-USD --count 5 | jq .   NDJSON when piped
   tickstream subscribe AAPL --stats                    rate, gaps and latency every second
+  tickstream subscribe AAPL --encoding binary --json   binary frames, printed as NDJSON
   tickstream subscribe --url ws://n1:8080/v1/ws,ws://n2:8080/v1/ws AAPL --json
 
 Connection events (reconnects, resumes) go to stderr, or under the table. Exit status:
@@ -162,6 +163,16 @@ pub struct Args {
     #[arg(long)]
     pub no_snapshot: bool,
 
+    /// How the node sends ticks and snapshots: json, or binary (records in binary
+    /// frames, decoded here). What is printed is the same either way.
+    #[arg(
+        long,
+        env = "TICKSTREAM_ENCODING",
+        value_name = "ENCODING",
+        default_value = "json"
+    )]
+    pub encoding: crate::protocol::Encoding,
+
     /// Start after a position already held, e.g. from an earlier run's last line:
     /// SYMBOL=EPOCH:SEQ or SYMBOL=SEQ, repeated or comma-separated. The node replays
     /// what follows, or says with a gap what it no longer has.
@@ -178,6 +189,7 @@ pub(super) fn run(args: Args) -> anyhow::Result<()> {
     let symbols = parse_symbols(&args.symbols)?;
     let mut cfg = args.conn.client_config(symbols.clone())?;
     cfg.snapshot = !args.no_snapshot;
+    cfg.encoding = args.encoding;
     for r in &args.resume {
         let (sym, at) = parse_resume(r)?;
         anyhow::ensure!(

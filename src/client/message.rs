@@ -1,5 +1,6 @@
 //! Server messages as the client sees them, decoded from the JSON arrays the server
-//! sends (one or more messages per frame, see the protocol document).
+//! sends (one or more messages per frame, see the protocol document), and with
+//! `encoding=binary` from the records of its binary frames.
 //!
 //! Decoding borrows from the frame: a message is first read into [`Raw`], whose strings
 //! point into the frame's bytes, and only then turned into a [`ServerMessage`]. Symbol
@@ -14,8 +15,8 @@ use std::sync::Arc;
 use serde::de::{DeserializeSeed, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::protocol::GapReason;
-use crate::tick::{Symbol, Tick};
+use crate::protocol::{binary, GapReason};
+use crate::tick::{Kind, Symbol, Tick};
 
 /// One message from the server.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -313,6 +314,30 @@ pub fn for_each_raw<'de>(
         .deserialize(&mut de)
         .map_err(|e| DecodeError(e.to_string()))?;
     de.end().map_err(|e| DecodeError(e.to_string()))?;
+    Ok(n)
+}
+
+/// Calls `each` with every record of one binary frame (`encoding=binary`, see
+/// [`crate::protocol::binary`]) as a `tick` or `snapshot` message, in order. Stops at
+/// the first record that does not decode, after the good ones before it.
+pub fn for_each_record(
+    frame: &[u8],
+    names: &mut Names,
+    mut each: impl FnMut(ServerMessage),
+) -> Result<usize, DecodeError> {
+    if frame.is_empty() {
+        return Err(DecodeError(binary::DecodeError::Empty.to_string()));
+    }
+    let mut n = 0;
+    for rec in binary::records(frame) {
+        let rec = rec.map_err(|e| DecodeError(e.to_string()))?;
+        let tick = rec.to_tick(|s| names.intern(s));
+        each(match rec.kind {
+            Kind::Tick => ServerMessage::Tick(tick),
+            Kind::Snapshot => ServerMessage::Snapshot(tick),
+        });
+        n += 1;
+    }
     Ok(n)
 }
 

@@ -69,7 +69,7 @@ pub use crate::backoff::{Backoff, BackoffConfig};
 pub use connect::{connect, connect_with, ClientTls, ClientWs, ConnectError};
 pub use message::{Names, ServerMessage};
 
-use crate::protocol::{CloseCode, GapReason};
+use crate::protocol::{CloseCode, Encoding, GapReason};
 use crate::tick::{valid_symbol, Symbol};
 
 /// What a client is told to do.
@@ -107,6 +107,9 @@ pub struct ClientConfig {
     /// earlier run (an empty epoch resumes by `seq` alone). The first subscription
     /// asks the server to replay what follows. Default: none.
     pub start_from: HashMap<String, (String, u64)>,
+    /// How ticks and snapshots are to be sent: `encoding=` is added to every URL (the
+    /// events are the same either way). Default: JSON.
+    pub encoding: Encoding,
 }
 
 impl Default for ClientConfig {
@@ -124,6 +127,7 @@ impl Default for ClientConfig {
             fail_fast: true,
             symbols_per_command: 256,
             start_from: HashMap::new(),
+            encoding: Encoding::Json,
         }
     }
 }
@@ -438,10 +442,11 @@ impl Client {
             tokio::time::sleep_until(at).await;
         }
         let url = self.url();
+        let dial = with_encoding(&url, self.cfg.encoding);
         let dialed = Instant::now();
         let attempt = tokio::time::timeout(
             self.cfg.connect_timeout,
-            connect_with(&url, self.cfg.token.as_deref(), self.tls.as_ref()),
+            connect_with(&dial, self.cfg.token.as_deref(), self.tls.as_ref()),
         )
         .await;
         let err = match attempt {
@@ -583,7 +588,7 @@ impl Client {
             Ok(Ok(f)) => f,
         };
         match frame.opcode {
-            OpCode::Text => {}
+            OpCode::Text | OpCode::Binary => {}
             OpCode::Ping => {
                 let pong = Frame::pong(frame.payload);
                 return match conn.ws.write_frame(pong).await {
@@ -602,7 +607,7 @@ impl Client {
                     _ => Lost::Retry(code, reason),
                 });
             }
-            // Pongs need nothing; binary ticks are not asked for.
+            // Pongs need nothing.
             _ => return Ok(()),
         }
         let Self {
@@ -616,15 +621,7 @@ impl Client {
             backoff,
             ..
         } = self;
-        let mut bad = None;
-        let decoded = message::for_each_raw(&frame.payload, |raw| {
-            let msg = match raw.into_message(names) {
-                Ok(m) => m,
-                Err(e) => {
-                    bad = Some(e);
-                    return;
-                }
-            };
+        let mut handle = |msg: ServerMessage| {
             match &msg {
                 ServerMessage::Tick(t) => {
                     conn.got_data = true;
@@ -706,10 +703,63 @@ impl Client {
                 _ => {}
             }
             pending.push_back(Event::Message(msg));
-        });
-        match (decoded, bad) {
-            (Err(e), _) | (Ok(_), Some(e)) => Err(Lost::Retry(None, e.to_string())),
-            _ => Ok(()),
+        };
+        let mut bad = None;
+        if frame.opcode == OpCode::Binary {
+            bad = message::for_each_record(&frame.payload, names, &mut handle).err();
+        } else {
+            let decoded =
+                message::for_each_raw(&frame.payload, |raw| match raw.into_message(names) {
+                    Ok(m) => handle(m),
+                    Err(e) => bad = Some(e),
+                });
+            if let Err(e) = decoded {
+                bad = Some(e);
+            }
         }
+        match bad {
+            Some(e) => Err(Lost::Retry(None, e.to_string())),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `url` with `encoding=` set for `encoding` (left as is for JSON, or when it does not
+/// parse: connecting then reports the bad URL).
+fn with_encoding(url: &str, encoding: Encoding) -> String {
+    if encoding == Encoding::Json {
+        return url.to_owned();
+    }
+    let Ok(mut u) = url::Url::parse(url) else {
+        return url.to_owned();
+    };
+    let kept: Vec<(String, String)> = u
+        .query_pairs()
+        .filter(|(k, _)| k != "encoding")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    u.query_pairs_mut()
+        .clear()
+        .extend_pairs(kept)
+        .append_pair("encoding", encoding.as_str());
+    u.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_encoding_is_asked_for_in_the_url() {
+        let u = "ws://127.0.0.1:8080/v1/ws";
+        assert_eq!(with_encoding(u, Encoding::Json), u);
+        assert_eq!(
+            with_encoding(u, Encoding::Binary),
+            "ws://127.0.0.1:8080/v1/ws?encoding=binary"
+        );
+        assert_eq!(
+            with_encoding("ws://h/v1/ws?token=a.b&encoding=json", Encoding::Binary),
+            "ws://h/v1/ws?token=a.b&encoding=binary"
+        );
     }
 }

@@ -8,13 +8,13 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use indexmap::IndexMap;
 use parking_lot::Mutex;
 
-use crate::protocol::{GapReason, ResumeFrom, ServerMsg};
+use crate::protocol::{binary, Encoding, GapReason, ResumeFrom, ServerMsg};
 use crate::tick::{Kind, Symbol, Tick};
 
 pub mod queue;
@@ -28,24 +28,59 @@ pub struct Entry {
     pub tick: Tick,
     /// Its JSON `tick` object, shared by every subscriber.
     pub json: Bytes,
+    /// Its binary `tick` record, made on the first push to a binary subscriber and then
+    /// shared like `json` (a node without binary subscribers never makes one).
+    binary: OnceLock<Bytes>,
 }
 
 impl Entry {
     /// Encodes `tick` once.
     pub fn new(tick: Tick) -> Arc<Entry> {
         let json = Bytes::from(tick.to_json(Kind::Tick));
-        Arc::new(Entry { tick, json })
+        Arc::new(Entry {
+            tick,
+            json,
+            binary: OnceLock::new(),
+        })
     }
 
     /// This tick as a `snapshot` message.
     pub fn snapshot_json(&self) -> Bytes {
         Bytes::from(self.tick.to_json(Kind::Snapshot))
     }
+
+    /// This tick as a `tick` message in `encoding`. A tick with no binary record (an
+    /// epoch over 255 bytes) goes to binary subscribers as its JSON object.
+    pub fn record(&self, encoding: Encoding) -> Bytes {
+        match encoding {
+            Encoding::Json => self.json.clone(),
+            Encoding::Binary => self
+                .binary
+                .get_or_init(|| match binary::encode(&self.tick, Kind::Tick) {
+                    Ok(r) => Bytes::from(r),
+                    Err(_) => self.json.clone(),
+                })
+                .clone(),
+        }
+    }
+
+    /// This tick as a `snapshot` message in `encoding` (JSON where it has no record).
+    pub fn snapshot(&self, encoding: Encoding) -> Bytes {
+        match encoding {
+            Encoding::Json => self.snapshot_json(),
+            Encoding::Binary => match binary::encode(&self.tick, Kind::Snapshot) {
+                Ok(r) => Bytes::from(r),
+                Err(_) => self.snapshot_json(),
+            },
+        }
+    }
 }
 
 struct Subscriber {
     outbox: Arc<Outbox>,
     behind: Behind,
+    /// How its ticks and snapshots are encoded.
+    encoding: Encoding,
     /// What the first message this subscriber gets must be, while the symbol has no value.
     first: First,
 }
@@ -123,6 +158,8 @@ pub struct Start {
     /// Ticks after the resume position fetched from the bus's history, for a range the
     /// local ring does not hold; merged with the ring (by `seq`) under the symbol's lock.
     pub backfill: Vec<Tick>,
+    /// How the session's ticks and snapshots are encoded.
+    pub encoding: Encoding,
 }
 
 impl Hub {
@@ -224,7 +261,8 @@ impl Hub {
         st.latest = Some(entry.clone());
         self.stats.ticks.fetch_add(1, Ordering::Relaxed);
 
-        let snapshot = (reset || std::mem::take(&mut st.stale)).then(|| entry.snapshot_json());
+        let snapshot = (reset || std::mem::take(&mut st.stale))
+            .then(|| (entry.snapshot_json(), std::cell::OnceCell::new()));
         // Subscribers that came before the symbol's first value get it as a snapshot
         // (or as the continuation of the position they resumed from).
         let waiting = std::mem::take(&mut st.waiting_first) > 0;
@@ -259,9 +297,16 @@ impl Hub {
                 }
                 notes += 1;
             }
-            let ok = match &snapshot {
-                Some(s) => sub.outbox.push(slot, &sub.behind, s.clone(), NEED_SNAPSHOT),
-                None => sub.outbox.push(slot, &sub.behind, entry.json.clone(), seq),
+            let ok = match (&snapshot, sub.encoding) {
+                (Some((json, _)), Encoding::Json) => {
+                    sub.outbox
+                        .push(slot, &sub.behind, json.clone(), NEED_SNAPSHOT)
+                }
+                (Some((_, bin)), enc) => {
+                    let s = bin.get_or_init(|| entry.snapshot(enc)).clone();
+                    sub.outbox.push(slot, &sub.behind, s, NEED_SNAPSHOT)
+                }
+                (None, enc) => sub.outbox.push(slot, &sub.behind, entry.record(enc), seq),
             };
             if ok {
                 delivered += 1;
@@ -319,10 +364,13 @@ impl Hub {
         let first = match st.latest.clone() {
             Some(latest) => {
                 let push = |msg: Bytes, missed: u64| outbox.push(slot, behind, msg, missed);
+                let enc = start.encoding;
                 match &start.resume {
-                    Some(from) => replay(&st, &slot.symbol, &latest, from, &start.backfill, push),
+                    Some(from) => {
+                        replay(&st, &slot.symbol, &latest, from, &start.backfill, enc, push)
+                    }
                     None if start.snapshot => {
-                        push(latest.snapshot_json(), NEED_SNAPSHOT);
+                        push(latest.snapshot(enc), NEED_SNAPSHOT);
                     }
                     None => {}
                 }
@@ -342,6 +390,7 @@ impl Hub {
             Subscriber {
                 outbox: outbox.clone(),
                 behind: behind.clone(),
+                encoding: start.encoding,
                 first,
             },
         );
@@ -426,10 +475,14 @@ impl Hub {
             return;
         };
         let snap = latest.snapshot_json();
+        let bin = std::cell::OnceCell::new();
         for sub in st.subscribers.values() {
             if sub.behind.load(Ordering::Acquire) == 0 {
-                sub.outbox
-                    .push(slot, &sub.behind, snap.clone(), NEED_SNAPSHOT);
+                let msg = match sub.encoding {
+                    Encoding::Json => snap.clone(),
+                    enc => bin.get_or_init(|| latest.snapshot(enc)).clone(),
+                };
+                sub.outbox.push(slot, &sub.behind, msg, NEED_SNAPSHOT);
             }
         }
     }
@@ -463,8 +516,9 @@ impl Hub {
 
     /// Brings a subscription that fell behind up to date: under the symbol's lock, the
     /// messages that replace what was dropped (a `gap` and the newest tick, or a fresh
-    /// snapshot), and the mark cleared so live ticks flow again. Appends to `out`.
-    pub fn catch_up(slot: &Arc<Slot>, behind: &Behind, out: &mut Vec<Bytes>) {
+    /// snapshot), and the mark cleared so live ticks flow again. Appends to `out`, with
+    /// ticks and snapshots in `encoding`.
+    pub fn catch_up(slot: &Arc<Slot>, behind: &Behind, encoding: Encoding, out: &mut Vec<Bytes>) {
         let st = slot.state.lock();
         let missed = behind.swap(0, Ordering::AcqRel);
         if missed == 0 {
@@ -474,7 +528,7 @@ impl Hub {
             return;
         };
         if missed == NEED_SNAPSHOT {
-            out.push(latest.snapshot_json());
+            out.push(latest.snapshot(encoding));
             return;
         }
         let to = latest.tick.seq;
@@ -482,7 +536,7 @@ impl Hub {
             out.push(gap(&slot.symbol, missed, to - 1, GapReason::SlowConsumer));
         }
         if to >= missed {
-            out.push(latest.json.clone());
+            out.push(latest.record(encoding));
         }
     }
 }
@@ -507,13 +561,21 @@ fn first_message(st: &SlotState, slot: &Arc<Slot>, sub: &Subscriber, entry: &Ent
     let push = |msg: Bytes, missed: u64| sub.outbox.push(slot, &sub.behind, msg, missed);
     match &sub.first {
         First::Live => true,
-        First::Snapshot => push(entry.snapshot_json(), NEED_SNAPSHOT),
+        First::Snapshot => push(entry.snapshot(sub.encoding), NEED_SNAPSHOT),
         First::After(from) => {
             let mut ok = true;
-            replay(st, &slot.symbol, entry, from, &[], |m, missed| {
-                ok = push(m, missed);
-                ok
-            });
+            replay(
+                st,
+                &slot.symbol,
+                entry,
+                from,
+                &[],
+                sub.encoding,
+                |m, missed| {
+                    ok = push(m, missed);
+                    ok
+                },
+            );
             ok
         }
     }
@@ -547,13 +609,15 @@ fn gap_note(symbol: &str, from: u64, to: u64, reason: GapReason) -> (Bytes, GapR
     (msg, reason)
 }
 
-/// Queues the replay of `symbol` after `from`, per the resume rules of the protocol.
+/// Queues the replay of `symbol` after `from`, per the resume rules of the protocol,
+/// with ticks and snapshots in `enc`.
 fn replay(
     st: &SlotState,
     symbol: &str,
     latest: &Entry,
     from: &ResumeFrom,
     backfill: &[Tick],
+    enc: Encoding,
     mut push: impl FnMut(Bytes, u64) -> bool,
 ) {
     let last = latest.tick.seq;
@@ -566,7 +630,7 @@ fn replay(
             gap(symbol, from.seq + 1, from.seq + 1, GapReason::Reset),
             NEED_SNAPSHOT,
         ) {
-            push(latest.snapshot_json(), NEED_SNAPSHOT);
+            push(latest.snapshot(enc), NEED_SNAPSHOT);
         }
         return;
     }
@@ -593,7 +657,7 @@ fn replay(
             gap(symbol, from.seq + 1, last - 1, GapReason::Expired),
             NEED_SNAPSHOT,
         ) {
-            push(latest.snapshot_json(), NEED_SNAPSHOT);
+            push(latest.snapshot(enc), NEED_SNAPSHOT);
         }
         return;
     }
@@ -607,7 +671,7 @@ fn replay(
         {
             return;
         }
-        if !push(e.json.clone(), e.tick.seq) {
+        if !push(e.record(enc), e.tick.seq) {
             return;
         }
         expected = e.tick.seq + 1;
@@ -672,6 +736,7 @@ mod tests {
                 seq,
             }),
             backfill,
+            encoding: Encoding::Json,
         }
     }
 
@@ -802,7 +867,7 @@ pub(crate) mod conflation_tests {
         assert_eq!(queued.len(), 2);
         let mut out = Vec::new();
         for (slot, b) in outbox.take_lagging() {
-            Hub::catch_up(&slot, &b, &mut out);
+            Hub::catch_up(&slot, &b, Encoding::Json, &mut out);
         }
         let out: Vec<String> = out
             .iter()
@@ -829,7 +894,7 @@ pub(crate) mod conflation_tests {
         drain(&mut rx);
         let mut out = Vec::new();
         for (slot, b) in outbox.take_lagging() {
-            Hub::catch_up(&slot, &b, &mut out);
+            Hub::catch_up(&slot, &b, Encoding::Json, &mut out);
         }
         assert_eq!(out.len(), 1);
         let snap = String::from_utf8(out[0].to_vec()).unwrap();

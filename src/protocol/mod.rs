@@ -2,7 +2,9 @@
 //!
 //! Commands are parsed with simd-json from the frame's own buffer. Server messages are
 //! JSON objects; the transport sends one or more of them per frame as a JSON array.
+//! With `encoding=binary`, ticks and snapshots are [`binary`] records instead.
 
+pub mod binary;
 mod close;
 
 use std::collections::HashMap;
@@ -15,6 +17,47 @@ use simd_json::BorrowedValue;
 use crate::tick::{now_ns, valid_symbol};
 
 pub use close::CloseCode;
+
+/// How a WebSocket session's ticks and snapshots are encoded (`encoding=` on `/v1/ws`).
+/// Control messages are JSON either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    /// JSON objects in text frames (the default).
+    #[default]
+    Json,
+    /// [`binary`] records in binary frames.
+    Binary,
+}
+
+impl Encoding {
+    /// The name used in `encoding=` and in `welcome`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encoding::Json => "json",
+            Encoding::Binary => "binary",
+        }
+    }
+}
+
+impl fmt::Display for Encoding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Encoding {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "json" => Ok(Encoding::Json),
+            "binary" => Ok(Encoding::Binary),
+            other => Err(format!(
+                "unknown encoding {:?}: use json (the default) or binary",
+                truncate(other, 64)
+            )),
+        }
+    }
+}
 
 /// Error codes of the `error` message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use crate::auth::Claims;
 use crate::hub::{Behind, Outbox, Start};
 use crate::node::{Node, Want};
-use crate::protocol::{self, CloseCode, Command, CommandError, ErrorCode, ServerMsg};
+use crate::protocol::{self, CloseCode, Command, CommandError, Encoding, ErrorCode, ServerMsg};
 use crate::tick::Symbol;
 pub use outbound::{Life, Out, Outbound, Transport};
 
@@ -87,6 +87,8 @@ pub struct Session {
     claims: Option<Claims>,
     /// The id sent in `welcome`: 128 random bits, hex (an opaque label, not a secret).
     label: String,
+    /// How its ticks and snapshots are encoded.
+    encoding: Encoding,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -94,11 +96,23 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 impl Session {
     /// A new session on `node` over `transport`, with its `welcome` queued; returns it
     /// with its outbound side, which the transport's writer drives. `claims` are the
-    /// client's token claims when the node has auth enabled.
+    /// client's token claims when the node has auth enabled. Ticks and snapshots are
+    /// JSON; see [`Session::with_encoding`].
     pub fn new(
         node: Arc<Node>,
         claims: Option<Claims>,
         transport: Transport,
+    ) -> (Session, Outbound) {
+        Session::with_encoding(node, claims, transport, Encoding::Json)
+    }
+
+    /// A new session whose ticks and snapshots are sent in `encoding` (announced in its
+    /// `welcome`); otherwise as [`Session::new`].
+    pub fn with_encoding(
+        node: Arc<Node>,
+        claims: Option<Claims>,
+        transport: Transport,
+        encoding: Encoding,
     ) -> (Session, Outbound) {
         let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let cfg = &node.settings;
@@ -116,9 +130,12 @@ impl Session {
             claims,
             // ThreadRng is a CSPRNG seeded from the OS: one id says nothing of another.
             label: format!("{:032x}", rand::random::<u128>()),
+            encoding,
         };
-        let welcome = session.welcome(transport.encoding());
-        let out = Outbound::new(node, rx, outbox, life, transport, expires, welcome);
+        let welcome = session.welcome();
+        let out = Outbound::new(
+            node, rx, outbox, life, transport, encoding, expires, welcome,
+        );
         (session, out)
     }
 
@@ -128,13 +145,13 @@ impl Session {
     }
 
     /// The `welcome` message.
-    fn welcome(&self, encoding: &str) -> Bytes {
+    fn welcome(&self) -> Bytes {
         let cfg = &self.node.settings;
         ServerMsg::Welcome {
             node: &cfg.node,
             session: &self.label,
             heartbeat_ms: cfg.heartbeat.as_millis() as u64,
-            encoding,
+            encoding: self.encoding.as_str(),
             limits: &protocol::Limits {
                 max_symbols: cfg.max_symbols,
                 max_msg_bytes: cfg.max_msg_bytes,
@@ -350,6 +367,7 @@ impl Session {
                         snapshot,
                         resume,
                         backfill: Vec::new(),
+                        encoding: self.encoding,
                     },
                     held,
                 })

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::hub::{Hub, Outbox};
 use crate::node::Node;
-use crate::protocol::CloseCode;
+use crate::protocol::{CloseCode, Encoding};
 
 /// Most messages taken from the queue for one write.
 pub const MAX_BATCH: usize = 512;
@@ -33,11 +33,6 @@ pub enum Transport {
 }
 
 impl Transport {
-    /// The message encoding announced in `welcome`.
-    pub fn encoding(self) -> &'static str {
-        "json"
-    }
-
     fn closes_when_silent(self) -> bool {
         self == Transport::WebSocket
     }
@@ -47,7 +42,8 @@ impl Transport {
 #[derive(Debug)]
 pub enum Out<'a> {
     /// These messages, in order, as few writes as the transport allows (one WebSocket
-    /// frame holding a JSON array).
+    /// frame holding a JSON array; for a binary session, consecutive records in one
+    /// binary frame and consecutive JSON messages in one text frame).
     Messages(&'a [Bytes]),
     /// A heartbeat: a WebSocket Ping, an SSE comment.
     Heartbeat,
@@ -112,6 +108,8 @@ pub struct Outbound {
     outbox: Arc<Outbox>,
     life: Arc<Life>,
     transport: Transport,
+    /// How the session's ticks and snapshots are encoded (for catching up).
+    encoding: Encoding,
     heartbeat: tokio::time::Interval,
     expires: Option<tokio::time::Instant>,
     batch: Vec<Bytes>,
@@ -122,12 +120,15 @@ pub struct Outbound {
 }
 
 impl Outbound {
+    // Everything a session's outbound side holds is made by `Session::with_encoding`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         node: Arc<Node>,
         rx: mpsc::Receiver<Bytes>,
         outbox: Arc<Outbox>,
         life: Arc<Life>,
         transport: Transport,
+        encoding: Encoding,
         expires_in: Option<Duration>,
         welcome: Bytes,
     ) -> Outbound {
@@ -143,6 +144,7 @@ impl Outbound {
             outbox,
             life,
             transport,
+            encoding,
             heartbeat,
             expires: expires_in.map(|d| tokio::time::Instant::now() + d),
             batch: Vec::new(),
@@ -216,7 +218,7 @@ impl Outbound {
             }
             if self.outbox.has_lagging() && self.rx.is_empty() {
                 for (slot, behind) in self.outbox.take_lagging() {
-                    Hub::catch_up(&slot, &behind, &mut self.batch);
+                    Hub::catch_up(&slot, &behind, self.encoding, &mut self.batch);
                 }
             }
             if !self.batch.is_empty() {

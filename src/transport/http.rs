@@ -150,14 +150,16 @@ fn upgrade_ws(
     req: &mut Request<Incoming>,
     claims: Option<Claims>,
 ) -> Response<Body> {
-    if let Some(enc) = query_param(req.uri().query(), "encoding") {
-        if enc != "json" {
-            return text(StatusCode::BAD_REQUEST, "encoding must be json\n");
-        }
-    }
+    let encoding = match query_param(req.uri().query(), "encoding") {
+        None => crate::protocol::Encoding::Json,
+        Some(enc) => match enc.parse() {
+            Ok(e) => e,
+            Err(why) => return text(StatusCode::BAD_REQUEST, &format!("{why}\n")),
+        },
+    };
     upgrade(node, req, move |node, ws| async move {
         node.connections.fetch_add(1, Ordering::Relaxed);
-        super::ws::serve(node.clone(), ws, claims).await;
+        super::ws::serve(node.clone(), ws, claims, encoding).await;
         node.connections.fetch_sub(1, Ordering::Relaxed);
     })
 }

@@ -3,8 +3,10 @@
 //!
 //! The reader turns frames into whole messages ([`frames`](super::frames)) and hands
 //! them to the session; the writer writes what the session's [`Outbound`] says — every
-//! queued message as one frame holding a JSON array, a Ping for the heartbeat, the
-//! close — and answers the client's Pings. Limits, deadlines and catching up are the
+//! queued message as one frame holding a JSON array (with `encoding=binary`: runs of
+//! tick and snapshot records as one binary frame, runs of JSON messages as one text
+//! frame, in queue order), a Ping for the heartbeat, the close — and answers the
+//! client's Pings. Limits, deadlines and catching up are the
 //! session's.
 
 use std::sync::atomic::Ordering;
@@ -19,15 +21,17 @@ use tokio::sync::mpsc;
 use super::frames::{self, Message, Reassembler};
 use crate::auth::Claims;
 use crate::node::Node;
-use crate::protocol::CloseCode;
+use crate::protocol::{binary, CloseCode, Encoding};
 use crate::session::{Flow, Inbound, Out, Outbound, Session, Transport};
 
-/// Runs one WebSocket connection to its end, then frees the session.
-pub async fn serve<S>(node: Arc<Node>, ws: WebSocket<S>, claims: Option<Claims>)
+/// Runs one WebSocket connection, whose ticks and snapshots go in `encoding`, to its
+/// end, then frees the session.
+pub async fn serve<S>(node: Arc<Node>, ws: WebSocket<S>, claims: Option<Claims>, encoding: Encoding)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut session, outbound) = Session::new(node.clone(), claims, Transport::WebSocket);
+    let (mut session, outbound) =
+        Session::with_encoding(node.clone(), claims, Transport::WebSocket, encoding);
     let metrics = crate::metrics::global();
     metrics.ws_connections.fetch_add(1, Ordering::Relaxed);
     let max = node.settings.max_msg_bytes;
@@ -39,7 +43,7 @@ where
     read.set_max_message_size(max.saturating_add(1));
 
     let (pong_tx, pong_rx) = mpsc::channel(16);
-    let mut writer = tokio::spawn(write_loop(write, outbound, pong_rx, timeout));
+    let mut writer = tokio::spawn(write_loop(write, outbound, pong_rx, timeout, encoding));
     let ended = tokio::select! {
         flow = read_loop(&mut read, &mut session, &pong_tx, max) => Some(flow),
         _ = &mut writer => None,
@@ -151,6 +155,7 @@ async fn write_loop<S>(
     mut out: Outbound,
     mut pongs: mpsc::Receiver<Vec<u8>>,
     timeout: Duration,
+    encoding: Encoding,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -168,6 +173,27 @@ async fn write_loop<S>(
             next = out.next() => next,
         };
         let sent = match next {
+            Out::Messages(msgs) if encoding == Encoding::Binary => {
+                let mut sent = true;
+                for run in msgs.chunk_by(|a, b| binary::is_record(a) == binary::is_record(b)) {
+                    let (frame, newest) = if binary::is_record(&run[0]) {
+                        encode_records(run, &mut frame_buf);
+                        let frame = Frame::binary(Payload::Borrowed(&frame_buf));
+                        (frame, newest_record_ts(run))
+                    } else {
+                        encode_batch(run, &mut frame_buf);
+                        let frame = Frame::text(Payload::Borrowed(&frame_buf));
+                        (frame, crate::metrics::newest_tick_ts(run))
+                    };
+                    let len = frame.payload.len();
+                    sent = send(&mut write, timeout, frame).await;
+                    if !sent {
+                        break;
+                    }
+                    crate::metrics::global().wrote(len, newest, crate::tick::now_ns());
+                }
+                sent
+            }
             Out::Messages(msgs) => {
                 encode_batch(msgs, &mut frame_buf);
                 let newest = crate::metrics::newest_tick_ts(msgs);
@@ -222,4 +248,20 @@ pub fn encode_batch(msgs: &[Bytes], out: &mut Vec<u8>) {
         out.extend_from_slice(m);
     }
     out.push(b']');
+}
+
+/// Writes `records` back to back into `out`: the payload of one binary frame.
+pub fn encode_records(records: &[Bytes], out: &mut Vec<u8>) {
+    out.clear();
+    for r in records {
+        out.extend_from_slice(r);
+    }
+}
+
+/// The `ts` of the newest `tick` record among `records`.
+fn newest_record_ts(records: &[Bytes]) -> Option<u64> {
+    records.iter().rev().find_map(|r| match binary::peek(r) {
+        Some((crate::tick::Kind::Tick, _, ts)) => Some(ts),
+        _ => None,
+    })
 }
