@@ -329,6 +329,12 @@ pub struct ServeArgs {
     #[arg(long, env = "TICKSTREAM_SEED")]
     pub seed: Option<u64>,
 
+    /// Synthetic feed: everything due within this interval is handed to the hub at once,
+    /// so each subscriber is woken once for it (ticks keep the time they were made); 0
+    /// hands each tick over when it is due. At most 1s. Default: 5ms.
+    #[arg(long, env = "TICKSTREAM_FEED_BATCH", value_name = "DURATION")]
+    pub feed_batch: Option<Dur>,
+
     /// Replay feed: speed factor (0.5, 1, 10) or `max`. Default: 1 (recorded spacing).
     #[arg(long, env = "TICKSTREAM_REPLAY_SPEED", value_name = "X|max")]
     #[serde(serialize_with = "display_opt")]
@@ -557,6 +563,9 @@ pub struct Settings {
     pub rate: f64,
     /// Synthetic seed.
     pub seed: u64,
+    /// Synthetic feed batch interval.
+    #[serde(deserialize_with = "duration")]
+    pub feed_batch: Duration,
     /// Replay feed speed.
     pub replay_speed: crate::feed::Speed,
     /// Replay feed loops.
@@ -669,6 +678,7 @@ impl Default for Settings {
             universe: None,
             rate: 1000.0,
             seed: rand::random(),
+            feed_batch: crate::feed::synthetic::DEFAULT_BATCH,
             replay_speed: crate::feed::Speed::default(),
             replay_loop: false,
             publish_max_msg_bytes: 1 << 20,
@@ -840,6 +850,9 @@ impl Settings {
         }
         if self.history == 0 {
             return bad("history must be at least 1");
+        }
+        if self.feed_batch > Duration::from_secs(1) {
+            return bad("feed-batch must be at most 1s");
         }
         if self.heartbeat.is_zero() {
             return bad("heartbeat must be longer than 0");

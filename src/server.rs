@@ -163,6 +163,7 @@ fn start_synthetic(settings: &Settings, universe: Universe, bus: Arc<dyn Bus>) -
         rate: settings.rate,
         seed: settings.seed,
         duration: None,
+        batch: settings.feed_batch,
     };
     FeedThreads::synthetic(universe, config, bus)
 }

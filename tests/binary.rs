@@ -356,8 +356,8 @@ fn the_hub_encodes_a_record_once_and_catches_a_slow_binary_subscriber_up_in_reco
         hub.publish(tick("AAPL", "e1", seq));
     }
     // The same bytes for both binary subscribers: encoded once, shared.
-    let a: Vec<_> = std::iter::from_fn(|| fast1.try_recv().ok()).collect();
-    let b: Vec<_> = std::iter::from_fn(|| fast2.try_recv().ok()).collect();
+    let a: Vec<_> = std::iter::from_fn(|| fast1.try_recv()).collect();
+    let b: Vec<_> = std::iter::from_fn(|| fast2.try_recv()).collect();
     assert_eq!(a.len(), 6);
     for (x, y) in a.iter().zip(&b) {
         assert_eq!(x.as_ptr(), y.as_ptr());
@@ -368,7 +368,7 @@ fn the_hub_encodes_a_record_once_and_catches_a_slow_binary_subscriber_up_in_reco
         hub.latest("AAPL").unwrap().tick
     );
     // The slow one got 1 and 2, then catches up with a JSON gap and the newest record.
-    let queued: Vec<_> = std::iter::from_fn(|| slow_rx.try_recv().ok()).collect();
+    let queued: Vec<_> = std::iter::from_fn(|| slow_rx.try_recv()).collect();
     assert_eq!(queued.len(), 2);
     let mut out = Vec::new();
     for (slot, behind) in slow.take_lagging() {

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::{BoxFuture, Bus, BusError};
+use super::{BatchError, BoxFuture, Bus, BusError};
 use crate::hub::Hub;
 use crate::tick::{Symbol, Tick};
 
@@ -21,6 +21,11 @@ impl LocalBus {
 impl Bus for LocalBus {
     fn publish(&self, tick: Tick) -> Result<(), BusError> {
         self.hub.publish(tick);
+        Ok(())
+    }
+
+    fn publish_batch(&self, ticks: Vec<Tick>) -> Result<(), BatchError> {
+        self.hub.publish_batch(ticks);
         Ok(())
     }
 

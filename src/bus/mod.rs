@@ -32,10 +32,31 @@ pub enum BusError {
     Unavailable(String),
 }
 
+/// A batch publish that stopped part way.
+#[derive(Debug, thiserror::Error)]
+#[error("{error} (after {published} ticks of the batch)")]
+pub struct BatchError {
+    /// How many ticks of the batch, from the first, were published.
+    pub published: usize,
+    /// Why the next one was not.
+    pub error: BusError,
+}
+
 /// Moves ticks between feeds and the hubs of every node.
 pub trait Bus: Send + Sync + 'static {
     /// Publishes one tick to every node. Never blocks on the network.
     fn publish(&self, tick: Tick) -> Result<(), BusError>;
+
+    /// Publishes `ticks` in order, as [`Bus::publish`] would one by one, but as one
+    /// batch: the in-process bus fans it out and wakes each subscriber once for all of
+    /// it. On error the ticks before the failing one were published, the rest not.
+    fn publish_batch(&self, ticks: Vec<Tick>) -> Result<(), BatchError> {
+        for (published, tick) in ticks.into_iter().enumerate() {
+            self.publish(tick)
+                .map_err(|error| BatchError { published, error })?;
+        }
+        Ok(())
+    }
 
     /// Starts receiving `symbols` (none of which is watched now). Before returning, the
     /// bus receives them and has given the hub their latest value where it knows one.

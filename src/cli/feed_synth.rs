@@ -70,6 +70,7 @@ pub(super) fn run(args: Args) -> anyhow::Result<()> {
         rate: args.rate,
         seed,
         duration: args.duration.map(|d| d.0),
+        ..Default::default()
     };
     let rt = runtime()?;
     let dest = match &args.out {

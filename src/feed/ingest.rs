@@ -110,6 +110,9 @@ struct Refused {
     why: String,
 }
 
+/// The last seq accepted for a symbol, with its epoch.
+type Position = (Arc<str>, u64);
+
 /// Checks the ticks of one publisher connection and publishes the good ones.
 pub struct Checker<'a> {
     hub: &'a Hub,
@@ -118,7 +121,7 @@ pub struct Checker<'a> {
     /// Used for ticks that carry no `epoch`: one per connection.
     epoch: Arc<str>,
     /// The last seq this connection had accepted per symbol, with its epoch.
-    last: HashMap<Symbol, (Arc<str>, u64)>,
+    last: HashMap<Symbol, Position>,
     /// The publisher's token claims, when auth is on: ticks of symbols they do not
     /// allow are refused.
     claims: Option<Claims>,
@@ -158,37 +161,52 @@ impl<'a> Checker<'a> {
             Value::Array(items) => items,
             other => vec![other],
         };
-        let mut out = Vec::new();
-        let (mut accepted, mut refused) = (0u64, 0u64);
+        // The good ticks go to the bus as one batch at the end of the frame; `last`
+        // moves on as each is checked (the next tick of the same symbol in the frame
+        // must rise above it) and is put back for any the bus then refuses.
+        let mut errors: Vec<(usize, Reply<'static>)> = Vec::new();
+        let mut good: Vec<Tick> = Vec::new();
+        let mut placed: Vec<(usize, Option<Position>)> = Vec::new();
         for (index, item) in items.into_iter().enumerate() {
             match self.check(index, item) {
                 Ok(tick) => {
-                    let symbol = tick.symbol.clone();
-                    let (epoch, seq) = (tick.epoch.clone(), tick.seq);
-                    match self.bus.publish(tick) {
-                        Ok(()) => {
-                            self.last.insert(symbol, (epoch, seq));
-                            accepted += 1;
-                        }
-                        Err(e) => {
-                            refused += 1;
-                            let r = Refused {
-                                index,
-                                symbol: Some(symbol.to_string()),
-                                seq: Some(seq),
-                                code: "unavailable",
-                                why: e.to_string(),
-                            };
-                            out.push(tick_error(r));
-                        }
-                    }
+                    let before = self
+                        .last
+                        .insert(tick.symbol.clone(), (tick.epoch.clone(), tick.seq));
+                    placed.push((index, before));
+                    good.push(tick);
                 }
-                Err(r) => {
-                    refused += 1;
-                    out.push(tick_error(r));
-                }
+                Err(r) => errors.push((index, tick_error(r))),
             }
         }
+        let mut refused = errors.len() as u64;
+        let names: Vec<(Symbol, u64)> = good.iter().map(|t| (t.symbol.clone(), t.seq)).collect();
+        let accepted = match self.bus.publish_batch(good) {
+            Ok(()) => names.len(),
+            Err(e) => {
+                let why = e.error.to_string();
+                for k in (e.published..names.len()).rev() {
+                    let (symbol, seq) = &names[k];
+                    let (index, before) = placed[k].clone();
+                    match before {
+                        Some(b) => self.last.insert(symbol.clone(), b),
+                        None => self.last.remove(symbol),
+                    };
+                    let r = Refused {
+                        index,
+                        symbol: Some(symbol.to_string()),
+                        seq: Some(*seq),
+                        code: "unavailable",
+                        why: why.clone(),
+                    };
+                    errors.push((index, tick_error(r)));
+                    refused += 1;
+                }
+                e.published
+            }
+        } as u64;
+        errors.sort_by_key(|(index, _)| *index);
+        let mut out: Vec<Reply<'static>> = errors.into_iter().map(|(_, r)| r).collect();
         stats.accepted.fetch_add(accepted, Ordering::Relaxed);
         stats.refused.fetch_add(refused, Ordering::Relaxed);
         out.push(ack(accepted, refused));

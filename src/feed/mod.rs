@@ -14,6 +14,69 @@ pub mod replay;
 pub mod synthetic;
 pub mod universe;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crossbeam_channel::{SendTimeoutError, Sender};
+
+use crate::tick::Tick;
+
 pub use replay::{ReplayConfig, Speed};
 pub use synthetic::{Generator, SynthConfig};
 pub use universe::{AssetClass, Instrument, Universe, UniverseError};
+
+/// How long one blocked hand-over waits before checking the stop flag again.
+const SEND_POLL: Duration = Duration::from_millis(20);
+
+/// Where a feed's producing thread hands its ticks over: a channel of single ticks, or
+/// of batches (what a feed inside a node uses, so that a batch costs one wake-up).
+pub trait Sink: Send + 'static {
+    /// Hands `batch` over in order, waiting while the receiver is full. Returns how many
+    /// ticks were taken: fewer than all when the receiver is gone or `stop` was set
+    /// while waiting.
+    fn send_batch(&self, batch: Vec<Tick>, stop: &AtomicBool) -> usize;
+}
+
+/// Sends `item`, waiting while the channel is full; false when the receiver is gone or
+/// `stop` was set meanwhile.
+fn send_polling<T>(sink: &Sender<T>, mut item: T, stop: &AtomicBool) -> bool {
+    loop {
+        match sink.send_timeout(item, SEND_POLL) {
+            Ok(()) => return true,
+            Err(SendTimeoutError::Disconnected(_)) => return false,
+            Err(SendTimeoutError::Timeout(back)) => {
+                if stop.load(Ordering::Relaxed) {
+                    return false;
+                }
+                item = back;
+            }
+        }
+    }
+}
+
+impl Sink for Sender<Tick> {
+    fn send_batch(&self, batch: Vec<Tick>, stop: &AtomicBool) -> usize {
+        let mut sent = 0;
+        for tick in batch {
+            if !send_polling(self, tick, stop) {
+                break;
+            }
+            sent += 1;
+        }
+        sent
+    }
+}
+
+impl Sink for Sender<Vec<Tick>> {
+    fn send_batch(&self, batch: Vec<Tick>, stop: &AtomicBool) -> usize {
+        let n = batch.len();
+        if n == 0 {
+            return 0;
+        }
+        if send_polling(self, batch, stop) {
+            n
+        } else {
+            0
+        }
+    }
+}

@@ -9,8 +9,11 @@ use crate::bus::Bus;
 use crate::hub::Hub;
 use crate::tick::Tick;
 
-/// Ticks buffered between a feed thread and the bus.
-const FEED_BUFFER: usize = 65_536;
+/// Batches buffered between a feed thread and the bus.
+const FEED_BUFFER: usize = 1_024;
+
+/// Most ticks the pump hands to the bus at once (when batches queued up).
+const MAX_BATCH: usize = 16_384;
 
 /// A feed's producing thread, the pump that hands its ticks to the bus, and the flag
 /// that stops them.
@@ -26,12 +29,12 @@ impl FeedThreads {
     pub fn start<R: Send + 'static>(
         bus: Arc<dyn Bus>,
         produce: impl FnOnce(
-            crossbeam_channel::Sender<Tick>,
+            crossbeam_channel::Sender<Vec<Tick>>,
             Arc<AtomicBool>,
         ) -> std::thread::JoinHandle<R>,
     ) -> FeedThreads {
         let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = crossbeam_channel::bounded::<Tick>(FEED_BUFFER);
+        let (tx, rx) = crossbeam_channel::bounded::<Vec<Tick>>(FEED_BUFFER);
         let producer = produce(tx, stop.clone());
         let pump = std::thread::Builder::new()
             .name("feed-pump".into())
@@ -102,12 +105,26 @@ impl FeedThreads {
     }
 }
 
-/// Hands every tick a feed thread produces to the bus, in order, until the feed ends.
-pub fn pump(rx: crossbeam_channel::Receiver<Tick>, bus: Arc<dyn Bus>) {
-    for tick in rx {
-        match bus.publish(tick) {
-            Ok(()) => crate::metrics::global().ingested(crate::metrics::Source::Feed),
-            Err(e) => tracing::warn!(error = %e, "publish failed"),
+/// Hands every batch a feed thread produces to the bus, in order, until the feed ends;
+/// batches that queued up meanwhile go as one.
+pub fn pump(rx: crossbeam_channel::Receiver<Vec<Tick>>, bus: Arc<dyn Bus>) {
+    let ingested = &crate::metrics::global().ingested[crate::metrics::Source::Feed as usize];
+    while let Ok(mut batch) = rx.recv() {
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(more) => batch.extend(more),
+                Err(_) => break,
+            }
+        }
+        let n = batch.len();
+        match bus.publish_batch(batch) {
+            Ok(()) => {
+                ingested.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                ingested.fetch_add(e.published as u64, Ordering::Relaxed);
+                tracing::warn!(error = %e, "publish failed");
+            }
         }
     }
 }

@@ -16,8 +16,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
-
 use super::recording::{Reader, RecordingError};
 use crate::tick::{now_ns, Tick};
 
@@ -320,17 +318,19 @@ fn sleep_until(due: Instant, stop: &AtomicBool) -> bool {
 /// # Panics
 ///
 /// If the operating system cannot create the thread.
-pub fn spawn(
+pub fn spawn<S: super::Sink>(
     path: PathBuf,
     config: ReplayConfig,
-    sink: Sender<Tick>,
+    sink: S,
     stop: Arc<AtomicBool>,
     progress: Arc<Progress>,
 ) -> std::thread::JoinHandle<Result<ReplayReport, ReplayError>> {
     std::thread::Builder::new()
         .name("feed-replay".into())
         .spawn(move || {
-            let r = play(&path, &config, &stop, &progress, |t| sink.send(t).is_ok());
+            let r = play(&path, &config, &stop, &progress, |t| {
+                sink.send_batch(vec![t], &stop) == 1
+            });
             match &r {
                 Ok(rep) => tracing::info!(
                     ticks = rep.ticks,

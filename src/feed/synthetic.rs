@@ -34,12 +34,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{SendTimeoutError, Sender};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
 use super::universe::{AssetClass, Instrument, Universe};
+use super::Sink;
 use crate::tick::{now_ns, Symbol, Tick};
 
 /// Simulated ticks per second of the whole universe that per-tick time steps assume.
@@ -48,11 +48,11 @@ pub const NOMINAL_RATE: f64 = 1000.0;
 /// Name of the thread [`spawn`] starts.
 pub const THREAD_NAME: &str = "feed-synth";
 
-/// How long the pacing loop sleeps at most between checks.
-const STEP: Duration = Duration::from_millis(1);
+/// How long the pacing loop sleeps at most between checks of `stop`.
+const STEP: Duration = Duration::from_millis(20);
 
-/// How long one blocked send waits before checking `stop` again.
-const SEND_POLL: Duration = Duration::from_millis(20);
+/// Default of [`SynthConfig::batch`].
+pub const DEFAULT_BATCH: Duration = Duration::from_millis(5);
 
 /// Ticks emitted back to back before `stop` and the clock are checked again.
 const MAX_BURST: u64 = 4096;
@@ -80,6 +80,11 @@ pub struct SynthConfig {
     pub seed: u64,
     /// Stop after this long; `None` runs until stopped.
     pub duration: Option<Duration>,
+    /// Shortest time between two batches: everything due within it is handed over at
+    /// once, so that the hub fans it out and wakes each subscriber once for all of it
+    /// (ticks are still stamped when produced). Zero hands over each tick when it is
+    /// due. Default: [`DEFAULT_BATCH`] (5 ms).
+    pub batch: Duration,
 }
 
 impl Default for SynthConfig {
@@ -88,6 +93,7 @@ impl Default for SynthConfig {
             rate: NOMINAL_RATE,
             seed: 1,
             duration: None,
+            batch: DEFAULT_BATCH,
         }
     }
 }
@@ -326,23 +332,24 @@ fn geometric(rng: &mut ChaCha8Rng, mean: f64) -> u64 {
 
 /// Runs the synthetic feed on its own OS thread named `feed-synth`.
 ///
-/// Ticks are paced to `config.rate` per second (in bursts at high rates, keeping the
-/// long-run rate exact), stamped with [`now_ns`] when produced, and sent to `sink`; a
-/// full bounded channel blocks only this thread. The thread ends when `stop` is set,
-/// when `config.duration` has elapsed (having sent `rate × duration` ticks), or when the
-/// receiver is dropped, and returns the number of ticks sent. A rate that is zero,
-/// negative or NaN sends nothing; an infinite rate sends as fast as possible. If the
-/// receiver stalls for more than a second of ticks, the missed ticks are skipped
-/// rather than sent in one flood.
+/// Ticks are paced to `config.rate` per second, stamped with [`now_ns`] when produced,
+/// and handed to `sink` in batches: everything due at once, at most one batch per
+/// [`SynthConfig::batch`] (in bursts of at most 4,096 at high rates, keeping the
+/// long-run rate exact); a full bounded channel blocks only this thread. The thread
+/// ends when `stop` is set, when `config.duration` has elapsed (having sent
+/// `rate × duration` ticks), or when the receiver is dropped, and returns the number of
+/// ticks sent. A rate that is zero, negative or NaN sends nothing; an infinite rate
+/// sends as fast as possible. If the receiver stalls for more than a second of ticks,
+/// the missed ticks are skipped rather than sent in one flood.
 ///
 /// # Panics
 ///
 /// If the operating system cannot create the thread.
-pub fn spawn(
+pub fn spawn<S: Sink>(
     universe: Universe,
     config: SynthConfig,
     epoch: Arc<str>,
-    sink: Sender<Tick>,
+    sink: S,
     stop: Arc<AtomicBool>,
 ) -> JoinHandle<u64> {
     std::thread::Builder::new()
@@ -360,7 +367,7 @@ fn run(
     universe: &Universe,
     config: &SynthConfig,
     epoch: Arc<str>,
-    sink: &Sender<Tick>,
+    sink: &impl Sink,
     stop: &AtomicBool,
 ) -> u64 {
     let mut generator = Generator::new(universe, config.seed, epoch);
@@ -388,6 +395,7 @@ fn run(
         seed = config.seed,
         symbols = universe.len(),
         epoch = %generator.epoch(),
+        batch_us = config.batch.as_micros() as u64,
         "synthetic feed started"
     );
 
@@ -395,6 +403,8 @@ fn run(
     // Schedule slots used so far: ticks sent plus ticks skipped after a stall.
     let mut slots: u64 = 0;
     let mut sent: u64 = 0;
+    // When the last batch was made.
+    let mut batch_at = Duration::ZERO;
     loop {
         if stop.load(Ordering::Relaxed) {
             return sent;
@@ -418,13 +428,19 @@ fn run(
         }
 
         let burst_end = due.min(slots + MAX_BURST);
-        while slots < burst_end {
-            let tick = generator.next_tick(now_ns());
-            if !send(sink, tick, stop) {
+        if slots < burst_end {
+            batch_at = elapsed;
+            let mut batch = Vec::with_capacity((burst_end - slots) as usize);
+            while slots < burst_end {
+                batch.push(generator.next_tick(now_ns()));
+                slots += 1;
+            }
+            let n = batch.len() as u64;
+            let taken = sink.send_batch(batch, stop) as u64;
+            sent += taken;
+            if taken < n {
                 return sent;
             }
-            slots += 1;
-            sent += 1;
         }
         if slots < due {
             continue;
@@ -436,11 +452,13 @@ fn run(
             continue;
         }
 
-        // Sleep until the next tick is due, in steps of at most STEP.
+        // Sleep until the next tick is due and a batch interval has passed since the
+        // last batch, in steps of at most STEP.
         let now = start.elapsed();
         let mut wait = STEP;
         if !idle {
-            let next = Duration::from_secs_f64((slots + 1) as f64 / rate);
+            let next =
+                Duration::from_secs_f64((slots + 1) as f64 / rate).max(batch_at + config.batch);
             wait = wait.min(next.saturating_sub(now));
         }
         if let Some(d) = config.duration {
@@ -448,23 +466,6 @@ fn run(
         }
         if !wait.is_zero() {
             std::thread::sleep(wait);
-        }
-    }
-}
-
-/// Sends one tick, waiting while the channel is full; false when the receiver is gone
-/// or `stop` was set meanwhile.
-fn send(sink: &Sender<Tick>, mut tick: Tick, stop: &AtomicBool) -> bool {
-    loop {
-        match sink.send_timeout(tick, SEND_POLL) {
-            Ok(()) => return true,
-            Err(SendTimeoutError::Disconnected(_)) => return false,
-            Err(SendTimeoutError::Timeout(back)) => {
-                if stop.load(Ordering::Relaxed) {
-                    return false;
-                }
-                tick = back;
-            }
         }
     }
 }
@@ -712,7 +713,7 @@ mod tests {
 
     #[test]
     fn spawn_paces_to_the_rate_until_stopped() {
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let (tx, rx) = crossbeam_channel::unbounded::<Tick>();
         let stop = Arc::new(AtomicBool::new(false));
         let config = SynthConfig {
             rate: 5_000.0,
@@ -738,11 +739,12 @@ mod tests {
 
     #[test]
     fn spawn_stops_after_duration_with_exact_count() {
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let (tx, rx) = crossbeam_channel::unbounded::<Tick>();
         let config = SynthConfig {
             rate: 5_000.0,
             seed: 11,
             duration: Some(Duration::from_millis(500)),
+            ..SynthConfig::default()
         };
         let t0 = Instant::now();
         let handle = spawn(
@@ -766,7 +768,7 @@ mod tests {
 
     #[test]
     fn spawn_stops_when_the_receiver_is_dropped() {
-        let (tx, rx) = crossbeam_channel::bounded(16);
+        let (tx, rx) = crossbeam_channel::bounded::<Tick>(16);
         let config = SynthConfig {
             rate: 20_000.0,
             ..SynthConfig::default()
@@ -790,7 +792,7 @@ mod tests {
 
     #[test]
     fn spawn_stops_while_blocked_on_a_full_channel() {
-        let (tx, rx) = crossbeam_channel::bounded(4);
+        let (tx, rx) = crossbeam_channel::bounded::<Tick>(4);
         let stop = Arc::new(AtomicBool::new(false));
         let handle = spawn(
             small_universe(),
@@ -809,7 +811,7 @@ mod tests {
 
     #[test]
     fn spawn_runs_on_a_named_thread_and_handles_odd_rates() {
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let (tx, rx) = crossbeam_channel::unbounded::<Tick>();
         let stop = Arc::new(AtomicBool::new(false));
         let config = SynthConfig {
             rate: 0.0,
@@ -821,7 +823,7 @@ mod tests {
         assert_eq!(handle.join().unwrap(), 0);
         assert!(rx.try_recv().is_err());
 
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let (tx, rx) = crossbeam_channel::unbounded::<Tick>();
         let config = SynthConfig {
             rate: f64::INFINITY,
             duration: Some(Duration::from_millis(50)),
@@ -838,5 +840,42 @@ mod tests {
         .unwrap();
         assert!(sent > 1_000, "unlimited rate sent only {sent}");
         assert_eq!(rx.try_iter().count() as u64, sent);
+    }
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+
+    #[test]
+    fn ticks_are_handed_over_in_batches_one_interval_apart() {
+        let (tx, rx) = crossbeam_channel::unbounded::<Vec<Tick>>();
+        let config = SynthConfig {
+            rate: 20_000.0,
+            duration: Some(Duration::from_millis(300)),
+            batch: Duration::from_millis(5),
+            ..SynthConfig::default()
+        };
+        let sent = spawn(
+            Universe::bundled(),
+            config,
+            "e".into(),
+            tx,
+            Arc::new(AtomicBool::new(false)),
+        )
+        .join()
+        .unwrap();
+        assert_eq!(sent, 6_000);
+        let batches: Vec<Vec<Tick>> = rx.try_iter().collect();
+        assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), 6_000);
+        // At most one batch per 5 ms over 300 ms (and the last, at the end).
+        assert!(batches.len() <= 62, "{} batches", batches.len());
+        assert!(batches.iter().all(|b| !b.is_empty()));
+        // Still in order, one seq after another per symbol.
+        let mut g = Generator::new(&Universe::bundled(), 1, "e".into());
+        assert!(batches
+            .iter()
+            .flatten()
+            .all(|t| t.seq == g.next_tick(0).seq));
     }
 }

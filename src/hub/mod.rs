@@ -19,7 +19,7 @@ use crate::tick::{Kind, Symbol, Tick};
 
 pub mod queue;
 
-pub use queue::{Behind, Outbox, SlowPolicy, NEED_SNAPSHOT};
+pub use queue::{Behind, Outbox, Receiver, SlowPolicy, Wakes, NEED_SNAPSHOT};
 
 /// A tick as the hub keeps it: decoded, and encoded once as a `tick` message.
 #[derive(Debug)]
@@ -37,6 +37,16 @@ impl Entry {
     /// Encodes `tick` once.
     pub fn new(tick: Tick) -> Arc<Entry> {
         let json = Bytes::from(tick.to_json(Kind::Tick));
+        Arc::new(Entry {
+            tick,
+            json,
+            binary: OnceLock::new(),
+        })
+    }
+
+    /// A tick whose `tick` object arrived already encoded (from the bus): `json` is
+    /// forwarded to subscribers as it is, so it must be that tick's well-formed object.
+    pub fn forwarded(tick: Tick, json: Bytes) -> Arc<Entry> {
         Arc::new(Entry {
             tick,
             json,
@@ -125,6 +135,15 @@ pub enum Published {
     Duplicate,
     /// The symbol is not served here.
     UnknownSymbol,
+}
+
+/// What one batch did, added to [`HubStats`] once per batch.
+#[derive(Default)]
+struct Tally {
+    ticks: u64,
+    delivered: u64,
+    duplicates: u64,
+    dropped: u64,
 }
 
 /// Counters the hub keeps.
@@ -221,6 +240,54 @@ impl Hub {
 
     /// Stores `tick` as the symbol's latest value and hands it to every subscriber.
     pub fn publish(&self, tick: Tick) -> Published {
+        let mut tally = Tally::default();
+        let mut wakes = Wakes::default();
+        let r = self.publish_entry(Entry::new(tick), &mut tally, &mut wakes);
+        drop(wakes);
+        self.count(&tally);
+        r
+    }
+
+    /// Publishes `ticks` in order, as [`Hub::publish`] does one by one, except that each
+    /// subscriber's writer is woken once when the whole batch is queued. Returns the
+    /// number of messages handed to subscribers.
+    pub fn publish_batch(&self, ticks: Vec<Tick>) -> u64 {
+        self.publish_entries(ticks.into_iter().map(Entry::new))
+    }
+
+    /// Like [`Hub::publish_batch`], for ticks already encoded (see [`Entry::forwarded`]).
+    pub fn publish_entries<I: IntoIterator<Item = Arc<Entry>>>(&self, entries: I) -> u64 {
+        let mut tally = Tally::default();
+        let mut wakes = Wakes::default();
+        for entry in entries {
+            self.publish_entry(entry, &mut tally, &mut wakes);
+        }
+        drop(wakes);
+        self.count(&tally);
+        tally.delivered
+    }
+
+    /// Adds what a publish did to the counters, once per batch.
+    fn count(&self, t: &Tally) {
+        let stats = &self.stats;
+        if t.ticks > 0 {
+            stats.ticks.fetch_add(t.ticks, Ordering::Relaxed);
+        }
+        if t.delivered > 0 {
+            stats.deliveries.fetch_add(t.delivered, Ordering::Relaxed);
+        }
+        if t.duplicates > 0 {
+            stats.duplicates.fetch_add(t.duplicates, Ordering::Relaxed);
+        }
+        if t.dropped > 0 {
+            stats.dropped_slow.fetch_add(t.dropped, Ordering::Relaxed);
+        }
+    }
+
+    /// Stores one tick and queues it for every subscriber; the writers are woken with
+    /// `wakes`.
+    fn publish_entry(&self, entry: Arc<Entry>, tally: &mut Tally, wakes: &mut Wakes) -> Published {
+        let tick = &entry.tick;
         let Some(slot) = self.slot(&tick.symbol) else {
             return Published::UnknownSymbol;
         };
@@ -230,7 +297,7 @@ impl Hub {
         if let Some(prev) = &st.latest {
             if prev.tick.epoch == tick.epoch {
                 if tick.seq <= prev.tick.seq {
-                    self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                    tally.duplicates += 1;
                     return Published::Duplicate;
                 }
                 if tick.seq > prev.tick.seq + 1 {
@@ -253,13 +320,12 @@ impl Hub {
             }
         }
         let seq = tick.seq;
-        let entry = Entry::new(tick);
         if st.history.len() >= self.history_len {
             st.history.pop_front();
         }
         st.history.push_back(entry.clone());
         st.latest = Some(entry.clone());
-        self.stats.ticks.fetch_add(1, Ordering::Relaxed);
+        tally.ticks += 1;
 
         let snapshot = (reset || std::mem::take(&mut st.stale))
             .then(|| (entry.snapshot_json(), std::cell::OnceCell::new()));
@@ -287,26 +353,24 @@ impl Hub {
                 dropped += 1;
                 continue;
             }
+            let push = |msg: Bytes, missed: u64, wakes: &mut Wakes| {
+                sub.outbox
+                    .push_deferred(slot, &sub.behind, msg, missed, wakes)
+            };
             if let Some((note, _)) = &announce {
-                if !sub
-                    .outbox
-                    .push(slot, &sub.behind, note.clone(), NEED_SNAPSHOT)
-                {
+                if !push(note.clone(), NEED_SNAPSHOT, wakes) {
                     dropped += 1;
                     continue;
                 }
                 notes += 1;
             }
             let ok = match (&snapshot, sub.encoding) {
-                (Some((json, _)), Encoding::Json) => {
-                    sub.outbox
-                        .push(slot, &sub.behind, json.clone(), NEED_SNAPSHOT)
-                }
+                (Some((json, _)), Encoding::Json) => push(json.clone(), NEED_SNAPSHOT, wakes),
                 (Some((_, bin)), enc) => {
                     let s = bin.get_or_init(|| entry.snapshot(enc)).clone();
-                    sub.outbox.push(slot, &sub.behind, s, NEED_SNAPSHOT)
+                    push(s, NEED_SNAPSHOT, wakes)
                 }
-                (None, enc) => sub.outbox.push(slot, &sub.behind, entry.record(enc), seq),
+                (None, enc) => push(entry.record(enc), seq, wakes),
             };
             if ok {
                 delivered += 1;
@@ -324,14 +388,8 @@ impl Hub {
             let m = crate::metrics::global();
             m.gaps[gap_index(reason)].fetch_add(notes, Ordering::Relaxed);
         }
-        self.stats
-            .deliveries
-            .fetch_add(delivered as u64, Ordering::Relaxed);
-        if dropped > 0 {
-            self.stats
-                .dropped_slow
-                .fetch_add(dropped, Ordering::Relaxed);
-        }
+        tally.delivered += delivered as u64;
+        tally.dropped += dropped;
         Published::Delivered(delivered)
     }
 
@@ -702,9 +760,9 @@ mod tests {
     }
 
     /// (type, seq or from..to) of every message queued.
-    fn drain(rx: &mut tokio::sync::mpsc::Receiver<Bytes>) -> Vec<String> {
+    fn drain(rx: &mut Receiver) -> Vec<String> {
         let mut out = Vec::new();
-        while let Ok(b) = rx.try_recv() {
+        while let Some(b) = rx.try_recv() {
             let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
             out.push(match v["type"].as_str().unwrap() {
                 "gap" => format!(
@@ -719,7 +777,7 @@ mod tests {
         out
     }
 
-    fn sub(hub: &Hub, start: Start) -> tokio::sync::mpsc::Receiver<Bytes> {
+    fn sub(hub: &Hub, start: Start) -> Receiver {
         static ID: AtomicU64 = AtomicU64::new(1);
         let id = ID.fetch_add(1, Ordering::Relaxed);
         let (outbox, rx) = Outbox::new(id, 1024, SlowPolicy::Conflate);
@@ -845,9 +903,9 @@ pub(crate) mod conflation_tests {
         }
     }
 
-    fn drain(rx: &mut tokio::sync::mpsc::Receiver<Bytes>) -> Vec<String> {
+    fn drain(rx: &mut Receiver) -> Vec<String> {
         let mut out = Vec::new();
-        while let Ok(m) = rx.try_recv() {
+        while let Some(m) = rx.try_recv() {
             out.push(String::from_utf8(m.to_vec()).unwrap());
         }
         out

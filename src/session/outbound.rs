@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
-use crate::hub::{Hub, Outbox};
+use crate::hub::{Hub, Outbox, Receiver};
 use crate::node::Node;
 use crate::protocol::{CloseCode, Encoding};
 
@@ -104,7 +104,7 @@ impl Default for Life {
 /// The outbound side of one session, driven by its transport's writer.
 pub struct Outbound {
     node: Arc<Node>,
-    rx: mpsc::Receiver<Bytes>,
+    rx: Receiver,
     outbox: Arc<Outbox>,
     life: Arc<Life>,
     transport: Transport,
@@ -124,7 +124,7 @@ impl Outbound {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         node: Arc<Node>,
-        rx: mpsc::Receiver<Bytes>,
+        rx: Receiver,
         outbox: Arc<Outbox>,
         life: Arc<Life>,
         transport: Transport,
@@ -160,12 +160,7 @@ impl Outbound {
         self.batch.clear();
         if let Some(welcome) = self.welcome.take() {
             self.batch.push(welcome);
-            while self.batch.len() < MAX_BATCH {
-                match self.rx.try_recv() {
-                    Ok(m) => self.batch.push(m),
-                    Err(_) => break,
-                }
-            }
+            self.rx.take(&mut self.batch, MAX_BATCH - 1);
             return Out::Messages(&self.batch);
         }
         loop {
@@ -185,9 +180,7 @@ impl Outbound {
                 _ = self.life.wake.notified() => {
                     if let Some(close) = self.life.take_close() {
                         // What the session queued before closing (errors, replies) goes first.
-                        while let Ok(m) = self.rx.try_recv() {
-                            self.batch.push(m);
-                        }
+                        self.rx.take(&mut self.batch, usize::MAX);
                         if self.batch.is_empty() {
                             return Out::Close(close.0, close.1);
                         }
@@ -196,10 +189,8 @@ impl Outbound {
                     }
                     continue;
                 }
-                n = self.rx.recv_many(&mut self.batch, MAX_BATCH) => {
-                    if n == 0 {
-                        return Out::Close(CloseCode::Normal, "");
-                    }
+                _ = self.rx.readable() => {
+                    self.rx.take(&mut self.batch, MAX_BATCH);
                 }
                 _ = self.outbox.overflow_notified() => {}
                 _ = sleep_until_some(self.expires) => {

@@ -15,8 +15,15 @@
 //! master for a cluster) which carries its subscriptions and its reads. The node tells
 //! the bus when to watch a symbol (its first local subscriber) and when to stop (the
 //! last one left); each call is one command for all its symbols (one pipeline per shard
-//! in cluster mode, where `SSUBSCRIBE` takes one slot per command). Ticks received go straight to the
-//! hub from the connection's reader, so a node's hub sees the order Redis delivered.
+//! in cluster mode, where `SSUBSCRIBE` takes one slot per command).
+//!
+//! The connection's reader only checks what arrives: a payload must be a well-formed
+//! `tick` object (else it is counted as malformed and dropped); its bytes are then
+//! forwarded to clients as they arrived (PROTOCOL.md allows it), not encoded again. A
+//! payload without `"type":"tick"` is encoded afresh. The ticks read go to the hub in
+//! batches, in the order Redis delivered them: everything the reader took off the
+//! socket since the last batch is fanned out at once, so each subscriber is woken once
+//! per batch.
 //!
 //! When Redis goes away the node keeps its clients, reports unhealthy, reconnects with
 //! capped, jittered exponential backoff, resubscribes every wanted channel and, per
@@ -30,6 +37,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use redis::{PushInfo, PushKind, Value};
 use tokio::sync::Notify;
@@ -37,8 +45,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{BoxFuture, Bus, BusError};
 use crate::backoff::{Backoff, BackoffConfig};
-use crate::hub::Hub;
-use crate::tick::{Symbol, Tick};
+use crate::hub::{Entry, Hub};
+use crate::tick::{Kind, Symbol, Tick};
 pub use publisher::{Conflict, PublisherStats, RedisPublisher};
 use shards::Shards;
 
@@ -183,6 +191,34 @@ struct Inner {
     broken: Notify,
     generation: AtomicU64,
     stats: RedisBusStats,
+    /// Ticks read from Redis and not yet handed to the hub.
+    arrived: Mutex<Vec<Arc<Entry>>>,
+    /// Notified when `arrived` stops being empty.
+    arrived_ready: Notify,
+    /// Held while a batch goes to the hub, so that batches keep their order.
+    forwarding: Mutex<()>,
+}
+
+impl Inner {
+    /// Hands every tick read so far to the hub, as one batch, in arrival order.
+    fn forward(&self) {
+        let _order = self.forwarding.lock();
+        let batch = std::mem::take(&mut *self.arrived.lock());
+        if !batch.is_empty() {
+            self.hub.publish_entries(batch);
+        }
+    }
+}
+
+/// Forwards what the subscription connections read to the hub, a batch at a time,
+/// until the bus stops.
+async fn forward(inner: Arc<Inner>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = inner.arrived_ready.notified() => inner.forward(),
+        }
+    }
 }
 
 struct Links {
@@ -215,6 +251,9 @@ impl RedisBus {
             broken: Notify::new(),
             generation: AtomicU64::new(0),
             stats: RedisBusStats::default(),
+            arrived: Mutex::new(Vec::new()),
+            arrived_ready: Notify::new(),
+            forwarding: Mutex::new(()),
         });
         let links = connect_links(&inner)
             .await
@@ -227,6 +266,7 @@ impl RedisBus {
         };
         let stop = CancellationToken::new();
         tokio::spawn(supervise(inner.clone(), stop.clone()));
+        tokio::spawn(forward(inner.clone(), stop.clone()));
         Ok(RedisBus {
             inner,
             publisher,
@@ -277,25 +317,32 @@ async fn connect_links(inner: &Arc<Inner>) -> redis::RedisResult<Links> {
     Ok(Links { shards })
 }
 
-/// Handles what a subscription connection receives: ticks go to the hub.
+/// Handles what a subscription connection receives: ticks are checked and queued for
+/// the hub (see [`forward`]).
 fn on_push(weak: &Weak<Inner>, gen: u64, info: PushInfo) {
     let Some(inner) = weak.upgrade() else {
         return;
     };
     match info.kind {
         PushKind::Message | PushKind::SMessage => {
-            let Some(Value::BulkString(mut payload)) = info.data.into_iter().nth(1) else {
+            let Some(Value::BulkString(payload)) = info.data.into_iter().nth(1) else {
                 inner.stats.malformed.fetch_add(1, Ordering::Relaxed);
                 return;
             };
-            match decode_tick(&mut payload) {
-                Some(tick) => {
+            match arrival(&inner.hub, payload) {
+                Some(entry) => {
                     inner.stats.received.fetch_add(1, Ordering::Relaxed);
                     let m = crate::metrics::global();
                     m.ingested(crate::metrics::Source::Redis);
-                    let lag = crate::tick::now_ns().saturating_sub(tick.ts);
+                    let lag = crate::tick::now_ns().saturating_sub(entry.tick.ts);
                     m.bus_lag_ns.store(lag, Ordering::Relaxed);
-                    inner.hub.publish(tick);
+                    let mut arrived = inner.arrived.lock();
+                    let first = arrived.is_empty();
+                    arrived.push(entry);
+                    drop(arrived);
+                    if first {
+                        inner.arrived_ready.notify_one();
+                    }
                 }
                 None => {
                     inner.stats.malformed.fetch_add(1, Ordering::Relaxed);
@@ -308,6 +355,76 @@ fn on_push(weak: &Weak<Inner>, gen: u64, info: PushInfo) {
         }
         _ => {}
     }
+}
+
+/// A tick object as published into Redis, the fields borrowed from the payload.
+#[derive(serde::Deserialize)]
+struct Wire<'a> {
+    #[serde(rename = "type", default, borrow)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    symbol: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    epoch: Option<std::borrow::Cow<'a, str>>,
+    seq: u64,
+    ts: u64,
+    bid: f64,
+    ask: f64,
+    bid_size: u64,
+    ask_size: u64,
+    last: f64,
+    last_size: u64,
+    volume: u64,
+    #[serde(default)]
+    src_ts: Option<u64>,
+}
+
+thread_local! {
+    /// The parse's scratch copy of a payload (simd-json rewrites what it parses) and its
+    /// buffers, reused from one message to the next.
+    static SCRATCH: std::cell::RefCell<(Vec<u8>, simd_json::Buffers)> =
+        std::cell::RefCell::new((Vec::new(), simd_json::Buffers::new(512)));
+}
+
+/// Checks one payload read from Redis: it must be a whole, well-formed `tick` object.
+/// The entry keeps the payload's bytes to forward when they are a `"type":"tick"`
+/// object, else the tick encoded afresh. `None` when it is not a tick.
+fn arrival(hub: &Hub, payload: Vec<u8>) -> Option<Arc<Entry>> {
+    let first = payload.iter().find(|b| !b.is_ascii_whitespace())?;
+    if *first != b'{' {
+        return None;
+    }
+    let (tick, as_is) = SCRATCH.with(|cell| {
+        let (scratch, buffers) = &mut *cell.borrow_mut();
+        scratch.clear();
+        scratch.extend_from_slice(&payload);
+        let w: Wire<'_> = simd_json::serde::from_slice_with_buffers(scratch, buffers).ok()?;
+        let symbol = match hub.symbol(&w.symbol) {
+            Some(s) => s,
+            None => Symbol::from(&*w.symbol),
+        };
+        let tick = Tick {
+            symbol,
+            epoch: w.epoch.as_deref().unwrap_or("").into(),
+            seq: w.seq,
+            ts: w.ts,
+            bid: w.bid,
+            ask: w.ask,
+            bid_size: w.bid_size,
+            ask_size: w.ask_size,
+            last: w.last,
+            last_size: w.last_size,
+            volume: w.volume,
+            src_ts: w.src_ts,
+        };
+        Some((tick, w.kind.as_deref() == Some("tick")))
+    })?;
+    Some(if as_is {
+        Entry::forwarded(tick, Bytes::from(payload))
+    } else {
+        let json = Bytes::from(tick.to_json(Kind::Tick));
+        Entry::forwarded(tick, json)
+    })
 }
 
 /// Watches the links: a failed health check or a dropped connection starts the
@@ -381,6 +498,7 @@ async fn reconnect(inner: &Arc<Inner>) -> redis::RedisResult<()> {
     let syms: Vec<Symbol> = inner.watched.lock().iter().cloned().collect();
     subscribe(inner, &links, &syms, true).await?;
     let last = fetch_last(inner, &links, &syms).await?;
+    inner.forward();
     for (s, t) in syms.iter().zip(last) {
         inner.hub.resync(s, t);
     }
@@ -604,6 +722,7 @@ impl Bus for RedisBus {
             }
             match fetch_last(inner, &links, symbols).await {
                 Ok(last) => {
+                    inner.forward();
                     for t in last.into_iter().flatten() {
                         inner.hub.seed(t);
                     }
@@ -667,5 +786,57 @@ impl Bus for RedisBus {
             }
             self.stop.cancel();
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub() -> Hub {
+        Hub::new(["AAPL".into(), "EUR/USD".into()], 4)
+    }
+
+    const TICK: &str = r#"{"type":"tick","symbol":"AAPL","epoch":"e1","seq":7,"ts":5,"bid":1.5,"ask":1.75,"bid_size":1,"ask_size":2,"last":1.5,"last_size":3,"volume":9}"#;
+
+    #[test]
+    fn a_tick_payload_is_forwarded_as_it_arrived() {
+        let e = arrival(&hub(), TICK.as_bytes().to_vec()).unwrap();
+        assert_eq!(&e.json[..], TICK.as_bytes());
+        assert_eq!(
+            (&*e.tick.symbol, &*e.tick.epoch, e.tick.seq),
+            ("AAPL", "e1", 7)
+        );
+        assert_eq!((e.tick.bid, e.tick.ask, e.tick.volume), (1.5, 1.75, 9));
+        // Escapes are read, and the bytes forwarded untouched.
+        let escaped = TICK.replace("AAPL", r#"EUR\/USD"#);
+        let e = arrival(&hub(), escaped.clone().into_bytes()).unwrap();
+        assert_eq!(&*e.tick.symbol, "EUR/USD");
+        assert_eq!(&e.json[..], escaped.as_bytes());
+    }
+
+    #[test]
+    fn a_payload_without_its_type_is_encoded_afresh() {
+        let bare = TICK.replace(r#""type":"tick","#, "");
+        let e = arrival(&hub(), bare.into_bytes()).unwrap();
+        assert!(e.json.starts_with(br#"{"type":"tick","symbol":"AAPL""#));
+        assert_eq!(e.tick.seq, 7);
+    }
+
+    #[test]
+    fn what_is_not_one_whole_tick_object_is_refused() {
+        let bad = [
+            format!("{TICK} x"),
+            format!("{TICK}{TICK}"),
+            format!("[{TICK}]"),
+            TICK.replace(r#""seq":7"#, r#""seq":"7""#),
+            TICK.replace(r#","volume":9"#, ""),
+            TICK[..TICK.len() - 1].to_owned(),
+            r#"["AAPL","e1",7,5,1.5,1.75,1,2,1.5,3,9]"#.to_owned(),
+            String::new(),
+        ];
+        for b in bad {
+            assert!(arrival(&hub(), b.clone().into_bytes()).is_none(), "{b}");
+        }
     }
 }
