@@ -384,3 +384,25 @@ fn close_in(buf: &mut Vec<u8>) -> Option<u16> {
         }
     }
 }
+
+/// Every Ping is answered with a Pong of its payload, in order, also when a client
+/// sends more Pings at once than the server keeps owed.
+#[tokio::test]
+async fn pings_are_answered_in_order_with_their_payloads() {
+    let mut bench = Bench::new(settings()).await;
+    let mut raw = Raw::connect(bench.run.addr, "/v1/ws").await;
+    let pings: Vec<Vec<u8>> = (0..40u8).map(|i| vec![b'p', i]).collect();
+    let bytes: Vec<u8> = pings.iter().flat_map(|p| whole(PING, p)).collect();
+    raw.send(&bytes).await;
+    let mut pongs = Vec::new();
+    while pongs.len() < pings.len() {
+        let (op, payload) = raw.next_frame().await.expect("a Pong for every Ping");
+        if op == PONG {
+            pongs.push(payload);
+        }
+    }
+    assert_eq!(pongs, pings);
+    drop(raw);
+    bench.watcher_served().await;
+    bench.finish().await;
+}

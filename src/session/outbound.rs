@@ -21,6 +21,9 @@ use crate::protocol::{CloseCode, Encoding};
 /// Most messages taken from the queue for one write.
 pub const MAX_BATCH: usize = 512;
 
+/// The most messages' room the batch keeps between turns.
+const KEEP_BATCH: usize = 64;
+
 /// Which transport carries a session, and what that changes in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
@@ -158,6 +161,10 @@ impl Outbound {
     /// After it returns [`Out::Close`], the transport writes the close and stops.
     pub async fn next(&mut self) -> Out<'_> {
         self.batch.clear();
+        if self.batch.capacity() > KEEP_BATCH {
+            // A burst's batch is not kept by a connection that goes back to idle.
+            self.batch = Vec::new();
+        }
         if let Some(welcome) = self.welcome.take() {
             self.batch.push(welcome);
             self.rx.take(&mut self.batch, MAX_BATCH - 1);

@@ -1,5 +1,5 @@
 //! The WebSocket transport of the subscriber stream: one reader and one writer per
-//! connection, moving frames for a [`Session`].
+//! connection, both in the connection's one task, moving frames for a [`Session`].
 //!
 //! The reader turns frames into whole messages ([`frames`](super::frames)) and hands
 //! them to the session; the writer writes what the session's [`Outbound`] says — every
@@ -9,6 +9,9 @@
 //! client's Pings. Limits, deadlines and catching up are the
 //! session's.
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Payload, WebSocket, WebSocketRead, WebSocketWrite};
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use super::frames::{self, Message, Reassembler};
 use crate::auth::Claims;
@@ -42,54 +45,129 @@ where
     read.set_auto_pong(false);
     read.set_max_message_size(max.saturating_add(1));
 
-    let (pong_tx, pong_rx) = mpsc::channel(16);
-    let mut writer = tokio::spawn(write_loop(write, outbound, pong_rx, timeout, encoding));
+    let pongs = Pongs::default();
+    // The writer runs beside the reader in this task, not in a task of its own: an
+    // idle connection then costs one task allocation, not two.
+    let writer = write_loop(write, outbound, &pongs, timeout, encoding);
+    tokio::pin!(writer);
     let ended = tokio::select! {
-        flow = read_loop(&mut read, &mut session, &pong_tx, max) => Some(flow),
+        flow = read_loop(&mut read, &mut session, &pongs, max) => Some(flow),
         _ = &mut writer => None,
     };
     match ended {
         Some(Flow::Continue) => {
             // The client went away: the writer stops at its next turn.
-            drop(pong_tx);
-            if tokio::time::timeout(timeout, &mut writer).await.is_err() {
-                writer.abort();
-            }
+            pongs.close();
+            let _ = tokio::time::timeout(timeout, &mut writer).await;
             session.finish().await;
         }
         // The server closes: a lingering close, so that the code reaches the client.
-        _ => close_lingering(writer, read, session, timeout, node.settings.close_linger).await,
+        _ => {
+            let writing = ended.is_some();
+            let linger = node.settings.close_linger;
+            close_lingering(writer, writing, read, session, timeout, linger).await;
+        }
     }
     metrics.ws_connections.fetch_sub(1, Ordering::Relaxed);
 }
 
 type Reader<S> = WebSocketRead<ReadHalf<S>>;
 
-/// Lets the writer send its Close (within `timeout`) while whatever the client sends is
-/// read and dropped, frees the session, then waits up to `linger` for the client's
-/// Close or EOF: closing with unread data would reset the connection, and the client
-/// would never see the code.
-async fn close_lingering<S>(
-    mut writer: tokio::task::JoinHandle<()>,
+/// Most Pongs owed at once: a reader with more waits for the writer.
+const MAX_OWED_PONGS: usize = 16;
+
+/// The Pongs the reader owes the client, handed to the writer in order. Kept in the
+/// connection's task (no channel to allocate): an idle connection owes none.
+#[derive(Default)]
+struct Pongs {
+    owed: std::sync::Mutex<Owed>,
+    /// Wakes the writer: a Pong is owed, or the reader stopped.
+    ready: Notify,
+    /// Wakes the reader: room for another Pong.
+    room: Notify,
+}
+
+#[derive(Default)]
+struct Owed {
+    payloads: VecDeque<Vec<u8>>,
+    /// The reader stopped: once the owed Pongs are sent, the writer stops too.
+    closed: bool,
+}
+
+impl Pongs {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Owed> {
+        self.owed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Owes the Pong for a Ping of `payload`, waiting while the most are owed.
+    async fn owe(&self, payload: Vec<u8>) {
+        loop {
+            {
+                let mut owed = self.lock();
+                if owed.payloads.len() < MAX_OWED_PONGS {
+                    owed.payloads.push_back(payload);
+                    break;
+                }
+            }
+            self.room.notified().await;
+        }
+        self.ready.notify_one();
+    }
+
+    /// The reader stopped.
+    fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_one();
+    }
+
+    /// The next owed Pong's payload; `None` once the reader stopped and none is owed.
+    /// Cancel-safe.
+    async fn next(&self) -> Option<Vec<u8>> {
+        loop {
+            {
+                let mut owed = self.lock();
+                if let Some(p) = owed.payloads.pop_front() {
+                    drop(owed);
+                    self.room.notify_one();
+                    return Some(p);
+                }
+                if owed.closed {
+                    return None;
+                }
+            }
+            self.ready.notified().await;
+        }
+    }
+}
+
+/// Lets the writer send its Close (within `timeout`; `writing`: the writer has not
+/// finished yet) while whatever the client sends is read and dropped, frees the
+/// session, then waits up to `linger` for the client's Close or EOF: closing with
+/// unread data would reset the connection, and the client would never see the code.
+async fn close_lingering<S, W>(
+    mut writer: Pin<&mut W>,
+    writing: bool,
     read: Reader<S>,
     session: Session,
     timeout: Duration,
     linger: Duration,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
+    W: Future<Output = ()>,
 {
     let drain = frames::discard(read);
     tokio::pin!(drain);
-    // A finished writer (whose output may already be taken) is not polled again.
-    let drained = !writer.is_finished()
+    // A finished writer is not polled again.
+    let drained = writing
         && tokio::select! {
-            _ = tokio::time::timeout(timeout, &mut writer) => false,
+            _ = tokio::time::timeout(timeout, writer.as_mut()) => false,
             _ = &mut drain => true,
         };
-    if drained && !writer.is_finished() {
-        let _ = tokio::time::timeout(timeout, &mut writer).await;
+    if drained {
+        let _ = tokio::time::timeout(timeout, writer.as_mut()).await;
     }
-    writer.abort();
     session.finish().await;
     if !drained {
         let _ = tokio::time::timeout(linger, drain).await;
@@ -101,7 +179,7 @@ async fn close_lingering<S>(
 async fn read_loop<S>(
     read: &mut Reader<S>,
     session: &mut Session,
-    pongs: &mpsc::Sender<Vec<u8>>,
+    pongs: &Pongs,
     max: usize,
 ) -> Flow
 where
@@ -129,7 +207,7 @@ where
         let inbound = match msg {
             Message::Close => return session.close(CloseCode::Normal, ""),
             Message::Ping(p) => {
-                let _ = pongs.send(p.to_vec()).await;
+                pongs.owe(p.to_vec()).await;
                 continue;
             }
             Message::Pong => continue,
@@ -153,7 +231,7 @@ where
 async fn write_loop<S>(
     mut write: WebSocketWrite<WriteHalf<S>>,
     mut out: Outbound,
-    mut pongs: mpsc::Receiver<Vec<u8>>,
+    pongs: &Pongs,
     timeout: Duration,
     encoding: Encoding,
 ) where
@@ -163,7 +241,7 @@ async fn write_loop<S>(
     loop {
         let next = tokio::select! {
             biased;
-            p = pongs.recv() => {
+            p = pongs.next() => {
                 let Some(p) = p else { return };
                 if !send(&mut write, timeout, Frame::pong(Payload::Owned(p))).await {
                     return;
@@ -222,8 +300,16 @@ async fn write_loop<S>(
         if !sent {
             return;
         }
+        if frame_buf.capacity() > KEEP_FRAME_BUF {
+            // One large batch (a backfill, a burst) would otherwise stay held by a
+            // connection that goes back to idle.
+            frame_buf = Vec::new();
+        }
     }
 }
+
+/// The most a connection's frame buffer keeps between batches.
+const KEEP_FRAME_BUF: usize = 4096;
 
 /// Writes one frame; false when it failed or took longer than `timeout`.
 async fn send<S: AsyncWrite + Unpin>(
@@ -240,6 +326,7 @@ async fn send<S: AsyncWrite + Unpin>(
 /// Writes `msgs` as one JSON array into `out`.
 pub fn encode_batch(msgs: &[Bytes], out: &mut Vec<u8>) {
     out.clear();
+    out.reserve(2 + msgs.len().saturating_sub(1) + msgs.iter().map(|m| m.len()).sum::<usize>());
     out.push(b'[');
     for (i, m) in msgs.iter().enumerate() {
         if i > 0 {
@@ -253,6 +340,7 @@ pub fn encode_batch(msgs: &[Bytes], out: &mut Vec<u8>) {
 /// Writes `records` back to back into `out`: the payload of one binary frame.
 pub fn encode_records(records: &[Bytes], out: &mut Vec<u8>) {
     out.clear();
+    out.reserve(records.iter().map(|r| r.len()).sum());
     for r in records {
         out.extend_from_slice(r);
     }
