@@ -165,6 +165,24 @@ struct Tagged<'a> {
 }
 
 impl Tick {
+    /// The AAPL tick of the examples in `docs/protocol.md` (JSON and binary).
+    pub fn example() -> Tick {
+        Tick {
+            symbol: "AAPL".into(),
+            epoch: "k3v9q1".into(),
+            seq: 1043,
+            ts: 1_764_284_400_124_456_789,
+            bid: 189.10,
+            ask: 189.13,
+            bid_size: 300,
+            ask_size: 100,
+            last: 189.12,
+            last_size: 25,
+            volume: 1_234_592,
+            src_ts: None,
+        }
+    }
+
     /// Appends this tick as one JSON object of the given `type` to `out`.
     pub fn write_json(&self, kind: Kind, out: &mut Vec<u8>) {
         // Serializing plain numbers and strings into a Vec cannot fail.
@@ -228,20 +246,7 @@ mod tests {
     use super::*;
 
     fn sample() -> Tick {
-        Tick {
-            symbol: "AAPL".into(),
-            epoch: "k3v9q1".into(),
-            seq: 1043,
-            ts: 1_764_284_400_124_456_789,
-            bid: 189.10,
-            ask: 189.13,
-            bid_size: 300,
-            ask_size: 100,
-            last: 189.12,
-            last_size: 25,
-            volume: 1_234_592,
-            src_ts: None,
-        }
+        Tick::example()
     }
 
     #[test]

@@ -349,20 +349,7 @@ mod tests {
     use super::*;
 
     fn sample() -> Tick {
-        Tick {
-            symbol: "AAPL".into(),
-            epoch: "k3v9q1".into(),
-            seq: 1043,
-            ts: 1_764_284_400_124_456_789,
-            bid: 189.10,
-            ask: 189.13,
-            bid_size: 300,
-            ask_size: 100,
-            last: 189.12,
-            last_size: 25,
-            volume: 1_234_592,
-            src_ts: None,
-        }
+        Tick::example()
     }
 
     #[test]
