@@ -180,15 +180,16 @@ impl Metrics {
     }
 
     /// Counts one write of `bytes` to a subscriber; `newest_ts` is the `ts` of the
-    /// newest tick it held, if any.
-    pub fn wrote(&self, bytes: usize, newest_ts: Option<u64>, now_ns: u64) {
+    /// newest tick it held, if any (the clock is read only then).
+    pub fn wrote(&self, bytes: usize, newest_ts: Option<u64>) {
         if !enabled() {
             return;
         }
         self.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
         self.frames_out.fetch_add(1, Ordering::Relaxed);
         if let Some(ts) = newest_ts {
-            self.write_latency.observe_ns(now_ns.saturating_sub(ts));
+            let now = crate::tick::now_ns();
+            self.write_latency.observe_ns(now.saturating_sub(ts));
         }
     }
 }

@@ -162,7 +162,7 @@ async fn stream(
         if !send(&tx, chunk, timeout).await {
             break;
         }
-        metrics.wrote(len, newest, crate::tick::now_ns());
+        metrics.wrote(len, newest);
         if closing {
             break;
         }

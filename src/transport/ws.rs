@@ -48,7 +48,7 @@ where
     let pongs = Pongs::default();
     // The writer runs beside the reader in this task, not in a task of its own: an
     // idle connection then costs one task allocation, not two.
-    let writer = write_loop(write, outbound, &pongs, timeout, encoding);
+    let writer = write_loop(write, outbound, &pongs, timeout);
     tokio::pin!(writer);
     let ended = tokio::select! {
         flow = read_loop(&mut read, &mut session, &pongs, max) => Some(flow),
@@ -233,7 +233,6 @@ async fn write_loop<S>(
     mut out: Outbound,
     pongs: &Pongs,
     timeout: Duration,
-    encoding: Encoding,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -251,38 +250,30 @@ async fn write_loop<S>(
             next = out.next() => next,
         };
         let sent = match next {
-            Out::Messages(msgs) if encoding == Encoding::Binary => {
+            Out::Messages(msgs) => {
+                // Binary records (only a binary session has them) and JSON messages go
+                // in frames of their own, in queue order; a JSON session has one run.
                 let mut sent = true;
                 for run in msgs.chunk_by(|a, b| binary::is_record(a) == binary::is_record(b)) {
-                    let (frame, newest) = if binary::is_record(&run[0]) {
+                    let records = binary::is_record(&run[0]);
+                    let newest = match (crate::metrics::enabled(), records) {
+                        (false, _) => None,
+                        (true, true) => newest_record_ts(run),
+                        (true, false) => crate::metrics::newest_tick_ts(run),
+                    };
+                    let frame = if records {
                         encode_records(run, &mut frame_buf);
-                        let frame = Frame::binary(Payload::Borrowed(&frame_buf));
-                        (frame, newest_record_ts(run))
+                        Frame::binary(Payload::Borrowed(&frame_buf))
                     } else {
                         encode_batch(run, &mut frame_buf);
-                        let frame = Frame::text(Payload::Borrowed(&frame_buf));
-                        (frame, crate::metrics::newest_tick_ts(run))
+                        Frame::text(Payload::Borrowed(&frame_buf))
                     };
                     let len = frame.payload.len();
                     sent = send(&mut write, timeout, frame).await;
                     if !sent {
                         break;
                     }
-                    crate::metrics::global().wrote(len, newest, crate::tick::now_ns());
-                }
-                sent
-            }
-            Out::Messages(msgs) => {
-                encode_batch(msgs, &mut frame_buf);
-                let newest = crate::metrics::newest_tick_ts(msgs);
-                let sent = send(
-                    &mut write,
-                    timeout,
-                    Frame::text(Payload::Borrowed(&frame_buf)),
-                )
-                .await;
-                if sent {
-                    crate::metrics::global().wrote(frame_buf.len(), newest, crate::tick::now_ns());
+                    crate::metrics::global().wrote(len, newest);
                 }
                 sent
             }
