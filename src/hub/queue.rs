@@ -52,8 +52,9 @@ pub const NEED_SNAPSHOT: u64 = u64::MAX;
 /// first `seq` this subscriber missed (or [`NEED_SNAPSHOT`]).
 pub type Behind = Arc<AtomicU64>;
 
-/// A queue that stays this large once drained gives its memory back.
-const SHRINK_ABOVE: usize = 1024;
+/// The most messages' room a drained queue keeps: one that held more gives its memory
+/// back, so a connection that goes idle after a burst holds next to nothing.
+const KEEP_DRAINED: usize = 4;
 
 /// The messages waiting for the writer.
 #[derive(Default)]
@@ -75,14 +76,14 @@ pub struct Outbox {
     capacity: usize,
     policy: SlowPolicy,
     queue: Mutex<Queue>,
-    /// Wakes the writer; notified when the queue goes from empty to non-empty.
+    /// Wakes the writer: the queue went from empty to non-empty, it overflowed, or the
+    /// session asked it to look ([`Outbox::wake_writer`]).
     ready: Notify,
     /// Wakes a session's own [`Outbox::send`] waiting for room.
     room: Notify,
     lagging: Mutex<Vec<(Arc<Slot>, Behind)>>,
     has_lagging: AtomicBool,
     overflowed: AtomicBool,
-    wake: Notify,
 }
 
 /// Writers to wake once a batch of messages is queued: each at most once per batch.
@@ -118,7 +119,6 @@ impl Outbox {
             lagging: Mutex::new(Vec::new()),
             has_lagging: AtomicBool::new(false),
             overflowed: AtomicBool::new(false),
-            wake: Notify::new(),
         });
         let rx = Receiver {
             outbox: outbox.clone(),
@@ -219,7 +219,7 @@ impl Outbox {
                     self.overflowed.store(true, Ordering::Release);
                 }
             }
-            self.wake.notify_one();
+            self.ready.notify_one();
         }
         false
     }
@@ -242,9 +242,9 @@ impl Outbox {
         self.has_lagging.load(Ordering::Acquire)
     }
 
-    /// Resolves when the queue overflowed (either policy).
-    pub async fn overflow_notified(&self) {
-        self.wake.notified().await
+    /// Wakes the writer to look at its session again (a close was asked for).
+    pub fn wake_writer(&self) {
+        self.ready.notify_one();
     }
 }
 
@@ -261,7 +261,7 @@ impl Receiver {
         let was_full = q.items.len() >= self.outbox.capacity;
         let n = q.items.len().min(max);
         into.extend(q.items.drain(..n));
-        if q.items.is_empty() && q.items.capacity() > SHRINK_ABOVE {
+        if q.items.is_empty() && q.items.capacity() > KEEP_DRAINED {
             q.items = VecDeque::new();
         }
         drop(q);
@@ -281,6 +281,13 @@ impl Receiver {
     /// Whether nothing is queued.
     pub fn is_empty(&self) -> bool {
         self.outbox.queue.lock().items.is_empty()
+    }
+
+    /// Resolves once the writer has something to look at: a message queued, an
+    /// overflow, or [`Outbox::wake_writer`]. It may resolve with nothing new (the
+    /// caller looks and waits again). Cancel-safe: dropping it loses nothing.
+    pub async fn woken(&self) {
+        self.outbox.ready.notified().await
     }
 
     /// Resolves once something is queued. Cancel-safe: dropping it loses nothing.

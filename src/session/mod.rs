@@ -84,7 +84,7 @@ pub struct Session {
     subs: HashMap<Symbol, Behind>,
     bucket: TokenBucket,
     strikes: u32,
-    claims: Option<Claims>,
+    claims: Option<Box<Claims>>,
     /// The id sent in `welcome`: 128 random bits, hex (an opaque label, not a secret).
     label: String,
     /// How its ticks and snapshots are encoded.
@@ -100,7 +100,7 @@ impl Session {
     /// JSON; see [`Session::with_encoding`].
     pub fn new(
         node: Arc<Node>,
-        claims: Option<Claims>,
+        claims: Option<Box<Claims>>,
         transport: Transport,
     ) -> (Session, Outbound) {
         Session::with_encoding(node, claims, transport, Encoding::Json)
@@ -110,7 +110,7 @@ impl Session {
     /// `welcome`); otherwise as [`Session::new`].
     pub fn with_encoding(
         node: Arc<Node>,
-        claims: Option<Claims>,
+        claims: Option<Box<Claims>>,
         transport: Transport,
         encoding: Encoding,
     ) -> (Session, Outbound) {
@@ -170,6 +170,7 @@ impl Session {
     /// Asks the outbound side to send what is queued, then close with `code`.
     pub fn close(&self, code: CloseCode, reason: &'static str) -> Flow {
         self.life.close(code, reason);
+        self.outbox.wake_writer();
         Flow::Close(code, reason)
     }
 

@@ -6,13 +6,13 @@
 //! a close asked for by the inbound side, or the node shutting down — and tells the
 //! transport what to write. The transport only encodes and writes.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use tokio::sync::Notify;
 
 use crate::hub::{Hub, Outbox, Receiver};
 use crate::node::Node;
@@ -21,8 +21,9 @@ use crate::protocol::{CloseCode, Encoding};
 /// Most messages taken from the queue for one write.
 pub const MAX_BATCH: usize = 512;
 
-/// The most messages' room the batch keeps between turns.
-const KEEP_BATCH: usize = 64;
+/// The most messages' room the batch keeps between turns: past it, the room is given
+/// back once written.
+const KEEP_BATCH: usize = 4;
 
 /// Which transport carries a session, and what that changes in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,7 +62,6 @@ pub struct Life {
     start: Instant,
     last_heard_ms: AtomicU64,
     closing: Mutex<Option<(CloseCode, &'static str)>>,
-    wake: Notify,
 }
 
 impl Life {
@@ -71,7 +71,6 @@ impl Life {
             start: Instant::now(),
             last_heard_ms: AtomicU64::new(0),
             closing: Mutex::new(None),
-            wake: Notify::new(),
         }
     }
 
@@ -86,11 +85,11 @@ impl Life {
         tokio::time::Instant::from_std(self.start + Duration::from_millis(ms))
     }
 
-    /// Asks the outbound side to send what is queued, then close with `code`. The
-    /// first close asked for wins.
+    /// Asks the outbound side to send what is queued, then close with `code`; the
+    /// caller wakes the writer ([`Outbox::wake_writer`]). The first close asked for
+    /// wins.
     pub fn close(&self, code: CloseCode, reason: &'static str) {
         self.closing.lock().get_or_insert((code, reason));
-        self.wake.notify_one();
     }
 
     fn take_close(&self) -> Option<(CloseCode, &'static str)> {
@@ -113,8 +112,12 @@ pub struct Outbound {
     transport: Transport,
     /// How the session's ticks and snapshots are encoded (for catching up).
     encoding: Encoding,
-    heartbeat: tokio::time::Interval,
+    /// When the next heartbeat is due.
+    next_beat: tokio::time::Instant,
     expires: Option<tokio::time::Instant>,
+    /// The one timer of the session: set to whichever of the heartbeat, the silence
+    /// deadline and the token's expiry comes first.
+    timer: Pin<Box<tokio::time::Sleep>>,
     batch: Vec<Bytes>,
     /// The `welcome`, sent first.
     welcome: Option<Bytes>,
@@ -138,9 +141,8 @@ impl Outbound {
         let every = node.settings.heartbeat;
         // The first heartbeat falls anywhere in the first interval, so that connections
         // opened together do not all ping at once ever after.
-        let first = every.mul_f64(rand::random_range(0.05..=1.0));
-        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + first, every);
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let now = tokio::time::Instant::now();
+        let next_beat = now + every.mul_f64(rand::random_range(0.05..=1.0));
         Outbound {
             node,
             rx,
@@ -148,12 +150,19 @@ impl Outbound {
             life,
             transport,
             encoding,
-            heartbeat,
-            expires: expires_in.map(|d| tokio::time::Instant::now() + d),
+            next_beat,
+            expires: expires_in.map(|d| now + d),
+            timer: Box::pin(tokio::time::sleep_until(next_beat)),
             batch: Vec::new(),
             welcome: Some(welcome),
             closing: None,
         }
+    }
+
+    /// Whether messages are waiting to be written (a writer keeps its buffers while
+    /// busy and frees them once idle).
+    pub fn has_queued(&self) -> bool {
+        !self.rx.is_empty()
     }
 
     /// Waits for what the transport must write next. Cancel-safe: a transport may drop
@@ -175,42 +184,19 @@ impl Outbound {
             if let Some((code, reason)) = self.closing.take() {
                 return Out::Close(code, reason);
             }
-            let cfg = &self.node.settings;
-            let silence = cfg.heartbeat + cfg.heartbeat_grace;
-            let deadline = self.life.last_heard() + silence;
-            let watch_silence = self.transport.closes_when_silent();
-            tokio::select! {
-                biased;
-                _ = self.node.shutdown.cancelled() => {
-                    return Out::Close(CloseCode::GoingAway, "server shutting down");
-                }
-                _ = self.life.wake.notified() => {
-                    if let Some(close) = self.life.take_close() {
-                        // What the session queued before closing (errors, replies) goes first.
-                        self.rx.take(&mut self.batch, usize::MAX);
-                        if self.batch.is_empty() {
-                            return Out::Close(close.0, close.1);
-                        }
-                        self.closing = Some(close);
-                        return Out::Messages(&self.batch);
-                    }
-                    continue;
-                }
-                _ = self.rx.readable() => {
-                    self.rx.take(&mut self.batch, MAX_BATCH);
-                }
-                _ = self.outbox.overflow_notified() => {}
-                _ = sleep_until_some(self.expires) => {
-                    return Out::Close(CloseCode::Policy, "token expired");
-                }
-                _ = self.heartbeat.tick() => return Out::Heartbeat,
-                _ = tokio::time::sleep_until(deadline), if watch_silence => {
-                    if self.life.last_heard() + silence <= tokio::time::Instant::now() {
-                        return Out::Close(CloseCode::Normal, "heartbeat timeout");
-                    }
-                    continue;
-                }
+            if self.node.shutdown.is_cancelled() {
+                return Out::Close(CloseCode::GoingAway, "server shutting down");
             }
+            if let Some(close) = self.life.take_close() {
+                // What the session queued before closing (errors, replies) goes first.
+                self.rx.take(&mut self.batch, usize::MAX);
+                if self.batch.is_empty() {
+                    return Out::Close(close.0, close.1);
+                }
+                self.closing = Some(close);
+                return Out::Messages(&self.batch);
+            }
+            self.rx.take(&mut self.batch, MAX_BATCH);
             if self.outbox.overflowed() {
                 return Out::Close(CloseCode::SlowConsumer, "slow consumer");
             }
@@ -222,15 +208,38 @@ impl Outbound {
             if !self.batch.is_empty() {
                 return Out::Messages(&self.batch);
             }
+            // Nothing to send: what the clock says.
+            let now = tokio::time::Instant::now();
+            if self.expires.is_some_and(|at| at <= now) {
+                return Out::Close(CloseCode::Policy, "token expired");
+            }
+            let cfg = &self.node.settings;
+            let silent_at = self.life.last_heard() + cfg.heartbeat + cfg.heartbeat_grace;
+            let watch_silence = self.transport.closes_when_silent();
+            if watch_silence && silent_at <= now {
+                return Out::Close(CloseCode::Normal, "heartbeat timeout");
+            }
+            if self.next_beat <= now {
+                self.next_beat = now + cfg.heartbeat;
+                return Out::Heartbeat;
+            }
+            let mut wake_at = self.next_beat;
+            if watch_silence {
+                wake_at = wake_at.min(silent_at);
+            }
+            if let Some(at) = self.expires {
+                wake_at = wake_at.min(at);
+            }
+            if self.timer.deadline() != wake_at {
+                self.timer.as_mut().reset(wake_at);
+            }
+            tokio::select! {
+                biased;
+                _ = self.node.shutdown.cancelled() => {}
+                _ = self.rx.woken() => {}
+                _ = self.timer.as_mut() => {}
+            }
         }
-    }
-}
-
-/// Sleeps until `at`, or forever when there is no deadline.
-async fn sleep_until_some(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 

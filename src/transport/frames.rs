@@ -1,16 +1,25 @@
-//! Inbound WebSocket frames to whole messages, for every endpoint (subscribers and
-//! publishers), held to RFC 6455: fragments reassembled up to the endpoint's size
-//! limit, text checked for UTF-8, control frames checked (at most 125 bytes, never
-//! fragmented, a Close's code and reason valid) and passed through. Every breach is a
-//! [`Refusal`] with the RFC's close code; fastwebsockets' own read errors map to the
-//! same codes in [`read_error`].
+//! WebSocket frames on the server's side of a connection, for every endpoint
+//! (subscribers and publishers), held to RFC 6455.
 //!
-//! fastwebsockets' own collector has no limit on a message's total size across
-//! fragments, and it does not check that client frames are masked nor the size of
-//! Close and Pong frames, so the endpoints share this one instead.
+//! - [`FrameReader`] reads the client's frames. It holds bytes only while a frame is
+//!   incomplete: a read lands on the stack first, so an idle connection keeps no read
+//!   buffer at all. Reserved bits, reserved opcodes, a frame over the endpoint's size
+//!   limit and a control frame over 125 bytes are refused from the header, before the
+//!   payload is read.
+//! - [`Reassembler`] turns frames into whole messages: fragments reassembled up to the
+//!   endpoint's size limit, text checked for UTF-8, control frames checked (at most 125
+//!   bytes, never fragmented, a Close's code and reason valid) and passed through, client
+//!   frames required to be masked.
+//! - [`seal`] and [`control`] write the server's frames (unmasked, never fragmented).
+//!
+//! Every breach is a [`Refusal`] with the RFC's close code.
 
-use fastwebsockets::{Frame, OpCode, Payload, WebSocketError, WebSocketRead};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::task::{ready, Poll};
+
+use fastwebsockets::{Frame, OpCode, Payload};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 use crate::protocol::CloseCode;
 
@@ -53,7 +62,7 @@ impl Reassembler {
         }
     }
 
-    /// Takes one frame (read with fastwebsockets' auto-close off); a whole message once
+    /// Takes one frame (from a [`FrameReader`]); a whole message once
     /// its last fragment is in, `None` while one is being assembled, or the refusal that
     /// must close the connection.
     pub fn push<'a>(&mut self, mut frame: Frame<'a>) -> Result<Option<Message<'a>>, Refusal> {
@@ -166,25 +175,6 @@ pub fn valid_close_code(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
-/// What a fastwebsockets read error means for the connection: the refusal to close
-/// with, or `None` when the connection is gone (EOF, I/O error).
-pub fn read_error(e: WebSocketError) -> Option<Refusal> {
-    use WebSocketError as E;
-    let protocol = |why| Some((CloseCode::ProtocolError, why));
-    match e {
-        E::FrameTooLarge => Some(too_big()),
-        E::InvalidUTF8 => Some(bad_utf8()),
-        E::ReservedBitsNotZero => protocol("reserved bits set"),
-        E::InvalidValue => protocol("reserved opcode"),
-        E::ControlFrameFragmented => protocol("fragmented control frame"),
-        E::PingFrameTooLarge => protocol("control frame over 125 bytes"),
-        E::InvalidFragment | E::InvalidContinuationFrame => protocol("invalid fragment"),
-        E::InvalidCloseFrame => protocol("close payload of one byte"),
-        E::InvalidCloseCode => protocol("invalid close code"),
-        _ => None,
-    }
-}
-
 fn too_big() -> Refusal {
     (CloseCode::TooBig, "message too big")
 }
@@ -197,18 +187,13 @@ fn bad_utf8() -> Refusal {
 /// own Close, EOF or an error. A stream that no longer parses as frames (the close was
 /// for broken framing) is left unread: the caller's bound on the time is then what the
 /// client has to read the Close before the connection goes. The caller bounds the time.
-pub async fn discard<S: AsyncRead + Unpin>(mut read: WebSocketRead<S>) {
+pub async fn discard<S: AsyncRead + Unpin>(mut reader: FrameReader, mut io: S) {
     loop {
-        let got = read
-            .read_frame::<_, std::io::Error>(&mut |_| std::future::ready(Ok(())))
-            .await;
-        match got {
+        match reader.read(&mut io).await {
             Ok(frame) if frame.opcode == OpCode::Close => return,
             Ok(_) => {}
-            Err(e) => match read_error(e) {
-                None => return,
-                Some(_) => return std::future::pending().await,
-            },
+            Err(ReadError::Gone) => return,
+            Err(ReadError::Refused(_)) => return std::future::pending().await,
         }
     }
 }
@@ -217,6 +202,233 @@ pub async fn discard<S: AsyncRead + Unpin>(mut read: WebSocketRead<S>) {
 pub async fn drain<R: AsyncRead + Unpin>(mut read: R) {
     let mut buf = vec![0u8; 4096];
     while matches!(read.read(&mut buf).await, Ok(n) if n > 0) {}
+}
+
+/// Why no frame was read.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The connection ended (EOF or an I/O error): nothing more can be sent on it.
+    Gone,
+    /// The client broke the protocol: close with this.
+    Refused(Refusal),
+}
+
+impl From<Refusal> for ReadError {
+    fn from(r: Refusal) -> ReadError {
+        ReadError::Refused(r)
+    }
+}
+
+/// Bytes read onto the stack at a time when nothing is held.
+const STACK_READ: usize = 4096;
+
+/// Reads a client's frames off a stream (see the module doc): the bytes of an incomplete
+/// frame are all it holds between reads.
+#[derive(Debug)]
+pub struct FrameReader {
+    max: usize,
+    buf: Vec<u8>,
+    /// Where the next frame starts in `buf`.
+    pos: usize,
+}
+
+/// A frame's header, parsed.
+struct Head {
+    fin: bool,
+    op: OpCode,
+    key: Option<[u8; 4]>,
+    /// Header bytes, masking key included.
+    len: usize,
+    payload: usize,
+}
+
+impl FrameReader {
+    /// Frames whose payload is at most `max` bytes (a larger one is refused with 1009).
+    pub fn new(max: usize) -> FrameReader {
+        FrameReader {
+            max,
+            buf: Vec::new(),
+            pos: 0,
+        }
+    }
+
+    /// Reads the next frame, its payload unmasked. Cancel-safe: bytes read are kept for
+    /// the next call.
+    pub async fn read<S: AsyncRead + Unpin>(&mut self, io: &mut S) -> Result<Frame<'_>, ReadError> {
+        self.release();
+        let head = loop {
+            let need = match self.head()? {
+                Some(h) if self.buf.len() - self.pos >= h.len + h.payload => break h,
+                Some(h) => h.len + h.payload,
+                None => 14,
+            };
+            self.fill(io, need).await?;
+        };
+        let start = self.pos + head.len;
+        self.pos = start + head.payload;
+        let payload = &mut self.buf[start..self.pos];
+        if let Some(key) = head.key {
+            unmask(payload, key);
+        }
+        Ok(Frame::new(
+            head.fin,
+            head.op,
+            head.key,
+            Payload::BorrowedMut(payload),
+        ))
+    }
+
+    /// Frees what the frames already read used: an idle connection holds no buffer.
+    fn release(&mut self) {
+        if self.pos == self.buf.len() {
+            self.buf = Vec::new();
+            self.pos = 0;
+        }
+    }
+
+    /// The header of the next frame, once it is all in.
+    fn head(&self) -> Result<Option<Head>, Refusal> {
+        let b = &self.buf[self.pos..];
+        let [b0, b1, ..] = *b else { return Ok(None) };
+        if b0 & 0x70 != 0 {
+            return Err((CloseCode::ProtocolError, "reserved bits set"));
+        }
+        let op = match b0 & 0x0f {
+            0x0 => OpCode::Continuation,
+            0x1 => OpCode::Text,
+            0x2 => OpCode::Binary,
+            0x8 => OpCode::Close,
+            0x9 => OpCode::Ping,
+            0xa => OpCode::Pong,
+            _ => return Err((CloseCode::ProtocolError, "reserved opcode")),
+        };
+        let (payload, mut len) = match b1 & 0x7f {
+            126 => match b.get(2..4) {
+                Some(n) => (u64::from(u16::from_be_bytes([n[0], n[1]])), 4),
+                None => return Ok(None),
+            },
+            127 => match b.get(2..10) {
+                Some(n) => (u64::from_be_bytes(n.try_into().expect("8 bytes")), 10),
+                None => return Ok(None),
+            },
+            n => (u64::from(n), 2),
+        };
+        let control = b0 & 0x08 != 0;
+        if control && payload > MAX_CONTROL as u64 {
+            return Err((CloseCode::ProtocolError, "control frame over 125 bytes"));
+        }
+        let payload = match usize::try_from(payload) {
+            Ok(p) if p <= self.max => p,
+            _ => return Err(too_big()),
+        };
+        let key = if b1 & 0x80 != 0 {
+            match b.get(len..len + 4) {
+                Some(k) => {
+                    len += 4;
+                    Some(k.try_into().expect("4 bytes"))
+                }
+                None => return Ok(None),
+            }
+        } else {
+            None
+        };
+        Ok(Some(Head {
+            fin: b0 & 0x80 != 0,
+            op,
+            key,
+            len,
+            payload,
+        }))
+    }
+
+    /// Reads more, towards `need` bytes from the frame's start.
+    async fn fill<S: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut S,
+        need: usize,
+    ) -> Result<(), ReadError> {
+        if self.pos > 0 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        let read = poll_fn(|cx| {
+            if self.buf.is_empty() {
+                // Nothing held: read on the stack, and keep only what arrived.
+                let mut stack = [0u8; STACK_READ];
+                let mut rb = ReadBuf::new(&mut stack);
+                ready!(Pin::new(&mut *io).poll_read(cx, &mut rb))?;
+                self.buf.extend_from_slice(rb.filled());
+                return Poll::Ready(Ok::<usize, std::io::Error>(rb.filled().len()));
+            }
+            self.buf
+                .reserve(need.saturating_sub(self.buf.len()).max(STACK_READ));
+            tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, &mut self.buf)
+        })
+        .await;
+        match read {
+            Ok(n) if n > 0 => Ok(()),
+            _ => Err(ReadError::Gone),
+        }
+    }
+}
+
+/// Unmasks (or masks) `data` with the client's key (RFC 6455 §5.3).
+pub fn unmask(data: &mut [u8], key: [u8; 4]) {
+    let wide = u64::from_ne_bytes([
+        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
+    ]);
+    let mut words = data.chunks_exact_mut(8);
+    for w in &mut words {
+        let v = u64::from_ne_bytes((&*w).try_into().expect("8 bytes")) ^ wide;
+        w.copy_from_slice(&v.to_ne_bytes());
+    }
+    for (i, b) in words.into_remainder().iter_mut().enumerate() {
+        *b ^= key[i % 4];
+    }
+}
+
+/// Bytes kept at the front of a frame buffer for [`seal`] to write the header into.
+pub const HEAD_ROOM: usize = 10;
+
+/// Makes `buf` — [`HEAD_ROOM`] bytes of room, then the payload — one final frame of
+/// `op`, and returns it: the header goes right before the payload, so the frame is
+/// written with one write and no copy.
+pub fn seal(buf: &mut [u8], op: OpCode) -> &[u8] {
+    let len = buf.len() - HEAD_ROOM;
+    let mut head = [0u8; HEAD_ROOM];
+    head[0] = 0x80 | op as u8;
+    let n = if len < 126 {
+        head[1] = len as u8;
+        2
+    } else if let Ok(short) = u16::try_from(len) {
+        head[1] = 126;
+        head[2..4].copy_from_slice(&short.to_be_bytes());
+        4
+    } else {
+        head[1] = 127;
+        head[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    };
+    let start = HEAD_ROOM - n;
+    buf[start..HEAD_ROOM].copy_from_slice(&head[..n]);
+    &buf[start..]
+}
+
+/// One control frame (Ping, Pong, Close) of the server, `payload` cut at 125 bytes.
+pub fn control(op: OpCode, payload: &[u8]) -> Vec<u8> {
+    let payload = &payload[..payload.len().min(MAX_CONTROL)];
+    let mut frame = Vec::with_capacity(2 + payload.len());
+    frame.push(0x80 | op as u8);
+    frame.push(payload.len() as u8);
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// A server Close frame with `code` and `reason`.
+pub fn close(code: CloseCode, reason: &str) -> Vec<u8> {
+    let mut payload = code.code().to_be_bytes().to_vec();
+    payload.extend_from_slice(reason.as_bytes());
+    control(OpCode::Close, &payload)
 }
 
 #[cfg(test)]
@@ -300,5 +512,204 @@ mod tests {
             r.push(frame(true, OpCode::Close, b"")),
             Ok(Some(Message::Close))
         ));
+    }
+
+    /// A client frame: masked with `key`, of `op`, `fin` as given.
+    fn client_frame(fin: bool, op: u8, key: [u8; 4], payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![if fin { 0x80 } else { 0 } | op];
+        match payload.len() {
+            n if n < 126 => f.push(0x80 | n as u8),
+            n if n <= 0xffff => {
+                f.push(0x80 | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(0x80 | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(&key);
+        let mut body = payload.to_vec();
+        unmask(&mut body, key);
+        f.extend_from_slice(&body);
+        f
+    }
+
+    /// Hands its bytes out `step` at a time, then EOF.
+    struct Trickle {
+        data: Vec<u8>,
+        at: usize,
+        step: usize,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let n = self
+                .step
+                .min(self.data.len() - self.at)
+                .min(buf.remaining());
+            let at = self.at;
+            buf.put_slice(&self.data[at..at + n]);
+            self.at += n;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn the_reader_reads_every_length_form_whatever_the_pieces_it_arrives_in() {
+        let key = [0x37, 0xfa, 0x21, 0x3d];
+        let sizes = [
+            0usize, 1, 7, 125, 126, 127, 4095, 4096, 4097, 65535, 65536, 70_000,
+        ];
+        let mut wire = Vec::new();
+        for (i, n) in sizes.iter().enumerate() {
+            let body: Vec<u8> = (0..*n).map(|b| (b * 7 + i) as u8).collect();
+            wire.extend(client_frame(true, 0x2, key, &body));
+        }
+        wire.extend(client_frame(false, 0x1, key, b"frag"));
+        wire.extend(client_frame(true, 0x9, key, b"ping"));
+        for step in [1, 3, 4096, usize::MAX] {
+            let mut io = Trickle {
+                data: wire.clone(),
+                at: 0,
+                step,
+            };
+            let mut r = FrameReader::new(70_000);
+            for (i, n) in sizes.iter().enumerate() {
+                let f = r.read(&mut io).await.unwrap();
+                assert_eq!((f.fin, f.opcode), (true, OpCode::Binary));
+                let want: Vec<u8> = (0..*n).map(|b| (b * 7 + i) as u8).collect();
+                assert!(f.payload[..] == want[..], "size {n}, step {step}");
+            }
+            let f = r.read(&mut io).await.unwrap();
+            assert_eq!(
+                (f.fin, f.opcode, &f.payload[..]),
+                (false, OpCode::Text, &b"frag"[..])
+            );
+            let f = r.read(&mut io).await.unwrap();
+            assert_eq!((f.opcode, &f.payload[..]), (OpCode::Ping, &b"ping"[..]));
+            // A masked frame stays marked as masked for the reassembler's check.
+            let mut whole = Reassembler::new(16);
+            let ping = Frame::new(true, OpCode::Ping, Some(key), Payload::Owned(b"p".to_vec()));
+            assert!(whole.push(ping).is_ok());
+            assert!(matches!(r.read(&mut io).await, Err(ReadError::Gone)));
+        }
+    }
+
+    #[tokio::test]
+    async fn the_reader_refuses_from_the_header_before_reading_the_payload() {
+        let refused = |bytes: Vec<u8>, max: usize| async move {
+            // Only the header is there: the refusal cannot have waited for the payload.
+            let mut io = Trickle {
+                data: bytes,
+                at: 0,
+                step: usize::MAX,
+            };
+            match FrameReader::new(max).read(&mut io).await {
+                Err(ReadError::Refused((code, why))) => (code, why),
+                Err(e) => panic!("{e:?}"),
+                Ok(f) => panic!("read a frame of {}", f.payload.len()),
+            }
+        };
+        let key = [1, 2, 3, 4];
+        let mut rsv = client_frame(true, 0x1, key, b"x");
+        rsv[0] |= 0x40;
+        assert_eq!(
+            refused(rsv, 16).await,
+            (CloseCode::ProtocolError, "reserved bits set")
+        );
+        let op = client_frame(true, 0x3, key, b"x");
+        assert_eq!(
+            refused(op, 16).await,
+            (CloseCode::ProtocolError, "reserved opcode")
+        );
+        // 1 GiB announced, 14 bytes sent.
+        let mut huge = vec![0x82, 0x80 | 127];
+        huge.extend_from_slice(&(1u64 << 30).to_be_bytes());
+        huge.extend_from_slice(&key);
+        assert_eq!(refused(huge, 1 << 20).await.0, CloseCode::TooBig);
+        let mut long_ping = vec![0x89, 0x80 | 126];
+        long_ping.extend_from_slice(&200u16.to_be_bytes());
+        assert_eq!(
+            refused(long_ping, 1 << 20).await.0,
+            CloseCode::ProtocolError
+        );
+    }
+
+    #[tokio::test]
+    async fn an_idle_reader_holds_no_buffer() {
+        let (mut client, mut server) = tokio::io::duplex(1 << 16);
+        let mut r = FrameReader::new(1 << 16);
+        let big = vec![b'a'; 10_000];
+        tokio::io::AsyncWriteExt::write_all(&mut client, &client_frame(true, 1, [9; 4], &big))
+            .await
+            .unwrap();
+        assert_eq!(r.read(&mut server).await.unwrap().payload.len(), 10_000);
+        // Waiting for the next frame, with nothing to read: nothing held.
+        let wait = tokio::time::timeout(std::time::Duration::from_millis(20), r.read(&mut server));
+        assert!(wait.await.is_err());
+        assert_eq!(r.buf.capacity(), 0);
+        // Half a frame is kept across the wait, and the rest completes it.
+        let f = client_frame(true, 1, [9; 4], b"hello");
+        tokio::io::AsyncWriteExt::write_all(&mut client, &f[..4])
+            .await
+            .unwrap();
+        let wait = tokio::time::timeout(std::time::Duration::from_millis(20), r.read(&mut server));
+        assert!(wait.await.is_err());
+        tokio::io::AsyncWriteExt::write_all(&mut client, &f[4..])
+            .await
+            .unwrap();
+        assert_eq!(&r.read(&mut server).await.unwrap().payload[..], b"hello");
+    }
+
+    #[tokio::test]
+    async fn server_frames_read_back_as_written() {
+        for n in [0usize, 125, 126, 65535, 65536] {
+            let body: Vec<u8> = (0..n).map(|b| b as u8).collect();
+            let mut buf = vec![0u8; HEAD_ROOM];
+            buf.extend_from_slice(&body);
+            let frame = seal(&mut buf, OpCode::Text).to_vec();
+            let mut io = Trickle {
+                data: frame,
+                at: 0,
+                step: usize::MAX,
+            };
+            let mut r = FrameReader::new(1 << 17);
+            let f = r.read(&mut io).await.unwrap();
+            assert_eq!((f.fin, f.opcode), (true, OpCode::Text));
+            assert!(f.payload[..] == body[..], "{n}");
+        }
+        let close = close(CloseCode::SlowConsumer, "slow consumer");
+        let mut io = Trickle {
+            data: close,
+            at: 0,
+            step: usize::MAX,
+        };
+        let mut r = FrameReader::new(125);
+        let f = r.read(&mut io).await.unwrap();
+        assert_eq!(f.opcode, OpCode::Close);
+        assert_eq!(&f.payload[..2], &4008u16.to_be_bytes());
+        assert_eq!(&f.payload[2..], b"slow consumer");
+        assert_eq!(control(OpCode::Ping, &[]), [0x89, 0]);
+    }
+
+    #[test]
+    fn unmasking_matches_the_rfc_byte_by_byte() {
+        let key = [0xde, 0xad, 0xbe, 0xef];
+        for n in 0..40 {
+            let data: Vec<u8> = (0..n).map(|b| (b * 31) as u8).collect();
+            let mut fast = data.clone();
+            unmask(&mut fast, key);
+            let slow: Vec<u8> = data
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ key[i % 4])
+                .collect();
+            assert_eq!(fast, slow, "{n}");
+        }
     }
 }

@@ -157,15 +157,17 @@ fn upgrade_ws(
             Err(why) => return text(StatusCode::BAD_REQUEST, &format!("{why}\n")),
         },
     };
-    upgrade(node, req, move |node, ws| async move {
-        node.connections.fetch_add(1, Ordering::Relaxed);
-        super::ws::serve(node.clone(), ws, claims, encoding).await;
-        node.connections.fetch_sub(1, Ordering::Relaxed);
+    // Boxed: the claims are held for the connection's life, in the few bytes of a
+    // pointer.
+    let claims = claims.map(Box::new);
+    upgrade(node, req, move |node, io| {
+        super::ws::serve(node, io, claims, encoding)
     })
 }
 
-/// An upgraded connection, as handed to the code that serves it.
-pub type Upgraded = fastwebsockets::WebSocket<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
+/// An upgraded connection's stream, as handed to the code that serves it: the
+/// WebSocket frames on it are read and written by [`frames`](super::frames).
+pub type Upgraded = hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>;
 
 /// Answers a WebSocket upgrade request and, once the client has switched, runs `serve`
 /// on the connection as a task the node waits for at shutdown.
@@ -205,7 +207,7 @@ where
         async move {
             let _held = hold;
             match fut.await {
-                Ok(ws) => serve(node, ws).await,
+                Ok(ws) => serve(node, ws.into_inner()).await,
                 Err(e) => tracing::debug!(error = %e, "upgrade failed"),
             }
         }

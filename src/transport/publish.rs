@@ -22,12 +22,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fastwebsockets::{Frame, Payload, WebSocket};
+use fastwebsockets::OpCode;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use super::frames::{self, Message, Reassembler};
+use super::frames::{self, FrameReader, Message, ReadError, Reassembler, HEAD_ROOM};
 use super::http::Body;
 use crate::auth::Claims;
 use crate::feed::ingest::{ack, refusal, Checker, PublishLimits, Reply};
@@ -61,18 +61,14 @@ pub fn upgrade(node: Arc<Node>, req: &mut Request<Incoming>) -> Response<Body> {
     })
 }
 
-/// Runs one publisher connection to its end.
-pub async fn serve<S>(node: &Node, mut ws: WebSocket<S>, claims: Option<Claims>)
+/// Runs one publisher connection (`ws`, past the upgrade) to its end.
+pub async fn serve<S>(node: &Node, mut ws: S, claims: Option<Claims>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let cfg = &node.settings;
     let max = cfg.publish_max_msg_bytes;
-    ws.set_max_message_size(max.saturating_add(1));
-    // Pings are answered here, not inside read_frame, so that they count as activity.
-    ws.set_auto_pong(false);
-    // Close frames are checked and answered here (fastwebsockets' own check is looser).
-    ws.set_auto_close(false);
+    let mut frames = FrameReader::new(max);
     let silence = cfg.heartbeat + cfg.heartbeat_grace;
     let mut bucket = TokenBucket::new(cfg.publish_rate_limit, cfg.publish_rate_limit);
     let mut checker = Checker::new(&node.hub, &*node.bus, &node.publish).limited_to(claims);
@@ -92,7 +88,7 @@ where
     let (code, reason) = loop {
         let got = tokio::select! {
             _ = node.shutdown.cancelled() => break (CloseCode::GoingAway, "server shutting down"),
-            r = tokio::time::timeout(silence, ws.read_frame()) => match r {
+            r = tokio::time::timeout(silence, frames.read(&mut ws)) => match r {
                 Err(_) => break (CloseCode::Normal, "heartbeat timeout"),
                 Ok(r) => r,
             },
@@ -103,16 +99,14 @@ where
                 Ok(None) => continue,
                 Err(refusal) => break refusal,
             },
-            Err(e) => match frames::read_error(e) {
-                Some(refusal) => break refusal,
-                None => return,
-            },
+            Err(ReadError::Refused(refusal)) => break refusal,
+            Err(ReadError::Gone) => return,
         };
         let text = match msg {
             Message::Close => break (CloseCode::Normal, ""),
             Message::Ping(p) => {
-                let pong = Frame::pong(Payload::Owned(p.to_vec()));
-                if ws.write_frame(pong).await.is_err() {
+                let pong = frames::control(OpCode::Pong, &p);
+                if !send(&mut ws, cfg.send_timeout, &pong).await {
                     return;
                 }
                 continue;
@@ -147,28 +141,33 @@ where
     // A lingering close: the Close, then the end of our sending side, then what the
     // client still sends is read and dropped until its EOF (bounded), so that the code
     // reaches it rather than a reset.
-    let close = ws.write_frame(Frame::close(code.code(), reason.as_bytes()));
-    if !matches!(
-        tokio::time::timeout(cfg.send_timeout, close).await,
-        Ok(Ok(()))
-    ) {
+    if !send(&mut ws, cfg.send_timeout, &frames::close(code, reason)).await {
         return;
     }
-    let mut stream = ws.into_inner();
     let _ = tokio::time::timeout(cfg.close_linger, async {
-        let _ = stream.shutdown().await;
-        frames::drain(&mut stream).await;
+        let _ = ws.shutdown().await;
+        frames::drain(&mut ws).await;
     })
     .await;
 }
 
+/// Writes one frame; false when that failed or took longer than `timeout`.
+async fn send<S: AsyncWrite + Unpin>(ws: &mut S, timeout: Duration, frame: &[u8]) -> bool {
+    matches!(
+        tokio::time::timeout(timeout, ws.write_all(frame)).await,
+        Ok(Ok(()))
+    )
+}
+
 /// Sends `msgs` as one frame; false when that failed or took longer than `timeout` (a
 /// publisher that does not read its replies is dropped, not waited for).
-async fn reply<S>(ws: &mut WebSocket<S>, timeout: Duration, msgs: Vec<Reply<'_>>) -> bool
+async fn reply<S>(ws: &mut S, timeout: Duration, msgs: Vec<Reply<'_>>) -> bool
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncWrite + Unpin,
 {
-    let body = serde_json::to_vec(&msgs).unwrap_or_default();
-    let write = ws.write_frame(Frame::text(Payload::Owned(body)));
-    matches!(tokio::time::timeout(timeout, write).await, Ok(Ok(())))
+    let mut frame = vec![0u8; HEAD_ROOM];
+    if serde_json::to_writer(&mut frame, &msgs).is_err() {
+        return false;
+    }
+    send(ws, timeout, frames::seal(&mut frame, OpCode::Text)).await
 }

@@ -124,7 +124,7 @@ async fn stream(
     node.connections.fetch_add(1, Ordering::Relaxed);
     let metrics = crate::metrics::global();
     metrics.sse_connections.fetch_add(1, Ordering::Relaxed);
-    let (mut session, mut out) = Session::new(node.clone(), claims, Transport::Sse);
+    let (mut session, mut out) = Session::new(node.clone(), claims.map(Box::new), Transport::Sse);
     session.command(cmd).await;
     let timeout = node.settings.send_timeout;
     let mut buf = BytesMut::with_capacity(4096);

@@ -17,19 +17,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fastwebsockets::{Frame, OpCode, Payload, WebSocket, WebSocketRead, WebSocketWrite};
-use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
+use fastwebsockets::OpCode;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::Notify;
 
-use super::frames::{self, Message, Reassembler};
+use super::frames::{self, FrameReader, Message, ReadError, Reassembler, HEAD_ROOM};
 use crate::auth::Claims;
 use crate::node::Node;
 use crate::protocol::{binary, CloseCode, Encoding};
 use crate::session::{Flow, Inbound, Out, Outbound, Session, Transport};
 
-/// Runs one WebSocket connection, whose ticks and snapshots go in `encoding`, to its
-/// end, then frees the session.
-pub async fn serve<S>(node: Arc<Node>, ws: WebSocket<S>, claims: Option<Claims>, encoding: Encoding)
+/// Runs one WebSocket connection (`io`, past the upgrade), whose ticks and snapshots go
+/// in `encoding`, to its end, then frees the session.
+pub async fn serve<S>(node: Arc<Node>, io: S, claims: Option<Box<Claims>>, encoding: Encoding)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -37,13 +37,15 @@ where
         Session::with_encoding(node.clone(), claims, Transport::WebSocket, encoding);
     let metrics = crate::metrics::global();
     metrics.ws_connections.fetch_add(1, Ordering::Relaxed);
+    node.connections.fetch_add(1, Ordering::Relaxed);
     let max = node.settings.max_msg_bytes;
     let timeout = node.settings.send_timeout;
 
-    let (mut read, write) = ws.split(tokio::io::split);
-    read.set_auto_close(false);
-    read.set_auto_pong(false);
-    read.set_max_message_size(max.saturating_add(1));
+    let (read, write) = tokio::io::split(io);
+    let mut read = Reader {
+        frames: FrameReader::new(max),
+        io: read,
+    };
 
     let pongs = Pongs::default();
     // The writer runs beside the reader in this task, not in a task of its own: an
@@ -58,20 +60,33 @@ where
         Some(Flow::Continue) => {
             // The client went away: the writer stops at its next turn.
             pongs.close();
-            let _ = tokio::time::timeout(timeout, &mut writer).await;
-            session.finish().await;
+            // Boxed, as below: an open connection's task should not carry the room
+            // its ending takes.
+            Box::pin(async {
+                let _ = tokio::time::timeout(timeout, &mut writer).await;
+                session.finish().await;
+            })
+            .await;
         }
         // The server closes: a lingering close, so that the code reaches the client.
         _ => {
             let writing = ended.is_some();
             let linger = node.settings.close_linger;
-            close_lingering(writer, writing, read, session, timeout, linger).await;
+            Box::pin(close_lingering(
+                writer, writing, read, session, timeout, linger,
+            ))
+            .await;
         }
     }
     metrics.ws_connections.fetch_sub(1, Ordering::Relaxed);
+    node.connections.fetch_sub(1, Ordering::Relaxed);
 }
 
-type Reader<S> = WebSocketRead<ReadHalf<S>>;
+/// The connection's reading side.
+struct Reader<S> {
+    frames: FrameReader,
+    io: ReadHalf<S>,
+}
 
 /// Most Pongs owed at once: a reader with more waits for the writer.
 const MAX_OWED_PONGS: usize = 16;
@@ -157,7 +172,7 @@ async fn close_lingering<S, W>(
     S: AsyncRead + AsyncWrite + Unpin,
     W: Future<Output = ()>,
 {
-    let drain = frames::discard(read);
+    let drain = frames::discard(read.frames, read.io);
     tokio::pin!(drain);
     // A finished writer is not polled again.
     let drained = writing
@@ -187,10 +202,7 @@ where
 {
     let mut whole = Reassembler::new(max);
     loop {
-        let got = read
-            .read_frame::<_, std::io::Error>(&mut |_| std::future::ready(Ok(())))
-            .await;
-        let msg = match got {
+        let msg = match read.frames.read(&mut read.io).await {
             Ok(frame) => {
                 session.heard();
                 match whole.push(frame) {
@@ -199,10 +211,8 @@ where
                     Err((code, reason)) => return session.close(code, reason),
                 }
             }
-            Err(e) => match frames::read_error(e) {
-                Some((code, reason)) => return session.close(code, reason),
-                None => return Flow::Continue,
-            },
+            Err(ReadError::Refused((code, reason))) => return session.close(code, reason),
+            Err(ReadError::Gone) => return Flow::Continue,
         };
         let inbound = match msg {
             Message::Close => return session.close(CloseCode::Normal, ""),
@@ -212,7 +222,9 @@ where
             }
             Message::Pong => continue,
             Message::Text(mut text) => {
-                let flow = session.receive(Inbound::Text(text.to_mut())).await;
+                // Boxed: a command is handled now and then, and an idle connection's
+                // task should not carry the room its handling takes.
+                let flow = Box::pin(session.receive(Inbound::Text(text.to_mut()))).await;
                 if flow != Flow::Continue {
                     return flow;
                 }
@@ -220,7 +232,7 @@ where
             }
             Message::Binary(_) => Inbound::Binary,
         };
-        let flow = session.receive(inbound).await;
+        let flow = Box::pin(session.receive(inbound)).await;
         if flow != Flow::Continue {
             return flow;
         }
@@ -228,12 +240,8 @@ where
 }
 
 /// Writes what the session's outbound side says, and Pongs, until the close.
-async fn write_loop<S>(
-    mut write: WebSocketWrite<WriteHalf<S>>,
-    mut out: Outbound,
-    pongs: &Pongs,
-    timeout: Duration,
-) where
+async fn write_loop<S>(mut write: WriteHalf<S>, mut out: Outbound, pongs: &Pongs, timeout: Duration)
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut frame_buf: Vec<u8> = Vec::new();
@@ -242,7 +250,7 @@ async fn write_loop<S>(
             biased;
             p = pongs.next() => {
                 let Some(p) = p else { return };
-                if !send(&mut write, timeout, Frame::pong(Payload::Owned(p))).await {
+                if !send(&mut write, timeout, &frames::control(OpCode::Pong, &p)).await {
                     return;
                 }
                 continue;
@@ -261,15 +269,17 @@ async fn write_loop<S>(
                         (true, true) => newest_record_ts(run),
                         (true, false) => crate::metrics::newest_tick_ts(run),
                     };
-                    let frame = if records {
+                    frame_buf.clear();
+                    frame_buf.resize(HEAD_ROOM, 0);
+                    let op = if records {
                         encode_records(run, &mut frame_buf);
-                        Frame::binary(Payload::Borrowed(&frame_buf))
+                        OpCode::Binary
                     } else {
                         encode_batch(run, &mut frame_buf);
-                        Frame::text(Payload::Borrowed(&frame_buf))
+                        OpCode::Text
                     };
-                    let len = frame.payload.len();
-                    sent = send(&mut write, timeout, frame).await;
+                    let len = frame_buf.len() - HEAD_ROOM;
+                    sent = send(&mut write, timeout, frames::seal(&mut frame_buf, op)).await;
                     if !sent {
                         break;
                     }
@@ -277,46 +287,38 @@ async fn write_loop<S>(
                 }
                 sent
             }
-            Out::Heartbeat => {
-                let ping = Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[]));
-                send(&mut write, timeout, ping).await
-            }
+            Out::Heartbeat => send(&mut write, timeout, &frames::control(OpCode::Ping, &[])).await,
             Out::Close(code, reason) => {
                 crate::metrics::global().disconnected(code.code());
-                let close = Frame::close(code.code(), reason.as_bytes());
-                let _ = send(&mut write, timeout, close).await;
+                let _ = send(&mut write, timeout, &frames::close(code, reason)).await;
                 return;
             }
         };
         if !sent {
             return;
         }
-        if frame_buf.capacity() > KEEP_FRAME_BUF {
-            // One large batch (a backfill, a burst) would otherwise stay held by a
-            // connection that goes back to idle.
+        if frame_buf.capacity() > KEEP_FRAME_BUF || !out.has_queued() {
+            // The buffer is kept only while more is waiting: a connection that goes
+            // back to idle holds none, and a large batch (a backfill, a burst) is not
+            // held after it.
             frame_buf = Vec::new();
         }
     }
 }
 
-/// The most a connection's frame buffer keeps between batches.
+/// The most a busy connection's frame buffer keeps between batches.
 const KEEP_FRAME_BUF: usize = 4096;
 
 /// Writes one frame; false when it failed or took longer than `timeout`.
-async fn send<S: AsyncWrite + Unpin>(
-    write: &mut WebSocketWrite<S>,
-    timeout: Duration,
-    frame: Frame<'_>,
-) -> bool {
+async fn send<S: AsyncWrite + Unpin>(write: &mut S, timeout: Duration, frame: &[u8]) -> bool {
     matches!(
-        tokio::time::timeout(timeout, write.write_frame(frame)).await,
+        tokio::time::timeout(timeout, write.write_all(frame)).await,
         Ok(Ok(()))
     )
 }
 
-/// Writes `msgs` as one JSON array into `out`.
-pub fn encode_batch(msgs: &[Bytes], out: &mut Vec<u8>) {
-    out.clear();
+/// Appends `msgs` as one JSON array to `out`.
+fn encode_batch(msgs: &[Bytes], out: &mut Vec<u8>) {
     out.reserve(2 + msgs.len().saturating_sub(1) + msgs.iter().map(|m| m.len()).sum::<usize>());
     out.push(b'[');
     for (i, m) in msgs.iter().enumerate() {
@@ -328,9 +330,8 @@ pub fn encode_batch(msgs: &[Bytes], out: &mut Vec<u8>) {
     out.push(b']');
 }
 
-/// Writes `records` back to back into `out`: the payload of one binary frame.
-pub fn encode_records(records: &[Bytes], out: &mut Vec<u8>) {
-    out.clear();
+/// Appends `records` back to back to `out`: the payload of one binary frame.
+fn encode_records(records: &[Bytes], out: &mut Vec<u8>) {
     out.reserve(records.iter().map(|r| r.len()).sum());
     for r in records {
         out.extend_from_slice(r);
@@ -343,4 +344,22 @@ fn newest_record_ts(records: &[Bytes]) -> Option<u64> {
         Some((crate::tick::Kind::Tick, _, ts)) => Some(ts),
         _ => None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The connection's task is most of what an idle connection costs: what it holds
+    /// across its waits stays within a budget (see bench/RESULTS.md, `connections`).
+    #[tokio::test]
+    async fn a_connection_task_stays_within_its_memory_budget() {
+        let hub = Arc::new(crate::hub::Hub::new(["AAPL".into()], 16));
+        let bus = Arc::new(crate::bus::LocalBus::new(hub.clone()));
+        let node = Node::new(crate::config::Settings::default(), hub, bus, None);
+        let (io, _peer) = tokio::io::duplex(64);
+        let task = serve(node, io, None, Encoding::Json);
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 2048, "the connection future is {size} bytes");
+    }
 }
