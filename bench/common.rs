@@ -68,7 +68,9 @@ pub struct Common {
     /// References measured with the same load right after tickstream, alternating over
     /// runs: `floor` (tickstream-floor, fed through `/v1/publish`), `node` (the Node.js
     /// `ws` + ioredis server, fed through Redis), `tickstream-nometrics` (tickstream
-    /// itself with `--metrics false`, fed like tickstream: the cost of the metrics).
+    /// itself with `--metrics false`, fed like tickstream: the cost of the metrics),
+    /// `tickstream-noheartbeat` (tickstream itself with `--heartbeat 1h`, so that no
+    /// heartbeat falls in the window: what heartbeat rounds cost, in `connections`).
     #[arg(long, value_delimiter = ',')]
     pub against: Vec<Reference>,
     /// Extra argument for every spawned `tickstream serve` (repeat), e.g. `--node-arg=--queue=256`.
@@ -144,10 +146,15 @@ pub enum Reference {
     Node,
     /// tickstream with `--metrics false`.
     NoMetrics,
+    /// tickstream with no heartbeat inside the window (`--heartbeat 1h`).
+    NoHeartbeat,
 }
 
 /// Label of the tickstream target started with `--metrics false`.
 pub const NOMETRICS: &str = "tickstream-nometrics";
+
+/// Label of the tickstream target whose heartbeats never fall inside the window.
+pub const NOHEARTBEAT: &str = "tickstream-noheartbeat";
 
 impl FromStr for Reference {
     type Err = String;
@@ -156,7 +163,10 @@ impl FromStr for Reference {
             "floor" => Ok(Reference::Floor),
             "node" | "node-ws" => Ok(Reference::Node),
             NOMETRICS | "nometrics" => Ok(Reference::NoMetrics),
-            _ => Err(format!("`{s}` is not one of node, floor, {NOMETRICS}")),
+            NOHEARTBEAT | "noheartbeat" => Ok(Reference::NoHeartbeat),
+            _ => Err(format!(
+                "`{s}` is not one of node, floor, {NOMETRICS}, {NOHEARTBEAT}"
+            )),
         }
     }
 }
@@ -191,10 +201,10 @@ pub struct Target {
 impl Target {
     /// Extra `serve` arguments this target's nodes get.
     pub fn serve_args(&self) -> &'static [&'static str] {
-        if self.server == Server::Tickstream && self.label.starts_with(NOMETRICS) {
-            &["--metrics", "false"]
-        } else {
-            &[]
+        match self.server {
+            Server::Tickstream if self.label.starts_with(NOMETRICS) => &["--metrics", "false"],
+            Server::Tickstream if self.label.starts_with(NOHEARTBEAT) => &["--heartbeat", "1h"],
+            _ => &[],
         }
     }
 
@@ -220,6 +230,7 @@ pub fn targets_with_references(c: &Common) -> anyhow::Result<Vec<Target>> {
             Reference::Floor => "floor",
             Reference::Node => "node-ws",
             Reference::NoMetrics => NOMETRICS,
+            Reference::NoHeartbeat => NOHEARTBEAT,
         };
         if !c.spawning() {
             bail!("--against {name} needs --spawn: the bench starts the references itself");
@@ -227,10 +238,11 @@ pub fn targets_with_references(c: &Common) -> anyhow::Result<Vec<Target>> {
         let (server, source) = match r {
             Reference::Floor => (Server::Floor, Source::Publish),
             Reference::Node => (Server::NodeWs, Source::Redis),
-            Reference::NoMetrics => {
-                // The same node and load as the first target, counting off.
+            Reference::NoMetrics | Reference::NoHeartbeat => {
+                // The same node and load as the first target, counting off or with its
+                // heartbeats out of the window.
                 out.push(Target {
-                    label: NOMETRICS.into(),
+                    label: name.into(),
                     ..Target::tickstream(c.source)
                 });
                 continue;
@@ -363,6 +375,22 @@ pub fn parse_cpus(s: &str) -> anyhow::Result<Vec<usize>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn noheartbeat_is_tickstream_with_heartbeats_out_of_the_window() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            c: Common,
+        }
+        let args = ["x", "--spawn", "--against", "tickstream-noheartbeat"];
+        let c = <Cli as clap::Parser>::try_parse_from(args).unwrap().c;
+        let t = targets_with_references(&c).unwrap();
+        let labels: Vec<&str> = t.iter().map(|t| t.label.as_str()).collect();
+        assert_eq!(labels, ["tickstream-publish", NOHEARTBEAT]);
+        assert!(t[0].serve_args().is_empty());
+        assert_eq!(t[1].serve_args(), ["--heartbeat", "1h"]);
+    }
 
     #[test]
     fn nometrics_is_tickstream_with_metrics_off_paired_with_tickstream() {

@@ -1,7 +1,7 @@
 //! `connections`: many subscribed connections held open at a low rate: setup rate,
 //! memory per connection, CPU while idle, latency through heartbeat rounds.
 
-use crate::common::{targets_with_references, Common, Shape};
+use crate::common::{targets_with_references, Common, Shape, NOHEARTBEAT, NOMETRICS};
 use crate::scenario::{finish, reference_pairs, run_alternating, Ctx, Defaults, Load};
 
 /// Many connections, held.
@@ -40,7 +40,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut ctx = Ctx::new(a.common, "connections", d)?;
     let mut load = Load::plain(a.shape, a.rate);
     load.open_rate = a.open_rate;
-    load.node_args = vec!["--heartbeat".into(), a.heartbeat.clone()];
+    load.heartbeat = Some(a.heartbeat.clone());
     let runs = run_alternating(&mut ctx, &targets, &load)?;
     let mut rows = Vec::new();
     println!("\nconnections held");
@@ -108,14 +108,36 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         &series,
         true,
     )?;
-    finish(
+    let medians = finish(
         &ctx,
         &format!("connections, {} at {} ticks/s", a.shape, a.rate),
         &runs,
         &reference_pairs(&targets),
         serde_json::json!({"held": rows, "open_rate": a.open_rate, "heartbeat": a.heartbeat}),
     )?;
+    if let Some(line) = heartbeat_cost(&medians, &a.heartbeat) {
+        println!("{line}");
+    }
     Ok(())
+}
+
+/// What heartbeat rounds cost in latency: tickstream's p99.9 with its heartbeats in
+/// the window against the same node's with none there (`--against
+/// tickstream-noheartbeat`), medians over runs of the same load.
+fn heartbeat_cost(medians: &[crate::report::Medians], every: &str) -> Option<String> {
+    let off = medians.iter().find(|m| m.target == NOHEARTBEAT)?;
+    let on = medians.iter().find(|m| {
+        m.target.starts_with("tickstream-")
+            && m.target != NOHEARTBEAT
+            && !m.target.starts_with(NOMETRICS)
+    })?;
+    let (with, without) = (on.latency.p999 / 1e3, off.latency.p999 / 1e3);
+    Some(format!(
+        "heartbeat rounds (every {every}) move p99.9 by {:+.2} ms: {with:.2} ms with them, {without:.2} ms without ({} and {} runs)",
+        with - without,
+        on.runs,
+        off.runs,
+    ))
 }
 
 fn a_conns(r: &crate::scenario::RunResult) -> u64 {

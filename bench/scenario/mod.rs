@@ -37,6 +37,8 @@ pub struct Load {
     pub churn: Option<Churn>,
     /// Extra `serve` arguments for this scenario (before `--node-arg`s).
     pub node_args: Vec<String>,
+    /// `--heartbeat` of the spawned nodes, unless the target sets its own.
+    pub heartbeat: Option<String>,
 }
 
 impl Load {
@@ -49,6 +51,7 @@ impl Load {
             open_rate: 0.0,
             churn: None,
             node_args: Vec::new(),
+            heartbeat: None,
         }
     }
 }
@@ -393,7 +396,15 @@ fn start_servers(
                     ]),
                     _ => args.extend(["--feed".into(), "none".into()]),
                 }
-                args.extend(target.serve_args().iter().map(|a| a.to_string()));
+                let own = target.serve_args();
+                args.extend(own.iter().map(|a| a.to_string()));
+                if let Some(hb) = load
+                    .heartbeat
+                    .as_ref()
+                    .filter(|_| !own.contains(&"--heartbeat"))
+                {
+                    args.extend(["--heartbeat".into(), hb.clone()]);
+                }
                 args.extend(load.node_args.iter().cloned());
                 args.extend(c.node_args.iter().cloned());
                 procs.start(
