@@ -35,6 +35,12 @@ pub struct Common {
     /// Prefix of Redis channels and keys (PROTOCOL.md).
     #[arg(long, default_value = "tickstream:")]
     pub redis_prefix: String,
+    /// History the publisher into Redis keeps per symbol: each tick is `XADD hist` +
+    /// `SET last` + `PUBLISH`, as a publisher of PROTOCOL.md does; 0 sends the `PUBLISH`
+    /// alone (what the node reads while streaming), a third of Redis' work on the
+    /// bench's CPUs.
+    #[arg(long, default_value_t = 10_000)]
+    pub redis_history: usize,
     /// Process id of the server behind `--url`, to sample its CPU and memory.
     #[arg(long)]
     pub server_pid: Vec<u32>,

@@ -595,7 +595,7 @@ pub fn run_once(
             Source::Redis => Sink::Redis {
                 url: ep.redis.clone().expect("redis endpoint"),
                 prefix: c.redis_prefix.clone(),
-                history: 10_000,
+                history: c.redis_history,
             },
             _ => Sink::Ws(
                 ep.publish
