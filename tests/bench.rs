@@ -232,6 +232,8 @@ fn connections_reports_memory_per_connection() {
         "200",
         "--heartbeat",
         "1s",
+        "--against",
+        "tickstream-noheartbeat",
     ]);
     ok(&out);
     let s = s.unwrap();
@@ -239,9 +241,18 @@ fn connections_reports_memory_per_connection() {
     let held = &s["extra"]["held"][0];
     assert!(held["setup_conns_per_s"].as_f64().unwrap() > 0.0, "{held}");
     assert!(held["rss_held_kb"].as_u64().unwrap() > 0, "{held}");
-    let r = &s["runs"][0];
-    assert_eq!(r["counts"]["opened"], 40);
-    assert_complete(r, 10);
+    for target in ["tickstream-publish", "tickstream-noheartbeat"] {
+        let runs = runs_of(&s, target);
+        assert_eq!(runs.len(), 1, "{target}");
+        assert_eq!(runs[0]["counts"]["opened"], 40);
+        assert_complete(runs[0], 10);
+    }
+    // The twin without heartbeats in the window gives what the rounds cost.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("heartbeat rounds (every 1s) move p99.9 by"),
+        "{stdout}"
+    );
 }
 
 #[test]
