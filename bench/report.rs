@@ -178,6 +178,8 @@ pub struct Medians {
     pub runs: usize,
     /// Valid runs.
     pub valid_runs: usize,
+    /// Every run of the target, valid or not.
+    pub all_runs: usize,
     /// Median of each percentile, µs.
     pub latency: Percentiles,
     /// Median delivered msgs/s.
@@ -221,6 +223,7 @@ pub fn medians(runs: &[RunResult]) -> Vec<Medians> {
                 target: t,
                 runs: use_.len(),
                 valid_runs: valid.len(),
+                all_runs: all.len(),
                 latency: Percentiles {
                     count: m(&|r| r.latency.count as f64) as u64,
                     p50: m(&|r| r.latency.p50),
@@ -260,7 +263,7 @@ pub fn print_medians(title: &str, ms_: &[Medians]) {
     for m in ms_ {
         let mut line = format!(
             "{:<22}",
-            format!("{} ({}/{})", m.target, m.valid_runs, m.runs)
+            format!("{} ({}/{})", m.target, m.valid_runs, m.all_runs)
         );
         for v in m.latency.values() {
             let _ = write!(line, "{:>9}", ms(v));
