@@ -282,9 +282,15 @@ fn shape(line: &str) -> String {
             return format!("{kind} {} {}", one["type"], keys.join(","));
         }
     }
+    // An epoch is a random name, digits or not: it is a value, like a number.
+    let mut after_epoch = false;
     line.split_whitespace()
         .map(|w| {
-            if w.bytes().any(|b| b.is_ascii_digit()) {
+            let value = after_epoch || w.bytes().any(|b| b.is_ascii_digit());
+            after_epoch = w == "epoch";
+            if w.starts_with("epoch=") {
+                "epoch=#"
+            } else if value {
                 "#"
             } else {
                 w
@@ -292,6 +298,16 @@ fn shape(line: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+#[test]
+fn an_epoch_has_the_same_shape_whether_or_not_its_name_has_digits() {
+    assert_eq!(
+        shape("seed 1, epoch gmgeuat); 6"),
+        shape("seed 7, epoch k3x9q2a); 6")
+    );
+    assert_eq!(shape("x epoch=zrbgzxj y"), shape("x epoch=4k2m y"));
+    assert_ne!(shape("the epoch ends"), shape("the epoch ends here"));
 }
 
 fn shapes(lines: &[String]) -> BTreeSet<String> {
