@@ -10,16 +10,18 @@
 //!   endpoint's size limit, text checked for UTF-8, control frames checked (at most 125
 //!   bytes, never fragmented, a Close's code and reason valid) and passed through, client
 //!   frames required to be masked.
-//! - [`seal`] and [`control`] write the server's frames (unmasked, never fragmented).
+//! - [`seal`] and [`control`] make the server's frames (unmasked, never fragmented), and
+//!   [`send`] writes one within the send timeout.
 //!
 //! Every breach is a [`Refusal`] with the RFC's close code.
 
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::task::{ready, Poll};
+use std::time::Duration;
 
 use fastwebsockets::{Frame, OpCode, Payload};
-use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::protocol::CloseCode;
 
@@ -412,6 +414,15 @@ pub fn seal(buf: &mut [u8], op: OpCode) -> &[u8] {
     let start = HEAD_ROOM - n;
     buf[start..HEAD_ROOM].copy_from_slice(&head[..n]);
     &buf[start..]
+}
+
+/// Writes one whole frame; false when that failed or took longer than `timeout` (a
+/// client that does not read is dropped, not waited for).
+pub async fn send<S: AsyncWrite + Unpin>(io: &mut S, timeout: Duration, frame: &[u8]) -> bool {
+    matches!(
+        tokio::time::timeout(timeout, io.write_all(frame)).await,
+        Ok(Ok(()))
+    )
 }
 
 /// One control frame (Ping, Pong, Close) of the server, `payload` cut at 125 bytes.

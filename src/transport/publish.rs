@@ -27,7 +27,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use super::frames::{self, FrameReader, Message, ReadError, Reassembler, HEAD_ROOM};
+use super::frames::{self, send, FrameReader, Message, ReadError, Reassembler, HEAD_ROOM};
 use super::http::Body;
 use crate::auth::Claims;
 use crate::feed::ingest::{ack, refusal, Checker, PublishLimits, Reply};
@@ -149,14 +149,6 @@ where
         frames::drain(&mut ws).await;
     })
     .await;
-}
-
-/// Writes one frame; false when that failed or took longer than `timeout`.
-async fn send<S: AsyncWrite + Unpin>(ws: &mut S, timeout: Duration, frame: &[u8]) -> bool {
-    matches!(
-        tokio::time::timeout(timeout, ws.write_all(frame)).await,
-        Ok(Ok(()))
-    )
 }
 
 /// Sends `msgs` as one frame; false when that failed or took longer than `timeout` (a

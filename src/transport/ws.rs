@@ -18,10 +18,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fastwebsockets::OpCode;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio::sync::Notify;
 
-use super::frames::{self, FrameReader, Message, ReadError, Reassembler, HEAD_ROOM};
+use super::frames::{self, send, FrameReader, Message, ReadError, Reassembler, HEAD_ROOM};
 use crate::auth::Claims;
 use crate::node::Node;
 use crate::protocol::{binary, CloseCode, Encoding};
@@ -308,14 +308,6 @@ where
 
 /// The most a busy connection's frame buffer keeps between batches.
 const KEEP_FRAME_BUF: usize = 4096;
-
-/// Writes one frame; false when it failed or took longer than `timeout`.
-async fn send<S: AsyncWrite + Unpin>(write: &mut S, timeout: Duration, frame: &[u8]) -> bool {
-    matches!(
-        tokio::time::timeout(timeout, write.write_all(frame)).await,
-        Ok(Ok(()))
-    )
-}
 
 /// Appends `msgs` as one JSON array to `out`.
 fn encode_batch(msgs: &[Bytes], out: &mut Vec<u8>) {
