@@ -289,18 +289,6 @@ impl Receiver {
     pub async fn woken(&self) {
         self.outbox.ready.notified().await
     }
-
-    /// Resolves once something is queued. Cancel-safe: dropping it loses nothing.
-    pub async fn readable(&self) {
-        loop {
-            // A push into the empty queue after this check leaves a permit that ends
-            // the wait at once.
-            if !self.is_empty() {
-                return;
-            }
-            self.outbox.ready.notified().await;
-        }
-    }
 }
 
 impl Drop for Receiver {
@@ -356,7 +344,7 @@ mod tests {
         .await;
         assert!(woken.is_err());
         drop(wakes);
-        tokio::time::timeout(Duration::from_secs(1), rx.readable())
+        tokio::time::timeout(Duration::from_secs(1), rx.woken())
             .await
             .unwrap();
         let mut got = Vec::new();

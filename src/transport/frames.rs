@@ -16,6 +16,7 @@
 //! Every breach is a [`Refusal`] with the RFC's close code.
 
 use std::future::poll_fn;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Poll};
 use std::time::Duration;
@@ -356,8 +357,8 @@ impl FrameReader {
         let read = poll_fn(|cx| {
             if self.buf.is_empty() {
                 // Nothing held: read on the stack, and keep only what arrived.
-                let mut stack = [0u8; STACK_READ];
-                let mut rb = ReadBuf::new(&mut stack);
+                let mut stack = [MaybeUninit::<u8>::uninit(); STACK_READ];
+                let mut rb = ReadBuf::uninit(&mut stack);
                 ready!(Pin::new(&mut *io).poll_read(cx, &mut rb))?;
                 self.buf.extend_from_slice(rb.filled());
                 return Poll::Ready(Ok::<usize, std::io::Error>(rb.filled().len()));
