@@ -331,7 +331,7 @@ pub struct ServeArgs {
 
     /// Synthetic feed: everything due within this interval is handed to the hub at once,
     /// so each subscriber is woken once for it (ticks keep the time they were made); 0
-    /// hands each tick over when it is due. At most 1s. Default: 5ms.
+    /// hands each tick over when it is due. At most 1s. Default: 500us.
     #[arg(long, env = "TICKSTREAM_FEED_BATCH", value_name = "DURATION")]
     pub feed_batch: Option<Dur>,
 

@@ -15,7 +15,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::auth::Auth;
 use crate::bus::{Bus, LocalBus, RedisBus};
 use crate::config::{FeedSpec, Settings};
-use crate::feed::pump::FeedThreads;
+use crate::feed::pump::{FeedThreads, RunningFeed};
 use crate::feed::{self, Universe};
 use crate::hub::Hub;
 use crate::node::Node;
@@ -28,7 +28,7 @@ pub struct Running {
     /// The node itself.
     pub node: Arc<Node>,
     accept: tokio::task::JoinHandle<()>,
-    feed: Option<FeedThreads>,
+    feed: Option<RunningFeed>,
     certs: Option<Arc<crate::tls::CertResolver>>,
 }
 
@@ -83,7 +83,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let feed = match &settings.feed {
         FeedSpec::Synthetic => Some(start_synthetic(&settings, universe, bus.clone())),
         FeedSpec::None => None,
-        FeedSpec::Replay(path) => Some(start_replay(&settings, path, &hub, bus.clone())?),
+        FeedSpec::Replay(path) => Some(RunningFeed::Threads(start_replay(
+            &settings,
+            path,
+            &hub,
+            bus.clone(),
+        )?)),
     };
     let node = Node::new(settings, hub, bus, auth);
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -158,14 +163,14 @@ async fn reload_loop(
     }
 }
 
-fn start_synthetic(settings: &Settings, universe: Universe, bus: Arc<dyn Bus>) -> FeedThreads {
+fn start_synthetic(settings: &Settings, universe: Universe, bus: Arc<dyn Bus>) -> RunningFeed {
     let config = feed::SynthConfig {
         rate: settings.rate,
         seed: settings.seed,
         duration: None,
         batch: settings.feed_batch,
     };
-    FeedThreads::synthetic(universe, config, bus)
+    RunningFeed::synthetic(universe, config, bus)
 }
 
 fn start_replay(
@@ -300,7 +305,7 @@ impl Running {
             tracing::warn!("drain time elapsed with connections still open");
         }
         if let Some(feed) = self.feed {
-            let _ = tokio::task::spawn_blocking(move || feed.stop()).await;
+            feed.stop().await;
         }
         node.bus.close().await;
         tracing::info!("stopped");

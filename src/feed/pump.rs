@@ -1,5 +1,6 @@
-//! A feed running inside a node: its producing thread, and the pump thread that hands
-//! what it produces to the bus, in order.
+//! A feed running inside a node: the synthetic generator as a task on the node's
+//! runtime, or a replay's producing thread and the pump thread that hands what it
+//! produces to the bus, in order.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -57,16 +58,43 @@ impl FeedThreads {
     }
 }
 
-impl FeedThreads {
-    /// Starts the synthetic generator over `universe`, publishing on `bus`.
-    pub fn synthetic(universe: Universe, config: SynthConfig, bus: Arc<dyn Bus>) -> FeedThreads {
+/// A feed running inside a node, until [`RunningFeed::stop`].
+pub enum RunningFeed {
+    /// The synthetic generator, a task on the node's runtime.
+    Task(tokio::task::JoinHandle<()>),
+    /// A replay: its thread and the pump.
+    Threads(FeedThreads),
+}
+
+impl RunningFeed {
+    /// Starts the synthetic generator over `universe` on the current runtime, publishing
+    /// each batch on `bus` as it is made.
+    pub fn synthetic(universe: Universe, config: SynthConfig, bus: Arc<dyn Bus>) -> RunningFeed {
         let epoch = crate::tick::new_epoch();
-        tracing::info!(rate = config.rate, seed = config.seed, %epoch, symbols = universe.len(), "synthetic feed");
-        FeedThreads::start(bus, move |tx, stop| {
-            super::synthetic::spawn(universe, config, epoch, tx, stop)
-        })
+        RunningFeed::Task(tokio::spawn(async move {
+            let publish = move |batch: Vec<Tick>| hand_over(&*bus, batch);
+            match super::synthetic::run_on_runtime(universe, config, epoch, publish).await {
+                Ok(sent) => tracing::info!(sent, "synthetic feed ended"),
+                Err(e) => tracing::error!(error = %e, "synthetic feed stopped: no timer"),
+            }
+        }))
     }
 
+    /// Stops the feed and waits until it has.
+    pub async fn stop(self) {
+        match self {
+            RunningFeed::Task(task) => {
+                task.abort();
+                let _ = task.await;
+            }
+            RunningFeed::Threads(threads) => {
+                let _ = tokio::task::spawn_blocking(move || threads.stop()).await;
+            }
+        }
+    }
+}
+
+impl FeedThreads {
     /// Checks the whole recording at `path` (so a bad file stops the start with its
     /// line number), then plays it on its own thread into `bus`.
     pub fn replay(
@@ -108,7 +136,6 @@ impl FeedThreads {
 /// Hands every batch a feed thread produces to the bus, in order, until the feed ends;
 /// batches that queued up meanwhile go as one.
 pub fn pump(rx: crossbeam_channel::Receiver<Vec<Tick>>, bus: Arc<dyn Bus>) {
-    let ingested = &crate::metrics::global().ingested[crate::metrics::Source::Feed as usize];
     while let Ok(mut batch) = rx.recv() {
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -116,15 +143,21 @@ pub fn pump(rx: crossbeam_channel::Receiver<Vec<Tick>>, bus: Arc<dyn Bus>) {
                 Err(_) => break,
             }
         }
-        let n = batch.len();
-        match bus.publish_batch(batch) {
-            Ok(()) => {
-                ingested.fetch_add(n as u64, Ordering::Relaxed);
-            }
-            Err(e) => {
-                ingested.fetch_add(e.published as u64, Ordering::Relaxed);
-                tracing::warn!(error = %e, "publish failed");
-            }
+        hand_over(&*bus, batch);
+    }
+}
+
+/// Publishes one batch of a feed inside the node on `bus`, counting what was ingested.
+fn hand_over(bus: &dyn Bus, batch: Vec<Tick>) {
+    let ingested = &crate::metrics::global().ingested[crate::metrics::Source::Feed as usize];
+    let n = batch.len();
+    match bus.publish_batch(batch) {
+        Ok(()) => {
+            ingested.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        Err(e) => {
+            ingested.fetch_add(e.published as u64, Ordering::Relaxed);
+            tracing::warn!(error = %e, "publish failed");
         }
     }
 }

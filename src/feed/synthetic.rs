@@ -52,7 +52,7 @@ pub const THREAD_NAME: &str = "feed-synth";
 const STEP: Duration = Duration::from_millis(20);
 
 /// Default of [`SynthConfig::batch`].
-pub const DEFAULT_BATCH: Duration = Duration::from_millis(5);
+pub const DEFAULT_BATCH: Duration = Duration::from_micros(500);
 
 /// Ticks emitted back to back before `stop` and the clock are checked again.
 const MAX_BURST: u64 = 4096;
@@ -83,7 +83,7 @@ pub struct SynthConfig {
     /// Shortest time between two batches: everything due within it is handed over at
     /// once, so that the hub fans it out and wakes each subscriber once for all of it
     /// (ticks are still stamped when produced). Zero hands over each tick when it is
-    /// due. Default: [`DEFAULT_BATCH`] (5 ms).
+    /// due. Default: [`DEFAULT_BATCH`] (500 µs).
     pub batch: Duration,
 }
 
@@ -244,6 +244,11 @@ impl Generator {
         &self.epoch
     }
 
+    /// Produces the next `n` ticks, each stamped with [`now_ns`] as it is made.
+    pub fn batch(&mut self, n: u64) -> Vec<Tick> {
+        (0..n).map(|_| self.next_tick(now_ns())).collect()
+    }
+
     /// Produces the next tick, stamped with `ts` (which does not affect the sequence).
     pub fn next_tick(&mut self, ts: u64) -> Tick {
         let i = self.table.sample(&mut self.rng);
@@ -371,102 +376,255 @@ fn run(
     stop: &AtomicBool,
 ) -> u64 {
     let mut generator = Generator::new(universe, config.seed, epoch);
-    let rate = config.rate;
-    let unlimited = rate == f64::INFINITY;
-    let idle = rate.is_nan() || rate <= 0.0;
-    if idle {
-        tracing::warn!(rate, "synthetic feed rate is not positive; sending nothing");
-    }
-    // Ticks owed by the end of `duration`.
-    let limit = config.duration.filter(|_| !unlimited).map(|d| {
-        if idle {
-            0
-        } else {
-            (d.as_secs_f64() * rate) as u64
-        }
-    });
-    let max_lag = if unlimited || idle {
-        u64::MAX
-    } else {
-        ((rate * MAX_LAG_SECS) as u64).max(MAX_BURST)
-    };
-    tracing::info!(
-        rate,
-        seed = config.seed,
-        symbols = universe.len(),
-        epoch = %generator.epoch(),
-        batch_us = config.batch.as_micros() as u64,
-        "synthetic feed started"
-    );
-
-    let start = Instant::now();
-    // Schedule slots used so far: ticks sent plus ticks skipped after a stall.
-    let mut slots: u64 = 0;
-    let mut sent: u64 = 0;
-    // When the last batch was made.
-    let mut batch_at = Duration::ZERO;
+    let mut pacer = Pacer::new(config);
+    pacer.started(universe, &generator);
     loop {
         if stop.load(Ordering::Relaxed) {
-            return sent;
+            return pacer.sent;
         }
-        let elapsed = start.elapsed();
-        let finished = config.duration.is_some_and(|d| elapsed >= d);
-        let mut due = if unlimited {
-            slots + MAX_BURST
-        } else if idle {
+        match pacer.step() {
+            Step::Emit(n) => {
+                let batch = generator.batch(n);
+                let taken = sink.send_batch(batch, stop) as u64;
+                pacer.sent += taken;
+                if taken < n {
+                    return pacer.sent;
+                }
+            }
+            Step::Wait(wait) => std::thread::sleep(wait),
+            Step::Done => return pacer.sent,
+        }
+    }
+}
+
+/// Runs the synthetic feed as a task on the node's runtime, handing each batch straight
+/// to `publish` (which must not block). Paced like [`spawn`], but it sleeps on a
+/// timer with microsecond resolution registered with the runtime, so a batch costs no
+/// thread wake-up and no hand-over between threads: the runtime's own thread wakes for
+/// it, and the subscribers it wakes run on that thread next. A batch whose fan-out is
+/// still being written when the next is due simply waits behind it, so under load
+/// batches grow instead of queueing. Ends when the schedule does (`config.duration`)
+/// and returns the number of ticks published; abort the task to stop it sooner.
+pub async fn run_on_runtime(
+    universe: Universe,
+    config: SynthConfig,
+    epoch: Arc<str>,
+    mut publish: impl FnMut(Vec<Tick>),
+) -> std::io::Result<u64> {
+    let mut generator = Generator::new(&universe, config.seed, epoch);
+    let mut pacer = Pacer::new(&config);
+    let mut timer = FineTimer::new()?;
+    pacer.started(&universe, &generator);
+    loop {
+        match pacer.step() {
+            Step::Emit(n) => {
+                publish(generator.batch(n));
+                pacer.sent += n;
+                // A burst at an unlimited rate must not hold the runtime's thread.
+                tokio::task::yield_now().await;
+            }
+            Step::Wait(wait) => timer.sleep(wait).await?,
+            Step::Done => return Ok(pacer.sent),
+        }
+    }
+}
+
+/// A one-shot timer with the kernel's resolution (a `timerfd`), awaited on the runtime;
+/// tokio's own timers round up to whole milliseconds, longer than a batch.
+struct FineTimer {
+    fd: tokio::io::unix::AsyncFd<OwnedTimer>,
+}
+
+/// The timer's descriptor, owned: it stays open, and is the same descriptor, for as long
+/// as the runtime has it registered (what `AsyncFd` requires of its inner value).
+struct OwnedTimer(nix::sys::timerfd::TimerFd);
+
+impl std::os::fd::AsRawFd for OwnedTimer {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsFd;
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+impl FineTimer {
+    fn new() -> std::io::Result<FineTimer> {
+        use nix::sys::timerfd::{ClockId, TimerFd, TimerFlags};
+        let fd = TimerFd::new(
+            ClockId::CLOCK_MONOTONIC,
+            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+        )?;
+        // Deprecated only for inner values that might close or swap their descriptor
+        // while registered; `OwnedTimer` owns its descriptor and never does.
+        #[allow(deprecated)]
+        let fd =
+            tokio::io::unix::AsyncFd::with_interest(OwnedTimer(fd), tokio::io::Interest::READABLE)?;
+        Ok(FineTimer { fd })
+    }
+
+    /// Waits `wait` (at least a microsecond).
+    async fn sleep(&mut self, wait: Duration) -> std::io::Result<()> {
+        use nix::sys::time::TimeSpec;
+        use nix::sys::timerfd::{Expiration, TimerSetTimeFlags};
+        let wait = wait.max(Duration::from_micros(1));
+        self.fd.get_ref().0.set(
+            Expiration::OneShot(TimeSpec::from_duration(wait)),
+            TimerSetTimeFlags::empty(),
+        )?;
+        loop {
+            let mut ready = self.fd.readable().await?;
+            match ready.try_io(|fd| fd.get_ref().0.wait().map_err(std::io::Error::from)) {
+                Ok(result) => return result,
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+/// What the feed's schedule asks for next.
+#[derive(Debug, PartialEq)]
+enum Step {
+    /// Make this many ticks now and hand them over as one batch.
+    Emit(u64),
+    /// Nothing is due before this much time has passed.
+    Wait(Duration),
+    /// The schedule is over.
+    Done,
+}
+
+/// The feed's schedule: ticks paced to the rate, everything due handed over at once and
+/// at most one batch per [`SynthConfig::batch`], in bursts of at most [`MAX_BURST`].
+struct Pacer {
+    rate: f64,
+    seed: u64,
+    unlimited: bool,
+    idle: bool,
+    batch: Duration,
+    duration: Option<Duration>,
+    /// Ticks owed by the end of `duration`.
+    limit: Option<u64>,
+    max_lag: u64,
+    start: Instant,
+    /// Schedule slots used so far: ticks made plus ticks skipped after a stall.
+    slots: u64,
+    /// Ticks the receiver took.
+    sent: u64,
+    /// When the last batch was made.
+    batch_at: Duration,
+    /// The last batch stopped at MAX_BURST with more due.
+    cut_short: bool,
+}
+
+impl Pacer {
+    fn new(config: &SynthConfig) -> Pacer {
+        let rate = config.rate;
+        let unlimited = rate == f64::INFINITY;
+        let idle = rate.is_nan() || rate <= 0.0;
+        let limit = config.duration.filter(|_| !unlimited).map(|d| {
+            if idle {
+                0
+            } else {
+                (d.as_secs_f64() * rate) as u64
+            }
+        });
+        let max_lag = if unlimited || idle {
+            u64::MAX
+        } else {
+            ((rate * MAX_LAG_SECS) as u64).max(MAX_BURST)
+        };
+        Pacer {
+            rate,
+            seed: config.seed,
+            unlimited,
+            idle,
+            batch: config.batch,
+            duration: config.duration,
+            limit,
+            max_lag,
+            start: Instant::now(),
+            slots: 0,
+            sent: 0,
+            batch_at: Duration::ZERO,
+            cut_short: false,
+        }
+    }
+
+    /// Logs the start and sets the schedule's time zero to now.
+    fn started(&mut self, universe: &Universe, generator: &Generator) {
+        if self.idle {
+            tracing::warn!(
+                rate = self.rate,
+                "synthetic feed rate is not positive; sending nothing"
+            );
+        }
+        tracing::info!(
+            rate = self.rate,
+            seed = self.seed,
+            symbols = universe.len(),
+            epoch = %generator.epoch(),
+            batch_us = self.batch.as_micros() as u64,
+            "synthetic feed started"
+        );
+        self.start = Instant::now();
+    }
+
+    /// What to do now.
+    fn step(&mut self) -> Step {
+        self.step_at(self.start.elapsed())
+    }
+
+    /// What to do `elapsed` after the start.
+    fn step_at(&mut self, elapsed: Duration) -> Step {
+        let finished = self.duration.is_some_and(|d| elapsed >= d);
+        if self.unlimited {
+            if finished {
+                return Step::Done;
+            }
+            self.slots += MAX_BURST;
+            return Step::Emit(MAX_BURST);
+        }
+        let mut due = if self.idle {
             0
         } else {
-            (elapsed.as_secs_f64() * rate) as u64
+            (elapsed.as_secs_f64() * self.rate) as u64
         };
-        if let Some(limit) = limit {
+        if let Some(limit) = self.limit {
             due = due.min(limit);
         }
-        if due.saturating_sub(slots) > max_lag {
-            let skip = due - max_lag - slots;
+        if due.saturating_sub(self.slots) > self.max_lag {
+            let skip = due - self.max_lag - self.slots;
             tracing::debug!(skip, "synthetic feed fell behind; skipping ticks");
-            slots += skip;
+            self.slots += skip;
         }
-
-        let burst_end = due.min(slots + MAX_BURST);
-        if slots < burst_end {
-            batch_at = elapsed;
-            let mut batch = Vec::with_capacity((burst_end - slots) as usize);
-            while slots < burst_end {
-                batch.push(generator.next_tick(now_ns()));
-                slots += 1;
+        // A batch is made at most once per interval, unless the last one was a burst cut
+        // short at MAX_BURST (the rest of what was due follows at once) or the schedule
+        // is over (what it owes goes now).
+        let interval_over =
+            self.slots == 0 || self.cut_short || finished || elapsed >= self.batch_at + self.batch;
+        let burst_end = due.min(self.slots + MAX_BURST);
+        if self.slots < burst_end && interval_over {
+            if !self.cut_short {
+                self.batch_at = elapsed;
             }
-            let n = batch.len() as u64;
-            let taken = sink.send_batch(batch, stop) as u64;
-            sent += taken;
-            if taken < n {
-                return sent;
-            }
-        }
-        if slots < due {
-            continue;
+            let n = burst_end - self.slots;
+            self.slots = burst_end;
+            self.cut_short = self.slots < due;
+            return Step::Emit(n);
         }
         if finished {
-            return sent;
+            return Step::Done;
         }
-        if unlimited {
-            continue;
-        }
-
-        // Sleep until the next tick is due and a batch interval has passed since the
-        // last batch, in steps of at most STEP.
-        let now = start.elapsed();
+        // Wait until the next tick is due and a batch interval has passed since the
+        // last batch, at most STEP (so a stop is seen soon).
         let mut wait = STEP;
-        if !idle {
-            let next =
-                Duration::from_secs_f64((slots + 1) as f64 / rate).max(batch_at + config.batch);
-            wait = wait.min(next.saturating_sub(now));
+        if !self.idle {
+            let next = Duration::from_secs_f64((self.slots + 1) as f64 / self.rate)
+                .max(self.batch_at + self.batch);
+            wait = wait.min(next.saturating_sub(elapsed));
         }
-        if let Some(d) = config.duration {
-            wait = wait.min(d.saturating_sub(now));
+        if let Some(d) = self.duration {
+            wait = wait.min(d.saturating_sub(elapsed));
         }
-        if !wait.is_zero() {
-            std::thread::sleep(wait);
-        }
+        Step::Wait(wait)
     }
 }
 
@@ -877,5 +1035,93 @@ mod batch_tests {
             .iter()
             .flatten()
             .all(|t| t.seq == g.next_tick(0).seq));
+    }
+
+    fn ms(x: f64) -> Duration {
+        Duration::from_secs_f64(x / 1000.0)
+    }
+
+    #[test]
+    fn the_pacer_makes_one_batch_per_interval_of_what_is_due() {
+        let mut p = Pacer::new(&SynthConfig {
+            rate: 10_000.0,
+            batch: ms(1.0),
+            ..SynthConfig::default()
+        });
+        // Nothing is due at the start; the first batch comes one interval in.
+        assert_eq!(p.step_at(ms(0.0)), Step::Wait(ms(1.0)));
+        assert_eq!(p.step_at(ms(1.05)), Step::Emit(10));
+        // Five more are due by 1.5 ms, but the interval is not over: wait until 2.05 ms.
+        match p.step_at(ms(1.5)) {
+            Step::Wait(w) => assert!((w.as_secs_f64() - 0.000_55).abs() < 1e-9, "{w:?}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(p.step_at(ms(2.05)), Step::Emit(10));
+        // Late (the runtime was busy): everything due goes in one batch.
+        assert_eq!(p.step_at(ms(9.0)), Step::Emit(70));
+    }
+
+    #[test]
+    fn the_pacer_splits_a_flood_into_bursts_that_follow_at_once() {
+        let mut p = Pacer::new(&SynthConfig {
+            rate: 10_000_000.0,
+            batch: ms(5.0),
+            ..SynthConfig::default()
+        });
+        assert_eq!(p.step_at(ms(1.0)), Step::Emit(MAX_BURST));
+        assert_eq!(p.step_at(ms(1.0)), Step::Emit(MAX_BURST));
+        assert_eq!(p.step_at(ms(1.0)), Step::Emit(10_000 - 2 * MAX_BURST));
+        // All sent: the next batch waits for the interval, counted from the first burst.
+        assert_eq!(p.step_at(ms(1.0)), Step::Wait(ms(5.0)));
+    }
+
+    #[test]
+    fn the_pacer_ends_with_the_exact_count_of_its_duration() {
+        let mut p = Pacer::new(&SynthConfig {
+            rate: 1_000.0,
+            duration: Some(ms(100.0)),
+            batch: ms(5.0),
+            ..SynthConfig::default()
+        });
+        assert_eq!(p.step_at(ms(50.0)), Step::Emit(50));
+        assert_eq!(p.step_at(ms(500.0)), Step::Emit(50));
+        assert_eq!(p.step_at(ms(500.0)), Step::Done);
+    }
+
+    /// The in-node feed: a task on the runtime, publishing each batch as it is made.
+    #[tokio::test]
+    async fn on_the_runtime_it_publishes_everything_in_batches_in_order() {
+        let config = SynthConfig {
+            rate: 20_000.0,
+            duration: Some(ms(300.0)),
+            batch: ms(5.0),
+            ..SynthConfig::default()
+        };
+        let mut batches: Vec<Vec<Tick>> = Vec::new();
+        let sent = run_on_runtime(Universe::bundled(), config, "e".into(), |b| batches.push(b))
+            .await
+            .unwrap();
+        assert_eq!(sent, 6_000);
+        assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), 6_000);
+        assert!(batches.len() <= 62, "{} batches", batches.len());
+        assert!(batches.len() >= 2, "{} batches", batches.len());
+        let mut g = Generator::new(&Universe::bundled(), 1, "e".into());
+        assert!(batches.iter().flatten().all(|t| {
+            let want = g.next_tick(0);
+            (&t.symbol, t.seq, t.bid.to_bits()) == (&want.symbol, want.seq, want.bid.to_bits())
+        }));
+        // Stamped as made: non-decreasing across batches.
+        let ts: Vec<u64> = batches.iter().flatten().map(|t| t.ts).collect();
+        assert!(ts.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    #[tokio::test]
+    async fn the_fine_timer_waits_at_least_what_it_is_asked() {
+        let mut timer = FineTimer::new().unwrap();
+        for wait in [ms(0.2), ms(0.7), ms(3.0)] {
+            let t0 = Instant::now();
+            timer.sleep(wait).await.unwrap();
+            assert!(t0.elapsed() >= wait, "{wait:?} took {:?}", t0.elapsed());
+        }
     }
 }
