@@ -226,7 +226,7 @@ pub fn newest_tick_ts<B: AsRef<[u8]>>(msgs: &[B]) -> Option<u64> {
     const KEY: &[u8] = br#","ts":"#;
     let m = msgs.iter().rev().find(|m| m.as_ref().starts_with(HEAD))?;
     let m = m.as_ref();
-    let at = m.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let at = memchr::memmem::find(m, KEY)? + KEY.len();
     let digits = m[at..].iter().take_while(|c| c.is_ascii_digit()).count();
     std::str::from_utf8(&m[at..at + digits]).ok()?.parse().ok()
 }
