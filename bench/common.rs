@@ -41,6 +41,12 @@ pub struct Common {
     /// bench's CPUs.
     #[arg(long, default_value_t = 10_000)]
     pub redis_history: usize,
+    /// Order of the publisher's symbols within each round of N ticks: `round-robin`
+    /// (0, 1, 2, …: neighbouring ticks reach the same connections of a `C×K/N` shape)
+    /// or `shuffled` (a new seeded permutation each round, the same for every target:
+    /// neighbouring ticks are as unrelated as the synthetic feed's random draws).
+    #[arg(long, default_value = "round-robin")]
+    pub order: Order,
     /// Process id of the server behind `--url`, to sample its CPU and memory.
     #[arg(long)]
     pub server_pid: Vec<u32>,
@@ -105,6 +111,27 @@ impl Common {
     /// Whether the bench starts its own servers.
     pub fn spawning(&self) -> bool {
         self.spawn || self.urls.is_empty()
+    }
+}
+
+/// Order of the publisher's symbols within a round (see [`Common::order`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Order {
+    /// 0, 1, 2, … N−1, every round.
+    RoundRobin,
+    /// A fresh seeded permutation of the N symbols each round.
+    Shuffled,
+}
+
+impl FromStr for Order {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "round-robin" => Ok(Order::RoundRobin),
+            "shuffled" => Ok(Order::Shuffled),
+            _ => Err(format!("`{s}` is not one of round-robin, shuffled")),
+        }
     }
 }
 

@@ -3,8 +3,9 @@
 //! stalls cannot hide latency: what it delays shows as latency, and how far the
 //! publisher fell behind its schedule is reported beside it.
 //!
-//! Ticks go round-robin over the N symbols of the flat universe (tick `i` is symbol
-//! `i mod N`, seq `i / N + 1`), everything due at once in one batch: one `/v1/publish`
+//! Ticks go in rounds over the N symbols of the flat universe (tick `i` is the
+//! `i mod N`-th symbol of round `i / N`, with seq `i / N + 1`; a round is 0 … N−1, or a
+//! seeded permutation with `--order shuffled`), everything due at once in one batch: one `/v1/publish`
 //! text frame holding an array, or one Redis pipeline of `XADD hist`, `SET last` and
 //! `PUBLISH tick` per tick (PROTOCOL.md, "The bus between nodes").
 
@@ -16,7 +17,7 @@ use fastwebsockets::{Frame, OpCode, Payload};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::common::symbol_name;
+use crate::common::{symbol_name, Order};
 
 /// Where the ticks go.
 #[derive(Clone, Debug)]
@@ -51,6 +52,8 @@ pub struct Plan {
     pub record_from: u64,
     /// Skip this seq of symbol 0 (a gap injected on purpose).
     pub skip_seq: Option<u64>,
+    /// Order of the symbols within each round of N ticks.
+    pub order: Order,
 }
 
 /// What the publisher did.
@@ -91,11 +94,57 @@ struct Schedule {
     last_batch: u64,
     behind: Histogram<u64>,
     report: Report,
+    rounds: Rounds,
+}
+
+/// The symbol order of each round of N ticks.
+struct Rounds {
+    order: Order,
+    rng: rand_chacha::ChaCha8Rng,
+    /// The round `perm` belongs to.
+    round: u64,
+    perm: Vec<usize>,
+}
+
+/// Seed of the shuffled order: every target of a run gets the same sequence.
+const ORDER_SEED: u64 = 0x5eed;
+
+impl Rounds {
+    fn new(order: Order, symbols: usize) -> Rounds {
+        use rand::SeedableRng;
+        let mut r = Rounds {
+            order,
+            rng: rand_chacha::ChaCha8Rng::seed_from_u64(ORDER_SEED),
+            round: 0,
+            perm: (0..symbols).collect(),
+        };
+        r.shuffle();
+        r
+    }
+
+    fn shuffle(&mut self) {
+        if self.order == Order::Shuffled {
+            use rand::seq::SliceRandom;
+            self.perm.shuffle(&mut self.rng);
+        }
+    }
+
+    /// The symbol of tick `i` (rounds are asked for in order).
+    fn symbol(&mut self, i: u64) -> usize {
+        let n = self.perm.len() as u64;
+        while self.round < i / n {
+            self.round += 1;
+            self.shuffle();
+        }
+        self.perm[(i % n) as usize]
+    }
 }
 
 impl Schedule {
     fn new(plan: Plan) -> Schedule {
+        let rounds = Rounds::new(plan.order, plan.symbols);
         Schedule {
+            rounds,
             report: Report {
                 in_window_per_symbol: vec![0; plan.symbols],
                 ..Report::default()
@@ -143,7 +192,7 @@ impl Schedule {
         let n = self.plan.symbols as u64;
         let mut buf = Vec::with_capacity(256);
         for i in a..b {
-            let sym = (i % n) as usize;
+            let sym = self.rounds.symbol(i);
             let mut seq = i / n + 1;
             if let Some(skip) = self.plan.skip_seq {
                 if sym == 0 && seq >= skip {
@@ -331,4 +380,43 @@ fn run_ws(plan: Plan, url: &str) -> anyhow::Result<Report> {
         );
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn first_rounds(order: Order, n: usize, rounds: u64) -> Vec<Vec<usize>> {
+        let mut r = Rounds::new(order, n);
+        (0..rounds)
+            .map(|k| (0..n as u64).map(|j| r.symbol(k * n as u64 + j)).collect())
+            .collect()
+    }
+
+    #[test]
+    fn every_round_holds_each_symbol_once_in_either_order() {
+        for order in [Order::RoundRobin, Order::Shuffled] {
+            for round in first_rounds(order, 100, 5) {
+                let mut sorted = round.clone();
+                sorted.sort();
+                assert_eq!(sorted, (0..100).collect::<Vec<_>>(), "{order:?}");
+            }
+        }
+        assert!(first_rounds(Order::RoundRobin, 100, 3)
+            .iter()
+            .all(|r| *r == (0..100).collect::<Vec<_>>()));
+    }
+
+    #[test]
+    fn the_shuffled_order_changes_each_round_and_is_the_same_for_every_target() {
+        let a = first_rounds(Order::Shuffled, 100, 4);
+        assert_eq!(a, first_rounds(Order::Shuffled, 100, 4));
+        assert_ne!(a[0], (0..100).collect::<Vec<_>>());
+        assert_ne!(a[0], a[1]);
+        // Neighbouring ticks rarely share a group of ten neighbouring symbols (which
+        // reach the same connections of a 100×10/100 shape); round-robin mostly does.
+        let same_group = |r: &Vec<usize>| r.windows(2).filter(|w| w[0] / 10 == w[1] / 10).count();
+        assert!(same_group(&a[0]) < 30, "{}", same_group(&a[0]));
+        assert_eq!(same_group(&(0..100).collect()), 90);
+    }
 }

@@ -612,6 +612,7 @@ pub fn run_once(
                 end: until,
                 record_from,
                 skip_seq: c.skip_seq,
+                order: c.order,
             },
             sink,
         ))
