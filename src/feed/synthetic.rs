@@ -420,8 +420,11 @@ pub async fn run_on_runtime(
             Step::Emit(n) => {
                 publish(generator.batch(n));
                 pacer.sent += n;
-                // A burst at an unlimited rate must not hold the runtime's thread.
-                tokio::task::yield_now().await;
+                // The next burst follows at once: it must not hold the runtime's thread.
+                // Otherwise the timer's wait lets the woken subscribers run.
+                if pacer.more_due_now() {
+                    tokio::task::yield_now().await;
+                }
             }
             Step::Wait(wait) => timer.sleep(wait).await?,
             Step::Done => return Ok(pacer.sent),
@@ -565,6 +568,12 @@ impl Pacer {
             "synthetic feed started"
         );
         self.start = Instant::now();
+    }
+
+    /// Whether the next step makes a batch at once (an unlimited rate, or the rest of
+    /// a burst cut short), without waiting.
+    fn more_due_now(&self) -> bool {
+        self.unlimited || self.cut_short
     }
 
     /// What to do now.
