@@ -10,7 +10,7 @@
 
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -29,6 +29,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::common::{symbol_name, Shape};
+use crate::scan::{self, Msg};
 use tickstream::protocol::binary;
 use tickstream::tick::Kind;
 
@@ -413,40 +414,24 @@ impl Drop for Workers {
 // ---------------------------------------------------------------------------------
 // Worker side.
 
-/// One message as far as the checks read it; everything else is skipped unparsed
-/// into values.
-#[derive(Deserialize)]
-struct Msg<'a> {
-    #[serde(rename = "type", borrow)]
-    ty: Cow<'a, str>,
-    #[serde(default, borrow)]
-    symbol: Option<Cow<'a, str>>,
-    #[serde(default)]
-    seq: Option<u64>,
-    #[serde(default)]
-    ts: Option<u64>,
-    #[serde(default)]
-    from: Option<u64>,
-    #[serde(default)]
-    to: Option<u64>,
-    #[serde(default, borrow)]
-    reason: Option<Cow<'a, str>>,
-}
-
-/// What one connection holds: its histogram and counters, owned by its task and read
-/// by the worker at the end (one thread: no lock, a `RefCell`).
+/// What one connection holds: its counters, owned by its task and read by the worker at
+/// the end (one thread: no lock, a `RefCell`).
 struct ConnState {
     behaviour: Behaviour,
-    hist: Histogram<u64>,
     counts: Counts,
-    /// symbol → last seq.
-    last: HashMap<String, u64>,
+    /// symbol → last seq (looked up once per tick: a fast hash).
+    last: foldhash::HashMap<String, u64>,
 }
 
+/// What the worker's connections record into. One histogram per recorded second for
+/// the healthy connections (their whole-window histogram is the sum), one for the rest:
+/// a latency is recorded once, into a histogram likely in cache, and a connection holds
+/// no histogram of its own (one is 230 KB).
 struct Shared {
     window: Cell<Window>,
     received: Cell<u64>,
     seconds: RefCell<Vec<Histogram<u64>>>,
+    other: RefCell<Histogram<u64>>,
     conns: RefCell<Vec<Rc<RefCell<ConnState>>>>,
 }
 
@@ -477,6 +462,7 @@ async fn worker(spec: WorkerSpec, nofile: u64) -> anyhow::Result<()> {
         window: Cell::new(far),
         received: Cell::new(0),
         seconds: RefCell::new(Vec::new()),
+        other: RefCell::new(new_hist()),
         conns: RefCell::new(Vec::new()),
     });
     let spec = Rc::new(spec);
@@ -592,18 +578,19 @@ async fn worker(spec: WorkerSpec, nofile: u64) -> anyhow::Result<()> {
 
     let mut healthy = Counts::default();
     let mut other = Counts::default();
-    let mut hist = new_hist();
-    let mut other_hist = new_hist();
     for c in shared.conns.borrow().iter() {
         let c = c.borrow();
         if c.behaviour == Behaviour::Healthy {
             healthy.add(&c.counts);
-            hist.add(&c.hist)?;
         } else {
             other.add(&c.counts);
-            other_hist.add(&c.hist)?;
         }
     }
+    let mut hist = new_hist();
+    for h in shared.seconds.borrow().iter() {
+        hist.add(h)?;
+    }
+    let other_hist = shared.other.borrow();
     let lag = lag.borrow();
     let result = WorkerResult {
         index: spec.index,
@@ -713,9 +700,8 @@ async fn open_subscribed(
             .map_err(|_| anyhow!("{url}: no `subscribed` within 20 s"))??;
         match f.opcode {
             OpCode::Text => {
-                let mut p = f.payload;
-                let msgs: Vec<Msg> = simd_json::serde::from_slice(p.to_mut())
-                    .map_err(|e| anyhow!("{url}: bad frame: {e}"))?;
+                let msgs =
+                    scan::messages(&f.payload).map_err(|e| anyhow!("{url}: bad frame: {e}"))?;
                 for m in msgs {
                     match &*m.ty {
                         "subscribed" => return Ok(ws),
@@ -746,9 +732,8 @@ async fn connection(
     let mut symbols: Vec<String> = spec.shape.symbols_of(i).map(symbol_name).collect();
     let state = Rc::new(RefCell::new(ConnState {
         behaviour,
-        hist: new_hist(),
         counts: Counts::default(),
-        last: HashMap::new(),
+        last: Default::default(),
     }));
     shared.conns.borrow_mut().push(state.clone());
     let mut rng = rand::rngs::SmallRng::seed_from_u64(i as u64 * 7919 + spec.index as u64);
@@ -866,14 +851,14 @@ async fn read_loop(
         let in_window = recv >= w.record_from && recv < w.until;
         match frame.opcode {
             OpCode::Text => {
-                let mut payload = frame.payload;
+                let payload = frame.payload;
                 let len = payload.len() as u64;
                 let mut st = state.borrow_mut();
                 if in_window {
                     st.counts.frames += 1;
                     st.counts.bytes += len;
                 }
-                let Ok(msgs) = simd_json::serde::from_slice::<Vec<Msg>>(payload.to_mut()) else {
+                let Ok(msgs) = scan::messages(&payload) else {
                     st.counts.errors += 1;
                     continue;
                 };
@@ -977,22 +962,20 @@ fn on_message(st: &mut ConnState, shared: &Shared, w: &Window, recv: u64, m: Msg
             let ts = m.ts.unwrap_or(0);
             st.counts.ticks_all += 1;
             let counted = ts >= w.record_from && ts < w.until;
-            let last = st.last.get(&*sym).copied();
-            match last {
-                Some(l) if seq <= l => {
+            match st.last.get_mut(&*sym) {
+                Some(l) if seq <= *l => {
                     if counted {
                         st.counts.duplicates += 1;
                     }
                     return;
                 }
-                Some(l) if seq > l + 1 && counted => {
-                    st.counts.holes += 1;
-                    st.counts.hole_ticks += seq - l - 1;
+                Some(l) => {
+                    if seq > *l + 1 && counted {
+                        st.counts.holes += 1;
+                        st.counts.hole_ticks += seq - *l - 1;
+                    }
+                    *l = seq;
                 }
-                _ => {}
-            }
-            match st.last.get_mut(&*sym) {
-                Some(v) => *v = seq,
                 None => {
                     st.last.insert(sym.into_owned(), seq);
                 }
@@ -1000,12 +983,14 @@ fn on_message(st: &mut ConnState, shared: &Shared, w: &Window, recv: u64, m: Msg
             if counted {
                 st.counts.ticks += 1;
                 let lat = recv.saturating_sub(ts).max(1);
-                let _ = st.hist.record(lat);
                 if st.behaviour == Behaviour::Healthy {
+                    // `counted` puts ts within the window, so within one of its seconds.
                     let s = ((ts - w.record_from) / 1_000_000_000) as usize;
                     if let Some(h) = shared.seconds.borrow_mut().get_mut(s) {
                         let _ = h.record(lat);
                     }
+                } else {
+                    let _ = shared.other.borrow_mut().record(lat);
                 }
                 shared.received.set(shared.received.get() + 1);
             }
@@ -1065,22 +1050,21 @@ mod tests {
     fn state() -> (ConnState, Shared) {
         let st = ConnState {
             behaviour: Behaviour::Healthy,
-            hist: new_hist(),
             counts: Counts::default(),
-            last: HashMap::new(),
+            last: Default::default(),
         };
         let sh = Shared {
             window: Cell::new(window()),
             received: Cell::new(0),
             seconds: RefCell::new(vec![new_hist(); 10]),
+            other: RefCell::new(new_hist()),
             conns: RefCell::new(Vec::new()),
         };
         (st, sh)
     }
 
     fn feed(st: &mut ConnState, sh: &Shared, frame: &str) {
-        let mut b = frame.as_bytes().to_vec();
-        let msgs: Vec<Msg> = simd_json::serde::from_slice(&mut b).unwrap();
+        let msgs = scan::messages(frame.as_bytes()).unwrap();
         for m in msgs {
             on_message(st, sh, &window(), 5_000, m);
         }
@@ -1109,8 +1093,32 @@ mod tests {
         assert_eq!((c.holes, c.hole_ticks), (1, 2));
         assert_eq!((c.gaps, c.gap_ticks, c.conflated), (1, 4, 4));
         assert_eq!(c.duplicates, 1);
-        assert_eq!(st.hist.len(), 4);
-        assert_eq!(st.hist.max(), st.hist.highest_equivalent(3_000));
+        let secs = sh.seconds.borrow();
+        assert_eq!(secs[0].len(), 4);
+        assert_eq!(secs[0].max(), secs[0].highest_equivalent(3_000));
+        assert!(secs[1..].iter().all(|h| h.is_empty()));
+        assert!(sh.other.borrow().is_empty());
+    }
+
+    #[test]
+    fn latencies_land_in_their_second_or_with_the_other_connections() {
+        let (mut st, sh) = state();
+        feed(
+            &mut st,
+            &sh,
+            r#"[{"type":"tick","symbol":"A","seq":1,"ts":2000},{"type":"tick","symbol":"A","seq":2,"ts":3000000000}]"#,
+        );
+        st.behaviour = Behaviour::Stalled;
+        feed(
+            &mut st,
+            &sh,
+            r#"[{"type":"tick","symbol":"A","seq":3,"ts":4000}]"#,
+        );
+        let secs = sh.seconds.borrow();
+        let lens: Vec<u64> = secs.iter().map(|h| h.len()).collect();
+        assert_eq!(lens, [1, 0, 1, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(sh.other.borrow().len(), 1);
+        assert_eq!(st.counts.ticks, 3);
     }
 
     #[test]

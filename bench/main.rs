@@ -13,6 +13,7 @@
 //! - `common`: the common flags, load shape `C×K/N`, flat universe, targets.
 //! - `publisher`: the paced publisher (into `/v1/publish` or Redis).
 //! - `load`: the worker processes and their connections, seq checks, histograms.
+//! - `scan`: reading a JSON frame's checked fields without decoding the rest.
 //! - `spawn`: starting and stopping servers on chosen CPUs; /proc samples.
 //! - `scenario`: one measured run (`run_once`) and each scenario on top of it.
 //! - `report`, `plot`: tables, medians, ratios, JSON, `.hgrm`, SVG.
@@ -25,6 +26,7 @@ mod load;
 mod plot;
 mod publisher;
 mod report;
+mod scan;
 mod scenario;
 mod spawn;
 

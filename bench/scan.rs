@@ -1,0 +1,421 @@
+//! Reading a server's JSON frame for the checks: only `type`, `symbol`, `seq`, `ts` and
+//! a gap's `from`, `to` and `reason` are read; every other value is stepped over
+//! without being decoded.
+//!
+//! At a million messages a second the receiving side shares one core with the publisher
+//! and `redis-server`; a full parse, which decodes every price, cost half of that core.
+//! The fast path here walks the frame once and borrows the strings it keeps. It hands
+//! a frame to simd-json whenever anything is not plain: an escaped string, a number in
+//! a field the checks read that is not a plain integer, a field twice, a value of the
+//! wrong kind, or a frame that is not an array of objects. simd-json's answer is then
+//! the answer, so a frame it rejects is an error here too. Values the checks skip are
+//! only delimited (strings to their closing quote, nested values by depth, numbers and
+//! literals to the next delimiter), not validated; a tick's object is left for its
+//! closing brace as soon as its type, symbol, seq and ts are read.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+/// One message as far as the checks read it.
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+pub struct Msg<'a> {
+    #[serde(rename = "type", borrow)]
+    pub ty: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub symbol: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub seq: Option<u64>,
+    #[serde(default)]
+    pub ts: Option<u64>,
+    #[serde(default)]
+    pub from: Option<u64>,
+    #[serde(default)]
+    pub to: Option<u64>,
+    #[serde(default, borrow)]
+    pub reason: Option<Cow<'a, str>>,
+}
+
+impl Msg<'_> {
+    fn into_owned(self) -> Msg<'static> {
+        let own = |c: Cow<'_, str>| Cow::Owned(c.into_owned());
+        Msg {
+            ty: own(self.ty),
+            symbol: self.symbol.map(own),
+            seq: self.seq,
+            ts: self.ts,
+            from: self.from,
+            to: self.to,
+            reason: self.reason.map(own),
+        }
+    }
+}
+
+/// The messages of one text frame, in order.
+pub fn messages(frame: &[u8]) -> Result<Vec<Msg<'_>>, simd_json::Error> {
+    if let Some(msgs) = Scanner::new(frame).and_then(Scanner::frame) {
+        return Ok(msgs);
+    }
+    let mut copy = frame.to_vec();
+    let msgs: Vec<Msg> = simd_json::serde::from_slice(&mut copy)?;
+    Ok(msgs.into_iter().map(Msg::into_owned).collect())
+}
+
+/// The fast path; `None` hands the frame to simd-json.
+struct Scanner<'a> {
+    /// The frame, checked as UTF-8 once: a string's bounds are ASCII quotes, so each
+    /// string kept is a slice of it.
+    s: &'a str,
+    b: &'a [u8],
+    i: usize,
+}
+
+/// Which of `Msg`'s fields a key names.
+#[derive(Clone, Copy)]
+enum Field {
+    Ty,
+    Symbol,
+    Seq,
+    Ts,
+    From,
+    To,
+    Reason,
+    Other,
+}
+
+impl Field {
+    fn of(key: &[u8]) -> Field {
+        match key {
+            b"type" => Field::Ty,
+            b"symbol" => Field::Symbol,
+            b"seq" => Field::Seq,
+            b"ts" => Field::Ts,
+            b"from" => Field::From,
+            b"to" => Field::To,
+            b"reason" => Field::Reason,
+            _ => Field::Other,
+        }
+    }
+}
+
+impl<'a> Scanner<'a> {
+    fn new(b: &'a [u8]) -> Option<Self> {
+        let s = simdutf8::basic::from_utf8(b).ok()?;
+        Some(Scanner { s, b, i: 0 })
+    }
+
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.b.get(self.i) {
+            self.i += 1;
+        }
+    }
+
+    /// Skips white space and returns the next byte, not consumed.
+    fn peek(&mut self) -> Option<u8> {
+        self.ws();
+        self.b.get(self.i).copied()
+    }
+
+    fn eat(&mut self, c: u8) -> Option<()> {
+        (self.peek()? == c).then(|| self.i += 1)
+    }
+
+    fn frame(mut self) -> Option<Vec<Msg<'a>>> {
+        self.eat(b'[')?;
+        let mut out = Vec::new();
+        if self.peek()? == b']' {
+            self.i += 1;
+        } else {
+            loop {
+                out.push(self.object()?);
+                match self.peek()? {
+                    b',' => self.i += 1,
+                    b']' => {
+                        self.i += 1;
+                        break;
+                    }
+                    _ => return None,
+                }
+            }
+        }
+        (self.peek().is_none()).then_some(out)
+    }
+
+    fn object(&mut self) -> Option<Msg<'a>> {
+        self.eat(b'{')?;
+        let mut ty = None;
+        let mut m = Msg {
+            ty: Cow::Borrowed(""),
+            symbol: None,
+            seq: None,
+            ts: None,
+            from: None,
+            to: None,
+            reason: None,
+        };
+        if self.peek()? == b'}' {
+            self.i += 1;
+            return None; // no `type`: simd-json says so
+        }
+        loop {
+            let key = self.key()?;
+            self.eat(b':')?;
+            match Field::of(key) {
+                Field::Ty => set(&mut ty, self.str_value()?)?,
+                Field::Symbol => set(&mut m.symbol, Cow::Borrowed(self.str_value()?))?,
+                Field::Reason => set(&mut m.reason, Cow::Borrowed(self.str_value()?))?,
+                Field::Seq => set(&mut m.seq, self.integer()?)?,
+                Field::Ts => set(&mut m.ts, self.integer()?)?,
+                Field::From => set(&mut m.from, self.integer()?)?,
+                Field::To => set(&mut m.to, self.integer()?)?,
+                Field::Other => self.skip_value()?,
+            }
+            if ty == Some("tick") && m.symbol.is_some() && m.seq.is_some() && m.ts.is_some() {
+                // All a tick's checks read: the prices and sizes after them are not
+                // looked at, only stepped over to the object's end.
+                self.skip_to_object_end()?;
+                break;
+            }
+            match self.peek()? {
+                b',' => self.i += 1,
+                b'}' => {
+                    self.i += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+        m.ty = Cow::Borrowed(ty?);
+        Some(m)
+    }
+
+    /// A string value without escapes, borrowed.
+    fn str_value(&mut self) -> Option<&'a str> {
+        let r = self.plain_string()?;
+        self.s.get(r)
+    }
+
+    /// A key without escapes, as bytes.
+    fn key(&mut self) -> Option<&'a [u8]> {
+        let r = self.plain_string()?;
+        Some(&self.b[r])
+    }
+
+    /// Where a string without escapes lies, quotes excluded.
+    fn plain_string(&mut self) -> Option<std::ops::Range<usize>> {
+        self.eat(b'"')?;
+        let start = self.i;
+        // Keys and the values read are short: a plain loop beats memchr's set-up.
+        loop {
+            match *self.b.get(self.i)? {
+                b'"' => break,
+                b'\\' => return None,
+                _ => self.i += 1,
+            }
+        }
+        self.i += 1;
+        Some(start..self.i - 1)
+    }
+
+    /// A plain unsigned integer that fits a u64.
+    fn integer(&mut self) -> Option<u64> {
+        self.ws();
+        let start = self.i;
+        while let Some(b'0'..=b'9') = self.b.get(self.i) {
+            self.i += 1;
+        }
+        let digits = self.i - start;
+        let v = match digits {
+            // Up to 19 digits cannot overflow.
+            0..=19 => self.b[start..self.i]
+                .iter()
+                .fold(0u64, |v, d| v * 10 + u64::from(d - b'0')),
+            20 => self.b[start..self.i].iter().try_fold(0u64, |v, d| {
+                v.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+            })?,
+            _ => return None,
+        };
+        // A leading zero, a fraction or an exponent: simd-json decides.
+        if digits == 0 || (digits > 1 && self.b[start] == b'0') {
+            return None;
+        }
+        match self.b.get(self.i) {
+            Some(b'.' | b'e' | b'E') => None,
+            _ => Some(v),
+        }
+    }
+
+    /// Steps over one value without decoding it.
+    fn skip_value(&mut self) -> Option<()> {
+        match self.peek()? {
+            b'"' => {
+                self.i += 1;
+                self.skip_string_body()
+            }
+            b'{' | b'[' => {
+                let mut depth = 0usize;
+                loop {
+                    let c = *self.b.get(self.i)?;
+                    self.i += 1;
+                    match c {
+                        b'{' | b'[' => depth += 1,
+                        b'}' | b']' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                return Some(());
+                            }
+                        }
+                        b'"' => self.skip_string_body()?,
+                        _ => {}
+                    }
+                }
+            }
+            _ => {
+                let start = self.i;
+                while let Some(b'0'..=b'9' | b'a'..=b'z' | b'E' | b'.' | b'+' | b'-') =
+                    self.b.get(self.i)
+                {
+                    self.i += 1;
+                }
+                (self.i > start).then_some(())
+            }
+        }
+    }
+
+    /// Inside an object: to just past its closing brace, looking only at quotes and
+    /// braces (a nested array cannot close an object).
+    fn skip_to_object_end(&mut self) -> Option<()> {
+        let mut depth = 1usize;
+        loop {
+            let at = memchr::memchr3(b'"', b'{', b'}', &self.b[self.i..])?;
+            let c = self.b[self.i + at];
+            self.i += at + 1;
+            match c {
+                b'"' => self.skip_string_body()?,
+                b'{' => depth += 1,
+                _ => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return Some(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// After an opening quote: to just past the closing one, stepping over escapes.
+    fn skip_string_body(&mut self) -> Option<()> {
+        loop {
+            match *self.b.get(self.i)? {
+                b'"' => {
+                    self.i += 1;
+                    return Some(());
+                }
+                b'\\' => self.i += 2,
+                _ => self.i += 1,
+            }
+        }
+    }
+}
+
+/// Sets a field once; a field twice goes to simd-json.
+fn set<T>(slot: &mut Option<T>, v: T) -> Option<()> {
+    if slot.is_some() {
+        return None;
+    }
+    *slot = Some(v);
+    Some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full(frame: &str) -> Result<Vec<Msg<'static>>, simd_json::Error> {
+        let mut b = frame.as_bytes().to_vec();
+        let msgs: Vec<Msg> = simd_json::serde::from_slice(&mut b)?;
+        Ok(msgs.into_iter().map(Msg::into_owned).collect())
+    }
+
+    fn fast(frame: &str) -> Option<Vec<Msg<'_>>> {
+        Scanner::new(frame.as_bytes())?.frame()
+    }
+
+    const TICKS: &str = r#"[{"type":"tick","symbol":"AAPL","epoch":"e1","seq":1043,"ts":1764284400124456789,"bid":189.10,"ask":189.13,"bid_size":300,"ask_size":100,"last":189.12,"last_size":25,"volume":1234592},
+ {"type":"tick","symbol":"MSFT","seq":88,"ts":1764284400124461000,"bid":4.1e2,"x":{"y":[1,{"z":"]}"}],"n":null},"ok":true}]"#;
+
+    #[test]
+    fn the_fast_path_reads_what_a_full_parse_reads() {
+        let frames = [
+            TICKS,
+            r#"[{"type":"gap","symbol":"A","from":6,"to":9,"reason":"slow_consumer"}]"#,
+            r#"[{"type":"subscribed","id":1,"symbols":["A","B"]}]"#,
+            r#" [ { "type" : "tick" , "symbol" : "A" , "seq" : 0 , "ts" : 18446744073709551615 } ] "#,
+            r#"[]"#,
+        ];
+        for f in frames {
+            let got = fast(f).unwrap_or_else(|| panic!("fast path refused {f}"));
+            assert_eq!(got, full(f).unwrap(), "{f}");
+            assert_eq!(messages(f.as_bytes()).unwrap(), got);
+        }
+        let got = fast(TICKS).unwrap();
+        assert_eq!(got[0].symbol.as_deref(), Some("AAPL"));
+        assert_eq!(
+            (got[0].seq, got[0].ts),
+            (Some(1043), Some(1764284400124456789))
+        );
+        assert_eq!(got[1].seq, Some(88));
+        assert!(matches!(got[0].ty, Cow::Borrowed("tick")));
+    }
+
+    #[test]
+    fn a_ticks_trailing_fields_are_stepped_over_braces_in_strings_and_all() {
+        let f = r#"[{"type":"tick","symbol":"A","seq":1,"ts":2,"note":"}{","p":{"q":"}","r":[{}]}},{"type":"tick","symbol":"B","seq":7,"ts":3}]"#;
+        let got = fast(f).unwrap();
+        assert_eq!(got, full(f).unwrap());
+        assert_eq!(got.len(), 2);
+        assert_eq!((got[1].symbol.as_deref(), got[1].seq), (Some("B"), Some(7)));
+    }
+
+    #[test]
+    fn what_is_not_plain_goes_to_simd_json_and_reads_the_same() {
+        let frames = [
+            // an escaped symbol, and an escaped quote in a skipped string
+            r#"[{"type":"tick","symbol":"EUR\/USD","seq":1,"ts":2}]"#,
+            r#"[{"type":"tick","note":"say \"hi\"","symbol":"A","seq":1,"ts":2}]"#,
+            // a field with null
+            r#"[{"type":"tick","symbol":null,"seq":1}]"#,
+        ];
+        for f in frames {
+            let want = full(f).unwrap();
+            assert_eq!(messages(f.as_bytes()).unwrap(), want, "{f}");
+        }
+        // The escaped quote is stepped over on the fast path.
+        assert!(fast(frames[1]).is_some());
+        assert_eq!(
+            messages(frames[0].as_bytes()).unwrap()[0].symbol.as_deref(),
+            Some("EUR/USD")
+        );
+    }
+
+    #[test]
+    fn a_frame_simd_json_rejects_is_an_error() {
+        for f in [
+            r#"[{"type":"tick","seq":1.5}]"#,
+            r#"[{"type":"tick","seq":-1}]"#,
+            r#"[{"type":"tick","seq":01}]"#,
+            r#"[{"type":"tick","seq":18446744073709551616}]"#,
+            r#"[{"type":"tick","seq":1,"seq":2}]"#,
+            r#"[{"symbol":"A"}]"#,
+            r#"[{"type":"tick"} {"type":"tick"}]"#,
+            r#"[{"type":"tick"}] x"#,
+            r#"[{"type":"tick","#,
+            r#"{"type":"tick"}"#,
+            r#"[{"type":7}]"#,
+            "",
+        ] {
+            assert!(fast(f).is_none(), "fast path took {f}");
+            assert!(messages(f.as_bytes()).is_err(), "{f}");
+        }
+    }
+}
