@@ -122,7 +122,8 @@ impl<'a> Scanner<'a> {
 
     fn frame(mut self) -> Option<Vec<Msg<'a>>> {
         self.eat(b'[')?;
-        let mut out = Vec::new();
+        // A server's tick takes some 150 bytes.
+        let mut out = Vec::with_capacity(self.b.len() / 128 + 1);
         if self.peek()? == b']' {
             self.i += 1;
         } else {
@@ -205,36 +206,32 @@ impl<'a> Scanner<'a> {
     fn plain_string(&mut self) -> Option<std::ops::Range<usize>> {
         self.eat(b'"')?;
         let start = self.i;
-        // Keys and the values read are short: a plain loop beats memchr's set-up.
-        loop {
-            match *self.b.get(self.i)? {
-                b'"' => break,
-                b'\\' => return None,
-                _ => self.i += 1,
-            }
+        // Keys and the values read are short: a plain search beats memchr's set-up.
+        let n = self.b[start..]
+            .iter()
+            .position(|&c| c == b'"' || c == b'\\')?;
+        if self.b[start + n] != b'"' {
+            return None;
         }
-        self.i += 1;
-        Some(start..self.i - 1)
+        self.i = start + n + 1;
+        Some(start..start + n)
     }
 
     /// A plain unsigned integer that fits a u64.
     fn integer(&mut self) -> Option<u64> {
         self.ws();
         let start = self.i;
-        while let Some(b'0'..=b'9') = self.b.get(self.i) {
+        let mut v: u64 = 0;
+        while let Some(&d @ b'0'..=b'9') = self.b.get(self.i) {
+            // Up to 19 digits cannot overflow; a 20th is checked.
+            v = if self.i - start < 19 {
+                v * 10 + u64::from(d - b'0')
+            } else {
+                v.checked_mul(10)?.checked_add(u64::from(d - b'0'))?
+            };
             self.i += 1;
         }
         let digits = self.i - start;
-        let v = match digits {
-            // Up to 19 digits cannot overflow.
-            0..=19 => self.b[start..self.i]
-                .iter()
-                .fold(0u64, |v, d| v * 10 + u64::from(d - b'0')),
-            20 => self.b[start..self.i].iter().try_fold(0u64, |v, d| {
-                v.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-            })?,
-            _ => return None,
-        };
         // A leading zero, a fraction or an exponent: simd-json decides.
         if digits == 0 || (digits > 1 && self.b[start] == b'0') {
             return None;
@@ -282,25 +279,50 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// Inside an object: to just past its closing brace, looking only at quotes and
-    /// braces (a nested array cannot close an object).
+    /// Inside an object, outside a string: to just past the object's closing brace
+    /// (a nested array cannot close an object).
     fn skip_to_object_end(&mut self) -> Option<()> {
+        // The common case, in a few vector passes: the next `}` closes the object when
+        // nothing before it opens an object or escapes a quote, and its quotes pair up
+        // (so the brace is not inside a string).
+        let rest = &self.b[self.i..];
+        if let Some(end) = memchr::memchr(b'}', rest) {
+            let span = &rest[..end];
+            if memchr::memchr2(b'{', b'\\', span).is_none()
+                && span.iter().filter(|&&c| c == b'"').count() % 2 == 0
+            {
+                self.i += end + 1;
+                return Some(());
+            }
+        }
+        // Otherwise byte by byte: quotes, escapes within strings, braces.
         let mut depth = 1usize;
-        loop {
-            let at = memchr::memchr3(b'"', b'{', b'}', &self.b[self.i..])?;
-            let c = self.b[self.i + at];
-            self.i += at + 1;
+        let mut in_string = false;
+        let mut i = self.i;
+        while let Some(&c) = self.b.get(i) {
+            i += 1;
+            if in_string {
+                match c {
+                    b'"' => in_string = false,
+                    b'\\' => i += 1,
+                    _ => {}
+                }
+                continue;
+            }
             match c {
-                b'"' => self.skip_string_body()?,
+                b'"' => in_string = true,
                 b'{' => depth += 1,
-                _ => {
+                b'}' => {
                     depth -= 1;
                     if depth == 0 {
+                        self.i = i;
                         return Some(());
                     }
                 }
+                _ => {}
             }
         }
+        None
     }
 
     /// After an opening quote: to just past the closing one, stepping over escapes.
@@ -375,6 +397,11 @@ mod tests {
         assert_eq!(got, full(f).unwrap());
         assert_eq!(got.len(), 2);
         assert_eq!((got[1].symbol.as_deref(), got[1].seq), (Some("B"), Some(7)));
+        // An escaped quote before a brace in a string.
+        let f = r#"[{"type":"tick","symbol":"A","seq":1,"ts":2,"n":"\"}"},{"type":"tick","symbol":"C","seq":2,"ts":3}]"#;
+        let got = fast(f).unwrap();
+        assert_eq!(got, full(f).unwrap());
+        assert_eq!(got[1].symbol.as_deref(), Some("C"));
     }
 
     #[test]
