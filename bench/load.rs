@@ -187,6 +187,9 @@ pub struct WorkerResult {
     pub lag_p99_us: f64,
     /// … its maximum, µs.
     pub lag_max_us: f64,
+    /// … its maximum in each second of the window, µs.
+    #[serde(default)]
+    pub lag_max_by_second_us: Vec<f64>,
     /// Where it ran (`Cpus_allowed_list`).
     pub cpus: String,
     /// Its descriptor limit after raising it.
@@ -547,10 +550,13 @@ async fn worker(spec: WorkerSpec, nofile: u64) -> anyhow::Result<()> {
     let secs = ((w.until.saturating_sub(w.record_from)) as f64 / 1e9).ceil() as usize;
     *shared.seconds.borrow_mut() = (0..secs.max(1)).map(|_| new_hist()).collect();
 
-    // Own scheduling lag: how late a 10 ms timer fires, during the window.
+    // Own scheduling lag: how late a 10 ms timer fires, during the window, and its
+    // worst in each second.
     let lag = Rc::new(RefCell::new(new_hist()));
+    let lag_by_second = Rc::new(RefCell::new(vec![0u64; secs.max(1)]));
     {
         let lag = lag.clone();
+        let lag_by_second = lag_by_second.clone();
         tokio::task::spawn_local(async move {
             loop {
                 let t = Instant::now();
@@ -558,7 +564,18 @@ async fn worker(spec: WorkerSpec, nofile: u64) -> anyhow::Result<()> {
                 let late = t.elapsed().saturating_sub(Duration::from_millis(10));
                 let now = now_ns();
                 if now >= w.record_from && now < w.until {
-                    let _ = lag.borrow_mut().record(late.as_nanos().max(1) as u64);
+                    let ns = late.as_nanos().max(1) as u64;
+                    let _ = lag.borrow_mut().record(ns);
+                    // A stall counts in every second it covered, from when the timer
+                    // was due.
+                    let second =
+                        |t: u64| (t.saturating_sub(w.record_from) / 1_000_000_000) as usize;
+                    let mut by_second = lag_by_second.borrow_mut();
+                    for s in second(now.saturating_sub(ns))..=second(now) {
+                        if let Some(m) = by_second.get_mut(s) {
+                            *m = (*m).max(ns);
+                        }
+                    }
                 }
             }
         });
@@ -603,6 +620,11 @@ async fn worker(spec: WorkerSpec, nofile: u64) -> anyhow::Result<()> {
         wall_s,
         lag_p99_us: lag.value_at_quantile(0.99) as f64 / 1000.0,
         lag_max_us: lag.max() as f64 / 1000.0,
+        lag_max_by_second_us: lag_by_second
+            .borrow()
+            .iter()
+            .map(|&ns| ns as f64 / 1000.0)
+            .collect(),
         cpus: crate::spawn::cpus_allowed(std::process::id()),
         nofile,
     };

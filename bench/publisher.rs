@@ -73,6 +73,8 @@ pub struct Report {
     pub behind_p99_us: f64,
     /// … max, µs.
     pub behind_max_us: f64,
+    /// … max of the ticks due in each second of the recorded window, µs.
+    pub behind_max_by_second_us: Vec<f64>,
     /// Ticks the server acknowledged (`/v1/publish`).
     pub accepted: u64,
     /// Ticks it refused.
@@ -228,8 +230,17 @@ impl Schedule {
     fn sent(&mut self, a: u64, b: u64) {
         self.report.batches += 1;
         let now = now_ns();
-        let late = now.saturating_sub(self.due_at(a)).max(1);
+        let due = self.due_at(a);
+        let late = now.saturating_sub(due).max(1);
         let _ = self.behind.record_n(late, b - a);
+        if due >= self.plan.record_from {
+            let s = ((due - self.plan.record_from) / 1_000_000_000) as usize;
+            let v = &mut self.report.behind_max_by_second_us;
+            if v.len() <= s {
+                v.resize(s + 1, 0.0);
+            }
+            v[s] = v[s].max(late as f64 / 1000.0);
+        }
     }
 
     fn finish(mut self) -> Report {

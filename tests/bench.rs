@@ -246,6 +246,26 @@ fn connections_reports_memory_per_connection() {
         assert_eq!(runs.len(), 1, "{target}");
         assert_eq!(runs[0]["counts"]["opened"], 40);
         assert_complete(runs[0], 10);
+        // The steady seconds are a subset of the window's, and their latency is the
+        // window's when every second was kept.
+        let r = runs[0];
+        let steady = &r["steady"];
+        let of = steady["of"].as_u64().unwrap();
+        let kept = steady["seconds"].as_u64().unwrap();
+        assert_eq!(
+            of as usize,
+            r["seconds"].as_array().unwrap().len(),
+            "{steady}"
+        );
+        assert!(kept <= of, "{steady}");
+        let (n_steady, n_all) = (
+            steady["latency"]["count"].as_u64().unwrap(),
+            r["latency"]["count"].as_u64().unwrap(),
+        );
+        assert!(n_steady <= n_all, "{steady}");
+        if kept == of {
+            assert_eq!(n_steady, n_all, "{steady}");
+        }
     }
     // The twin without heartbeats in the window gives what the rounds cost.
     let stdout = String::from_utf8_lossy(&out.stdout);

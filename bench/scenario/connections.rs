@@ -115,6 +115,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         &reference_pairs(&targets),
         serde_json::json!({"held": rows, "open_rate": a.open_rate, "heartbeat": a.heartbeat}),
     )?;
+    if let Some(line) = steady_heartbeat_cost(&runs, &a.heartbeat) {
+        println!("{line}");
+    }
     if let Some(line) = heartbeat_cost(&medians, &a.heartbeat) {
         println!("{line}");
     }
@@ -137,6 +140,34 @@ fn heartbeat_cost(medians: &[crate::report::Medians], every: &str) -> Option<Str
         with - without,
         on.runs,
         off.runs,
+    ))
+}
+
+/// The same comparison over only the seconds in which the load side kept its bounds
+/// (`RunResult::steady`), every run counted: medians over runs of each target's
+/// p99.9 over its steady seconds.
+fn steady_heartbeat_cost(runs: &[crate::scenario::RunResult], every: &str) -> Option<String> {
+    let median_of = |want: &dyn Fn(&str) -> bool| -> Option<(f64, usize, usize, usize)> {
+        let mut v: Vec<f64> = Vec::new();
+        let (mut kept, mut of) = (0, 0);
+        for r in runs
+            .iter()
+            .filter(|r| want(&r.target) && r.steady.seconds > 0)
+        {
+            v.push(r.steady.latency.p999 / 1e3);
+            kept += r.steady.seconds;
+            of += r.steady.of;
+        }
+        v.sort_by(|a, b| a.total_cmp(b));
+        Some((*v.get(v.len() / 2)?, v.len(), kept, of))
+    };
+    let (without, n_off, k_off, o_off) = median_of(&|t| t == NOHEARTBEAT)?;
+    let (with, n_on, k_on, o_on) = median_of(&|t| {
+        t.starts_with("tickstream-") && t != NOHEARTBEAT && !t.starts_with(NOMETRICS)
+    })?;
+    Some(format!(
+        "over the seconds the load side kept its bounds ({k_on} of {o_on} and {k_off} of {o_off}), heartbeat rounds (every {every}) move p99.9 by {:+.2} ms: {with:.2} ms with them, {without:.2} ms without ({n_on} and {n_off} runs)",
+        with - without,
     ))
 }
 

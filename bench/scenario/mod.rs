@@ -217,9 +217,46 @@ pub struct RunResult {
     pub tcp_mem_kb: (Option<u64>, Option<u64>),
     /// Per-second latency of healthy connections during the window.
     pub seconds: Vec<Percentiles>,
+    /// The same latency over only the seconds in which the load side kept its bounds.
+    pub steady: Steady,
     /// Histogram of healthy connections (not in the JSON).
     #[serde(skip)]
     pub hist: Histogram<u64>,
+}
+
+/// A run's healthy latency over the seconds of its window in which the load side kept
+/// its bounds: the publisher's worst lateness within `--max-behind` and each receiving
+/// process's worst timer lag within `--max-client-lag`. A run is valid only when its
+/// p99 keeps them; this keeps the seconds that kept them at their worst, so that a
+/// stall of the bench's own CPUs is left out of a tail measured over many seconds.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Steady {
+    /// Seconds kept.
+    pub seconds: usize,
+    /// Seconds in the window.
+    pub of: usize,
+    /// Latency over the kept seconds.
+    pub latency: Percentiles,
+}
+
+/// Which of the window's `n` seconds the load side kept its bounds in (µs): the
+/// publisher's worst lateness (when the bench published) and every receiving
+/// process's worst timer lag.
+fn steady_seconds(
+    n: usize,
+    behind: Option<&[f64]>,
+    lags: &[&[f64]],
+    max_behind_us: f64,
+    max_lag_us: f64,
+) -> Vec<bool> {
+    (0..n)
+        .map(|i| {
+            behind.is_none_or(|b| b.get(i).is_none_or(|&v| v <= max_behind_us))
+                && lags
+                    .iter()
+                    .all(|l| l.get(i).is_some_and(|&v| v <= max_lag_us))
+        })
+        .collect()
 }
 
 /// Server CPU and memory over a run.
@@ -858,6 +895,28 @@ pub fn run_once(
     });
     let frames = counts.frames + other.frames;
     let bytes = counts.bytes + other.bytes;
+    let lags: Vec<&[f64]> = results
+        .iter()
+        .map(|r| r.lag_max_by_second_us.as_slice())
+        .collect();
+    let keep = steady_seconds(
+        seconds.len(),
+        pub_report
+            .as_ref()
+            .map(|r| r.behind_max_by_second_us.as_slice()),
+        &lags,
+        c.max_behind.as_secs_f64() * 1e6,
+        c.max_client_lag.as_secs_f64() * 1e6,
+    );
+    let mut steady_hist = load::new_hist();
+    for (h, _) in seconds.iter().zip(&keep).filter(|(_, k)| **k) {
+        steady_hist.add(h)?;
+    }
+    let steady = Steady {
+        seconds: keep.iter().filter(|k| **k).count(),
+        of: keep.len(),
+        latency: Percentiles::of(&steady_hist),
+    };
     Ok(RunResult {
         target: target.label.clone(),
         setup: target.clone(),
@@ -886,6 +945,7 @@ pub fn run_once(
         setup_conns_per_s,
         tcp_mem_kb: (tcp_before, tcp_held),
         seconds: seconds.iter().map(Percentiles::of).collect(),
+        steady,
         hist,
     })
 }
@@ -976,4 +1036,23 @@ pub fn finish(
     });
     report::write_summary(&ctx.out, &summary)?;
     Ok(medians)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::steady_seconds;
+
+    #[test]
+    fn a_second_is_steady_only_when_publisher_and_every_receiver_kept_their_bounds() {
+        let behind = [100.0, 9_000.0, 200.0, 300.0];
+        let lag_a = [1_000.0, 1_000.0, 1_000.0, 1_000.0];
+        let lag_b = [1_000.0, 1_000.0, 7_000.0];
+        let keep = steady_seconds(4, Some(&behind), &[&lag_a, &lag_b], 5_000.0, 5_000.0);
+        // second 1: the publisher late; 2: one receiver late; 3: one receiver has no
+        // figure for it.
+        assert_eq!(keep, [true, false, false, false]);
+        // Without the bench's publisher (the node's own feed) only the receivers count.
+        let keep = steady_seconds(3, None, &[&lag_a, &lag_b], 5_000.0, 5_000.0);
+        assert_eq!(keep, [true, true, false]);
+    }
 }
