@@ -503,3 +503,45 @@ async fn a_symbol_with_no_value_yet_sends_its_first_tick_as_the_snapshot() {
     assert_eq!(c.next().await["type"], "snapshot");
     run.shutdown().await;
 }
+
+#[tokio::test]
+async fn heartbeats_of_connections_opened_together_are_spread_over_the_interval() {
+    use futures_util::StreamExt;
+    let mut s = settings();
+    s.heartbeat = Duration::from_millis(1000);
+    let run = start(s).await;
+    const N: usize = 40;
+    let mut clients = Vec::new();
+    for _ in 0..N {
+        clients.push(Client::ready(run.addr).await.0);
+    }
+    let t0 = std::time::Instant::now();
+    // Each connection's first Ping, timed from when all were open.
+    let mut firsts = futures_util::future::join_all(clients.into_iter().map(|mut c| async move {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(3), c.ws.next()).await {
+                Ok(Some(Ok(Message::Ping(_)))) => return t0.elapsed(),
+                Ok(Some(Ok(_))) => continue,
+                other => panic!("no Ping within 3 s: {other:?}"),
+            }
+        }
+    }))
+    .await;
+    firsts.sort();
+    // Spread over the interval: the first Pings span most of it, and no tenth of it
+    // holds most of them (all at once would put all 40 in one).
+    let span = firsts[N - 1] - firsts[0];
+    assert!(span >= Duration::from_millis(400), "{firsts:?}");
+    let crowd = (0..N)
+        .map(|i| {
+            firsts[i..]
+                .iter()
+                .take_while(|&&t| t - firsts[i] < Duration::from_millis(100))
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert!(crowd <= 30, "{crowd} of {N} within 100 ms: {firsts:?}");
+    assert!(firsts[N - 1] < Duration::from_millis(1500), "{firsts:?}");
+    run.shutdown().await;
+}
