@@ -38,6 +38,11 @@ pub fn new_hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("valid bounds")
 }
 
+/// Which second of a window starting at `from` the time `t` falls in (ns; 0 before it).
+pub fn second_of(from: u64, t: u64) -> usize {
+    (t.saturating_sub(from) / 1_000_000_000) as usize
+}
+
 /// How one connection behaves.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -568,10 +573,12 @@ async fn worker(spec: WorkerSpec, nofile: u64) -> anyhow::Result<()> {
                     let _ = lag.borrow_mut().record(ns);
                     // A stall counts in every second it covered, from when the timer
                     // was due.
-                    let second =
-                        |t: u64| (t.saturating_sub(w.record_from) / 1_000_000_000) as usize;
                     let mut by_second = lag_by_second.borrow_mut();
-                    for s in second(now.saturating_sub(ns))..=second(now) {
+                    let (first, last) = (
+                        second_of(w.record_from, now.saturating_sub(ns)),
+                        second_of(w.record_from, now),
+                    );
+                    for s in first..=last {
                         if let Some(m) = by_second.get_mut(s) {
                             *m = (*m).max(ns);
                         }
@@ -1007,7 +1014,7 @@ fn on_message(st: &mut ConnState, shared: &Shared, w: &Window, recv: u64, m: Msg
                 let lat = recv.saturating_sub(ts).max(1);
                 if st.behaviour == Behaviour::Healthy {
                     // `counted` puts ts within the window, so within one of its seconds.
-                    let s = ((ts - w.record_from) / 1_000_000_000) as usize;
+                    let s = second_of(w.record_from, ts);
                     if let Some(h) = shared.seconds.borrow_mut().get_mut(s) {
                         let _ = h.record(lat);
                     }

@@ -234,7 +234,7 @@ impl Schedule {
         let late = now.saturating_sub(due).max(1);
         let _ = self.behind.record_n(late, b - a);
         if due >= self.plan.record_from {
-            let s = ((due - self.plan.record_from) / 1_000_000_000) as usize;
+            let s = crate::load::second_of(self.plan.record_from, due);
             let v = &mut self.report.behind_max_by_second_us;
             if v.len() <= s {
                 v.resize(s + 1, 0.0);

@@ -250,22 +250,8 @@ impl<'a> Scanner<'a> {
                 self.skip_string_body()
             }
             b'{' | b'[' => {
-                let mut depth = 0usize;
-                loop {
-                    let c = *self.b.get(self.i)?;
-                    self.i += 1;
-                    match c {
-                        b'{' | b'[' => depth += 1,
-                        b'}' | b']' => {
-                            depth -= 1;
-                            if depth == 0 {
-                                return Some(());
-                            }
-                        }
-                        b'"' => self.skip_string_body()?,
-                        _ => {}
-                    }
-                }
+                self.i += 1;
+                self.close_nested(1)
             }
             _ => {
                 let start = self.i;
@@ -279,8 +265,7 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// Inside an object, outside a string: to just past the object's closing brace
-    /// (a nested array cannot close an object).
+    /// Inside an object, outside a string: to just past the object's closing brace.
     fn skip_to_object_end(&mut self) -> Option<()> {
         // The common case, in a few vector passes: the next `}` closes the object when
         // nothing before it opens an object or escapes a quote, and its quotes pair up
@@ -295,34 +280,28 @@ impl<'a> Scanner<'a> {
                 return Some(());
             }
         }
-        // Otherwise byte by byte: quotes, escapes within strings, braces.
-        let mut depth = 1usize;
-        let mut in_string = false;
-        let mut i = self.i;
-        while let Some(&c) = self.b.get(i) {
-            i += 1;
-            if in_string {
-                match c {
-                    b'"' => in_string = false,
-                    b'\\' => i += 1,
-                    _ => {}
-                }
-                continue;
-            }
+        // Otherwise step by step.
+        self.close_nested(1)
+    }
+
+    /// Inside `depth` open objects or arrays, outside a string: to just past the
+    /// bracket that closes the outermost of them.
+    fn close_nested(&mut self, mut depth: usize) -> Option<()> {
+        loop {
+            let c = *self.b.get(self.i)?;
+            self.i += 1;
             match c {
-                b'"' => in_string = true,
-                b'{' => depth += 1,
-                b'}' => {
+                b'{' | b'[' => depth += 1,
+                b'}' | b']' => {
                     depth -= 1;
                     if depth == 0 {
-                        self.i = i;
                         return Some(());
                     }
                 }
+                b'"' => self.skip_string_body()?,
                 _ => {}
             }
         }
-        None
     }
 
     /// After an opening quote: to just past the closing one, stepping over escapes.

@@ -129,11 +129,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 /// tickstream-noheartbeat`), medians over runs of the same load.
 fn heartbeat_cost(medians: &[crate::report::Medians], every: &str) -> Option<String> {
     let off = medians.iter().find(|m| m.target == NOHEARTBEAT)?;
-    let on = medians.iter().find(|m| {
-        m.target.starts_with("tickstream-")
-            && m.target != NOHEARTBEAT
-            && !m.target.starts_with(NOMETRICS)
-    })?;
+    let on = medians.iter().find(|m| pings(&m.target))?;
     let (with, without) = (on.latency.p999 / 1e3, off.latency.p999 / 1e3);
     Some(format!(
         "heartbeat rounds (every {every}) move p99.9 by {:+.2} ms: {with:.2} ms with them, {without:.2} ms without ({} and {} runs)",
@@ -162,13 +158,16 @@ fn steady_heartbeat_cost(runs: &[crate::scenario::RunResult], every: &str) -> Op
         Some((*v.get(v.len() / 2)?, v.len(), kept, of))
     };
     let (without, n_off, k_off, o_off) = median_of(&|t| t == NOHEARTBEAT)?;
-    let (with, n_on, k_on, o_on) = median_of(&|t| {
-        t.starts_with("tickstream-") && t != NOHEARTBEAT && !t.starts_with(NOMETRICS)
-    })?;
+    let (with, n_on, k_on, o_on) = median_of(&pings)?;
     Some(format!(
         "over the seconds the load side kept its bounds ({k_on} of {o_on} and {k_off} of {o_off}), heartbeat rounds (every {every}) move p99.9 by {:+.2} ms: {with:.2} ms with them, {without:.2} ms without ({n_on} and {n_off} runs)",
         with - without,
     ))
+}
+
+/// The tickstream target that pings in the window (not its twins).
+fn pings(target: &str) -> bool {
+    target.starts_with("tickstream-") && target != NOHEARTBEAT && !target.starts_with(NOMETRICS)
 }
 
 fn a_conns(r: &crate::scenario::RunResult) -> u64 {
