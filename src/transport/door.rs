@@ -23,11 +23,13 @@ use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
+use hyper::header::{HeaderMap, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Response, StatusCode};
 use ipnet::IpNet;
 use parking_lot::Mutex;
 
+use super::reply::{text, Body};
+use super::request::bearer;
 use crate::config::{MetricsAuth, Settings};
 use crate::metrics::Refused;
 
@@ -99,7 +101,7 @@ pub enum Refusal {
 
 impl Refusal {
     /// The answer to send: status, `Retry-After` in whole seconds, a line of text.
-    pub fn response(self) -> Response<super::http::Body> {
+    pub fn response(self) -> Response<Body> {
         let (status, wait, why) = match self {
             Refusal::AddressRate(w) => (
                 StatusCode::TOO_MANY_REQUESTS,
@@ -117,7 +119,7 @@ impl Refusal {
                 "server at its connection limit\n",
             ),
         };
-        let mut resp = super::http::text(status, why);
+        let mut resp = text(status, why);
         resp.headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from(retry_secs(wait)));
         resp
@@ -220,8 +222,8 @@ impl Door {
     pub fn metrics_refusal<B>(
         &self,
         req: &hyper::Request<B>,
-        jwt: impl FnOnce() -> Option<Response<super::http::Body>>,
-    ) -> Option<Response<super::http::Body>> {
+        jwt: impl FnOnce() -> Option<Response<Body>>,
+    ) -> Option<Response<Body>> {
         if self.metrics_jwt {
             return jwt();
         }
@@ -233,7 +235,7 @@ impl Door {
         crate::metrics::global()
             .auth_refused
             .fetch_add(1, Ordering::Relaxed);
-        let mut resp = super::http::text(
+        let mut resp = text(
             StatusCode::UNAUTHORIZED,
             "metrics need the metrics token as Authorization: Bearer\n",
         );
@@ -241,15 +243,6 @@ impl Door {
             .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         Some(resp)
     }
-}
-
-/// The token of an `Authorization: Bearer` header (the scheme is case-insensitive,
-/// RFC 9110 §11.1).
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.trim().split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// The key an address is counted under: itself (IPv4, with IPv4-mapped IPv6 read as
@@ -352,34 +345,41 @@ mod tests {
     #[test]
     fn the_right_most_untrusted_hop_is_the_client() {
         let trusted = nets(&["10.0.0.0/8", "2001:db8:1::/48"]);
-        // The client put a forged address first; the proxies appended the real one.
-        let h = xff(&["198.51.100.1, 203.0.113.7, 10.0.0.9"]);
-        assert_eq!(client_addr(&trusted, ip("10.0.0.1"), &h), ip("203.0.113.7"));
-        // Several header lines are one list, in order.
-        let h = xff(&["198.51.100.1", "203.0.113.7", "10.0.0.9"]);
-        assert_eq!(client_addr(&trusted, ip("10.0.0.1"), &h), ip("203.0.113.7"));
-        // Every hop trusted: the left-most.
-        let h = xff(&["10.0.0.3, 10.0.0.9"]);
-        assert_eq!(client_addr(&trusted, ip("10.0.0.1"), &h), ip("10.0.0.3"));
-        // Ports and IPv6.
-        let h = xff(&["[2001:db8:2::5]:4711, 2001:db8:1::9"]);
-        assert_eq!(
-            client_addr(&trusted, ip("2001:db8:1::1"), &h),
-            ip("2001:db8:2::5")
-        );
-        let h = xff(&["203.0.113.7:999"]);
-        assert_eq!(client_addr(&trusted, ip("10.0.0.1"), &h), ip("203.0.113.7"));
-        // Garbage ends the walk at the last good hop to its right.
-        let h = xff(&["203.0.113.7, unknown, 10.0.0.9"]);
-        assert_eq!(client_addr(&trusted, ip("10.0.0.1"), &h), ip("10.0.0.9"));
-        let h = xff(&["nonsense"]);
-        assert_eq!(client_addr(&trusted, ip("10.0.0.1"), &h), ip("10.0.0.1"));
-        // An IPv4-mapped peer is matched as IPv4.
-        let h = xff(&["203.0.113.7"]);
-        assert_eq!(
-            client_addr(&trusted, ip("::ffff:10.0.0.1"), &h),
-            ip("203.0.113.7")
-        );
+        let cases: [(&str, &[&str], &str); 8] = [
+            // The client put a forged address first; the proxies appended the real one.
+            (
+                "10.0.0.1",
+                &["198.51.100.1, 203.0.113.7, 10.0.0.9"],
+                "203.0.113.7",
+            ),
+            // Several header lines are one list, in order.
+            (
+                "10.0.0.1",
+                &["198.51.100.1", "203.0.113.7", "10.0.0.9"],
+                "203.0.113.7",
+            ),
+            // Every hop trusted: the left-most.
+            ("10.0.0.1", &["10.0.0.3, 10.0.0.9"], "10.0.0.3"),
+            // Ports and IPv6.
+            (
+                "2001:db8:1::1",
+                &["[2001:db8:2::5]:4711, 2001:db8:1::9"],
+                "2001:db8:2::5",
+            ),
+            ("10.0.0.1", &["203.0.113.7:999"], "203.0.113.7"),
+            // Garbage ends the walk at the last good hop to its right.
+            ("10.0.0.1", &["203.0.113.7, unknown, 10.0.0.9"], "10.0.0.9"),
+            ("10.0.0.1", &["nonsense"], "10.0.0.1"),
+            // An IPv4-mapped peer is matched as IPv4.
+            ("::ffff:10.0.0.1", &["203.0.113.7"], "203.0.113.7"),
+        ];
+        for (peer, headers, client) in cases {
+            assert_eq!(
+                client_addr(&trusted, ip(peer), &xff(headers)),
+                ip(client),
+                "from {peer} with {headers:?}"
+            );
+        }
     }
 
     fn door(per_addr: u32, total: u32, per_second: u32) -> Door {

@@ -1,30 +1,25 @@
-//! The HTTP routes on the node's port: the WebSocket upgrade, the small JSON and text
-//! endpoints beside it, and the dashboard's files.
+//! The router of the node's port: every request is matched to its route here, the long-
+//! lived streams let in by the [`door`](super::door) first. The WebSocket endpoints and
+//! SSE are served by their own modules; the small JSON and text endpoints beside them
+//! (`/healthz`, `/metrics`, `/v1/symbols`, `/v1/snapshot`, `/v1/latency`) are answered
+//! here.
 
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 
-use tracing::Instrument;
-
 use super::door::{ClientAddr, Door, Hold};
+use super::reply::{json, text, Body, RouteBody};
+use super::request::{authorize, query_param};
 use crate::auth::{Claims, ROLE_SUBSCRIBE};
-use crate::metrics::Refused;
 use crate::node::Node;
 use crate::tick::{parse_symbols, BadSymbols};
-
-/// Response body of the routes that answer in one piece.
-pub type Body = Full<Bytes>;
-
-/// Response body of [`route`]: one piece, or a stream (`/v1/sse`).
-pub type RouteBody = BoxBody<Bytes, std::convert::Infallible>;
 
 /// The paths of the long-lived streams, counted at the [`Door`].
 pub const STREAM_PATHS: [&str; 3] = ["/v1/ws", "/v1/sse", "/v1/publish"];
@@ -42,21 +37,8 @@ pub async fn route(
             text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served here\n").map(BodyExt::boxed),
         );
     }
-    let client = door.client_addr(peer, req.headers());
-    req.extensions_mut().insert(ClientAddr(client));
-    if STREAM_PATHS.contains(&req.uri().path()) {
-        match door.admit(client) {
-            // An upgrade moves the hold into the connection's task; otherwise it is
-            // dropped with the request.
-            Ok(hold) => {
-                req.extensions_mut().insert(hold);
-            }
-            Err(refusal) => {
-                crate::metrics::global().refused(refusal.reason());
-                tracing::debug!(%client, %peer, path = req.uri().path(), ?refusal, "refused at the door");
-                return Ok(refusal.response().map(BodyExt::boxed));
-            }
-        }
+    if let Err(refused) = let_in(&door, peer, &mut req) {
+        return Ok((*refused).map(BodyExt::boxed));
     }
     if req.uri().path() == "/v1/sse" {
         let hold = req.extensions_mut().remove::<Hold>();
@@ -74,12 +56,14 @@ pub async fn route(
     }
     let resp = match req.uri().path() {
         "/v1/ws" => match authorize(&node, &req, ROLE_SUBSCRIBE) {
-            Ok(claims) => upgrade_ws(node, &mut req, claims),
+            Ok(claims) => super::ws::upgrade(node, &mut req, claims),
             Err(refused) => *refused,
         },
         "/v1/publish" => super::publish::upgrade(node, &mut req),
         "/healthz" => {
-            if node.bus.healthy() {
+            if node.draining.is_cancelled() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else if node.bus.healthy() {
                 text(StatusCode::OK, "ok\n")
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "bus down\n")
@@ -105,116 +89,41 @@ pub async fn route(
             Ok(claims) => snapshot(&node, req.uri().query(), claims.as_ref()),
             Err(refused) => *refused,
         },
+        "/v1/latency" => match authorize(&node, &req, ROLE_SUBSCRIBE) {
+            Ok(_) => latency(),
+            Err(refused) => *refused,
+        },
         path => super::dashboard::serve(path, req.headers())
             .unwrap_or_else(|| text(StatusCode::NOT_FOUND, "not found\n")),
     };
     Ok(resp.map(BodyExt::boxed))
 }
 
-/// Checks the request's token for `role` when the node has auth enabled: `Ok(None)`
-/// without auth, `Ok(Some(claims))` with a good token, else the 401/403 response. The
-/// token comes from `Authorization: Bearer` or, failing that, the `token` query
-/// parameter; every authenticated route (`/v1/ws`, `/v1/publish`, `/v1/snapshot`)
-/// calls this.
-pub fn authorize<B>(
-    node: &Node,
-    req: &Request<B>,
-    role: &str,
-) -> Result<Option<Claims>, Box<Response<Body>>> {
-    let Some(auth) = &node.auth else {
-        return Ok(None);
-    };
-    let header = super::door::bearer(req.headers()).map(str::to_owned);
-    let token = header.or_else(|| query_param(req.uri().query(), "token"));
-    match auth.check(token.as_deref(), role) {
-        Ok(claims) => Ok(Some(claims)),
-        Err(refusal) => {
-            crate::metrics::global()
-                .auth_refused
-                .fetch_add(1, Ordering::Relaxed);
-            let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::UNAUTHORIZED);
-            let mut resp = text(status, &format!("{}\n", refusal.message));
-            if status == StatusCode::UNAUTHORIZED {
-                resp.headers_mut().insert(
-                    WWW_AUTHENTICATE,
-                    hyper::header::HeaderValue::from_static("Bearer"),
-                );
-            }
-            Err(Box::new(resp))
-        }
-    }
-}
-
-fn upgrade_ws(
-    node: Arc<Node>,
+/// Marks `req` with the address of the client it comes from and, for a stream, lets
+/// it in at the `door`: its place is held in the request's extensions (an upgrade
+/// moves it into the connection's task; otherwise it is dropped with the request).
+/// `Err` is the 429/503 refusal to send.
+fn let_in(
+    door: &Door,
+    peer: IpAddr,
     req: &mut Request<Incoming>,
-    claims: Option<Claims>,
-) -> Response<Body> {
-    let encoding = match query_param(req.uri().query(), "encoding") {
-        None => crate::protocol::Encoding::Json,
-        Some(enc) => match enc.parse() {
-            Ok(e) => e,
-            Err(why) => return text(StatusCode::BAD_REQUEST, &format!("{why}\n")),
-        },
-    };
-    // Boxed: the claims are held for the connection's life, in the few bytes of a
-    // pointer.
-    let claims = claims.map(Box::new);
-    upgrade(node, req, move |node, io| {
-        super::ws::serve(node, io, claims, encoding)
-    })
-}
-
-/// An upgraded connection's stream, as handed to the code that serves it: the
-/// WebSocket frames on it are read and written by [`frames`](super::frames).
-pub type Upgraded = hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>;
-
-/// Answers a WebSocket upgrade request and, once the client has switched, runs `serve`
-/// on the connection as a task the node waits for at shutdown.
-pub fn upgrade<F, Fut>(node: Arc<Node>, req: &mut Request<Incoming>, serve: F) -> Response<Body>
-where
-    F: FnOnce(Arc<Node>, Upgraded) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    if !fastwebsockets::upgrade::is_upgrade_request(req) {
-        return text(
-            StatusCode::UPGRADE_REQUIRED,
-            "this endpoint speaks WebSocket\n",
-        );
+) -> Result<(), Box<Response<Body>>> {
+    let client = door.client_addr(peer, req.headers());
+    req.extensions_mut().insert(ClientAddr(client));
+    if !STREAM_PATHS.contains(&req.uri().path()) {
+        return Ok(());
     }
-    if !origin_allowed(&node.settings.allowed_origins, req) {
-        crate::metrics::global().refused(Refused::Origin);
-        return text(StatusCode::FORBIDDEN, "origin not allowed\n");
+    match door.admit(client) {
+        Ok(hold) => {
+            req.extensions_mut().insert(hold);
+            Ok(())
+        }
+        Err(refusal) => {
+            crate::metrics::global().refused(refusal.reason());
+            tracing::debug!(%client, %peer, path = req.uri().path(), ?refusal, "refused at the door");
+            Err(Box::new(refusal.response()))
+        }
     }
-    let (resp, fut) = match fastwebsockets::upgrade::upgrade(&mut *req) {
-        Ok(r) => r,
-        Err(e) => {
-            return text(
-                StatusCode::BAD_REQUEST,
-                &format!("bad WebSocket handshake: {e}\n"),
-            )
-        }
-    };
-    // The stream's place at the door, held until the connection ends; its lines
-    // in the log name the client's address.
-    let hold = req.extensions_mut().remove::<Hold>();
-    let span = match req.extensions().get::<ClientAddr>() {
-        Some(ClientAddr(client)) => tracing::info_span!("conn", %client),
-        None => tracing::info_span!("conn"),
-    };
-    let tasks = node.tasks.clone();
-    tasks.spawn(
-        async move {
-            let _held = hold;
-            match fut.await {
-                Ok(ws) => serve(node, ws.into_inner()).await,
-                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
-            }
-        }
-        .instrument(span),
-    );
-    let (parts, _) = resp.into_parts();
-    Response::from_parts(parts, Full::new(Bytes::new()))
 }
 
 /// The answer of `/metrics` on a node started with `--metrics false`.
@@ -237,6 +146,11 @@ fn metrics(node: &Node) -> Response<Body> {
             .sum(),
         watched: node.interest().watched() as u64,
         bus_up: node.bus.healthy(),
+        stale_symbols: node.hub.stale_count() as u64,
+        outbound_bytes: node.budget.held(),
+        outbound_bound: node.budget.bound(),
+        outbound_conflations: node.budget.conflations(),
+        outbound_closes: node.budget.closes(),
     };
     Response::builder()
         .status(StatusCode::OK)
@@ -249,39 +163,35 @@ fn metrics(node: &Node) -> Response<Body> {
         .unwrap_or_default()
 }
 
-/// Whether a browser page of the request's `Origin` may open a WebSocket: always
-/// without an Origin (not a browser) or from the same origin (its host is the `Host`),
-/// else when `allowed` is empty or lists it.
-fn origin_allowed<B>(allowed: &[String], req: &Request<B>) -> bool {
-    let Some(origin) = req.headers().get(hyper::header::ORIGIN) else {
-        return true;
-    };
-    let origin = origin
-        .to_str()
-        .unwrap_or("")
-        .trim_end_matches('/')
-        .to_ascii_lowercase();
-    let host = req
-        .headers()
-        .get(hyper::header::HOST)
-        .and_then(|h| h.to_str().ok());
-    let same = host.is_some_and(|h| {
-        let h = h.to_ascii_lowercase();
-        origin.strip_prefix("http://") == Some(&*h) || origin.strip_prefix("https://") == Some(&*h)
+/// `GET /v1/latency`: what clients reported (`report`) over the last minute.
+fn latency() -> Response<Body> {
+    let m = crate::metrics::global();
+    let s = m.client_window.summary();
+    // Microseconds are as fine as a report is read.
+    let ms = |v: Option<f64>| v.map(|x| (x * 1e3).round() / 1e3);
+    let body = serde_json::json!({
+        "window_ms": crate::metrics::REPORT_WINDOW_MS,
+        "reports": s.reports,
+        "messages": s.messages,
+        "p50_ms": ms(s.p50_ms),
+        "p99_ms": ms(s.p99_ms),
+        "max_ms": ms(s.max_ms),
+        "reports_total": m.client_reports.load(Ordering::Relaxed),
     });
-    same || allowed.is_empty() || allowed.contains(&origin)
+    json(StatusCode::OK, body.to_string().into_bytes())
 }
 
 fn snapshot(node: &Node, query: Option<&str>, claims: Option<&Claims>) -> Response<Body> {
-    let wanted: Vec<String> =
-        match query_param(query, "symbols").map(|l| parse_symbols([l.as_str()])) {
-            Some(Ok(list)) => list,
-            Some(Err(BadSymbols(malformed))) => {
-                let malformed: Vec<&str> = malformed.iter().map(String::as_str).collect();
-                return error(StatusCode::BAD_REQUEST, "bad_symbol", &malformed);
-            }
-            None => node.hub.symbols().iter().map(|s| s.to_string()).collect(),
-        };
+    let named = query_param(query, "symbols");
+    let asked = named.is_some();
+    let wanted: Vec<String> = match named.map(|l| parse_symbols([l.as_str()])) {
+        Some(Ok(list)) => list,
+        Some(Err(BadSymbols(malformed))) => {
+            let malformed: Vec<&str> = malformed.iter().map(String::as_str).collect();
+            return error(StatusCode::BAD_REQUEST, "bad_symbol", &malformed);
+        }
+        None => node.hub.symbols().iter().map(|s| s.to_string()).collect(),
+    };
     let unknown: Vec<&str> = wanted
         .iter()
         .map(String::as_str)
@@ -296,7 +206,8 @@ fn snapshot(node: &Node, query: Option<&str>, claims: Option<&Claims>) -> Respon
             .map(String::as_str)
             .filter(|s| !c.allows(s))
             .collect();
-        if query.is_some_and(|q| q.contains("symbols=")) && !forbidden.is_empty() {
+        // Named and not allowed: refused; not named, the allowed ones are answered.
+        if asked && !forbidden.is_empty() {
             return error(StatusCode::FORBIDDEN, "forbidden", &forbidden);
         }
     }
@@ -318,12 +229,6 @@ fn snapshot(node: &Node, query: Option<&str>, claims: Option<&Claims>) -> Respon
     json(StatusCode::OK, body)
 }
 
-pub(super) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    url::form_urlencoded::parse(query?.as_bytes())
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
-}
-
 fn error(status: StatusCode, code: &str, symbols: &[&str]) -> Response<Body> {
     let body = serde_json::json!({
         "type": "error",
@@ -332,21 +237,4 @@ fn error(status: StatusCode, code: &str, symbols: &[&str]) -> Response<Body> {
         "symbols": symbols,
     });
     json(status, serde_json::to_vec(&body).unwrap_or_default())
-}
-
-fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header(CONTENT_TYPE, "application/json")
-        .header(CACHE_CONTROL, "no-store")
-        .body(Full::new(Bytes::from(body)))
-        .unwrap_or_default()
-}
-
-pub(super) fn text(status: StatusCode, body: &str) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header(CONTENT_TYPE, "text/plain; charset=utf-8")
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .unwrap_or_default()
 }

@@ -18,22 +18,26 @@
 //! heartbeat + grace is closed; publishers ping when idle. A publisher must read its
 //! replies: one not written within `--send-timeout` drops the connection.
 
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use fastwebsockets::OpCode;
+use fastwebsockets::{Frame, OpCode};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::time::Sleep;
 
-use super::frames::{self, send, FrameReader, Message, ReadError, Reassembler, HEAD_ROOM};
-use super::http::Body;
+use super::frames::{
+    self, send, Fragments, FrameBudget, FrameReader, Message, ReadError, Reassembler, Refusal,
+    HEAD_ROOM,
+};
+use super::reply::Body;
 use crate::auth::Claims;
 use crate::feed::ingest::{ack, refusal, Checker, PublishLimits, Reply};
 use crate::node::Node;
 use crate::protocol::CloseCode;
-use crate::session::TokenBucket;
 
 /// Decides whether `req` may publish into `node`.
 ///
@@ -45,7 +49,7 @@ pub fn authorize_publisher(
     node: &Node,
     req: &Request<Incoming>,
 ) -> Result<Option<Claims>, Box<Response<Body>>> {
-    super::http::authorize(node, req, crate::auth::ROLE_PUBLISH)
+    super::request::authorize(node, req, crate::auth::ROLE_PUBLISH)
 }
 
 /// Answers `GET /v1/publish`: authorizes, upgrades and serves the connection.
@@ -54,7 +58,7 @@ pub fn upgrade(node: Arc<Node>, req: &mut Request<Incoming>) -> Response<Body> {
         Ok(claims) => claims,
         Err(resp) => return *resp,
     };
-    super::http::upgrade(node, req, |node, ws| async move {
+    super::upgrade::upgrade(node, req, |node, ws| async move {
         node.publish.connections.fetch_add(1, Ordering::Relaxed);
         serve(&node, ws, claims).await;
         node.publish.connections.fetch_sub(1, Ordering::Relaxed);
@@ -68,10 +72,7 @@ where
 {
     let cfg = &node.settings;
     let max = cfg.publish_max_msg_bytes;
-    let mut frames = FrameReader::new(max);
     let silence = cfg.heartbeat + cfg.heartbeat_grace;
-    let mut bucket = TokenBucket::new(cfg.publish_rate_limit, cfg.publish_rate_limit);
-    let mut checker = Checker::new(&node.hub, &*node.bus, &node.publish).limited_to(claims);
     let welcome = Reply::Welcome {
         node: &cfg.node,
         role: "publisher",
@@ -84,59 +85,37 @@ where
     if !reply(&mut ws, cfg.send_timeout, vec![welcome]).await {
         return;
     }
-    let mut whole = Reassembler::new(max);
-    let (code, reason) = loop {
-        let got = tokio::select! {
-            _ = node.shutdown.cancelled() => break (CloseCode::GoingAway, "server shutting down"),
-            r = tokio::time::timeout(silence, frames.read(&mut ws)) => match r {
-                Err(_) => break (CloseCode::Normal, "heartbeat timeout"),
-                Ok(r) => r,
-            },
-        };
-        let msg = match got {
-            Ok(frame) => match whole.push(frame) {
-                Ok(Some(m)) => m,
-                Ok(None) => continue,
-                Err(refusal) => break refusal,
-            },
-            Err(ReadError::Refused(refusal)) => break refusal,
-            Err(ReadError::Gone) => return,
-        };
-        let text = match msg {
-            Message::Close => break (CloseCode::Normal, ""),
-            Message::Ping(p) => {
-                let pong = frames::control(OpCode::Pong, &p);
-                if !send(&mut ws, cfg.send_timeout, &pong).await {
-                    return;
-                }
-                continue;
-            }
-            Message::Pong => continue,
-            Message::Binary(_) => {
-                let why = "binary frames are not accepted; send ticks as JSON text";
-                if !reply(
-                    &mut ws,
-                    cfg.send_timeout,
-                    vec![refusal("bad_request", why), ack(0, 0)],
-                )
-                .await
-                {
-                    return;
-                }
-                continue;
-            }
-            Message::Text(text) => text,
-        };
-        // Past the frame rate, wait for a token: the publisher is slowed, nothing dropped.
-        while !bucket.take(Instant::now()) {
-            let wait = Duration::from_secs_f64(1.0 / f64::from(cfg.publish_rate_limit.max(1)));
-            tokio::time::sleep(wait).await;
+    let mut frames = FrameReader::new(max);
+    let mut whole = Reassembler::new(max, Fragments::of(cfg));
+    let mut budget = FrameBudget::publisher(cfg);
+    let mut answers = Answers {
+        node,
+        checker: Checker::new(&node.hub, &*node.bus, &node.publish).limited_to(claims),
+    };
+    let idle = tokio::time::sleep(silence);
+    tokio::pin!(idle);
+    let end = loop {
+        // The middle fragments already held, in one go; what stops the run is read next.
+        if let Err(refusal) = frames.take_fragments(&mut whole, &mut budget) {
+            break End::Close(refusal);
         }
-        node.publish.frames.fetch_add(1, Ordering::Relaxed);
-        let msgs = checker.frame(&text);
-        if !reply(&mut ws, cfg.send_timeout, msgs).await {
-            return;
+        let frame = match next_frame(&mut frames, &mut ws, node, idle.as_mut()).await {
+            Ok(frame) => frame,
+            Err(e) => break End::from(e),
+        };
+        // Past the frame rate, wait: the publisher is slowed, nothing dropped.
+        budget.wait(frame.opcode).await;
+        let msg = match whole.push(frame) {
+            Ok(Some(m)) => m,
+            Ok(None) => continue,
+            Err(refusal) => break End::Close(refusal),
+        };
+        if let Err(end) = answers.answer(&mut ws, msg).await {
+            break end;
         }
+    };
+    let End::Close((code, reason)) = end else {
+        return;
     };
     // A lingering close: the Close, then the end of our sending side, then what the
     // client still sends is read and dropped until its EOF (bounded), so that the code
@@ -149,6 +128,90 @@ where
         frames::drain(&mut ws).await;
     })
     .await;
+}
+
+/// How a publisher connection ends: with a Close to send, or gone already.
+enum End {
+    Close(Refusal),
+    Gone,
+}
+
+impl From<ReadError> for End {
+    fn from(e: ReadError) -> End {
+        match e {
+            ReadError::Refused(refusal) => End::Close(refusal),
+            ReadError::Gone => End::Gone,
+        }
+    }
+}
+
+/// The next frame. The node's shutdown and the silence deadline (`idle`, armed once and
+/// moved only when bytes arrive) are looked at when the reader must wait for bytes:
+/// no timer and no clock read per frame.
+async fn next_frame<'f, S>(
+    frames: &'f mut FrameReader,
+    ws: &mut S,
+    node: &Node,
+    mut idle: Pin<&mut Sleep>,
+) -> Result<Frame<'f>, ReadError>
+where
+    S: AsyncRead + Unpin,
+{
+    if frames.arrived() {
+        let silence = node.settings.heartbeat + node.settings.heartbeat_grace;
+        idle.as_mut().reset(tokio::time::Instant::now() + silence);
+    }
+    if frames.holds_frame() {
+        return frames.read(ws).await;
+    }
+    tokio::select! {
+        biased;
+        _ = node.shutdown.cancelled() => Err((CloseCode::GoingAway, "server shutting down").into()),
+        _ = idle => Err((CloseCode::Normal, "heartbeat timeout").into()),
+        r = frames.read(ws) => r,
+    }
+}
+
+/// What answers a publisher's messages: the node it publishes into and the checker of
+/// its ticks.
+struct Answers<'a> {
+    node: &'a Node,
+    checker: Checker<'a>,
+}
+
+impl Answers<'_> {
+    /// Answers one whole message: a Ping with a Pong, a binary message with a
+    /// refusal, a text one by checking and publishing its ticks. `Err` when the
+    /// connection ends.
+    async fn answer<S>(&mut self, ws: &mut S, msg: Message<'_>) -> Result<(), End>
+    where
+        S: AsyncWrite + Unpin,
+    {
+        let cfg = &self.node.settings;
+        let sent = match msg {
+            Message::Close => return Err(End::Close((CloseCode::Normal, ""))),
+            Message::Ping(p) => {
+                let pong = frames::control(OpCode::Pong, &p);
+                send(ws, cfg.send_timeout, &pong).await
+            }
+            Message::Pong => true,
+            Message::Binary(_) => {
+                let why = "binary frames are not accepted; send ticks as JSON text";
+                let msgs = vec![refusal("bad_request", why), ack(0, 0)];
+                reply(ws, cfg.send_timeout, msgs).await
+            }
+            Message::Text(text) => {
+                self.node.publish.frames.fetch_add(1, Ordering::Relaxed);
+                let msgs = self.checker.frame(&text);
+                reply(ws, cfg.send_timeout, msgs).await
+            }
+        };
+        if sent {
+            Ok(())
+        } else {
+            Err(End::Gone)
+        }
+    }
 }
 
 /// Sends `msgs` as one frame; false when that failed or took longer than `timeout` (a

@@ -1,6 +1,8 @@
 //! Server-Sent Events: `GET /v1/sse?symbols=AAPL,MSFT` streams the subscriber messages
 //! one way, one event per message, through the same [`Session`] as a WebSocket (auth,
-//! limits, heartbeats, slow-consumer policy and the close all come with it).
+//! limits, heartbeats, slow-consumer policy and the close all come with it). The query
+//! says what a `subscribe` would: symbols and patterns, `channel` and its options,
+//! `throttle_ms`.
 //!
 //! Each event is `event: <type>` and `data: <the message JSON>`; ticks and snapshots
 //! also carry an `id:` holding the latest position of every symbol this stream has
@@ -10,6 +12,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -17,6 +20,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use http_body_util::BodyExt;
 use hyper::body::Frame;
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE};
@@ -24,11 +28,15 @@ use hyper::{Request, Response, StatusCode};
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
 use tokio::sync::mpsc;
 
-use super::http::RouteBody;
+use super::reply::{text, RouteBody};
+use super::request::query_param;
+use super::socket::Reset;
 use crate::auth::Claims;
 use crate::node::Node;
-use crate::protocol::{Command, ResumeFrom};
-use crate::session::{Out, Session, Transport};
+use crate::protocol::channel::{check_throttle, ChannelFields};
+use crate::protocol::{Channel, CloseCode, Command, ResumeFrom, Subscribe};
+use crate::session::{Out, Session, Transport, Watch};
+use crate::tick::pattern_matches;
 
 /// The reconnection delay announced to the browser with `retry:`, in milliseconds.
 pub const RETRY_MS: u64 = 2000;
@@ -43,8 +51,37 @@ pub type Positions = BTreeMap<String, (String, u64)>;
 /// Answers `GET /v1/sse`: checks the query and the resume position, then streams the
 /// session's messages from a task the node tracks.
 pub fn serve<B>(node: Arc<Node>, req: &Request<B>, claims: Option<Claims>) -> Response<RouteBody> {
+    let (cmd, positions) = match subscription(&node, req) {
+        Ok(found) => found,
+        Err(why) => return refuse(StatusCode::BAD_REQUEST, &format!("{why}\n")),
+    };
+    // One chunk in flight: a client that does not read holds the writer back, so its
+    // session queue fills and the slow-consumer policy applies, as over WebSocket.
+    let (tx, rx) = mpsc::channel(1);
+    let reset = req.extensions().get::<Reset>().cloned().unwrap_or_default();
+    node.tasks.spawn(stream(
+        node.clone(),
+        claims,
+        Command::Subscribe(cmd),
+        positions,
+        tx,
+        reset,
+    ));
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(CONTENT_TYPE, "text/event-stream")
+        .header(CACHE_CONTROL, "no-cache")
+        .header("x-accel-buffering", "no")
+        .body(SseBody { rx: Some(rx) }.boxed())
+        .unwrap_or_default()
+}
+
+/// The `subscribe` a request stands for (`symbols`, `channel`, `interval`, `depth`,
+/// `backfill`, `throttle_ms`), resuming every symbol (named, or matched by a pattern)
+/// that its `Last-Event-ID` names; the reason of a `400` otherwise.
+fn subscription<B>(node: &Node, req: &Request<B>) -> Result<(Subscribe, Positions), String> {
     let query = req.uri().query();
-    let symbols: Vec<String> = super::http::query_param(query, "symbols")
+    let symbols: Vec<String> = query_param(query, "symbols")
         .map(|list| {
             list.split(',')
                 .filter(|s| !s.is_empty())
@@ -53,31 +90,30 @@ pub fn serve<B>(node: Arc<Node>, req: &Request<B>, claims: Option<Claims>) -> Re
         })
         .unwrap_or_default();
     if symbols.is_empty() {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "symbols=A,B,... is required: the symbols to stream\n",
-        );
+        return Err("symbols=A,B,... is required: the symbols (or patterns) to stream".into());
     }
-    let last_id = req
-        .headers()
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| super::http::query_param(query, "last_event_id"));
-    let mut positions = match last_id
-        .as_deref()
-        .map(|id| decode_id(id, node.settings.max_symbols))
-    {
-        None => Positions::new(),
-        Some(Ok(p)) => p,
-        Some(Err(e)) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                &format!("bad Last-Event-ID: {e}\n"),
-            );
-        }
+    let number = |name: &str| -> Result<Option<u64>, String> {
+        query_param(query, name)
+            .map(|v| {
+                v.parse::<u64>()
+                    .map_err(|_| format!("{name}={v:?} is not an unsigned integer"))
+            })
+            .transpose()
     };
-    positions.retain(|s, _| symbols.contains(s));
+    let (channel, interval) = (
+        query_param(query, "channel"),
+        query_param(query, "interval"),
+    );
+    let channel = Channel::from_fields(ChannelFields {
+        channel: channel.as_deref(),
+        interval: interval.as_deref(),
+        backfill: number("backfill")?,
+        depth: number("depth")?,
+    })?;
+    node.serves_channel(&channel)?;
+    let throttle_ms = number("throttle_ms")?.map(check_throttle).transpose()?;
+    let mut positions = last_positions(node, req)?;
+    positions.retain(|s, _| symbols.iter().any(|e| pattern_matches(e, s)));
     let resume = positions
         .iter()
         .map(|(s, (epoch, seq))| {
@@ -88,51 +124,96 @@ pub fn serve<B>(node: Arc<Node>, req: &Request<B>, claims: Option<Claims>) -> Re
             (s.clone(), from)
         })
         .collect();
-    let cmd = Command::Subscribe {
-        id: None,
+    let cmd = Subscribe {
         symbols,
-        snapshot: true,
+        channel,
         resume,
+        throttle_ms,
+        ..Subscribe::default()
     };
-    // One chunk in flight: a client that does not read holds the writer back, so its
-    // session queue fills and the slow-consumer policy applies, as over WebSocket.
-    let (tx, rx) = mpsc::channel(1);
-    node.tasks
-        .spawn(stream(node.clone(), claims, cmd, positions, tx));
-    Response::builder()
-        .status(StatusCode::OK)
-        .header(CONTENT_TYPE, "text/event-stream")
-        .header(CACHE_CONTROL, "no-cache")
-        .header("x-accel-buffering", "no")
-        .body(SseBody { rx: Some(rx) }.boxed())
-        .unwrap_or_default()
+    Ok((cmd, positions))
+}
+
+/// The positions of the request's `Last-Event-ID` (header or `last_event_id`).
+fn last_positions<B>(node: &Node, req: &Request<B>) -> Result<Positions, String> {
+    let last_id = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| query_param(req.uri().query(), "last_event_id"));
+    match last_id {
+        None => Ok(Positions::new()),
+        Some(id) => {
+            decode_id(&id, node.settings.max_symbols).map_err(|e| format!("bad Last-Event-ID: {e}"))
+        }
+    }
 }
 
 fn refuse(status: StatusCode, msg: &str) -> Response<RouteBody> {
-    super::http::text(status, msg).map(BodyExt::boxed)
+    text(status, msg).map(BodyExt::boxed)
 }
 
 /// Runs one stream: the session's messages become events until the close, the node's
-/// shutdown, or the client going away; then the session is freed.
+/// shutdown, or the client going away; then the session is freed. A client that does not
+/// take what is written has its connection reset through `reset`. A panic in the
+/// stream's code is contained here: it is counted, and the stream alone ends with a
+/// `close` event of code 1011.
 async fn stream(
     node: Arc<Node>,
     claims: Option<Claims>,
     cmd: Command,
-    mut positions: Positions,
+    positions: Positions,
     tx: mpsc::Sender<Bytes>,
+    reset: Reset,
 ) {
     node.connections.fetch_add(1, Ordering::Relaxed);
     let metrics = crate::metrics::global();
     metrics.sse_connections.fetch_add(1, Ordering::Relaxed);
+    let run = events(&node, claims, cmd, positions, &tx);
+    match AssertUnwindSafe(run).catch_unwind().await {
+        Ok(true) => reset.ask(),
+        Ok(false) => {}
+        Err(panic) => {
+            crate::session::panicked(&*panic);
+            let close = close_event(CloseCode::Internal.code(), "internal error");
+            let _ = send(&tx, Bytes::from(close), node.settings.send_timeout).await;
+        }
+    }
+    drop(tx);
+    node.connections.fetch_sub(1, Ordering::Relaxed);
+    metrics.sse_connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// The `close` event.
+fn close_event(code: u16, reason: &str) -> String {
+    let data = serde_json::json!({"type": "close", "code": code, "reason": reason});
+    format!("event: close\ndata: {data}\n\n")
+}
+
+/// Writes the session's messages as events until the stream ends; true when the client
+/// was given up on (a chunk not taken in time, or the session evicted).
+async fn events(
+    node: &Arc<Node>,
+    claims: Option<Claims>,
+    cmd: Command,
+    mut positions: Positions,
+    tx: &mpsc::Sender<Bytes>,
+) -> bool {
+    let metrics = crate::metrics::global();
     let (mut session, mut out) = Session::new(node.clone(), claims.map(Box::new), Transport::Sse);
     session.command(cmd).await;
     let timeout = node.settings.send_timeout;
+    let (watch, outbox) = (out.watch(), out.outbox().clone());
+    // The chunk last handed over, counted until the next one is taken: it waits in the
+    // channel meanwhile.
+    let mut _handed = None;
     let mut buf = BytesMut::with_capacity(4096);
     buf.extend_from_slice(format!("retry: {RETRY_MS}\n\n").as_bytes());
-    loop {
+    let gave_up = loop {
         let mut newest = None;
         let closing = tokio::select! {
-            _ = tx.closed() => break,
+            _ = tx.closed() => break false,
             next = out.next() => match next {
                 Out::Messages(msgs) => {
                     newest = crate::metrics::newest_tick_ts(msgs);
@@ -147,30 +228,50 @@ async fn stream(
                 }
                 Out::Close(code, reason) => {
                     metrics.disconnected(code.code());
-                    let data = serde_json::json!({
-                        "type": "close",
-                        "code": code.code(),
-                        "reason": reason,
-                    });
-                    buf.extend_from_slice(format!("event: close\ndata: {data}\n\n").as_bytes());
+                    buf.extend_from_slice(close_event(code.code(), reason).as_bytes());
                     true
                 }
             },
         };
         let chunk = buf.split().freeze();
         let len = chunk.len();
-        if !send(&tx, chunk, timeout).await {
-            break;
+        let counted = outbox.writing(len);
+        let sent = hand_over(tx, chunk, timeout, &watch).await;
+        if !sent {
+            break true;
         }
+        _handed = Some(counted);
         metrics.wrote(len, newest);
         if closing {
-            break;
+            break false;
+        }
+    };
+    session.finish().await;
+    gave_up
+}
+
+/// Hands one chunk to the response body, giving up after `timeout` or when `watch`
+/// says so (the session was evicted); false when it was not taken.
+async fn hand_over(
+    tx: &mpsc::Sender<Bytes>,
+    chunk: Bytes,
+    timeout: Duration,
+    watch: &Watch,
+) -> bool {
+    let give_up_at = tokio::time::Instant::now() + timeout;
+    let send = tx.send(chunk);
+    tokio::pin!(send);
+    loop {
+        let look = watch.next_look().min(give_up_at);
+        tokio::select! {
+            sent = send.as_mut() => return sent.is_ok(),
+            _ = tokio::time::sleep_until(look) => {
+                if watch.give_up() || tokio::time::Instant::now() >= give_up_at {
+                    return false;
+                }
+            }
         }
     }
-    drop(tx);
-    session.finish().await;
-    node.connections.fetch_sub(1, Ordering::Relaxed);
-    metrics.sse_connections.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// Hands one chunk to the response body; false when the client is gone or did not take
@@ -194,19 +295,16 @@ struct Head<'a> {
     seq: Option<u64>,
 }
 
-/// Appends one message as an event; a tick or snapshot moves its symbol's position and
-/// carries the id.
+/// Appends one message as an event; a tick or snapshot (a book or book update on the
+/// book channel) moves its symbol's position and carries the id.
 pub fn write_event(msg: &[u8], positions: &mut Positions, out: &mut BytesMut) {
     let head: Option<Head<'_>> = serde_json::from_slice(msg).ok();
     if let Some(h) = &head {
         out.extend_from_slice(b"event: ");
         out.extend_from_slice(h.ty.as_bytes());
         out.extend_from_slice(b"\n");
-        if let (true, Some(sym), Some(seq)) = (
-            h.ty == "tick" || h.ty == "snapshot",
-            h.symbol.as_deref(),
-            h.seq,
-        ) {
+        let position = matches!(&*h.ty, "tick" | "snapshot" | "book" | "book_update");
+        if let (true, Some(sym), Some(seq)) = (position, h.symbol.as_deref(), h.seq) {
             let epoch = h.epoch.as_deref().unwrap_or("").to_owned();
             positions.insert(sym.to_owned(), (epoch, seq));
             out.extend_from_slice(b"id: ");

@@ -6,80 +6,175 @@
 //! queued message as one frame holding a JSON array (with `encoding=binary`: runs of
 //! tick and snapshot records as one binary frame, runs of JSON messages as one text
 //! frame, in queue order), a Ping for the heartbeat, the close — and answers the
-//! client's Pings. Limits, deadlines and catching up are the
-//! session's.
+//! client's Pings. Limits, deadlines and catching up are the session's. A panic in the
+//! connection's code ends that connection alone, with 1011.
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use fastwebsockets::OpCode;
-use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
+use futures_util::FutureExt;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::Notify;
 
-use super::frames::{self, send, FrameReader, Message, ReadError, Reassembler, HEAD_ROOM};
+use super::frames::{
+    self, send, Fragments, FrameBudget, FrameReader, Message, ReadError, Reassembler, HEAD_ROOM,
+};
+use super::reply::{text, Body};
+use super::request::query_param;
+use super::socket::Reset;
 use crate::auth::Claims;
+use crate::config::Settings;
+use crate::hub::Outbox;
 use crate::node::Node;
 use crate::protocol::{binary, CloseCode, Encoding};
-use crate::session::{Flow, Inbound, Out, Outbound, Session, Transport};
+use crate::session::{Flow, Inbound, Out, Outbound, Session, Transport, Watch};
+
+/// Answers `GET /v1/ws` from a client the token check let in with `claims`: reads the
+/// `encoding` it asks for (400 when unknown), then upgrades and serves the connection.
+pub fn upgrade(
+    node: Arc<Node>,
+    req: &mut Request<Incoming>,
+    claims: Option<Claims>,
+) -> Response<Body> {
+    let encoding = match query_param(req.uri().query(), "encoding") {
+        None => Encoding::Json,
+        Some(enc) => match enc.parse() {
+            Ok(e) => e,
+            Err(why) => return text(StatusCode::BAD_REQUEST, &format!("{why}\n")),
+        },
+    };
+    // Boxed: the claims are held for the connection's life, in the few bytes of a
+    // pointer.
+    let claims = claims.map(Box::new);
+    let reset = req.extensions().get::<Reset>().cloned().unwrap_or_default();
+    super::upgrade::upgrade(node, req, move |node, io| {
+        serve(node, io, claims, encoding, reset)
+    })
+}
 
 /// Runs one WebSocket connection (`io`, past the upgrade), whose ticks and snapshots go
-/// in `encoding`, to its end, then frees the session.
-pub async fn serve<S>(node: Arc<Node>, io: S, claims: Option<Box<Claims>>, encoding: Encoding)
+/// in `encoding`, to its end, then frees the session. A client taken for gone (silent
+/// past its deadline, or not reading what is written) has its connection reset through
+/// `reset`. A panic in the connection's code is contained here: it is counted, and the
+/// connection alone closes with 1011.
+pub async fn serve<S>(
+    node: Arc<Node>,
+    io: S,
+    claims: Option<Box<Claims>>,
+    encoding: Encoding,
+    reset: Reset,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let metrics = crate::metrics::global();
+    metrics.ws_connections.fetch_add(1, Ordering::Relaxed);
+    node.connections.fetch_add(1, Ordering::Relaxed);
+    let (read, mut write) = tokio::io::split(io);
+    let mut read = Reader {
+        frames: FrameReader::new(node.settings.max_msg_bytes),
+        io: read,
+    };
+    // Set while a frame is half written: no other frame may follow it then.
+    let mid_frame = AtomicBool::new(false);
+    let run = drive(&node, claims, encoding, &mut read, &mut write, &mid_frame);
+    let wrote = match AssertUnwindSafe(run).catch_unwind().await {
+        Ok(wrote) => wrote,
+        Err(panic) => {
+            Box::pin(contain(&node, panic, &mut read, &mut write, &mid_frame)).await;
+            Wrote::Closed
+        }
+    };
+    if wrote == Wrote::GaveUp {
+        reset.ask();
+    }
+    metrics.ws_connections.fetch_sub(1, Ordering::Relaxed);
+    node.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Serves the connection with a session of its own until it ends; says how the writer
+/// ended. (The session is made here rather than passed in: an async function's
+/// arguments take room in its future of their own.)
+async fn drive<S>(
+    node: &Arc<Node>,
+    claims: Option<Box<Claims>>,
+    encoding: Encoding,
+    read: &mut Reader<S>,
+    write: &mut WriteHalf<S>,
+    mid_frame: &AtomicBool,
+) -> Wrote
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut session, outbound) =
         Session::with_encoding(node.clone(), claims, Transport::WebSocket, encoding);
-    let metrics = crate::metrics::global();
-    metrics.ws_connections.fetch_add(1, Ordering::Relaxed);
-    node.connections.fetch_add(1, Ordering::Relaxed);
-    let max = node.settings.max_msg_bytes;
     let timeout = node.settings.send_timeout;
-
-    let (read, write) = tokio::io::split(io);
-    let mut read = Reader {
-        frames: FrameReader::new(max),
-        io: read,
-    };
-
     let pongs = Pongs::default();
     // The writer runs beside the reader in this task, not in a task of its own: an
     // idle connection then costs one task allocation, not two.
-    let writer = write_loop(write, outbound, &pongs, timeout);
+    let writer = write_loop(write, outbound, &pongs, timeout, mid_frame);
     tokio::pin!(writer);
     let ended = tokio::select! {
-        flow = read_loop(&mut read, &mut session, &pongs, max) => Some(flow),
-        _ = &mut writer => None,
+        flow = read_loop(read, &mut session, &pongs, &node.settings) => Ok(flow),
+        wrote = &mut writer => Err(wrote),
     };
     match ended {
-        Some(Flow::Continue) => {
+        Ok(Flow::Continue) => {
             // The client went away: the writer stops at its next turn.
             pongs.close();
             // Boxed, as below: an open connection's task should not carry the room
             // its ending takes.
             Box::pin(async {
-                let _ = tokio::time::timeout(timeout, &mut writer).await;
+                let wrote = tokio::time::timeout(timeout, &mut writer).await;
                 session.finish().await;
+                wrote.unwrap_or(Wrote::GaveUp)
             })
-            .await;
+            .await
+        }
+        Err(Wrote::GaveUp) => {
+            session.finish().await;
+            Wrote::GaveUp
         }
         // The server closes: a lingering close, so that the code reaches the client.
-        _ => {
-            let writing = ended.is_some();
+        ended => {
+            let writing = ended.is_ok();
             let linger = node.settings.close_linger;
             Box::pin(close_lingering(
                 writer, writing, read, session, timeout, linger,
             ))
-            .await;
+            .await
         }
     }
-    metrics.ws_connections.fetch_sub(1, Ordering::Relaxed);
-    node.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// After a panic in the connection's code (its session already dropped, and with it
+/// its subscriptions): counts it, then closes with 1011 unless a frame was half
+/// written, letting the client read the close before the connection goes.
+async fn contain<S>(
+    node: &Node,
+    panic: Box<dyn std::any::Any + Send>,
+    read: &mut Reader<S>,
+    write: &mut WriteHalf<S>,
+    mid_frame: &AtomicBool,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    crate::session::panicked(&*panic);
+    if mid_frame.load(Ordering::Relaxed) {
+        return;
+    }
+    let close = frames::close(CloseCode::Internal, "internal error");
+    if send(write, node.settings.send_timeout, &close).await {
+        let _ = tokio::time::timeout(node.settings.close_linger, frames::drain(&mut read.io)).await;
+    }
 }
 
 /// The connection's reading side.
@@ -161,50 +256,73 @@ impl Pongs {
 /// finished yet) while whatever the client sends is read and dropped, frees the
 /// session, then waits up to `linger` for the client's Close or EOF: closing with
 /// unread data would reset the connection, and the client would never see the code.
+/// Returns how the writer ended.
 async fn close_lingering<S, W>(
     mut writer: Pin<&mut W>,
     writing: bool,
-    read: Reader<S>,
+    read: &mut Reader<S>,
     session: Session,
     timeout: Duration,
     linger: Duration,
-) where
+) -> Wrote
+where
     S: AsyncRead + AsyncWrite + Unpin,
-    W: Future<Output = ()>,
+    W: Future<Output = Wrote>,
 {
-    let drain = frames::discard(read.frames, read.io);
+    let frames = std::mem::replace(&mut read.frames, FrameReader::new(0));
+    let drain = frames::discard(frames, &mut read.io);
     tokio::pin!(drain);
+    let mut wrote = Wrote::Closed;
     // A finished writer is not polled again.
     let drained = writing
         && tokio::select! {
-            _ = tokio::time::timeout(timeout, writer.as_mut()) => false,
+            w = tokio::time::timeout(timeout, writer.as_mut()) => {
+                wrote = w.unwrap_or(Wrote::GaveUp);
+                false
+            }
             _ = &mut drain => true,
         };
     if drained {
-        let _ = tokio::time::timeout(timeout, writer.as_mut()).await;
+        wrote = tokio::time::timeout(timeout, writer.as_mut())
+            .await
+            .unwrap_or(Wrote::GaveUp);
     }
     session.finish().await;
-    if !drained {
+    if !drained && wrote != Wrote::GaveUp {
         let _ = tokio::time::timeout(linger, drain).await;
     }
+    wrote
 }
 
 /// Reads until the connection ends (`Flow::Continue`) or must close (`Flow::Close`,
-/// already passed to the session's outbound side).
+/// already passed to the session's outbound side). Every frame is charged to the
+/// connection's [`FrameBudget`]; a client past it is closed with 1008. The middle
+/// fragments of a message that a read brought in whole are taken in one run
+/// ([`FrameReader::take_fragments`]), with the same charges and checks.
 async fn read_loop<S>(
     read: &mut Reader<S>,
     session: &mut Session,
     pongs: &Pongs,
-    max: usize,
+    cfg: &Settings,
 ) -> Flow
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut whole = Reassembler::new(max);
+    let mut whole = Reassembler::new(cfg.max_msg_bytes, Fragments::of(cfg));
+    let mut budget = FrameBudget::subscriber(cfg);
     loop {
+        if read.frames.arrived() {
+            session.heard();
+        }
+        // The middle fragments already held, in one go; what stops the run is read next.
+        if let Err((code, reason)) = read.frames.take_fragments(&mut whole, &mut budget) {
+            return session.close(code, reason);
+        }
         let msg = match read.frames.read(&mut read.io).await {
             Ok(frame) => {
-                session.heard();
+                if budget.charge(frame.opcode).is_err() {
+                    return session.close(CloseCode::Policy, "frame rate limit exceeded");
+                }
                 match whole.push(frame) {
                     Ok(Some(m)) => m,
                     Ok(None) => continue,
@@ -239,63 +357,69 @@ where
     }
 }
 
-/// Writes what the session's outbound side says, and Pongs, until the close.
-async fn write_loop<S>(mut write: WriteHalf<S>, mut out: Outbound, pongs: &Pongs, timeout: Duration)
+/// How a writer ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wrote {
+    /// It wrote the close, or stopped after the reader: the connection closes as usual.
+    Closed,
+    /// The client is gone or does not read: a write failed, timed out or was given up,
+    /// or the session closed for silence. The connection is reset.
+    GaveUp,
+}
+
+/// Writes what the session's outbound side says, and Pongs, until the close. Each
+/// frame counts against the node's output budget while written, and a write is given
+/// up when the session is evicted or the client falls silent ([`Watch`]).
+async fn write_loop<S>(
+    write: &mut WriteHalf<S>,
+    mut out: Outbound,
+    pongs: &Pongs,
+    timeout: Duration,
+    mid_frame: &AtomicBool,
+) -> Wrote
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let watch = out.watch();
+    let outbox = out.outbox().clone();
     let mut frame_buf: Vec<u8> = Vec::new();
+    let mut w = Writer {
+        io: write,
+        timeout,
+        watch: &watch,
+        mid_frame,
+    };
     loop {
         let next = tokio::select! {
             biased;
             p = pongs.next() => {
-                let Some(p) = p else { return };
-                if !send(&mut write, timeout, &frames::control(OpCode::Pong, &p)).await {
-                    return;
+                let Some(p) = p else { return Wrote::Closed };
+                if !w.send(&frames::control(OpCode::Pong, &p)).await {
+                    return Wrote::GaveUp;
                 }
                 continue;
             }
             next = out.next() => next,
         };
         let sent = match next {
-            Out::Messages(msgs) => {
-                // Binary records (only a binary session has them) and JSON messages go
-                // in frames of their own, in queue order; a JSON session has one run.
-                let mut sent = true;
-                for run in msgs.chunk_by(|a, b| binary::is_record(a) == binary::is_record(b)) {
-                    let records = binary::is_record(&run[0]);
-                    let newest = match (crate::metrics::enabled(), records) {
-                        (false, _) => None,
-                        (true, true) => newest_record_ts(run),
-                        (true, false) => crate::metrics::newest_tick_ts(run),
-                    };
-                    frame_buf.clear();
-                    frame_buf.resize(HEAD_ROOM, 0);
-                    let op = if records {
-                        encode_records(run, &mut frame_buf);
-                        OpCode::Binary
-                    } else {
-                        encode_batch(run, &mut frame_buf);
-                        OpCode::Text
-                    };
-                    let len = frame_buf.len() - HEAD_ROOM;
-                    sent = send(&mut write, timeout, frames::seal(&mut frame_buf, op)).await;
-                    if !sent {
-                        break;
-                    }
-                    crate::metrics::global().wrote(len, newest);
-                }
-                sent
-            }
-            Out::Heartbeat => send(&mut write, timeout, &frames::control(OpCode::Ping, &[])).await,
+            Out::Messages(msgs) => w.messages(msgs, &mut frame_buf, &outbox).await,
+            Out::Heartbeat => w.send(&frames::control(OpCode::Ping, &[])).await,
             Out::Close(code, reason) => {
                 crate::metrics::global().disconnected(code.code());
-                let _ = send(&mut write, timeout, &frames::close(code, reason)).await;
-                return;
+                let close = frames::close(code, reason);
+                if out.peer_gone() {
+                    // Written if it fits at once; the connection is reset either way.
+                    let _ = tokio::time::timeout(Duration::ZERO, w.io.write_all(&close)).await;
+                    return Wrote::GaveUp;
+                }
+                return match w.send(&close).await {
+                    true => Wrote::Closed,
+                    false => Wrote::GaveUp,
+                };
             }
         };
         if !sent {
-            return;
+            return Wrote::GaveUp;
         }
         if frame_buf.capacity() > KEEP_FRAME_BUF || !out.has_queued() {
             // The buffer is kept only while more is waiting: a connection that goes
@@ -303,6 +427,72 @@ where
             // held after it.
             frame_buf = Vec::new();
         }
+    }
+}
+
+/// The writing half of a connection, with what bounds each write.
+struct Writer<'a, S> {
+    io: &'a mut WriteHalf<S>,
+    timeout: Duration,
+    watch: &'a Watch,
+    mid_frame: &'a AtomicBool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Writer<'_, S> {
+    /// Writes one whole frame; false when that failed, took longer than the timeout or
+    /// was given up ([`Watch`]).
+    async fn send(&mut self, frame: &[u8]) -> bool {
+        self.mid_frame.store(true, Ordering::Relaxed);
+        let give_up_at = tokio::time::Instant::now() + self.timeout;
+        let mut written = 0;
+        // One timer for the timeout and the watch's looks.
+        let look = tokio::time::sleep_until(self.watch.next_look().min(give_up_at));
+        tokio::pin!(look);
+        while written < frame.len() {
+            tokio::select! {
+                n = self.io.write(&frame[written..]) => match n {
+                    Ok(n) if n > 0 => written += n,
+                    _ => return false,
+                },
+                _ = look.as_mut() => {
+                    if self.watch.give_up() || tokio::time::Instant::now() >= give_up_at {
+                        return false;
+                    }
+                    look.as_mut().reset(self.watch.next_look().min(give_up_at));
+                }
+            }
+        }
+        self.mid_frame.store(false, Ordering::Relaxed);
+        true
+    }
+
+    /// Writes `msgs` as frames: binary records (only a binary session has them) and
+    /// JSON messages in frames of their own, in queue order; a JSON session has one run.
+    async fn messages(&mut self, msgs: &[Bytes], frame_buf: &mut Vec<u8>, outbox: &Outbox) -> bool {
+        for run in msgs.chunk_by(|a, b| binary::is_record(a) == binary::is_record(b)) {
+            let records = binary::is_record(&run[0]);
+            let newest = match (crate::metrics::enabled(), records) {
+                (false, _) => None,
+                (true, true) => newest_record_ts(run),
+                (true, false) => crate::metrics::newest_tick_ts(run),
+            };
+            frame_buf.clear();
+            frame_buf.resize(HEAD_ROOM, 0);
+            let op = if records {
+                encode_records(run, frame_buf);
+                OpCode::Binary
+            } else {
+                encode_batch(run, frame_buf);
+                OpCode::Text
+            };
+            let len = frame_buf.len() - HEAD_ROOM;
+            let _counted = outbox.writing(frame_buf.len());
+            if !self.send(frames::seal(frame_buf, op)).await {
+                return false;
+            }
+            crate::metrics::global().wrote(len, newest);
+        }
+        true
     }
 }
 
@@ -350,7 +540,7 @@ mod tests {
         let bus = Arc::new(crate::bus::LocalBus::new(hub.clone()));
         let node = Node::new(crate::config::Settings::default(), hub, bus, None);
         let (io, _peer) = tokio::io::duplex(64);
-        let task = serve(node, io, None, Encoding::Json);
+        let task = serve(node, io, None, Encoding::Json, Reset::default());
         let size = std::mem::size_of_val(&task);
         assert!(size <= 2048, "the connection future is {size} bytes");
     }
