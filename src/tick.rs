@@ -37,6 +37,25 @@ pub fn valid_symbol(s: &str) -> bool {
     })
 }
 
+/// Whether `s` is a symbol pattern: `*` (every symbol), or a prefix that a symbol may
+/// start with followed by `*` (`BTC-*`, `EUR/*`), so that the prefix and one more
+/// character fit the symbol grammar of [`valid_symbol`].
+pub fn valid_pattern(s: &str) -> bool {
+    match s.strip_suffix('*') {
+        Some("") => true,
+        Some(prefix) => prefix.len() < 32 && valid_symbol(prefix),
+        None => false,
+    }
+}
+
+/// Whether `symbol` is one that `pattern` (see [`valid_pattern`]) matches.
+pub fn pattern_matches(pattern: &str, symbol: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => symbol.starts_with(prefix),
+        None => pattern == symbol,
+    }
+}
+
 /// Symbols of a list that do not match the symbol grammar, in the order given.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BadSymbols(pub Vec<String>);
@@ -99,6 +118,14 @@ where
         Err(BadSymbols(bad))
     }
 }
+
+/// The largest `seq` a feed may give a tick: 2⁵³ − 1, the largest integer that every
+/// JSON reader (a browser's among them) holds exactly. Leaves room above it for the
+/// marks the hub keeps beside a subscriber's position.
+pub const MAX_SEQ: u64 = (1 << 53) - 1;
+
+/// Longest `epoch`, in bytes.
+pub const MAX_EPOCH: usize = 64;
 
 /// One update of a symbol, as produced by a feed.
 ///
@@ -165,6 +192,31 @@ struct Tagged<'a> {
 }
 
 impl Tick {
+    /// The checks a tick passes wherever it enters a node, whoever sent it (the
+    /// publisher endpoint, Redis): a well-formed symbol, `seq` from 1 to [`MAX_SEQ`], an
+    /// epoch of at most [`MAX_EPOCH`] bytes, prices that are positive finite numbers and
+    /// a bid not above the ask. The reason of a refusal names the field.
+    pub fn check(&self) -> Result<(), String> {
+        if !valid_symbol(&self.symbol) {
+            return Err(format!("malformed symbol {:?}", &*self.symbol));
+        }
+        if self.seq == 0 || self.seq > MAX_SEQ {
+            return Err(format!("seq {} is outside 1..={MAX_SEQ}", self.seq));
+        }
+        if self.epoch.len() > MAX_EPOCH {
+            return Err(format!("epoch is longer than {MAX_EPOCH} bytes"));
+        }
+        for (name, p) in [("bid", self.bid), ("ask", self.ask), ("last", self.last)] {
+            if !(p.is_finite() && p > 0.0) {
+                return Err(format!("{name} must be a positive number, found {p}"));
+            }
+        }
+        if self.bid > self.ask {
+            return Err(format!("bid {} is above ask {}", self.bid, self.ask));
+        }
+        Ok(())
+    }
+
     /// The AAPL tick of the examples in `docs/protocol.md` (JSON and binary).
     pub fn example() -> Tick {
         Tick {
@@ -279,6 +331,19 @@ mod tests {
             assert!(!valid_symbol(bad), "{bad}");
         }
         assert!(valid_symbol(&"A".repeat(32)));
+    }
+
+    #[test]
+    fn pattern_grammar_and_matching() {
+        for ok in ["*", "BTC-*", "EUR/*", "A*", &format!("{}*", "A".repeat(31))] {
+            assert!(valid_pattern(ok), "{ok}");
+        }
+        let long = format!("{}*", "A".repeat(32));
+        for bad in ["", "**", "btc-*", "-*", "A*B", "AAPL", "*A", long.as_str()] {
+            assert!(!valid_pattern(bad), "{bad}");
+        }
+        // Matching is tested with the token claims that share it (auth).
+        assert!(pattern_matches("EUR/*", "EUR/USD") && !pattern_matches("EUR/*", "EUR"));
     }
 
     #[test]

@@ -10,6 +10,15 @@
 //!
 //! Prices are the same doubles the JSON numbers denote, bit for bit: no scale to agree
 //! on, no rounding, and a decoded tick equals the one the feed made.
+//!
+//! A paced tick (`throttle_ms`) carries its `skipped` count as a u64 right after the
+//! epoch, announced by bit 1 of the flags ([`with_skipped`]): an addition in the room
+//! the layout keeps for later fields, which decoders that do not know it step over.
+//!
+//! Book records (`book` `0x03`, `book_update` `0x04`) are laid out in [`book`]; a frame
+//! may hold records of both kinds, which [`decode_any`] reads.
+
+pub mod book;
 
 use std::sync::Arc;
 
@@ -21,6 +30,8 @@ pub const KIND_TICK: u8 = 0x01;
 pub const KIND_SNAPSHOT: u8 = 0x02;
 /// Bit of the flags byte set when `src_ts` is present.
 pub const FLAG_SRC_TS: u8 = 0x01;
+/// Bit of the flags byte set when `skipped` follows the epoch (a paced tick).
+pub const FLAG_SKIPPED: u8 = 0x02;
 /// Size of the fixed part of a record; the symbol starts here.
 pub const FIXED_LEN: usize = 86;
 /// Largest symbol or epoch a record can carry, in bytes.
@@ -79,14 +90,15 @@ pub enum DecodeError {
         have: usize,
     },
     /// The first byte is not a known kind.
-    #[error("record at byte {offset}: unknown kind 0x{kind:02x} (0x01 tick, 0x02 snapshot)")]
+    #[error("record at byte {offset}: unknown kind 0x{kind:02x} (0x01 tick, 0x02 snapshot, 0x03 book, 0x04 book_update)")]
     UnknownKind {
         /// Where the record starts.
         offset: usize,
         /// The byte found.
         kind: u8,
     },
-    /// The length field is shorter than the fixed part, symbol and epoch together.
+    /// The length field is shorter than the fixed part, symbol, epoch (and `skipped`,
+    /// when the flags announce it) together.
     #[error("record at byte {offset}: length {len} is less than the {need} bytes its fields take")]
     BadLength {
         /// Where the record starts.
@@ -107,6 +119,14 @@ pub enum DecodeError {
     BadEpoch {
         /// Where the record starts.
         offset: usize,
+    },
+    /// A book record's price decimals are more than a price may have.
+    #[error("record at byte {offset}: {decimals} price decimals, more than 9")]
+    BadDecimals {
+        /// Where the record starts.
+        offset: usize,
+        /// The decimals byte.
+        decimals: u8,
     },
 }
 
@@ -165,6 +185,18 @@ pub fn encode(tick: &Tick, kind: Kind) -> Result<Vec<u8>, EncodeError> {
     Ok(out)
 }
 
+/// A copy of `record` (one record as [`write()`] makes it, ending at its epoch) carrying
+/// `skipped`: bit 1 of the flags set, `len` 8 bytes longer, the count after the epoch.
+pub fn with_skipped(record: &[u8], skipped: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(record.len() + 8);
+    out.extend_from_slice(record);
+    out[at::FLAGS] |= FLAG_SKIPPED;
+    let len = u16::from_le_bytes([out[at::LEN], out[at::LEN + 1]]) + 8;
+    out[at::LEN..at::LEN + 2].copy_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&skipped.to_le_bytes());
+    out
+}
+
 /// One decoded record, borrowing its symbol and epoch from the frame.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Record<'a> {
@@ -194,6 +226,8 @@ pub struct Record<'a> {
     pub volume: u64,
     /// Original source time of a replayed tick.
     pub src_ts: Option<u64>,
+    /// On a paced tick: the ticks of its symbol folded into it since the previous one.
+    pub skipped: Option<u64>,
 }
 
 impl Record<'_> {
@@ -267,7 +301,9 @@ fn decode_at(frame: &[u8], offset: usize) -> Result<(Record<'_>, usize), DecodeE
     let len = usize::from(u16::from_le_bytes([b[at::LEN], b[at::LEN + 1]]));
     let symbol_len = usize::from(b[at::SYMBOL_LEN]);
     let epoch_len = usize::from(b[at::EPOCH_LEN]);
-    let need = FIXED_LEN + symbol_len + epoch_len;
+    let names = FIXED_LEN + symbol_len + epoch_len;
+    let has_skipped = b[at::FLAGS] & FLAG_SKIPPED != 0;
+    let need = names + if has_skipped { 8 } else { 0 };
     if len < need {
         return Err(DecodeError::BadLength { offset, len, need });
     }
@@ -278,7 +314,7 @@ fn decode_at(frame: &[u8], offset: usize) -> Result<(Record<'_>, usize), DecodeE
         .ok()
         .filter(|s| valid_symbol(s))
         .ok_or(DecodeError::BadSymbol { offset })?;
-    let epoch = std::str::from_utf8(&b[FIXED_LEN + symbol_len..need])
+    let epoch = std::str::from_utf8(&b[FIXED_LEN + symbol_len..names])
         .map_err(|_| DecodeError::BadEpoch { offset })?;
     let record = Record {
         kind,
@@ -294,6 +330,7 @@ fn decode_at(frame: &[u8], offset: usize) -> Result<(Record<'_>, usize), DecodeE
         last_size: u64_at(b, at::LAST_SIZE),
         volume: u64_at(b, at::VOLUME),
         src_ts: (b[at::FLAGS] & FLAG_SRC_TS != 0).then(|| u64_at(b, at::SRC_TS)),
+        skipped: has_skipped.then(|| u64_at(b, names)),
     };
     Ok((record, offset + len))
 }
@@ -326,8 +363,43 @@ impl<'a> Iterator for Records<'a> {
     }
 }
 
-/// Iterates over the records of `frame` (an empty frame yields nothing; [`decode`]
-/// refuses it).
+/// One record of a frame of any kind.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AnyRecord<'a> {
+    /// A tick or a snapshot.
+    Tick(Record<'a>),
+    /// A book or a book update.
+    Book(book::BookRecord<'a>),
+}
+
+/// Decodes a whole binary frame holding records of any kind: every record, or the
+/// first error.
+pub fn decode_any(frame: &[u8]) -> Result<Vec<AnyRecord<'_>>, DecodeError> {
+    if frame.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    let mut out = Vec::new();
+    let mut offset = 0;
+    while offset < frame.len() {
+        let (record, next) = match frame[offset] {
+            book::KIND_BOOK | book::KIND_BOOK_UPDATE => {
+                let (r, next) = book::decode_at(frame, offset)?;
+                (AnyRecord::Book(r), next)
+            }
+            _ => {
+                let (r, next) = decode_at(frame, offset)?;
+                (AnyRecord::Tick(r), next)
+            }
+        };
+        out.push(record);
+        offset = next;
+    }
+    Ok(out)
+}
+
+/// Iterates over the tick and snapshot records of `frame` (an empty frame yields
+/// nothing; [`decode`] refuses it); a book record is an unknown kind here (see
+/// [`decode_any`]).
 pub fn records(frame: &[u8]) -> Records<'_> {
     Records {
         frame,
@@ -395,6 +467,26 @@ mod tests {
                 (Kind::Tick, 1044)
             ]
         );
+    }
+
+    #[test]
+    fn a_paced_tick_carries_skipped_after_its_epoch() {
+        let t = sample();
+        let plain = encode(&t, Kind::Tick).unwrap();
+        let paced = with_skipped(&plain, 7);
+        assert_eq!(paced.len(), plain.len() + 8);
+        assert_eq!(paced[1], FLAG_SKIPPED);
+        let got = decode(&paced).unwrap();
+        assert_eq!((got[0].skipped, got[0].tick()), (Some(7), t.clone()));
+        assert_eq!(decode(&plain).unwrap()[0].skipped, None);
+        // A decoder that reads `len` finds the next record after it.
+        let mut frame = paced.clone();
+        frame.extend_from_slice(&plain);
+        assert_eq!(decode(&frame).unwrap().len(), 2);
+        // The flag with no room for the count is refused.
+        let mut short = plain.clone();
+        short[1] |= FLAG_SKIPPED;
+        assert!(matches!(decode(&short), Err(DecodeError::BadLength { .. })));
     }
 
     #[test]

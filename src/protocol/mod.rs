@@ -1,22 +1,25 @@
-//! The wire contract: client commands in, server messages out (see `docs/protocol.md`).
+//! The wire contract: client commands in ([`command`]), server messages out (see
+//! `docs/protocol.md`).
 //!
 //! Commands are parsed with simd-json from the frame's own buffer. Server messages are
 //! JSON objects; the transport sends one or more of them per frame as a JSON array.
-//! With `encoding=binary`, ticks and snapshots are [`binary`] records instead.
+//! With `encoding=binary`, ticks and snapshots are [`binary`] records instead. A
+//! subscription is a symbol on a [`channel`], paced or not.
 
 pub mod binary;
+pub mod channel;
 mod close;
+pub mod command;
 
-use std::collections::HashMap;
 use std::fmt;
 
 use serde::Serialize;
-use simd_json::prelude::*;
-use simd_json::BorrowedValue;
 
-use crate::tick::{now_ns, valid_symbol};
+use crate::tick::now_ns;
 
+pub use channel::{Channel, ChannelName, Selection, Stream};
 pub use close::CloseCode;
+pub use command::{parse_command, sort_entries, Command, CommandError, ResumeFrom, Subscribe};
 
 /// How a WebSocket session's ticks and snapshots are encoded (`encoding=` on `/v1/ws`).
 /// Control messages are JSON either way.
@@ -79,195 +82,12 @@ pub enum ErrorCode {
     Forbidden,
 }
 
-/// A client's position in a symbol's sequence, from `resume`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ResumeFrom {
-    /// The epoch the client's `seq` belongs to, when it said.
-    pub epoch: Option<String>,
-    /// The last `seq` the client holds.
-    pub seq: u64,
-}
-
-/// A parsed client command.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Command {
-    /// `{"op":"subscribe",...}`
-    Subscribe {
-        /// Echoed in replies.
-        id: Option<u64>,
-        /// Symbols as given (validated later, per symbol).
-        symbols: Vec<String>,
-        /// Send a `snapshot` before the ticks (default true).
-        snapshot: bool,
-        /// Last `seq` held per symbol.
-        resume: HashMap<String, ResumeFrom>,
-    },
-    /// `{"op":"unsubscribe",...}`
-    Unsubscribe {
-        /// Echoed in replies.
-        id: Option<u64>,
-        /// Symbols to drop.
-        symbols: Vec<String>,
-    },
-    /// `{"op":"list"}`: the current subscriptions.
-    List {
-        /// Echoed in replies.
-        id: Option<u64>,
-    },
-    /// `{"op":"ping"}`: answered with `pong`.
-    Ping {
-        /// Echoed in replies.
-        id: Option<u64>,
-    },
-}
-
-/// Why a command was refused; becomes an `error` message.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CommandError {
-    /// The command's `id`, where it could be read.
-    pub id: Option<u64>,
-    /// The error code.
-    pub code: ErrorCode,
-    /// A human-readable explanation.
-    pub message: String,
-}
-
-impl fmt::Display for CommandError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}: {}", self.code, self.message)
-    }
-}
-
-impl CommandError {
-    fn bad(id: Option<u64>, message: impl Into<String>) -> Self {
-        CommandError {
-            id,
-            code: ErrorCode::BadRequest,
-            message: message.into(),
-        }
-    }
-}
-
-/// Parses one client text message. The buffer is used as scratch space by simd-json.
-pub fn parse_command(buf: &mut [u8]) -> Result<Command, CommandError> {
-    let value = simd_json::to_borrowed_value(buf)
-        .map_err(|e| CommandError::bad(None, format!("not valid JSON: {e}")))?;
-    let obj = value
-        .as_object()
-        .ok_or_else(|| CommandError::bad(None, "a command must be a JSON object"))?;
-    let id = match obj.get("id") {
-        None | Some(BorrowedValue::Static(simd_json::StaticNode::Null)) => None,
-        Some(v) => Some(
-            v.as_u64()
-                .ok_or_else(|| CommandError::bad(None, "\"id\" must be an unsigned integer"))?,
-        ),
-    };
-    let op = obj
-        .get("op")
-        .ok_or_else(|| CommandError::bad(id, "missing field \"op\""))?
-        .as_str()
-        .ok_or_else(|| CommandError::bad(id, "\"op\" must be a string"))?;
-    match op {
-        "subscribe" => {
-            let symbols = symbol_list(obj.get("symbols"), id)?;
-            let snapshot = match obj.get("snapshot") {
-                None => true,
-                Some(v) => v
-                    .as_bool()
-                    .ok_or_else(|| CommandError::bad(id, "\"snapshot\" must be true or false"))?,
-            };
-            let resume = match obj.get("resume") {
-                None => HashMap::new(),
-                Some(v) => resume_map(v, id)?,
-            };
-            Ok(Command::Subscribe {
-                id,
-                symbols,
-                snapshot,
-                resume,
-            })
-        }
-        "unsubscribe" => Ok(Command::Unsubscribe {
-            id,
-            symbols: symbol_list(obj.get("symbols"), id)?,
-        }),
-        "list" => Ok(Command::List { id }),
-        "ping" => Ok(Command::Ping { id }),
-        other => Err(CommandError {
-            id,
-            code: ErrorCode::UnknownOp,
-            message: format!("unknown op: {}", truncate(other, 64)),
-        }),
-    }
-}
-
-fn truncate(s: &str, max: usize) -> &str {
+/// `s` cut to at most `max` characters (for echoing client input in errors).
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
     match s.char_indices().nth(max) {
         Some((i, _)) => &s[..i],
         None => s,
     }
-}
-
-fn symbol_list(v: Option<&BorrowedValue>, id: Option<u64>) -> Result<Vec<String>, CommandError> {
-    let arr = v
-        .ok_or_else(|| CommandError::bad(id, "missing field \"symbols\""))?
-        .as_array()
-        .ok_or_else(|| CommandError::bad(id, "\"symbols\" must be an array of strings"))?;
-    arr.iter()
-        .map(|s| {
-            s.as_str()
-                .map(str::to_owned)
-                .ok_or_else(|| CommandError::bad(id, "\"symbols\" must be an array of strings"))
-        })
-        .collect()
-}
-
-fn resume_map(
-    v: &BorrowedValue,
-    id: Option<u64>,
-) -> Result<HashMap<String, ResumeFrom>, CommandError> {
-    let obj = v
-        .as_object()
-        .ok_or_else(|| CommandError::bad(id, "\"resume\" must be an object of symbol to seq"))?;
-    let mut out = HashMap::with_capacity(obj.len());
-    for (sym, pos) in obj.iter() {
-        let from = if let Some(seq) = pos.as_u64() {
-            ResumeFrom { epoch: None, seq }
-        } else if let Some(o) = pos.as_object() {
-            let seq = o.get("seq").and_then(|s| s.as_u64()).ok_or_else(|| {
-                CommandError::bad(
-                    id,
-                    format!("resume of {sym}: \"seq\" must be an unsigned integer"),
-                )
-            })?;
-            let epoch = match o.get("epoch") {
-                None => None,
-                Some(e) => Some(
-                    e.as_str()
-                        .ok_or_else(|| {
-                            CommandError::bad(
-                                id,
-                                format!("resume of {sym}: \"epoch\" must be a string"),
-                            )
-                        })?
-                        .to_owned(),
-                ),
-            };
-            ResumeFrom { epoch, seq }
-        } else {
-            return Err(CommandError::bad(
-                id,
-                format!("resume of {sym}: expected a seq or {{\"epoch\":…,\"seq\":…}}"),
-            ));
-        };
-        out.insert(sym.to_string(), from);
-    }
-    Ok(out)
-}
-
-/// Splits requested symbols into well-formed ones and malformed ones.
-pub fn partition_symbols(symbols: Vec<String>) -> (Vec<String>, Vec<String>) {
-    symbols.into_iter().partition(|s| valid_symbol(s))
 }
 
 /// Why a `gap` was announced.
@@ -295,6 +115,29 @@ pub struct Limits {
     pub rate_per_s: u32,
 }
 
+/// The body of the replies about subscriptions (`subscribed`, `unsubscribed`,
+/// `subscriptions`). Only `symbols` is always there: a v1 command gets a v1 reply.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Listing<'a> {
+    /// The command's id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    /// The channel, other than `ticks`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel: Option<&'static str>,
+    /// The candles' interval, where the command named one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval: Option<&'static str>,
+    /// The symbols.
+    pub symbols: &'a [&'a str],
+    /// The patterns, where there are any.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub patterns: &'a [&'a str],
+    /// The pace, where the command gave one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub throttle_ms: Option<u32>,
+}
+
 /// Server-to-client control messages (ticks and snapshots are encoded by [`crate::tick`]).
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -312,29 +155,17 @@ pub enum ServerMsg<'a> {
         /// The limits in force.
         limits: &'a Limits,
     },
-    /// Reply to `subscribe`.
-    Subscribed {
+    /// Reply to `subscribe`: the symbols (and patterns) now subscribed by that command.
+    Subscribed(Listing<'a>),
+    /// Reply to `unsubscribe`: the symbols (and patterns) dropped.
+    Unsubscribed(Listing<'a>),
+    /// Reply to `list`: every symbol (and pattern) held on a channel, sorted.
+    Subscriptions(Listing<'a>),
+    /// Reply to `report`.
+    Reported {
         #[serde(skip_serializing_if = "Option::is_none")]
         /// The command's id.
         id: Option<u64>,
-        /// The symbols now subscribed by that command.
-        symbols: &'a [&'a str],
-    },
-    /// Reply to `unsubscribe`.
-    Unsubscribed {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        /// The command's id.
-        id: Option<u64>,
-        /// The symbols dropped.
-        symbols: &'a [&'a str],
-    },
-    /// Reply to `list`.
-    Subscriptions {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        /// The command's id.
-        id: Option<u64>,
-        /// Every symbol subscribed, sorted.
-        symbols: &'a [&'a str],
     },
     /// Reply to `ping`.
     Pong {
@@ -348,12 +179,38 @@ pub enum ServerMsg<'a> {
     Gap {
         /// The symbol.
         symbol: &'a str,
+        /// The channel, other than `ticks`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        channel: Option<&'a str>,
         /// First missing seq.
         from: u64,
         /// Last missing seq.
         to: u64,
         /// Why.
         reason: GapReason,
+    },
+    /// Whether a symbol's last value is current: `stale` when the node knows its source
+    /// stopped (feed, bus or channel lost), `live` when values flow again.
+    Status {
+        /// The symbol.
+        symbol: &'a str,
+        /// The channel, other than `ticks` (an addition: `book`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        channel: Option<&'a str>,
+        /// `stale` or `live`.
+        state: &'a str,
+        /// Why it is stale: `feed`, `bus` or `channel`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'a str>,
+    },
+    /// The server will close this connection in `in_ms` (shutdown, the connection's
+    /// lifetime) and streams until then: open the next one now, resume there, then
+    /// close this one.
+    Reconnect {
+        /// `shutdown` or `lifetime`.
+        reason: &'a str,
+        /// Milliseconds until the close.
+        in_ms: u64,
     },
     /// A refused command or part of one.
     Error {
@@ -362,6 +219,9 @@ pub enum ServerMsg<'a> {
         id: Option<u64>,
         /// The error code.
         code: ErrorCode,
+        /// The channel of the command, other than `ticks`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        channel: Option<&'a str>,
         /// What went wrong.
         message: &'a str,
         #[serde(skip_serializing_if = "<[_]>::is_empty")]
@@ -377,17 +237,34 @@ impl ServerMsg<'_> {
         serde_json::to_vec(self).unwrap_or_default().into()
     }
 
+    /// A `status` message: `stale` with its reason, or `live` (`reason` `None`).
+    pub fn status(symbol: &str, reason: Option<&str>) -> bytes::Bytes {
+        ServerMsg::status_of(symbol, None, reason)
+    }
+
+    /// A `status` message of a symbol's `channel` (`None`: ticks).
+    pub fn status_of(symbol: &str, channel: Option<&str>, reason: Option<&str>) -> bytes::Bytes {
+        ServerMsg::Status {
+            symbol,
+            channel,
+            state: if reason.is_some() { "stale" } else { "live" },
+            reason,
+        }
+        .to_json()
+    }
+
     /// A `pong` stamped now.
     pub fn pong(id: Option<u64>) -> bytes::Bytes {
         ServerMsg::Pong { id, ts: now_ns() }.to_json()
     }
 }
 
-/// An `error` message for a refused command.
-pub fn error_json(err: &CommandError, symbols: &[&str]) -> bytes::Bytes {
+/// An `error` message for a refused command on `channel`.
+pub fn error_json(err: &CommandError, symbols: &[&str], channel: ChannelName) -> bytes::Bytes {
     ServerMsg::Error {
         id: err.id,
         code: err.code,
+        channel: channel.in_reply(),
         message: &err.message,
         symbols,
     }
@@ -398,122 +275,34 @@ pub fn error_json(err: &CommandError, symbols: &[&str]) -> bytes::Bytes {
 mod tests {
     use super::*;
 
-    fn parse(s: &str) -> Result<Command, CommandError> {
-        let mut b = s.as_bytes().to_vec();
-        parse_command(&mut b)
-    }
-
-    #[test]
-    fn parses_every_op() {
-        let c = parse(r#"{"op":"subscribe","id":7,"symbols":["AAPL","MSFT"],"snapshot":false,"resume":{"AAPL":1042,"MSFT":{"epoch":"e1","seq":5}}}"#).unwrap();
-        let Command::Subscribe {
-            id,
-            symbols,
-            snapshot,
-            resume,
-        } = c
-        else {
-            panic!()
-        };
-        assert_eq!(id, Some(7));
-        assert_eq!(symbols, ["AAPL", "MSFT"]);
-        assert!(!snapshot);
-        assert_eq!(
-            resume["AAPL"],
-            ResumeFrom {
-                epoch: None,
-                seq: 1042
-            }
-        );
-        assert_eq!(
-            resume["MSFT"],
-            ResumeFrom {
-                epoch: Some("e1".into()),
-                seq: 5
-            }
-        );
-        assert_eq!(
-            parse(r#"{"op":"unsubscribe","symbols":["A"]}"#).unwrap(),
-            Command::Unsubscribe {
-                id: None,
-                symbols: vec!["A".into()]
-            }
-        );
-        assert_eq!(
-            parse(r#"{"op":"list","id":9}"#).unwrap(),
-            Command::List { id: Some(9) }
-        );
-        assert_eq!(
-            parse(r#"{"op":"ping","id":10,"extra":1}"#).unwrap(),
-            Command::Ping { id: Some(10) }
-        );
-        let Command::Subscribe { snapshot, .. } =
-            parse(r#"{"op":"subscribe","symbols":[]}"#).unwrap()
-        else {
-            panic!()
-        };
-        assert!(snapshot, "snapshot defaults to true");
-    }
-
-    #[test]
-    fn refuses_bad_input_with_codes() {
-        for (input, code, id) in [
-            ("nope", ErrorCode::BadRequest, None),
-            ("[1,2]", ErrorCode::BadRequest, None),
-            (r#"{"id":3}"#, ErrorCode::BadRequest, Some(3)),
-            (r#"{"op":5,"id":3}"#, ErrorCode::BadRequest, Some(3)),
-            (r#"{"op":"ping","id":-1}"#, ErrorCode::BadRequest, None),
-            (r#"{"op":"ping","id":"x"}"#, ErrorCode::BadRequest, None),
-            (
-                r#"{"op":"subscribe","id":4}"#,
-                ErrorCode::BadRequest,
-                Some(4),
-            ),
-            (
-                r#"{"op":"subscribe","id":4,"symbols":"AAPL"}"#,
-                ErrorCode::BadRequest,
-                Some(4),
-            ),
-            (
-                r#"{"op":"subscribe","id":4,"symbols":[1]}"#,
-                ErrorCode::BadRequest,
-                Some(4),
-            ),
-            (
-                r#"{"op":"subscribe","id":4,"symbols":["A"],"snapshot":1}"#,
-                ErrorCode::BadRequest,
-                Some(4),
-            ),
-            (
-                r#"{"op":"subscribe","id":4,"symbols":["A"],"resume":{"A":"x"}}"#,
-                ErrorCode::BadRequest,
-                Some(4),
-            ),
-            (
-                r#"{"op":"subscribe","id":4,"symbols":["A"],"resume":[1]}"#,
-                ErrorCode::BadRequest,
-                Some(4),
-            ),
-            (r#"{"op":"fly","id":5}"#, ErrorCode::UnknownOp, Some(5)),
-        ] {
-            let e = parse(input).unwrap_err();
-            assert_eq!((e.code, e.id), (code, id), "{input}: {e}");
-        }
-    }
-
     #[test]
     fn messages_encode_as_documented() {
-        let j = ServerMsg::Subscribed {
+        let j = ServerMsg::Subscribed(Listing {
             id: Some(7),
             symbols: &["AAPL"],
-        }
+            ..Listing::default()
+        })
         .to_json();
         assert_eq!(
             &j[..],
             br#"{"type":"subscribed","id":7,"symbols":["AAPL"]}"#
         );
+        let j = ServerMsg::Subscribed(Listing {
+            id: Some(8),
+            channel: ChannelName::Candles.in_reply(),
+            interval: Some("1m"),
+            symbols: &["BTC-USD", "BTC-EUR"],
+            patterns: &["BTC-*"],
+            throttle_ms: Some(250),
+        })
+        .to_json();
+        assert_eq!(
+            &j[..],
+            br#"{"type":"subscribed","id":8,"channel":"candles","interval":"1m","symbols":["BTC-USD","BTC-EUR"],"patterns":["BTC-*"],"throttle_ms":250}"#
+        );
         let j = ServerMsg::Gap {
             symbol: "AAPL",
+            channel: None,
             from: 3,
             to: 9,
             reason: GapReason::SlowConsumer,
@@ -529,8 +318,20 @@ mod tests {
             message: "not served here: X".into(),
         };
         assert_eq!(
-            &error_json(&e, &["X"])[..],
+            &error_json(&e, &["X"], ChannelName::Ticks)[..],
             br#"{"type":"error","code":"unknown_symbol","message":"not served here: X","symbols":["X"]}"#
+        );
+        assert_eq!(
+            &ServerMsg::Reported { id: Some(4) }.to_json()[..],
+            br#"{"type":"reported","id":4}"#
+        );
+        let r = ServerMsg::Reconnect {
+            reason: "shutdown",
+            in_ms: 2000,
+        };
+        assert_eq!(
+            &r.to_json()[..],
+            br#"{"type":"reconnect","reason":"shutdown","in_ms":2000}"#
         );
     }
 }
