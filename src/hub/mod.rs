@@ -4,8 +4,11 @@
 //! A tick is encoded once when it arrives; every subscriber's queue gets a clone of the
 //! same bytes (a reference count, not a copy). Each symbol has its own lock, taken once
 //! per tick and once per subscribe or unsubscribe, so a snapshot or a replay and the
-//! live ticks after it can never interleave out of order.
+//! live ticks after it can never interleave out of order. Paced subscribers
+//! (`throttle_ms`) are not sent each tick: their symbol is marked, and the node's one
+//! pacer sends them the newest tick at the next boundary of their interval.
 
+use std::cell::OnceCell;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -17,9 +20,18 @@ use parking_lot::Mutex;
 use crate::protocol::{binary, Encoding, GapReason, ResumeFrom, ServerMsg};
 use crate::tick::{Kind, Symbol, Tick};
 
+pub mod book;
+pub mod budget;
+mod candled;
+pub mod candles;
+mod pace;
+pub mod policy;
 pub mod queue;
 
-pub use queue::{Behind, Outbox, Receiver, SlowPolicy, Wakes, NEED_SNAPSHOT};
+pub use budget::Budget;
+use pace::{PaceGroup, Pacer};
+pub use policy::SlowPolicy;
+pub use queue::{Behind, Lagging, Outbox, Receiver, Wakes, Writing, NEED_SNAPSHOT};
 
 /// A tick as the hub keeps it: decoded, and encoded once as a `tick` message.
 #[derive(Debug)]
@@ -52,6 +64,21 @@ impl Entry {
             json,
             binary: OnceLock::new(),
         })
+    }
+
+    /// Ticks as entries encoded for `encoding` ahead of use (a resume's backfill), so
+    /// that nothing is encoded while a symbol's lock is held.
+    pub fn ready(ticks: Vec<Tick>, encoding: Encoding) -> Vec<Arc<Entry>> {
+        ticks
+            .into_iter()
+            .map(|t| {
+                let e = Entry::new(t);
+                if encoding == Encoding::Binary {
+                    e.record(encoding);
+                }
+                e
+            })
+            .collect()
     }
 
     /// This tick as a `snapshot` message.
@@ -93,6 +120,9 @@ struct Subscriber {
     encoding: Encoding,
     /// What the first message this subscriber gets must be, while the symbol has no value.
     first: First,
+    /// Paced: the seq of the last tick (or snapshot, or `to` of a `gap`) queued for it;
+    /// a paced tick's `skipped` counts from there.
+    sent: u64,
 }
 
 /// How a subscription that started before its symbol had any value begins.
@@ -111,13 +141,211 @@ enum First {
 struct SlotState {
     latest: Option<Arc<Entry>>,
     history: VecDeque<Arc<Entry>>,
-    /// By session id: found, added and removed in O(1), iterated densely.
+    /// By session id: found, added and removed in O(1), iterated densely. Unpaced only.
     subscribers: IndexMap<u64, Subscriber>,
+    /// Paced subscribers, one group per interval.
+    paced: Vec<PaceGroup>,
+    /// Subscribers of the symbol's bars (the `candles` channel).
+    candled: candled::Candled,
     /// Subscribers still waiting for their first message (see [`First`]).
     waiting_first: usize,
     /// The bus lost this symbol for a while: the next value is announced with a `gap`
     /// for what was missed and sent as a fresh `snapshot`.
     stale: bool,
+    /// Why the latest value is not current now: a [`Cause`] bit each; 0 while live.
+    causes: u8,
+    /// The reason the `status` stale gave (that of the first cause).
+    reason: &'static str,
+    /// The symbol has been stale at some time: a subscriber that catches up is told
+    /// its status (it may have missed a change of it).
+    ever_stale: bool,
+}
+
+/// What makes a symbol's latest value stale.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cause {
+    /// The node lost the bus, or the symbol's channel on it: cleared when the bus gives
+    /// the symbol again (a resync) or a value arrives.
+    Bus = 1,
+    /// The feed publishing the symbol stopped: cleared when a value arrives.
+    Feed = 2,
+}
+
+impl SlotState {
+    /// Every subscriber, unpaced and paced.
+    fn all(&self) -> impl Iterator<Item = &Subscriber> {
+        let paced = self.paced.iter().flat_map(|g| g.subs.values());
+        self.subscribers.values().chain(paced)
+    }
+
+    /// Every subscriber, unpaced and paced, to change.
+    fn all_mut(&mut self) -> impl Iterator<Item = &mut Subscriber> {
+        let paced = self.paced.iter_mut().flat_map(|g| g.subs.values_mut());
+        self.subscribers.values_mut().chain(paced)
+    }
+
+    /// Takes `entry` as the symbol's latest value and the newest of its history (of at
+    /// most `history_len`), and says what else it brings; `None` for a seq this epoch
+    /// already has, which changes nothing.
+    fn store(&mut self, entry: &Arc<Entry>, history_len: usize) -> Option<Arrival> {
+        let tick = &entry.tick;
+        let mut arrival = Arrival {
+            announce: None,
+            reset: false,
+        };
+        if let Some(prev) = &self.latest {
+            let last = prev.tick.seq;
+            if prev.tick.epoch != tick.epoch {
+                let gap = gap_note(&tick.symbol, last + 1, last + 1, GapReason::Reset);
+                arrival.announce = Some(gap);
+                arrival.reset = true;
+                self.history.clear();
+            } else if tick.seq <= last {
+                return None;
+            } else if tick.seq > last + 1 {
+                let gap = gap_note(&tick.symbol, last + 1, tick.seq - 1, GapReason::Upstream);
+                arrival.announce = Some(gap);
+            }
+        }
+        if self.history.len() >= history_len {
+            self.history.pop_front();
+        }
+        self.history.push_back(entry.clone());
+        self.latest = Some(entry.clone());
+        Some(arrival)
+    }
+}
+
+/// What a stored tick brings beside itself.
+struct Arrival {
+    /// The `gap` to queue before it (a hole upstream, or a new epoch), and its reason.
+    announce: Option<(Bytes, GapReason)>,
+    /// A new epoch: the history restarted, and subscribers get a `snapshot`.
+    reset: bool,
+}
+
+/// One tick's fan-out to the live subscribers of its symbol: what each one is sent,
+/// made once for all of them, and the tally of what was queued.
+struct FanOut<'a> {
+    slot: &'a Arc<Slot>,
+    entry: &'a Entry,
+    /// The `gap` queued before the tick, if it brings one.
+    note: Option<&'a Bytes>,
+    /// Set when subscribers get the tick as a `snapshot`: its JSON, and its binary
+    /// record once a binary subscriber needs it.
+    snapshot: Option<(Bytes, OnceCell<Bytes>)>,
+    /// A new epoch (see [`Arrival::reset`]).
+    reset: bool,
+    /// The `status` live that follows the tick, when the symbol was stale.
+    live: Option<&'a Bytes>,
+    delivered: u64,
+    dropped: u64,
+    /// `gap` messages queued.
+    notes: u64,
+}
+
+impl FanOut<'_> {
+    /// Counts one subscriber's message as queued, or as dropped for a slow one.
+    #[inline]
+    fn count(&mut self, queued: bool) {
+        if queued {
+            self.delivered += 1;
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    /// Queues the tick (after its `gap`, if any) for `sub`, unless `sub` is behind: it
+    /// then catches up by itself later, from a snapshot after a new epoch.
+    #[inline]
+    fn push(&mut self, sub: &Subscriber, wakes: &mut Wakes) {
+        if sub.behind.load(Ordering::Acquire) != 0 {
+            if self.reset {
+                // What it missed belongs to the old epoch: it catches up with a
+                // snapshot of the new one instead.
+                sub.behind.store(NEED_SNAPSHOT, Ordering::Release);
+            }
+            self.dropped += 1;
+            return;
+        }
+        if !self.note(sub, wakes) {
+            return;
+        }
+        let (msg, missed) = match self.snapshot_msg(sub.encoding) {
+            Some(snap) => (snap, NEED_SNAPSHOT),
+            None => (self.entry.record(sub.encoding), self.entry.tick.seq),
+        };
+        let queued = sub
+            .outbox
+            .push_deferred(self.slot, &sub.behind, msg, missed, wakes);
+        self.count(queued);
+        if queued {
+            self.live(sub, wakes);
+        }
+    }
+
+    /// Queues the `gap` the tick brings, if any; false when it was refused (counted as
+    /// dropped).
+    fn note(&mut self, sub: &Subscriber, wakes: &mut Wakes) -> bool {
+        if let Some(note) = self.note {
+            if !sub
+                .outbox
+                .push_deferred(self.slot, &sub.behind, note.clone(), NEED_SNAPSHOT, wakes)
+            {
+                self.dropped += 1;
+                return false;
+            }
+            self.notes += 1;
+        }
+        true
+    }
+
+    /// The tick as a `snapshot` in `enc`, when subscribers get it as one.
+    fn snapshot_msg(&self, enc: Encoding) -> Option<Bytes> {
+        match (&self.snapshot, enc) {
+            (Some((json, _)), Encoding::Json) => Some(json.clone()),
+            (Some((_, bin)), enc) => Some(bin.get_or_init(|| self.entry.snapshot(enc)).clone()),
+            (None, _) => None,
+        }
+    }
+
+    /// Queues the `status` live that follows the tick, if the symbol was stale.
+    fn live(&self, sub: &Subscriber, wakes: &mut Wakes) {
+        if let Some(live) = self.live {
+            let seq = self.entry.tick.seq;
+            sub.outbox
+                .push_deferred(self.slot, &sub.behind, live.clone(), seq, wakes);
+        }
+    }
+
+    /// Queues the first message of a subscriber that came before the symbol's first
+    /// value, now that this tick is it (see [`First`]); it is live from now on.
+    fn first(&mut self, history: &VecDeque<Arc<Entry>>, sub: &mut Subscriber, wakes: &mut Wakes) {
+        let queued = first_message(history, self.slot, sub, self.entry);
+        self.count(queued);
+        if queued {
+            self.live(sub, wakes);
+        }
+        sub.first = First::Live;
+        sub.sent = self.entry.tick.seq;
+    }
+
+    /// Hands the tick to every unpaced subscriber; `waiting` when some subscriber
+    /// still waits for the symbol's first value.
+    fn unpaced(&mut self, st: &mut SlotState, waiting: bool, wakes: &mut Wakes) {
+        let SlotState {
+            history,
+            subscribers,
+            ..
+        } = st;
+        for sub in subscribers.values_mut() {
+            if waiting && sub.first != First::Live {
+                self.first(history, sub, wakes);
+            } else {
+                self.push(sub, wakes);
+            }
+        }
+    }
 }
 
 /// One symbol's state. Sessions hold it only to catch up a subscription that fell behind.
@@ -163,8 +391,16 @@ pub struct HubStats {
 /// the hub is made, so looking a symbol up takes no lock.
 pub struct Hub {
     slots: HashMap<Symbol, Arc<Slot>>,
+    /// The symbols, sorted: patterns match a range of it.
+    sorted: Vec<Symbol>,
     history_len: usize,
     stats: HubStats,
+    /// When paced subscribers are sent their newest tick (or book update).
+    pacer: Pacer,
+    /// The order books of the symbols that have one here.
+    books: book::Books,
+    /// The bars of every symbol, folded from the ticks as they are stored.
+    candles: candles::Candles,
 }
 
 /// How a subscription starts, as asked by the client.
@@ -176,15 +412,20 @@ pub struct Start {
     pub resume: Option<ResumeFrom>,
     /// Ticks after the resume position fetched from the bus's history, for a range the
     /// local ring does not hold; merged with the ring (by `seq`) under the symbol's lock.
-    pub backfill: Vec<Tick>,
+    /// Encoded before (see [`Entry::ready`]): nothing is encoded under the lock.
+    pub backfill: Vec<Arc<Entry>>,
     /// How the session's ticks and snapshots are encoded.
     pub encoding: Encoding,
+    /// The pace in ms (0: every tick), `throttle_ms`.
+    pub throttle_ms: u32,
+    /// On the `candles` channel: closed bars sent first.
+    pub bars: usize,
 }
 
 impl Hub {
     /// A hub serving `symbols`, keeping `history_len` recent ticks per symbol.
     pub fn new<I: IntoIterator<Item = Symbol>>(symbols: I, history_len: usize) -> Hub {
-        let slots = symbols
+        let slots: HashMap<Symbol, Arc<Slot>> = symbols
             .into_iter()
             .map(|s| {
                 let slot = Arc::new(Slot {
@@ -194,11 +435,71 @@ impl Hub {
                 (s, slot)
             })
             .collect();
+        let mut sorted: Vec<Symbol> = slots.keys().cloned().collect();
+        sorted.sort();
+        let candles = candles::Candles::new(slots.keys().cloned(), candles::DEFAULT_KEEP);
         Hub {
             slots,
+            sorted,
             history_len: history_len.max(1),
             stats: HubStats::default(),
+            pacer: Pacer::default(),
+            candles,
+            books: book::Books::new([], book::BookSettings::default()),
         }
+    }
+
+    /// This hub with the order books of `specs` (symbols it serves, with their price
+    /// decimals), kept within `settings`.
+    pub fn with_books(
+        mut self,
+        specs: impl IntoIterator<Item = (Symbol, crate::book::Spec)>,
+        settings: book::BookSettings,
+    ) -> Hub {
+        let served = specs
+            .into_iter()
+            .filter(|(s, _)| self.slots.contains_key(s));
+        self.books = book::Books::new(served, settings);
+        self
+    }
+
+    /// The order books.
+    pub fn books(&self) -> &book::Books {
+        &self.books
+    }
+
+    /// Applies book messages in order and hands what changed to their subscribers,
+    /// whose writers are woken once for all of it.
+    pub fn publish_books(&self, msgs: &[crate::book::BookMsg]) -> Vec<book::BookPublished> {
+        let mut tally = Tally::default();
+        let out = self.books.publish(msgs, &self.pacer, &mut tally);
+        self.count(&tally);
+        out
+    }
+
+    /// Adds (or restarts, or repaces) a subscriber of `symbol`'s book; see
+    /// [`book::Books::subscribe`].
+    pub fn subscribe_book(
+        &self,
+        symbol: &str,
+        outbox: &Arc<Outbox>,
+        behind: &Behind,
+        start: &book::BookStart,
+    ) -> bool {
+        self.books
+            .subscribe(symbol, outbox, behind, start, &self.pacer)
+    }
+
+    /// This hub keeping `keep` closed bars per symbol and interval (default
+    /// [`candles::DEFAULT_KEEP`]).
+    pub fn with_candle_keep(mut self, keep: usize) -> Hub {
+        self.candles = candles::Candles::new(self.slots.keys().cloned(), keep);
+        self
+    }
+
+    /// The bars of every symbol served.
+    pub fn candles(&self) -> &candles::Candles {
+        &self.candles
     }
 
     /// Counters.
@@ -213,9 +514,20 @@ impl Hub {
 
     /// Every symbol served, sorted.
     pub fn symbols(&self) -> Vec<Symbol> {
-        let mut v: Vec<Symbol> = self.slots.keys().cloned().collect();
-        v.sort();
-        v
+        self.sorted.clone()
+    }
+
+    /// The symbols served that `pattern` (`*` or `PREFIX*`) matches, sorted.
+    pub fn matching(&self, pattern: &str) -> &[Symbol] {
+        let prefix = pattern.strip_suffix('*').unwrap_or(pattern);
+        let from = self
+            .sorted
+            .partition_point(|s| s.as_bytes() < prefix.as_bytes());
+        let n = self.sorted[from..]
+            .iter()
+            .take_while(|s| s.starts_with(prefix))
+            .count();
+        &self.sorted[from..from + n]
     }
 
     /// The shared name of a served symbol.
@@ -235,7 +547,7 @@ impl Hub {
     /// Number of local subscribers of `symbol`.
     pub fn subscriber_count(&self, symbol: &str) -> usize {
         self.slot(symbol)
-            .map_or(0, |s| s.state.lock().subscribers.len())
+            .map_or(0, |s| s.state.lock().all().count())
     }
 
     /// Stores `tick` as the symbol's latest value and hands it to every subscriber.
@@ -287,120 +599,72 @@ impl Hub {
     /// Stores one tick and queues it for every subscriber; the writers are woken with
     /// `wakes`.
     fn publish_entry(&self, entry: Arc<Entry>, tally: &mut Tally, wakes: &mut Wakes) -> Published {
-        let tick = &entry.tick;
-        let Some(slot) = self.slot(&tick.symbol) else {
+        let Some(slot) = self.slot(&entry.tick.symbol) else {
             return Published::UnknownSymbol;
         };
         let mut st = slot.state.lock();
-        let mut announce: Option<(Bytes, GapReason)> = None;
-        let mut reset = false;
-        if let Some(prev) = &st.latest {
-            if prev.tick.epoch == tick.epoch {
-                if tick.seq <= prev.tick.seq {
-                    tally.duplicates += 1;
-                    return Published::Duplicate;
-                }
-                if tick.seq > prev.tick.seq + 1 {
-                    announce = Some(gap_note(
-                        &tick.symbol,
-                        prev.tick.seq + 1,
-                        tick.seq - 1,
-                        GapReason::Upstream,
-                    ));
-                }
-            } else {
-                announce = Some(gap_note(
-                    &tick.symbol,
-                    prev.tick.seq + 1,
-                    prev.tick.seq + 1,
-                    GapReason::Reset,
-                ));
-                reset = true;
-                st.history.clear();
-            }
-        }
-        let seq = tick.seq;
-        if st.history.len() >= self.history_len {
-            st.history.pop_front();
-        }
-        st.history.push_back(entry.clone());
-        st.latest = Some(entry.clone());
+        // What paced subscribers may have folded, sent before a loss is announced.
+        let before = (!st.paced.is_empty()).then(|| st.latest.clone()).flatten();
+        let Some(arrival) = st.store(&entry, self.history_len) else {
+            tally.duplicates += 1;
+            return Published::Duplicate;
+        };
         tally.ticks += 1;
-
-        let snapshot = (reset || std::mem::take(&mut st.stale))
-            .then(|| (entry.snapshot_json(), std::cell::OnceCell::new()));
+        let folded = self.candles.fold(&entry.tick);
+        // Taken whether or not the epoch changed: a reset while stale must not leave the
+        // mark for the next tick to be sent as a snapshot again.
+        let was_stale = std::mem::take(&mut st.stale);
+        let fresh = arrival.reset || was_stale;
+        // A value arriving shows its source and the bus alive: live again, said after it.
+        let live = (st.causes != 0).then(|| {
+            st.causes = 0;
+            ServerMsg::status(&entry.tick.symbol, None)
+        });
+        let mut fan = FanOut {
+            slot,
+            entry: &entry,
+            note: arrival.announce.as_ref().map(|(note, _)| note),
+            snapshot: fresh.then(|| (entry.snapshot_json(), OnceCell::new())),
+            reset: arrival.reset,
+            live: live.as_ref(),
+            delivered: 0,
+            dropped: 0,
+            notes: 0,
+        };
         // Subscribers that came before the symbol's first value get it as a snapshot
         // (or as the continuation of the position they resumed from).
         let waiting = std::mem::take(&mut st.waiting_first) > 0;
-        let mut delivered = 0usize;
-        let mut dropped = 0u64;
-        let mut notes = 0u64;
-        for sub in st.subscribers.values() {
-            if waiting && sub.first != First::Live {
-                if first_message(&st, slot, sub, &entry) {
-                    delivered += 1;
-                } else {
-                    dropped += 1;
-                }
-                continue;
-            }
-            if sub.behind.load(Ordering::Acquire) != 0 {
-                if reset {
-                    // What it missed belongs to the old epoch: it catches up with a
-                    // snapshot of the new one instead.
-                    sub.behind.store(NEED_SNAPSHOT, Ordering::Release);
-                }
-                dropped += 1;
-                continue;
-            }
-            let push = |msg: Bytes, missed: u64, wakes: &mut Wakes| {
-                sub.outbox
-                    .push_deferred(slot, &sub.behind, msg, missed, wakes)
-            };
-            if let Some((note, _)) = &announce {
-                if !push(note.clone(), NEED_SNAPSHOT, wakes) {
-                    dropped += 1;
-                    continue;
-                }
-                notes += 1;
-            }
-            let ok = match (&snapshot, sub.encoding) {
-                (Some((json, _)), Encoding::Json) => push(json.clone(), NEED_SNAPSHOT, wakes),
-                (Some((_, bin)), enc) => {
-                    let s = bin.get_or_init(|| entry.snapshot(enc)).clone();
-                    push(s, NEED_SNAPSHOT, wakes)
-                }
-                (None, enc) => push(entry.record(enc), seq, wakes),
-            };
-            if ok {
-                delivered += 1;
-            } else {
-                dropped += 1;
-            }
+        fan.unpaced(&mut st, waiting, wakes);
+        if !st.paced.is_empty() {
+            fan.paced(&mut st, before.as_deref(), waiting, &self.pacer, wakes);
         }
-        if waiting {
-            for sub in st.subscribers.values_mut() {
-                sub.first = First::Live;
+        if !st.candled.is_empty() {
+            if folded.any() {
+                st.candled.folded(slot, &folded, &self.pacer, wakes, tally);
+            }
+            if let Some(live) = &live {
+                tell_candled(&st, live, wakes);
             }
         }
         drop(st);
-        if let Some((_, reason)) = announce {
+        if let Some((_, reason)) = arrival.announce {
             let m = crate::metrics::global();
-            m.gaps[gap_index(reason)].fetch_add(notes, Ordering::Relaxed);
+            m.gaps[gap_index(reason)].fetch_add(fan.notes, Ordering::Relaxed);
         }
-        tally.delivered += delivered as u64;
-        tally.dropped += dropped;
-        Published::Delivered(delivered)
+        tally.delivered += fan.delivered;
+        tally.dropped += fan.dropped;
+        Published::Delivered(fan.delivered as usize)
     }
 
     /// Adds a subscriber to `symbol`, first queueing what `start` asks for (a snapshot,
     /// or a replay from history with `gap`s for what is gone), all under the symbol's
     /// lock so that live ticks follow without a hole or a duplicate. A symbol that has
-    /// no value yet sends its first one as the snapshot.
+    /// no value yet sends its first one as the snapshot. A paced subscriber
+    /// (`start.throttle_ms`) gets that start at once, and its ticks paced after it.
     ///
     /// Returns false when the symbol is not served here. Subscribing twice queues
-    /// nothing, unless `start` resumes from a position: then the subscription restarts
-    /// from there (how a client re-syncs after it saw a hole).
+    /// nothing but a change of pace, unless `start` resumes from a position: then the
+    /// subscription restarts from there (how a client re-syncs after it saw a hole).
     pub fn subscribe(
         &self,
         symbol: &str,
@@ -412,47 +676,72 @@ impl Hub {
             return false;
         };
         let mut st = slot.state.lock();
-        if st.subscribers.contains_key(&outbox.id()) {
+        if let Some(held) = pace::held_pace(&st, outbox.id()) {
             if start.resume.is_none() {
+                if held != start.throttle_ms {
+                    pace::repace(&mut st, slot, outbox.id(), start.throttle_ms, &self.pacer);
+                }
                 return true;
             }
             remove(&mut st, outbox.id());
         }
         behind.store(0, Ordering::Release);
-        let first = match st.latest.clone() {
-            Some(latest) => {
-                let push = |msg: Bytes, missed: u64| outbox.push(slot, behind, msg, missed);
-                let enc = start.encoding;
-                match &start.resume {
-                    Some(from) => {
-                        replay(&st, &slot.symbol, &latest, from, &start.backfill, enc, push)
-                    }
-                    None if start.snapshot => {
-                        push(latest.snapshot(enc), NEED_SNAPSHOT);
-                    }
-                    None => {}
-                }
-                First::Live
-            }
-            None => match &start.resume {
-                Some(from) => First::After(from.clone()),
-                None if start.snapshot => First::Snapshot,
-                None => First::Live,
-            },
-        };
+        let first = begin(&st, slot, outbox, behind, start);
         if first != First::Live {
             st.waiting_first += 1;
         }
-        st.subscribers.insert(
-            outbox.id(),
-            Subscriber {
-                outbox: outbox.clone(),
-                behind: behind.clone(),
-                encoding: start.encoding,
-                first,
-            },
-        );
+        let sub = Subscriber {
+            outbox: outbox.clone(),
+            behind: behind.clone(),
+            encoding: start.encoding,
+            first,
+            sent: st.latest.as_ref().map_or(0, |l| l.tick.seq),
+        };
+        pace::insert(&mut st, sub, start.throttle_ms);
+        if st.causes != 0 {
+            // What it was just given is not current.
+            let next = st.latest.as_ref().map_or(1, |l| l.tick.seq + 1);
+            let msg = ServerMsg::status(&slot.symbol, Some(st.reason));
+            outbox.push(slot, behind, msg, next);
+        }
         true
+    }
+
+    /// Subscribes `outbox`'s session to the bars of `symbol` in `interval`, paced at
+    /// `throttle_ms` (0: the default pace): its `candles` message (up to `backfill`
+    /// closed bars, then the forming bar) is queued and the subscriber registered under
+    /// the symbol's lock, so no bar is missed or sent twice. Subscribing again replaces
+    /// the subscription (a fresh `candles`). False when the symbol is not served here.
+    pub fn subscribe_candles(
+        &self,
+        symbol: &str,
+        outbox: &Arc<Outbox>,
+        interval: candles::Interval,
+        backfill: usize,
+        throttle_ms: u32,
+    ) -> bool {
+        let Some(slot) = self.slot(symbol) else {
+            return false;
+        };
+        let mut st = slot.state.lock();
+        let Some(start) = self.candles.start(symbol, interval, backfill) else {
+            return false;
+        };
+        let every = candled::pace_of(throttle_ms);
+        st.candled
+            .add(slot, &self.pacer, outbox, interval, backfill, every, start);
+        if st.causes != 0 {
+            let msg = ServerMsg::status(&slot.symbol, Some(st.reason));
+            outbox.offer(msg, &mut Wakes::default());
+        }
+        true
+    }
+
+    /// Ends session `session`'s subscription to the bars of `symbol` in `interval`.
+    pub fn unsubscribe_candles(&self, symbol: &str, session: u64, interval: candles::Interval) {
+        if let Some(slot) = self.slot(symbol) {
+            slot.state.lock().candled.remove(session, interval);
+        }
     }
 
     /// Removes a subscriber. Returns whether it was subscribed.
@@ -483,6 +772,7 @@ impl Hub {
         if !contiguous {
             st.history.clear();
         }
+        self.candles.continue_from(&tick);
         let entry = Entry::new(tick);
         if st.history.len() >= self.history_len {
             st.history.pop_front();
@@ -490,6 +780,89 @@ impl Hub {
         st.history.push_back(entry.clone());
         st.latest = Some(entry);
         st.stale = false;
+        // Read from the bus just now: the bus gives it (its feed may still be lost).
+        st.causes &= !(Cause::Bus as u8);
+    }
+
+    /// Continues the bars of `symbol` from `formed`, a forming state read from the bus's
+    /// store, and `after`, the ticks the store holds after it, completed by those of the
+    /// ring: under the symbol's lock, so that no live tick comes between.
+    pub fn restore_candles(&self, symbol: &str, formed: candles::Formed, after: &[Tick]) {
+        let Some(slot) = self.slot(symbol) else {
+            return;
+        };
+        let st = slot.state.lock();
+        // The ring continues what the store gave unless an epoch came between.
+        let same = |l: &Arc<Entry>| after.last().is_none_or(|t| t.epoch == l.tick.epoch);
+        let ring = st.latest.as_ref().is_some_and(same);
+        let ring = st.history.iter().filter(|_| ring).map(|e| &e.tick);
+        self.candles
+            .restore(symbol, formed, after.iter().chain(ring));
+    }
+
+    /// `symbols` are stale for `cause`: subscribers of a symbol that was live get
+    /// `status` stale with `reason` (encoded once per symbol), and so does every
+    /// subscriber that comes while it stays stale.
+    pub fn lost(&self, symbols: &[Symbol], cause: Cause, reason: &'static str) {
+        self.books.lost(symbols, cause, reason);
+        for s in symbols {
+            let Some(slot) = self.slot(s) else { continue };
+            let mut st = slot.state.lock();
+            let was = st.causes;
+            st.causes |= cause as u8;
+            if was != 0 {
+                continue;
+            }
+            st.reason = reason;
+            st.ever_stale = true;
+            let m = crate::metrics::global();
+            if let Some(i) = crate::metrics::STALE_REASONS
+                .iter()
+                .position(|r| *r == reason)
+            {
+                m.stale[i].fetch_add(1, Ordering::Relaxed);
+            }
+            let msg = ServerMsg::status(&slot.symbol, Some(reason));
+            let next = st.latest.as_ref().map_or(1, |l| l.tick.seq + 1);
+            for sub in st.all() {
+                if sub.behind.load(Ordering::Acquire) == 0 {
+                    sub.outbox.push(slot, &sub.behind, msg.clone(), next);
+                }
+            }
+            tell_candled(&st, &msg, &mut Wakes::default());
+        }
+    }
+
+    /// `cause` no longer holds for `symbol`: when nothing else keeps it stale, its
+    /// subscribers get `status` live (after what was queued for the return).
+    fn regained(slot: &Arc<Slot>, st: &mut SlotState, cause: Cause) {
+        let was = st.causes;
+        st.causes &= !(cause as u8);
+        if was == 0 || st.causes != 0 {
+            return;
+        }
+        let msg = ServerMsg::status(&slot.symbol, None);
+        let next = st.latest.as_ref().map_or(1, |l| l.tick.seq + 1);
+        for sub in st.all() {
+            if sub.behind.load(Ordering::Acquire) == 0 {
+                sub.outbox.push(slot, &sub.behind, msg.clone(), next);
+            }
+        }
+        tell_candled(st, &msg, &mut Wakes::default());
+    }
+
+    /// Symbols stale now.
+    pub fn stale_count(&self) -> usize {
+        self.slots
+            .values()
+            .filter(|s| s.state.lock().causes != 0)
+            .count()
+    }
+
+    /// Whether `symbol` is stale now, and why.
+    pub fn stale_reason(&self, symbol: &str) -> Option<&'static str> {
+        let st = self.slot(symbol)?.state.lock();
+        (st.causes != 0).then_some(st.reason)
     }
 
     /// Marks `symbols` as lost by the bus (its connection went down): their next value
@@ -526,23 +899,10 @@ impl Hub {
             return;
         }
         let mut st = slot.state.lock();
-        if !std::mem::take(&mut st.stale) {
-            return;
+        if std::mem::take(&mut st.stale) {
+            resend_snapshot(slot, &mut st);
         }
-        let Some(latest) = st.latest.clone() else {
-            return;
-        };
-        let snap = latest.snapshot_json();
-        let bin = std::cell::OnceCell::new();
-        for sub in st.subscribers.values() {
-            if sub.behind.load(Ordering::Acquire) == 0 {
-                let msg = match sub.encoding {
-                    Encoding::Json => snap.clone(),
-                    enc => bin.get_or_init(|| latest.snapshot(enc)).clone(),
-                };
-                sub.outbox.push(slot, &sub.behind, msg, NEED_SNAPSHOT);
-            }
-        }
+        Hub::regained(slot, &mut st, Cause::Bus);
     }
 
     /// Whether the local ring holds every tick after `from` up to the latest (or a resume
@@ -572,50 +932,155 @@ impl Hub {
         held == latest.tick.seq - from.seq
     }
 
-    /// Brings a subscription that fell behind up to date: under the symbol's lock, the
-    /// messages that replace what was dropped (a `gap` and the newest tick, or a fresh
-    /// snapshot), and the mark cleared so live ticks flow again. Appends to `out`, with
-    /// ticks and snapshots in `encoding`.
-    pub fn catch_up(slot: &Arc<Slot>, behind: &Behind, encoding: Encoding, out: &mut Vec<Bytes>) {
-        let st = slot.state.lock();
+    /// The catch-up mark of session `session`'s unpaced subscription to `symbol`, with
+    /// the symbol's slot (what a conflation for the budget marks).
+    fn unpaced_subscription(&self, symbol: &str, session: u64) -> Option<(Arc<Slot>, Behind)> {
+        let slot = self.slot(symbol)?;
+        let behind = slot.state.lock().subscribers.get(&session)?.behind.clone();
+        Some((slot.clone(), behind))
+    }
+
+    /// Brings the subscription of session `session` that fell behind on `slot` (a
+    /// symbol's ticks or book, as [`Outbox::take_lagging`] gives them) up to date; see
+    /// [`Lagging::catch_up`].
+    pub fn catch_up(
+        slot: &Arc<dyn Lagging>,
+        behind: &Behind,
+        session: u64,
+        encoding: Encoding,
+        out: &mut Vec<Bytes>,
+    ) {
+        slot.catch_up(behind, session, encoding, out);
+    }
+}
+
+impl Lagging for Slot {
+    /// Under the symbol's lock, the messages that replace what was dropped (a `gap` and
+    /// the newest tick, or a fresh snapshot), and the mark cleared so live ticks flow
+    /// again; ticks and snapshots in `encoding`.
+    fn catch_up(&self, behind: &Behind, session: u64, encoding: Encoding, out: &mut Vec<Bytes>) {
+        let slot = self;
+        let mut st = slot.state.lock();
         let missed = behind.swap(0, Ordering::AcqRel);
         if missed == 0 {
             return;
         }
-        let Some(latest) = st.latest.as_ref() else {
+        let Some(latest) = st.latest.clone() else {
             return;
         };
-        if missed == NEED_SNAPSHOT {
+        if let Some(sub) = pace::find_mut(&mut st, session) {
+            pace::catch_up(sub, slot, &latest, missed, out);
+        } else if missed == NEED_SNAPSHOT {
             out.push(latest.snapshot(encoding));
-            return;
+        } else {
+            let to = latest.tick.seq;
+            if to > missed {
+                out.push(gap(&slot.symbol, missed, to - 1, GapReason::SlowConsumer));
+            }
+            if to >= missed {
+                out.push(latest.record(encoding));
+            }
         }
-        let to = latest.tick.seq;
-        if to > missed {
-            out.push(gap(&slot.symbol, missed, to - 1, GapReason::SlowConsumer));
+        if st.ever_stale {
+            // A change of its status may have been among what it missed.
+            let reason = (st.causes != 0).then_some(st.reason);
+            out.push(ServerMsg::status(&slot.symbol, reason));
         }
-        if to >= missed {
-            out.push(latest.record(encoding));
+    }
+}
+
+/// Queues the start of a new subscription (a snapshot, or the replay of a resume) and
+/// says how its first message goes while the symbol has no value yet.
+fn begin(
+    st: &SlotState,
+    slot: &Arc<Slot>,
+    outbox: &Outbox,
+    behind: &Behind,
+    start: &Start,
+) -> First {
+    let Some(latest) = st.latest.clone() else {
+        return match &start.resume {
+            Some(from) => First::After(from.clone()),
+            None if start.snapshot => First::Snapshot,
+            None => First::Live,
+        };
+    };
+    let push = |msg: Bytes, missed: u64| outbox.push(slot, behind, msg, missed);
+    let enc = start.encoding;
+    match &start.resume {
+        Some(from) => replay(
+            &st.history,
+            &slot.symbol,
+            &latest,
+            from,
+            &start.backfill,
+            enc,
+            push,
+        ),
+        None if start.snapshot => {
+            push(latest.snapshot(enc), NEED_SNAPSHOT);
+        }
+        None => {}
+    }
+    First::Live
+}
+
+/// Tells the candle subscribers of a symbol that do not hold its ticks (those were told
+/// already) `msg`, a `status`.
+fn tell_candled(st: &SlotState, msg: &Bytes, wakes: &mut Wakes) {
+    for outbox in st.candled.outboxes() {
+        let id = outbox.id();
+        let told =
+            st.subscribers.contains_key(&id) || st.paced.iter().any(|g| g.subs.contains_key(&id));
+        if !told {
+            outbox.offer(msg.clone(), wakes);
+        }
+    }
+}
+
+/// Sends every subscriber in step a fresh snapshot of the latest value.
+fn resend_snapshot(slot: &Arc<Slot>, st: &mut SlotState) {
+    let Some(latest) = st.latest.clone() else {
+        return;
+    };
+    let snap = latest.snapshot_json();
+    let bin = OnceCell::new();
+    for sub in st.all_mut() {
+        if sub.behind.load(Ordering::Acquire) == 0 {
+            let msg = match sub.encoding {
+                Encoding::Json => snap.clone(),
+                enc => bin.get_or_init(|| latest.snapshot(enc)).clone(),
+            };
+            sub.outbox.push(slot, &sub.behind, msg, NEED_SNAPSHOT);
+            sub.sent = latest.tick.seq;
         }
     }
 }
 
 /// Takes a subscriber out of a symbol's state; whether it was there.
 fn remove(st: &mut SlotState, session: u64) -> bool {
-    match st.subscribers.swap_remove(&session) {
-        Some(sub) => {
-            sub.behind.store(0, Ordering::Release);
-            if sub.first != First::Live {
-                st.waiting_first -= 1;
-            }
-            true
-        }
-        None => false,
+    let sub = match st.subscribers.swap_remove(&session) {
+        Some(sub) => sub,
+        None => match pace::take(st, session) {
+            Some((sub, _)) => sub,
+            None => return false,
+        },
+    };
+    sub.behind.store(0, Ordering::Release);
+    if sub.first != First::Live {
+        st.waiting_first -= 1;
     }
+    true
 }
 
 /// Queues the first message of a subscriber that came before its symbol had a value,
 /// now that `entry` is the first one. Returns whether it was queued.
-fn first_message(st: &SlotState, slot: &Arc<Slot>, sub: &Subscriber, entry: &Entry) -> bool {
+fn first_message(
+    history: &VecDeque<Arc<Entry>>,
+    slot: &Arc<Slot>,
+    sub: &Subscriber,
+    entry: &Entry,
+) -> bool {
     let push = |msg: Bytes, missed: u64| sub.outbox.push(slot, &sub.behind, msg, missed);
     match &sub.first {
         First::Live => true,
@@ -623,7 +1088,7 @@ fn first_message(st: &SlotState, slot: &Arc<Slot>, sub: &Subscriber, entry: &Ent
         First::After(from) => {
             let mut ok = true;
             replay(
-                st,
+                history,
                 &slot.symbol,
                 entry,
                 from,
@@ -659,6 +1124,7 @@ fn gap_index(reason: GapReason) -> usize {
 fn gap_note(symbol: &str, from: u64, to: u64, reason: GapReason) -> (Bytes, GapReason) {
     let msg = ServerMsg::Gap {
         symbol,
+        channel: None,
         from,
         to,
         reason,
@@ -670,11 +1136,11 @@ fn gap_note(symbol: &str, from: u64, to: u64, reason: GapReason) -> (Bytes, GapR
 /// Queues the replay of `symbol` after `from`, per the resume rules of the protocol,
 /// with ticks and snapshots in `enc`.
 fn replay(
-    st: &SlotState,
+    history: &VecDeque<Arc<Entry>>,
     symbol: &str,
     latest: &Entry,
     from: &ResumeFrom,
-    backfill: &[Tick],
+    backfill: &[Arc<Entry>],
     enc: Encoding,
     mut push: impl FnMut(Bytes, u64) -> bool,
 ) {
@@ -685,7 +1151,12 @@ fn replay(
         .is_some_and(|e| e != &*latest.tick.epoch);
     if epoch_differs || from.seq > last {
         if push(
-            gap(symbol, from.seq + 1, from.seq + 1, GapReason::Reset),
+            gap(
+                symbol,
+                from.seq.saturating_add(1),
+                from.seq.saturating_add(1),
+                GapReason::Reset,
+            ),
             NEED_SNAPSHOT,
         ) {
             push(latest.snapshot(enc), NEED_SNAPSHOT);
@@ -697,14 +1168,17 @@ fn replay(
     }
     // The ring, completed from the bus's history where it has holes, in seq order.
     let merged: Vec<Arc<Entry>> = if backfill.is_empty() {
-        st.history.iter().cloned().collect()
+        history.iter().cloned().collect()
     } else {
         let mut by_seq: std::collections::BTreeMap<u64, Arc<Entry>> = backfill
             .iter()
-            .filter(|t| t.epoch == latest.tick.epoch && t.seq > from.seq && t.seq <= last)
-            .map(|t| (t.seq, Entry::new(t.clone())))
+            .filter(|e| {
+                let t = &e.tick;
+                t.epoch == latest.tick.epoch && t.seq > from.seq && t.seq <= last
+            })
+            .map(|e| (e.tick.seq, e.clone()))
             .collect();
-        for e in &st.history {
+        for e in history {
             by_seq.insert(e.tick.seq, e.clone());
         }
         by_seq.into_values().collect()
@@ -738,25 +1212,12 @@ fn replay(
 
 #[cfg(test)]
 mod tests {
-    use super::queue::SlowPolicy;
+    use super::policy::SlowPolicy;
     use super::*;
     use std::sync::atomic::AtomicU64;
 
     fn tick(seq: u64) -> Tick {
-        Tick {
-            symbol: "AAPL".into(),
-            epoch: "e1".into(),
-            seq,
-            ts: seq,
-            bid: 1.0,
-            ask: 1.1,
-            bid_size: 1,
-            ask_size: 1,
-            last: 1.0,
-            last_size: 1,
-            volume: seq,
-            src_ts: None,
-        }
+        super::conflation_tests::tick("e1", seq)
     }
 
     /// (type, seq or from..to) of every message queued.
@@ -770,6 +1231,11 @@ mod tests {
                     v["from"],
                     v["to"],
                     v["reason"].as_str().unwrap()
+                ),
+                "status" => format!(
+                    "status {} {}",
+                    v["state"].as_str().unwrap(),
+                    v["reason"].as_str().unwrap_or("-")
                 ),
                 t => format!("{t} {}", v["seq"]),
             });
@@ -787,6 +1253,7 @@ mod tests {
     }
 
     fn resume(seq: u64, backfill: Vec<Tick>) -> Start {
+        let backfill = Entry::ready(backfill, Encoding::Json);
         Start {
             snapshot: true,
             resume: Some(ResumeFrom {
@@ -795,6 +1262,7 @@ mod tests {
             }),
             backfill,
             encoding: Encoding::Json,
+            ..Start::default()
         }
     }
 
@@ -861,6 +1329,43 @@ mod tests {
     }
 
     #[test]
+    fn a_new_epoch_while_stale_is_one_snapshot_then_live_then_ticks() {
+        let hub = Hub::new(["AAPL".into()], 100);
+        hub.publish(tick(1));
+        let mut rx = sub(&hub, Start::default());
+        let aapl: Symbol = "AAPL".into();
+        hub.mark_stale(std::slice::from_ref(&aapl));
+        hub.lost(std::slice::from_ref(&aapl), Cause::Bus, "bus");
+        // The feed restarted while the bus was away: a new epoch comes back first.
+        let next = |seq| crate::hub::conflation_tests::tick("e2", seq);
+        hub.publish(next(1));
+        hub.publish(next(2));
+        assert_eq!(
+            drain(&mut rx),
+            [
+                "status stale bus",
+                "gap 2-2 reset",
+                "snapshot 1",
+                "status live -",
+                "tick 2"
+            ],
+            "the new epoch's second tick is a tick, not a second snapshot"
+        );
+        // A subscriber that comes while it is stale is told so after its snapshot.
+        hub.lost(std::slice::from_ref(&aapl), Cause::Feed, "feed");
+        let mut late = sub(
+            &hub,
+            Start {
+                snapshot: true,
+                ..Start::default()
+            },
+        );
+        assert_eq!(drain(&mut late), ["snapshot 2", "status stale feed"]);
+        assert_eq!(hub.stale_reason("AAPL"), Some("feed"));
+        assert_eq!(hub.stale_count(), 1);
+    }
+
+    #[test]
     fn seeding_keeps_the_newest_value_and_empties_a_ring_with_a_hole() {
         let hub = Hub::new(["AAPL".into()], 100);
         for s in 1..=3 {
@@ -882,7 +1387,7 @@ mod tests {
 
 #[cfg(test)]
 pub(crate) mod conflation_tests {
-    use super::queue::SlowPolicy;
+    use super::policy::SlowPolicy;
     use super::*;
 
     /// An AAPL tick of `epoch` (also used by the session's tests).
@@ -903,6 +1408,17 @@ pub(crate) mod conflation_tests {
         }
     }
 
+    /// A hub serving AAPL and its one subscriber, whose queue holds `queue` messages
+    /// and conflates past that: the hub, the subscriber's outbox, its queue and its
+    /// behind mark.
+    fn subscribed(queue: usize) -> (Hub, Arc<Outbox>, Receiver, Behind) {
+        let hub = Hub::new(["AAPL".into()], 16);
+        let (outbox, rx) = Outbox::new(1, queue, SlowPolicy::Conflate);
+        let behind: Behind = Arc::new(AtomicU64::new(0));
+        assert!(hub.subscribe("AAPL", &outbox, &behind, &Start::default()));
+        (hub, outbox, rx, behind)
+    }
+
     fn drain(rx: &mut Receiver) -> Vec<String> {
         let mut out = Vec::new();
         while let Some(m) = rx.try_recv() {
@@ -913,10 +1429,7 @@ pub(crate) mod conflation_tests {
 
     #[test]
     fn a_lagging_subscriber_catches_up_with_gap_then_newest_tick() {
-        let hub = Hub::new(["AAPL".into()], 16);
-        let (outbox, mut rx) = Outbox::new(1, 2, SlowPolicy::Conflate);
-        let behind: Behind = Arc::new(AtomicU64::new(0));
-        assert!(hub.subscribe("AAPL", &outbox, &behind, &Start::default()));
+        let (hub, outbox, mut rx, behind) = subscribed(2);
         for seq in 1..=6 {
             hub.publish(tick("e", seq));
         }
@@ -925,7 +1438,7 @@ pub(crate) mod conflation_tests {
         assert_eq!(queued.len(), 2);
         let mut out = Vec::new();
         for (slot, b) in outbox.take_lagging() {
-            Hub::catch_up(&slot, &b, Encoding::Json, &mut out);
+            Hub::catch_up(&slot, &b, outbox.id(), Encoding::Json, &mut out);
         }
         let out: Vec<String> = out
             .iter()
@@ -942,17 +1455,14 @@ pub(crate) mod conflation_tests {
 
     #[test]
     fn a_lagging_subscriber_gets_a_snapshot_of_a_new_epoch() {
-        let hub = Hub::new(["AAPL".into()], 16);
-        let (outbox, mut rx) = Outbox::new(1, 1, SlowPolicy::Conflate);
-        let behind: Behind = Arc::new(AtomicU64::new(0));
-        hub.subscribe("AAPL", &outbox, &behind, &Start::default());
+        let (hub, outbox, mut rx, _) = subscribed(1);
         hub.publish(tick("old", 1));
         hub.publish(tick("old", 2));
         hub.publish(tick("new", 1));
         drain(&mut rx);
         let mut out = Vec::new();
         for (slot, b) in outbox.take_lagging() {
-            Hub::catch_up(&slot, &b, Encoding::Json, &mut out);
+            Hub::catch_up(&slot, &b, outbox.id(), Encoding::Json, &mut out);
         }
         assert_eq!(out.len(), 1);
         let snap = String::from_utf8(out[0].to_vec()).unwrap();
@@ -964,10 +1474,7 @@ pub(crate) mod conflation_tests {
 
     #[test]
     fn duplicates_are_dropped_and_jumps_announced() {
-        let hub = Hub::new(["AAPL".into()], 16);
-        let (outbox, mut rx) = Outbox::new(1, 64, SlowPolicy::Conflate);
-        let behind: Behind = Arc::new(AtomicU64::new(0));
-        hub.subscribe("AAPL", &outbox, &behind, &Start::default());
+        let (hub, _, mut rx, _) = subscribed(64);
         assert_eq!(hub.publish(tick("e", 1)), Published::Delivered(1));
         assert_eq!(hub.publish(tick("e", 1)), Published::Duplicate);
         hub.publish(tick("e", 5));

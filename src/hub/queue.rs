@@ -9,9 +9,12 @@
 //! fanning out a batch of ticks, wakes each writer it touched once when the whole batch
 //! is queued ([`Wakes`]), not once per message: a writer then takes everything queued
 //! in one go and sends it as one frame.
+//!
+//! Every queue also counts against the node-wide [`Budget`] of buffered output: what it
+//! holds and the frame its writer is writing ([`Outbox::writing`]). The hub's batches
+//! are added to it once per batch, not once per message.
 
 use std::collections::VecDeque;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -19,30 +22,18 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use super::Slot;
+use super::budget::{head, Budget, Head, Member, SLOT};
+use super::policy::SlowPolicy;
+use super::{Hub, Slot};
+use crate::protocol::Encoding;
 
-/// What to do with a client whose outbound queue is full.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SlowPolicy {
-    /// Keep only the newest tick per symbol and announce a `gap` (reason `slow_consumer`).
-    #[default]
-    Conflate,
-    /// Close the connection with code 4008.
-    Disconnect,
-}
-
-impl FromStr for SlowPolicy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "conflate" => Ok(SlowPolicy::Conflate),
-            "disconnect" => Ok(SlowPolicy::Disconnect),
-            other => Err(format!(
-                "unknown slow-consumer policy {other:?} (conflate|disconnect)"
-            )),
-        }
-    }
+/// A stream of a symbol that a subscription fell behind on (ticks, a book): it brings
+/// the subscription up to date when the writer has drained its queue.
+pub trait Lagging: Send + Sync {
+    /// Brings the subscription of session `session` marked by `behind` up to date: the
+    /// messages that replace what it missed, appended to `out` (in `encoding`), and the
+    /// mark cleared so that live messages flow again.
+    fn catch_up(&self, behind: &Behind, session: u64, encoding: Encoding, out: &mut Vec<Bytes>);
 }
 
 /// `behind` value of a subscription that needs a fresh snapshot rather than a gap.
@@ -60,14 +51,24 @@ const KEEP_DRAINED: usize = 4;
 #[derive(Default)]
 struct Queue {
     items: VecDeque<Bytes>,
+    /// What they count against the budget: each one's length plus [`SLOT`].
+    bytes: u64,
     /// The writer is gone: nothing is queued any more.
     closed: bool,
+}
+
+/// What `msg` counts against the budget while queued.
+#[inline]
+fn cost(msg: &Bytes) -> u64 {
+    msg.len() as u64 + SLOT
 }
 
 /// Why a message was not queued.
 enum Refused {
     Full,
     Closed,
+    /// Its subscription is behind: it catches up by itself (see [`Outbox::conflate`]).
+    Behind,
 }
 
 /// The sending side of one session's outbound queue, shared with the hub.
@@ -81,21 +82,57 @@ pub struct Outbox {
     ready: Notify,
     /// Wakes a session's own [`Outbox::send`] waiting for room.
     room: Notify,
-    lagging: Mutex<Vec<(Arc<Slot>, Behind)>>,
+    lagging: Mutex<Vec<(Arc<dyn Lagging>, Behind)>>,
     has_lagging: AtomicBool,
     overflowed: AtomicBool,
+    /// The node-wide budget it counts against.
+    budget: Arc<Budget>,
+    /// Bytes of the frame its writer is writing now.
+    in_flight: AtomicU64,
+    /// The budget's enforcer closes this session ([`Outbox::evict`]).
+    evicted: AtomicBool,
+    /// Wakes a writer blocked in a write when the session is evicted.
+    abort: Notify,
 }
 
 /// Writers to wake once a batch of messages is queued: each at most once per batch.
-/// Dropping it wakes them.
+/// Dropping it wakes them, and adds what the batch queued to the budget.
 #[derive(Default)]
-pub struct Wakes(Vec<Arc<Outbox>>);
+pub struct Wakes {
+    outboxes: Vec<Arc<Outbox>>,
+    /// Queued since the last [`Wakes::wake`], not yet added to `budget`.
+    added: u64,
+    budget: Option<Arc<Budget>>,
+}
 
 impl Wakes {
-    /// Wakes every writer collected so far.
+    /// Wakes every writer collected so far, after adding what was queued to the budget.
     pub fn wake(&mut self) {
-        for outbox in self.0.drain(..) {
+        self.settle();
+        for outbox in self.outboxes.drain(..) {
             outbox.ready.notify_one();
+        }
+    }
+
+    /// Counts `n` bytes queued in an outbox of `budget`.
+    #[inline]
+    fn add(&mut self, budget: &Arc<Budget>, n: u64) {
+        match &self.budget {
+            Some(b) if Arc::ptr_eq(b, budget) => {}
+            _ => {
+                self.settle();
+                self.budget = Some(budget.clone());
+            }
+        }
+        self.added += n;
+    }
+
+    /// Adds what was queued to its budget.
+    fn settle(&mut self) {
+        if let Some(b) = &self.budget {
+            if self.added > 0 {
+                b.add(std::mem::take(&mut self.added));
+            }
         }
     }
 }
@@ -107,8 +144,20 @@ impl Drop for Wakes {
 }
 
 impl Outbox {
-    /// A queue of `capacity` messages; returns the receiving side for the writer.
+    /// A queue of `capacity` messages counted against a budget of its own, without a
+    /// bound; returns the receiving side for the writer.
     pub fn new(id: u64, capacity: usize, policy: SlowPolicy) -> (Arc<Outbox>, Receiver) {
+        Outbox::in_budget(id, capacity, policy, Budget::unbounded())
+    }
+
+    /// A queue of `capacity` messages counted against the node's `budget`, which may
+    /// conflate or close it while the node holds more than its bound.
+    pub fn in_budget(
+        id: u64,
+        capacity: usize,
+        policy: SlowPolicy,
+        budget: Arc<Budget>,
+    ) -> (Arc<Outbox>, Receiver) {
         let outbox = Arc::new(Outbox {
             id,
             capacity: capacity.max(1),
@@ -119,7 +168,13 @@ impl Outbox {
             lagging: Mutex::new(Vec::new()),
             has_lagging: AtomicBool::new(false),
             overflowed: AtomicBool::new(false),
+            budget,
+            in_flight: AtomicU64::new(0),
+            evicted: AtomicBool::new(false),
+            abort: Notify::new(),
         });
+        let member: std::sync::Weak<dyn Member> = Arc::downgrade(&outbox) as _;
+        outbox.budget.join(id, member);
         let rx = Receiver {
             outbox: outbox.clone(),
         };
@@ -132,16 +187,23 @@ impl Outbox {
     }
 
     /// Queues `msg` when there is room; `Ok(true)` when the queue was empty before (the
-    /// writer needs a wake-up).
-    fn enqueue(&self, msg: Bytes) -> Result<bool, Refused> {
+    /// writer needs a wake-up). The caller counts `cost(msg)` against the budget. A
+    /// subscription's message (`behind` given) is refused once the subscription is
+    /// behind, checked under the queue's lock, where [`Outbox::conflate`] marks it.
+    fn enqueue(&self, msg: Bytes, behind: Option<&Behind>) -> Result<bool, Refused> {
         let mut q = self.queue.lock();
-        if q.closed {
+        // An evicted session takes nothing more: what it holds is only given back.
+        if q.closed || self.evicted() {
             return Err(Refused::Closed);
+        }
+        if behind.is_some_and(|b| b.load(Ordering::Acquire) != 0) {
+            return Err(Refused::Behind);
         }
         if q.items.len() >= self.capacity {
             return Err(Refused::Full);
         }
         let was_empty = q.items.is_empty();
+        q.bytes += cost(&msg);
         q.items.push_back(msg);
         Ok(was_empty)
     }
@@ -155,15 +217,17 @@ impl Outbox {
             tokio::pin!(room);
             room.as_mut().enable();
             if let Some(m) = msg.take() {
-                match self.enqueue(m.clone()) {
+                let n = cost(&m);
+                match self.enqueue(m.clone(), None) {
                     Ok(was_empty) => {
+                        self.budget.add(n);
                         if was_empty {
                             self.ready.notify_one();
                         }
                         return true;
                     }
-                    Err(Refused::Closed) => return false,
                     Err(Refused::Full) => msg = Some(m),
+                    Err(_) => return false,
                 }
             }
             room.await;
@@ -174,9 +238,17 @@ impl Outbox {
     /// full queue, applies the slow-consumer policy; `missed` is what the subscriber now
     /// lacks (the tick's seq, or [`NEED_SNAPSHOT`]). Called by the hub with the symbol's
     /// slot locked. Returns whether the message was queued.
-    pub fn push(&self, slot: &Arc<Slot>, behind: &Behind, msg: Bytes, missed: u64) -> bool {
-        match self.enqueue(msg) {
+    pub fn push<L: Lagging + 'static>(
+        &self,
+        slot: &Arc<L>,
+        behind: &Behind,
+        msg: Bytes,
+        missed: u64,
+    ) -> bool {
+        let n = cost(&msg);
+        match self.enqueue(msg, Some(behind)) {
             Ok(was_empty) => {
+                self.budget.add(n);
                 if was_empty {
                     self.ready.notify_one();
                 }
@@ -188,18 +260,20 @@ impl Outbox {
 
     /// Like [`Outbox::push`], but the writer is woken when `wakes` is, once the whole
     /// batch is queued.
-    pub fn push_deferred(
+    pub fn push_deferred<L: Lagging + 'static>(
         self: &Arc<Self>,
-        slot: &Arc<Slot>,
+        slot: &Arc<L>,
         behind: &Behind,
         msg: Bytes,
         missed: u64,
         wakes: &mut Wakes,
     ) -> bool {
-        match self.enqueue(msg) {
+        let n = cost(&msg);
+        match self.enqueue(msg, Some(behind)) {
             Ok(was_empty) => {
+                wakes.add(&self.budget, n);
                 if was_empty {
-                    wakes.0.push(self.clone());
+                    wakes.outboxes.push(self.clone());
                 }
                 true
             }
@@ -207,12 +281,48 @@ impl Outbox {
         }
     }
 
-    fn refused(&self, why: Refused, slot: &Arc<Slot>, behind: &Behind, missed: u64) -> bool {
+    /// Queues a message that has no catch-up of its own (a bar) when there is room, the
+    /// writer woken with `wakes`. False when it was not queued: the queue is full (under
+    /// the `disconnect` policy the session is then closed with 4008, as for a tick) or
+    /// closed.
+    pub fn offer(self: &Arc<Self>, msg: Bytes, wakes: &mut Wakes) -> bool {
+        let n = cost(&msg);
+        match self.enqueue(msg, None) {
+            Ok(was_empty) => {
+                wakes.add(&self.budget, n);
+                if was_empty {
+                    wakes.outboxes.push(self.clone());
+                }
+                true
+            }
+            Err(Refused::Full) => {
+                if self.policy == SlowPolicy::Disconnect {
+                    self.overflowed.store(true, Ordering::Release);
+                    self.ready.notify_one();
+                }
+                false
+            }
+            Err(Refused::Closed | Refused::Behind) => false,
+        }
+    }
+
+    fn refused<L: Lagging + 'static>(
+        &self,
+        why: Refused,
+        slot: &Arc<L>,
+        behind: &Behind,
+        missed: u64,
+    ) -> bool {
+        if let (Refused::Behind, NEED_SNAPSHOT) = (&why, missed) {
+            // What it lacks now is a snapshot (a new epoch began), not a gap.
+            behind.store(NEED_SNAPSHOT, Ordering::Release);
+        }
         if let Refused::Full = why {
             match self.policy {
                 SlowPolicy::Conflate => {
                     behind.store(missed, Ordering::Release);
-                    self.lagging.lock().push((slot.clone(), behind.clone()));
+                    let slot: Arc<dyn Lagging> = slot.clone();
+                    self.lagging.lock().push((slot, behind.clone()));
                     self.has_lagging.store(true, Ordering::Release);
                 }
                 SlowPolicy::Disconnect => {
@@ -229,8 +339,106 @@ impl Outbox {
         self.overflowed.load(Ordering::Acquire)
     }
 
+    /// Whether the budget's enforcer closes this session (close 4008).
+    pub fn evicted(&self) -> bool {
+        self.evicted.load(Ordering::Acquire)
+    }
+
+    /// Closes the session for the budget: what it has queued is dropped at once (the
+    /// writer closes with 4008 before writing anything queued), its writer is woken,
+    /// and a write it is blocked in is given up ([`Outbox::aborted`]).
+    pub(super) fn evict(&self) {
+        self.evicted.store(true, Ordering::Release);
+        let mut q = self.queue.lock();
+        let dropped = std::mem::take(&mut q.items);
+        let freed = std::mem::take(&mut q.bytes);
+        drop(q);
+        drop(dropped);
+        self.budget.sub(freed);
+        self.ready.notify_one();
+        self.abort.notify_waiters();
+        self.room.notify_waiters();
+    }
+
+    /// Resolves once the session is evicted: a writer races its writes against it.
+    pub async fn aborted(&self) {
+        loop {
+            let abort = self.abort.notified();
+            tokio::pin!(abort);
+            abort.as_mut().enable();
+            if self.evicted() {
+                return;
+            }
+            abort.await;
+        }
+    }
+
+    /// Counts a frame of `len` bytes that the writer is writing, until the returned
+    /// guard is dropped.
+    pub fn writing(&self, len: usize) -> Writing<'_> {
+        let n = len as u64;
+        self.in_flight.fetch_add(n, Ordering::Relaxed);
+        self.budget.add(n);
+        Writing { outbox: self, n }
+    }
+
+    /// What the session holds now against the budget: queued and being written.
+    pub(super) fn held(&self) -> u64 {
+        self.queue.lock().bytes + self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Conflates this session for the budget: from the first tick of a subscription
+    /// still queued, everything of that subscription leaves the queue, and the
+    /// subscription catches up by itself (a `gap` `slow_consumer` and its newest tick,
+    /// or a fresh snapshot after a new epoch, as when its queue is full). Other messages
+    /// (replies, errors, messages of paced subscriptions and other channels) stay, in
+    /// order. Returns the bytes freed.
+    pub(super) fn conflate(&self, hub: &Hub) -> u64 {
+        // Read outside the lock; the queue changes meanwhile only at its two ends.
+        let seen: Vec<Bytes> = self.queue.lock().items.iter().cloned().collect();
+        let heads: Vec<Head<'_>> = seen.iter().map(|m| head(m)).collect();
+        let mut marks = Marks::find(&heads, hub, self.id);
+        if marks.0.is_empty() {
+            return 0;
+        }
+        let mut q = self.queue.lock();
+        let skip = q
+            .items
+            .front()
+            .and_then(|f| seen.iter().position(|m| same(m, f)))
+            .unwrap_or(seen.len());
+        let mut kept = VecDeque::with_capacity(q.items.len());
+        let mut freed = 0;
+        for (i, m) in std::mem::take(&mut q.items).into_iter().enumerate() {
+            let dropped = match seen.get(skip + i) {
+                Some(s) if same(s, &m) => marks.drops(&heads[skip + i]),
+                _ => marks.drops(&head(&m)),
+            };
+            if dropped {
+                freed += cost(&m);
+            } else {
+                kept.push_back(m);
+            }
+        }
+        q.items = kept;
+        q.bytes -= freed;
+        // Marked under the queue's lock: from here the hub's pushes for these
+        // subscriptions are refused (see `enqueue`).
+        let mut lagging = self.lagging.lock();
+        for m in marks.0.into_iter().filter_map(Mark::missed) {
+            lagging.push(m);
+        }
+        drop(lagging);
+        self.has_lagging.store(true, Ordering::Release);
+        drop(q);
+        self.budget.sub(freed);
+        self.ready.notify_one();
+        self.room.notify_waiters();
+        freed
+    }
+
     /// Takes the subscriptions that fell behind, if any.
-    pub fn take_lagging(&self) -> Vec<(Arc<Slot>, Behind)> {
+    pub fn take_lagging(&self) -> Vec<(Arc<dyn Lagging>, Behind)> {
         if !self.has_lagging.swap(false, Ordering::AcqRel) {
             return Vec::new();
         }
@@ -248,6 +456,101 @@ impl Outbox {
     }
 }
 
+/// Whether `a` and `b` are the same message (the same bytes, not equal ones).
+fn same(a: &Bytes, b: &Bytes) -> bool {
+    a.as_ptr() == b.as_ptr() && a.len() == b.len()
+}
+
+/// One subscription being conflated: what it lacks once its queued messages are gone.
+struct Mark {
+    symbol: String,
+    slot: Arc<Slot>,
+    behind: Behind,
+    /// The first seq dropped, once a tick of it was.
+    first: Option<u64>,
+    /// A snapshot or a new epoch's `gap` was dropped: it lacks a snapshot.
+    snapshot: bool,
+}
+
+impl Mark {
+    /// Marks the subscription behind, if anything of it was dropped: the earliest
+    /// position it lacks (a snapshot wins over a gap). Returns it for the writer's
+    /// catch-up.
+    fn missed(self) -> Option<(Arc<dyn Lagging>, Behind)> {
+        let first = self.first?;
+        let now = self.behind.load(Ordering::Acquire);
+        let lacks = if self.snapshot || now == NEED_SNAPSHOT {
+            NEED_SNAPSHOT
+        } else if now == 0 {
+            first
+        } else {
+            now.min(first)
+        };
+        self.behind.store(lacks, Ordering::Release);
+        let slot: Arc<dyn Lagging> = self.slot;
+        Some((slot, self.behind))
+    }
+}
+
+/// The subscriptions a conflation drops the messages of.
+struct Marks(Vec<Mark>);
+
+impl Marks {
+    /// The unpaced tick subscriptions of session `id` that have a tick among `heads`.
+    fn find(heads: &[Head<'_>], hub: &Hub, id: u64) -> Marks {
+        let mut marks: Vec<Mark> = Vec::new();
+        for h in heads {
+            let Head::Tick { symbol, .. } = h else {
+                continue;
+            };
+            if marks.iter().any(|m| m.symbol == **symbol) {
+                continue;
+            }
+            if let Some((slot, behind)) = hub.unpaced_subscription(symbol, id) {
+                marks.push(Mark {
+                    symbol: symbol.to_string(),
+                    slot,
+                    behind,
+                    first: None,
+                    snapshot: false,
+                });
+            }
+        }
+        Marks(marks)
+    }
+
+    /// Whether the message `h` is dropped: it belongs to a marked subscription, from
+    /// its first tick on.
+    fn drops(&mut self, h: &Head<'_>) -> bool {
+        let Some(symbol) = h.symbol() else {
+            return false;
+        };
+        let Some(m) = self.0.iter_mut().find(|m| m.symbol == symbol) else {
+            return false;
+        };
+        match (h, m.first) {
+            (Head::Tick { first, .. }, None) => m.first = Some(*first),
+            (_, None) => return false,
+            (Head::Snapshot { .. } | Head::Reset { .. }, Some(_)) => m.snapshot = true,
+            _ => {}
+        }
+        true
+    }
+}
+
+/// A frame being written, counted against the budget until dropped.
+pub struct Writing<'a> {
+    outbox: &'a Outbox,
+    n: u64,
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.outbox.in_flight.fetch_sub(self.n, Ordering::Relaxed);
+        self.outbox.budget.sub(self.n);
+    }
+}
+
 /// The writer's side of a session's outbound queue. Dropping it closes the queue.
 pub struct Receiver {
     outbox: Arc<Outbox>,
@@ -260,11 +563,17 @@ impl Receiver {
         let mut q = self.outbox.queue.lock();
         let was_full = q.items.len() >= self.outbox.capacity;
         let n = q.items.len().min(max);
+        let from = into.len();
         into.extend(q.items.drain(..n));
+        let taken: u64 = into[from..].iter().map(cost).sum();
+        q.bytes -= taken;
         if q.items.is_empty() && q.items.capacity() > KEEP_DRAINED {
             q.items = VecDeque::new();
         }
         drop(q);
+        if taken > 0 {
+            self.outbox.budget.sub(taken);
+        }
         if was_full && n > 0 {
             self.outbox.room.notify_waiters();
         }
@@ -296,14 +605,36 @@ impl Drop for Receiver {
         let mut q = self.outbox.queue.lock();
         q.closed = true;
         q.items = VecDeque::new();
+        let held = std::mem::take(&mut q.bytes);
         drop(q);
+        self.outbox.budget.sub(held);
+        self.outbox.budget.leave(self.outbox.id);
         self.outbox.room.notify_waiters();
+    }
+}
+
+impl Member for Outbox {
+    fn held(&self) -> u64 {
+        Outbox::held(self)
+    }
+
+    fn conflate(&self, hub: &Hub) -> u64 {
+        Outbox::conflate(self, hub)
+    }
+
+    fn evicted(&self) -> bool {
+        Outbox::evicted(self)
+    }
+
+    fn evict(&self) {
+        Outbox::evict(self)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::FutureExt;
     use std::time::Duration;
 
     #[tokio::test]
@@ -326,6 +657,100 @@ mod tests {
         assert!(!outbox.send(Bytes::from_static(b"4")).await);
     }
 
+    /// A hub serving AAPL and one subscriber (id 7, room for 64 messages, no snapshot
+    /// at first) whose queue counts against a budget of 1 MiB.
+    fn in_budget_subscribed() -> (crate::hub::Hub, Arc<Budget>, Arc<Outbox>, Receiver, Behind) {
+        use crate::hub::{Hub, Start};
+        let hub = Hub::new(["AAPL".into()], 64);
+        let budget = Budget::new(1 << 20, 0, SlowPolicy::Conflate);
+        let (outbox, rx) = Outbox::in_budget(7, 64, SlowPolicy::Conflate, budget.clone());
+        let behind: Behind = Arc::new(AtomicU64::new(0));
+        let start = Start {
+            snapshot: false,
+            ..Start::default()
+        };
+        assert!(hub.subscribe("AAPL", &outbox, &behind, &start));
+        (hub, budget, outbox, rx, behind)
+    }
+
+    /// An evicted session gives back what it queued at once and takes nothing more.
+    #[test]
+    fn an_eviction_empties_the_queue_and_refuses_what_follows() {
+        use crate::hub::conflation_tests::tick;
+        let (hub, budget, outbox, mut rx, _) = in_budget_subscribed();
+        for s in 1..=3 {
+            hub.publish(tick("e1", s));
+        }
+        assert!(budget.held() > 3 * SLOT);
+        outbox.evict();
+        assert_eq!(budget.held(), 0);
+        hub.publish(tick("e1", 4));
+        assert!(!outbox
+            .send(Bytes::from_static(br#"{"type":"pong"}"#))
+            .now_or_never()
+            .unwrap());
+        let mut got = Vec::new();
+        assert_eq!(rx.take(&mut got, 100), 0);
+        assert_eq!(budget.held(), 0);
+        assert!(outbox.evicted());
+    }
+
+    /// A queue holding ticks 1..=6 of AAPL with a reply among them, conflated: the
+    /// ticks go, the reply stays, the budget gives back what they held, the hub's next
+    /// push is refused, and the catch-up says what was missed.
+    #[test]
+    fn a_conflation_drops_the_queued_ticks_and_the_subscription_catches_up() {
+        use crate::hub::{conflation_tests::tick, Hub};
+        let (hub, budget, outbox, mut rx, behind) = in_budget_subscribed();
+        hub.publish(tick("e1", 1));
+        hub.publish(tick("e1", 2));
+        assert!(outbox
+            .send(Bytes::from_static(br#"{"type":"pong"}"#))
+            .now_or_never()
+            .unwrap());
+        for s in 3..=6 {
+            hub.publish(tick("e1", s));
+        }
+        let held = budget.held();
+        assert!(held > 6 * SLOT, "{held}");
+        let freed = outbox.conflate(&hub);
+        assert_eq!(budget.held(), held - freed);
+        assert_eq!(
+            behind.load(Ordering::Acquire),
+            1,
+            "it lacks everything from seq 1"
+        );
+        // Refused now, under the queue's lock, as the hub checked before pushing.
+        hub.publish(tick("e1", 7));
+        let mut got = Vec::new();
+        rx.take(&mut got, 100);
+        assert_eq!(got, [Bytes::from_static(br#"{"type":"pong"}"#)]);
+        assert_eq!(budget.held(), 0);
+        let mut out = Vec::new();
+        for (slot, b) in outbox.take_lagging() {
+            Hub::catch_up(
+                &slot,
+                &b,
+                outbox.id(),
+                crate::protocol::Encoding::Json,
+                &mut out,
+            );
+        }
+        let v: Vec<serde_json::Value> = out
+            .iter()
+            .map(|m| serde_json::from_slice(m).unwrap())
+            .collect();
+        assert_eq!(v.len(), 2, "{v:?}");
+        assert_eq!(
+            (&v[0]["type"], &v[0]["from"], &v[0]["to"]),
+            (&"gap".into(), &1.into(), &6.into())
+        );
+        assert_eq!((&v[1]["type"], &v[1]["seq"]), (&"tick".into(), &7.into()));
+        // In step again: the next tick is queued.
+        hub.publish(tick("e1", 8));
+        assert_eq!(rx.take(&mut got, 100), 1);
+    }
+
     #[tokio::test]
     async fn deferred_pushes_wake_the_writer_once_the_batch_is_queued() {
         let hub = crate::hub::Hub::new(["AAPL".into()], 4);
@@ -336,7 +761,7 @@ mod tests {
         for i in 0..3u8 {
             assert!(outbox.push_deferred(&slot, &behind, Bytes::from(vec![i]), 1, &mut wakes));
         }
-        assert_eq!(wakes.0.len(), 1, "one wake for the batch");
+        assert_eq!(wakes.outboxes.len(), 1, "one wake for the batch");
         // Not woken yet: the writer, waiting, does not see the messages.
         let woken = tokio::time::timeout(Duration::from_millis(20), async {
             rx.outbox.ready.notified().await
