@@ -9,6 +9,11 @@
 //! symbols it watches. The bus knows nothing of sessions: the node counts local interest
 //! and calls [`Bus::watch`] when a symbol gets its first local subscriber and
 //! [`Bus::unwatch`] when its last one leaves, so for each symbol the calls alternate.
+//!
+//! Books ([`BookMsg`]) travel beside ticks on a bus that carries them
+//! ([`Bus::carries_books`]), watched per symbol like ticks but separately
+//! ([`Bus::watch_books`]), so that a node receives a symbol's book only while one of
+//! its clients wants that book.
 
 pub mod local;
 pub mod redis;
@@ -16,6 +21,8 @@ pub mod redis;
 use std::future::Future;
 use std::pin::Pin;
 
+use crate::book::BookMsg;
+use crate::hub::candles::{Bar, Interval};
 use crate::tick::{Symbol, Tick};
 
 pub use self::redis::{RedisBus, RedisConfig, RedisMode, RedisPublisher};
@@ -34,12 +41,22 @@ pub enum BusError {
 
 /// A batch publish that stopped part way.
 #[derive(Debug, thiserror::Error)]
-#[error("{error} (after {published} ticks of the batch)")]
+#[error("{error} (after {published} messages of the batch)")]
 pub struct BatchError {
     /// How many ticks of the batch, from the first, were published.
     pub published: usize,
     /// Why the next one was not.
     pub error: BusError,
+}
+
+/// What a node receives of a symbol: its ticks (which candles are made from too), or
+/// its book.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Topic {
+    /// Ticks.
+    Ticks,
+    /// The order book.
+    Book,
 }
 
 /// Moves ticks between feeds and the hubs of every node.
@@ -66,6 +83,46 @@ pub trait Bus: Send + Sync + 'static {
     /// Stops receiving `symbols` (each of them watched now).
     fn unwatch<'a>(&'a self, symbols: &'a [Symbol]) -> BoxFuture<'a, ()>;
 
+    /// Whether this bus carries books; a node serves the `book` channel only then.
+    fn carries_books(&self) -> bool {
+        false
+    }
+
+    /// Publishes book messages in order to every node (checked by the sender: see
+    /// [`BookMsg::check`]); per symbol they reach each node's hub in this order. On
+    /// error the messages before the failing one were published, the rest not.
+    fn publish_books(&self, books: Vec<BookMsg>) -> Result<(), BatchError> {
+        let error = BusError::Unavailable("this bus does not carry books".into());
+        match books.is_empty() {
+            true => Ok(()),
+            false => Err(BatchError {
+                published: 0,
+                error,
+            }),
+        }
+    }
+
+    /// Starts receiving the books of `symbols` (none of which is watched now), as
+    /// [`Bus::watch`] does their ticks: before returning, the bus receives them and has
+    /// given the hub their current book where it knows one.
+    fn watch_books<'a>(&'a self, symbols: &'a [Symbol]) -> BoxFuture<'a, Result<(), BusError>> {
+        let _ = symbols;
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Stops receiving the books of `symbols` (each of them watched now).
+    fn unwatch_books<'a>(&'a self, symbols: &'a [Symbol]) -> BoxFuture<'a, ()> {
+        let _ = symbols;
+        Box::pin(async {})
+    }
+
+    /// The feed that published `symbols` through this bus stopped publishing them (it
+    /// ended, or the publisher connection it came through did): every node tells their
+    /// subscribers they are stale (`status`, reason `feed`) until their next tick.
+    fn sources_lost(&self, symbols: &[Symbol]) {
+        let _ = symbols;
+    }
+
     /// Whether the bus is connected; `/healthz` answers 503 while it is not.
     fn healthy(&self) -> bool {
         true
@@ -77,6 +134,17 @@ pub trait Bus: Send + Sync + 'static {
         &'a self,
         wants: &'a [(Symbol, u64)],
     ) -> BoxFuture<'a, Result<Vec<Vec<Tick>>, BusError>> {
+        Box::pin(async move { Ok(vec![Vec::new(); wants.len()]) })
+    }
+
+    /// The newest `n` closed bars the bus's store holds for each `(symbol, interval)`,
+    /// oldest first (for a node that starts serving candles it did not make). A bus
+    /// without a store returns nothing.
+    fn bars<'a>(
+        &'a self,
+        wants: &'a [(Symbol, Interval)],
+        _n: usize,
+    ) -> BoxFuture<'a, Result<Vec<Vec<Bar>>, BusError>> {
         Box::pin(async move { Ok(vec![Vec::new(); wants.len()]) })
     }
 

@@ -9,46 +9,55 @@
 //! | `tickstream:tick:{S}` | channel; payload the `tick` JSON object |
 //! | `tickstream:last:{S}` | string; the latest `tick` object |
 //! | `tickstream:hist:{S}` | stream of the recent ticks of the current epoch, entry id `<seq>-0`, one field `t` holding the `tick` object, trimmed to `--redis-history` entries |
+//! | `tickstream:bars:{S}:<interval>` | sorted set of closed bars by start; see [`bars`] |
+//! | `tickstream:forming:{S}` | string; the forming bars and the tick they continue; see [`bars`] |
 //! | `tickstream:owner:{S}` | string; id of the feed publishing `S` (a lease with expiry) |
+//! | `tickstream:feeds` | channel (plain Pub/Sub, every master); the feeds' heartbeats ([`feeds`]) |
+//! | `tickstream:feed:{ID}` | string; the running instance of feed `ID` (expires after three heartbeats) |
+//! | `tickstream:book:{S}` | channel; payload one `book` or `book_update` object ([`books`]) |
+//! | `tickstream:booksnap:{S}` | string; the whole current book, a `book` object ([`books`]) |
 //!
-//! A node keeps one connection per Redis server (one in all for a single server, one per
-//! master for a cluster) which carries its subscriptions and its reads. The node tells
-//! the bus when to watch a symbol (its first local subscriber) and when to stop (the
-//! last one left); each call is one command for all its symbols (one pipeline per shard
-//! in cluster mode, where `SSUBSCRIBE` takes one slot per command).
+//! A node keeps, per server (per master of a cluster), one connection for commands and
+//! one that carries only its subscriptions ([`link`]), so a push is never read as a reply.
+//! The node tells the bus when to watch a symbol (its first local subscriber) and when to
+//! stop (the last one left). How the subscriptions are kept through reconnections,
+//! slot migrations and failovers is [`subscriber`]'s; where each symbol lives, and how
+//! redirections are followed per slot, [`topology`]'s.
 //!
-//! The connection's reader only checks what arrives: a payload must be a well-formed
-//! `tick` object (else it is counted as malformed and dropped); its bytes are then
-//! forwarded to clients as they arrived (PROTOCOL.md allows it), not encoded again. A
-//! payload without `"type":"tick"` is encoded afresh. The ticks read go to the hub in
-//! batches, in the order Redis delivered them: everything the reader took off the
-//! socket since the last batch is fanned out at once, so each subscriber is woken once
-//! per batch.
+//! What the node reads is checked like what a publisher pushes ([`arrival`]) and handed
+//! to the hub in batches by the link's reader, one batch per read: nothing waits between
+//! the socket and the hub but the frame being read.
 //!
-//! When Redis goes away the node keeps its clients, reports unhealthy, reconnects with
-//! capped, jittered exponential backoff, resubscribes every wanted channel and, per
-//! symbol, announces what it missed (`gap` reason `upstream`) and sends a fresh `snapshot`.
+//! When Redis goes away the node keeps its clients, marks the symbols of that server
+//! stale (`status`), reports unhealthy, reconnects with capped, jittered exponential
+//! backoff, resubscribes and, per symbol, announces what it missed (`gap` reason
+//! `upstream`) and sends a fresh `snapshot`, then `status` live.
 
+pub mod arrival;
+pub mod bars;
+pub mod books;
+mod candles;
+pub mod feeds;
+pub mod link;
 mod publisher;
+pub mod resp;
 pub mod shards;
+mod subscriber;
+pub mod topology;
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use parking_lot::{Mutex, RwLock};
-use redis::{PushInfo, PushKind, Value};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{BoxFuture, Bus, BusError};
-use crate::backoff::{Backoff, BackoffConfig};
-use crate::hub::{Entry, Hub};
-use crate::tick::{Kind, Symbol, Tick};
+use super::{BatchError, BoxFuture, Bus, BusError, Topic};
+use crate::backoff::BackoffConfig;
+use crate::book::BookMsg;
+use crate::hub::candles::{Bar, Interval};
+use crate::hub::Hub;
+use crate::tick::{Symbol, Tick};
 pub use publisher::{Conflict, PublisherStats, RedisPublisher};
-use shards::Shards;
 
 /// Which Redis deployment to use.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,6 +77,8 @@ pub struct RedisConfig {
     pub prefix: String,
     /// Entries kept in each `hist:` stream. Default: 10000.
     pub history: usize,
+    /// Closed bars kept in each `bars:` set. Default: 1000.
+    pub bars: usize,
     /// Longest wait between reconnection attempts. Default: 2s.
     pub backoff_max: Duration,
     /// Connect and response timeout. Default: 2s.
@@ -81,6 +92,12 @@ pub struct RedisConfig {
     /// PEM file of the CAs trusted for `rediss://` servers; when given, only these are.
     /// Default: none (the system's trusted roots).
     pub ca_file: Option<std::path::PathBuf>,
+    /// Largest payload a node reads from Redis; a larger message is dropped unread and
+    /// counted. Default: 65536.
+    pub max_payload: usize,
+    /// Interval of a feed's heartbeat on the feeds' channel; a feed silent for three is
+    /// taken for lost. Default: 500ms.
+    pub heartbeat: Duration,
 }
 
 impl RedisConfig {
@@ -90,12 +107,15 @@ impl RedisConfig {
             mode,
             prefix: "tickstream:".into(),
             history: 10_000,
+            bars: 1000,
             backoff_max: Duration::from_secs(2),
             timeout: Duration::from_secs(2),
             ping_interval: Duration::from_secs(1),
             lease: Duration::from_secs(10),
             publish_queue: 65_536,
             ca_file: None,
+            max_payload: 65_536,
+            heartbeat: Duration::from_millis(500),
         }
     }
 
@@ -166,107 +186,57 @@ impl Keys {
     pub fn owner(&self, s: &str) -> String {
         format!("{}owner:{{{s}}}", self.prefix)
     }
+    /// `<prefix>tick:`, what every tick channel's name starts with.
+    pub fn tick_prefix(&self) -> String {
+        format!("{}tick:", self.prefix)
+    }
+    /// `<prefix>feeds`: the channel of the feeds' heartbeats.
+    pub fn feeds(&self) -> String {
+        format!("{}feeds", self.prefix)
+    }
+    /// `<prefix>feed:{ID}`: the running instance of feed `ID`.
+    pub fn feed(&self, id: &str) -> String {
+        format!("{}feed:{{{id}}}", self.prefix)
+    }
 }
 
 /// Counters of the node side of the Redis bus.
 #[derive(Debug, Default)]
 pub struct RedisBusStats {
-    /// Ticks received from Redis.
+    /// Ticks and book messages received from Redis.
     pub received: AtomicU64,
-    /// Messages that were not a valid tick object.
+    /// Messages that were not a valid tick object, or larger than `max_payload`.
     pub malformed: AtomicU64,
+    /// Ticks of another symbol than their channel's.
+    pub wrong_channel: AtomicU64,
+    /// Ticks whose fields failed the checks (seq out of range, bad price…).
+    pub refused: AtomicU64,
     /// Reconnections to Redis.
     pub reconnects: AtomicU64,
 }
 
-struct Inner {
-    cfg: RedisConfig,
-    keys: Keys,
-    hub: Arc<Hub>,
-    links: RwLock<Option<Arc<Links>>>,
-    /// The symbols whose channels the node watches (the node decides when), subscribed
-    /// again after a reconnection. Never held across a Redis call.
-    watched: Mutex<HashSet<Symbol>>,
-    healthy: AtomicBool,
-    broken: Notify,
-    generation: AtomicU64,
-    stats: RedisBusStats,
-    /// Ticks read from Redis and not yet handed to the hub.
-    arrived: Mutex<Vec<Arc<Entry>>>,
-    /// Notified when `arrived` stops being empty.
-    arrived_ready: Notify,
-    /// Held while a batch goes to the hub, so that batches keep their order.
-    forwarding: Mutex<()>,
-}
-
-impl Inner {
-    /// Hands every tick read so far to the hub, as one batch, in arrival order.
-    fn forward(&self) {
-        let _order = self.forwarding.lock();
-        let batch = std::mem::take(&mut *self.arrived.lock());
-        if !batch.is_empty() {
-            self.hub.publish_entries(batch);
-        }
-    }
-}
-
-/// Forwards what the subscription connections read to the hub, a batch at a time,
-/// until the bus stops.
-async fn forward(inner: Arc<Inner>, stop: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = inner.arrived_ready.notified() => inner.forward(),
-        }
-    }
-}
-
-struct Links {
-    shards: Shards,
-}
-
 /// The node side of the Redis bus (and, when the node runs a feed, its publisher).
 pub struct RedisBus {
-    inner: Arc<Inner>,
+    inner: Arc<subscriber::Inner>,
     publisher: Option<RedisPublisher>,
     stop: CancellationToken,
 }
 
 impl RedisBus {
     /// Connects a node's hub to Redis, failing fast with a clear message when it is
-    /// unreachable, and starts the reconnecting supervisor. With `feed_id`, the node
-    /// also publishes (its own feed's ticks) under that feed id.
+    /// unreachable, and starts the tasks that keep its subscriptions. With `feed_id`,
+    /// the node also publishes (its own feed's ticks) under that feed id.
     pub async fn connect(
         cfg: RedisConfig,
         hub: Arc<Hub>,
         feed_id: Option<&str>,
     ) -> Result<RedisBus, BusError> {
-        let inner = Arc::new(Inner {
-            keys: Keys::new(&cfg.prefix),
-            cfg,
-            hub,
-            links: RwLock::new(None),
-            watched: Mutex::new(HashSet::new()),
-            healthy: AtomicBool::new(false),
-            broken: Notify::new(),
-            generation: AtomicU64::new(0),
-            stats: RedisBusStats::default(),
-            arrived: Mutex::new(Vec::new()),
-            arrived_ready: Notify::new(),
-            forwarding: Mutex::new(()),
-        });
-        let links = connect_links(&inner)
-            .await
-            .map_err(|e| BusError::Unavailable(shards::startup_error(&inner.cfg, &e)))?;
-        *inner.links.write() = Some(Arc::new(links));
-        inner.healthy.store(true, Ordering::Release);
+        let stop = CancellationToken::new();
         let publisher = match feed_id {
-            Some(id) => Some(RedisPublisher::connect(&inner.cfg, id).await?),
+            Some(id) => Some(RedisPublisher::connect(&cfg, id).await?),
             None => None,
         };
-        let stop = CancellationToken::new();
-        tokio::spawn(supervise(inner.clone(), stop.clone()));
-        tokio::spawn(forward(inner.clone(), stop.clone()));
+        let inner = subscriber::start(cfg, hub, stop.clone()).await?;
         Ok(RedisBus {
             inner,
             publisher,
@@ -286,401 +256,25 @@ impl RedisBus {
 
     /// `host:port` of the Redis server holding `symbol` (its shard in a cluster).
     pub fn server_of(&self, symbol: &str) -> Option<String> {
-        let links = self.inner.links.read().clone()?;
-        Some(
-            links.shards.list[links.shards.index_of(symbol)]
-                .addr
-                .clone(),
-        )
+        Some(self.inner.server_of(symbol))
+    }
+
+    /// Times a watched symbol was routed to another server (a slot moved).
+    pub fn reroutes(&self) -> u64 {
+        self.inner.reroutes()
     }
 }
 
 impl Drop for RedisBus {
     fn drop(&mut self) {
         self.stop.cancel();
-        // Breaking the reference cycle through the connections' push handlers.
-        *self.inner.links.write() = None;
     }
-}
-
-async fn connect_links(inner: &Arc<Inner>) -> redis::RedisResult<Links> {
-    let gen = inner.generation.fetch_add(1, Ordering::AcqRel) + 1;
-    let weak = Arc::downgrade(inner);
-    let make = move |_shard: usize| -> Box<dyn redis::aio::AsyncPushSender> {
-        let weak = weak.clone();
-        Box::new(move |info: PushInfo| -> Result<(), ()> {
-            on_push(&weak, gen, info);
-            Ok(())
-        })
-    };
-    let shards = Shards::connect(&inner.cfg, Some(make)).await?;
-    Ok(Links { shards })
-}
-
-/// Handles what a subscription connection receives: ticks are checked and queued for
-/// the hub (see [`forward`]).
-fn on_push(weak: &Weak<Inner>, gen: u64, info: PushInfo) {
-    let Some(inner) = weak.upgrade() else {
-        return;
-    };
-    match info.kind {
-        PushKind::Message | PushKind::SMessage => {
-            let Some(Value::BulkString(payload)) = info.data.into_iter().nth(1) else {
-                inner.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                return;
-            };
-            match arrival(&inner.hub, payload) {
-                Some(entry) => {
-                    inner.stats.received.fetch_add(1, Ordering::Relaxed);
-                    let m = crate::metrics::global();
-                    m.ingested(crate::metrics::Source::Redis);
-                    let lag = crate::tick::now_ns().saturating_sub(entry.tick.ts);
-                    m.bus_lag_ns.store(lag, Ordering::Relaxed);
-                    let mut arrived = inner.arrived.lock();
-                    let first = arrived.is_empty();
-                    arrived.push(entry);
-                    drop(arrived);
-                    if first {
-                        inner.arrived_ready.notify_one();
-                    }
-                }
-                None => {
-                    inner.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-        PushKind::Disconnection if inner.generation.load(Ordering::Acquire) == gen => {
-            inner.healthy.store(false, Ordering::Release);
-            inner.broken.notify_one();
-        }
-        _ => {}
-    }
-}
-
-/// A tick object as published into Redis, the fields borrowed from the payload.
-#[derive(serde::Deserialize)]
-struct Wire<'a> {
-    #[serde(rename = "type", default, borrow)]
-    kind: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow)]
-    symbol: std::borrow::Cow<'a, str>,
-    #[serde(default, borrow)]
-    epoch: Option<std::borrow::Cow<'a, str>>,
-    seq: u64,
-    ts: u64,
-    bid: f64,
-    ask: f64,
-    bid_size: u64,
-    ask_size: u64,
-    last: f64,
-    last_size: u64,
-    volume: u64,
-    #[serde(default)]
-    src_ts: Option<u64>,
-}
-
-thread_local! {
-    /// The parse's scratch copy of a payload (simd-json rewrites what it parses) and its
-    /// buffers, reused from one message to the next.
-    static SCRATCH: std::cell::RefCell<(Vec<u8>, simd_json::Buffers)> =
-        std::cell::RefCell::new((Vec::new(), simd_json::Buffers::new(512)));
-}
-
-/// Checks one payload read from Redis: it must be a whole, well-formed `tick` object.
-/// The entry keeps the payload's bytes to forward when they are a `"type":"tick"`
-/// object, else the tick encoded afresh. `None` when it is not a tick.
-fn arrival(hub: &Hub, payload: Vec<u8>) -> Option<Arc<Entry>> {
-    let first = payload.iter().find(|b| !b.is_ascii_whitespace())?;
-    if *first != b'{' {
-        return None;
-    }
-    let (tick, as_is) = SCRATCH.with(|cell| {
-        let (scratch, buffers) = &mut *cell.borrow_mut();
-        scratch.clear();
-        scratch.extend_from_slice(&payload);
-        let w: Wire<'_> = simd_json::serde::from_slice_with_buffers(scratch, buffers).ok()?;
-        let symbol = match hub.symbol(&w.symbol) {
-            Some(s) => s,
-            None => Symbol::from(&*w.symbol),
-        };
-        let tick = Tick {
-            symbol,
-            epoch: w.epoch.as_deref().unwrap_or("").into(),
-            seq: w.seq,
-            ts: w.ts,
-            bid: w.bid,
-            ask: w.ask,
-            bid_size: w.bid_size,
-            ask_size: w.ask_size,
-            last: w.last,
-            last_size: w.last_size,
-            volume: w.volume,
-            src_ts: w.src_ts,
-        };
-        Some((tick, w.kind.as_deref() == Some("tick")))
-    })?;
-    Some(if as_is {
-        Entry::forwarded(tick, Bytes::from(payload))
-    } else {
-        let json = Bytes::from(tick.to_json(Kind::Tick));
-        Entry::forwarded(tick, json)
-    })
-}
-
-/// Watches the links: a failed health check or a dropped connection starts the
-/// reconnection, which ends with every wanted channel subscribed again and the missed
-/// ranges announced.
-async fn supervise(inner: Arc<Inner>, stop: CancellationToken) {
-    let mut ping = tokio::time::interval(inner.cfg.ping_interval);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // One backoff for the node's life: a Redis that drops the node again soon after a
-    // reconnection is retried more slowly; one that stayed up a while starts afresh.
-    let mut backoff = Backoff::new(inner.cfg.backoff());
-    backoff.connected();
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = inner.broken.notified() => {}
-            _ = ping.tick() => {
-                if ping_all(&inner).await {
-                    continue;
-                }
-            }
-        }
-        inner.healthy.store(false, Ordering::Release);
-        let old = inner.links.write().take();
-        drop(old);
-        tracing::warn!(redis = %inner.cfg.describe(), "lost Redis; clients stay connected, reconnecting");
-        // Every watched symbol will need its missed range announced and a snapshot.
-        let syms: Vec<Symbol> = inner.watched.lock().iter().cloned().collect();
-        inner.hub.mark_stale(&syms);
-        backoff.lost(inner.cfg.backoff_max);
-        loop {
-            let wait = backoff.failed();
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
-            }
-            match reconnect(&inner).await {
-                Ok(()) => break,
-                Err(e) => tracing::debug!(error = %e, "Redis reconnection failed"),
-            }
-        }
-        backoff.connected();
-        inner.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-        crate::metrics::global()
-            .bus_reconnects
-            .fetch_add(1, Ordering::Relaxed);
-        tracing::info!(redis = %inner.cfg.describe(), "Redis back; channels resubscribed");
-    }
-}
-
-async fn ping_all(inner: &Inner) -> bool {
-    let Some(links) = inner.links.read().clone() else {
-        return false;
-    };
-    for shard in &links.shards.list {
-        let mut conn = shard.conn.clone();
-        let r = tokio::time::timeout(
-            inner.cfg.timeout,
-            redis::cmd("PING").query_async::<Value>(&mut conn),
-        )
-        .await;
-        if !matches!(r, Ok(Ok(_))) {
-            return false;
-        }
-    }
-    true
-}
-
-async fn reconnect(inner: &Arc<Inner>) -> redis::RedisResult<()> {
-    let links = connect_links(inner).await?;
-    let syms: Vec<Symbol> = inner.watched.lock().iter().cloned().collect();
-    subscribe(inner, &links, &syms, true).await?;
-    let last = fetch_last(inner, &links, &syms).await?;
-    inner.forward();
-    for (s, t) in syms.iter().zip(last) {
-        inner.hub.resync(s, t);
-    }
-    *inner.links.write() = Some(Arc::new(links));
-    inner.healthy.store(true, Ordering::Release);
-    // A symbol watched while the new links were being made (its watch failed, the
-    // links were down) is subscribed by the session's retry; one unwatched meanwhile
-    // was subscribed here for nothing: drop it.
-    let gone: Vec<Symbol> = {
-        let watched = inner.watched.lock();
-        syms.into_iter().filter(|s| !watched.contains(s)).collect()
-    };
-    let links = inner.links.read().clone();
-    if let Some(links) = links {
-        let _ = subscribe(inner, &links, &gone, false).await;
-    }
-    Ok(())
-}
-
-/// (Un)subscribes the channels of `symbols`: one command per server, or in cluster mode
-/// one pipeline of single-slot `SSUBSCRIBE`s per master.
-async fn subscribe(
-    inner: &Inner,
-    links: &Links,
-    symbols: &[Symbol],
-    on: bool,
-) -> redis::RedisResult<()> {
-    if symbols.is_empty() {
-        return Ok(());
-    }
-    let shards = &links.shards;
-    let mut per: Vec<Vec<String>> = vec![Vec::new(); shards.list.len()];
-    for s in symbols {
-        per[shards.index_of(s)].push(inner.keys.channel(s));
-    }
-    for (i, channels) in per.into_iter().enumerate() {
-        if channels.is_empty() {
-            continue;
-        }
-        let mut conn = shards.list[i].conn.clone();
-        if shards.sharded {
-            let mut p = redis::pipe();
-            for c in &channels {
-                p.cmd(if on { "SSUBSCRIBE" } else { "SUNSUBSCRIBE" }).arg(c);
-            }
-            let replies: Vec<Value> = p.query_async(&mut conn).await?;
-            if let Some(Value::ServerError(e)) =
-                replies.iter().find(|v| matches!(v, Value::ServerError(_)))
-            {
-                return Err(redis::RedisError::from(e.clone()));
-            }
-        } else if on {
-            conn.subscribe(&channels).await?;
-        } else {
-            conn.unsubscribe(&channels).await?;
-        }
-    }
-    Ok(())
-}
-
-/// The `last:` value of each symbol, in order: `MGET` on one server, one pipeline of
-/// `GET`s per master in a cluster.
-async fn fetch_last(
-    inner: &Inner,
-    links: &Links,
-    symbols: &[Symbol],
-) -> redis::RedisResult<Vec<Option<Tick>>> {
-    let mut out: Vec<Option<Tick>> = vec![None; symbols.len()];
-    if symbols.is_empty() {
-        return Ok(out);
-    }
-    let shards = &links.shards;
-    let mut per: Vec<Vec<usize>> = vec![Vec::new(); shards.list.len()];
-    for (k, s) in symbols.iter().enumerate() {
-        per[shards.index_of(s)].push(k);
-    }
-    for (i, idx) in per.into_iter().enumerate() {
-        if idx.is_empty() {
-            continue;
-        }
-        let mut conn = shards.list[i].conn.clone();
-        let values: Vec<Value> = if shards.sharded {
-            let mut p = redis::pipe();
-            for &k in &idx {
-                p.cmd("GET").arg(inner.keys.last(&symbols[k]));
-            }
-            p.query_async(&mut conn).await?
-        } else {
-            let keys: Vec<String> = idx.iter().map(|&k| inner.keys.last(&symbols[k])).collect();
-            redis::cmd("MGET").arg(keys).query_async(&mut conn).await?
-        };
-        for (&k, v) in idx.iter().zip(values) {
-            if let Value::BulkString(mut b) = v {
-                match decode_tick(&mut b) {
-                    Some(t) if *t.symbol == *symbols[k] => out[k] = Some(t),
-                    _ => {
-                        inner.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Reads `hist:` after the given seqs, one pipeline of `XRANGE` per server.
-async fn fetch_history(
-    inner: &Inner,
-    links: &Links,
-    wants: &[(Symbol, u64)],
-) -> redis::RedisResult<Vec<Vec<Tick>>> {
-    let mut out: Vec<Vec<Tick>> = vec![Vec::new(); wants.len()];
-    let shards = &links.shards;
-    let mut per: Vec<Vec<usize>> = vec![Vec::new(); shards.list.len()];
-    for (k, (s, _)) in wants.iter().enumerate() {
-        per[shards.index_of(s)].push(k);
-    }
-    for (i, idx) in per.into_iter().enumerate() {
-        if idx.is_empty() {
-            continue;
-        }
-        let mut p = redis::pipe();
-        for &k in &idx {
-            let (s, after) = &wants[k];
-            p.cmd("XRANGE")
-                .arg(inner.keys.hist(s))
-                .arg(format!("({after}-0"))
-                .arg("+")
-                .arg("COUNT")
-                .arg(inner.cfg.history);
-        }
-        let mut conn = shards.list[i].conn.clone();
-        let values: Vec<Value> = p.query_async(&mut conn).await?;
-        for (&k, v) in idx.iter().zip(values) {
-            let Value::Array(entries) = v else { continue };
-            for e in entries {
-                if let Some(t) = stream_tick(e) {
-                    if *t.symbol == *wants[k].0 {
-                        out[k].push(t);
-                    }
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// The tick in one stream entry `[id, [field, value, …]]`.
-fn stream_tick(entry: Value) -> Option<Tick> {
-    let Value::Array(parts) = entry else {
-        return None;
-    };
-    let fields = parts.into_iter().nth(1)?;
-    let mut payload = match fields {
-        Value::Array(f) => f.into_iter().nth(1)?,
-        Value::Map(m) => m.into_iter().next()?.1,
-        _ => return None,
-    };
-    match &mut payload {
-        Value::BulkString(b) => decode_tick(b),
-        _ => None,
-    }
-}
-
-/// A tick object as stored and published in Redis (parsed in place with simd-json).
-fn decode_tick(json: &mut [u8]) -> Option<Tick> {
-    simd_json::serde::from_slice::<Tick>(json).ok()
-}
-
-/// Whether Redis Cluster sent the request elsewhere (the slot map is out of date).
-pub(crate) fn is_redirect(e: &redis::RedisError) -> bool {
-    is_redirect_code(e.code())
 }
 
 /// Whether an error code is a cluster redirection (`MOVED`, `ASK`) or a cluster between
 /// slot maps (`CLUSTERDOWN`): the only check of it, for commands and pipeline replies.
 pub(crate) fn is_redirect_code(code: Option<&str>) -> bool {
     matches!(code, Some("MOVED" | "ASK" | "CLUSTERDOWN"))
-}
-
-fn unavailable(inner: &Inner, e: impl std::fmt::Display) -> BusError {
-    BusError::Unavailable(format!("Redis at {}: {e}", inner.cfg.describe()))
 }
 
 impl Bus for RedisBus {
@@ -693,90 +287,86 @@ impl Bus for RedisBus {
         }
     }
 
+    fn sources_lost(&self, symbols: &[Symbol]) {
+        // Said in the feed's heartbeat: every node, this one too, hears it.
+        if let Some(p) = &self.publisher {
+            p.lost(symbols);
+        }
+    }
+
     fn watch<'a>(&'a self, symbols: &'a [Symbol]) -> BoxFuture<'a, Result<(), BusError>> {
         Box::pin(async move {
-            let inner = &*self.inner;
             if symbols.is_empty() {
                 return Ok(());
             }
-            let links = inner
-                .links
-                .read()
-                .clone()
-                .ok_or_else(|| unavailable(inner, "down, reconnecting"))?;
-            inner.watched.lock().extend(symbols.iter().cloned());
-            let undo = || {
-                let mut watched = inner.watched.lock();
-                for s in symbols {
-                    watched.remove(s);
-                }
-            };
-            if let Err(e) = subscribe(inner, &links, symbols, true).await {
-                if is_redirect(&e) {
-                    // The cluster's slots moved: reconnect, which reads the map again.
-                    inner.broken.notify_one();
-                }
-                undo();
-                let _ = subscribe(inner, &links, symbols, false).await;
-                return Err(unavailable(inner, e));
-            }
-            match fetch_last(inner, &links, symbols).await {
-                Ok(last) => {
-                    inner.forward();
-                    for t in last.into_iter().flatten() {
-                        inner.hub.seed(t);
-                    }
-                    Ok(())
-                }
-                Err(e) => {
-                    undo();
-                    let _ = subscribe(inner, &links, symbols, false).await;
-                    Err(unavailable(inner, e))
-                }
-            }
+            self.inner.watch(Topic::Ticks, symbols).await
         })
     }
 
     fn unwatch<'a>(&'a self, symbols: &'a [Symbol]) -> BoxFuture<'a, ()> {
+        Box::pin(self.inner.unwatch(Topic::Ticks, symbols))
+    }
+
+    fn carries_books(&self) -> bool {
+        true
+    }
+
+    fn publish_books(&self, books: Vec<BookMsg>) -> Result<(), BatchError> {
+        let Some(p) = &self.publisher else {
+            let error = BusError::Unavailable(
+                "this node runs no feed; publish books with a feed process".into(),
+            );
+            return match books.is_empty() {
+                true => Ok(()),
+                false => Err(BatchError {
+                    published: 0,
+                    error,
+                }),
+            };
+        };
+        let hub_books = self.inner.hub.books();
+        let max = hub_books.settings().max_levels;
+        for (published, m) in books.iter().enumerate() {
+            let spec = hub_books.spec(&m.symbol).ok_or_else(|| BatchError {
+                published,
+                error: BusError::Unavailable(format!("no book is kept of {}", m.symbol)),
+            })?;
+            p.publish_book(m, spec, max)
+                .map_err(|error| BatchError { published, error })?;
+        }
+        Ok(())
+    }
+
+    fn watch_books<'a>(&'a self, symbols: &'a [Symbol]) -> BoxFuture<'a, Result<(), BusError>> {
         Box::pin(async move {
-            let inner = &*self.inner;
-            {
-                let mut watched = inner.watched.lock();
-                for s in symbols {
-                    watched.remove(s);
-                }
+            if symbols.is_empty() {
+                return Ok(());
             }
-            let links = inner.links.read().clone();
-            if let Some(links) = links {
-                if let Err(e) = subscribe(inner, &links, symbols, false).await {
-                    // The reconnection subscribes only what is watched; until then the
-                    // hub receives a few ticks nobody here wants.
-                    tracing::warn!(error = %e, "unsubscribing from Redis failed");
-                }
-            }
+            self.inner.watch(Topic::Book, symbols).await
         })
+    }
+
+    fn unwatch_books<'a>(&'a self, symbols: &'a [Symbol]) -> BoxFuture<'a, ()> {
+        Box::pin(self.inner.unwatch(Topic::Book, symbols))
     }
 
     fn history<'a>(
         &'a self,
         wants: &'a [(Symbol, u64)],
     ) -> BoxFuture<'a, Result<Vec<Vec<Tick>>, BusError>> {
-        Box::pin(async move {
-            let inner = &*self.inner;
-            let links = inner
-                .links
-                .read()
-                .clone()
-                .ok_or_else(|| unavailable(inner, "down, reconnecting"))?;
-            fetch_history(inner, &links, wants)
-                .await
-                .map_err(|e| unavailable(inner, e))
-        })
+        Box::pin(self.inner.history(wants))
+    }
+
+    fn bars<'a>(
+        &'a self,
+        wants: &'a [(Symbol, Interval)],
+        n: usize,
+    ) -> BoxFuture<'a, Result<Vec<Vec<Bar>>, BusError>> {
+        Box::pin(self.inner.bars(wants, n))
     }
 
     fn healthy(&self) -> bool {
-        self.inner.healthy.load(Ordering::Acquire)
-            && self.publisher.as_ref().is_none_or(|p| p.healthy())
+        self.inner.healthy() && self.publisher.as_ref().is_none_or(|p| p.healthy())
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
@@ -786,57 +376,5 @@ impl Bus for RedisBus {
             }
             self.stop.cancel();
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn hub() -> Hub {
-        Hub::new(["AAPL".into(), "EUR/USD".into()], 4)
-    }
-
-    const TICK: &str = r#"{"type":"tick","symbol":"AAPL","epoch":"e1","seq":7,"ts":5,"bid":1.5,"ask":1.75,"bid_size":1,"ask_size":2,"last":1.5,"last_size":3,"volume":9}"#;
-
-    #[test]
-    fn a_tick_payload_is_forwarded_as_it_arrived() {
-        let e = arrival(&hub(), TICK.as_bytes().to_vec()).unwrap();
-        assert_eq!(&e.json[..], TICK.as_bytes());
-        assert_eq!(
-            (&*e.tick.symbol, &*e.tick.epoch, e.tick.seq),
-            ("AAPL", "e1", 7)
-        );
-        assert_eq!((e.tick.bid, e.tick.ask, e.tick.volume), (1.5, 1.75, 9));
-        // Escapes are read, and the bytes forwarded untouched.
-        let escaped = TICK.replace("AAPL", r#"EUR\/USD"#);
-        let e = arrival(&hub(), escaped.clone().into_bytes()).unwrap();
-        assert_eq!(&*e.tick.symbol, "EUR/USD");
-        assert_eq!(&e.json[..], escaped.as_bytes());
-    }
-
-    #[test]
-    fn a_payload_without_its_type_is_encoded_afresh() {
-        let bare = TICK.replace(r#""type":"tick","#, "");
-        let e = arrival(&hub(), bare.into_bytes()).unwrap();
-        assert!(e.json.starts_with(br#"{"type":"tick","symbol":"AAPL""#));
-        assert_eq!(e.tick.seq, 7);
-    }
-
-    #[test]
-    fn what_is_not_one_whole_tick_object_is_refused() {
-        let bad = [
-            format!("{TICK} x"),
-            format!("{TICK}{TICK}"),
-            format!("[{TICK}]"),
-            TICK.replace(r#""seq":7"#, r#""seq":"7""#),
-            TICK.replace(r#","volume":9"#, ""),
-            TICK[..TICK.len() - 1].to_owned(),
-            r#"["AAPL","e1",7,5,1.5,1.75,1,2,1.5,3,9]"#.to_owned(),
-            String::new(),
-        ];
-        for b in bad {
-            assert!(arrival(&hub(), b.clone().into_bytes()).is_none(), "{b}");
-        }
     }
 }

@@ -1,23 +1,19 @@
-//! Connections to Redis: one server, or every master of a Redis Cluster with the slot
-//! map that routes a symbol to its shard.
+//! Connections to Redis and the hash slot of a symbol: how a connection is opened
+//! (credentials and TLS from the URL), how a cluster's masters are read (`CLUSTER
+//! SLOTS`) and reached (with the seed's scheme and credentials), and the message of a
+//! failed first connection. [`super::topology`] routes with them; [`super::link`] makes
+//! the subscription connections itself.
 //!
 //! Cluster routing is done here rather than through the crate's cluster client
-//! (`redis::cluster_async`, which has sharded Pub/Sub over RESP3 since 0.28) because a
-//! node needs to know which shard it lost, to announce the gap and resend snapshots of
-//! that shard's symbols, while the cluster client resubscribes by itself and its
-//! disconnection notice does not say which node went away. Speed does not
-//! decide it either way: `tickstream-bench cluster-pubsub` (SPUBLISH → receive on a
-//! 3-master cluster, both in one run, bench/RESULTS.md) measured single round trips
-//! faster here (median about 200µs against 290µs) and bursts a little faster through the
-//! cluster client (about 12,200 against 10,700 messages/s). The map is read with
-//! `CLUSTER SLOTS` when connecting; a node that meets `MOVED` or `ASK` treats it as a
-//! broken link and reconnects, which reads the map again. Every master is reached with
-//! the seed's scheme (`rediss://` for TLS) and credentials.
+//! (`redis::cluster_async`) because a node needs to know which server it lost, to
+//! announce the gap and resend snapshots of that server's symbols, and to tell an
+//! unsubscribe Redis sends by itself (a slot moved) from the confirmation of its own;
+//! the cluster client resubscribes by itself and says neither.
 
-use redis::aio::{AsyncPushSender, MultiplexedConnection};
+use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Value};
 
-use super::{RedisConfig, RedisMode};
+use super::RedisConfig;
 
 /// Number of hash slots of a Redis Cluster.
 const SLOTS: usize = 16384;
@@ -28,103 +24,14 @@ pub fn slot_of(symbol: &str) -> u16 {
     (crc16::State::<crc16::XMODEM>::calculate(symbol.as_bytes()) as usize % SLOTS) as u16
 }
 
-/// One Redis server (a plain server or a cluster master).
-#[derive(Clone)]
-pub(crate) struct Shard {
-    /// `host:port`, for messages and tests.
-    pub addr: String,
-    /// Multiplexed RESP3 connection.
-    pub conn: MultiplexedConnection,
-}
-
-/// The servers and the routing from symbol to server.
-#[derive(Clone)]
-pub(crate) struct Shards {
-    /// Whether this is a cluster (sharded Pub/Sub) or a single server.
-    pub sharded: bool,
-    /// Every server, in a fixed order.
-    pub list: Vec<Shard>,
-    /// For a cluster, the index in `list` of each slot's master.
-    slots: Vec<u16>,
-}
-
-impl Shards {
-    /// Connects to the server or every master, each connection with `push` as its push
-    /// sender when given (for subscriptions).
-    pub async fn connect<F>(cfg: &RedisConfig, push: Option<F>) -> redis::RedisResult<Shards>
-    where
-        F: Fn(usize) -> Box<dyn AsyncPushSender>,
-    {
-        match &cfg.mode {
-            RedisMode::Single(url) => {
-                let conn = open(url, cfg, push.as_ref().map(|f| f(0))).await?;
-                Ok(Shards {
-                    sharded: false,
-                    list: vec![Shard {
-                        addr: host_port(url),
-                        conn,
-                    }],
-                    slots: Vec::new(),
-                })
-            }
-            RedisMode::Cluster(seeds) => {
-                let mut last_err = None;
-                for seed in seeds {
-                    match cluster_masters(seed, cfg).await {
-                        Ok(masters) => {
-                            let mut list = Vec::with_capacity(masters.len());
-                            let mut slots = vec![u16::MAX; SLOTS];
-                            for (i, (addr, ranges)) in masters.into_iter().enumerate() {
-                                let url = master_url(seed, &addr)?;
-                                let conn = open(&url, cfg, push.as_ref().map(|f| f(i))).await?;
-                                for (a, b) in ranges {
-                                    for s in a..=b.min(SLOTS as u16 - 1) {
-                                        slots[s as usize] = i as u16;
-                                    }
-                                }
-                                list.push(Shard { addr, conn });
-                            }
-                            if slots.contains(&u16::MAX) {
-                                return Err(redis::RedisError::from((
-                                    redis::ErrorKind::Client,
-                                    "cluster does not cover every hash slot",
-                                )));
-                            }
-                            return Ok(Shards {
-                                sharded: true,
-                                list,
-                                slots,
-                            });
-                        }
-                        Err(e) => last_err = Some(e),
-                    }
-                }
-                Err(last_err.unwrap_or_else(|| {
-                    redis::RedisError::from((redis::ErrorKind::Client, "no cluster seed given"))
-                }))
-            }
-        }
-    }
-
-    /// Index in [`Shards::list`] of the server holding `symbol`.
-    pub fn index_of(&self, symbol: &str) -> usize {
-        if self.sharded {
-            self.slots[slot_of(symbol) as usize] as usize
-        } else {
-            0
-        }
-    }
-}
-
-/// Opens a multiplexed RESP3 connection to `url`. The URL's user and password (an ACL
-/// user, `redis://user:pass@host`) authenticate it; a `rediss://` URL is TLS, trusting
-/// the CAs of [`RedisConfig::ca_file`] when given, else the system's roots.
-async fn open(
+/// Opens a multiplexed connection to `url`, for commands only (RESP2: no push can
+/// arrive on it). The URL's user and password (an ACL user, `redis://user:pass@host`)
+/// authenticate it; a `rediss://` URL is TLS, trusting the CAs of
+/// [`RedisConfig::ca_file`] when given, else the system's roots.
+pub(crate) async fn open_commands(
     url: &str,
     cfg: &RedisConfig,
-    push: Option<Box<dyn AsyncPushSender>>,
 ) -> redis::RedisResult<MultiplexedConnection> {
-    let url = with_resp3(url);
     let client = match &cfg.ca_file {
         Some(path) if url.starts_with("rediss://") => {
             let pem = std::fs::read(path).map_err(|e| {
@@ -135,21 +42,18 @@ async fn open(
                 ))
             })?;
             Client::build_with_tls(
-                url.as_str(),
+                url,
                 redis::TlsCertificates {
                     client_tls: None,
                     root_cert: Some(pem),
                 },
             )?
         }
-        _ => Client::open(url.as_str())?,
+        _ => Client::open(url)?,
     };
-    let mut config = AsyncConnectionConfig::new()
+    let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(cfg.timeout))
         .set_response_timeout(Some(cfg.timeout));
-    if let Some(push) = push {
-        config = config.set_push_sender(BoxedSender(push));
-    }
     client
         .get_multiplexed_async_connection_with_config(&config)
         .await
@@ -157,7 +61,7 @@ async fn open(
 
 /// The URL of a cluster master at `addr` (`host:port` from `CLUSTER SLOTS`), with the
 /// scheme, credentials, database and options of the seed it was learnt from.
-fn master_url(seed: &str, addr: &str) -> redis::RedisResult<String> {
+pub(crate) fn master_url(seed: &str, addr: &str) -> redis::RedisResult<String> {
     let bad = |what: &str| {
         redis::RedisError::from((
             redis::ErrorKind::InvalidClientConfig,
@@ -172,24 +76,6 @@ fn master_url(seed: &str, addr: &str) -> redis::RedisResult<String> {
     url.set_host(Some(host)).map_err(|_| bad(addr))?;
     url.set_port(Some(port)).map_err(|_| bad(addr))?;
     Ok(url.into())
-}
-
-struct BoxedSender(Box<dyn AsyncPushSender>);
-
-impl AsyncPushSender for BoxedSender {
-    fn send(&self, info: redis::PushInfo) -> Result<(), redis::aio::SendError> {
-        self.0.send(info)
-    }
-}
-
-fn with_resp3(url: &str) -> String {
-    if url.contains("protocol=") {
-        url.to_owned()
-    } else if url.contains('?') {
-        format!("{url}&protocol=resp3")
-    } else {
-        format!("{url}?protocol=resp3")
-    }
 }
 
 /// The message of a failed first connection: refused credentials and TLS trust are told
@@ -222,11 +108,11 @@ pub fn host_port(url: &str) -> String {
     rest.split(['/', '?']).next().unwrap_or(rest).to_owned()
 }
 
-type Masters = Vec<(String, Vec<(u16, u16)>)>;
+pub(crate) type Masters = Vec<(String, Vec<(u16, u16)>)>;
 
 /// Reads `CLUSTER SLOTS` from one seed: every master's address and slot ranges.
-async fn cluster_masters(seed: &str, cfg: &RedisConfig) -> redis::RedisResult<Masters> {
-    let mut conn = open(seed, cfg, None).await?;
+pub(crate) async fn cluster_masters(seed: &str, cfg: &RedisConfig) -> redis::RedisResult<Masters> {
+    let mut conn = open_commands(seed, cfg).await?;
     let v: Value = redis::cmd("CLUSTER")
         .arg("SLOTS")
         .query_async(&mut conn)
