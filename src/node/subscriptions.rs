@@ -1,21 +1,90 @@
-//! Local interest per symbol: how many of this node's sessions hold each symbol. The
-//! first one makes the bus watch the symbol's channel, the last one leaving unwatches
-//! it.
+//! Local interest per symbol and bus topic: how many subscriptions of this node's
+//! sessions hold each symbol's ticks (on the `ticks` or `candles` channel, both made from
+//! ticks) and its book, the one source of truth for what the node wants from the bus.
+//! Each (topic, symbol) is watched while it has a holder and unwatched when it has none,
+//! so a node receives a symbol's book only while one of its clients wants that book.
 //!
-//! Each symbol has its own lock, held across the bus call that starts or stops its
-//! channel, so a subscribe to one symbol never waits for another symbol's round trip to
-//! Redis. A call that takes several locks takes them in symbol order.
+//! Counts change synchronously, never across an await: a session records a symbol as
+//! its own and takes a count in one step, and gives both back in one step when it
+//! unsubscribes, ends, or is dropped at any point of a subscribe (its task cancelled,
+//! its writer gone). Nothing is left behind whichever await a session was waiting at.
+//!
+//! The bus follows the counts: a reconciler watches the symbols that have a count and
+//! are not watched, and unwatches those watched with none. Each bus call runs as a task
+//! of its own, so no session's cancellation cancels it, and calls for different symbols
+//! run side by side (a symbol waits only for its own round trip); a symbol whose count
+//! changed while its call was in flight is looked at again when the call ends. A session
+//! that took a symbol not watched yet waits for the watch ([`Interest::ready`]); a
+//! failed watch fails every session waiting for it, which gives its counts back.
 
 use std::collections::HashMap;
-use std::future::Future;
+use std::sync::Arc;
 
-use tokio::sync::{Mutex, MutexGuard};
+use parking_lot::Mutex;
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
 
+use crate::bus::{Bus, BusError, Topic};
 use crate::tick::Symbol;
 
-/// Local subscriber counts over a fixed set of symbols.
+/// What a subscription holds on the bus: a symbol's ticks or its book.
+pub type Interested = (Topic, Symbol);
+
+/// The topics, in the order of a symbol's counts.
+const TOPICS: [Topic; 2] = [Topic::Ticks, Topic::Book];
+
+fn index(topic: Topic) -> usize {
+    match topic {
+        Topic::Ticks => 0,
+        Topic::Book => 1,
+    }
+}
+
+/// Where the bus stands for one symbol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum OnBus {
+    /// Not received.
+    Unwatched,
+    /// A watch is in flight.
+    Watching,
+    /// Received.
+    Watched,
+    /// An unwatch is in flight.
+    Unwatching,
+}
+
+#[derive(Debug)]
+struct Count {
+    /// Sessions holding the symbol.
+    holders: usize,
+    on_bus: OnBus,
+    /// Number of the last watch attempt, and its error when it failed.
+    attempt: u64,
+    failed: Option<String>,
+    /// The attempt count when the latest holder took it: a holder that came after an
+    /// attempt began waits for another one.
+    asked: u64,
+}
+
+/// What a session took that the bus does not receive yet: wait for it with
+/// [`Interest::ready`].
+#[derive(Debug, Default)]
+pub struct Ticket {
+    symbols: Vec<Interested>,
+    /// Attempts up to this one were made before the session asked.
+    asked_after: u64,
+}
+
+/// Local subscriber counts over a fixed set of symbols, per topic, and the bus kept in
+/// step.
 pub struct Interest {
-    counts: HashMap<Symbol, Mutex<usize>>,
+    counts: HashMap<Symbol, [Mutex<Count>; 2]>,
+    /// Topics of symbols to look at again.
+    dirty: Mutex<Vec<Interested>>,
+    wake: Notify,
+    /// Bumped whenever a bus call ends.
+    settled: watch::Sender<u64>,
+    attempts: std::sync::atomic::AtomicU64,
 }
 
 impl Interest {
@@ -24,204 +93,383 @@ impl Interest {
         Interest {
             counts: symbols
                 .into_iter()
-                .map(|s| (s.clone(), Mutex::new(0)))
+                .map(|s| {
+                    let c = || {
+                        Mutex::new(Count {
+                            holders: 0,
+                            on_bus: OnBus::Unwatched,
+                            attempt: 0,
+                            failed: None,
+                            asked: 0,
+                        })
+                    };
+                    (s.clone(), [c(), c()])
+                })
                 .collect(),
+            dirty: Mutex::new(Vec::new()),
+            wake: Notify::new(),
+            settled: watch::Sender::new(0),
+            attempts: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
-    /// Local subscribers of `symbol` now.
-    pub fn count(&self, symbol: &str) -> usize {
-        self.counts
-            .get(symbol)
-            .and_then(|m| m.try_lock().ok().map(|n| *n))
-            .unwrap_or(0)
+    fn of(&self, topic: Topic, symbol: &str) -> Option<&Mutex<Count>> {
+        self.counts.get(symbol).map(|c| &c[index(topic)])
     }
 
-    /// Symbols with at least one local subscriber.
+    fn at(&self, (topic, symbol): &Interested) -> &Mutex<Count> {
+        &self.counts[symbol][index(*topic)]
+    }
+
+    /// Local subscribers of `symbol` now, on every topic.
+    pub fn count(&self, symbol: &str) -> usize {
+        TOPICS.iter().map(|t| self.count_of(*t, symbol)).sum()
+    }
+
+    /// Local subscribers of `symbol`'s `topic` now.
+    pub fn count_of(&self, topic: Topic, symbol: &str) -> usize {
+        self.of(topic, symbol).map_or(0, |c| c.lock().holders)
+    }
+
+    /// Symbols with at least one local subscriber, on any topic.
     pub fn watched(&self) -> usize {
         self.counts
             .values()
-            .filter(|m| m.try_lock().map_or(true, |n| *n > 0))
+            .filter(|c| c.iter().any(|c| c.lock().holders > 0))
             .count()
     }
 
-    /// One more local subscriber for each of `symbols` (distinct). `watch` is called
-    /// once, with the symbols that had none, while only their locks are held. When it
-    /// fails, nothing changed: counts taken for the other symbols are given back.
-    pub async fn acquire<E, F, Fut>(&self, symbols: &[Symbol], watch: F) -> Result<(), E>
-    where
-        F: FnOnce(Vec<Symbol>) -> Fut,
-        Fut: Future<Output = Result<(), E>>,
-    {
-        let mut taken: Vec<Symbol> = Vec::with_capacity(symbols.len());
-        let mut fresh: Vec<&Symbol> = Vec::new();
-        for s in symbols {
-            let Some(m) = self.counts.get(s) else {
+    /// Whether the bus receives `symbol`'s ticks now (for tests and metrics).
+    pub fn on_bus(&self, symbol: &str) -> bool {
+        self.on_bus_of(Topic::Ticks, symbol)
+    }
+
+    /// Whether the bus receives `symbol`'s `topic` now.
+    pub fn on_bus_of(&self, topic: Topic, symbol: &str) -> bool {
+        self.of(topic, symbol)
+            .is_some_and(|c| c.lock().on_bus == OnBus::Watched)
+    }
+
+    /// One more holder for each of `keys` (symbols served here; one entry per
+    /// subscription, so a symbol's ticks held on two channels come twice). Returns what
+    /// the bus does not receive yet.
+    pub fn take(&self, keys: &[Interested]) -> Ticket {
+        let asked_after = self.attempts.load(std::sync::atomic::Ordering::Acquire);
+        let mut waiting = Vec::new();
+        let mut dirty = Vec::new();
+        for s in keys {
+            if !self.counts.contains_key(&s.1) {
                 continue;
-            };
-            let mut n = m.lock().await;
-            if *n > 0 {
-                *n += 1;
-                taken.push(s.clone());
-            } else {
-                fresh.push(s);
             }
-        }
-        if fresh.is_empty() {
-            return Ok(());
-        }
-        fresh.sort_unstable();
-        let mut held: Vec<(Symbol, MutexGuard<'_, usize>)> = Vec::with_capacity(fresh.len());
-        for s in fresh {
-            let mut n = self.counts[s].lock().await;
-            if *n > 0 {
-                // Watched meanwhile by another session.
-                *n += 1;
-                taken.push(s.clone());
-            } else {
-                held.push((s.clone(), n));
-            }
-        }
-        if held.is_empty() {
-            return Ok(());
-        }
-        let names: Vec<Symbol> = held.iter().map(|(s, _)| s.clone()).collect();
-        match watch(names).await {
-            Ok(()) => {
-                for (_, mut n) in held {
-                    *n = 1;
+            let mut c = self.at(s).lock();
+            c.holders += 1;
+            c.asked = c.asked.max(asked_after);
+            if c.on_bus != OnBus::Watched {
+                waiting.push(s.clone());
+                if c.on_bus == OnBus::Unwatched || c.on_bus == OnBus::Unwatching {
+                    dirty.push(s.clone());
                 }
-                Ok(())
             }
-            Err(e) => {
-                drop(held);
-                // Give back what this call took; a count reaching zero that way is
-                // unwatched like any other.
-                self.release(&taken, |gone| async move {
-                    tracing::debug!(symbols = gone.len(), "rolled back a failed subscribe");
-                    gone
-                })
-                .await;
-                Err(e)
+        }
+        self.mark(dirty);
+        Ticket {
+            symbols: waiting,
+            asked_after,
+        }
+    }
+
+    /// One holder fewer for each of `keys` (each held; one entry per subscription).
+    pub fn give(&self, keys: &[Interested]) {
+        let mut dirty = Vec::new();
+        for s in keys {
+            if !self.counts.contains_key(&s.1) {
+                continue;
+            }
+            let mut c = self.at(s).lock();
+            c.holders = c.holders.saturating_sub(1);
+            if c.holders == 0 && c.on_bus != OnBus::Unwatched {
+                dirty.push(s.clone());
+            }
+        }
+        self.mark(dirty);
+    }
+
+    fn mark(&self, symbols: Vec<Interested>) {
+        if symbols.is_empty() {
+            return;
+        }
+        self.dirty.lock().extend(symbols);
+        self.wake.notify_one();
+    }
+
+    /// Waits until the bus receives every symbol of `ticket`; the error of a watch
+    /// attempted after the ticket was taken when one failed. Cancel-safe: it takes
+    /// nothing.
+    pub async fn ready(&self, ticket: &Ticket) -> Result<(), BusError> {
+        let mut settled = self.settled.subscribe();
+        loop {
+            let mut done = true;
+            for s in &ticket.symbols {
+                let c = self.at(s).lock();
+                match (&c.on_bus, &c.failed) {
+                    (OnBus::Watched, _) => {}
+                    (_, Some(e)) if c.attempt > ticket.asked_after => {
+                        return Err(BusError::Unavailable(e.clone()));
+                    }
+                    _ => done = false,
+                }
+            }
+            if done {
+                return Ok(());
+            }
+            if settled.changed().await.is_err() {
+                return Err(BusError::Unavailable("the node is stopping".into()));
             }
         }
     }
 
-    /// One local subscriber fewer for each of `symbols` (distinct). `unwatch` is called
-    /// once, with the symbols that now have none, while their locks are held; it
-    /// returns the symbols it could not unwatch (they are counted as unwatched all the
-    /// same: the bus drops a channel nobody wants at its next reconnection).
-    pub async fn release<F, Fut>(&self, symbols: &[Symbol], unwatch: F)
-    where
-        F: FnOnce(Vec<Symbol>) -> Fut,
-        Fut: Future<Output = Vec<Symbol>>,
-    {
-        let mut sorted: Vec<&Symbol> = symbols.iter().collect();
-        sorted.sort_unstable();
-        let mut held: Vec<(Symbol, MutexGuard<'_, usize>)> = Vec::new();
-        for s in sorted {
-            let Some(m) = self.counts.get(s) else {
-                continue;
-            };
-            let mut n = m.lock().await;
-            match *n {
-                0 => {}
-                1 => {
-                    *n = 0;
-                    held.push((s.clone(), n));
+    /// Keeps the bus in step with the counts until `stop`.
+    pub async fn reconcile(self: Arc<Self>, bus: Arc<dyn Bus>, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.wake.notified() => {}
+            }
+            let dirty = std::mem::take(&mut *self.dirty.lock());
+            let (to_watch, to_unwatch) = self.plan(dirty);
+            for topic in TOPICS {
+                let on = of_topic(&to_watch, topic);
+                if !on.is_empty() {
+                    let (me, bus) = (self.clone(), bus.clone());
+                    tokio::spawn(async move {
+                        let r = match topic {
+                            Topic::Ticks => bus.watch(&on).await,
+                            Topic::Book => bus.watch_books(&on).await,
+                        };
+                        me.watched_done(topic, &on, r);
+                    });
                 }
-                _ => *n -= 1,
+                let off = of_topic(&to_unwatch, topic);
+                if !off.is_empty() {
+                    let (me, bus) = (self.clone(), bus.clone());
+                    tokio::spawn(async move {
+                        match topic {
+                            Topic::Ticks => bus.unwatch(&off).await,
+                            Topic::Book => bus.unwatch_books(&off).await,
+                        }
+                        me.unwatched_done(topic, &off);
+                    });
+                }
             }
         }
-        if held.is_empty() {
-            return;
-        }
-        let names: Vec<Symbol> = held.iter().map(|(s, _)| s.clone()).collect();
-        let failed = unwatch(names).await;
-        if !failed.is_empty() {
-            tracing::warn!(
-                symbols = failed.len(),
-                "unwatching failed; the bus drops them when it reconnects"
-            );
-        }
-        drop(held);
     }
+
+    /// The symbols to watch (held, not received) and to unwatch (received, held by
+    /// none) among `dirty`, marked in flight. Symbols in flight wait for their call.
+    fn plan(&self, mut dirty: Vec<Interested>) -> (Vec<Interested>, Vec<Interested>) {
+        dirty.sort_unstable();
+        dirty.dedup();
+        let attempt = self
+            .attempts
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            + 1;
+        let (mut on, mut off) = (Vec::new(), Vec::new());
+        for s in dirty {
+            let mut c = self.at(&s).lock();
+            match (&c.on_bus, c.holders > 0) {
+                (OnBus::Unwatched, true) => {
+                    c.on_bus = OnBus::Watching;
+                    c.attempt = attempt;
+                    c.failed = None;
+                    on.push(s.clone());
+                }
+                (OnBus::Watched, false) => {
+                    c.on_bus = OnBus::Unwatching;
+                    off.push(s.clone());
+                }
+                _ => {}
+            }
+        }
+        (on, off)
+    }
+
+    fn watched_done(&self, topic: Topic, symbols: &[Symbol], result: Result<(), BusError>) {
+        let mut again = Vec::new();
+        for s in symbols {
+            let key = (topic, s.clone());
+            let mut c = self.at(&key).lock();
+            match &result {
+                Ok(()) => {
+                    c.on_bus = OnBus::Watched;
+                    if c.holders == 0 {
+                        again.push(key.clone());
+                    }
+                }
+                Err(BusError::Unavailable(why)) => {
+                    c.on_bus = OnBus::Unwatched;
+                    c.failed = Some(why.clone());
+                    if c.holders > 0 && c.asked >= c.attempt {
+                        // A holder that asked after this attempt began waits for another.
+                        again.push(key.clone());
+                    }
+                }
+            }
+        }
+        if let Err(e) = &result {
+            tracing::warn!(error = %e, symbols = symbols.len(), "the bus refused to watch");
+        }
+        self.settle(again);
+    }
+
+    fn unwatched_done(&self, topic: Topic, symbols: &[Symbol]) {
+        let mut again = Vec::new();
+        for s in symbols {
+            let key = (topic, s.clone());
+            let mut c = self.at(&key).lock();
+            c.on_bus = OnBus::Unwatched;
+            if c.holders > 0 {
+                again.push(key.clone());
+            }
+        }
+        self.settle(again);
+    }
+
+    /// A bus call ended: waiters look again, and what changed meanwhile is planned.
+    fn settle(&self, again: Vec<Interested>) {
+        self.settled.send_modify(|n| *n += 1);
+        self.mark(again);
+    }
+}
+
+/// The symbols of `keys` on `topic`, in order.
+fn of_topic(keys: &[Interested], topic: Topic) -> Vec<Symbol> {
+    keys.iter()
+        .filter(|(t, _)| *t == topic)
+        .map(|(_, s)| s.clone())
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
+    use crate::bus::BoxFuture;
+    use crate::tick::Tick;
+    use std::time::Duration;
 
     fn syms(names: &[&str]) -> Vec<Symbol> {
         names.iter().map(|s| Symbol::from(*s)).collect()
     }
 
-    #[tokio::test]
-    async fn first_subscriber_watches_last_one_unwatches_and_failures_change_nothing() {
-        let all = syms(&["A", "B", "C"]);
-        let interest = Interest::new(&all);
-        let calls = Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
-        let log = |what: &'static str| {
-            let calls = calls.clone();
-            move |s: Vec<Symbol>| {
-                let joined: Vec<&str> = s.iter().map(|x| &**x).collect();
-                calls.lock().push(format!("{what} {}", joined.join(",")));
-                async move { Ok::<(), ()>(()) }
+    /// The ticks of `names`.
+    fn ticks(names: &[&str]) -> Vec<Interested> {
+        names
+            .iter()
+            .map(|s| (Topic::Ticks, Symbol::from(*s)))
+            .collect()
+    }
+
+    /// A bus that records its calls; a watch waits while `hold` is set, and fails while
+    /// `fail` is.
+    struct Recording {
+        calls: parking_lot::Mutex<Vec<String>>,
+        hold: tokio::sync::Semaphore,
+        fail: std::sync::atomic::AtomicBool,
+    }
+
+    impl Default for Recording {
+        fn default() -> Self {
+            Recording {
+                calls: Default::default(),
+                hold: tokio::sync::Semaphore::new(0),
+                fail: Default::default(),
             }
-        };
-        interest
-            .acquire(&syms(&["B", "A"]), log("watch"))
-            .await
-            .unwrap();
-        interest
-            .acquire(&syms(&["A", "C"]), log("watch"))
-            .await
-            .unwrap();
-        assert_eq!(interest.count("A"), 2);
-        assert_eq!(interest.watched(), 3);
-        // Held symbols only count: no bus call either way.
-        let no_call = |_: Vec<Symbol>| async { panic!("no bus call expected") };
-        interest
-            .acquire::<(), _, _>(&syms(&["A", "B"]), no_call)
-            .await
-            .unwrap();
-        interest
-            .release(&syms(&["A", "B"]), |_| async {
-                panic!("no bus call expected")
+        }
+    }
+
+    impl Bus for Recording {
+        fn publish(&self, _: Tick) -> Result<(), BusError> {
+            Ok(())
+        }
+        fn watch<'a>(&'a self, s: &'a [Symbol]) -> BoxFuture<'a, Result<(), BusError>> {
+            Box::pin(async move {
+                let _permit = self.hold.acquire().await.unwrap();
+                self.calls.lock().push(format!("watch {}", s.join(",")));
+                if self.fail.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Err(BusError::Unavailable("down".into()));
+                }
+                Ok(())
             })
-            .await;
-        assert_eq!((interest.count("A"), interest.count("B")), (2, 1));
-        // A failing watch of a fresh symbol gives back what the call took.
-        let interest2 = Interest::new(&all);
-        interest2
-            .acquire(&syms(&["A"]), log("watch"))
-            .await
-            .unwrap();
-        let r = interest2
-            .acquire(&syms(&["A", "B"]), |_| async { Err::<(), &str>("down") })
-            .await;
-        assert_eq!(r, Err("down"));
-        assert_eq!(interest2.count("A"), 1, "A's count given back");
-        assert_eq!(interest2.count("B"), 0);
-        let unwatched = Arc::new(parking_lot::Mutex::new(Vec::new()));
-        let u = unwatched.clone();
-        interest
-            .release(&syms(&["C", "A", "B"]), move |s| async move {
-                u.lock().extend(s);
-                Vec::new()
+        }
+        fn unwatch<'a>(&'a self, s: &'a [Symbol]) -> BoxFuture<'a, ()> {
+            Box::pin(async move {
+                self.calls.lock().push(format!("unwatch {}", s.join(",")));
             })
-            .await;
-        assert_eq!(
-            *unwatched.lock(),
-            syms(&["B", "C"]),
-            "the last ones leaving"
-        );
-        assert_eq!(interest.watched(), 1);
-        assert_eq!(interest.count("A"), 1);
-        assert_eq!(
-            *calls.lock(),
-            vec!["watch A,B".to_string(), "watch C".into(), "watch A".into()]
-        );
+        }
+    }
+
+    fn start(bus: &Arc<Recording>) -> (Arc<Interest>, CancellationToken) {
+        let interest = Arc::new(Interest::new(&syms(&["A", "B", "C"])));
+        let stop = CancellationToken::new();
+        tokio::spawn(interest.clone().reconcile(bus.clone(), stop.clone()));
+        (interest, stop)
+    }
+
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_holder_watches_the_last_one_unwatches() {
+        let bus = Arc::new(Recording::default());
+        bus.hold.add_permits(1000);
+        let (interest, _stop) = start(&bus);
+        let t = interest.take(&ticks(&["A", "B"]));
+        interest.ready(&t).await.unwrap();
+        // Held already: nothing to wait for, no bus call.
+        let t2 = interest.take(&ticks(&["A"]));
+        assert!(t2.symbols.is_empty());
+        interest.give(&ticks(&["A"]));
+        settle().await;
+        assert_eq!(*bus.calls.lock(), ["watch A,B"]);
+        interest.give(&ticks(&["A", "B"]));
+        settle().await;
+        assert_eq!(*bus.calls.lock(), ["watch A,B", "unwatch A,B"]);
+        assert_eq!(interest.watched(), 0);
+        assert!(!interest.on_bus("A"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_holder_gone_while_its_watch_is_in_flight_leaves_nothing_watched() {
+        let bus = Arc::new(Recording::default());
+        let (interest, _stop) = start(&bus);
+        let t = interest.take(&ticks(&["A"]));
+        // The session waits for the bus, which blocks; then it is dropped.
+        let waiting = tokio::time::timeout(Duration::from_millis(50), interest.ready(&t)).await;
+        assert!(waiting.is_err(), "the watch is held");
+        interest.give(&ticks(&["A"]));
+        bus.hold.add_permits(1000);
+        settle().await;
+        assert_eq!(*bus.calls.lock(), ["watch A", "unwatch A"]);
+        assert!(!interest.on_bus("A"));
+        assert_eq!(interest.count("A"), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_watch_fails_its_waiters_and_a_later_one_tries_again() {
+        let bus = Arc::new(Recording::default());
+        bus.hold.add_permits(1000);
+        bus.fail.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (interest, _stop) = start(&bus);
+        let t = interest.take(&ticks(&["C"]));
+        assert!(interest.ready(&t).await.is_err());
+        interest.give(&ticks(&["C"]));
+        bus.fail.store(false, std::sync::atomic::Ordering::Relaxed);
+        let t = interest.take(&ticks(&["C"]));
+        interest.ready(&t).await.unwrap();
+        assert!(interest.on_bus("C"));
+        assert_eq!(*bus.calls.lock(), ["watch C", "watch C"]);
     }
 }

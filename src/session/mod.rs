@@ -8,9 +8,13 @@
 //! and writes what [`Outbound::next`] returns: messages to send, a heartbeat, or the
 //! close. Replies go into the same queue as the ticks, so they are ordered with them.
 
+#[cfg(feature = "fault-hooks")]
+mod fault;
 pub mod outbound;
+pub mod plan;
+mod subscribe;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,11 +22,14 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::auth::Claims;
-use crate::hub::{Behind, Outbox, Start};
-use crate::node::{Node, Want};
-use crate::protocol::{self, CloseCode, Command, CommandError, Encoding, ErrorCode, ServerMsg};
-use crate::tick::Symbol;
-pub use outbound::{Life, Out, Outbound, Transport};
+use crate::hub::Outbox;
+use crate::node::{Key, Node};
+use crate::protocol::command::Report;
+use crate::protocol::{
+    self, ChannelName, CloseCode, Command, CommandError, Encoding, ErrorCode, ServerMsg, Stream,
+};
+pub use outbound::{Life, Out, Outbound, Transport, Watch};
+use subscribe::Held;
 
 /// What the transport should do after a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,7 +88,10 @@ pub struct Session {
     node: Arc<Node>,
     outbox: Arc<Outbox>,
     life: Arc<Life>,
-    subs: HashMap<Symbol, Behind>,
+    /// Its subscriptions, each a symbol on a stream of a channel.
+    subs: HashMap<Key, Held>,
+    /// The patterns it holds, by stream.
+    patterns: BTreeSet<(Stream, String)>,
     bucket: TokenBucket,
     strikes: u32,
     claims: Option<Box<Claims>>,
@@ -116,7 +126,7 @@ impl Session {
     ) -> (Session, Outbound) {
         let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let cfg = &node.settings;
-        let (outbox, rx) = Outbox::new(id, cfg.queue, cfg.slow_policy);
+        let (outbox, rx) = Outbox::in_budget(id, cfg.queue, cfg.slow_policy, node.budget.clone());
         let bucket = TokenBucket::new(cfg.rate_limit, cfg.rate_burst);
         let expires = claims.as_ref().map(|c| c.remaining());
         let life = Arc::new(Life::new());
@@ -125,6 +135,7 @@ impl Session {
             outbox: outbox.clone(),
             life: life.clone(),
             subs: HashMap::new(),
+            patterns: BTreeSet::new(),
             bucket,
             strikes: 0,
             claims,
@@ -178,6 +189,10 @@ impl Session {
     /// inbound rate limit, then runs it as a command (replies are queued).
     pub async fn receive(&mut self, msg: Inbound<'_>) -> Flow {
         self.heard();
+        #[cfg(feature = "fault-hooks")]
+        if let Inbound::Text(text) = &msg {
+            fault::reader(&self.node.settings, text);
+        }
         if !self.bucket.take(Instant::now()) {
             crate::metrics::global()
                 .rate_limited
@@ -194,14 +209,18 @@ impl Session {
                     self.node.settings.rate_limit
                 ),
             };
-            self.reply(protocol::error_json(&err, &[])).await;
+            self.reply(protocol::error_json(&err, &[], ChannelName::Ticks))
+                .await;
             return Flow::Continue;
         }
         self.strikes = 0;
         match msg {
             Inbound::Text(buf) => match protocol::parse_command(buf) {
                 Ok(cmd) => self.command(cmd).await,
-                Err(e) => self.reply(protocol::error_json(&e, &[])).await,
+                Err(e) => {
+                    self.reply(protocol::error_json(&e, &[], ChannelName::Ticks))
+                        .await
+                }
             },
             Inbound::Binary => {
                 self.refuse("binary frames are not accepted; send commands as JSON text")
@@ -219,7 +238,8 @@ impl Session {
             code: ErrorCode::BadRequest,
             message: message.to_owned(),
         };
-        self.reply(protocol::error_json(&err, &[])).await;
+        self.reply(protocol::error_json(&err, &[], ChannelName::Ticks))
+            .await;
     }
 
     async fn reply(&self, msg: Bytes) {
@@ -230,204 +250,57 @@ impl Session {
     /// call this with the command their request stands for.
     pub async fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::Subscribe {
+            Command::Subscribe(sub) => self.subscribe(sub).await,
+            Command::Unsubscribe {
                 id,
                 symbols,
-                snapshot,
-                resume,
-            } => self.subscribe(id, symbols, snapshot, resume).await,
-            Command::Unsubscribe { id, symbols } => self.unsubscribe(id, symbols).await,
-            Command::List { id } => {
-                let mut names: Vec<&str> = self.subs.keys().map(|s| &**s).collect();
-                names.sort_unstable();
-                self.reply(
-                    ServerMsg::Subscriptions {
-                        id,
-                        symbols: &names,
-                    }
-                    .to_json(),
-                )
-                .await;
-            }
+                channel,
+            } => self.unsubscribe(id, symbols, channel).await,
+            Command::List { id, channel } => self.list(id, channel).await,
             Command::Ping { id } => self.reply(ServerMsg::pong(id)).await,
+            Command::Report(r) => self.report(&r).await,
         }
     }
 
-    async fn subscribe(
-        &mut self,
-        id: Option<u64>,
-        symbols: Vec<String>,
-        snapshot: bool,
-        resume: HashMap<String, protocol::ResumeFrom>,
-    ) {
-        let Some(known) = self.admit(id, symbols).await else {
-            return;
-        };
-        self.subscribe_admitted(id, known, snapshot, resume).await;
+    /// Takes a client's latency report into the node's metrics.
+    async fn report(&self, r: &Report) {
+        crate::metrics::global().client_report(r.p50_ms, r.p99_ms, r.max_ms, r.count);
+        self.reply(ServerMsg::Reported { id: r.id }.to_json()).await;
     }
 
-    /// Steps 1 to 5 of a `subscribe` (see docs/protocol.md): the served, allowed
-    /// symbols asked for, once each, with an `error` queued for every other; `None`
-    /// when nothing is left to subscribe or the symbol limit refuses the command.
-    async fn admit(&mut self, id: Option<u64>, symbols: Vec<String>) -> Option<Vec<Symbol>> {
-        let (good, malformed) = protocol::partition_symbols(symbols);
-
-        if !malformed.is_empty() {
-            let names: Vec<&str> = malformed.iter().map(String::as_str).collect();
-            let e = CommandError {
-                id,
-                code: ErrorCode::BadSymbol,
-                message: format!("malformed symbol: {}", names.join(",")),
-            };
-            self.reply(protocol::error_json(&e, &names)).await;
-        }
-        let mut known: Vec<Symbol> = Vec::with_capacity(good.len());
-        let mut unknown: Vec<&str> = Vec::new();
-        for s in &good {
-            match self.node.hub.symbol(s) {
-                Some(sym) if !known.contains(&sym) => known.push(sym),
-                Some(_) => {}
-                None => unknown.push(s),
-            }
-        }
-        if !unknown.is_empty() {
-            let e = CommandError {
-                id,
-                code: ErrorCode::UnknownSymbol,
-                message: format!("not served here: {}", unknown.join(",")),
-            };
-            self.reply(protocol::error_json(&e, &unknown)).await;
-        }
-        if let Some(claims) = &self.claims {
-            let (allowed, denied): (Vec<Symbol>, Vec<Symbol>) =
-                known.into_iter().partition(|s| claims.allows(s));
-            known = allowed;
-            if !denied.is_empty() {
-                let names: Vec<&str> = denied.iter().map(|s| &**s).collect();
-                let e = CommandError {
-                    id,
-                    code: ErrorCode::Forbidden,
-                    message: format!("token does not allow: {}", names.join(",")),
-                };
-                self.reply(protocol::error_json(&e, &names)).await;
-                if known.is_empty() {
-                    return None;
-                }
-            }
-        }
-        if known.is_empty() {
-            if malformed.is_empty() && unknown.is_empty() {
-                self.reply(ServerMsg::Subscribed { id, symbols: &[] }.to_json())
-                    .await;
-            }
-            return None;
-        }
-        let added = known.iter().filter(|s| !self.subs.contains_key(*s)).count();
-        let max = self.node.settings.max_symbols;
-        if self.subs.len() + added > max {
-            let names: Vec<&str> = known.iter().map(|s| &**s).collect();
-            let e = CommandError {
-                id,
-                code: ErrorCode::TooManySymbols,
-                message: format!(
-                    "subscribing {added} more would exceed {max} symbols per connection (now {}); nothing was subscribed",
-                    self.subs.len()
-                ),
-            };
-            self.reply(protocol::error_json(&e, &names)).await;
-            return None;
-        }
-        Some(known)
+    /// Ends the session: every subscription is removed and its memory freed (dropping
+    /// the session does the same).
+    pub async fn finish(self) {
+        drop(self);
     }
+}
 
-    async fn subscribe_admitted(
-        &mut self,
-        id: Option<u64>,
-        known: Vec<Symbol>,
-        snapshot: bool,
-        mut resume: HashMap<String, protocol::ResumeFrom>,
-    ) {
-        // New symbols, and held ones given a position to restart from.
-        let wants: Vec<Want> = known
-            .iter()
-            .filter_map(|sym| {
-                let resume = resume.remove(&**sym);
-                let held = self.subs.contains_key(sym);
-                if held && resume.is_none() {
-                    return None;
-                }
-                let behind = self
-                    .subs
-                    .get(sym)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(AtomicU64::new(0)));
-                Some(Want {
-                    symbol: sym.clone(),
-                    behind,
-                    start: Start {
-                        snapshot,
-                        resume,
-                        backfill: Vec::new(),
-                        encoding: self.encoding,
-                    },
-                    held,
-                })
-            })
-            .collect();
-        let names: Vec<&str> = known.iter().map(|s| &**s).collect();
-        let confirm = ServerMsg::Subscribed {
-            id,
-            symbols: &names,
-        }
-        .to_json();
-        let added: Vec<(Symbol, Behind)> = wants
-            .iter()
-            .filter(|w| !w.held)
-            .map(|w| (w.symbol.clone(), w.behind.clone()))
-            .collect();
-        if let Err(e) = self.node.subscribe(&self.outbox, wants, confirm).await {
-            tracing::warn!(error = %e, "bus refused a subscription");
-            let names: Vec<&str> = added.iter().map(|(s, _)| &**s).collect();
-            let e = CommandError {
-                id,
-                code: ErrorCode::BadRequest,
-                message: format!("subscription failed, nothing was subscribed; try again: {e}"),
-            };
-            self.reply(protocol::error_json(&e, &names)).await;
-            return;
-        }
-        self.subs.extend(added);
-    }
+/// Counts and logs a panic of a session's code, caught by its transport (which then
+/// closes that connection alone with 1011).
+pub fn panicked(panic: &(dyn std::any::Any + Send)) {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::error!(panic = %what, "a connection's code panicked; closing it with 1011");
+    let metrics = crate::metrics::global();
+    metrics
+        .panics
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    metrics.disconnected(CloseCode::Internal.code());
+}
 
-    async fn unsubscribe(&mut self, id: Option<u64>, symbols: Vec<String>) {
-        let mut dropped: Vec<Symbol> = Vec::with_capacity(symbols.len());
-        for s in &symbols {
-            if let Some((sym, _)) = self.subs.remove_entry(s.as_str()) {
-                dropped.push(sym);
-            }
-        }
-        let names: Vec<&str> = symbols.iter().map(String::as_str).collect();
-        self.node.unsubscribe(self.id(), &dropped).await;
-        self.reply(
-            ServerMsg::Unsubscribed {
-                id,
-                symbols: &names,
-            }
-            .to_json(),
-        )
-        .await;
-    }
-
-    /// Ends the session: every subscription is removed and its memory freed.
-    pub async fn finish(mut self) {
-        let all: Vec<Symbol> = self.subs.drain().map(|(s, _)| s).collect();
-        self.node.unsubscribe(self.id(), &all).await;
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.release_all();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tick::Symbol;
     use std::time::Duration;
 
     #[test]
@@ -440,5 +313,134 @@ mod tests {
         assert!(!b.take(t0 + Duration::from_millis(100)));
         let later = t0 + Duration::from_secs(60);
         assert_eq!((0..10).filter(|_| b.take(later)).count(), 5);
+    }
+
+    /// A bus whose watch and history wait for a permit each, as a slow Redis would; it
+    /// records what it was asked.
+    struct Slow {
+        hub: Arc<crate::hub::Hub>,
+        watch: tokio::sync::Semaphore,
+        history: tokio::sync::Semaphore,
+        calls: parking_lot::Mutex<Vec<String>>,
+    }
+
+    impl crate::bus::Bus for Slow {
+        fn publish(&self, t: crate::tick::Tick) -> Result<(), crate::bus::BusError> {
+            self.hub.publish(t);
+            Ok(())
+        }
+        fn watch<'a>(
+            &'a self,
+            s: &'a [Symbol],
+        ) -> crate::bus::BoxFuture<'a, Result<(), crate::bus::BusError>> {
+            Box::pin(async move {
+                let _p = self.watch.acquire().await.unwrap();
+                self.calls.lock().push(format!("watch {}", s.join(",")));
+                Ok(())
+            })
+        }
+        fn unwatch<'a>(&'a self, s: &'a [Symbol]) -> crate::bus::BoxFuture<'a, ()> {
+            Box::pin(async move {
+                self.calls.lock().push(format!("unwatch {}", s.join(",")));
+            })
+        }
+        fn history<'a>(
+            &'a self,
+            w: &'a [(Symbol, u64)],
+        ) -> crate::bus::BoxFuture<'a, Result<Vec<Vec<crate::tick::Tick>>, crate::bus::BusError>>
+        {
+            Box::pin(async move {
+                let _p = self.history.acquire().await.unwrap();
+                Ok(vec![Vec::new(); w.len()])
+            })
+        }
+    }
+
+    fn slow_node(queue: usize) -> (Arc<Node>, Arc<Slow>) {
+        let hub = Arc::new(crate::hub::Hub::new(["AAPL".into(), "MSFT".into()], 16));
+        let bus = Arc::new(Slow {
+            hub: hub.clone(),
+            watch: tokio::sync::Semaphore::new(0),
+            history: tokio::sync::Semaphore::new(0),
+            calls: Default::default(),
+        });
+        let settings = crate::config::Settings {
+            queue,
+            ..Default::default()
+        };
+        (Node::new(settings, hub, bus.clone(), None), bus)
+    }
+
+    fn subscribe(resume: bool) -> Command {
+        let mut from = HashMap::new();
+        if resume {
+            let at = protocol::ResumeFrom {
+                epoch: Some("e".into()),
+                seq: 1,
+            };
+            from.insert("AAPL".to_owned(), at);
+        }
+        Command::Subscribe(protocol::Subscribe {
+            id: Some(1),
+            symbols: vec!["AAPL".into(), "MSFT".into()],
+            resume: from,
+            ..Default::default()
+        })
+    }
+
+    /// Polls `fut` until it has waited a while without finishing: it is parked at an
+    /// await.
+    async fn parked(fut: &mut Pin<Box<impl std::future::Future<Output = ()>>>, at: &str) {
+        let r = tokio::time::timeout(Duration::from_millis(50), fut.as_mut()).await;
+        assert!(r.is_err(), "{at}: the subscribe must be waiting");
+    }
+
+    use std::pin::Pin;
+
+    /// Whatever await a subscribe is dropped at — the bus's watch, the history fetched
+    /// for a resume, room in the queue for the reply — the session gives back all it
+    /// took: no local holder is left, the hub has no subscriber and the bus unwatches.
+    #[tokio::test(start_paused = true)]
+    async fn a_session_dropped_at_any_await_of_a_subscribe_leaves_nothing() {
+        for at in ["watch", "history", "room"] {
+            let (node, bus) = slow_node(if at == "room" { 1 } else { 64 });
+            if at != "watch" {
+                bus.watch.add_permits(100);
+            }
+            let (mut session, out) = Session::new(node.clone(), None, Transport::WebSocket);
+            if at == "room" {
+                // A reply fills the queue: the `subscribed` reply waits for room.
+                assert!(session.outbox.send(Bytes::from_static(b"{}")).await);
+            } else {
+                node.hub.publish(crate::hub::conflation_tests::tick("e", 5));
+            }
+            {
+                let mut fut = Box::pin(session.command(subscribe(at == "history")));
+                parked(&mut fut, at).await;
+                assert_eq!(
+                    node.interest().count("AAPL"),
+                    1,
+                    "{at}: taken while waiting"
+                );
+            }
+            drop(session);
+            drop(out);
+            bus.watch.add_permits(100);
+            bus.history.add_permits(100);
+            for _ in 0..50 {
+                tokio::task::yield_now().await;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            assert_eq!(node.interest().count("AAPL"), 0, "{at}");
+            assert_eq!(node.interest().watched(), 0, "{at}");
+            assert_eq!(node.hub.subscriber_count("AAPL"), 0, "{at}");
+            assert!(!node.interest().on_bus("AAPL"), "{at}: unwatched");
+            let calls = bus.calls.lock().clone();
+            assert_eq!(
+                calls.last().map(String::as_str),
+                Some("unwatch AAPL,MSFT"),
+                "{at}: {calls:?}"
+            );
+        }
     }
 }

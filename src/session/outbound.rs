@@ -4,7 +4,9 @@
 //! and for a subscription that fell behind its `gap` and newest tick), the heartbeat,
 //! the silence deadline, the token's expiry, an overflow under the `disconnect` policy,
 //! a close asked for by the inbound side, or the node shutting down — and tells the
-//! transport what to write. The transport only encodes and writes.
+//! transport what to write. The deadlines are looked at before the queue, so a client
+//! that is always behind still gets its heartbeats and its close on time. The
+//! transport only encodes and writes.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
+use super::plan::{Due, Plan};
 use crate::hub::{Hub, Outbox, Receiver};
 use crate::node::Node;
 use crate::protocol::{CloseCode, Encoding};
@@ -123,6 +126,46 @@ pub struct Outbound {
     welcome: Option<Bytes>,
     /// The close to return once what was queued before it has been sent.
     closing: Option<(CloseCode, &'static str)>,
+    /// A close the server planned (drain, lifetime), told first with `reconnect`.
+    /// Boxed: most connections never have one.
+    plan: Option<Box<Plan>>,
+    /// The node's drain has been seen.
+    drained: bool,
+    /// Closed for silence: the client is taken for gone.
+    gone: bool,
+}
+
+/// What makes a writer give up a write it is blocked in: the session was evicted for
+/// the node's output bound, or the client fell silent past its deadline (a client that
+/// does not read a frame does not answer Pings either).
+pub struct Watch {
+    outbox: Arc<Outbox>,
+    life: Arc<Life>,
+    /// Heartbeat + grace, on a transport that watches silence.
+    silence: Option<Duration>,
+}
+
+/// How often a writer blocked in a write looks whether its session was evicted.
+const EVICTION_CHECK: Duration = Duration::from_millis(100);
+
+impl Watch {
+    /// Whether the write in progress should be given up now.
+    pub fn give_up(&self) -> bool {
+        self.outbox.evicted()
+            || self
+                .silent_at()
+                .is_some_and(|at| at <= tokio::time::Instant::now())
+    }
+
+    /// When to look again at [`Watch::give_up`] while a write is blocked.
+    pub fn next_look(&self) -> tokio::time::Instant {
+        let soon = tokio::time::Instant::now() + EVICTION_CHECK;
+        self.silent_at().map_or(soon, |at| at.min(soon))
+    }
+
+    fn silent_at(&self) -> Option<tokio::time::Instant> {
+        Some(self.life.last_heard() + self.silence?)
+    }
 }
 
 impl Outbound {
@@ -143,6 +186,9 @@ impl Outbound {
         // opened together do not all ping at once ever after.
         let now = tokio::time::Instant::now();
         let next_beat = now + every.mul_f64(rand::random_range(0.05..=1.0));
+        let cfg = &node.settings;
+        let plan =
+            Plan::lifetime(now, cfg.max_connection_lifetime, cfg.reconnect_notice).map(Box::new);
         Outbound {
             node,
             rx,
@@ -156,7 +202,35 @@ impl Outbound {
             batch: Vec::new(),
             welcome: Some(welcome),
             closing: None,
+            plan,
+            drained: false,
+            gone: false,
         }
+    }
+
+    /// The session's outbound queue (a writer counts its frames against the budget
+    /// with it).
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+
+    /// What makes a writer give up a write it is blocked in (see [`Watch`]).
+    pub fn watch(&self) -> Watch {
+        let cfg = &self.node.settings;
+        Watch {
+            outbox: self.outbox.clone(),
+            life: self.life.clone(),
+            silence: self
+                .transport
+                .closes_when_silent()
+                .then(|| cfg.heartbeat + cfg.heartbeat_grace),
+        }
+    }
+
+    /// Whether the session closed because the client fell silent: it is taken for
+    /// gone, and its connection is reset rather than closed gracefully.
+    pub fn peer_gone(&self) -> bool {
+        self.gone
     }
 
     /// Whether messages are waiting to be written (a writer keeps its buffers while
@@ -181,11 +255,8 @@ impl Outbound {
         }
         loop {
             self.batch.clear();
-            if let Some((code, reason)) = self.closing.take() {
+            if let Some((code, reason)) = self.forced_close() {
                 return Out::Close(code, reason);
-            }
-            if self.node.shutdown.is_cancelled() {
-                return Out::Close(CloseCode::GoingAway, "server shutting down");
             }
             if let Some(close) = self.life.take_close() {
                 // What the session queued before closing (errors, replies) goes first.
@@ -196,50 +267,120 @@ impl Outbound {
                 self.closing = Some(close);
                 return Out::Messages(&self.batch);
             }
+            // The clock before the queue: a backlog delays no heartbeat and no close.
+            let now = tokio::time::Instant::now();
+            match self.planned(now) {
+                Some(Due::Close(code, reason)) => return Out::Close(code, reason),
+                Some(Due::Notice(msg)) => {
+                    self.batch.push(msg);
+                    return Out::Messages(&self.batch);
+                }
+                None => {}
+            }
+            if let Some(due) = self.due(now) {
+                return due;
+            }
             self.rx.take(&mut self.batch, MAX_BATCH);
             if self.outbox.overflowed() {
                 return Out::Close(CloseCode::SlowConsumer, "slow consumer");
             }
             if self.outbox.has_lagging() && self.rx.is_empty() {
                 for (slot, behind) in self.outbox.take_lagging() {
-                    Hub::catch_up(&slot, &behind, self.encoding, &mut self.batch);
+                    Hub::catch_up(
+                        &slot,
+                        &behind,
+                        self.outbox.id(),
+                        self.encoding,
+                        &mut self.batch,
+                    );
                 }
             }
             if !self.batch.is_empty() {
+                #[cfg(feature = "fault-hooks")]
+                super::fault::writer(&self.node.settings, &self.batch);
                 return Out::Messages(&self.batch);
             }
-            // Nothing to send: what the clock says.
-            let now = tokio::time::Instant::now();
-            if self.expires.is_some_and(|at| at <= now) {
-                return Out::Close(CloseCode::Policy, "token expired");
-            }
-            let cfg = &self.node.settings;
-            let silent_at = self.life.last_heard() + cfg.heartbeat + cfg.heartbeat_grace;
-            let watch_silence = self.transport.closes_when_silent();
-            if watch_silence && silent_at <= now {
-                return Out::Close(CloseCode::Normal, "heartbeat timeout");
-            }
-            if self.next_beat <= now {
-                self.next_beat = now + cfg.heartbeat;
-                return Out::Heartbeat;
-            }
-            let mut wake_at = self.next_beat;
-            if watch_silence {
-                wake_at = wake_at.min(silent_at);
-            }
-            if let Some(at) = self.expires {
-                wake_at = wake_at.min(at);
-            }
+            // Nothing to send: wait for the queue or the next deadline.
+            let wake_at = self.next_deadline();
             if self.timer.deadline() != wake_at {
                 self.timer.as_mut().reset(wake_at);
             }
+            // The drain's token is a child of the shutdown's: until the drain is seen,
+            // waiting for it wakes on either.
+            let end = match self.drained {
+                false => &self.node.draining,
+                true => &self.node.shutdown,
+            };
             tokio::select! {
                 biased;
-                _ = self.node.shutdown.cancelled() => {}
+                _ = end.cancelled() => {}
                 _ = self.rx.woken() => {}
                 _ = self.timer.as_mut() => {}
             }
         }
+    }
+
+    /// A close due before anything else: one the session set up (after flushing what
+    /// it had queued), the node's shutdown, or an eviction for the node's output bound.
+    fn forced_close(&mut self) -> Option<(CloseCode, &'static str)> {
+        if let Some(close) = self.closing.take() {
+            return Some(close);
+        }
+        if self.node.shutdown.is_cancelled() {
+            return Some((CloseCode::GoingAway, "server shutting down"));
+        }
+        if self.outbox.evicted() {
+            return Some((CloseCode::SlowConsumer, "slow consumer: node output bound"));
+        }
+        None
+    }
+
+    /// What the planned close says is due at `now`; a drain begun since the last look
+    /// plans one (unless the lifetime's closes sooner).
+    fn planned(&mut self, now: tokio::time::Instant) -> Option<Due> {
+        if !self.drained && self.node.draining.is_cancelled() {
+            self.drained = true;
+            let drain = Plan::shutdown(now, self.node.settings.reconnect_notice);
+            self.plan = Some(Box::new(drain.first(self.plan.as_deref().copied())));
+        }
+        self.plan.as_mut()?.due(now)
+    }
+
+    /// What the clock says is due at `now`, whatever is queued: the token's expiry and
+    /// the silence deadline close at once (what is still queued is not sent: the token
+    /// no longer allows it, or the client is gone); a heartbeat goes out between two
+    /// batches, so the messages stay in order (at most one batch's write late).
+    fn due(&mut self, now: tokio::time::Instant) -> Option<Out<'static>> {
+        if self.expires.is_some_and(|at| at <= now) {
+            return Some(Out::Close(CloseCode::Policy, "token expired"));
+        }
+        if self.silent_at().is_some_and(|at| at <= now) {
+            self.gone = true;
+            return Some(Out::Close(CloseCode::Normal, "heartbeat timeout"));
+        }
+        if self.next_beat <= now {
+            self.next_beat = now + self.node.settings.heartbeat;
+            return Some(Out::Heartbeat);
+        }
+        None
+    }
+
+    /// When a silent client is closed, on a transport that watches silence.
+    fn silent_at(&self) -> Option<tokio::time::Instant> {
+        let cfg = &self.node.settings;
+        self.transport
+            .closes_when_silent()
+            .then(|| self.life.last_heard() + cfg.heartbeat + cfg.heartbeat_grace)
+    }
+
+    /// The first of the heartbeat, the silence deadline, the token's expiry and the
+    /// planned close's next step.
+    fn next_deadline(&self) -> tokio::time::Instant {
+        let planned = self.plan.as_deref().map(Plan::deadline);
+        [self.silent_at(), self.expires, planned]
+            .into_iter()
+            .flatten()
+            .fold(self.next_beat, |a, b| a.min(b))
     }
 }
 
@@ -289,12 +430,11 @@ mod tests {
         let (mut session, mut out) = Session::new(node.clone(), None, Transport::WebSocket);
         assert_eq!(types(out.next().await), ["welcome"]);
         session
-            .command(Command::Subscribe {
+            .command(Command::Subscribe(crate::protocol::Subscribe {
                 id: Some(1),
                 symbols: vec!["AAPL".into()],
-                snapshot: true,
-                resume: Default::default(),
-            })
+                ..Default::default()
+            }))
             .await;
         node.bus.publish(tick(1)).unwrap();
         node.bus.publish(tick(2)).unwrap();
@@ -314,6 +454,97 @@ mod tests {
         assert_eq!(seen.last().unwrap(), "close 1000 heartbeat timeout");
         session.finish().await;
         assert_eq!(node.hub.subscriber_count("AAPL"), 0);
+    }
+
+    /// A session whose queue never empties: ticks keep coming faster than they are
+    /// taken. Returns what it was told to write, with the (paused) time of each,
+    /// until the close.
+    async fn under_backlog(
+        node: &Arc<Node>,
+        claims: Option<Box<crate::auth::Claims>>,
+    ) -> Vec<(u64, String)> {
+        let (mut session, mut out) = Session::new(node.clone(), claims, Transport::WebSocket);
+        let t0 = tokio::time::Instant::now();
+        session
+            .command(Command::Subscribe(crate::protocol::Subscribe {
+                id: Some(1),
+                symbols: vec!["AAPL".into()],
+                snapshot: false,
+                ..Default::default()
+            }))
+            .await;
+        let mut seq = 0;
+        let mut seen = Vec::new();
+        while seen.len() < 1_000 {
+            for _ in 0..MAX_BATCH + 2 {
+                seq += 1;
+                node.bus.publish(tick(seq)).unwrap();
+            }
+            tokio::time::advance(Duration::from_millis(10)).await;
+            let got = types(out.next().await);
+            assert!(out.has_queued(), "the backlog never empties");
+            let ms = t0.elapsed().as_millis() as u64;
+            let closed = got[0].starts_with("close");
+            seen.push((ms, got[0].clone()));
+            if closed {
+                session.finish().await;
+                return seen;
+            }
+        }
+        panic!("no close in 10 s: {:?}", &seen[..20]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeats_and_closes_are_on_time_under_a_permanent_backlog() {
+        // Silent client: pinged every 100 ms, closed at 150 ms although never idle.
+        let node = node();
+        let seen = under_backlog(&node, None).await;
+        let beats: Vec<u64> = seen
+            .iter()
+            .filter(|(_, t)| t == "heartbeat")
+            .map(|(ms, _)| *ms)
+            .collect();
+        assert!(!beats.is_empty() && beats[0] <= 110, "{seen:?}");
+        let (at, close) = seen.last().unwrap();
+        assert_eq!(close, "close 1000 heartbeat timeout");
+        assert!((150..=160).contains(at), "closed at {at} ms");
+
+        // A token that expires in 2 s closes then, with heartbeats every 500 ms before.
+        let settings = Settings {
+            heartbeat: Duration::from_millis(500),
+            heartbeat_grace: Duration::from_secs(3600),
+            queue: 16_384,
+            ..Settings::default()
+        };
+        let hub = Arc::new(Hub::new(["AAPL".into()], 16));
+        let bus = Arc::new(LocalBus::new(hub.clone()));
+        let node = Node::new(settings, hub, bus, None);
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 2;
+        let claims = crate::auth::Claims {
+            sub: "t".into(),
+            exp,
+            symbols: None,
+            roles: None,
+        };
+        let seen = under_backlog(&node, Some(Box::new(claims))).await;
+        let mut beats: Vec<u64> = seen
+            .iter()
+            .filter(|(_, t)| t == "heartbeat")
+            .map(|(ms, _)| *ms)
+            .collect();
+        beats.insert(0, 0);
+        beats.push(2_000);
+        assert!(
+            beats.windows(2).all(|w| w[1] - w[0] <= 510),
+            "heartbeats at {beats:?} ms"
+        );
+        let (at, close) = seen.last().unwrap();
+        assert_eq!(close, "close 1008 token expired");
+        assert!((2_000..=2_010).contains(at), "closed at {at} ms");
     }
 
     #[tokio::test(start_paused = true)]
