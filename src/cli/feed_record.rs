@@ -7,6 +7,7 @@
 //! are flushed every `--flush` interval, so a recorder killed outright loses at most
 //! that much; SIGINT, SIGTERM, `--duration` and `--count` finish the file cleanly.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -16,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 use super::subscribe::{describe, parse_symbols, ConnArgs};
 use crate::client::{Client, Event, ServerMessage};
 use crate::config::Dur;
-use crate::feed::recording::Writer;
-use crate::tick::Kind;
+use crate::feed::recording::{RecordingError, Writer};
+use crate::tick::{Kind, Tick};
 
 /// Options (boxed: the command enum stays small).
 #[derive(clap::Args, Debug)]
@@ -90,7 +91,9 @@ pub(super) fn run(args: Args) -> anyhow::Result<()> {
     rt.block_on(record(client, writer, &args))
 }
 
-async fn record(client: Client, mut writer: Writer, args: &RecordArgs) -> anyhow::Result<()> {
+/// Records what `client` receives into `writer` until a signal, `--duration`,
+/// `--count`, a refused symbol, or a failed write.
+async fn record(client: Client, writer: Writer, args: &RecordArgs) -> anyhow::Result<()> {
     let stop_client = CancellationToken::new();
     let (mut rx, task) = client.spawn(8192, stop_client.clone());
     let started = tokio::time::Instant::now();
@@ -101,18 +104,14 @@ async fn record(client: Client, mut writer: Writer, args: &RecordArgs) -> anyhow
     let mut flush = tokio::time::interval(args.flush.0);
     let signal = super::wait_for_signal();
     tokio::pin!(signal);
-    let (mut ticks, mut snapshots, mut gaps) = (0u64, 0u64, 0u64);
-    // Symbols whose first value has been recorded: a symbol's first snapshot is its
-    // opening quote, which readers (and replays) take as its first tick.
-    let mut opened: std::collections::HashSet<String> = std::collections::HashSet::new();
-    let mut line = Vec::with_capacity(512);
+    let mut rec = Recorder::new(writer, args.snapshots);
     let mut failure: Option<anyhow::Error> = None;
     loop {
         tokio::select! {
             _ = &mut signal => break,
             _ = tokio::time::sleep_until(deadline) => break,
             _ = flush.tick() => {
-                if let Err(e) = writer.flush() {
+                if let Err(e) = rec.writer.flush() {
                     failure = Some(e.into());
                     break;
                 }
@@ -122,49 +121,11 @@ async fn record(client: Client, mut writer: Writer, args: &RecordArgs) -> anyhow
                 if let Some(text) = describe(&ev) {
                     eprintln!("tickstream: {text}");
                 }
-                let written = match &ev {
-                    Event::Message(ServerMessage::Tick(t)) => {
-                        ticks += 1;
-                        if !opened.contains(&*t.symbol) {
-                            opened.insert(t.symbol.to_string());
-                        }
-                        writer.write_tick(t)
-                    }
-                    Event::Message(ServerMessage::Snapshot(t)) if !opened.contains(&*t.symbol) => {
-                        opened.insert(t.symbol.to_string());
-                        ticks += 1;
-                        if args.snapshots {
-                            snapshots += 1;
-                            line.clear();
-                            t.write_json(Kind::Snapshot, &mut line);
-                            writer.write_line(&line)
-                        } else {
-                            writer.write_tick(t)
-                        }
-                    }
-                    Event::Message(ServerMessage::Snapshot(t)) if args.snapshots => {
-                        snapshots += 1;
-                        line.clear();
-                        t.write_json(Kind::Snapshot, &mut line);
-                        writer.write_line(&line)
-                    }
-                    Event::Message(m @ ServerMessage::Gap { .. }) => {
-                        gaps += 1;
-                        line.clear();
-                        m.write_json(&mut line);
-                        writer.write_line(&line)
-                    }
-                    Event::Message(ServerMessage::Error { code, message, symbols, .. }) if !symbols.is_empty() => {
-                        failure = Some(anyhow::anyhow!("the server refused {}: {code}: {message}", symbols.join(",")));
-                        break;
-                    }
-                    _ => Ok(()),
-                };
-                if let Err(e) = written {
-                    failure = Some(e.into());
+                if let Err(e) = rec.take(&ev) {
+                    failure = Some(e);
                     break;
                 }
-                if args.count.is_some_and(|c| ticks >= c) {
+                if args.count.is_some_and(|c| rec.ticks >= c) {
                     break;
                 }
             }
@@ -172,7 +133,8 @@ async fn record(client: Client, mut writer: Writer, args: &RecordArgs) -> anyhow
     }
     stop_client.cancel();
     let result = task.await.context("the client task failed")?;
-    let finished = writer.finish();
+    let (ticks, snapshots, gaps) = (rec.ticks, rec.snapshots, rec.gaps);
+    let finished = rec.writer.finish();
     eprintln!(
         "tickstream: recorded {ticks} ticks, {snapshots} snapshots, {gaps} gaps to {} in {:.1}s",
         args.out.display(),
@@ -183,4 +145,88 @@ async fn record(client: Client, mut writer: Writer, args: &RecordArgs) -> anyhow
     }
     finished?;
     result.map_err(Into::into)
+}
+
+/// The recording being written, and what it holds so far.
+struct Recorder {
+    writer: Writer,
+    /// Whether snapshots are written as such (`--snapshots`).
+    keep_snapshots: bool,
+    ticks: u64,
+    snapshots: u64,
+    gaps: u64,
+    /// Symbols whose first value has been recorded: a symbol's first snapshot is its
+    /// opening quote, which readers (and replays) take as its first tick.
+    opened: HashSet<String>,
+    /// One JSON line being written.
+    line: Vec<u8>,
+}
+
+impl Recorder {
+    fn new(writer: Writer, keep_snapshots: bool) -> Recorder {
+        Recorder {
+            writer,
+            keep_snapshots,
+            ticks: 0,
+            snapshots: 0,
+            gaps: 0,
+            opened: HashSet::new(),
+            line: Vec::with_capacity(512),
+        }
+    }
+
+    /// Records the server message of `ev`, if it is one a recording keeps; a symbol
+    /// the server refused ends the recording with an error.
+    fn take(&mut self, ev: &Event) -> anyhow::Result<()> {
+        let Event::Message(m) = ev else {
+            return Ok(());
+        };
+        match m {
+            ServerMessage::Tick(t) => {
+                self.ticks += 1;
+                if !self.opened.contains(&*t.symbol) {
+                    self.opened.insert(t.symbol.to_string());
+                }
+                self.writer.write_tick(t)?;
+            }
+            ServerMessage::Snapshot(t) => self.snapshot(t)?,
+            ServerMessage::Gap { .. } => {
+                self.gaps += 1;
+                self.line.clear();
+                m.write_json(&mut self.line);
+                self.writer.write_line(&self.line)?;
+            }
+            ServerMessage::Error {
+                code,
+                message,
+                symbols,
+                ..
+            } if !symbols.is_empty() => {
+                anyhow::bail!(
+                    "the server refused {}: {code}: {message}",
+                    symbols.join(",")
+                );
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Records a snapshot: a symbol's first one as its opening tick (as a snapshot
+    /// line with `--snapshots`), later ones only with `--snapshots`.
+    fn snapshot(&mut self, t: &Tick) -> Result<(), RecordingError> {
+        if !self.opened.contains(&*t.symbol) {
+            self.opened.insert(t.symbol.to_string());
+            self.ticks += 1;
+            if !self.keep_snapshots {
+                return self.writer.write_tick(t);
+            }
+        } else if !self.keep_snapshots {
+            return Ok(());
+        }
+        self.snapshots += 1;
+        self.line.clear();
+        t.write_json(Kind::Snapshot, &mut self.line);
+        self.writer.write_line(&self.line)
+    }
 }

@@ -29,8 +29,9 @@ pub(super) struct Target {
     #[command(flatten)]
     pub redis: crate::config::RedisArgs,
 
-    /// This feed's id in the Redis lease keys; a second feed with another id is refused
-    /// the symbols this one publishes. Default: feed-<host>-<pid>.
+    /// This feed's id in the Redis lease keys and heartbeats: a feed restarted under it
+    /// takes its symbols back at once; a second feed with another id is refused the
+    /// symbols this one publishes. Default: feed-<host>.
     #[arg(long, value_name = "ID", env = "TICKSTREAM_FEED_ID")]
     pub feed_id: Option<String>,
 

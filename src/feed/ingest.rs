@@ -1,21 +1,26 @@
-//! Ingest of ticks that external feeds push into a node through the publisher endpoint
-//! (`GET /v1/publish`): every tick is checked on its own before it reaches the bus, and
-//! each frame is answered with what became of its ticks.
+//! Ingest of ticks and books that external feeds push into a node through the publisher
+//! endpoint (`GET /v1/publish`): every message is checked on its own before it reaches
+//! the bus, and each frame is answered with what became of its messages.
 //!
-//! A frame holds one tick object or a JSON array of them (the protocol's `tick` object;
-//! `type` may be left out). A bad tick (missing or mistyped field, bad price, bid above
-//! ask, seq not rising, unknown or malformed symbol) is refused with an `error` naming
-//! it (its index in the frame, symbol and seq) and counted, never forwarded; the rest of
-//! the frame goes on. The answer ends with `{"type":"published","accepted":N,"refused":M}`.
+//! A frame holds one object or a JSON array of them: the protocol's `tick` object
+//! (`type` may be left out), `book` or `book_update`. A bad tick (missing or mistyped
+//! field, bad price, bid above ask, seq not rising, unknown or malformed symbol) or a
+//! bad book message (crossed, levels out of order or repeated, prices off the tick
+//! grid, more levels than allowed, a `prev_seq` that does not follow the book this
+//! connection published, a checksum that does not match) is refused with an `error`
+//! naming it (its index in the frame, symbol and seq) and counted, never forwarded; the
+//! rest of the frame goes on, and other symbols are untouched. The answer ends with
+//! `{"type":"published","accepted":N,"refused":M}`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::auth::Claims;
+use crate::book::{Book, BookMsg};
 use crate::bus::Bus;
 use crate::hub::Hub;
 use crate::tick::{new_epoch, valid_symbol, Symbol, Tick};
@@ -27,9 +32,10 @@ pub struct PublishStats {
     pub connections: AtomicU64,
     /// Frames received.
     pub frames: AtomicU64,
-    /// Ticks accepted and published on the bus.
+    /// Ticks and book messages accepted and published on the bus.
     pub accepted: AtomicU64,
-    /// Ticks refused (bad field, bid > ask, seq not rising, unknown or bad symbol).
+    /// Ticks and book messages refused (bad field, bid > ask, seq not rising, a bad
+    /// book, unknown or bad symbol).
     pub refused: AtomicU64,
 }
 
@@ -101,8 +107,11 @@ fn tick_error(r: Refused) -> Reply<'static> {
     }
 }
 
-/// Where a refused tick was and why.
+/// Where a refused message was and why.
+#[derive(Clone)]
 struct Refused {
+    /// `tick`, `book` or `book_update`.
+    kind: &'static str,
     index: usize,
     symbol: Option<String>,
     seq: Option<u64>,
@@ -125,6 +134,25 @@ pub struct Checker<'a> {
     /// The publisher's token claims, when auth is on: ticks of symbols they do not
     /// allow are refused.
     claims: Option<Claims>,
+    /// The book of each symbol as this connection's messages made it.
+    books: HashMap<Symbol, Book>,
+}
+
+/// The connection it checked for ended: the symbols it published have lost their
+/// source (until another feed publishes them).
+impl Drop for Checker<'_> {
+    fn drop(&mut self) {
+        let mut published: Vec<Symbol> = self.last.keys().cloned().collect();
+        published.extend(
+            self.books
+                .keys()
+                .filter(|s| !self.last.contains_key(*s))
+                .cloned(),
+        );
+        if !published.is_empty() {
+            self.bus.sources_lost(&published);
+        }
+    }
 }
 
 impl<'a> Checker<'a> {
@@ -137,6 +165,7 @@ impl<'a> Checker<'a> {
             epoch: new_epoch(),
             last: HashMap::new(),
             claims: None,
+            books: HashMap::new(),
         }
     }
 
@@ -147,7 +176,8 @@ impl<'a> Checker<'a> {
         self
     }
 
-    /// Checks and publishes the ticks of one message; returns the reply messages.
+    /// Checks and publishes the ticks and books of one message; returns the reply
+    /// messages.
     pub fn frame(&mut self, payload: &[u8]) -> Vec<Reply<'static>> {
         let stats = self.stats;
         let value: Value = match serde_json::from_slice(payload) {
@@ -163,26 +193,51 @@ impl<'a> Checker<'a> {
         };
         // The good ticks go to the bus as one batch at the end of the frame; `last`
         // moves on as each is checked (the next tick of the same symbol in the frame
-        // must rise above it) and is put back for any the bus then refuses.
+        // must rise above it) and is put back for any the bus then refuses. Book
+        // messages, likewise, after the book this connection holds took each of them.
         let mut errors: Vec<(usize, Reply<'static>)> = Vec::new();
-        let mut good: Vec<Tick> = Vec::new();
-        let mut placed: Vec<(usize, Option<Position>)> = Vec::new();
+        let mut good = Good::default();
         for (index, item) in items.into_iter().enumerate() {
+            if let Some(kind) = book_kind(&item) {
+                match self.check_book(index, kind, item) {
+                    Ok(msg) => good.books.push((index, msg)),
+                    Err(r) => errors.push((index, tick_error(r))),
+                }
+                continue;
+            }
             match self.check(index, item) {
                 Ok(tick) => {
                     let before = self
                         .last
                         .insert(tick.symbol.clone(), (tick.epoch.clone(), tick.seq));
-                    placed.push((index, before));
-                    good.push(tick);
+                    good.placed.push((index, before));
+                    good.ticks.push(tick);
                 }
                 Err(r) => errors.push((index, tick_error(r))),
             }
         }
-        let mut refused = errors.len() as u64;
+        let accepted = self.publish_books(good.books, &mut errors)
+            + self.publish_ticks(good.ticks, good.placed, &mut errors);
+        let refused = errors.len() as u64;
+        errors.sort_by_key(|(index, _)| *index);
+        let mut out: Vec<Reply<'static>> = errors.into_iter().map(|(_, r)| r).collect();
+        stats.accepted.fetch_add(accepted, Ordering::Relaxed);
+        stats.refused.fetch_add(refused, Ordering::Relaxed);
+        out.push(ack(accepted, refused));
+        out
+    }
+
+    /// Publishes a frame's good ticks as one batch; returns how many the bus took, with
+    /// an `unavailable` error for each of the others (whose `last` is put back).
+    fn publish_ticks(
+        &mut self,
+        good: Vec<Tick>,
+        placed: Vec<(usize, Option<Position>)>,
+        errors: &mut Vec<(usize, Reply<'static>)>,
+    ) -> u64 {
         let names: Vec<(Symbol, u64)> = good.iter().map(|t| (t.symbol.clone(), t.seq)).collect();
-        let accepted = match self.bus.publish_batch(good) {
-            Ok(()) => names.len(),
+        match self.bus.publish_batch(good) {
+            Ok(()) => names.len() as u64,
             Err(e) => {
                 let why = e.error.to_string();
                 for k in (e.published..names.len()).rev() {
@@ -193,6 +248,7 @@ impl<'a> Checker<'a> {
                         None => self.last.remove(symbol),
                     };
                     let r = Refused {
+                        kind: "tick",
                         index,
                         symbol: Some(symbol.to_string()),
                         seq: Some(*seq),
@@ -200,21 +256,138 @@ impl<'a> Checker<'a> {
                         why: why.clone(),
                     };
                     errors.push((index, tick_error(r)));
-                    refused += 1;
                 }
-                e.published
+                e.published as u64
             }
-        } as u64;
-        errors.sort_by_key(|(index, _)| *index);
-        let mut out: Vec<Reply<'static>> = errors.into_iter().map(|(_, r)| r).collect();
-        stats.accepted.fetch_add(accepted, Ordering::Relaxed);
-        stats.refused.fetch_add(refused, Ordering::Relaxed);
-        out.push(ack(accepted, refused));
-        out
+        }
     }
 
+    /// Publishes a frame's good book messages in order; returns how many the bus took,
+    /// with an `unavailable` error for each of the others (their symbols' books are
+    /// forgotten: the publisher sends a whole `book` again).
+    fn publish_books(
+        &mut self,
+        good: Vec<(usize, BookMsg)>,
+        errors: &mut Vec<(usize, Reply<'static>)>,
+    ) -> u64 {
+        let names: Vec<(usize, Symbol, u64, bool)> = good
+            .iter()
+            .map(|(i, m)| (*i, m.symbol.clone(), m.seq, m.prev_seq.is_some()))
+            .collect();
+        let msgs = good.into_iter().map(|(_, m)| m).collect();
+        match self.bus.publish_books(msgs) {
+            Ok(()) => names.len() as u64,
+            Err(e) => {
+                let why = e.error.to_string();
+                for (index, symbol, seq, update) in &names[e.published..] {
+                    self.books.remove(symbol);
+                    let r = Refused {
+                        kind: if *update { "book_update" } else { "book" },
+                        index: *index,
+                        symbol: Some(symbol.to_string()),
+                        seq: Some(*seq),
+                        code: "unavailable",
+                        why: why.clone(),
+                    };
+                    errors.push((*index, tick_error(r)));
+                }
+                e.published as u64
+            }
+        }
+    }
+
+    /// Checks the book message at `index` of a frame and applies it to the book this
+    /// connection holds of its symbol: `Ok` to publish it, else where and why it is
+    /// refused (with the book held unchanged).
+    fn check_book(
+        &mut self,
+        index: usize,
+        kind: &'static str,
+        item: Value,
+    ) -> Result<BookMsg, Refused> {
+        let Value::Object(obj) = item else {
+            unreachable!("a book message is an object");
+        };
+        let r = Refused {
+            kind,
+            index,
+            symbol: obj.get("symbol").and_then(Value::as_str).map(str::to_owned),
+            seq: obj.get("seq").and_then(Value::as_u64),
+            code: "bad_book",
+            why: String::new(),
+        };
+        let refuse = |(code, why): Fault| Refused {
+            code,
+            why,
+            ..r.clone()
+        };
+        let symbol = self.symbol(&obj).map_err(refuse)?;
+        let books = self.hub.books();
+        let Some(spec) = books.spec(&symbol) else {
+            return Err(refuse((
+                "unknown_symbol",
+                format!("no book of {symbol} is served here"),
+            )));
+        };
+        let epoch = self.epoch(&obj).map_err(|why| refuse(("bad_book", why)))?;
+        let max = books.settings().max_levels;
+        let msg = crate::book::json::from_object(&obj, symbol, epoch, spec)
+            .and_then(|m| m.check(max).map(|()| m))
+            .map_err(|why| refuse(("bad_book", why)))?;
+        self.take_book(&msg, max)
+            .map_err(|why| refuse(("bad_book", why)))?;
+        Ok(msg)
+    }
+
+    /// Applies `msg` to the book this connection holds of its symbol (at first, the
+    /// node's own, so that a publisher may go on from where a previous connection
+    /// left off): a whole book newer than what is held replaces it; an update must
+    /// follow it. On error nothing changes.
+    fn take_book(&mut self, msg: &BookMsg, max: usize) -> Result<(), String> {
+        if !self.books.contains_key(&msg.symbol) {
+            if let Some(b) = self.hub.books().current(&msg.symbol) {
+                self.books.insert(msg.symbol.clone(), b);
+            }
+        }
+        let held = self.books.get_mut(&msg.symbol);
+        if let Some(b) = held
+            .as_ref()
+            .filter(|b| *b.epoch == *msg.epoch && msg.seq <= b.seq)
+        {
+            return Err(format!(
+                "seq {} is not above {}, the last accepted for epoch {}",
+                msg.seq, b.seq, b.epoch
+            ));
+        }
+        match (held, msg.prev_seq) {
+            (Some(b), Some(_)) => b.apply(msg, max).map(drop),
+            (None, Some(prev)) => Err(format!(
+                "prev_seq {prev} does not follow: no book of {} is held; send a whole book first",
+                msg.symbol
+            )),
+            (held, None) => {
+                let mut fresh = Book::from_msg(&BookMsg {
+                    bids: Vec::new(),
+                    asks: Vec::new(),
+                    ..msg.clone()
+                });
+                fresh.apply(msg, max)?;
+                match held {
+                    Some(b) => *b = fresh,
+                    None => {
+                        self.books.insert(msg.symbol.clone(), fresh);
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Checks the tick at `index` of a frame: `Ok` to publish it, else where and why it
+    /// is refused.
     fn check(&self, index: usize, item: Value) -> Result<Tick, Refused> {
         let mut r = Refused {
+            kind: "tick",
             index,
             symbol: None,
             seq: None,
@@ -227,138 +400,165 @@ impl<'a> Checker<'a> {
         };
         r.symbol = obj.get("symbol").and_then(Value::as_str).map(str::to_owned);
         r.seq = obj.get("seq").and_then(Value::as_u64);
-        let fail = |mut r: Refused, code: &'static str, why: String| {
-            r.code = code;
-            r.why = why;
-            Err(r)
-        };
+        self.tick_of(&mut obj)
+            .map_err(|(code, why)| Refused { code, why, ..r })
+    }
+
+    /// The tick object `obj` holds, checked in turn: its type, its symbol, its epoch,
+    /// its fields, their sense, and its seq against the last accepted.
+    fn tick_of(&self, obj: &mut Map<String, Value>) -> Result<Tick, Fault> {
         match obj.remove("type") {
             None => {}
             Some(Value::String(t)) if t == "tick" => {}
-            Some(other) => {
-                return fail(
-                    r,
-                    "bad_tick",
-                    format!("type must be \"tick\", found {other}"),
-                )
-            }
+            Some(other) => return Err(bad(format!("type must be \"tick\", found {other}"))),
         }
-        let symbol = match obj.get("symbol") {
-            None => return fail(r, "bad_tick", "missing field symbol".into()),
-            Some(Value::String(s)) => s.clone(),
-            Some(other) => {
-                return fail(
-                    r,
-                    "bad_tick",
-                    format!("symbol must be a string, found {other}"),
-                )
-            }
-        };
-        if !valid_symbol(&symbol) {
-            return fail(r, "bad_symbol", format!("malformed symbol {symbol:?}"));
-        }
-        let Some(symbol) = self.hub.symbol(&symbol) else {
-            return fail(r, "unknown_symbol", format!("{symbol} is not served here"));
-        };
-        if self.claims.as_ref().is_some_and(|c| !c.allows(&symbol)) {
-            return fail(
-                r,
-                "forbidden",
-                format!("the token does not allow publishing {symbol}"),
-            );
-        }
-        let epoch: Arc<str> = match obj.get("epoch") {
-            None => self.epoch.clone(),
-            Some(Value::String(e)) if !e.is_empty() && e.len() <= 64 => e.as_str().into(),
-            Some(other) => {
-                return fail(
-                    r,
-                    "bad_tick",
-                    format!("epoch must be a string of 1 to 64 characters, found {other}"),
-                )
-            }
-        };
-        let int = |name: &str| -> Result<u64, String> {
-            match obj.get(name) {
-                None => Err(format!("missing field {name}")),
-                Some(v) => v
-                    .as_u64()
-                    .ok_or_else(|| format!("{name} must be a non-negative integer, found {v}")),
-            }
-        };
-        let price = |name: &str| -> Result<f64, String> {
-            match obj.get(name) {
-                None => Err(format!("missing field {name}")),
-                Some(v) => match v.as_f64() {
-                    Some(p) if v.is_number() && p.is_finite() && p > 0.0 => Ok(p),
-                    _ => Err(format!("{name} must be a positive number, found {v}")),
-                },
-            }
-        };
-        let fields = (|| {
-            Ok::<_, String>(Tick {
-                symbol: symbol.clone(),
-                epoch: epoch.clone(),
-                seq: int("seq")?,
-                ts: int("ts")?,
-                bid: price("bid")?,
-                ask: price("ask")?,
-                bid_size: int("bid_size")?,
-                ask_size: int("ask_size")?,
-                last: price("last")?,
-                last_size: int("last_size")?,
-                volume: int("volume")?,
-                src_ts: match obj.get("src_ts") {
-                    None | Some(Value::Null) => None,
-                    Some(_) => Some(int("src_ts")?),
-                },
-            })
-        })();
-        let tick = match fields {
-            Ok(t) => t,
-            Err(why) => return fail(r, "bad_tick", why),
-        };
+        let symbol = self.symbol(obj)?;
+        let epoch = self.epoch(obj).map_err(bad)?;
+        let tick = fields(obj, symbol, epoch).map_err(bad)?;
         if tick.seq == 0 {
-            return fail(r, "bad_tick", "seq must start at 1".into());
+            return Err(bad("seq must start at 1".into()));
         }
         if tick.bid > tick.ask {
-            return fail(
-                r,
-                "bad_tick",
-                format!("bid {} is above ask {}", tick.bid, tick.ask),
-            );
+            return Err(bad(format!("bid {} is above ask {}", tick.bid, tick.ask)));
         }
+        self.rises(&tick).map_err(bad)?;
+        Ok(tick)
+    }
+
+    /// The tick's symbol: a well-formed one this node serves and the token allows.
+    fn symbol(&self, obj: &Map<String, Value>) -> Result<Symbol, Fault> {
+        let symbol = match obj.get("symbol") {
+            None => return Err(bad("missing field symbol".into())),
+            Some(Value::String(s)) => s,
+            Some(other) => return Err(bad(format!("symbol must be a string, found {other}"))),
+        };
+        if !valid_symbol(symbol) {
+            return Err(("bad_symbol", format!("malformed symbol {symbol:?}")));
+        }
+        let Some(symbol) = self.hub.symbol(symbol) else {
+            return Err(("unknown_symbol", format!("{symbol} is not served here")));
+        };
+        if self.claims.as_ref().is_some_and(|c| !c.allows(&symbol)) {
+            return Err((
+                "forbidden",
+                format!("the token does not allow publishing {symbol}"),
+            ));
+        }
+        Ok(symbol)
+    }
+
+    /// The tick's epoch: its own, or the connection's when it has none.
+    fn epoch(&self, obj: &Map<String, Value>) -> Result<Arc<str>, String> {
+        match obj.get("epoch") {
+            None => Ok(self.epoch.clone()),
+            Some(Value::String(e)) if !e.is_empty() && e.len() <= 64 => Ok(e.as_str().into()),
+            Some(other) => Err(format!(
+                "epoch must be a string of 1 to 64 characters, found {other}"
+            )),
+        }
+    }
+
+    /// Whether the tick's seq rises above the last one held for its symbol and epoch,
+    /// by the hub or by this connection.
+    fn rises(&self, tick: &Tick) -> Result<(), String> {
         let mut held = self
             .hub
-            .latest(&symbol)
-            .filter(|e| e.tick.epoch == epoch)
+            .latest(&tick.symbol)
+            .filter(|e| e.tick.epoch == tick.epoch)
             .map_or(0, |e| e.tick.seq);
-        if let Some((e, s)) = self.last.get(&symbol) {
-            if *e == epoch {
+        if let Some((e, s)) = self.last.get(&tick.symbol) {
+            if *e == tick.epoch {
                 held = held.max(*s);
             }
         }
         if tick.seq <= held {
-            return fail(
-                r,
-                "bad_tick",
-                format!(
-                    "seq {} is not above {held}, the last accepted for epoch {epoch}",
-                    tick.seq
-                ),
-            );
+            return Err(format!(
+                "seq {} is not above {held}, the last accepted for epoch {}",
+                tick.seq, tick.epoch
+            ));
         }
-        Ok(tick)
+        Ok(())
+    }
+}
+
+/// Why a tick is refused: the error code, and the reason in words.
+type Fault = (&'static str, String);
+
+/// A `bad_tick` refusal for `why`.
+fn bad(why: String) -> Fault {
+    ("bad_tick", why)
+}
+
+/// The tick of `symbol` and `epoch` whose fields `obj` holds, or the first field
+/// missing or mistyped.
+fn fields(obj: &Map<String, Value>, symbol: Symbol, epoch: Arc<str>) -> Result<Tick, String> {
+    Ok(Tick {
+        symbol,
+        epoch,
+        seq: int(obj, "seq")?,
+        ts: int(obj, "ts")?,
+        bid: price(obj, "bid")?,
+        ask: price(obj, "ask")?,
+        bid_size: int(obj, "bid_size")?,
+        ask_size: int(obj, "ask_size")?,
+        last: price(obj, "last")?,
+        last_size: int(obj, "last_size")?,
+        volume: int(obj, "volume")?,
+        src_ts: match obj.get("src_ts") {
+            None | Some(Value::Null) => None,
+            Some(_) => Some(int(obj, "src_ts")?),
+        },
+    })
+}
+
+/// Field `name` of `obj` as a non-negative integer.
+fn int(obj: &Map<String, Value>, name: &str) -> Result<u64, String> {
+    match obj.get(name) {
+        None => Err(format!("missing field {name}")),
+        Some(v) => v
+            .as_u64()
+            .ok_or_else(|| format!("{name} must be a non-negative integer, found {v}")),
+    }
+}
+
+/// Field `name` of `obj` as a positive, finite price.
+fn price(obj: &Map<String, Value>, name: &str) -> Result<f64, String> {
+    match obj.get(name) {
+        None => Err(format!("missing field {name}")),
+        Some(v) => match v.as_f64() {
+            Some(p) if v.is_number() && p.is_finite() && p > 0.0 => Ok(p),
+            _ => Err(format!("{name} must be a positive number, found {v}")),
+        },
     }
 }
 
 fn describe(r: &Refused) -> String {
+    let (kind, index) = (r.kind, r.index);
     let what = match (&r.symbol, r.seq) {
-        (Some(s), Some(q)) => format!("tick {} of the frame ({s} seq {q})", r.index),
-        (Some(s), None) => format!("tick {} of the frame ({s})", r.index),
-        _ => format!("tick {} of the frame", r.index),
+        (Some(s), Some(q)) => format!("{kind} {index} of the frame ({s} seq {q})"),
+        (Some(s), None) => format!("{kind} {index} of the frame ({s})"),
+        _ => format!("{kind} {index} of the frame"),
     };
     format!("{what}: {}", r.why)
+}
+
+/// The good messages of a frame, to publish at its end.
+#[derive(Default)]
+struct Good {
+    ticks: Vec<Tick>,
+    /// Where each tick was in the frame, and the position it moved `last` from.
+    placed: Vec<(usize, Option<Position>)>,
+    /// Book messages, with where each was in the frame.
+    books: Vec<(usize, BookMsg)>,
+}
+
+/// `book` or `book_update` when `item` is a book message (an object of that `type`).
+fn book_kind(item: &Value) -> Option<&'static str> {
+    match item.get("type").and_then(Value::as_str) {
+        Some("book") => Some("book"),
+        Some("book_update") => Some("book_update"),
+        _ => None,
+    }
 }
 
 /// Checks and publishes the messages `frames`, in order, as one publisher connection

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use crossbeam_channel::Receiver;
-use fastwebsockets::{Frame, OpCode, Payload, WebSocketError};
+use fastwebsockets::{Frame, OpCode, Payload, WebSocketError, WebSocketRead, WebSocketWrite};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
 use crate::bus::{RedisConfig, RedisPublisher};
@@ -94,10 +95,13 @@ pub async fn redis_publisher(cfg: &RedisConfig, feed_id: &str) -> anyhow::Result
     Ok(RedisPublisher::connect(cfg, feed_id).await?)
 }
 
-/// The feed id used in Redis lease keys when none is given: `feed-<host>-<pid>`.
+/// The feed id used in Redis lease keys when none is given: `feed-<host>`, the same
+/// across restarts, so that a feed restarted on its host takes its symbols back at
+/// once. A second feed on the same host needs its own `--feed-id` (it is refused
+/// while the first runs).
 pub fn default_feed_id() -> String {
     let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
-    format!("feed-{}-{}", host.trim(), std::process::id())
+    format!("feed-{}", host.trim())
 }
 
 /// Hands every tick from `rx` to a Redis publisher, waiting for room rather than
@@ -154,6 +158,7 @@ pub fn to_file(rx: Receiver<Tick>, path: &Path, source: &str) -> Result<SinkRepo
     Ok(report)
 }
 
+/// A reply of the node on a publisher connection, or its end.
 enum Event {
     Welcome { idle: Duration },
     Ack { accepted: u64, refused: u64 },
@@ -190,7 +195,7 @@ pub async fn to_node(
         url: url.to_owned(),
         why,
     };
-    let (mut read, mut write) = ws.split(tokio::io::split);
+    let (mut read, write) = ws.split(tokio::io::split);
     read.set_auto_close(false);
     read.set_auto_pong(false);
 
@@ -198,120 +203,181 @@ pub async fn to_node(
     let (batch_tx, mut batches) = mpsc::channel::<Vec<Tick>>(8);
     let bridge = std::thread::Builder::new()
         .name("feed-batch".into())
-        .spawn(move || {
-            while let Ok(first) = rx.recv() {
-                let mut batch = Vec::with_capacity(MAX_FRAME_TICKS);
-                batch.push(first);
-                while batch.len() < MAX_FRAME_TICKS {
-                    match rx.try_recv() {
-                        Ok(t) => batch.push(t),
-                        Err(_) => break,
-                    }
-                }
-                if batch_tx.blocking_send(batch).is_err() {
-                    return;
-                }
-            }
-        })
+        .spawn(move || batch_ticks(&rx, &batch_tx))
         .map_err(|e| lost(format!("cannot start the batching thread: {e}")))?;
-
     let (ev_tx, mut events) = mpsc::unbounded_channel::<Event>();
-    let reader = tokio::spawn(async move {
-        let why = loop {
-            let frame = match read
-                .read_frame::<_, WebSocketError>(&mut |_| std::future::ready(Ok(())))
-                .await
-            {
-                Ok(f) => f,
-                Err(e) => break format!("connection failed: {e}"),
-            };
-            match frame.opcode {
-                OpCode::Close => {
-                    let code = frame
-                        .payload
-                        .get(..2)
-                        .map_or(1005, |b| u16::from_be_bytes([b[0], b[1]]));
-                    let reason = String::from_utf8_lossy(frame.payload.get(2..).unwrap_or(&[]));
-                    break format!("the node closed the connection ({code} {reason})");
-                }
-                OpCode::Text => {
-                    for ev in parse_replies(&frame.payload) {
-                        if ev_tx.send(ev).is_err() {
-                            return;
-                        }
-                    }
-                }
-                _ => {}
-            }
-        };
-        let _ = ev_tx.send(Event::Closed(why));
-    });
+    let reader = tokio::spawn(read_replies(read, ev_tx));
 
-    let mut report = SinkReport::default();
-    let mut frames = 0u64;
-    let mut acked = 0u64;
-    let mut keepalive = tokio::time::interval(KEEPALIVE);
-    keepalive.tick().await;
-    let mut feeding = true;
-    let result: Result<(), PublishError> = loop {
-        if !feeding && acked >= frames {
-            break Ok(());
-        }
-        tokio::select! {
-            b = batches.recv(), if feeding => match b {
-                Some(batch) => {
-                    let bytes = encode_frame(&batch);
-                    if let Err(e) = write.write_frame(Frame::text(Payload::Borrowed(&bytes))).await {
-                        break Err(lost(format!("sending failed: {e}")));
-                    }
-                    frames += 1;
-                    report.sent += batch.len() as u64;
-                    keepalive.reset();
-                }
-                None => feeding = false,
-            },
-            ev = events.recv() => match ev {
-                Some(Event::Welcome { idle }) => {
-                    let every = (idle / 4).clamp(Duration::from_millis(20), KEEPALIVE);
-                    keepalive = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-                }
-                Some(Event::Ack { accepted, refused }) => {
-                    acked += 1;
-                    report.accepted += accepted;
-                    report.refused += refused;
-                }
-                Some(Event::Refused(text)) => {
-                    if report.errors.len() < KEPT_ERRORS {
-                        report.errors.push(text);
-                    }
-                }
-                Some(Event::Closed(why)) => break Err(lost(why)),
-                None => break Err(lost("the connection ended".into())),
-            },
-            _ = keepalive.tick(), if feeding => {
-                let ping = Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[]));
-                if let Err(e) = write.write_frame(ping).await {
-                    break Err(lost(format!("sending failed: {e}")));
-                }
-            }
-            _ = tokio::time::sleep(ACK_WAIT), if !feeding => {
-                break Err(lost(format!(
-                    "{} of {frames} frames not acknowledged within {ACK_WAIT:?}",
-                    frames - acked
-                )));
-            }
-        }
-    };
+    let mut sending = Sending::new(write).await;
+    let result = sending.run(&mut batches, &mut events).await.map_err(lost);
     // Dropping the batch receiver ends the bridge thread, which drops the feed's receiver.
     drop(batches);
     if result.is_ok() {
-        let _ = write
+        let _ = sending
+            .write
             .write_frame(Frame::close(1000, b"feed finished"))
             .await;
     }
     reader.abort();
     let _ = tokio::task::spawn_blocking(move || bridge.join()).await;
-    result.map(|()| report)
+    result.map(|()| sending.report)
+}
+
+/// Gathers the feed's ticks from `rx` into batches of at most [`MAX_FRAME_TICKS`]
+/// (what is there when the first arrives) and hands them to `tx`, until either side
+/// is gone.
+fn batch_ticks(rx: &Receiver<Tick>, tx: &mpsc::Sender<Vec<Tick>>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = Vec::with_capacity(MAX_FRAME_TICKS);
+        batch.push(first);
+        while batch.len() < MAX_FRAME_TICKS {
+            match rx.try_recv() {
+                Ok(t) => batch.push(t),
+                Err(_) => break,
+            }
+        }
+        if tx.blocking_send(batch).is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads the node's frames and passes on its replies as events, ending with
+/// [`Event::Closed`] when the node closes or the connection fails.
+async fn read_replies<S>(mut read: WebSocketRead<S>, events: mpsc::UnboundedSender<Event>)
+where
+    S: AsyncRead + Unpin,
+{
+    let why = loop {
+        let frame = match read
+            .read_frame::<_, WebSocketError>(&mut |_| std::future::ready(Ok(())))
+            .await
+        {
+            Ok(f) => f,
+            Err(e) => break format!("connection failed: {e}"),
+        };
+        match frame.opcode {
+            OpCode::Close => {
+                let code = frame
+                    .payload
+                    .get(..2)
+                    .map_or(1005, |b| u16::from_be_bytes([b[0], b[1]]));
+                let reason = String::from_utf8_lossy(frame.payload.get(2..).unwrap_or(&[]));
+                break format!("the node closed the connection ({code} {reason})");
+            }
+            OpCode::Text => {
+                for ev in parse_replies(&frame.payload) {
+                    if events.send(ev).is_err() {
+                        return;
+                    }
+                }
+            }
+            _ => {}
+        }
+    };
+    let _ = events.send(Event::Closed(why));
+}
+
+/// The sending side of a publisher connection, and what has become of what it sent.
+struct Sending<S> {
+    write: WebSocketWrite<S>,
+    report: SinkReport,
+    /// Frames sent.
+    frames: u64,
+    /// Frames the node has acknowledged.
+    acked: u64,
+    /// When to ping an idle connection.
+    keepalive: tokio::time::Interval,
+}
+
+impl<S: AsyncWrite + Unpin> Sending<S> {
+    async fn new(write: WebSocketWrite<S>) -> Sending<S> {
+        let mut keepalive = tokio::time::interval(KEEPALIVE);
+        keepalive.tick().await;
+        Sending {
+            write,
+            report: SinkReport::default(),
+            frames: 0,
+            acked: 0,
+            keepalive,
+        }
+    }
+
+    /// Sends every batch from `batches` and takes the node's replies from `events`
+    /// until the feed has ended and every frame is acknowledged; `Err` says why the
+    /// connection was lost.
+    async fn run(
+        &mut self,
+        batches: &mut mpsc::Receiver<Vec<Tick>>,
+        events: &mut mpsc::UnboundedReceiver<Event>,
+    ) -> Result<(), String> {
+        let mut feeding = true;
+        loop {
+            if !feeding && self.acked >= self.frames {
+                return Ok(());
+            }
+            tokio::select! {
+                b = batches.recv(), if feeding => match b {
+                    Some(batch) => self.send(&batch).await?,
+                    None => feeding = false,
+                },
+                ev = events.recv() => match ev {
+                    Some(ev) => self.take(ev)?,
+                    None => return Err("the connection ended".into()),
+                },
+                _ = self.keepalive.tick(), if feeding => {
+                    let ping = Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[]));
+                    self.write
+                        .write_frame(ping)
+                        .await
+                        .map_err(|e| format!("sending failed: {e}"))?;
+                }
+                _ = tokio::time::sleep(ACK_WAIT), if !feeding => {
+                    return Err(format!(
+                        "{} of {} frames not acknowledged within {ACK_WAIT:?}",
+                        self.frames - self.acked,
+                        self.frames,
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Sends `batch` as one frame.
+    async fn send(&mut self, batch: &[Tick]) -> Result<(), String> {
+        let bytes = encode_frame(batch);
+        self.write
+            .write_frame(Frame::text(Payload::Borrowed(&bytes)))
+            .await
+            .map_err(|e| format!("sending failed: {e}"))?;
+        self.frames += 1;
+        self.report.sent += batch.len() as u64;
+        self.keepalive.reset();
+        Ok(())
+    }
+
+    /// Takes one reply of the node; `Err` when it says the connection is gone.
+    fn take(&mut self, ev: Event) -> Result<(), String> {
+        match ev {
+            Event::Welcome { idle } => {
+                let every = (idle / 4).clamp(Duration::from_millis(20), KEEPALIVE);
+                self.keepalive =
+                    tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            }
+            Event::Ack { accepted, refused } => {
+                self.acked += 1;
+                self.report.accepted += accepted;
+                self.report.refused += refused;
+            }
+            Event::Refused(text) => {
+                if self.report.errors.len() < KEPT_ERRORS {
+                    self.report.errors.push(text);
+                }
+            }
+            Event::Closed(why) => return Err(why),
+        }
+        Ok(())
+    }
 }
 
 /// Reads the node's replies in one frame: `published` acknowledgements and `error`s.

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::{ReplayConfig, SynthConfig, Universe};
+use crate::book::BookMsg;
 use crate::bus::Bus;
 use crate::hub::Hub;
 use crate::tick::Tick;
@@ -68,15 +69,31 @@ pub enum RunningFeed {
 
 impl RunningFeed {
     /// Starts the synthetic generator over `universe` on the current runtime, publishing
-    /// each batch on `bus` as it is made.
+    /// each batch on `bus` as it is made (with its book messages, when `config.books`
+    /// and the bus carries books).
     pub fn synthetic(universe: Universe, config: SynthConfig, bus: Arc<dyn Bus>) -> RunningFeed {
         let epoch = crate::tick::new_epoch();
+        // Books only where the bus carries them.
+        let config = SynthConfig {
+            books: config.books && bus.carries_books(),
+            ..config
+        };
+        let symbols: Vec<crate::tick::Symbol> = universe.symbols().cloned().collect();
         RunningFeed::Task(tokio::spawn(async move {
-            let publish = move |batch: Vec<Tick>| hand_over(&*bus, batch);
+            let to = bus.clone();
+            let publish = move |batch: Vec<Tick>, books: Vec<BookMsg>| {
+                // The book first: a quote is read off the book after its update.
+                if let Err(e) = to.publish_books(books) {
+                    tracing::warn!(error = %e, "publishing books failed");
+                }
+                hand_over(&*to, batch)
+            };
             match super::synthetic::run_on_runtime(universe, config, epoch, publish).await {
                 Ok(sent) => tracing::info!(sent, "synthetic feed ended"),
                 Err(e) => tracing::error!(error = %e, "synthetic feed stopped: no timer"),
             }
+            // Its symbols have no source any more.
+            bus.sources_lost(&symbols);
         }))
     }
 
@@ -135,7 +152,9 @@ impl FeedThreads {
 
 /// Hands every batch a feed thread produces to the bus, in order, until the feed ends;
 /// batches that queued up meanwhile go as one.
+/// When the feed ends, the symbols it published are lost ([`Bus::sources_lost`]).
 pub fn pump(rx: crossbeam_channel::Receiver<Vec<Tick>>, bus: Arc<dyn Bus>) {
+    let mut published: std::collections::HashSet<crate::tick::Symbol> = Default::default();
     while let Ok(mut batch) = rx.recv() {
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -143,8 +162,15 @@ pub fn pump(rx: crossbeam_channel::Receiver<Vec<Tick>>, bus: Arc<dyn Bus>) {
                 Err(_) => break,
             }
         }
+        for t in &batch {
+            if !published.contains(&t.symbol) {
+                published.insert(t.symbol.clone());
+            }
+        }
         hand_over(&*bus, batch);
     }
+    let gone: Vec<crate::tick::Symbol> = published.into_iter().collect();
+    bus.sources_lost(&gone);
 }
 
 /// Publishes one batch of a feed inside the node on `bus`, counting what was ingested.

@@ -28,6 +28,13 @@
 //! accumulates its size. Sizes are whole units: equities in round lots of 100 (trades
 //! also in odd lots), FX in multiples of 100,000, crypto in whole coins scaled to a
 //! notional.
+//!
+//! **Books.** Each symbol keeps an L2 book ([`ladder`]): the walk's bid and ask set its
+//! touch, a few levels near it change with every tick, and the quote's `bid`, `ask`,
+//! `bid_size` and `ask_size` are the book's best levels after the tick. A generator
+//! made [`Generator::with_books`] also hands out the book's messages: a `book` per
+//! symbol first, then a `book_update` per tick with the levels it changed
+//! ([`Generator::take_books`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -38,9 +45,15 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
+mod ladder;
+
 use super::universe::{AssetClass, Instrument, Universe};
 use super::Sink;
+use crate::book::{BookMsg, Levels, Side};
 use crate::tick::{now_ns, Symbol, Tick};
+use ladder::{Ladder, Shape};
+
+pub use ladder::{LEVELS as BOOK_LEVELS, MAX_LEVELS as BOOK_MAX_LEVELS};
 
 /// Simulated ticks per second of the whole universe that per-tick time steps assume.
 pub const NOMINAL_RATE: f64 = 1000.0;
@@ -85,6 +98,9 @@ pub struct SynthConfig {
     /// (ticks are still stamped when produced). Zero hands over each tick when it is
     /// due. Default: [`DEFAULT_BATCH`] (500 µs).
     pub batch: Duration,
+    /// Hand out the books' messages too (see [`Generator::with_books`]); the books are
+    /// kept either way, since the quotes are read off them. Default: false.
+    pub books: bool,
 }
 
 impl Default for SynthConfig {
@@ -94,6 +110,7 @@ impl Default for SynthConfig {
             seed: 1,
             duration: None,
             batch: DEFAULT_BATCH,
+            books: false,
         }
     }
 }
@@ -119,6 +136,11 @@ struct State {
     coin_units: f64,
     seq: u64,
     volume: u64,
+    /// How its book's levels are drawn.
+    shape: Shape,
+    /// Its book, and the seq of its last book message.
+    ladder: Ladder,
+    book_seq: u64,
 }
 
 impl State {
@@ -138,6 +160,20 @@ impl State {
             AssetClass::Crypto => 0.3 + 8.0 * illiquid,
         };
         let floor_log = (FLOOR_TICKS / scale).ln();
+        let shape = match inst.class {
+            AssetClass::Equity => Shape {
+                lot: 100,
+                lots: 2.0 + 18.0 * liquidity,
+            },
+            AssetClass::Fx => Shape {
+                lot: 100_000,
+                lots: 5.0 + 45.0 * liquidity,
+            },
+            AssetClass::Crypto => Shape {
+                lot: 1,
+                lots: ((20_000.0 + 480_000.0 * liquidity) / inst.price).max(1.0),
+            },
+        };
         State {
             symbol: inst.symbol.clone(),
             class: inst.class,
@@ -150,6 +186,34 @@ impl State {
             coin_units: ((20_000.0 + 480_000.0 * liquidity) / inst.price).max(1.0),
             seq: 0,
             volume: 0,
+            shape,
+            ladder: Ladder::default(),
+            book_seq: 0,
+        }
+    }
+
+    /// The bid and ask, in ticks, of a quote around the current mid `width` (relative)
+    /// wide: at least a tick, at most a twentieth of the price.
+    fn quote(&self, width: f64) -> (i64, i64) {
+        let mid = self.log_price.exp();
+        let mid_ticks = (mid * self.scale).round() as i64;
+        let spread = ((mid * width * self.scale).round() as i64).clamp(1, (mid_ticks / 20).max(1));
+        let bid = (mid_ticks - spread / 2).max(1);
+        (bid, bid + spread)
+    }
+
+    /// Its book as a whole-book message of `seq`, stamped `ts`.
+    fn book_msg(&self, epoch: &Arc<str>, ts: u64) -> BookMsg {
+        let l = &self.ladder.levels;
+        BookMsg {
+            symbol: self.symbol.clone(),
+            epoch: epoch.clone(),
+            seq: self.book_seq,
+            prev_seq: None,
+            ts,
+            bids: l.side(Side::Bid).to_vec(),
+            asks: l.side(Side::Ask).to_vec(),
+            checksum: None,
         }
     }
 
@@ -208,6 +272,9 @@ pub struct Generator {
     table: AliasTable,
     rng: ChaCha8Rng,
     epoch: Arc<str>,
+    /// The book messages made since the last [`Generator::take_books`], when they are
+    /// handed out.
+    books: Option<Vec<BookMsg>>,
 }
 
 impl Generator {
@@ -220,6 +287,7 @@ impl Generator {
         let lo = weights.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = weights.iter().copied().fold(0.0, f64::max);
         let span = (hi / lo).ln();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let states = instruments
             .iter()
             .map(|inst| {
@@ -228,15 +296,49 @@ impl Generator {
                 } else {
                     1.0
                 };
-                State::new(inst, total, liquidity)
+                let mut st = State::new(inst, total, liquidity);
+                let (bid, ask) = st.quote(st.spread);
+                st.ladder = Ladder::new(bid as u64, ask as u64, st.shape, &mut rng);
+                st.book_seq = 1;
+                st
             })
             .collect();
         Generator {
             states,
             table: AliasTable::new(&weights),
-            rng: ChaCha8Rng::seed_from_u64(seed),
+            rng,
             epoch,
+            books: None,
         }
+    }
+
+    /// This generator handing out its books' messages: first a `book` of every symbol
+    /// (seq 1), then a `book_update` per tick ([`Generator::take_books`]).
+    pub fn with_books(mut self) -> Generator {
+        let ts = now_ns();
+        let epoch = self.epoch.clone();
+        self.books = Some(
+            self.states
+                .iter()
+                .map(|st| st.book_msg(&epoch, ts))
+                .collect(),
+        );
+        self
+    }
+
+    /// The book messages made since the last call, in order (none unless
+    /// [`Generator::with_books`]).
+    pub fn take_books(&mut self) -> Vec<BookMsg> {
+        match &mut self.books {
+            Some(b) => std::mem::take(b),
+            None => Vec::new(),
+        }
+    }
+
+    /// The current book of `symbol` and the seq of its last message.
+    pub fn book(&self, symbol: &str) -> Option<(u64, &Levels)> {
+        let st = self.states.iter().find(|s| &*s.symbol == symbol)?;
+        Some((st.book_seq, &st.ladder.levels))
     }
 
     /// The epoch every tick of this generator carries.
@@ -260,16 +362,27 @@ impl Generator {
         if st.log_price < st.floor_log {
             st.log_price = 2.0 * st.floor_log - st.log_price;
         }
-        let mid = st.log_price.exp();
-        let mid_ticks = (mid * st.scale).round() as i64;
-
         let mut width = st.spread * rng.random_range(0.6..1.4);
         if rng.random::<f64>() < 0.03 {
             width *= rng.random_range(2.0..4.0);
         }
-        let spread = ((mid * width * st.scale).round() as i64).clamp(1, (mid_ticks / 20).max(1));
-        let bid = (mid_ticks - spread / 2).max(1);
-        let ask = bid + spread;
+        let (bid, ask) = st.quote(width);
+        let (bids, asks) = st.ladder.step(bid as u64, ask as u64, st.shape, rng);
+        st.book_seq += 1;
+        if let Some(books) = &mut self.books {
+            books.push(BookMsg {
+                symbol: st.symbol.clone(),
+                epoch: self.epoch.clone(),
+                seq: st.book_seq,
+                prev_seq: Some(st.book_seq - 1),
+                ts,
+                bids,
+                asks,
+                checksum: None,
+            });
+        }
+        let size_at = |side| st.ladder.levels.best(side).map_or(0, |l| l.size);
+        let (bid_size, ask_size) = (size_at(Side::Bid), size_at(Side::Ask));
 
         let side: f64 = rng.random();
         let last = if side < 0.45 {
@@ -281,32 +394,16 @@ impl Generator {
         };
 
         let l = st.liquidity;
-        let (bid_size, ask_size, last_size) = match st.class {
+        let last_size = match st.class {
             AssetClass::Equity => {
-                let mean = 2.0 + 18.0 * l;
-                let bid_size = 100 * (1 + geometric(rng, mean));
-                let ask_size = 100 * (1 + geometric(rng, mean));
-                let last_size = if rng.random::<f64>() < 0.35 {
+                if rng.random::<f64>() < 0.35 {
                     rng.random_range(1..=99)
                 } else {
                     100 * (1 + geometric(rng, 1.0 + 4.0 * l))
-                };
-                (bid_size, ask_size, last_size)
+                }
             }
-            AssetClass::Fx => {
-                let mean = 5.0 + 45.0 * l;
-                let bid_size = 100_000 * (1 + geometric(rng, mean));
-                let ask_size = 100_000 * (1 + geometric(rng, mean));
-                let last_size = 100_000 * (1 + geometric(rng, 2.0 + 10.0 * l));
-                (bid_size, ask_size, last_size)
-            }
-            AssetClass::Crypto => {
-                let units = st.coin_units;
-                let bid_size = 1 + geometric(rng, units);
-                let ask_size = 1 + geometric(rng, units);
-                let last_size = 1 + geometric(rng, units / 4.0);
-                (bid_size, ask_size, last_size)
-            }
+            AssetClass::Fx => 100_000 * (1 + geometric(rng, 2.0 + 10.0 * l)),
+            AssetClass::Crypto => 1 + geometric(rng, st.coin_units / 4.0),
         };
 
         st.seq += 1;
@@ -398,7 +495,8 @@ fn run(
 }
 
 /// Runs the synthetic feed as a task on the node's runtime, handing each batch straight
-/// to `publish` (which must not block). Paced like [`spawn`], but it sleeps on a
+/// to `publish` (which must not block) with the book messages made for it (none unless
+/// `config.books`: a `book` per symbol with the first batch, then one update per tick). Paced like [`spawn`], but it sleeps on a
 /// timer with microsecond resolution registered with the runtime, so a batch costs no
 /// thread wake-up and no hand-over between threads: the runtime's own thread wakes for
 /// it, and the subscribers it wakes run on that thread next. A batch whose fan-out is
@@ -409,16 +507,20 @@ pub async fn run_on_runtime(
     universe: Universe,
     config: SynthConfig,
     epoch: Arc<str>,
-    mut publish: impl FnMut(Vec<Tick>),
+    mut publish: impl FnMut(Vec<Tick>, Vec<BookMsg>),
 ) -> std::io::Result<u64> {
     let mut generator = Generator::new(&universe, config.seed, epoch);
+    if config.books {
+        generator = generator.with_books();
+    }
     let mut pacer = Pacer::new(&config);
     let mut timer = FineTimer::new()?;
     pacer.started(&universe, &generator);
     loop {
         match pacer.step() {
             Step::Emit(n) => {
-                publish(generator.batch(n));
+                let ticks = generator.batch(n);
+                publish(ticks, generator.take_books());
                 pacer.sent += n;
                 // The next burst follows at once: it must not hold the runtime's thread.
                 // Otherwise the timer's wait lets the woken subscribers run.
@@ -626,7 +728,9 @@ impl Pacer {
         // last batch, at most STEP (so a stop is seen soon).
         let mut wait = STEP;
         if !self.idle {
-            let next = Duration::from_secs_f64((self.slots + 1) as f64 / self.rate)
+            // At a tiny rate the next tick lies past what a Duration holds: never.
+            let next = Duration::try_from_secs_f64((self.slots + 1) as f64 / self.rate)
+                .unwrap_or(Duration::MAX)
                 .max(self.batch_at + self.batch);
             wait = wait.min(next.saturating_sub(elapsed));
         }
@@ -729,6 +833,56 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn quotes_are_the_books_best_levels_and_the_messages_rebuild_the_books() {
+        let universe = small_universe();
+        let mut g = Generator::new(&universe, 7, "e".into()).with_books();
+        let mut books: HashMap<Symbol, crate::book::Book> = HashMap::new();
+        let mut changed = 0usize;
+        for n in 0..20_000 {
+            let t = g.next_tick(n);
+            for m in g.take_books() {
+                m.check(BOOK_MAX_LEVELS).unwrap();
+                match books.get_mut(&m.symbol) {
+                    None => {
+                        assert_eq!((m.seq, m.prev_seq), (1, None));
+                        books.insert(m.symbol.clone(), crate::book::Book::from_msg(&m));
+                    }
+                    Some(b) => {
+                        changed += m.bids.len() + m.asks.len();
+                        b.apply(&m, BOOK_MAX_LEVELS).unwrap();
+                    }
+                }
+            }
+            let (seq, levels) = g.book(&t.symbol).unwrap();
+            let book = &books[&t.symbol];
+            assert_eq!((book.seq, &book.levels), (seq, levels), "{n}");
+            let inst = universe.get(&t.symbol).unwrap();
+            let spec = crate::book::Spec::new(inst.price_decimals() as u8);
+            let best = |side| levels.best(side).unwrap();
+            assert_eq!(spec.price(best(Side::Bid).price), t.bid, "{t:?}");
+            assert_eq!(spec.price(best(Side::Ask).price), t.ask, "{t:?}");
+            assert_eq!(
+                (best(Side::Bid).size, best(Side::Ask).size),
+                (t.bid_size, t.ask_size)
+            );
+            for side in Side::BOTH {
+                let n = levels.side(side).len();
+                assert!(
+                    (50..=BOOK_MAX_LEVELS).contains(&n),
+                    "{} {side:?}: {n} levels",
+                    t.symbol
+                );
+            }
+        }
+        // Updates are small and near the touch: a few levels each.
+        let per_update = changed as f64 / 20_000.0;
+        assert!(
+            (1.0..8.0).contains(&per_update),
+            "{per_update} levels per update"
+        );
     }
 
     #[test]
@@ -873,6 +1027,22 @@ mod tests {
         );
     }
 
+    /// Spawns the generator of `universe` (epoch `e`) into `sink` with a stop flag
+    /// nothing sets: it ends with its duration or its receiver.
+    pub(super) fn spawn_unstopped<S: Sink>(
+        universe: Universe,
+        config: SynthConfig,
+        sink: S,
+    ) -> JoinHandle<u64> {
+        spawn(
+            universe,
+            config,
+            "e".into(),
+            sink,
+            Arc::new(AtomicBool::new(false)),
+        )
+    }
+
     fn small_universe() -> Universe {
         let syms = ["AAPL", "MSFT", "EUR/USD", "BTC-USD"].map(String::from);
         Universe::bundled().filter(&syms).unwrap()
@@ -914,13 +1084,7 @@ mod tests {
             ..SynthConfig::default()
         };
         let t0 = Instant::now();
-        let handle = spawn(
-            small_universe(),
-            config,
-            "e".into(),
-            tx,
-            Arc::new(AtomicBool::new(false)),
-        );
+        let handle = spawn_unstopped(small_universe(), config, tx);
         let sent = handle.join().unwrap();
         let secs = t0.elapsed().as_secs_f64();
         assert_eq!(sent, 2_500);
@@ -940,13 +1104,7 @@ mod tests {
             rate: 20_000.0,
             ..SynthConfig::default()
         };
-        let handle = spawn(
-            small_universe(),
-            config,
-            "e".into(),
-            tx,
-            Arc::new(AtomicBool::new(false)),
-        );
+        let handle = spawn_unstopped(small_universe(), config, tx);
         for _ in 0..100 {
             rx.recv_timeout(Duration::from_secs(5)).unwrap();
         }
@@ -996,15 +1154,9 @@ mod tests {
             duration: Some(Duration::from_millis(50)),
             ..SynthConfig::default()
         };
-        let sent = spawn(
-            small_universe(),
-            config,
-            "e".into(),
-            tx,
-            Arc::new(AtomicBool::new(false)),
-        )
-        .join()
-        .unwrap();
+        let sent = spawn_unstopped(small_universe(), config, tx)
+            .join()
+            .unwrap();
         assert!(sent > 1_000, "unlimited rate sent only {sent}");
         assert_eq!(rx.try_iter().count() as u64, sent);
     }
@@ -1012,6 +1164,7 @@ mod tests {
 
 #[cfg(test)]
 mod batch_tests {
+    use super::tests::spawn_unstopped;
     use super::*;
 
     #[test]
@@ -1023,15 +1176,9 @@ mod batch_tests {
             batch: Duration::from_millis(5),
             ..SynthConfig::default()
         };
-        let sent = spawn(
-            Universe::bundled(),
-            config,
-            "e".into(),
-            tx,
-            Arc::new(AtomicBool::new(false)),
-        )
-        .join()
-        .unwrap();
+        let sent = spawn_unstopped(Universe::bundled(), config, tx)
+            .join()
+            .unwrap();
         assert_eq!(sent, 6_000);
         let batches: Vec<Vec<Tick>> = rx.try_iter().collect();
         assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), 6_000);
@@ -1097,6 +1244,19 @@ mod batch_tests {
         assert_eq!(p.step_at(ms(500.0)), Step::Done);
     }
 
+    #[test]
+    fn the_pacer_waits_at_any_positive_rate() {
+        // A tick every 1e20 s, and one every 1/5e-324 s (infinite): never due, a wait.
+        for rate in [1e-20, f64::MIN_POSITIVE, 5e-324] {
+            let mut p = Pacer::new(&SynthConfig {
+                rate,
+                ..SynthConfig::default()
+            });
+            assert_eq!(p.step_at(ms(1.0)), Step::Wait(STEP), "{rate}");
+            assert_eq!(p.step_at(Duration::from_secs(86_400)), Step::Wait(STEP));
+        }
+    }
+
     /// The in-node feed: a task on the runtime, publishing each batch as it is made.
     #[tokio::test]
     async fn on_the_runtime_it_publishes_everything_in_batches_in_order() {
@@ -1107,9 +1267,11 @@ mod batch_tests {
             ..SynthConfig::default()
         };
         let mut batches: Vec<Vec<Tick>> = Vec::new();
-        let sent = run_on_runtime(Universe::bundled(), config, "e".into(), |b| batches.push(b))
-            .await
-            .unwrap();
+        let sent = run_on_runtime(Universe::bundled(), config, "e".into(), |b, _| {
+            batches.push(b)
+        })
+        .await
+        .unwrap();
         assert_eq!(sent, 6_000);
         assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), 6_000);
         assert!(batches.len() <= 62, "{} batches", batches.len());

@@ -244,6 +244,14 @@ pub struct Universe {
 }
 
 impl Universe {
+    /// Every symbol with how its book's prices are written (its tick size's decimals).
+    pub fn book_specs(&self) -> impl Iterator<Item = (Symbol, crate::book::Spec)> + '_ {
+        self.instruments.iter().map(|i| {
+            let spec = crate::book::Spec::new(i.price_decimals() as u8);
+            (i.symbol.clone(), spec)
+        })
+    }
+
     /// The universe bundled with the binary (`feeds/universe.csv`).
     pub fn bundled() -> Universe {
         Self::parse_from(include_str!("../../feeds/universe.csv"), BUNDLED_ORIGIN)
@@ -449,6 +457,22 @@ mod tests {
         Universe::parse(&format!("{HEAD}{body}")).unwrap_err()
     }
 
+    /// The line and column count of a [`UniverseError::Columns`].
+    fn columns(e: &UniverseError) -> Option<(usize, usize)> {
+        match e {
+            UniverseError::Columns { line, found, .. } => Some((*line, *found)),
+            _ => None,
+        }
+    }
+
+    /// The line and column name of a [`UniverseError::Number`].
+    fn number(e: &UniverseError) -> Option<(usize, &'static str)> {
+        match e {
+            UniverseError::Number { line, column, .. } => Some((*line, *column)),
+            _ => None,
+        }
+    }
+
     #[test]
     fn bundled_universe_is_large_and_valid() {
         let u = Universe::bundled();
@@ -519,77 +543,27 @@ mod tests {
     #[test]
     fn column_count_error_has_line() {
         let e = err("AAPL,equity,1,0.2,1\nMSFT,equity,1,0.2\n");
-        assert!(
-            matches!(
-                e,
-                UniverseError::Columns {
-                    line: 4,
-                    found: 4,
-                    ..
-                }
-            ),
-            "{e:?}"
-        );
+        assert_eq!(columns(&e), Some((4, 4)), "{e:?}");
         assert_eq!(
             e.to_string(),
             "<universe text>:4: expected 5 columns (symbol,class,price,volatility,activity), found 4"
         );
         let e = err("AAPL,equity,1,0.2,1,extra\n");
-        assert!(
-            matches!(
-                e,
-                UniverseError::Columns {
-                    line: 3,
-                    found: 6,
-                    ..
-                }
-            ),
-            "{e:?}"
-        );
+        assert_eq!(columns(&e), Some((3, 6)), "{e:?}");
     }
 
     #[test]
     fn number_error_has_line_and_column() {
         let e = err("AAPL,equity,1x,0.2,1\n");
-        assert!(
-            matches!(
-                e,
-                UniverseError::Number {
-                    line: 3,
-                    column: "price",
-                    ..
-                }
-            ),
-            "{e:?}"
-        );
+        assert_eq!(number(&e), Some((3, "price")), "{e:?}");
         assert_eq!(
             e.to_string(),
             "<universe text>:3: price `1x` is not a number"
         );
         let e = err("AAPL,equity,1,0.2,NaN\n");
-        assert!(
-            matches!(
-                e,
-                UniverseError::Number {
-                    line: 3,
-                    column: "activity",
-                    ..
-                }
-            ),
-            "{e:?}"
-        );
+        assert_eq!(number(&e), Some((3, "activity")), "{e:?}");
         let e = err("AAPL,equity,1,inf,1\n");
-        assert!(
-            matches!(
-                e,
-                UniverseError::Number {
-                    line: 3,
-                    column: "volatility",
-                    ..
-                }
-            ),
-            "{e:?}"
-        );
+        assert_eq!(number(&e), Some((3, "volatility")), "{e:?}");
     }
 
     #[test]
