@@ -15,6 +15,9 @@ use std::sync::Arc;
 use serde::de::{DeserializeSeed, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::hub::candles::bar::Flagged;
+use crate::hub::candles::Bar;
+use crate::protocol::channel::Interval;
 use crate::protocol::{binary, GapReason};
 use crate::tick::{Kind, Symbol, Tick};
 
@@ -41,33 +44,66 @@ pub enum ServerMessage {
         /// The command's id.
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
-        /// The symbols now subscribed.
+        /// The channel, when not `ticks`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        channel: Option<String>,
+        /// The candle interval, when the command named one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        interval: Option<String>,
+        /// The symbols now subscribed: those named, then those the patterns matched.
         symbols: Vec<String>,
+        /// The patterns of the command, when it had some.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        patterns: Option<Vec<String>>,
+        /// The pace, when the command gave one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        throttle_ms: Option<u64>,
     },
     /// Reply to `unsubscribe`.
     Unsubscribed {
         /// The command's id.
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
+        /// The channel, when not `ticks`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        channel: Option<String>,
+        /// The candle interval, when the command named one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        interval: Option<String>,
         /// The symbols dropped.
         symbols: Vec<String>,
+        /// The patterns dropped.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        patterns: Option<Vec<String>>,
     },
     /// Reply to `list`.
     Subscriptions {
         /// The command's id.
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
+        /// The channel, when not `ticks`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        channel: Option<String>,
+        /// The candle interval, when the command named one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        interval: Option<String>,
         /// Every symbol subscribed.
         symbols: Vec<String>,
+        /// Every pattern held.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        patterns: Option<Vec<String>>,
     },
     /// The latest state of a symbol: replaces whatever the client held for it.
     Snapshot(Tick),
-    /// One update.
-    Tick(Tick),
+    /// One update; on a paced subscription it says how many ticks were folded into it.
+    Tick(TickMessage),
     /// Ticks `from..=to` of `symbol` will not be delivered.
     Gap {
         /// The symbol.
         symbol: Symbol,
+        /// The channel, when not `ticks`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        channel: Option<String>,
         /// First missing seq.
         from: u64,
         /// Last missing seq.
@@ -83,6 +119,52 @@ pub enum ServerMessage {
         /// Server time, nanoseconds since the Unix epoch.
         ts: u64,
     },
+    /// Whether a symbol's latest value is current, as the node says: `stale` when it
+    /// knows the symbol's source stopped, `live` when values flow again.
+    Status {
+        /// The symbol.
+        symbol: Symbol,
+        /// Live, or stale and why.
+        #[serde(flatten)]
+        state: SymbolState,
+    },
+    /// The bars a `candles` subscription starts with: up to `backfill` closed bars,
+    /// oldest first, then the forming bar if there is one. Replaces what was held.
+    Candles {
+        /// The symbol.
+        symbol: Symbol,
+        /// The bar length.
+        #[serde(serialize_with = "interval_name")]
+        interval: Interval,
+        /// The bars.
+        bars: Vec<Candle>,
+    },
+    /// The forming bar changed (`closed` false, paced), or a bar ended (`closed` true,
+    /// exactly once per bar).
+    Candle {
+        /// The symbol.
+        symbol: Symbol,
+        /// The bar length.
+        #[serde(serialize_with = "interval_name")]
+        interval: Interval,
+        /// The bar.
+        #[serde(flatten)]
+        candle: Candle,
+    },
+    /// Reply to `report`.
+    Reported {
+        /// The command's id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    /// The server will close this connection (`reason`: `shutdown`, `lifetime`…) and
+    /// keeps streaming for `in_ms` meanwhile: time to open the next one.
+    Reconnect {
+        /// Why, as the server names it.
+        reason: String,
+        /// How long the server keeps streaming, in milliseconds.
+        in_ms: u64,
+    },
     /// A refused command or part of one.
     Error {
         /// The command's id.
@@ -90,6 +172,9 @@ pub enum ServerMessage {
         id: Option<u64>,
         /// The error code, e.g. `unknown_symbol`.
         code: String,
+        /// The channel, when not `ticks`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        channel: Option<String>,
         /// What went wrong.
         message: String,
         /// The symbols concerned.
@@ -105,14 +190,134 @@ impl ServerMessage {
     /// Appends this message as one JSON object (no newline) to `out`.
     pub fn write_json(&self, out: &mut Vec<u8>) {
         match self {
-            ServerMessage::Tick(t) => t.write_json(crate::tick::Kind::Tick, out),
-            ServerMessage::Snapshot(t) => t.write_json(crate::tick::Kind::Snapshot, out),
+            ServerMessage::Tick(t) => t.write_json(out),
+            ServerMessage::Snapshot(t) => t.write_json(Kind::Snapshot, out),
             ServerMessage::Unknown => out.extend_from_slice(br#"{"type":"unknown"}"#),
-            // Strings and integers always serialize.
+            // Strings and numbers always serialize.
             other => {
                 let _ = serde_json::to_writer(out, other);
             }
         }
+    }
+}
+
+/// A `tick` message: the tick, and on a paced subscription (`throttle_ms`) the ticks of
+/// its symbol folded into it since the previous one (`skipped`, so that `seq` − previous
+/// `seq` − 1 = `skipped`). Reads as the [`Tick`] it holds.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TickMessage {
+    /// The tick.
+    #[serde(flatten)]
+    pub tick: Tick,
+    /// Ticks folded into this one by pacing; `None` on an unpaced subscription.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<u64>,
+}
+
+impl TickMessage {
+    /// Appends the `tick` message as the server writes it: `skipped`, when there, last.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        self.tick.write_json(Kind::Tick, out);
+        if let Some(k) = self.skipped {
+            out.pop();
+            out.extend_from_slice(b",\"skipped\":");
+            out.extend_from_slice(k.to_string().as_bytes());
+            out.push(b'}');
+        }
+    }
+}
+
+impl From<Tick> for TickMessage {
+    fn from(tick: Tick) -> TickMessage {
+        TickMessage {
+            tick,
+            skipped: None,
+        }
+    }
+}
+
+impl std::ops::Deref for TickMessage {
+    type Target = Tick;
+    fn deref(&self) -> &Tick {
+        &self.tick
+    }
+}
+
+/// One bar of a `candles` or `candle` message: its fields (see
+/// [`crate::hub::candles::Bar`]), and whether it has ended.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+pub struct Candle {
+    /// Opening time, open, high, low, close, volume and ticks.
+    #[serde(flatten)]
+    pub bar: Bar,
+    /// Whether the bar has ended (`false`: it is still forming).
+    pub closed: bool,
+}
+
+impl Serialize for Candle {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        Flagged::new(&self.bar, "closed", self.closed).serialize(s)
+    }
+}
+
+fn interval_name<S: serde::Serializer>(i: &Interval, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(i.as_str())
+}
+
+/// What a `status` message says of a symbol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", content = "reason", rename_all = "snake_case")]
+pub enum SymbolState {
+    /// Values flow: the latest value is current.
+    Live,
+    /// The symbol's source stopped: its latest value is no longer current.
+    Stale(StaleReason),
+}
+
+/// Why a node says a symbol is stale.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StaleReason {
+    /// The feed publishing the symbol stopped (its lease lapsed, it said it stopped, or
+    /// its publisher connection ended).
+    Feed,
+    /// The node lost its connection to the bus.
+    Bus,
+    /// The node lost the symbol's channel on the bus (e.g. its slot moved).
+    Channel,
+    /// A reason this client does not know, as the node named it.
+    Other(String),
+}
+
+impl StaleReason {
+    /// The reason as the protocol names it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            StaleReason::Feed => "feed",
+            StaleReason::Bus => "bus",
+            StaleReason::Channel => "channel",
+            StaleReason::Other(s) => s,
+        }
+    }
+
+    fn parse(s: &str) -> StaleReason {
+        match s {
+            "feed" => StaleReason::Feed,
+            "bus" => StaleReason::Bus,
+            "channel" => StaleReason::Channel,
+            other => StaleReason::Other(other.to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for StaleReason {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for StaleReason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 
@@ -151,6 +356,8 @@ pub struct Raw<'a> {
     to: u64,
     #[serde(borrow)]
     reason: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    state: Option<Cow<'a, str>>,
     id: Option<u64>,
     #[serde(borrow)]
     node: Option<Cow<'a, str>>,
@@ -165,6 +372,22 @@ pub struct Raw<'a> {
     message: Option<Cow<'a, str>>,
     symbols: Option<Vec<String>>,
     limits: Option<Limits>,
+    skipped: Option<u64>,
+    #[serde(borrow)]
+    channel: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    interval: Option<Cow<'a, str>>,
+    patterns: Option<Vec<String>>,
+    throttle_ms: Option<u64>,
+    in_ms: u64,
+    bars: Option<Vec<Candle>>,
+    start: u64,
+    open: f64,
+    high: f64,
+    low: f64,
+    close: f64,
+    ticks: u64,
+    closed: bool,
 }
 
 /// Interned symbol and epoch names, so decoding a tick allocates no string.
@@ -190,6 +413,10 @@ impl Names {
 #[error("undecodable frame from the server: {0}")]
 pub struct DecodeError(String);
 
+fn owned(s: Option<Cow<'_, str>>) -> Option<String> {
+    s.map(Cow::into_owned)
+}
+
 fn gap_reason(s: &str) -> GapReason {
     match s {
         "slow_consumer" => GapReason::SlowConsumer,
@@ -202,43 +429,20 @@ fn gap_reason(s: &str) -> GapReason {
 impl Raw<'_> {
     /// The typed message, with names taken from `names`.
     pub fn into_message(self, names: &mut Names) -> Result<ServerMessage, DecodeError> {
-        let symbol = |names: &mut Names| match self.symbol.as_deref() {
-            Some(s) => Ok(names.intern(s)),
-            None => Err(DecodeError(format!("a {} without \"symbol\"", self.kind))),
-        };
         Ok(match &*self.kind {
-            "tick" | "snapshot" => {
-                let symbol = symbol(names)?;
-                let epoch = match &self.epoch {
-                    Some(e) => names.intern(e),
-                    None => names.intern(""),
-                };
-                let tick = Tick {
-                    symbol,
-                    epoch,
-                    seq: self.seq,
-                    ts: self.ts,
-                    bid: self.bid,
-                    ask: self.ask,
-                    bid_size: self.bid_size,
-                    ask_size: self.ask_size,
-                    last: self.last,
-                    last_size: self.last_size,
-                    volume: self.volume,
-                    src_ts: self.src_ts,
-                };
-                if self.kind == "tick" {
-                    ServerMessage::Tick(tick)
-                } else {
-                    ServerMessage::Snapshot(tick)
-                }
-            }
+            "tick" => ServerMessage::Tick(TickMessage {
+                tick: self.tick(names)?,
+                skipped: self.skipped,
+            }),
+            "snapshot" => ServerMessage::Snapshot(self.tick(names)?),
             "gap" => ServerMessage::Gap {
-                symbol: symbol(names)?,
+                symbol: self.symbol(names)?,
+                channel: owned(self.channel),
                 from: self.from,
                 to: self.to,
                 reason: gap_reason(self.reason.as_deref().unwrap_or("")),
             },
+            "status" => self.status(names)?,
             "welcome" => ServerMessage::Welcome {
                 node: self.node.unwrap_or_default().into_owned(),
                 session: self.session.unwrap_or_default().into_owned(),
@@ -248,27 +452,119 @@ impl Raw<'_> {
             },
             "subscribed" => ServerMessage::Subscribed {
                 id: self.id,
+                channel: owned(self.channel),
+                interval: owned(self.interval),
                 symbols: self.symbols.unwrap_or_default(),
+                patterns: self.patterns,
+                throttle_ms: self.throttle_ms,
             },
             "unsubscribed" => ServerMessage::Unsubscribed {
                 id: self.id,
+                channel: owned(self.channel),
+                interval: owned(self.interval),
                 symbols: self.symbols.unwrap_or_default(),
+                patterns: self.patterns,
             },
             "subscriptions" => ServerMessage::Subscriptions {
                 id: self.id,
+                channel: owned(self.channel),
+                interval: owned(self.interval),
                 symbols: self.symbols.unwrap_or_default(),
+                patterns: self.patterns,
             },
             "pong" => ServerMessage::Pong {
                 id: self.id,
                 ts: self.ts,
             },
+            "reported" => ServerMessage::Reported { id: self.id },
+            "reconnect" => ServerMessage::Reconnect {
+                reason: self.reason.unwrap_or_default().into_owned(),
+                in_ms: self.in_ms,
+            },
+            "candles" | "candle" => self.candles(names)?,
             "error" => ServerMessage::Error {
                 id: self.id,
                 code: self.code.unwrap_or_default().into_owned(),
+                channel: owned(self.channel),
                 message: self.message.unwrap_or_default().into_owned(),
                 symbols: self.symbols.unwrap_or_default(),
             },
             _ => ServerMessage::Unknown,
+        })
+    }
+
+    /// A `candles` or `candle`; one of an interval this client does not know reads as
+    /// [`ServerMessage::Unknown`].
+    fn candles(self, names: &mut Names) -> Result<ServerMessage, DecodeError> {
+        let Some(Ok(interval)) = self.interval.as_deref().map(Interval::parse) else {
+            return Ok(ServerMessage::Unknown);
+        };
+        let symbol = self.symbol(names)?;
+        if self.kind == "candles" {
+            return Ok(ServerMessage::Candles {
+                symbol,
+                interval,
+                bars: self.bars.unwrap_or_default(),
+            });
+        }
+        let bar = Bar {
+            start: self.start,
+            open: self.open,
+            high: self.high,
+            low: self.low,
+            close: self.close,
+            volume: self.volume,
+            ticks: self.ticks,
+        };
+        Ok(ServerMessage::Candle {
+            symbol,
+            interval,
+            candle: Candle {
+                bar,
+                closed: self.closed,
+            },
+        })
+    }
+
+    /// The message's symbol, which it must have.
+    fn symbol(&self, names: &mut Names) -> Result<Symbol, DecodeError> {
+        match self.symbol.as_deref() {
+            Some(s) => Ok(names.intern(s)),
+            None => Err(DecodeError(format!("a {} without \"symbol\"", self.kind))),
+        }
+    }
+
+    /// The tick of a `tick` or `snapshot`.
+    fn tick(&self, names: &mut Names) -> Result<Tick, DecodeError> {
+        Ok(Tick {
+            symbol: self.symbol(names)?,
+            epoch: names.intern(self.epoch.as_deref().unwrap_or("")),
+            seq: self.seq,
+            ts: self.ts,
+            bid: self.bid,
+            ask: self.ask,
+            bid_size: self.bid_size,
+            ask_size: self.ask_size,
+            last: self.last,
+            last_size: self.last_size,
+            volume: self.volume,
+            src_ts: self.src_ts,
+        })
+    }
+
+    /// A `status`; one in a state this client does not know says nothing it can act
+    /// on, and reads as [`ServerMessage::Unknown`].
+    fn status(&self, names: &mut Names) -> Result<ServerMessage, DecodeError> {
+        let state = match self.state.as_deref() {
+            Some("live") => SymbolState::Live,
+            Some("stale") => {
+                SymbolState::Stale(StaleReason::parse(self.reason.as_deref().unwrap_or("")))
+            }
+            _ => return Ok(ServerMessage::Unknown),
+        };
+        Ok(ServerMessage::Status {
+            symbol: self.symbol(names)?,
+            state,
         })
     }
 }
@@ -333,7 +629,10 @@ pub fn for_each_record(
         let rec = rec.map_err(|e| DecodeError(e.to_string()))?;
         let tick = rec.to_tick(|s| names.intern(s));
         each(match rec.kind {
-            Kind::Tick => ServerMessage::Tick(tick),
+            Kind::Tick => ServerMessage::Tick(TickMessage {
+                tick,
+                skipped: rec.skipped,
+            }),
             Kind::Snapshot => ServerMessage::Snapshot(tick),
         });
         n += 1;
@@ -368,7 +667,9 @@ mod tests {
 [{"type":"subscriptions","id":9,"symbols":["MSFT"]}]
 [{"type":"pong","id":10,"ts":1764284400200000000}]
 [{"type":"error","id":7,"code":"unknown_symbol","message":"not served \"here\": XXXX","symbols":["XXXX"]}]
-[{"type":"from_the_future","x":1}]"#;
+[{"type":"status","symbol":"AAPL","state":"stale","reason":"feed"},{"type":"status","symbol":"AAPL","state":"live"}]
+[{"type":"status","symbol":"MSFT","state":"stale","reason":"moon_phase"}]
+[{"type":"from_the_future","x":1},{"type":"status","symbol":"AAPL","state":"paused"}]"#;
 
     #[test]
     fn decodes_every_documented_message() {
@@ -377,7 +678,7 @@ mod tests {
         for line in FRAMES.lines() {
             decode_frame(line.as_bytes(), &mut names, &mut out).unwrap();
         }
-        assert_eq!(out.len(), 11);
+        assert_eq!(out.len(), 15);
         assert!(
             matches!(&out[0], ServerMessage::Welcome { node, heartbeat_ms: 30000, .. } if node == "node-a")
         );
@@ -401,6 +702,7 @@ mod tests {
             out[5],
             ServerMessage::Gap {
                 symbol: "AAPL".into(),
+                channel: None,
                 from: 1044,
                 to: 1050,
                 reason: GapReason::SlowConsumer
@@ -411,14 +713,36 @@ mod tests {
             matches!(&out[9], ServerMessage::Error { code, message, symbols, .. }
                 if code == "unknown_symbol" && message == "not served \"here\": XXXX" && symbols == &["XXXX"])
         );
-        assert_eq!(out[10], ServerMessage::Unknown);
+        assert_eq!(
+            out[10],
+            ServerMessage::Status {
+                symbol: "AAPL".into(),
+                state: SymbolState::Stale(StaleReason::Feed)
+            }
+        );
+        assert_eq!(
+            out[11],
+            ServerMessage::Status {
+                symbol: "AAPL".into(),
+                state: SymbolState::Live
+            }
+        );
+        assert!(matches!(&out[12], ServerMessage::Status {
+                state: SymbolState::Stale(StaleReason::Other(r)), ..
+            } if r == "moon_phase"));
+        assert_eq!(out[13], ServerMessage::Unknown);
+        assert_eq!(
+            out[14],
+            ServerMessage::Unknown,
+            "a state not known is ignored"
+        );
     }
 
     #[test]
     fn re_encodes_as_the_server_sent_it() {
         let mut names = Names::default();
         let mut out = Vec::new();
-        for line in FRAMES.lines().take(9) {
+        for line in FRAMES.lines().take(11) {
             out.clear();
             decode_frame(line.as_bytes(), &mut names, &mut out).unwrap();
             let orig: serde_json::Value = serde_json::from_str(line).unwrap();
@@ -429,6 +753,72 @@ mod tests {
                 assert_eq!(v, orig[i], "{line}");
             }
         }
+    }
+
+    /// The messages of protocol v1.1, as the node writes them.
+    const V11: &str = r#"[{"type":"subscribed","id":8,"channel":"candles","interval":"1m","symbols":["BTC-USD","BTC-EUR"],"patterns":["BTC-*"],"throttle_ms":250}]
+[{"type":"tick","symbol":"AAPL","epoch":"k3v9q1","seq":1049,"ts":1764284400124456789,"bid":189.1,"ask":189.13,"bid_size":300,"ask_size":100,"last":189.12,"last_size":25,"volume":1234592,"skipped":5}]
+[{"type":"candles","symbol":"AAPL","interval":"1m","bars":[{"start":1764284400000000000,"open":189.12,"high":189.5,"low":188.75,"close":188.75,"volume":30,"ticks":3,"closed":true},{"start":1764284460000000000,"open":189.0,"high":189.0,"low":189.0,"close":189.0,"volume":0,"ticks":1,"closed":false}]}]
+[{"type":"candle","symbol":"AAPL","interval":"1m","start":1764284460000000000,"open":189.12,"high":189.5,"low":188.75,"close":188.75,"volume":30,"ticks":3,"closed":false}]
+[{"type":"gap","symbol":"AAPL","channel":"candles","from":3,"to":4,"reason":"upstream"}]
+[{"type":"unsubscribed","id":9,"channel":"candles","symbols":["BTC-USD"],"patterns":["BTC-*"]}]
+[{"type":"subscriptions","id":10,"channel":"candles","interval":"1s","symbols":[],"patterns":["ETH-*"]}]
+[{"type":"error","id":11,"code":"bad_request","channel":"book","message":"channel book is not served yet"}]
+[{"type":"reported","id":12},{"type":"reconnect","reason":"shutdown","in_ms":5000}]"#;
+
+    #[test]
+    fn decodes_and_re_encodes_the_messages_of_v1_1() {
+        let mut names = Names::default();
+        let mut out = Vec::new();
+        for line in V11.lines() {
+            let start = out.len();
+            decode_frame(line.as_bytes(), &mut names, &mut out).unwrap();
+            let orig: serde_json::Value = serde_json::from_str(line).unwrap();
+            for (i, m) in out[start..].iter().enumerate() {
+                assert_ne!(m, &ServerMessage::Unknown, "{line}");
+                let mut json = Vec::new();
+                m.write_json(&mut json);
+                let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+                assert_eq!(v, orig[i], "{line}");
+            }
+        }
+        let ServerMessage::Tick(t) = &out[1] else {
+            panic!("{:?}", out[1])
+        };
+        assert_eq!((t.seq, t.skipped), (1049, Some(5)));
+        let mut json = Vec::new();
+        out[1].write_json(&mut json);
+        assert!(
+            json.ends_with(br#","skipped":5}"#),
+            "skipped is the last field"
+        );
+        let ServerMessage::Candles { interval, bars, .. } = &out[2] else {
+            panic!("{:?}", out[2])
+        };
+        assert_eq!(
+            (*interval, bars.len(), bars[0].closed, bars[1].closed),
+            (Interval::M1, 2, true, false)
+        );
+        assert_eq!((bars[0].bar.high, bars[0].bar.ticks), (189.5, 3));
+        assert!(
+            matches!(&out[3], ServerMessage::Candle { candle, .. } if !candle.closed && candle.bar.volume == 30)
+        );
+        assert_eq!(
+            out[9],
+            ServerMessage::Reconnect {
+                reason: "shutdown".into(),
+                in_ms: 5000
+            }
+        );
+        // A candle of an interval this client does not know says nothing it can use.
+        out.clear();
+        decode_frame(
+            br#"[{"type":"candle","symbol":"A","interval":"1d","start":0}]"#,
+            &mut names,
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out, [ServerMessage::Unknown]);
     }
 
     #[test]
@@ -459,7 +849,7 @@ mod tests {
                 panic!()
             };
             t.symbol = got.symbol.clone();
-            assert_eq!(got, &t, "{p:?}");
+            assert_eq!((&got.tick, got.skipped), (&t, None), "{p:?}");
             assert_eq!(got.bid.to_bits(), p.to_bits());
         }
     }
@@ -475,6 +865,7 @@ mod tests {
             "[{\"type\":\"tick\"}]",
             "[{\"type\":\"tick\",\"symbol\":\"A\",\"seq\":\"x\"}]",
             "[] x",
+            "[{\"type\":\"status\",\"state\":\"live\"}]",
         ] {
             assert!(
                 decode_frame(bad.as_bytes(), &mut names, &mut out).is_err(),

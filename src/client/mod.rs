@@ -1,12 +1,12 @@
 //! The Rust client of tickstream: connect, subscribe, decode, and stay connected.
 //!
-//! A [`Client`] holds the symbols it wants and, for each, the last `epoch`/`seq` it saw.
-//! [`Client::next`] drives everything and yields one [`Event`] at a time: connection
-//! changes as they happen, and every server message in order. When the connection is
-//! lost it reconnects by itself — to the next URL of its list, after a delay drawn with
-//! full jitter (see [`crate::backoff`]) — and subscribes again with `resume` set to the last
-//! position of every symbol, so the server replays what was missed, or says with a
-//! `gap` what it no longer has.
+//! A [`Client`] holds the subscriptions it wants and, for each symbol of its ticks, the
+//! last `epoch`/`seq` it saw. [`Client::next`] drives everything and yields one
+//! [`Event`] at a time: connection changes as they happen, and every server message in
+//! order. When the connection is lost it reconnects by itself — to the next URL of its
+//! list, after a delay drawn with full jitter (see [`crate::backoff`]) — and subscribes
+//! again with `resume` set to the last position of every symbol, so the server replays
+//! what was missed, or says with a `gap` what it no longer has.
 //!
 //! ```no_run
 //! use tickstream::client::{Client, ClientConfig, Event, ServerMessage};
@@ -27,12 +27,45 @@
 //! # }
 //! ```
 //!
+//! # Channels, pacing and patterns (protocol v1.1)
+//!
+//! [`ClientConfig::symbols`] are the ticks of those symbols, every one;
+//! [`ClientConfig::subscriptions`] add others, each a [`Subscription`]: ticks at a pace
+//! (`throttle_ms`), or the bars of the `candles` channel at an interval, with `backfill`
+//! closed bars first. An entry may be a pattern (`*`, `BTC-*`): the symbols the node
+//! says it matched (in `subscribed`), and those that join later (they arrive with their
+//! snapshot), are held like named ones — with a position on `ticks` — and subscribed by
+//! name with `resume` on the next connection, before the pattern itself. Bars arrive as
+//! [`ServerMessage::Candles`] (the start of a subscription: it replaces what was held)
+//! and [`ServerMessage::Candle`].
+//!
+//! ```no_run
+//! use tickstream::client::{Client, ClientConfig, Subscription};
+//! use tickstream::protocol::{channel::Interval, Channel};
+//!
+//! # fn make() -> Result<Client, tickstream::client::ClientError> {
+//! Client::new(ClientConfig {
+//!     subscriptions: vec![
+//!         Subscription { channel: Channel::Ticks, symbols: vec!["BTC-*".into()], throttle_ms: Some(250) },
+//!         Subscription {
+//!             channel: Channel::Candles { interval: Interval::M1, backfill: 60 },
+//!             symbols: vec!["AAPL".into()],
+//!             throttle_ms: None,
+//!         },
+//!     ],
+//!     ..ClientConfig::default()
+//! })
+//! # }
+//! ```
+//!
 //! # Sequence tracking and re-snapshotting
 //!
-//! - A tick whose `seq` follows the last one is in order. One at or below the last is a
-//!   duplicate and is dropped (counted, not yielded). One further on, with no `gap`
-//!   announced for the hole, is a hole the client found itself: [`Event::Hole`], then
-//!   the tick.
+//! - A tick whose `seq` follows the last one is in order; so is a paced tick whose
+//!   `skipped` accounts for the jump (`seq` − last − 1 = `skipped`: pacing folded
+//!   those, no loss; counted in [`Counters::skipped`]). One at or below the last is a
+//!   duplicate and is dropped (counted, not yielded). One further on than that, with no
+//!   `gap` announced for the hole, is a hole the client found itself: [`Event::Hole`],
+//!   then the tick.
 //! - A `gap` moves the symbol's position to its `to` and marks the symbol stale. The
 //!   next `snapshot` or `tick` of the symbol replaces its state whole and clears the
 //!   mark: ticks carry the full quote (bid, ask, sizes, last, volume), not a change,
@@ -43,6 +76,41 @@
 //!   restarted its numbering); a tick that brings a new epoch without a `snapshot`
 //!   before it is reported as [`Event::Reset`].
 //!
+//! # Health of a symbol
+//!
+//! The node says `status` stale when it knows a symbol's source stopped, and `live` when
+//! values flow again. The client keeps the symbol's [`Health`] (stale since when, and
+//! why) in its [`Position`], queues [`Event::Stale`] and [`Event::Live`] when it changes,
+//! and passes the `status` message on like every other. Only the node's `live` ends a
+//! stale mark, not a tick or a snapshot; across a reconnect the mark is kept until the
+//! new node says otherwise (see [`health`]).
+//!
+//! # Planned reconnect: make before break
+//!
+//! A node that is going to close a connection (shutdown, a connection's lifetime) first
+//! sends `reconnect` and streams on for `in_ms`. The client then opens its next
+//! connection at once, with no backoff (the next URL of its list), and subscribes there
+//! with `resume` from the positions it holds and the same options ([`Event::Moving`]).
+//! While both are open it drops whatever it already holds, whichever connection brings
+//! it: ticks by `seq`, a snapshot of a position held, a `gap` of ticks held, a `status`
+//! that changes nothing, a bar that says no more than the one held (the new connection's
+//! `candles` message is passed on as the `candle` messages of its bars that are news).
+//! Once the new connection is live — every `subscribe` answered, and a first value or
+//! the `pong` of the `ping` sent after the subscription received — the old one is
+//! closed (1000) and [`Event::Moved`] says so; the program has missed nothing and seen
+//! nothing twice. If the old one closes first, the new one simply carries on. If the new
+//! one fails, [`Event::MoveFailed`], the client stays on the old one, and reconnects as
+//! after any loss when it closes. Moves are counted in [`Counters::moves`], apart from
+//! reconnects.
+//!
+//! # Latency reports
+//!
+//! Every [`ClientConfig::report_every`] (10 s by default) the client sends the node a
+//! `report` of the ticks it passed on in that window: p50, p99 and maximum of receive
+//! time − `ts`, in milliseconds, and their count (none for a window without ticks). The
+//! node's `reported` answers are the client's own and are not passed on; they are
+//! counted in [`Counters::reports_acked`].
+//!
 //! # Close codes
 //!
 //! The reconnect decision reads [`CloseCode::reconnect`]: after 1000, 1001, 1011, 4008
@@ -50,87 +118,37 @@
 //! 1003, 1007, 1008 and 1009 it stops with [`ClientError::Closed`], since the same
 //! request would meet the same refusal.
 
+mod bars;
+pub mod config;
+mod conn;
 pub mod connect;
+pub mod health;
 pub mod message;
+mod moving;
+mod receive;
+mod report;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fastwebsockets::{FragmentCollector, Frame, OpCode, Payload};
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
+use fastwebsockets::{Frame, OpCode, Payload, WebSocketError};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::backoff::{Backoff, BackoffConfig};
+pub use config::{ClientConfig, Subscription};
 pub use connect::{connect, connect_with, ClientTls, ClientWs, ConnectError};
-pub use message::{Names, ServerMessage};
+pub use health::Health;
+pub use message::{Candle, Names, ServerMessage, StaleReason, SymbolState, TickMessage};
 
-use crate::protocol::{CloseCode, Encoding, GapReason};
-use crate::tick::{valid_symbol, Symbol};
-
-/// What a client is told to do.
-#[derive(Clone, Debug)]
-pub struct ClientConfig {
-    /// Node URLs (`ws://host:port/v1/ws`), tried in turn: a lost or failed connection
-    /// moves to the next one.
-    pub urls: Vec<String>,
-    /// Bearer token sent with the upgrade, when set.
-    pub token: Option<String>,
-    /// PEM bundle of extra CAs trusted for `wss://` URLs, besides the built-in roots.
-    /// Default: none.
-    pub ca_file: Option<std::path::PathBuf>,
-    /// Symbols to subscribe.
-    pub symbols: Vec<String>,
-    /// Ask for a `snapshot` before the ticks of a symbol first subscribed. Default: true.
-    pub snapshot: bool,
-    /// Reconnect delays.
-    pub backoff: BackoffConfig,
-    /// A connection that has been welcomed and has stayed up this long, or has
-    /// delivered a tick or snapshot, counts as healthy: its loss starts the backoff
-    /// from the first window again. Default: 5s.
-    pub healthy_after: Duration,
-    /// Longest wait for TCP, the upgrade and the `welcome`. Default: 5s.
-    pub connect_timeout: Duration,
-    /// Silence allowed past the server's heartbeat interval before the connection is
-    /// given up as dead. Default: 10s.
-    pub heartbeat_grace: Duration,
-    /// Stop with an error when no URL can be reached on the very first round, instead
-    /// of retrying. Default: true.
-    pub fail_fast: bool,
-    /// Most symbols per `subscribe` command (a long list is sent as several). Default: 256.
-    pub symbols_per_command: usize,
-    /// Where to start: the last `(epoch, seq)` already held per symbol, as from an
-    /// earlier run (an empty epoch resumes by `seq` alone). The first subscription
-    /// asks the server to replay what follows. Default: none.
-    pub start_from: HashMap<String, (String, u64)>,
-    /// How ticks and snapshots are to be sent: `encoding=` is added to every URL (the
-    /// events are the same either way). Default: JSON.
-    pub encoding: Encoding,
-}
-
-impl Default for ClientConfig {
-    fn default() -> Self {
-        ClientConfig {
-            urls: vec!["ws://127.0.0.1:8080/v1/ws".into()],
-            token: None,
-            ca_file: None,
-            symbols: Vec::new(),
-            snapshot: true,
-            backoff: BackoffConfig::default(),
-            healthy_after: Duration::from_secs(5),
-            connect_timeout: Duration::from_secs(5),
-            heartbeat_grace: Duration::from_secs(10),
-            fail_fast: true,
-            symbols_per_command: 256,
-            start_from: HashMap::new(),
-            encoding: Encoding::Json,
-        }
-    }
-}
+use crate::protocol::{CloseCode, Encoding};
+use crate::tick::{now_ns, Symbol};
+use config::Plan;
+use conn::{Conn, DialError, Dialer, Up};
+use receive::{Receiver, State};
 
 /// What happened, in order.
 #[derive(Clone, Debug, PartialEq)]
@@ -171,6 +189,40 @@ pub enum Event {
         /// Why the last attempt failed, when it failed before being welcomed.
         error: Option<String>,
     },
+    /// The node announced it will close the connection (`reconnect`, passed on just
+    /// before): the next connection is being opened, to move to before it does.
+    Moving {
+        /// The URL of the connection to be closed.
+        from: Arc<str>,
+        /// The URL being opened.
+        to: Arc<str>,
+        /// Why the node closes, as it said (`shutdown`, `lifetime`…).
+        reason: String,
+        /// How long the node streams on, in milliseconds.
+        in_ms: u64,
+    },
+    /// The next connection is live and the old one closed: nothing was missed or
+    /// repeated.
+    Moved {
+        /// The URL of the old connection.
+        from: Arc<str>,
+        /// The URL of the new one.
+        to: Arc<str>,
+        /// The new node's name.
+        node: String,
+        /// Symbols subscribed there with `resume`.
+        resumed: usize,
+        /// From the `reconnect` to the move.
+        took: Duration,
+    },
+    /// The connection to move to failed: the client stays on the old one until it
+    /// closes, then reconnects as after any loss.
+    MoveFailed {
+        /// The URL that failed.
+        url: Arc<str>,
+        /// What failed.
+        error: String,
+    },
     /// A message from the server.
     Message(ServerMessage),
     /// `seq` jumped without a `gap`: ticks `from..=to` of `symbol` are missing.
@@ -189,6 +241,24 @@ pub enum Event {
         symbol: Symbol,
         /// The new epoch.
         epoch: Arc<str>,
+    },
+    /// The node says `symbol`'s latest value is no longer current (`status` stale), or
+    /// gives another reason for it now. Queued before the `status` message.
+    Stale {
+        /// The symbol.
+        symbol: Symbol,
+        /// Why.
+        reason: StaleReason,
+        /// When it went stale (earlier than now when only the reason changed).
+        since: Instant,
+    },
+    /// `symbol` is live again: its node said `status` live, or, after a reconnect, the
+    /// new node did not call it stale.
+    Live {
+        /// The symbol.
+        symbol: Symbol,
+        /// How long it was stale.
+        after: Duration,
     },
 }
 
@@ -226,18 +296,31 @@ pub struct Counters {
     pub connections: u64,
     /// Connections lost.
     pub disconnects: u64,
+    /// Moves to the next connection on the node's `reconnect` (not counted as
+    /// disconnects).
+    pub moves: u64,
     /// Ticks received in order.
     pub ticks: u64,
+    /// Ticks folded into paced ones (`skipped`): not received, and no loss.
+    pub skipped: u64,
     /// Snapshots received.
     pub snapshots: u64,
+    /// `candles` and `candle` messages passed on.
+    pub candles: u64,
     /// `gap` messages received.
     pub gaps: u64,
     /// Holes found without a `gap`.
     pub holes: u64,
     /// Epoch changes seen on a tick without a snapshot.
     pub resets: u64,
-    /// Ticks dropped as already seen.
+    /// Ticks (and, during a move, snapshots) dropped as already seen.
     pub duplicates: u64,
+    /// Times a symbol went from live to stale.
+    pub stale: u64,
+    /// Latency reports sent.
+    pub reports: u64,
+    /// Latency reports the node answered with `reported`.
+    pub reports_acked: u64,
 }
 
 /// Where a symbol stands.
@@ -247,18 +330,11 @@ pub struct Position {
     pub epoch: Arc<str>,
     /// The last seq received or announced missing (0: nothing yet).
     pub seq: u64,
-    /// A gap was announced and no tick or snapshot has replaced the state since.
+    /// A gap was announced and no tick or snapshot has replaced the state since (what
+    /// the client holds is incomplete; the node's word on the source is `health`).
     pub stale: bool,
-}
-
-struct Conn {
-    ws: FragmentCollector<TokioIo<Upgraded>>,
-    url: Arc<str>,
-    dialed: Instant,
-    since: Instant,
-    welcomed: bool,
-    got_data: bool,
-    idle: Duration,
+    /// Whether the node says the symbol's value is current (`status`).
+    pub health: Health,
 }
 
 enum Lost {
@@ -268,23 +344,48 @@ enum Lost {
     Fatal(ClientError),
 }
 
+/// Which connection something came from: the one in use, or the one being moved to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Which {
+    Main,
+    Next,
+}
+
+/// What the client was woken by.
+enum Woke {
+    /// Something from a connection's task.
+    Up(Which, Option<Up>),
+    /// A connection was silent past its deadline.
+    Silent(Which),
+    /// A latency report is due.
+    Report,
+}
+
+/// A move under way (see the module documentation).
+struct Move {
+    from: Arc<str>,
+    started: Instant,
+}
+
 /// A subscriber that reconnects and resumes by itself. See the module documentation.
 pub struct Client {
     cfg: ClientConfig,
-    tls: Option<ClientTls>,
+    dialer: Dialer,
     urls: Vec<Arc<str>>,
     url_idx: usize,
     backoff: Backoff,
     rng: SmallRng,
     names: Names,
-    wanted: Vec<Symbol>,
-    positions: HashMap<Symbol, Position>,
+    st: State,
+    /// The connection in use.
     conn: Option<Conn>,
+    /// The connection being moved to.
+    next: Option<Conn>,
+    moving: Option<Move>,
     wait_until: Option<tokio::time::Instant>,
+    report_at: Option<tokio::time::Instant>,
     first_round_failures: usize,
-    ever_connected: bool,
     pending: VecDeque<Event>,
-    counters: Counters,
     next_id: u64,
     last_error: String,
 }
@@ -295,31 +396,61 @@ pub fn close_is_fatal(code: u16) -> bool {
     !CloseCode::from_code(code).reconnect()
 }
 
+/// The connection `which` of the two slots.
+fn pick<'a>(
+    main: &'a mut Option<Conn>,
+    next: &'a mut Option<Conn>,
+    which: Which,
+) -> Option<&'a mut Conn> {
+    match which {
+        Which::Main => main.as_mut(),
+        Which::Next => next.as_mut(),
+    }
+}
+
+async fn recv(conn: Option<&mut Conn>) -> Option<Up> {
+    match conn {
+        Some(c) => c.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep(until: Option<tokio::time::Instant>) {
+    match until {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Client {
     /// A client for `cfg`; nothing connects until [`Client::next`] is called.
     pub fn new(cfg: ClientConfig) -> Result<Client, ClientError> {
         if cfg.urls.is_empty() {
             return Err(ClientError::Config("no URL to connect to".into()));
         }
-        let mut names = Names::default();
-        let mut wanted: Vec<Symbol> = Vec::with_capacity(cfg.symbols.len());
-        for s in &cfg.symbols {
-            if !valid_symbol(s) {
-                return Err(ClientError::Config(format!(
-                    "bad symbol {s:?}: symbols are 1 to 32 of A-Z 0-9 . _ : / - and start with a letter or digit"
-                )));
-            }
-            let sym = names.intern(s);
-            if !wanted.contains(&sym) {
-                wanted.push(sym);
-            }
+        if cfg.report_every.is_some_and(|d| d.is_zero()) {
+            return Err(ClientError::Config(
+                "report_every must be more than 0 (None sends no report)".into(),
+            ));
         }
-        let mut positions: HashMap<Symbol, Position> = wanted
-            .iter()
-            .map(|s| (s.clone(), Position::default()))
-            .collect();
+        let mut names = Names::default();
+        let plan = Plan::new(&cfg, &mut names).map_err(ClientError::Config)?;
+        let mut st = State {
+            positions: plan
+                .wanted
+                .iter()
+                .map(|s| (s.clone(), Position::default()))
+                .collect(),
+            plan,
+            ..State::default()
+        };
         for (sym, (epoch, seq)) in &cfg.start_from {
-            let p = positions.get_mut(sym.as_str()).ok_or_else(|| {
+            // A symbol a pattern matches is held from the start when it has a position.
+            let named = names.intern(sym);
+            if st.plan.learn(&named) {
+                st.positions.insert(named, Position::default());
+            }
+            let p = st.positions.get_mut(sym.as_str()).ok_or_else(|| {
                 ClientError::Config(format!(
                     "resume position for {sym}, which is not subscribed"
                 ))
@@ -334,20 +465,24 @@ impl Client {
             None => None,
         };
         Ok(Client {
-            tls,
+            dialer: Dialer {
+                token: cfg.token.clone(),
+                tls,
+                timeout: cfg.connect_timeout,
+            },
             urls: cfg.urls.iter().map(|u| Arc::from(u.as_str())).collect(),
             url_idx: 0,
             backoff: Backoff::new(cfg.backoff),
             rng: SmallRng::from_os_rng(),
             names,
-            wanted,
-            positions,
+            st,
             conn: None,
+            next: None,
+            moving: None,
             wait_until: None,
+            report_at: None,
             first_round_failures: 0,
-            ever_connected: false,
             pending: VecDeque::with_capacity(1024),
-            counters: Counters::default(),
             next_id: 1,
             last_error: String::new(),
             cfg,
@@ -356,48 +491,66 @@ impl Client {
 
     /// Counters so far.
     pub fn counters(&self) -> Counters {
-        self.counters
+        self.st.counters
     }
 
     /// The position held for `symbol`: it counts every message of the frames read so
     /// far, which may be ahead of the events yielded yet.
     pub fn position(&self, symbol: &str) -> Option<&Position> {
-        self.positions.get(symbol)
+        self.st.positions.get(symbol)
     }
 
-    /// The symbols this client subscribes (those refused by the server are dropped).
+    /// Whether the node says `symbol`'s value is current; `None` for a symbol not
+    /// subscribed. Like [`Client::position`], it may be ahead of the events yielded.
+    pub fn health(&self, symbol: &str) -> Option<&Health> {
+        self.st.positions.get(symbol).map(|p| &p.health)
+    }
+
+    /// The symbols the node says are stale, with their health.
+    pub fn stale(&self) -> impl Iterator<Item = (&Symbol, &Health)> {
+        self.st
+            .positions
+            .iter()
+            .filter(|(_, p)| p.health.is_stale())
+            .map(|(s, p)| (s, &p.health))
+    }
+
+    /// The symbols whose ticks this client subscribes: those named, then those its
+    /// patterns matched (those refused by the server are dropped).
     pub fn symbols(&self) -> &[Symbol] {
-        &self.wanted
+        &self.st.plan.wanted
     }
 
     /// The next event, connecting or reconnecting as needed.
     ///
-    /// Not cancel-safe: dropping the future while a frame is half read loses the
-    /// connection's framing. To wait on something else at the same time, run the
-    /// client with [`Client::spawn`].
+    /// Not cancel-safe: dropping the future while it writes to a connection, or while
+    /// it waits out a reconnect delay, loses that. To wait on something else at the same
+    /// time, run the client with [`Client::spawn`].
     pub async fn next(&mut self) -> Result<Event, ClientError> {
         loop {
             if let Some(e) = self.pending.pop_front() {
                 return Ok(e);
             }
             if self.conn.is_none() {
-                self.connect_once().await?;
-                continue;
+                if let Some(at) = self.wait_until.take() {
+                    tokio::time::sleep_until(at).await;
+                }
+                self.conn = Some(self.dial(self.url_idx, false));
             }
-            if let Err(lost) = self.read_once().await {
-                self.lose(lost)?;
+            match self.wait().await {
+                Woke::Up(Which::Main, up) => self.on_main(up).await?,
+                Woke::Up(Which::Next, up) => self.on_next(up).await,
+                Woke::Silent(which) => self.silent(which)?,
+                Woke::Report => self.report().await?,
             }
+            self.advance_move().await;
         }
     }
 
-    /// Closes the connection politely (close code 1000), if one is open.
+    /// Closes the connections politely (close code 1000), if any is open.
     pub async fn close(&mut self) {
-        if let Some(mut c) = self.conn.take() {
-            let _ = tokio::time::timeout(
-                Duration::from_secs(1),
-                c.ws.write_frame(Frame::close(1000, b"client done")),
-            )
-            .await;
+        for mut c in [self.conn.take(), self.next.take()].into_iter().flatten() {
+            c.close(1000, "client done").await;
         }
     }
 
@@ -436,51 +589,176 @@ impl Client {
         self.urls[self.url_idx % self.urls.len()].clone()
     }
 
-    /// Waits out the current delay if any, then makes one connection attempt.
-    async fn connect_once(&mut self) -> Result<(), ClientError> {
-        if let Some(at) = self.wait_until.take() {
-            tokio::time::sleep_until(at).await;
-        }
-        let url = self.url();
+    /// Starts a connection to the URL at `idx` of the list (wrapping around).
+    fn dial(&self, idx: usize, for_move: bool) -> Conn {
+        let idx = idx % self.urls.len();
+        let url = self.urls[idx].clone();
         let dial = with_encoding(&url, self.cfg.encoding);
-        let dialed = Instant::now();
-        let attempt = tokio::time::timeout(
-            self.cfg.connect_timeout,
-            connect_with(&dial, self.cfg.token.as_deref(), self.tls.as_ref()),
-        )
-        .await;
-        let err = match attempt {
-            Ok(Ok(mut ws)) => {
-                // Pings are answered here rather than inside the socket, so that they
-                // count as signs of life for the idle timer.
-                ws.set_auto_pong(false);
-                let mut ws = FragmentCollector::new(ws);
-                match self.send_subscribe(&mut ws).await {
-                    Ok(()) => {
-                        self.conn = Some(Conn {
-                            ws,
-                            url,
-                            dialed,
-                            since: Instant::now(),
-                            welcomed: false,
-                            got_data: false,
-                            idle: self.cfg.connect_timeout,
-                        });
-                        return Ok(());
-                    }
-                    Err(e) => format!("sending the subscription failed: {e}"),
+        let mut conn = Conn::dial(&self.dialer, url, idx, dial);
+        conn.for_move = for_move;
+        conn
+    }
+
+    /// Waits for the next thing to do: something from a connection, a connection's
+    /// silence, or a report due.
+    async fn wait(&mut self) -> Woke {
+        if self.report_at.is_none() {
+            self.report_at = self
+                .cfg
+                .report_every
+                .map(|every| tokio::time::Instant::now() + every);
+        }
+        let report_at = self.report_at;
+        let main_quiet = self.conn.as_ref().and_then(Conn::deadline);
+        let next_quiet = self.next.as_ref().and_then(Conn::deadline);
+        tokio::select! {
+            up = recv(self.conn.as_mut()) => Woke::Up(Which::Main, up),
+            up = recv(self.next.as_mut()) => Woke::Up(Which::Next, up),
+            () = sleep(main_quiet) => Woke::Silent(Which::Main),
+            () = sleep(next_quiet) => Woke::Silent(Which::Next),
+            () = sleep(report_at) => Woke::Report,
+        }
+    }
+
+    /// Takes what the task of the connection in use handed over.
+    async fn on_main(&mut self, up: Option<Up>) -> Result<(), ClientError> {
+        let lost = match up {
+            Some(Up::Open(write)) => {
+                if let Some(c) = self.conn.as_mut() {
+                    c.opened(write);
+                }
+                match self.subscribe(Which::Main).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) => Lost::Retry(None, format!("sending the subscription failed: {e}")),
                 }
             }
-            Ok(Err(e)) if !e.is_transient() => return Err(ClientError::Connect(e)),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no connection within {:?}", self.cfg.connect_timeout),
+            Some(Up::Failed(DialError::Refused(e))) => Lost::Fatal(ClientError::Connect(e)),
+            Some(Up::Failed(DialError::Failed(why))) => Lost::Retry(None, why),
+            Some(Up::Frame(frame)) => match self.frame(Which::Main, frame).await {
+                Ok(()) => return Ok(()),
+                Err(lost) => lost,
+            },
+            Some(Up::Lost(why)) => Lost::Retry(None, why),
+            None => Lost::Retry(None, "the connection's reader ended".into()),
         };
-        self.failed(err)
+        self.lose(lost)
+    }
+
+    /// A connection said nothing past its deadline.
+    fn silent(&mut self, which: Which) -> Result<(), ClientError> {
+        let Some(conn) = pick(&mut self.conn, &mut self.next, which) else {
+            return Ok(());
+        };
+        if conn.has_queued() {
+            // Both were ready when the client ran again; what came is read next.
+            return Ok(());
+        }
+        let why = format!("nothing heard for {:?}", conn.idle);
+        match which {
+            Which::Main => self.lose(Lost::Retry(None, why)),
+            Which::Next => {
+                self.move_failed(why);
+                Ok(())
+            }
+        }
+    }
+
+    /// Handles one frame of a connection: data is decoded, a Ping answered, a Close
+    /// ends the connection.
+    async fn frame(&mut self, which: Which, frame: Frame<'static>) -> Result<(), Lost> {
+        match frame.opcode {
+            OpCode::Text | OpCode::Binary => self.read(which, &frame),
+            OpCode::Ping => {
+                let Some(conn) = pick(&mut self.conn, &mut self.next, which) else {
+                    return Ok(());
+                };
+                conn.send(Frame::pong(frame.payload))
+                    .await
+                    .map_err(|e| Lost::Retry(None, e.to_string()))
+            }
+            OpCode::Close => {
+                if let Some(conn) = pick(&mut self.conn, &mut self.next, which) {
+                    // The answer the protocol asks for, as far as the socket takes it.
+                    let echo = Frame::close_raw(Payload::Owned(frame.payload.to_vec()));
+                    let _ = tokio::time::timeout(Duration::from_secs(1), conn.send(echo)).await;
+                }
+                Err(closed(&frame.payload))
+            }
+            // Pongs need nothing.
+            _ => Ok(()),
+        }
+    }
+
+    /// Sends the subscription on a connection just opened: every `subscribe` of the
+    /// plan, with `resume` from the positions held; then, when some symbol is marked
+    /// stale or the connection is one being moved to, a `ping` whose `pong` comes after
+    /// everything the subscription queued (see [`health`] and the module documentation).
+    async fn subscribe(&mut self, which: Which) -> Result<(), WebSocketError> {
+        let st = &mut self.st;
+        let cmds = st.plan.commands(
+            &st.positions,
+            self.cfg.snapshot,
+            self.cfg.symbols_per_command,
+            &mut self.next_id,
+        );
+        let resumed = st
+            .plan
+            .wanted
+            .iter()
+            .filter_map(|s| {
+                let p = st.positions.get(s).filter(|p| p.seq > 0)?;
+                Some((s.clone(), p.epoch.clone()))
+            })
+            .collect();
+        let stale: Vec<Symbol> = self.stale().map(|(s, _)| s.clone()).collect();
+        let Some(conn) = pick(&mut self.conn, &mut self.next, which) else {
+            return Ok(());
+        };
+        conn.resumed_epochs = resumed;
+        for cmd in cmds {
+            conn.awaiting.push(cmd.id);
+            conn.send_text(cmd.text).await?;
+        }
+        if stale.is_empty() && !conn.for_move {
+            self.st.recheck = health::Recheck::default();
+            return Ok(());
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        if conn.for_move {
+            conn.probe = Some(id);
+        }
+        if !stale.is_empty() {
+            self.st.recheck.start(id, stale);
+        }
+        let ping = serde_json::json!({"op": "ping", "id": id}).to_string();
+        conn.send_text(ping).await
+    }
+
+    /// Sends the latency report of the window that ends now, when there is something
+    /// to report and a connection to send it on.
+    async fn report(&mut self) -> Result<(), ClientError> {
+        self.report_at = self
+            .cfg
+            .report_every
+            .map(|every| tokio::time::Instant::now() + every);
+        let Some(conn) = self.conn.as_mut().filter(|c| c.welcomed) else {
+            return Ok(());
+        };
+        let Some(text) = self.st.latency.take(self.next_id) else {
+            return Ok(());
+        };
+        self.next_id += 1;
+        self.st.counters.reports += 1;
+        match conn.send_text(text).await {
+            Ok(()) => Ok(()),
+            Err(e) => self.lose(Lost::Retry(None, e.to_string())),
+        }
     }
 
     /// Counts a failed attempt and schedules the next, or gives up.
     fn failed(&mut self, err: String) -> Result<(), ClientError> {
-        if !self.ever_connected {
+        if !self.st.ever_connected {
             self.first_round_failures += 1;
             if self.cfg.fail_fast && self.first_round_failures >= self.urls.len() {
                 return Err(ClientError::GaveUp {
@@ -512,7 +790,8 @@ impl Client {
         Ok(())
     }
 
-    /// Handles the loss of the open connection.
+    /// Handles the loss of the connection in use. During a move the next connection
+    /// takes over at once, with no backoff.
     fn lose(&mut self, lost: Lost) -> Result<(), ClientError> {
         let Some(conn) = self.conn.take() else {
             return Ok(());
@@ -521,10 +800,19 @@ impl Client {
             Lost::Fatal(e) => return Err(e),
             Lost::Retry(code, reason) => (code, reason),
         };
+        if let Some(next) = self.next.take() {
+            self.url_idx = next.url_idx;
+            self.conn = Some(next);
+            return Ok(());
+        }
+        if conn.for_move {
+            // The connection moved to failed before it was live: an ordinary loss.
+            self.moving = None;
+        }
         if !conn.welcomed {
             return self.failed(reason);
         }
-        self.counters.disconnects += 1;
+        self.st.counters.disconnects += 1;
         if conn.got_data || conn.since.elapsed() >= self.cfg.healthy_after {
             self.backoff.reset();
         }
@@ -538,179 +826,30 @@ impl Client {
         self.schedule(None)
     }
 
-    async fn send_subscribe(
-        &mut self,
-        ws: &mut FragmentCollector<TokioIo<Upgraded>>,
-    ) -> Result<(), fastwebsockets::WebSocketError> {
-        let per = self.cfg.symbols_per_command.max(1);
-        for chunk in self.wanted.chunks(per) {
-            let mut resume = serde_json::Map::new();
-            for s in chunk {
-                if let Some(p) = self.positions.get(s).filter(|p| p.seq > 0) {
-                    let at = if p.epoch.is_empty() {
-                        serde_json::json!(p.seq)
-                    } else {
-                        serde_json::json!({"epoch": &*p.epoch, "seq": p.seq})
-                    };
-                    resume.insert(s.to_string(), at);
-                }
-            }
-            let mut cmd = serde_json::json!({
-                "op": "subscribe",
-                "id": self.next_id,
-                "symbols": chunk.iter().map(|s| &**s).collect::<Vec<_>>(),
-                "snapshot": self.cfg.snapshot,
-            });
-            if !resume.is_empty() {
-                cmd["resume"] = serde_json::Value::Object(resume);
-            }
-            self.next_id += 1;
-            let text = cmd.to_string();
-            ws.write_frame(Frame::text(Payload::Owned(text.into_bytes())))
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// Reads one frame and queues the events it makes.
-    async fn read_once(&mut self) -> Result<(), Lost> {
-        let Some(conn) = self.conn.as_mut() else {
+    /// Decodes one data frame of a connection and queues the events it makes.
+    fn read(&mut self, which: Which, frame: &Frame<'static>) -> Result<(), Lost> {
+        let overlap = self.moving.is_some();
+        let attempt = self.backoff.attempt();
+        let Some(conn) = pick(&mut self.conn, &mut self.next, which) else {
             return Ok(());
         };
-        let frame = match tokio::time::timeout(conn.idle, conn.ws.read_frame()).await {
-            Err(_) => {
-                return Err(Lost::Retry(
-                    None,
-                    format!("nothing heard for {:?}", conn.idle),
-                ))
-            }
-            Ok(Err(e)) => return Err(Lost::Retry(None, e.to_string())),
-            Ok(Ok(f)) => f,
-        };
-        match frame.opcode {
-            OpCode::Text | OpCode::Binary => {}
-            OpCode::Ping => {
-                let pong = Frame::pong(frame.payload);
-                return match conn.ws.write_frame(pong).await {
-                    Ok(()) => Ok(()),
-                    Err(e) => Err(Lost::Retry(None, e.to_string())),
-                };
-            }
-            OpCode::Close => {
-                let p = &frame.payload[..];
-                let code = (p.len() >= 2).then(|| u16::from_be_bytes([p[0], p[1]]));
-                let reason = String::from_utf8_lossy(p.get(2..).unwrap_or_default()).into_owned();
-                return Err(match code {
-                    Some(c) if close_is_fatal(c) => {
-                        Lost::Fatal(ClientError::Closed { code: c, reason })
-                    }
-                    _ => Lost::Retry(code, reason),
-                });
-            }
-            // Pongs need nothing.
-            _ => return Ok(()),
-        }
-        let Self {
-            names,
-            positions,
-            pending,
-            counters,
-            wanted,
-            cfg,
-            ever_connected,
-            backoff,
-            ..
-        } = self;
-        let mut handle = |msg: ServerMessage| {
-            match &msg {
-                ServerMessage::Tick(t) => {
-                    conn.got_data = true;
-                    if let Some(p) = positions.get_mut(&*t.symbol) {
-                        if !p.epoch.is_empty() && !t.epoch.is_empty() && p.epoch != t.epoch {
-                            counters.resets += 1;
-                            pending.push_back(Event::Reset {
-                                symbol: t.symbol.clone(),
-                                epoch: t.epoch.clone(),
-                            });
-                        } else if p.seq != 0 && t.seq <= p.seq {
-                            counters.duplicates += 1;
-                            return;
-                        } else if p.seq != 0 && t.seq > p.seq + 1 {
-                            counters.holes += 1;
-                            pending.push_back(Event::Hole {
-                                symbol: t.symbol.clone(),
-                                from: p.seq + 1,
-                                to: t.seq - 1,
-                            });
-                        }
-                        p.seq = t.seq;
-                        if !t.epoch.is_empty() {
-                            p.epoch = t.epoch.clone();
-                        }
-                        p.stale = false;
-                    }
-                    counters.ticks += 1;
-                }
-                ServerMessage::Snapshot(t) => {
-                    conn.got_data = true;
-                    if let Some(p) = positions.get_mut(&*t.symbol) {
-                        p.seq = t.seq;
-                        p.epoch = t.epoch.clone();
-                        p.stale = false;
-                    }
-                    counters.snapshots += 1;
-                }
-                ServerMessage::Gap {
-                    symbol, to, reason, ..
-                } => {
-                    counters.gaps += 1;
-                    if let Some(p) = positions.get_mut(&**symbol) {
-                        if *reason != GapReason::Reset {
-                            p.seq = p.seq.max(*to);
-                        }
-                        p.stale = true;
-                    }
-                }
-                ServerMessage::Welcome {
-                    node, heartbeat_ms, ..
-                } => {
-                    conn.welcomed = true;
-                    counters.connections += 1;
-                    if *heartbeat_ms > 0 {
-                        conn.idle = Duration::from_millis(*heartbeat_ms) + cfg.heartbeat_grace;
-                    }
-                    let resumed = wanted
-                        .iter()
-                        .filter(|s| positions.get(*s).is_some_and(|p| p.seq > 0))
-                        .count();
-                    pending.push_back(Event::Connected {
-                        url: conn.url.clone(),
-                        node: node.clone(),
-                        attempt: backoff.attempt(),
-                        resumed,
-                        reconnect: *ever_connected,
-                        dialed: conn.dialed,
-                    });
-                    *ever_connected = true;
-                }
-                ServerMessage::Error { code, symbols, .. }
-                    if matches!(code.as_str(), "unknown_symbol" | "bad_symbol" | "forbidden") =>
-                {
-                    // Asking again on the next connection would be refused again.
-                    wanted.retain(|w| !symbols.iter().any(|s| s == &**w));
-                    positions.retain(|w, _| !symbols.iter().any(|s| s == &**w));
-                }
-                _ => {}
-            }
-            pending.push_back(Event::Message(msg));
+        let names = &mut self.names;
+        let mut receiver = Receiver {
+            conn,
+            overlap,
+            st: &mut self.st,
+            pending: &mut self.pending,
+            cfg: &self.cfg,
+            attempt,
+            now: now_ns(),
         };
         let mut bad = None;
         if frame.opcode == OpCode::Binary {
-            bad = message::for_each_record(&frame.payload, names, &mut handle).err();
+            bad = message::for_each_record(&frame.payload, names, |m| receiver.take(m)).err();
         } else {
             let decoded =
                 message::for_each_raw(&frame.payload, |raw| match raw.into_message(names) {
-                    Ok(m) => handle(m),
+                    Ok(m) => receiver.take(m),
                     Err(e) => bad = Some(e),
                 });
             if let Err(e) = decoded {
@@ -721,6 +860,17 @@ impl Client {
             Some(e) => Err(Lost::Retry(None, e.to_string())),
             None => Ok(()),
         }
+    }
+}
+
+/// How a connection the server closed with `payload` (code and reason) ends: for good
+/// after a code on which reconnecting would meet the same refusal, else with a retry.
+fn closed(payload: &[u8]) -> Lost {
+    let code = (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+    let reason = String::from_utf8_lossy(payload.get(2..).unwrap_or_default()).into_owned();
+    match code {
+        Some(c) if close_is_fatal(c) => Lost::Fatal(ClientError::Closed { code: c, reason }),
+        _ => Lost::Retry(code, reason),
     }
 }
 
