@@ -65,13 +65,9 @@ impl Claims {
     }
 }
 
-/// `*` matches everything, `PREFIX*` matches by prefix, anything else exactly.
-pub fn pattern_matches(pattern: &str, symbol: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some(prefix) => symbol.starts_with(prefix),
-        None => pattern == symbol,
-    }
-}
+/// `*` matches everything, `PREFIX*` matches by prefix, anything else exactly: the
+/// patterns of `subscribe` and of the `symbols` claim are one grammar.
+pub use crate::tick::pattern_matches;
 
 /// Why a request was refused; `status` is the HTTP status to answer with.
 #[derive(Debug, thiserror::Error)]
@@ -238,6 +234,31 @@ fn is_pem(bytes: &[u8]) -> bool {
     bytes.windows(11).any(|w| w == b"-----BEGIN ")
 }
 
+/// Reads a key of type `K` from PEM bytes (one of `jsonwebtoken`'s `from_*_pem`).
+type FromPem<K> = fn(&[u8]) -> jsonwebtoken::errors::Result<K>;
+
+/// The algorithm and key of the PEM file `what` names, read by `rsa` and then `ec`:
+/// RS256 for an RSA key, ES256 for an EC key on P-256; else the error says what was
+/// `expected`.
+fn pem_key<K>(
+    raw: &[u8],
+    what: &str,
+    [rsa, ec]: [FromPem<K>; 2],
+    expected: &str,
+) -> anyhow::Result<(Algorithm, K)> {
+    if let Ok(key) = rsa(raw) {
+        return Ok((Algorithm::RS256, key));
+    }
+    let Ok(key) = ec(raw) else {
+        anyhow::bail!("{what}: not an RSA or P-256 {expected}");
+    };
+    anyhow::ensure!(
+        pem_is_p256(raw),
+        "{what}: an EC key on a curve other than P-256 (ES256 needs P-256)"
+    );
+    Ok((Algorithm::ES256, key))
+}
+
 /// Whether the first PEM block of `bytes` holds a P-256 key.
 fn pem_is_p256(bytes: &[u8]) -> bool {
     let mut reader = bytes;
@@ -261,22 +282,12 @@ fn load_key(spec: &KeySpec) -> anyhow::Result<Key> {
                 path.display()
             );
         }
-        if let Ok(key) = DecodingKey::from_rsa_pem(&raw) {
-            (Algorithm::RS256, key)
-        } else if let Ok(key) = DecodingKey::from_ec_pem(&raw) {
-            if !pem_is_p256(&raw) {
-                anyhow::bail!(
-                    "JWT key file {}: an EC key on a curve other than P-256 (ES256 needs P-256)",
-                    path.display()
-                );
-            }
-            (Algorithm::ES256, key)
-        } else {
-            anyhow::bail!(
-                "JWT key file {}: not an RSA or P-256 public key (expected PEM \"BEGIN PUBLIC KEY\")",
-                path.display()
-            );
-        }
+        pem_key(
+            &raw,
+            &format!("JWT key file {}", path.display()),
+            [DecodingKey::from_rsa_pem, DecodingKey::from_ec_pem],
+            "public key (expected PEM \"BEGIN PUBLIC KEY\")",
+        )?
     } else {
         (
             Algorithm::HS256,
@@ -485,23 +496,13 @@ impl Signer {
         let raw = std::fs::read(path)
             .map_err(|e| anyhow::anyhow!("cannot read signing key {}: {e}", path.display()))?;
         let (algorithm, key) = if is_pem(&raw) {
-            if let Ok(key) = EncodingKey::from_rsa_pem(&raw) {
-                (Algorithm::RS256, key)
-            } else if let Ok(key) = EncodingKey::from_ec_pem(&raw) {
-                if !pem_is_p256(&raw) {
-                    anyhow::bail!(
-                        "signing key {}: an EC key on a curve other than P-256 (ES256 needs P-256)",
-                        path.display()
-                    );
-                }
-                (Algorithm::ES256, key)
-            } else {
-                anyhow::bail!(
-                    "signing key {}: not an RSA or P-256 private key in PKCS#8 PEM \
-                     (\"BEGIN PRIVATE KEY\"; convert with openssl pkcs8 -topk8 -nocrypt)",
-                    path.display()
-                );
-            }
+            pem_key(
+                &raw,
+                &format!("signing key {}", path.display()),
+                [EncodingKey::from_rsa_pem, EncodingKey::from_ec_pem],
+                "private key in PKCS#8 PEM \
+                 (\"BEGIN PRIVATE KEY\"; convert with openssl pkcs8 -topk8 -nocrypt)",
+            )?
         } else {
             (
                 Algorithm::HS256,

@@ -195,6 +195,11 @@ pub struct RedisArgs {
     #[arg(long, env = "TICKSTREAM_REDIS_HISTORY", value_name = "N")]
     pub redis_history: Option<usize>,
 
+    /// Closed bars kept per symbol and interval in the Redis `bars:` sets (candle
+    /// backfill across nodes and restarts), 1 to 100000. Default: 1000.
+    #[arg(long, env = "TICKSTREAM_REDIS_BARS", value_name = "N")]
+    pub redis_bars: Option<usize>,
+
     /// Longest wait between Redis reconnection attempts. Default: 2s.
     #[arg(long, env = "TICKSTREAM_REDIS_BACKOFF_MAX", value_name = "DURATION")]
     pub redis_backoff_max: Option<Dur>,
@@ -212,6 +217,16 @@ pub struct RedisArgs {
     /// URLs. Default: the system's trusted roots.
     #[arg(long, env = "TICKSTREAM_REDIS_CA_FILE", value_name = "FILE")]
     pub redis_ca_file: Option<PathBuf>,
+
+    /// Interval of a feed's heartbeat; nodes take a feed silent for three intervals for
+    /// lost and mark its symbols stale. Default: 500ms.
+    #[arg(long, env = "TICKSTREAM_REDIS_HEARTBEAT", value_name = "DURATION")]
+    pub redis_heartbeat: Option<Dur>,
+
+    /// Largest message a node reads from Redis, in bytes; a larger one is dropped unread
+    /// and counted. Default: 65536.
+    #[arg(long, env = "TICKSTREAM_REDIS_MAX_PAYLOAD", value_name = "BYTES")]
+    pub redis_max_payload: Option<usize>,
 }
 
 impl RedisArgs {
@@ -242,6 +257,9 @@ impl RedisArgs {
         if let Some(h) = self.redis_history {
             c.history = h;
         }
+        if let Some(n) = self.redis_bars {
+            c.bars = n;
+        }
         if let Some(d) = self.redis_backoff_max {
             c.backoff_max = d.0;
         }
@@ -253,40 +271,72 @@ impl RedisArgs {
             c.lease = d.0;
         }
         c.ca_file = self.redis_ca_file.clone();
-        let urls: Vec<&String> = match &c.mode {
-            RedisMode::Single(u) => vec![u],
-            RedisMode::Cluster(v) => v.iter().collect(),
-        };
-        if urls.is_empty() {
-            return bad("--redis-cluster needs at least one URL");
+        if let Some(d) = self.redis_heartbeat {
+            c.heartbeat = d.0;
         }
-        for u in &urls {
-            if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
-                return Err(ConfigError::Invalid(format!(
-                    "Redis URL {u:?} must start with redis:// or rediss:// (e.g. redis://127.0.0.1:6379)"
-                )));
-            }
-            if let Err(e) = redis::IntoConnectionInfo::into_connection_info(u.as_str()) {
-                return Err(ConfigError::Invalid(format!(
-                    "Redis URL {}: {e}",
-                    crate::bus::redis::shards::host_port(u)
-                )));
-            }
+        if let Some(n) = self.redis_max_payload {
+            c.max_payload = n;
         }
-        if c.ca_file.is_some() && !urls.iter().all(|u| u.starts_with("rediss://")) {
-            return bad("redis-ca-file is for TLS: give rediss:// URLs with it");
-        }
-        if c.prefix.contains(['{', '}', ' ']) {
-            return bad("redis-prefix must not contain braces or spaces");
-        }
-        if c.history == 0 {
-            return bad("redis-history must be at least 1");
-        }
-        if c.timeout.is_zero() || c.lease < Duration::from_millis(100) {
-            return bad("redis-timeout must be longer than 0 and redis-lease at least 100ms");
-        }
+        check_urls(&c)?;
+        check_bounds(&c)?;
         Ok(Some(c))
     }
+}
+
+/// Checks the URLs of a Redis configuration: schemes, syntax, TLS with a CA file.
+fn check_urls(c: &RedisConfig) -> Result<(), ConfigError> {
+    let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+    let urls: Vec<&String> = match &c.mode {
+        RedisMode::Single(u) => vec![u],
+        RedisMode::Cluster(v) => v.iter().collect(),
+    };
+    if urls.is_empty() {
+        return bad("--redis-cluster needs at least one URL");
+    }
+    for u in &urls {
+        if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+            return Err(ConfigError::Invalid(format!(
+                    "Redis URL {u:?} must start with redis:// or rediss:// (e.g. redis://127.0.0.1:6379)"
+                )));
+        }
+        if let Err(e) = redis::IntoConnectionInfo::into_connection_info(u.as_str()) {
+            return Err(ConfigError::Invalid(format!(
+                "Redis URL {}: {e}",
+                crate::bus::redis::shards::host_port(u)
+            )));
+        }
+    }
+    if c.ca_file.is_some() && !urls.iter().all(|u| u.starts_with("rediss://")) {
+        return bad("redis-ca-file is for TLS: give rediss:// URLs with it");
+    }
+    Ok(())
+}
+
+/// The most closed bars kept per symbol and interval, in memory or in Redis.
+const MAX_BARS: usize = 100_000;
+
+/// Checks the names, sizes and times of a Redis configuration.
+fn check_bounds(c: &RedisConfig) -> Result<(), ConfigError> {
+    let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+    if c.prefix.contains(['{', '}', ' ']) {
+        return bad("redis-prefix must not contain braces or spaces");
+    }
+    if c.history == 0 {
+        return bad("redis-history must be at least 1");
+    }
+    if !(1..=MAX_BARS).contains(&c.bars) {
+        return bad("redis-bars must be from 1 to 100000");
+    }
+    if c.timeout.is_zero() || c.lease < Duration::from_millis(100) {
+        return bad("redis-timeout must be longer than 0 and redis-lease at least 100ms");
+    }
+    if c.heartbeat < Duration::from_millis(10) || c.heartbeat > Duration::from_secs(60) {
+        return bad("redis-heartbeat must be from 10ms to 60s");
+    }
+    if c.max_payload < 1024 {
+        return bad("redis-max-payload must be at least 1024 bytes");
+    }
+    Ok(())
 }
 
 /// Options of `tickstream serve`. Every one may also come from the environment
@@ -358,6 +408,21 @@ pub struct ServeArgs {
     #[arg(long, env = "TICKSTREAM_HISTORY", value_name = "N")]
     pub history: Option<usize>,
 
+    /// Book messages whose changes are kept per symbol, so that a resuming, paced or
+    /// slow book subscriber is sent one update netting out what it lacks. Default: 1024.
+    #[arg(long, env = "TICKSTREAM_BOOK_HISTORY", value_name = "N")]
+    pub book_history: Option<usize>,
+
+    /// Most levels a side a book may hold; a published book or update that would pass
+    /// it is refused. Default: 1000.
+    #[arg(long, env = "TICKSTREAM_BOOK_MAX_LEVELS", value_name = "N")]
+    pub book_max_levels: Option<usize>,
+
+    /// Closed bars kept in memory per symbol and interval, the most a candle backfill
+    /// sends, 1 to 100000. Default: 1000.
+    #[arg(long, env = "TICKSTREAM_CANDLES_KEEP", value_name = "N")]
+    pub candles_keep: Option<usize>,
+
     /// Interval of server Pings. Default: 30s.
     #[arg(long, env = "TICKSTREAM_HEARTBEAT", value_name = "DURATION")]
     pub heartbeat: Option<Dur>,
@@ -369,6 +434,17 @@ pub struct ServeArgs {
     /// Largest inbound message in bytes; larger closes with 1009. Default: 65536.
     #[arg(long, env = "TICKSTREAM_MAX_MSG_BYTES", value_name = "BYTES")]
     pub max_msg_bytes: Option<usize>,
+
+    /// Most frames one inbound message may come in, on every endpoint; more closes
+    /// with 1008. Also sets the frame budget of a subscriber connection: rate-limit ×
+    /// max-fragments frames per second. Default: 1024.
+    #[arg(long, env = "TICKSTREAM_MAX_FRAGMENTS", value_name = "N")]
+    pub max_fragments: Option<usize>,
+
+    /// Most empty (zero-length) frames one inbound message may come in; more closes
+    /// with 1008. Default: 16.
+    #[arg(long, env = "TICKSTREAM_MAX_EMPTY_FRAGMENTS", value_name = "N")]
+    pub max_empty_fragments: Option<usize>,
 
     /// Inbound messages per second per connection (token bucket refill). Default: 50.
     #[arg(long, env = "TICKSTREAM_RATE_LIMIT", value_name = "N")]
@@ -382,9 +458,14 @@ pub struct ServeArgs {
     #[arg(long, env = "TICKSTREAM_RATE_STRIKES", value_name = "N")]
     pub rate_strikes: Option<u32>,
 
-    /// Most symbols one connection may subscribe. Default: 1024.
+    /// Most symbols one connection may subscribe (per channel and interval; the symbols
+    /// a pattern matches count too). Default: 1024.
     #[arg(long, env = "TICKSTREAM_MAX_SYMBOLS", value_name = "N")]
     pub max_symbols: Option<usize>,
+
+    /// Most patterns (`*`, `PREFIX*`) one connection may hold at once. Default: 32.
+    #[arg(long, env = "TICKSTREAM_MAX_PATTERNS", value_name = "N")]
+    pub max_patterns: Option<usize>,
 
     /// Outbound queue per connection, in messages. Default: 4096.
     #[arg(long, env = "TICKSTREAM_QUEUE", value_name = "N")]
@@ -409,9 +490,41 @@ pub struct ServeArgs {
     #[arg(long, env = "TICKSTREAM_SEND_BUFFER", value_name = "BYTES")]
     pub send_buffer: Option<usize>,
 
-    /// On SIGINT/SIGTERM, how long clients get to be closed before exit. Default: 5s.
+    /// Output the node may hold buffered for its clients in all, in bytes: queued
+    /// messages (each counted in every queue it is in) and frames being written. Past
+    /// it the connections holding the most are conflated, then closed with 4008, largest
+    /// first (under --slow-policy disconnect: closed at once; see --outbound-floor); 0:
+    /// no bound. Default: a quarter of the memory the node may use (its cgroup limit,
+    /// else the RAM), at least 16777216 (16 MiB), at most 268435456 (256 MiB).
+    #[arg(long, env = "TICKSTREAM_MAX_OUTBOUND_BYTES", value_name = "BYTES")]
+    pub max_outbound_bytes: Option<u64>,
+
+    /// A connection holding less than this many bytes of output (queued and being
+    /// written) is never conflated or closed for --max-outbound-bytes. Default: 65536.
+    #[arg(long, env = "TICKSTREAM_OUTBOUND_FLOOR", value_name = "BYTES")]
+    pub outbound_floor: Option<u64>,
+
+    /// On SIGINT/SIGTERM, how long clients get to be closed before exit (the reconnect
+    /// notice included). Default: 5s.
     #[arg(long, env = "TICKSTREAM_DRAIN", value_name = "DURATION")]
     pub drain: Option<Dur>,
+
+    /// Before the server closes a connection it chose to close (shutdown, the connection
+    /// lifetime), it sends `reconnect` with `in_ms` of this and keeps streaming that long;
+    /// 0s closes at once. Shorter than --drain. Default: 2s.
+    #[arg(long, env = "TICKSTREAM_RECONNECT_NOTICE", value_name = "DURATION")]
+    pub reconnect_notice: Option<Dur>,
+
+    /// Each connection is closed (1001, after its reconnect notice) once it has been open
+    /// this long, give or take 10 % drawn per connection, so that connections opened
+    /// together do not leave together; 0s: never. At least twice --reconnect-notice.
+    /// Default: 0s.
+    #[arg(
+        long,
+        env = "TICKSTREAM_MAX_CONNECTION_LIFETIME",
+        value_name = "DURATION"
+    )]
+    pub max_connection_lifetime: Option<Dur>,
 
     /// Allow plain ws on a non-loopback address (behind a TLS-terminating balancer); not
     /// needed with --tls-cert.
@@ -576,6 +689,12 @@ pub struct Settings {
     pub publish_rate_limit: u32,
     /// History ring length per symbol.
     pub history: usize,
+    /// Book messages whose changes are kept per symbol.
+    pub book_history: usize,
+    /// Most levels a side of a book.
+    pub book_max_levels: usize,
+    /// Closed bars kept per symbol and interval.
+    pub candles_keep: usize,
     /// Ping interval.
     #[serde(deserialize_with = "duration")]
     pub heartbeat: Duration,
@@ -584,6 +703,10 @@ pub struct Settings {
     pub heartbeat_grace: Duration,
     /// Largest inbound message.
     pub max_msg_bytes: usize,
+    /// Most frames per inbound message.
+    pub max_fragments: usize,
+    /// Most empty frames per inbound message.
+    pub max_empty_fragments: usize,
     /// Inbound messages per second.
     pub rate_limit: u32,
     /// Inbound burst.
@@ -592,6 +715,8 @@ pub struct Settings {
     pub rate_strikes: u32,
     /// Symbols per connection.
     pub max_symbols: usize,
+    /// Patterns per connection.
+    pub max_patterns: usize,
     /// Outbound queue per connection.
     pub queue: usize,
     /// Slow-consumer policy.
@@ -601,9 +726,26 @@ pub struct Settings {
     pub send_timeout: Duration,
     /// Kernel send buffer per client socket (None: OS default).
     pub send_buffer: Option<usize>,
+    /// Node-wide bound on buffered output, bytes (0: none).
+    pub max_outbound_bytes: u64,
+    /// Connections holding less output than this are never acted on for the bound.
+    pub outbound_floor: u64,
     /// Shutdown drain time.
     #[serde(deserialize_with = "duration")]
     pub drain: Duration,
+    /// The `in_ms` of `reconnect`: how long a connection keeps streaming after it
+    /// (zero: closed without notice).
+    #[serde(deserialize_with = "duration")]
+    pub reconnect_notice: Duration,
+    /// Connection lifetime before jitter (zero: unlimited).
+    #[serde(deserialize_with = "duration")]
+    pub max_connection_lifetime: Duration,
+    /// Test builds only: a session panics when it receives a text message equal to
+    /// this (its reader), or is about to send a message about this symbol (its
+    /// writer). Set by tests, never by a flag.
+    #[cfg(feature = "fault-hooks")]
+    #[serde(skip)]
+    pub fault_panic_on: Option<String>,
     /// Plain ws allowed on a public address.
     pub allow_plaintext_public: bool,
     /// TLS certificate chain file; TLS is on when set (with `tls_key`).
@@ -684,18 +826,30 @@ impl Default for Settings {
             publish_max_msg_bytes: 1 << 20,
             publish_rate_limit: 20_000,
             history: 1024,
+            book_history: 1024,
+            book_max_levels: 1000,
+            candles_keep: crate::hub::candles::DEFAULT_KEEP,
             heartbeat: Duration::from_secs(30),
             heartbeat_grace: Duration::from_secs(10),
             max_msg_bytes: 65536,
+            max_fragments: 1024,
+            max_empty_fragments: 16,
             rate_limit: 50,
             rate_burst: 100,
             rate_strikes: 20,
             max_symbols: 1024,
+            max_patterns: 32,
             queue: 4096,
             slow_policy: SlowPolicy::default(),
             send_timeout: Duration::from_secs(10),
             send_buffer: None,
+            max_outbound_bytes: default_outbound_bound(),
+            outbound_floor: 64 * 1024,
             drain: Duration::from_secs(5),
+            reconnect_notice: Duration::from_secs(2),
+            max_connection_lifetime: Duration::ZERO,
+            #[cfg(feature = "fault-hooks")]
+            fault_panic_on: None,
             allow_plaintext_public: false,
             tls_cert: None,
             tls_key: None,
@@ -851,6 +1005,14 @@ impl Settings {
         if self.history == 0 {
             return bad("history must be at least 1");
         }
+        if self.book_history == 0
+            || self.book_max_levels < crate::protocol::channel::Depth::Top50.levels()
+        {
+            return bad("book-history must be at least 1 and book-max-levels at least 50");
+        }
+        if !(1..=MAX_BARS).contains(&self.candles_keep) {
+            return bad("candles-keep must be from 1 to 100000");
+        }
         if self.feed_batch > Duration::from_secs(1) {
             return bad("feed-batch must be at most 1s");
         }
@@ -863,14 +1025,17 @@ impl Settings {
         if self.publish_max_msg_bytes < 64 {
             return bad("publish-max-msg-bytes must be at least 64");
         }
+        if self.max_fragments == 0 {
+            return bad("max-fragments must be at least 1");
+        }
         if self.publish_rate_limit == 0 {
             return bad("publish-rate-limit must be at least 1");
         }
         if self.rate_limit == 0 || self.rate_burst == 0 {
             return bad("rate-limit and rate-burst must be at least 1");
         }
-        if self.max_symbols == 0 || self.queue == 0 {
-            return bad("max-symbols and queue must be at least 1");
+        if self.max_symbols == 0 || self.queue == 0 || self.max_patterns == 0 {
+            return bad("max-symbols, max-patterns and queue must be at least 1");
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return bad("tls-cert and tls-key go together: give both to serve TLS, or neither");
@@ -881,6 +1046,7 @@ impl Settings {
         if self.retry_after.is_zero() {
             return bad("retry-after must be longer than 0");
         }
+        self.check_reconnect()?;
         let keys = self.jwt_secret_file.is_some()
             || !self.jwt_keys.is_empty()
             || self.jwt_key_dir.is_some();
@@ -903,6 +1069,57 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// The reconnect notice must fit in the drain, and the lifetime leave room for it.
+    fn check_reconnect(&self) -> Result<(), ConfigError> {
+        let show = |d: Duration| humantime::format_duration(d).to_string();
+        let notice = self.reconnect_notice;
+        if !notice.is_zero() && notice >= self.drain {
+            return Err(ConfigError::Invalid(format!(
+                "reconnect-notice ({}) must be shorter than drain ({}): clients are closed \
+                 after the notice, within the drain",
+                show(notice),
+                show(self.drain)
+            )));
+        }
+        let life = self.max_connection_lifetime;
+        if !life.is_zero() && life < notice * 2 {
+            return Err(ConfigError::Invalid(format!(
+                "max-connection-lifetime ({}) must be at least twice reconnect-notice ({})",
+                show(life),
+                show(notice)
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The default bound on buffered output: a quarter of the memory the process may use
+/// (its cgroup's limit where one is set, else the machine's RAM), at most 256 MiB and at
+/// least 16 MiB.
+fn default_outbound_bound() -> u64 {
+    const MAX: u64 = 256 << 20;
+    let limit = memory_limit().unwrap_or(u64::MAX);
+    (limit / 4).clamp(16 << 20, MAX)
+}
+
+/// The memory this process may use: the cgroup v2 or v1 limit, else `MemTotal`.
+fn memory_limit() -> Option<u64> {
+    let read = |p: &str| std::fs::read_to_string(p).ok();
+    let cgroup = read("/sys/fs/cgroup/memory.max")
+        .or_else(|| read("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let total = read("/proc/meminfo").and_then(|m| {
+        let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    });
+    match (cgroup, total) {
+        (Some(c), Some(t)) => Some(c.min(t)),
+        (c, t) => c.or(t),
+    }
+}
+
 /// Reads a list of proxy addresses and CIDRs (`10.0.0.7,10.1.0.0/16,fd00::/8`); a bare
 /// address is a network of one.
 fn parse_proxies(list: &str) -> Result<Vec<ipnet::IpNet>, ConfigError> {
@@ -922,8 +1139,10 @@ fn parse_proxies(list: &str) -> Result<Vec<ipnet::IpNet>, ConfigError> {
         .collect()
 }
 
+/// A node's feed id: its name, the same across restarts, so that a node restarted
+/// under its name takes its symbols back at once (see the bus's `feeds`).
 fn default_feed_id(node: &str) -> String {
-    format!("{node}/{}", std::process::id())
+    node.to_owned()
 }
 
 fn default_node_name(listen: SocketAddr) -> String {
@@ -1148,7 +1367,7 @@ mod tests {
         assert_eq!(s.rate_burst, 14, "the burst follows the rate limit");
         assert_eq!(s.drain, Duration::from_secs(60));
         assert_eq!(s.redis.unwrap().lease, Duration::from_secs(3));
-        assert!(s.feed_id.starts_with("n1/"));
+        assert_eq!(s.feed_id, "n1", "the node's name: the same after a restart");
 
         std::fs::write(&path, "queue = 5\nheartbeat = \"soon\"\n").unwrap();
         let cli = Cli::try_parse_from(["x", "--config", path.to_str().unwrap()]).unwrap();
@@ -1226,6 +1445,28 @@ mod tests {
         assert!(cli.unwrap().serve.resolve().is_ok());
         let cli = Cli::try_parse_from(["x", "--retry-after", "0s"]).unwrap();
         assert!(cli.serve.resolve().is_err());
+    }
+
+    #[test]
+    fn fragment_limits_resolve_from_flag_and_file_and_zero_is_refused() {
+        let d = Settings::default();
+        assert_eq!((d.max_fragments, d.max_empty_fragments), (1024, 16));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, "max_fragments = 64\nmax_empty_fragments = 2\n").unwrap();
+        let file = path.to_str().unwrap();
+        let s = Cli::try_parse_from(["x", "--config", file])
+            .unwrap()
+            .serve
+            .resolve();
+        let s = s.unwrap();
+        assert_eq!((s.max_fragments, s.max_empty_fragments), (64, 2));
+        let cli = Cli::try_parse_from(["x", "--config", file, "--max-fragments", "9"]).unwrap();
+        assert_eq!(cli.serve.resolve().unwrap().max_fragments, 9);
+        let cli = Cli::try_parse_from(["x", "--max-fragments", "0"]).unwrap();
+        let e = cli.serve.resolve().unwrap_err().to_string();
+        assert!(e.contains("max-fragments"), "{e}");
+        assert!(Cli::try_parse_from(["x", "--max-empty-fragments", "-1"]).is_err());
     }
 
     #[test]

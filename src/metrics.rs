@@ -16,10 +16,22 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
+mod reports;
+pub use reports::{ReportWindow, Summary as ReportSummary, WINDOW_MS as REPORT_WINDOW_MS};
+
 /// Upper bounds, in seconds, of the latency histograms' buckets.
 pub const LATENCY_BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
+
+/// The index of the bucket of [`LATENCY_BUCKETS`] (or `+Inf`, the one after them) that
+/// holds `secs`.
+fn bucket_of(secs: f64) -> usize {
+    LATENCY_BUCKETS
+        .iter()
+        .position(|b| secs <= *b)
+        .unwrap_or(LATENCY_BUCKETS.len())
+}
 
 /// A histogram of durations kept in atomics: one add per bucket hit, no lock.
 #[derive(Debug, Default)]
@@ -32,12 +44,7 @@ pub struct AtomicHistogram {
 impl AtomicHistogram {
     /// Records one duration, in nanoseconds.
     pub fn observe_ns(&self, ns: u64) {
-        let secs = ns as f64 / 1e9;
-        let i = LATENCY_BUCKETS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(LATENCY_BUCKETS.len());
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.buckets[bucket_of(ns as f64 / 1e9)].fetch_add(1, Ordering::Relaxed);
         self.sum_ns.fetch_add(ns, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
     }
@@ -89,6 +96,15 @@ pub enum Source {
 /// The gap reasons, in the order of [`Metrics::gaps`].
 pub const GAP_REASONS: [&str; 4] = ["slow_consumer", "upstream", "expired", "reset"];
 
+/// Why a message from the bus was dropped, in the order of [`Metrics::bus_dropped`].
+pub const BUS_DROPS: [&str; 3] = ["malformed", "wrong_channel", "refused"];
+
+/// Why a symbol became stale, in the order of [`Metrics::stale`].
+pub const STALE_REASONS: [&str; 3] = ["bus", "channel", "feed"];
+
+/// Why the server sent `reconnect`, in the order of [`Metrics::reconnects`].
+pub const RECONNECT_REASONS: [&str; 2] = ["shutdown", "lifetime"];
+
 /// Close codes counted by [`Metrics::disconnected`]; anything else is counted as `other`.
 pub const CLOSE_CODES: [u16; 9] = [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011, 4008];
 
@@ -139,6 +155,12 @@ pub struct Metrics {
     pub refused: [AtomicU64; REFUSED_REASONS.len()],
     /// Reconnections of the bus.
     pub bus_reconnects: AtomicU64,
+    /// Messages read from the bus and dropped, by [`BUS_DROPS`] reason.
+    pub bus_dropped: [AtomicU64; 3],
+    /// Watched symbols routed to another Redis server (a slot moved).
+    pub bus_reroutes: AtomicU64,
+    /// Symbols that became stale (`status` stale sent), by [`STALE_REASONS`].
+    pub stale: [AtomicU64; 3],
     /// Now minus `ts` of the last tick the bus delivered, in nanoseconds.
     pub bus_lag_ns: AtomicU64,
     /// Open subscriber connections over WebSocket.
@@ -147,6 +169,19 @@ pub struct Metrics {
     pub sse_connections: AtomicI64,
     /// Now minus the newest tick's `ts` when a frame holding it was written.
     pub write_latency: AtomicHistogram,
+    /// What clients report (`report`): one observation per report of its p50, p99 and
+    /// max.
+    pub client_latency: [AtomicHistogram; 3],
+    /// Reports taken.
+    pub client_reports: AtomicU64,
+    /// Messages the reports counted, summed.
+    pub client_messages: AtomicU64,
+    /// `reconnect` notices sent, by [`RECONNECT_REASONS`].
+    pub reconnects: [AtomicU64; 2],
+    /// Connections whose code panicked (each closed with 1011).
+    pub panics: AtomicU64,
+    /// The reports of the last minute, for `GET /v1/latency`.
+    pub client_window: ReportWindow,
 }
 
 impl Metrics {
@@ -177,6 +212,17 @@ impl Metrics {
             .position(|c| *c == code)
             .unwrap_or(CLOSE_CODES.len());
         self.disconnects[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes one client's latency report: its p50, p99 and max (ms) into their
+    /// histograms, and the messages it counted.
+    pub fn client_report(&self, p50_ms: f64, p99_ms: f64, max_ms: f64, count: u64) {
+        for (h, ms) in self.client_latency.iter().zip([p50_ms, p99_ms, max_ms]) {
+            h.observe_ns((ms * 1e6) as u64);
+        }
+        self.client_reports.fetch_add(1, Ordering::Relaxed);
+        self.client_messages.fetch_add(count, Ordering::Relaxed);
+        self.client_window.record(p50_ms, p99_ms, max_ms, count);
     }
 
     /// Counts one write of `bytes` to a subscriber; `newest_ts` is the `ts` of the
@@ -250,6 +296,16 @@ pub struct Scrape {
     pub watched: u64,
     /// Whether the bus is connected.
     pub bus_up: bool,
+    /// Symbols stale now.
+    pub stale_symbols: u64,
+    /// Output buffered for clients now (queued and being written), bytes.
+    pub outbound_bytes: u64,
+    /// The bound on it, bytes (0: none).
+    pub outbound_bound: u64,
+    /// Connections conflated because the bound was reached.
+    pub outbound_conflations: u64,
+    /// Connections closed (4008) because the bound was reached.
+    pub outbound_closes: u64,
 }
 
 fn counter(reg: &mut Registry, name: &str, help: &str, v: u64) {
@@ -274,14 +330,49 @@ fn labelled(reg: &mut Registry, name: &str, help: &str, rows: Vec<(Labels, u64)>
 /// The exposition (OpenMetrics text, which Prometheus reads) of [`global`] and `s`.
 pub fn render(s: &Scrape) -> String {
     let m = global();
-    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let mut reg = Registry::with_prefix("tickstream");
+    register_state(&mut reg, m, s);
+    register_flow(&mut reg, m, s);
+    register_losses(&mut reg, m);
+    register_bus(&mut reg, m, s);
+    reg.register(
+        "write_latency_seconds",
+        "Now minus the newest tick's ts when a frame holding it was written",
+        HistogramRef(&m.write_latency),
+    );
+    register_clients(&mut reg, m);
+    register_outbound(&mut reg, m, s);
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &reg);
+    out
+}
+
+fn load(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+/// One row per counter of `counts`, labelled `key` = the name beside it in `names`.
+fn by_label<N: ToString>(
+    key: &'static str,
+    names: impl IntoIterator<Item = N>,
+    counts: &[AtomicU64],
+) -> Vec<(Labels, u64)> {
+    names
+        .into_iter()
+        .zip(counts)
+        .map(|(n, v)| (vec![(key, n.to_string())], load(v)))
+        .collect()
+}
+
+/// What the node holds now: its build, open connections, subscriptions.
+fn register_state(reg: &mut Registry, m: &Metrics, s: &Scrape) {
     reg.register(
         "build",
         "Build information",
         Info::new(vec![("version", env!("CARGO_PKG_VERSION").to_owned())]),
     );
-    let mut conns = Family::<Labels, prometheus_client::metrics::gauge::Gauge>::default();
+    let conns = Family::<Labels, prometheus_client::metrics::gauge::Gauge>::default();
     for (t, v) in [
         ("websocket", m.ws_connections.load(Ordering::Relaxed)),
         ("sse", m.sse_connections.load(Ordering::Relaxed)),
@@ -291,140 +382,200 @@ pub fn render(s: &Scrape) -> String {
             .get_or_create(&vec![("transport", t.to_owned())])
             .set(v);
     }
-    reg.register(
-        "connections",
-        "Open connections by transport",
-        std::mem::take(&mut conns),
-    );
+    reg.register("connections", "Open connections by transport", conns);
     gauge(
-        &mut reg,
+        reg,
         "subscriptions",
         "Subscriptions (connection, symbol) now",
         s.subscriptions as i64,
     );
     gauge(
-        &mut reg,
+        reg,
         "watched_symbols",
         "Symbols with local subscribers",
         s.watched as i64,
     );
-    labelled(
-        &mut reg,
-        "ticks_ingested",
-        "Ticks ingested, by source",
-        vec![
-            (
-                vec![("source", "feed".into())],
-                load(&m.ingested[Source::Feed as usize]),
-            ),
-            (
-                vec![("source", "redis".into())],
-                load(&m.ingested[Source::Redis as usize]),
-            ),
-            (vec![("source", "publisher".into())], s.publisher_ticks),
-        ],
+    gauge(
+        reg,
+        "stale_symbols",
+        "Symbols whose source is known lost now (status stale)",
+        s.stale_symbols as i64,
     );
+    labelled(
+        reg,
+        "stale",
+        "Symbols that became stale (status stale sent), by reason",
+        by_label("reason", STALE_REASONS, &m.stale),
+    );
+}
+
+/// Ticks on their way through: in by source, through the hub, out to subscribers.
+fn register_flow(reg: &mut Registry, m: &Metrics, s: &Scrape) {
+    // In the order of `Source`.
+    let mut ingested = by_label("source", ["feed", "redis"], &m.ingested);
+    ingested.push((vec![("source", "publisher".into())], s.publisher_ticks));
+    labelled(reg, "ticks_ingested", "Ticks ingested, by source", ingested);
     counter(
-        &mut reg,
+        reg,
         "hub_ticks",
         "Ticks the hub accepted (all sources)",
         s.hub_ticks,
     );
     counter(
-        &mut reg,
+        reg,
         "ticks_delivered",
         "Messages handed to subscriber queues",
         s.delivered,
     );
     counter(
-        &mut reg,
+        reg,
         "ticks_conflated",
         "Ticks not queued for a slow subscriber",
         s.conflated,
     );
     counter(
-        &mut reg,
+        reg,
         "bytes_out",
         "Bytes written to subscribers",
         load(&m.bytes_out),
     );
     counter(
-        &mut reg,
+        reg,
         "frames_out",
         "Frames (WebSocket) or chunks (SSE) written to subscribers",
         load(&m.frames_out),
     );
+}
+
+/// What did not get through: gaps, closes, refused messages and requests.
+fn register_losses(reg: &mut Registry, m: &Metrics) {
     labelled(
-        &mut reg,
+        reg,
         "gaps",
         "gap messages queued, by reason",
-        GAP_REASONS
-            .iter()
-            .zip(&m.gaps)
-            .map(|(r, v)| (vec![("reason", (*r).to_owned())], load(v)))
-            .collect(),
+        by_label("reason", GAP_REASONS, &m.gaps),
     );
+    let codes = CLOSE_CODES.iter().map(u16::to_string);
     labelled(
-        &mut reg,
+        reg,
         "disconnects",
         "Subscriber connections closed, by close code",
-        CLOSE_CODES
-            .iter()
-            .map(|c| c.to_string())
-            .chain(["other".to_owned()])
-            .zip(&m.disconnects)
-            .map(|(c, v)| (vec![("code", c)], load(v)))
-            .collect(),
+        by_label("code", codes.chain(["other".to_owned()]), &m.disconnects),
     );
     counter(
-        &mut reg,
+        reg,
         "rate_limited",
         "Inbound messages refused by the rate limit",
         load(&m.rate_limited),
     );
     counter(
-        &mut reg,
+        reg,
         "auth_refused",
         "Requests refused for a missing, bad or insufficient token",
         load(&m.auth_refused),
     );
+    let mut refused = by_label("reason", REFUSED_REASONS, &m.refused);
+    refused.push((vec![("reason", "auth".to_owned())], load(&m.auth_refused)));
     labelled(
-        &mut reg,
+        reg,
         "refused",
         "Requests refused before any upgrade, by reason",
-        REFUSED_REASONS
-            .iter()
-            .zip(&m.refused)
-            .map(|(r, v)| (vec![("reason", (*r).to_owned())], load(v)))
-            .chain([(vec![("reason", "auth".to_owned())], load(&m.auth_refused))])
-            .collect(),
+        refused,
     );
+}
+
+/// The bus between nodes: reconnections, whether it is up, how far behind it runs.
+fn register_bus(reg: &mut Registry, m: &Metrics, s: &Scrape) {
     counter(
-        &mut reg,
+        reg,
         "bus_reconnects",
         "Reconnections of the bus",
         load(&m.bus_reconnects),
     );
     gauge(
-        &mut reg,
+        reg,
         "bus_up",
         "1 while the bus is connected, else 0",
         i64::from(s.bus_up),
+    );
+    labelled(
+        reg,
+        "bus_dropped",
+        "Messages read from the bus and dropped, by reason",
+        by_label("reason", BUS_DROPS, &m.bus_dropped),
+    );
+    counter(
+        reg,
+        "bus_reroutes",
+        "Watched symbols routed to another Redis server (a slot moved)",
+        load(&m.bus_reroutes),
     );
     reg.register(
         "bus_lag_seconds",
         "Now minus ts of the last tick the bus delivered",
         ConstGauge::new(load(&m.bus_lag_ns) as f64 / 1e9),
     );
-    reg.register(
-        "write_latency_seconds",
-        "Now minus the newest tick's ts when a frame holding it was written",
-        HistogramRef(&m.write_latency),
+}
+
+/// What clients report of the latency they see (`report`).
+fn register_clients(reg: &mut Registry, m: &'static Metrics) {
+    for (q, h) in ["p50", "p99", "max"].iter().zip(&m.client_latency) {
+        reg.register(
+            format!("client_latency_{q}_seconds"),
+            format!("The {q} latency clients reported, one observation per report"),
+            HistogramRef(h),
+        );
+    }
+    counter(
+        reg,
+        "client_latency_reports",
+        "Latency reports clients sent",
+        load(&m.client_reports),
     );
-    let mut out = String::new();
-    // Writing into a String cannot fail.
-    let _ = prometheus_client::encoding::text::encode(&mut out, &reg);
-    out
+    counter(
+        reg,
+        "client_latency_messages",
+        "Messages the clients' latency reports counted",
+        load(&m.client_messages),
+    );
+}
+
+/// Buffered output against its bound, what the bound's policy did, planned
+/// reconnects and contained faults.
+fn register_outbound(reg: &mut Registry, m: &Metrics, s: &Scrape) {
+    gauge(
+        reg,
+        "outbound_buffered_bytes",
+        "Output buffered for clients now: queued messages (per queue) and frames being written",
+        s.outbound_bytes as i64,
+    );
+    gauge(
+        reg,
+        "outbound_bound_bytes",
+        "The bound on buffered output (max-outbound-bytes; 0: none)",
+        s.outbound_bound as i64,
+    );
+    labelled(
+        reg,
+        "outbound_bound_actions",
+        "Connections the bound on buffered output acted on, by action",
+        vec![
+            (vec![("action", "conflate".into())], s.outbound_conflations),
+            (vec![("action", "close".into())], s.outbound_closes),
+        ],
+    );
+    labelled(
+        reg,
+        "reconnects_sent",
+        "reconnect notices sent, by reason",
+        by_label("reason", RECONNECT_REASONS, &m.reconnects),
+    );
+    counter(
+        reg,
+        "connection_panics",
+        "Connections whose code panicked, each closed with 1011",
+        load(&m.panics),
+    );
 }
 
 /// A histogram registered by reference for one scrape.
@@ -453,6 +604,24 @@ mod tests {
         ];
         assert_eq!(newest_tick_ts(&msgs), Some(1234));
         assert_eq!(newest_tick_ts(&msgs[2..]), None);
+    }
+
+    #[test]
+    fn client_reports_show_in_the_exposition() {
+        let m = global();
+        let before = load(&m.client_reports);
+        m.client_report(0.2, 3.0, 40.0, 500);
+        assert_eq!(load(&m.client_reports), before + 1);
+        let text = render(&Scrape::default());
+        for name in [
+            "tickstream_client_latency_p50_seconds_bucket{le=\"0.00025\"}",
+            "tickstream_client_latency_p99_seconds_count",
+            "tickstream_client_latency_max_seconds_sum",
+            "tickstream_client_latency_reports_total",
+            "tickstream_client_latency_messages_total",
+        ] {
+            assert!(text.contains(name), "{name} missing from\n{text}");
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The server: builds a node from its settings, starts its feed, accepts connections,
-//! and shuts down in order (stop accepting, close clients with 1001, drain, stop feed).
+//! and shuts down in order: stop accepting, tell every client `reconnect` and keep
+//! streaming for the notice, close what is still open with 1001, drain, stop the feed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use anyhow::Context;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::Auth;
@@ -20,6 +21,7 @@ use crate::feed::{self, Universe};
 use crate::hub::Hub;
 use crate::node::Node;
 use crate::transport::door::Door;
+use crate::transport::socket::{Conn, Reset};
 
 /// A started node.
 pub struct Running {
@@ -63,7 +65,14 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         _ => (None, None),
     };
     let door = Arc::new(Door::new(&settings)?);
-    let hub = Arc::new(Hub::new(universe.symbols().cloned(), settings.history));
+    let books = crate::hub::book::BookSettings {
+        history: settings.book_history,
+        max_levels: settings.book_max_levels,
+    };
+    let hub = Hub::new(universe.symbols().cloned(), settings.history)
+        .with_candle_keep(settings.candles_keep)
+        .with_books(universe.book_specs(), books);
+    let hub = Arc::new(hub);
     let bus: Arc<dyn Bus> = match &settings.redis {
         None => Arc::new(LocalBus::new(hub.clone())),
         Some(cfg) => {
@@ -169,6 +178,7 @@ fn start_synthetic(settings: &Settings, universe: Universe, bus: Arc<dyn Bus>) -
         seed: settings.seed,
         duration: None,
         batch: settings.feed_batch,
+        books: true,
     };
     RunningFeed::synthetic(universe, config, bus)
 }
@@ -195,7 +205,7 @@ async fn accept_loop(
 ) {
     loop {
         let accepted = tokio::select! {
-            _ = node.shutdown.cancelled() => return,
+            _ = node.draining.cancelled() => return,
             r = listener.accept() => r,
         };
         match accepted {
@@ -205,14 +215,20 @@ async fn accept_loop(
                     let _ = socket2::SockRef::from(&tcp).set_send_buffer_size(bytes);
                 }
                 let (node, door, peer) = (node.clone(), door.clone(), peer.ip());
+                let reset = Reset::new();
+                let conn = Conn::new(tcp, reset.clone());
                 match &tls {
-                    None => node
-                        .tasks
-                        .spawn(serve_connection(node.clone(), door, peer, tcp)),
-                    Some(tls) => {
+                    None => {
                         node.tasks
-                            .spawn(serve_tls(node.clone(), door, peer, tcp, tls.clone()))
+                            .spawn(serve_connection(node.clone(), door, peer, conn, reset))
                     }
+                    Some(tls) => node.tasks.spawn(serve_tls(
+                        node.clone(),
+                        door,
+                        peer,
+                        (conn, reset),
+                        tls.clone(),
+                    )),
                 };
             }
             Err(e) => {
@@ -230,7 +246,7 @@ async fn serve_tls(
     node: Arc<Node>,
     door: Arc<Door>,
     peer: std::net::IpAddr,
-    tcp: TcpStream,
+    (tcp, reset): (Conn, Reset),
     tls: TlsAcceptor,
 ) {
     let limit = node.settings.tls_handshake_timeout;
@@ -248,17 +264,24 @@ async fn serve_tls(
             }
         },
     };
-    serve_connection(node, door, peer, stream).await;
+    serve_connection(node, door, peer, stream, reset).await;
 }
 
 /// Serves HTTP/1.1 (and the WebSocket upgrades) on one connection from `peer`, plain
-/// or TLS.
-async fn serve_connection<S>(node: Arc<Node>, door: Arc<Door>, peer: std::net::IpAddr, io: S)
-where
+/// or TLS; its requests carry `reset`, and asking for it drops the connection at once.
+async fn serve_connection<S>(
+    node: Arc<Node>,
+    door: Arc<Door>,
+    peer: std::net::IpAddr,
+    io: S,
+    reset: Reset,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let svc_node = node.clone();
-    let service = service_fn(move |req| {
+    let svc_reset = reset.clone();
+    let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(svc_reset.clone());
         crate::transport::http::route(svc_node.clone(), door.clone(), peer, req)
     });
     let conn = hyper::server::conn::http1::Builder::new()
@@ -278,10 +301,23 @@ where
                 tracing::debug!(%peer, error = %e, "http connection ended");
             }
         }
-        _ = node.shutdown.cancelled() => {
+        _ = node.draining.cancelled() => {
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(node.settings.drain, conn).await;
         }
+        // A stream on it gave up on its client: the socket is reset as it is dropped.
+        _ = reset.wait() => {}
+    }
+}
+
+/// Waits while the node's clients are told to reconnect: the reconnect notice, or until
+/// the last of them has gone.
+async fn wait_for_notice(node: &Node) {
+    let until = tokio::time::Instant::now() + node.settings.reconnect_notice;
+    while tokio::time::Instant::now() < until
+        && node.connections.load(std::sync::atomic::Ordering::Relaxed) > 0
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -291,14 +327,19 @@ impl Running {
         self.certs.as_ref()
     }
 
-    /// Stops accepting, closes every client with 1001, waits up to the drain time for
-    /// them, then stops the feed.
+    /// Stops accepting and tells every client `reconnect` (they keep streaming for the
+    /// reconnect notice and then close with 1001), closes what is still open after the
+    /// notice with 1001, waits for the connections up to the drain time in all, then
+    /// stops the feed.
     pub async fn shutdown(self) {
         let node = self.node;
-        node.shutdown.cancel();
+        let deadline = tokio::time::Instant::now() + node.settings.drain;
+        node.draining.cancel();
         let _ = self.accept.await;
+        wait_for_notice(&node).await;
+        node.shutdown.cancel();
         node.tasks.close();
-        if tokio::time::timeout(node.settings.drain, node.tasks.wait())
+        if tokio::time::timeout_at(deadline, node.tasks.wait())
             .await
             .is_err()
         {

@@ -259,6 +259,35 @@ impl ClientTls {
         })
     }
 
+    /// Trust for a server reached by a protocol of its own (Redis): only the CAs of
+    /// `ca_file` when given, else the built-in roots; no ALPN offered.
+    pub fn exclusive(ca_file: Option<&Path>) -> Result<ClientTls, TlsError> {
+        const CA: &str = "CA file";
+        let roots = match ca_file {
+            None => rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            },
+            Some(path) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in read_certs(path, CA)? {
+                    roots.add(cert).map_err(|e| {
+                        invalid(path, CA, format!("not a usable CA certificate: {e}"))
+                    })?;
+                }
+                roots
+            }
+        };
+        let config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("the ring provider supports the default protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(ClientTls {
+            config: Arc::new(config),
+            extra: ca_file.map(Path::to_owned),
+        })
+    }
+
     /// The built-in roots only, built once per process.
     pub fn platform() -> &'static ClientTls {
         static PLATFORM: OnceLock<ClientTls> = OnceLock::new();
