@@ -9,6 +9,10 @@
 //   stdin  "RESTARTED"  the server listens again on the same port
 //   stdout "GAP"        the page resumed: restart Redis under the node
 //   stdin  "REDIS_RESTARTED"
+//   stdout "FEED_STOP"  the gap was shown: kill the feed process
+//   stdin  "FEED_STOPPED"
+//   stdout "FEED_START" the rows are greyed as stale, their age ticking: start the feed again
+//   stdin  "FEED_STARTED"
 //   stdout "RESULT {…}" what the page counted; exit status 0 when every check held
 //
 // Last, the watchlist is set to 200 symbols and the page reloaded: with ticks arriving
@@ -17,69 +21,84 @@
 "use strict";
 
 const fs = require("node:fs");
-const os = require("node:os");
 const path = require("node:path");
-const readline = require("node:readline");
-const { chromium } = require("playwright-core");
+const { launch, expectLine, check, until } = require("./driver");
 
 const [url, shot] = process.argv.slice(2);
 if (!url || !shot) {
   console.error("usage: node dashboard.js URL SCREENSHOT.png");
   process.exit(2);
 }
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const ADDED = process.env.ADD_SYMBOL || "TSLA";
 
-const stdin = readline.createInterface({ input: process.stdin });
-const lines = [];
-let waiter = null;
-stdin.on("line", (l) => {
-  if (waiter) {
-    const w = waiter;
-    waiter = null;
-    w(l.trim());
-  } else lines.push(l.trim());
-});
-function readLine() {
-  if (lines.length) return Promise.resolve(lines.shift());
-  return new Promise((resolve) => { waiter = resolve; });
-}
-async function expectLine(want) {
-  const got = await readLine();
-  if (got !== want) throw new Error(`expected "${want}" from the test, got "${got}"`);
+/** The stale mark of the row of `symbol`: whether it is greyed, and its label. */
+function staleMark(symbol) {
+  const row = document.querySelector(`#rows .row[data-symbol="${symbol}"]`);
+  const label = row.querySelector(".health");
+  return { greyed: row.classList.contains("stale"), label: label.hidden ? "" : label.textContent };
 }
 
-function check(cond, what) {
-  if (!cond) throw new Error(`check failed: ${what}`);
-}
+async function feedStopsAndReturns(page, shot) {
+  // Redis restarting under the node made the rows stale (bus) for a moment: live first.
+  await until(page, "every row live before the feed stops", () =>
+    window.__tickstream.staleRows === 0 && !document.querySelector("#rows .row.stale"), undefined, 20000);
+  // The symbols' leases went with Redis's data: the feed claims them again and the node
+  // reads who owns them within a few seconds (it judges a feed only by the symbols it owns).
+  await page.waitForTimeout(5000);
+  const rows = await page.$$eval("#rows .row", (trs) => trs.map((t) => t.dataset.symbol));
+  const symbol = rows[0];
+  console.log("FEED_STOP");
+  await expectLine("FEED_STOPPED");
+  const stoppedAt = Date.now();
+  const first = await until(page, `${symbol} greyed as stale`, (s) => {
+    const row = document.querySelector(`#rows .row[data-symbol="${s}"]`);
+    const label = row.querySelector(".health");
+    return row.classList.contains("stale") && !label.hidden ? label.textContent : null;
+  }, symbol, 15000);
+  const markedAfterMs = Date.now() - stoppedAt;
+  check(/^stale \d+s · feed$/.test(first), `the label gives the age and the reason: "${first}"`);
+  // The age ticks while nothing else changes.
+  const later = await until(page, `${symbol}'s age to move on`, ([s, was]) => {
+    const label = document.querySelector(`#rows .row[data-symbol="${s}"] .health`).textContent;
+    return label !== was && /^stale \d+s · feed$/.test(label) ? label : null;
+  }, [symbol, first], 5000);
+  const age = (l) => Number(/\d+/.exec(l)[0]);
+  check(age(later) > age(first), `the age grows: "${first}" then "${later}"`);
+  const counted = await until(page, "every row stale", (n) =>
+    window.__tickstream.staleRows === n ? {
+      staleRows: window.__tickstream.staleRows,
+      shown: document.getElementById("st-stale").textContent,
+      symbols: window.__tickstream.symbols(),
+      stats: { ...window.__tickstream.stats },
+    } : null, rows.length, 10000);
+  check(counted.shown === String(rows.length), `the status bar counts ${rows.length} stale rows: ${counted.shown}`);
+  const st = counted.symbols[symbol].stale;
+  check(st && st.reason === "feed" && st.forMs >= 1000, `the row's stale mark is readable: ${JSON.stringify(st)}`);
+  const dimmed = await page.$eval(`#rows .row[data-symbol="${symbol}"] .last`, (td) => getComputedStyle(td).color);
+  check(dimmed === "rgb(125, 136, 150)", `the stale price is greyed: ${dimmed}`);
+  await page.screenshot({ path: shot.replace(/\.png$/, "-stale.png") });
 
-/** Polls `fn` in the page until it returns something truthy. */
-async function until(page, what, fn, arg, timeout = 10000) {
-  try {
-    const h = await page.waitForFunction(fn, arg, { timeout, polling: 50 });
-    return await h.jsonValue();
-  } catch (e) {
-    const state = await page.evaluate(() => ({
-      state: window.__tickstream && window.__tickstream.state,
-      stats: window.__tickstream && window.__tickstream.stats,
-      conn: document.getElementById("conn-text").textContent,
-    })).catch(() => null);
-    throw new Error(`timed out waiting for ${what}: ${JSON.stringify(state)}`);
-  }
+  console.log("FEED_START");
+  await expectLine("FEED_STARTED");
+  const startedAt = Date.now();
+  await until(page, "every row live again", () =>
+    window.__tickstream.staleRows === 0 && !document.querySelector("#rows .row.stale")
+      && [...document.querySelectorAll("#rows .row .health")].every((l) => l.hidden), undefined, 20000);
+  const liveAfterMs = Date.now() - startedAt;
+  const back = await page.evaluate(staleMark, symbol);
+  check(!back.greyed && back.label === "", `${symbol} back to normal: ${JSON.stringify(back)}`);
+  check(await page.textContent("#st-stale") === "0", "the status bar counts no stale row");
+  const ticking = await page.evaluate(() => window.__tickstream.stats.ticks);
+  await until(page, "ticks after the return", (was) => window.__tickstream.stats.ticks > was, ticking, 10000);
+  return {
+    symbol, first, later, markedAfterMs, liveAfterMs, rows: counted.staleRows,
+    wentStale: counted.stats.stale, statuses: counted.stats.statuses,
+  };
 }
 
 async function main() {
-  const profile = fs.mkdtempSync(path.join(os.tmpdir(), "tickstream-chromium-"));
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    viewport: { width: 1280, height: 560 },
-    deviceScaleFactor: 1,
-    args: [
-      "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    ],
-  });
+  const browser = await launch(1280, 560);
+  const { context } = browser;
   const errors = [];
   // Counts animation frames on every load, independently of the page's own render loop.
   await context.addInitScript(() => {
@@ -180,8 +199,11 @@ async function main() {
       const now = after.symbols[s];
       check(now.epoch === was.epoch, `${s} kept its epoch across the restart`);
       check(now.holes === 0 && now.gaps === 0, `${s} resumed without a hole or gap`);
-      check(now.ticks - was.ticks >= now.seq - was.seq,
-        `${s}: every seq from ${was.seq} to ${now.seq} arrived (${now.ticks - was.ticks} ticks)`);
+      // Rows are paced: a seq the page did not get as a tick was folded (`skipped`).
+      const got = now.ticks - was.ticks;
+      const folded = now.skipped - was.skipped;
+      check(got + folded >= now.seq - was.seq,
+        `${s}: every seq from ${was.seq} to ${now.seq} arrived or was folded (${got} ticks, ${folded} skipped)`);
     }
     check(after.stats.holes === 0, `no hole: ${JSON.stringify(after.stats)}`);
     check(after.stats.resumes >= 1, "the subscribe after the reconnect carried resume");
@@ -205,7 +227,11 @@ async function main() {
     check(afterGap.gaps >= 1 && afterGap.holes === 0, `gaps counted, no hole: ${JSON.stringify(afterGap)}`);
     await page.screenshot({ path: shot.replace(/\.png$/, "-gap.png") });
 
-    // 6. Keyboard removal, then a reload keeps the list as it was left.
+    // 6. The feed dies: the node says its symbols are stale, and every row is greyed with
+    //    its age ticking and the reason, until the feed is back and the node says live.
+    const stale = await feedStopsAndReturns(page, shot);
+
+    // 7. Keyboard removal, then a reload keeps the list as it was left.
     const victim = defaults[defaults.length - 1];
     await page.focus(`#rows .row[data-symbol="${victim}"]`);
     await page.keyboard.press("Delete");
@@ -216,7 +242,7 @@ async function main() {
     check(kept.includes(ADDED) && !kept.includes(victim),
       `the reloaded watchlist holds ${ADDED} and not ${victim}: ${JSON.stringify(kept)}`);
 
-    // 7. 200 symbols: updates are coalesced into at most one render per frame.
+    // 8. 200 symbols: updates are coalesced into at most one render per frame.
     const many = await page.evaluate(async () => (await (await fetch("/v1/symbols")).json()).slice(0, 200));
     await page.evaluate((list) => localStorage.setItem("tickstream.watchlist", JSON.stringify(list)), many);
     await page.reload({ waitUntil: "load" });
@@ -246,12 +272,11 @@ async function main() {
     check(errors.length === 0, `no errors in the page: ${JSON.stringify(errors)}`);
 
     console.log("RESULT " + JSON.stringify({
-      defaults, added: ADDED, firstPrice, changedAfterMs, countdown, node1, node2: after.node, gapped,
+      defaults, added: ADDED, firstPrice, changedAfterMs, countdown, node1, node2: after.node, gapped, stale,
       before: beforeKill.stats, after: after.stats, latency: after.latency, kept, coalesce,
     }));
   } finally {
-    await context.close();
-    fs.rmSync(profile, { recursive: true, force: true });
+    await browser.close();
   }
 }
 

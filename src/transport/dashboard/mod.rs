@@ -1,5 +1,7 @@
-//! The live dashboard at `/`: a page, its scripts (the page's, and the worker's that holds
-//! its WebSocket) and its style sheet, compiled into the binary so that a node serves them without a build step, a CDN or files beside it.
+//! The live dashboard at `/`: a page, its scripts (the page's modules: the watchlist,
+//! the candle chart, the latency histograms; and the worker's that holds its WebSockets)
+//! and its style sheet, compiled into the binary so that a node serves them without a
+//! build step, a CDN or files beside it.
 //!
 //! Every asset is answered with its content type, an `ETag` computed at compile time and
 //! `Cache-Control: no-cache`: browsers keep a copy and revalidate it, so a new build is
@@ -10,7 +12,7 @@ use http_body_util::Full;
 use hyper::header::{HeaderMap, HeaderValue, CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
 use hyper::{Response, StatusCode};
 
-use super::http::Body;
+use super::reply::Body;
 
 /// One embedded file.
 struct Asset {
@@ -41,6 +43,11 @@ const fn fnv1a(bytes: &[u8]) -> u64 {
 
 static INDEX: Asset = asset(include_bytes!("index.html"), "text/html; charset=utf-8");
 static APP_JS: Asset = asset(include_bytes!("app.js"), "text/javascript; charset=utf-8");
+static CHART_JS: Asset = asset(include_bytes!("chart.js"), "text/javascript; charset=utf-8");
+static LATENCY_JS: Asset = asset(
+    include_bytes!("latency.js"),
+    "text/javascript; charset=utf-8",
+);
 static FEED_JS: Asset = asset(include_bytes!("feed.js"), "text/javascript; charset=utf-8");
 static STYLE_CSS: Asset = asset(include_bytes!("style.css"), "text/css; charset=utf-8");
 
@@ -56,6 +63,8 @@ pub fn serve(path: &str, headers: &HeaderMap) -> Option<Response<Body>> {
     let a = match path {
         "/" | "/index.html" => &INDEX,
         "/assets/app.js" => &APP_JS,
+        "/assets/chart.js" => &CHART_JS,
+        "/assets/latency.js" => &LATENCY_JS,
         "/assets/feed.js" => &FEED_JS,
         "/assets/style.css" => &STYLE_CSS,
         _ => return None,
@@ -102,6 +111,8 @@ mod tests {
         for (path, ty) in [
             ("/", "text/html; charset=utf-8"),
             ("/assets/app.js", "text/javascript; charset=utf-8"),
+            ("/assets/chart.js", "text/javascript; charset=utf-8"),
+            ("/assets/latency.js", "text/javascript; charset=utf-8"),
             ("/assets/feed.js", "text/javascript; charset=utf-8"),
             ("/assets/style.css", "text/css; charset=utf-8"),
         ] {
