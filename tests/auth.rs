@@ -12,12 +12,7 @@ use tickstream::auth::{self, Claims};
 const SECRET: &[u8] = b"test-secret-test-secret-test-secret!";
 
 async fn start_with_auth() -> (tickstream::server::Running, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("secret");
-    std::fs::write(&path, SECRET).unwrap();
-    let mut s = settings();
-    s.jwt_secret_file = Some(path);
-    s.jwt_leeway = Duration::ZERO;
+    let (s, dir) = with_jwt_secret(settings(), SECRET);
     (start(s).await, dir)
 }
 
@@ -154,6 +149,11 @@ async fn symbol_claims_give_forbidden_and_keep_the_rest() {
     let (status, body) =
         http_get(run.addr, &format!("/v1/snapshot?symbols=BTC-USD&token={t}")).await;
     assert_eq!(status, 200, "{body}");
+    // Another parameter whose name ends in "symbols" names nothing: the allowed
+    // symbols are answered, as without any.
+    let (status, body) = http_get(run.addr, &format!("/v1/snapshot?xsymbols=MSFT&token={t}")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.contains("MSFT") && body.contains("BTC-USD"), "{body}");
     run.shutdown().await;
 }
 

@@ -423,6 +423,8 @@ fn every_scenario_has_help_with_an_example() {
         "cross-node",
         "encoding",
         "soak",
+        "dashboard",
+        "patterns",
     ] {
         let out = Command::new(BENCH).args([s, "--help"]).output().unwrap();
         ok(&out);
@@ -439,6 +441,60 @@ fn every_scenario_has_help_with_an_example() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot exceed N"));
+}
+
+#[test]
+fn candles_counts_what_it_measures() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BENCH)
+        .args([
+            "candles",
+            "--symbols",
+            "20",
+            "--rate",
+            "2000",
+            "--fanout",
+            "3",
+        ])
+        .args([
+            "--duration",
+            "1500ms",
+            "--pace",
+            "100ms",
+            "--samples",
+            "20",
+            "--runs",
+            "1",
+        ])
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .expect("the bench runs");
+    ok(&out);
+    let s: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap())
+            .unwrap();
+    for pass in ["none", "subscribed"] {
+        let p = &s[pass];
+        let ticks = p["ticks"].as_u64().unwrap();
+        assert!(ticks > 1000, "{pass}: {p}");
+        assert_eq!(
+            p["tick_msgs"].as_u64(),
+            Some(ticks * 3),
+            "{pass}: every tick queued 3 times"
+        );
+        assert!(p["cpu_ns_per_tick"].as_f64().unwrap() > 0.0, "{pass}: {p}");
+    }
+    assert_eq!(s["none"]["candle_msgs"], 0);
+    // 20 symbols × (1s closes + forming updates every 100 ms) over 1.5 s.
+    let candle = s["subscribed"]["candle_msgs"].as_u64().unwrap();
+    assert!(candle >= 20 * 2 * 5, "{candle} candle messages");
+    for b in ["backfill_memory_us", "backfill_redis_us"] {
+        assert_eq!(s[b]["samples"], 20, "{b}: {}", s[b]);
+        assert!(s[b]["p99"].as_u64().unwrap() >= s[b]["p50"].as_u64().unwrap());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("subscribed ÷ none"), "{text}");
 }
 
 fn peers_present() -> bool {
@@ -498,4 +554,194 @@ fn references_measured_in_the_same_run() {
     assert_complete(runs_of(&s, "tickstream-redis")[0], 2);
     let ratios = s["ratios"].as_array().unwrap();
     assert_eq!(ratios.len(), 2, "{ratios:?}");
+}
+
+#[test]
+fn the_results_page_is_what_the_committed_summaries_give() {
+    let out = Command::new(BENCH)
+        .args(["results", "--check"])
+        .output()
+        .unwrap();
+    ok(&out);
+}
+
+fn results(args: &[&str]) -> Output {
+    Command::new(BENCH)
+        .arg("results")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_run_promoted_to_its_row_fills_the_results_table() {
+    let (ran, s, run) = bench(&["latency", "--spawn", "--shape", "6x2/4", "--rate", "400"]);
+    ok(&ran);
+    let s = s.unwrap();
+    // What the row needs is in the summary: the command to run again, when, the plot.
+    let command = s["command_line"].as_str().unwrap();
+    assert!(
+        command.starts_with("tickstream-bench latency --spawn --shape 6x2/4 --rate 400"),
+        "{command}"
+    );
+    assert!(!command.contains("--out"), "{command}");
+    let date = &s["started_utc"].as_str().unwrap()[..10];
+    assert_eq!(s["plot"], "latency.svg");
+
+    // A bench directory of its own, with the history the unmeasured rows point into.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    std::fs::create_dir_all(dir.path().join("results")).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results/HISTORY.md"),
+        dir.path().join("results/HISTORY.md"),
+    )
+    .unwrap();
+    let r = run.path().display().to_string();
+    // Three rows take a latency run, and this one's command is none of theirs.
+    let out = results(&["--dir", &d, "--take", &r]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--row"));
+    // A row of another scenario refuses it, and nothing is copied.
+    let out = results(&["--dir", &d, "--take", &r, "--row", "fanout-redis"]);
+    assert!(!out.status.success());
+    assert!(!dir
+        .path()
+        .join("results/current/fanout-redis.json")
+        .exists());
+
+    ok(&results(&[
+        "--dir",
+        &d,
+        "--take",
+        &r,
+        "--row",
+        "latency-publish",
+    ]));
+    exists(dir.path(), "results/current/latency-publish.json");
+    exists(dir.path(), "results/current/latency-publish.svg");
+    let page = std::fs::read_to_string(dir.path().join("RESULTS.md")).unwrap();
+    let row = page
+        .lines()
+        .find(|l| l.starts_with("| `latency-publish` |"))
+        .unwrap();
+    let m = &s["medians"][0];
+    assert_eq!(m["target"], "tickstream-publish");
+    // One run: its medians are its own figures, as the bench printed them.
+    let stdout = String::from_utf8_lossy(&ran.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("tickstream-publish run 1:"))
+        .unwrap();
+    let after = |k: &str| line.split(k).nth(1).unwrap().split(' ').next().unwrap();
+    let figure = format!(
+        "p50 {} · p99 {} ms · {:.2} µs/msg",
+        after(" p50 "),
+        after(" p99 "),
+        m["cpu_us_per_msg"].as_f64().unwrap()
+    );
+    let valid = format!("| {}/{} |", m["valid_runs"], m["all_runs"]);
+    for cell in [
+        figure.as_str(),
+        valid.as_str(),
+        date,
+        &format!("`{command}`"),
+        "[latency-publish.svg](results/current/latency-publish.svg)",
+    ] {
+        assert!(row.contains(cell), "{cell:?} not in {row}");
+    }
+    // No floor in this run: no reference, no ratio.
+    assert!(row.contains("| — | — |"), "{row}");
+    let other = page
+        .lines()
+        .find(|l| l.starts_with("| `latency-redis` |"))
+        .unwrap();
+    assert!(
+        other.contains("not measured since 2026-12-02: see [HISTORY](results/HISTORY.md#targets-1-and-3-through-redis)"),
+        "{other}"
+    );
+    assert!(page.lines().count() <= 100, "{page}");
+
+    // The page is what the summaries give, until someone edits it.
+    ok(&results(&["--dir", &d, "--check"]));
+    std::fs::write(
+        dir.path().join("RESULTS.md"),
+        page.replace(&figure, "p50 0.100 · p99 0.200 ms · 1.00 µs/msg"),
+    )
+    .unwrap();
+    let out = results(&["--dir", &d, "--check"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not what the summaries"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A summary under a name that is no row is refused, not left out.
+    std::fs::copy(
+        dir.path().join("results/current/latency-publish.json"),
+        dir.path().join("results/current/latency-extra.json"),
+    )
+    .unwrap();
+    let out = results(&["--dir", &d]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such row"));
+}
+
+#[test]
+fn dashboard_paces_and_accounts_for_every_folded_tick() {
+    // 8 symbols at 800 ticks/s: 100 a second each, folded ten to one at 100 ms.
+    let (out, s, dir) = bench(&[
+        "dashboard",
+        "--spawn",
+        "--shape",
+        "6x4/8",
+        "--rate",
+        "800",
+        "--throttle-ms",
+        "100",
+    ]);
+    ok(&out);
+    let s = s.unwrap();
+    exists(dir.path(), "paced-run1.hgrm");
+    let paced = runs_of(&s, "paced")[0];
+    let c = &paced["counts"];
+    for k in ["holes", "gaps", "duplicates", "errors"] {
+        assert_eq!(c[k], 0, "{k}: {c}");
+    }
+    let (ticks, folded) = (c["ticks"].as_u64().unwrap(), c["folded"].as_u64().unwrap());
+    assert_eq!(c["paced"].as_u64().unwrap(), ticks, "every tick paced: {c}");
+    assert!(folded > ticks * 3, "most ticks folded: {c}");
+    assert_eq!(
+        paced["complete"],
+        Value::Null,
+        "a paced run is not complete by count"
+    );
+    let per_run = s["extra"]["per_run"].as_array().unwrap();
+    let p = per_run.iter().find(|r| r["target"] == "paced").unwrap();
+    // One frame per connection per 100 ms boundary at most (the window may hold one more).
+    let frames = p["frames_per_conn_per_s"].as_f64().unwrap();
+    assert!(frames > 0.0 && frames <= 11.0, "{frames} frames/conn/s");
+    let accounted = p["accounted"].as_f64().unwrap();
+    assert!((0.8..=1.2).contains(&accounted), "{accounted}");
+    // The same load unpaced is carried in full at this scale.
+    let unpaced = runs_of(&s, "unpaced")[0];
+    assert_complete(unpaced, 3);
+    assert_eq!(unpaced["counts"]["paced"], 0);
+}
+
+#[test]
+fn a_pattern_subscription_receives_what_naming_every_symbol_does() {
+    let (out, s, _dir) = bench(&["patterns", "--spawn", "--shape", "3x8/8", "--rate", "400"]);
+    ok(&out);
+    let s = s.unwrap();
+    for target in ["pattern", "named"] {
+        let r = runs_of(&s, target);
+        assert_eq!(r.len(), 1, "{target}");
+        assert_complete(r[0], 3);
+    }
+    assert!(
+        s["ratios"].to_string().contains("pattern"),
+        "{}",
+        s["ratios"]
+    );
 }

@@ -1,8 +1,11 @@
 //! `encoding=binary` end to end: the documented record byte for byte, a node on loopback
 //! serving a binary and a JSON subscriber of the same symbol, the Rust client and
-//! `tickstream subscribe` decoding binary frames.
+//! `tickstream subscribe` decoding binary frames, and a symbol's `status` reaching the
+//! Rust client on binary and JSON sessions alike.
 
 mod common;
+#[path = "common/redis.rs"]
+mod env;
 
 use std::process::Command;
 
@@ -11,9 +14,13 @@ use futures_util::StreamExt;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
-use tickstream::client::{Client as RustClient, ClientConfig, Event, ServerMessage};
+use tickstream::bus::{RedisConfig, RedisPublisher};
+use tickstream::client::{
+    Client as RustClient, ClientConfig, Event, Health, ServerMessage, StaleReason, Subscription,
+    SymbolState, TickMessage,
+};
 use tickstream::protocol::binary::{self, Record};
-use tickstream::protocol::Encoding;
+use tickstream::protocol::{Channel, Encoding};
 use tickstream::tick::{Kind, Tick};
 
 /// The tick of the protocol document's examples.
@@ -21,12 +28,12 @@ fn documented_tick() -> Tick {
     Tick::example()
 }
 
-/// The bytes of the hex dump that follows `<!-- binary-example -->` in docs/protocol.md.
-fn documented_bytes() -> Vec<u8> {
+/// The bytes of the hex dump that follows `<!-- {marker} -->` in docs/protocol.md.
+fn documented_bytes(marker: &str) -> Vec<u8> {
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/protocol.md"))
         .expect("docs/protocol.md");
     let at = doc
-        .find("<!-- binary-example -->")
+        .find(&format!("<!-- {marker} -->"))
         .expect("the example's marker");
     let block = doc[at..]
         .split("```")
@@ -52,7 +59,7 @@ fn documented_bytes() -> Vec<u8> {
 
 #[test]
 fn the_documented_example_is_what_the_encoder_makes() {
-    let doc = documented_bytes();
+    let doc = documented_bytes("binary-example");
     assert_eq!(doc.len(), 96);
     let t = documented_tick();
     assert_eq!(binary::encode(&t, Kind::Tick).unwrap(), doc);
@@ -60,6 +67,57 @@ fn the_documented_example_is_what_the_encoder_makes() {
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0].kind, Kind::Tick);
     assert_eq!(recs[0].tick(), t);
+    assert_eq!(recs[0].skipped, None);
+}
+
+#[test]
+fn the_documented_paced_example_is_what_the_encoder_makes() {
+    let doc = documented_bytes("binary-example-paced");
+    assert_eq!(doc.len(), 104);
+    let t = documented_tick();
+    let plain = binary::encode(&t, Kind::Tick).unwrap();
+    assert_eq!(binary::with_skipped(&plain, 4), doc);
+    let recs = binary::decode(&doc).unwrap();
+    assert_eq!((recs[0].tick(), recs[0].skipped), (t, Some(4)));
+    // A reader of the v1 layout, going by `len`, finds the next record after it.
+    let mut frame = doc.clone();
+    frame.extend_from_slice(&plain);
+    let seqs: Vec<_> = binary::records(&frame).map(|r| r.unwrap().seq).collect();
+    assert_eq!(seqs, [1043, 1043]);
+}
+
+#[test]
+fn the_documented_book_example_is_what_the_encoder_makes() {
+    use tickstream::book::{Level, Spec};
+    use tickstream::protocol::binary::book::{write, BookHead};
+    let doc = documented_bytes("binary-example-book");
+    assert_eq!(doc.len(), 98);
+    let head = BookHead {
+        symbol: "AAPL",
+        epoch: "k3v9q1",
+        spec: Spec::new(2),
+        seq: 1044,
+        prev_seq: Some(1043),
+        ts: 1_764_284_400_124_456_789,
+        checksum: 3_732_196_271,
+    };
+    let bids = [Level::new(18910, 0), Level::new(18908, 400)];
+    let asks = [Level::new(18913, 100)];
+    let mut rec = Vec::new();
+    write(&head, &bids, &asks, &mut rec).unwrap();
+    assert_eq!(rec, doc);
+    let got = binary::decode_any(&doc).unwrap();
+    let binary::AnyRecord::Book(b) = &got[0] else {
+        panic!("{got:?}")
+    };
+    assert_eq!(
+        (b.seq, b.prev_seq, b.ts, b.checksum),
+        (1044, Some(1043), head.ts, head.checksum)
+    );
+    assert_eq!(
+        (b.bids.as_slice(), b.asks.as_slice(), b.spec),
+        (&bids[..], &asks[..], head.spec)
+    );
 }
 
 /// Connects to `/v1/ws` with `query` and returns the socket and the welcome.
@@ -359,7 +417,7 @@ fn the_hub_encodes_a_record_once_and_catches_a_slow_binary_subscriber_up_in_reco
     assert_eq!(queued.len(), 2);
     let mut out = Vec::new();
     for (slot, behind) in slow.take_lagging() {
-        Hub::catch_up(&slot, &behind, Encoding::Binary, &mut out);
+        Hub::catch_up(&slot, &behind, slow.id(), Encoding::Binary, &mut out);
     }
     assert_eq!(out.len(), 2);
     let gap: Value = serde_json::from_slice(&out[0]).unwrap();
@@ -378,4 +436,155 @@ fn the_hub_encodes_a_record_once_and_catches_a_slow_binary_subscriber_up_in_reco
         binary::peek(&out[1]).map(|(k, seq, _)| (k, seq)),
         Some((Kind::Tick, 6))
     );
+}
+
+/// The next change of a symbol's health the client reports, with the `status` message
+/// that follows it, and the seqs of the ticks before it.
+async fn next_change(c: &mut RustClient) -> (Event, SymbolState, Vec<u64>) {
+    let mut seqs = Vec::new();
+    loop {
+        let ev = tokio::time::timeout(WAIT, c.next()).await.unwrap().unwrap();
+        if let Event::Message(ServerMessage::Tick(t)) = &ev {
+            seqs.push(t.seq);
+        }
+        if !matches!(ev, Event::Stale { .. } | Event::Live { .. }) {
+            continue;
+        }
+        let msg = tokio::time::timeout(WAIT, c.next()).await.unwrap().unwrap();
+        let Event::Message(ServerMessage::Status { symbol, state }) = msg else {
+            panic!("the status after {ev:?}: {msg:?}")
+        };
+        assert_eq!(&*symbol, "AAPL");
+        return (ev, state, seqs);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symbols_status_reaches_the_rust_client_on_binary_and_json_sessions() {
+    let redis = env::RedisServer::start();
+    let cfg = RedisConfig::single(&redis.url());
+    let (run, feed) = node_with_a_feed(&redis.url(), "feed-a", "AAPL").await;
+    for seq in 2..=3 {
+        feed.publish(tick("AAPL", "e1", seq)).unwrap();
+    }
+    let mut clients = Vec::new();
+    for encoding in [Encoding::Json, Encoding::Binary] {
+        let mut c = RustClient::new(ClientConfig {
+            urls: vec![format!("ws://{}/v1/ws", run.addr)],
+            symbols: vec!["AAPL".into()],
+            encoding,
+            ..ClientConfig::default()
+        })
+        .unwrap();
+        loop {
+            let ev = tokio::time::timeout(WAIT, c.next()).await.unwrap().unwrap();
+            if let Event::Message(
+                ServerMessage::Snapshot(t) | ServerMessage::Tick(TickMessage { tick: t, .. }),
+            ) = ev
+            {
+                if t.seq == 3 {
+                    break;
+                }
+            }
+        }
+        clients.push(c);
+    }
+
+    // The feed stops: the node says AAPL is stale, to both sessions.
+    feed.close().await;
+    for c in &mut clients {
+        let (ev, state, _) = next_change(c).await;
+        assert!(
+            matches!(&ev, Event::Stale { symbol, reason: StaleReason::Feed, .. } if &**symbol == "AAPL"),
+            "{ev:?}"
+        );
+        assert_eq!(state, SymbolState::Stale(StaleReason::Feed));
+        let h = c.health("AAPL").unwrap();
+        assert!(
+            matches!(
+                h,
+                Health::Stale {
+                    reason: StaleReason::Feed,
+                    ..
+                }
+            ),
+            "{h:?}"
+        );
+    }
+
+    // It comes back under the same identity: values flow, and the node says so.
+    let feed = RedisPublisher::connect(&cfg, "feed-a").await.unwrap();
+    for seq in 4..=6 {
+        feed.publish(tick("AAPL", "e1", seq)).unwrap();
+    }
+    for c in &mut clients {
+        let (ev, state, seqs) = next_change(c).await;
+        assert_eq!(seqs, [4], "live is said after the value that shows it");
+        let Event::Live { symbol, after } = &ev else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(&**symbol, "AAPL");
+        assert!(*after > std::time::Duration::ZERO);
+        assert_eq!(state, SymbolState::Live);
+        assert_eq!(c.health("AAPL"), Some(&Health::Live));
+        assert_eq!(c.counters().stale, 1);
+        c.close().await;
+    }
+    feed.close().await;
+    run.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_takes_paced_binary_ticks_as_no_loss() {
+    let run = start(settings()).await;
+    publish(&run, "AAPL", "pb", 1..=1);
+    let mut c = RustClient::new(ClientConfig {
+        urls: vec![format!("ws://{}/v1/ws", run.addr)],
+        encoding: Encoding::Binary,
+        subscriptions: vec![Subscription {
+            channel: Channel::Ticks,
+            symbols: vec!["AAPL".into()],
+            throttle_ms: Some(100),
+        }],
+        report_every: None,
+        ..ClientConfig::default()
+    })
+    .unwrap();
+    loop {
+        let ev = tokio::time::timeout(WAIT, c.next()).await.unwrap().unwrap();
+        if let Event::Message(ServerMessage::Snapshot(t)) = ev {
+            assert_eq!(t.seq, 1);
+            break;
+        }
+    }
+    let started = std::time::Instant::now();
+    for seq in 2..=300 {
+        publish(&run, "AAPL", "pb", seq..=seq);
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let mut ticks: Vec<(u64, Option<u64>)> = Vec::new();
+    while ticks.last().map(|t| t.0) != Some(300) {
+        let ev = tokio::time::timeout(WAIT, c.next()).await.unwrap().unwrap();
+        match ev {
+            Event::Message(ServerMessage::Tick(TickMessage { tick, skipped })) => {
+                ticks.push((tick.seq, skipped));
+            }
+            Event::Hole { .. } | Event::Disconnected { .. } => panic!("{ev:?}"),
+            _ => {}
+        }
+    }
+    let most = started.elapsed().as_millis() as usize / 100 + 2;
+    assert!(ticks.len() <= most, "{} ticks: {ticks:?}", ticks.len());
+    let mut prev = 1;
+    for (seq, skipped) in &ticks {
+        assert_eq!(Some(seq - prev - 1), *skipped, "{ticks:?}");
+        prev = *seq;
+    }
+    let n = c.counters();
+    assert_eq!(
+        (n.ticks, n.skipped, n.holes, n.duplicates),
+        (ticks.len() as u64, 299 - ticks.len() as u64, 0, 0)
+    );
+    c.close().await;
+    run.shutdown().await;
 }

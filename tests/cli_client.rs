@@ -1,8 +1,13 @@
 //! The real binary's `subscribe` and `feed record` against real nodes: a subscriber that
-//! outlives a server restart, recordings that hold exactly what the server sent, and
-//! exit codes.
+//! outlives a server restart, recordings that hold exactly what the server sent, exit
+//! codes, and a symbol shown stale while its feed is gone (as NDJSON, and in the live
+//! table on a terminal).
 
 mod common;
+#[path = "common/redis.rs"]
+mod env;
+#[path = "common/relay.rs"]
+mod relay;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -12,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
+use tickstream::bus::{RedisConfig, RedisPublisher};
 use tickstream::feed::recording::Reader;
 use tickstream::tick::Tick;
 
@@ -40,7 +46,11 @@ fn collect(r: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
 
 impl Proc {
     fn spawn(args: &[&str]) -> Proc {
-        let mut child = Command::new(BIN)
+        Proc::spawn_program(BIN, args)
+    }
+
+    fn spawn_program(program: &str, args: &[&str]) -> Proc {
+        let mut child = Command::new(program)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -616,4 +626,520 @@ async fn feed_record_resumes_across_a_node_restart_without_holes_or_repeats() {
     assert!(!text.contains("\"gap\""), "{text}");
     assert!(rec.err().contains("reconnected to"), "{}", rec.err());
     second.shutdown().await;
+}
+
+/// The feed stops (AAPL goes stale), then comes back under the same id and publishes
+/// `seqs` (AAPL is live again); `shown_stale` is awaited in between.
+async fn feed_stops_and_returns<F: std::future::Future<Output = ()>>(
+    redis: &env::RedisServer,
+    feed: RedisPublisher,
+    shown_stale: F,
+    seqs: std::ops::RangeInclusive<u64>,
+) -> RedisPublisher {
+    feed.close().await;
+    shown_stale.await;
+    let cfg = RedisConfig::single(&redis.url());
+    let feed = RedisPublisher::connect(&cfg, "feed-a").await.unwrap();
+    for seq in seqs {
+        feed.publish(tick("AAPL", "e1", seq)).unwrap();
+    }
+    feed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_prints_a_symbols_status_and_says_when_it_changes() {
+    let redis = env::RedisServer::start();
+    let (run, feed) = node_with_a_feed(&redis.url(), "feed-a", "AAPL").await;
+    let mut sub = Proc::spawn(&["subscribe", "--url", &ws_url(run.addr), "AAPL", "--json"]);
+    sub.wait_for("AAPL's snapshot", |p| has_tick(p, "AAPL", "e1", 1))
+        .await;
+    let status_lines = |p: &Proc| -> Vec<Value> {
+        p.json()
+            .into_iter()
+            .filter(|v| v["type"] == "status")
+            .collect()
+    };
+    let shown = sub.wait_for("the stale status and its line on stderr", |p| {
+        !status_lines(p).is_empty() && p.err().contains("AAPL: stale (feed)")
+    });
+    let feed = feed_stops_and_returns(&redis, feed, shown, 2..=3).await;
+    sub.wait_for("the live status and its line on stderr", |p| {
+        status_lines(p).len() == 2 && p.err().contains("AAPL: live again after ")
+    })
+    .await;
+    sub.wait_for("tick 3", |p| has_tick(p, "AAPL", "e1", 3))
+        .await;
+    sub.sigterm();
+    assert!(sub.exit(Duration::from_secs(5)).await.success());
+    let lines = sub.json();
+    let kinds: Vec<String> = lines
+        .iter()
+        .filter(|v| v["symbol"] == "AAPL")
+        .map(|v| {
+            format!(
+                "{} {}",
+                v["type"].as_str().unwrap(),
+                v["state"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        ["snapshot ", "status stale", "tick ", "status live", "tick "],
+        "{lines:?}"
+    );
+    assert_eq!(
+        status_lines(&sub)[0],
+        serde_json::json!({"type": "status", "symbol": "AAPL", "state": "stale", "reason": "feed"})
+    );
+    assert_eq!(
+        sub.err().matches("AAPL: stale").count(),
+        1,
+        "one line per change: {}",
+        sub.err()
+    );
+    feed.close().await;
+    run.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_table_dims_a_stale_row_with_its_age_and_reason() {
+    let redis = env::RedisServer::start();
+    let (run, feed) = node_with_a_feed(&redis.url(), "feed-a", "AAPL").await;
+    // A terminal of 160 columns, made by script(1).
+    let cmd = format!(
+        "stty cols 160 rows 30; exec {BIN} subscribe --url {} AAPL --duration 30s",
+        ws_url(run.addr)
+    );
+    let table = Proc::spawn_program("script", &["-qfec", &cmd, "/dev/null"]);
+    let screen = |p: &Proc| p.out().join("\n");
+    table
+        .wait_for("AAPL's row", |p| {
+            screen(p).contains("AAPL ") && screen(p).contains("STATUS")
+        })
+        .await;
+    assert!(!screen(&table).contains("STALE"), "{}", screen(&table));
+    let shown = table.wait_for("AAPL dimmed, stale with its age and reason", |p| {
+        let s = screen(p);
+        // Dim on, the row, then its status column.
+        s.split("\x1b[2m").skip(1).any(|row| {
+            row.starts_with("AAPL ")
+                && row
+                    .split("STALE ")
+                    .nth(1)
+                    .and_then(|rest| rest.split_once("s (feed)"))
+                    .is_some_and(|(age, _)| age.parse::<f64>().is_ok())
+        })
+    });
+    let feed = feed_stops_and_returns(&redis, feed, shown, 2..=3).await;
+    table
+        .wait_for("AAPL live again, under the table", |p| {
+            screen(p).contains("AAPL: live again after ")
+        })
+        .await;
+    feed.close().await;
+    run.shutdown().await;
+}
+
+/// The `tick` lines of `symbol`: (seq, skipped).
+fn paced_of(lines: &[Value], symbol: &str) -> Vec<(u64, Option<u64>)> {
+    lines
+        .iter()
+        .filter(|v| v["type"] == "tick" && v["symbol"] == symbol)
+        .map(|v| (v["seq"].as_u64().unwrap(), v["skipped"].as_u64()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_paces_what_a_pattern_matches() {
+    let run = start(settings()).await;
+    let mut btc: Vec<String> = run
+        .node
+        .hub
+        .symbols()
+        .iter()
+        .filter(|s| s.starts_with("BTC-"))
+        .map(|s| s.to_string())
+        .collect();
+    btc.sort();
+    assert!(btc.len() >= 2, "{btc:?}");
+    // One with a value from the start, one that gets its first value later.
+    let (paced, late) = (vec![btc[0].as_str()], btc[1].as_str());
+    for sym in paced.iter().chain(&["AAPL"]) {
+        publish(&run, sym, "p", 1..=1);
+    }
+    let mut sub = Proc::spawn(&[
+        "subscribe",
+        "--url",
+        &ws_url(run.addr),
+        "BTC-*",
+        "--throttle",
+        "200ms",
+    ]);
+    sub.wait_for("the subscription", |p| {
+        p.json().iter().any(|v| v["type"] == "subscribed")
+    })
+    .await;
+    // 1.5 s of ticks, one of each symbol every 5 ms.
+    let started = Instant::now();
+    let mut seq = 1;
+    while started.elapsed() < Duration::from_millis(1500) {
+        seq += 1;
+        for sym in paced.iter().chain(&["AAPL"]) {
+            run.node.bus.publish(tick(sym, "p", seq)).unwrap();
+        }
+        if seq == 150 {
+            publish(&run, late, "p", 1..=1);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = started.elapsed();
+    sub.wait_for("the newest ticks", |p| {
+        let l = p.json();
+        paced
+            .iter()
+            .all(|s| paced_of(&l, s).last().is_some_and(|(q, _)| *q == seq))
+    })
+    .await;
+    sub.sigterm();
+    assert!(sub.exit(WAIT).await.success(), "{}", sub.err());
+    let lines = sub.json();
+    let subscribed = lines.iter().find(|v| v["type"] == "subscribed").unwrap();
+    assert_eq!(
+        subscribed["patterns"],
+        serde_json::json!(["BTC-*"]),
+        "{subscribed}"
+    );
+    assert_eq!(subscribed["throttle_ms"], 200, "{subscribed}");
+    assert!(
+        !lines.iter().any(|v| v["symbol"] == "AAPL"),
+        "AAPL is not matched"
+    );
+    for sym in &paced {
+        let ticks = paced_of(&lines, sym);
+        // At most one per 200 ms (and one for the edge of each end).
+        let most = elapsed.as_millis() as usize / 200 + 2;
+        assert!(
+            (2..=most).contains(&ticks.len()),
+            "{sym}: {} ticks in {elapsed:?}",
+            ticks.len()
+        );
+        // Every seq accounted for: the snapshot's, then each tick's skipped.
+        let mut prev = 1;
+        for (q, skipped) in &ticks {
+            assert_eq!(Some(q - prev - 1), *skipped, "{sym}: {ticks:?}");
+            prev = *q;
+        }
+    }
+    let joined: Vec<&Value> = lines.iter().filter(|v| v["symbol"] == late).collect();
+    assert_eq!(
+        joined.first().map(|v| &v["type"]),
+        Some(&"snapshot".into()),
+        "a symbol that gets its first value later joins with its snapshot: {joined:?}"
+    );
+    run.shutdown().await;
+}
+
+#[test]
+fn subscribe_refuses_a_bad_pace_or_pattern() {
+    for (args, says) in [
+        (&["AAPL", "--throttle", "5ms"][..], "out of range"),
+        (&["AAPL", "--throttle", "61s"][..], "out of range"),
+        (&["AAPL", "--throttle", "10500us"][..], "whole number"),
+        (&["BTC*USD"][..], "bad symbol"),
+        (&["AAPL", "--backfill", "3"][..], "--candles"),
+        (&["AAPL", "--candles", "2m"][..], "2m"),
+        (
+            &["AAPL", "--candles", "1m", "--backfill", "1001"][..],
+            "1001",
+        ),
+        (&["AAPL", "--report-every", "10ms"][..], "at least 100ms"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["subscribe", "--url", "ws://127.0.0.1:9/v1/ws"])
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} accepted");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}
+
+/// `n` ticks of `symbol` four a second from `base` ns: their bars of one second (start,
+/// open, high, low, close, volume, ticks), as the contract makes them.
+fn quarter_second_ticks(symbol: &str, base: u64, n: u64) -> (Vec<Tick>, Vec<Value>) {
+    let ticks: Vec<Tick> = (1..=n)
+        .map(|seq| {
+            let mut t = tick(symbol, "c", seq);
+            t.ts = base + (seq - 1) * 250_000_000;
+            t
+        })
+        .collect();
+    let mut bars: Vec<Value> = Vec::new();
+    for group in ticks.chunk_by(|a, b| a.ts / 1_000_000_000 == b.ts / 1_000_000_000) {
+        let lasts: Vec<f64> = group.iter().map(|t| t.last).collect();
+        bars.push(serde_json::json!({
+            "start": group[0].ts / 1_000_000_000 * 1_000_000_000,
+            "open": lasts[0],
+            "high": lasts.iter().cloned().fold(f64::MIN, f64::max),
+            "low": lasts.iter().cloned().fold(f64::MAX, f64::min),
+            "close": lasts[lasts.len() - 1],
+            // Volume rises by 10 a tick (the first tick's own 10 included).
+            "volume": 10 * group.len() as u64,
+            "ticks": group.len() as u64,
+        }));
+    }
+    (ticks, bars)
+}
+
+/// A node that has AAPL ticks of six whole seconds of ten seconds ago: the start of
+/// the first second, and the bars the ticks make.
+async fn node_with_six_bars() -> (tickstream::server::Running, u64, Vec<Value>) {
+    let run = start(settings()).await;
+    let base = (tickstream::tick::now_ns() / 1_000_000_000 - 10) * 1_000_000_000;
+    let (ticks, bars) = quarter_second_ticks("AAPL", base, 24);
+    for t in &ticks {
+        run.node.bus.publish(t.clone()).unwrap();
+    }
+    (run, base, bars)
+}
+
+/// A bar of a `candles` or `candle` line without its `closed`.
+fn bar_fields(b: &Value) -> Value {
+    let mut b = b.clone();
+    let o = b.as_object_mut().unwrap();
+    for k in ["type", "symbol", "interval", "closed"] {
+        o.remove(k);
+    }
+    b
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_candles_prints_backfill_then_bars_as_ndjson_when_piped() {
+    let (run, base, bars) = node_with_six_bars().await;
+    let mut sub = Proc::spawn(&[
+        "subscribe",
+        "--url",
+        &ws_url(run.addr),
+        "AAPL",
+        "--candles",
+        "1s",
+        "--backfill",
+        "3",
+    ]);
+    sub.wait_for("the backfill", |p| {
+        p.json().iter().any(|v| v["type"] == "candles")
+    })
+    .await;
+    // A tick of the second after: the last bar closes.
+    let mut next = tick("AAPL", "c", 25);
+    next.ts = base + 6_000_000_000;
+    run.node.bus.publish(next).unwrap();
+    sub.wait_for("the last bar closed", |p| {
+        p.json()
+            .iter()
+            .any(|v| v["type"] == "candle" && v["closed"] == true && v["start"] == bars[5]["start"])
+    })
+    .await;
+    sub.sigterm();
+    assert!(sub.exit(WAIT).await.success(), "{}", sub.err());
+    let lines = sub.json();
+    let first = lines.iter().find(|v| v["type"] == "candles").unwrap();
+    assert_eq!(
+        (&first["symbol"], &first["interval"]),
+        (&"AAPL".into(), &"1s".into())
+    );
+    let got: Vec<Value> = first["bars"].as_array().unwrap().to_vec();
+    let closed: Vec<Value> = got
+        .iter()
+        .filter(|b| b["closed"] == true)
+        .map(bar_fields)
+        .collect();
+    assert_eq!(
+        closed,
+        bars[2..5].to_vec(),
+        "the three newest closed bars: {first}"
+    );
+    let forming: Vec<Value> = got
+        .iter()
+        .filter(|b| b["closed"] == false)
+        .map(bar_fields)
+        .collect();
+    assert_eq!(
+        forming,
+        vec![bars[5].clone()],
+        "then the forming bar: {first}"
+    );
+    let closing: Vec<&Value> = lines
+        .iter()
+        .filter(|v| v["type"] == "candle" && v["closed"] == true)
+        .collect();
+    assert_eq!(closing.len(), 1, "the bar closes once: {closing:?}");
+    assert_eq!(bar_fields(closing[0]), bars[5]);
+    assert!(
+        !lines.iter().any(|v| v["type"] == "tick"),
+        "bars, not ticks"
+    );
+    run.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_candles_draws_a_table_of_bars_in_a_terminal() {
+    let (run, _, _) = node_with_six_bars().await;
+    let cmd = format!(
+        "stty cols 160 rows 30; exec {BIN} subscribe --url {} AAPL --candles 1s --backfill 5 --duration 30s",
+        ws_url(run.addr)
+    );
+    let table = Proc::spawn_program("script", &["-qfec", &cmd, "/dev/null"]);
+    let screen = |p: &Proc| p.out().join("\n");
+    // The header, five closed bars of four ticks each and the forming one.
+    let row = |s: &str, state: &str| {
+        s.lines()
+            .filter(|l| l.contains("AAPL ") && l.contains(" 1s ") && l.ends_with(state))
+            .count()
+    };
+    table
+        .wait_for("the table of bars", |p| {
+            let s = screen(p);
+            s.contains("SYMBOL")
+                && s.contains("OPEN")
+                && row(&s, "4  closed") >= 5
+                && row(&s, "4  forming") >= 1
+        })
+        .await;
+    assert!(!screen(&table).contains("BID"), "{}", screen(&table));
+    run.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_reports_its_latency_to_the_node() {
+    let run = start(settings()).await;
+    let reports = |text: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix("tickstream_client_latency_reports_total "))
+            .map_or(0, |n| n.trim().parse().unwrap())
+    };
+    let before = reports(&http_get(run.addr, "/metrics").await.1);
+    let mut sub = Proc::spawn(&[
+        "subscribe",
+        "--url",
+        &ws_url(run.addr),
+        "AAPL",
+        "--report-every",
+        "300ms",
+    ]);
+    eventually("the subscription", || {
+        run.node.hub.subscriber_count("AAPL") == 1
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seq = 0;
+    let mut now = before;
+    while now < before + 2 {
+        assert!(Instant::now() < deadline, "no reports reached the node");
+        seq += 1;
+        run.node.bus.publish(tick("AAPL", "r", seq)).unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        now = reports(&http_get(run.addr, "/metrics").await.1);
+    }
+    sub.sigterm();
+    assert!(sub.exit(WAIT).await.success(), "{}", sub.err());
+    let lines = sub.json();
+    assert!(
+        !lines.iter().any(|v| v["type"] == "reported"),
+        "the node's answers are the client's own"
+    );
+    // A subscriber that never reports.
+    let quiet = Proc::spawn(&[
+        "subscribe",
+        "--url",
+        &ws_url(run.addr),
+        "MSFT",
+        "--report-every",
+        "0",
+    ]);
+    eventually("the quiet subscription", || {
+        run.node.hub.subscriber_count("MSFT") == 1
+    })
+    .await;
+    let then = reports(&http_get(run.addr, "/metrics").await.1);
+    for seq in 1..=30 {
+        run.node.bus.publish(tick("MSFT", "r", seq)).unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(reports(&http_get(run.addr, "/metrics").await.1), then);
+    drop(quiet);
+    run.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_moves_on_a_planned_reconnect_printing_each_tick_once() {
+    let run = start(settings()).await;
+    let relay = relay::Relay::start(run.addr).await;
+    let urls = format!("ws://{}/v1/ws,{}", relay.addr, ws_url(run.addr));
+    let mut sub = Proc::spawn(&["subscribe", "--url", &urls, "AAPL", "--json"]);
+    eventually("the subscription", || {
+        run.node.hub.subscriber_count("AAPL") == 1
+    })
+    .await;
+    let mut seq = 0;
+    publish_until(&run, &sub, &mut seq, |p| {
+        ticks_of(&p.json(), "AAPL").len() >= 50
+    })
+    .await;
+    relay.announce();
+    publish_until(&run, &sub, &mut seq, |p| p.err().contains("moved to")).await;
+    let at = seq;
+    let mut n = 0;
+    publish_until(&run, &sub, &mut seq, |_| {
+        n += 1;
+        n > 100
+    })
+    .await;
+    let last = seq;
+    assert!(last > at);
+    sub.wait_for("the last tick", |p| has_tick(p, "AAPL", "mv", last))
+        .await;
+    sub.sigterm();
+    assert!(sub.exit(WAIT).await.success(), "{}", sub.err());
+    let err = sub.err();
+    assert!(
+        err.contains("moving: ") && err.contains("(lifetime)"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("moved to {}", ws_url(run.addr))),
+        "{err}"
+    );
+    assert!(
+        !err.contains("disconnected") && !err.contains("missing"),
+        "{err}"
+    );
+    let got: Vec<u64> = ticks_of(&sub.json(), "AAPL")
+        .iter()
+        .map(|(_, q)| *q)
+        .collect();
+    assert_eq!(
+        got,
+        (got[0]..=last).collect::<Vec<_>>(),
+        "each seq once, in order"
+    );
+    run.shutdown().await;
+}
+
+/// Publishes AAPL ticks of epoch `mv`, one every 2 ms from `seq` + 1, until `done`.
+async fn publish_until(
+    run: &tickstream::server::Running,
+    sub: &Proc,
+    seq: &mut u64,
+    mut done: impl FnMut(&Proc) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done(sub) {
+        assert!(Instant::now() < deadline, "stderr:\n{}", sub.err());
+        *seq += 1;
+        run.node.bus.publish(tick("AAPL", "mv", *seq)).unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tickstream::client::{BackoffConfig, Client, ClientConfig, Event, ServerMessage};
+use tickstream::client::{BackoffConfig, Client, ClientConfig, Event, ServerMessage, TickMessage};
 use tickstream::server::Running;
 use tickstream::tick::Tick;
 
@@ -383,8 +383,9 @@ async fn a_quiet_connection_lives_on_pings_both_ways() {
     let ev = tokio::time::timeout(WAIT, async {
         loop {
             // The symbol had no value yet: its first one comes as the snapshot.
-            if let Some(Event::Message(ServerMessage::Snapshot(t) | ServerMessage::Tick(t))) =
-                rx.recv().await
+            if let Some(Event::Message(
+                ServerMessage::Snapshot(t) | ServerMessage::Tick(TickMessage { tick: t, .. }),
+            )) = rx.recv().await
             {
                 break t;
             }

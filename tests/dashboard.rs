@@ -5,10 +5,25 @@
 //! page loads, a symbol is added through the box and ticks within a second; the node is
 //! then killed and started again on the same port, and the page shows its countdown,
 //! reconnects and resumes every symbol from the Redis history with no hole. Then Redis
-//! restarts under the node, and the `gap` it announces shows on the rows it hit. Last,
-//! with 200 symbols and ticks arriving faster than frames, the page renders at most once
-//! per animation frame (both counted in the page). The pictures are kept in
-//! `target/test-artifacts/dashboard.png` (and `dashboard-gap.png`).
+//! restarts under the node, and the `gap` it announces shows on the rows it hit. Then the
+//! feed process is killed: the node says its symbols are stale, and the page greys every
+//! row with its age ticking and the reason, until the feed is started again and the node
+//! says they are live. Last, with 200 symbols and ticks arriving faster than frames, the
+//! page renders at most once per animation frame (both counted in the page). The
+//! pictures are kept in `target/test-artifacts/dashboard.png` (and `dashboard-gap.png`,
+//! `dashboard-stale.png`).
+//!
+//! The trading screen (`tests/browser/trading.js`) runs against a node fed from this
+//! test with ticks of explicit `ts`, so that bars exist before the page opens: a row's
+//! chart appears with its backfill within a second, a bar closes and the next starts,
+//! the interval switches, a paced row updates no more often than its pace, a pattern
+//! adds rows (one of them when its symbol gets its first value), the page's latency
+//! report reaches the node's `/v1/latency`, a planned `reconnect` moves the page to a
+//! new connection with no gap, hole, duplicate or backoff, and a link's `?pace=` sets
+//! the pace (a bad one is refused with a message). The node does not send
+//! `reconnect` by itself here: a proxy in the driver, between the page and the node,
+//! adds the message to the stream the node sends and closes that connection when its
+//! `in_ms` is over, as a node closing a connection it chose to close would.
 
 #[path = "common/redis.rs"]
 mod env;
@@ -89,9 +104,79 @@ struct Driver {
     proc: Group,
     stdin: ChildStdin,
     lines: mpsc::Receiver<String>,
+    errors: Option<std::thread::JoinHandle<String>>,
 }
 
 impl Driver {
+    /// `node SCRIPT ARGS…` from `tests/browser`, talking over stdio; its stderr is kept
+    /// for the failure message.
+    fn spawn(script: &str, args: &[&str]) -> Driver {
+        use std::os::unix::process::CommandExt;
+        let browser_dir = repo_path("tests/browser");
+        let mut child = Command::new("node")
+            .arg(browser_dir.join(script))
+            .args(args)
+            .env("CHROMIUM", CHROMIUM)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .expect("node runs (scripts/test installs it)");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let errors = std::thread::spawn(move || {
+            let mut all = String::new();
+            for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+                all.push_str(&l);
+                all.push('\n');
+            }
+            all
+        });
+        Driver {
+            proc: Group(Some(child)),
+            stdin,
+            lines,
+            errors: Some(errors),
+        }
+    }
+
+    /// Runs `steps` (the test's side of the conversation, ending with the `RESULT` line),
+    /// then waits for the driver to exit: the result as JSON, or a failure with what the
+    /// driver said on stderr.
+    fn conclude(mut self, steps: impl FnOnce(&mut Driver) -> String) -> serde_json::Value {
+        let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| steps(&mut self)));
+        let errors = self.errors.take().unwrap();
+        let result = match step {
+            Ok(line) => line,
+            Err(e) => {
+                // Ends the driver and its browser, so that its stderr reaches its end.
+                self.proc.kill();
+                let err = errors.join().unwrap_or_default();
+                panic!("{}\nthe driver said:\n{err}", panic_text(&e));
+            }
+        };
+        let status = self
+            .proc
+            .0
+            .as_mut()
+            .unwrap()
+            .wait()
+            .expect("the driver exits");
+        let err = errors.join().unwrap_or_default();
+        assert!(status.success(), "the browser driver failed:\n{err}");
+        serde_json::from_str(&result["RESULT ".len()..]).unwrap()
+    }
+
     /// The next line the driver prints, or a failure naming `what` after `wait`.
     fn expect(&mut self, want: &str, wait: Duration) -> String {
         let deadline = Instant::now() + wait;
@@ -132,86 +217,43 @@ fn the_dashboard_adds_a_symbol_and_resumes_after_a_node_restart_without_a_hole()
 
     let logs = tempfile::tempdir().unwrap();
     let mut redis = RedisServer::start();
-    let url = redis.url();
-    let _feed = Proc::serve(
-        "feed",
-        &["--redis", &url, "--feed", "synthetic", "--rate", "1000"],
-        logs.path(),
-    );
+    let url_redis = redis.url();
+    let feed_args: [&str; 6] = [
+        "--redis",
+        &url_redis,
+        "--feed",
+        "synthetic",
+        "--rate",
+        "1000",
+    ];
+    let mut feed = Proc::serve("feed", &feed_args, logs.path());
     let port = free_port(false);
-    let mut server = node(port, "dash-a", &url, logs.path());
+    let mut server = node(port, "dash-a", &url_redis, logs.path());
 
-    use std::os::unix::process::CommandExt;
-    let mut child = Command::new("node")
-        .arg(browser_dir.join("dashboard.js"))
-        .arg(format!("http://127.0.0.1:{port}/"))
-        .arg(&shot)
-        .env("CHROMIUM", CHROMIUM)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .expect("node runs (scripts/test installs it)");
-    let stdin = child.stdin.take().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    let errors = std::thread::spawn(move || {
-        let mut all = String::new();
-        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
-            all.push_str(&l);
-            all.push('\n');
-        }
-        all
-    });
-    let mut driver = Driver {
-        proc: Group(Some(child)),
-        stdin,
-        lines,
-    };
-
-    let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    let url = format!("http://127.0.0.1:{port}/");
+    let shot_arg = shot.to_string_lossy().into_owned();
+    let driver = Driver::spawn("dashboard.js", &[&url, &shot_arg]);
+    let r = driver.conclude(|driver| {
         driver.expect("KILL", Duration::from_secs(60));
         server.kill();
         driver.say("KILLED");
         driver.expect("RESTART", Duration::from_secs(20));
-        server = node(port, "dash-b", &url, logs.path());
+        server = node(port, "dash-b", &url_redis, logs.path());
         driver.say("RESTARTED");
         driver.expect("GAP", Duration::from_secs(60));
         redis.kill();
         std::thread::sleep(Duration::from_millis(500));
         redis.restart();
         driver.say("REDIS_RESTARTED");
+        driver.expect("FEED_STOP", Duration::from_secs(60));
+        feed.kill9();
+        driver.say("FEED_STOPPED");
+        driver.expect("FEED_START", Duration::from_secs(40));
+        // The same name, so the same feed id: it takes its symbols back at once.
+        feed = Proc::serve("feed", &feed_args, logs.path());
+        driver.say("FEED_STARTED");
         driver.expect("RESULT ", Duration::from_secs(60))
-    }));
-    let result = match step {
-        Ok(line) => line,
-        Err(e) => {
-            // Ends the driver and its browser, so that its stderr reaches its end.
-            driver.proc.kill();
-            let err = errors.join().unwrap_or_default();
-            panic!("{}\nthe driver said:\n{err}", panic_text(&e));
-        }
-    };
-    let status = driver
-        .proc
-        .0
-        .as_mut()
-        .unwrap()
-        .wait()
-        .expect("the driver exits");
-    let err = errors.join().unwrap_or_default();
-    assert!(status.success(), "the browser driver failed:\n{err}");
-
-    let r: serde_json::Value = serde_json::from_str(&result["RESULT ".len()..]).unwrap();
+    });
     eprintln!("dashboard: {r}");
     assert_eq!(r["node1"], "dash-a", "{r}");
     assert_eq!(
@@ -236,6 +278,16 @@ fn the_dashboard_adds_a_symbol_and_resumes_after_a_node_restart_without_a_hole()
             .starts_with("reconnecting in"),
         "{r}"
     );
+    let s = &r["stale"];
+    assert!(
+        s["first"].as_str().unwrap().ends_with(" · feed"),
+        "the row says why: {s}"
+    );
+    assert!(
+        s["markedAfterMs"].as_u64().unwrap() <= 5000,
+        "a dead feed is shown within seconds: {s}"
+    );
+    assert!(s["rows"].as_u64().unwrap() >= 3, "{s}");
     let c = &r["coalesce"];
     assert!(
         c["renders"].as_u64().unwrap() <= c["frames"].as_u64().unwrap() + 1,
@@ -253,6 +305,7 @@ fn the_dashboard_adds_a_symbol_and_resumes_after_a_node_restart_without_a_hole()
         shot.display()
     );
     drop(server);
+    drop(feed);
 }
 
 fn panic_text(e: &Box<dyn std::any::Any + Send>) -> String {
@@ -260,4 +313,222 @@ fn panic_text(e: &Box<dyn std::any::Any + Send>) -> String {
         .cloned()
         .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
         .unwrap_or_else(|| "panic".into())
+}
+
+// ---------------------------------------------------------------------------------------
+// The trading screen.
+
+/// The symbol charted, with three hours of history; the rest tick live only.
+const CHARTED: &str = "BTC-USD";
+/// Symbols that tick live, 20 times a second each: the default watchlist and a pattern's.
+const LIVE: [&str; 6] = ["AAPL", "MSFT", "NVDA", "EUR/USD", "BTC-USD", "ETH-USD"];
+/// A symbol the pattern `ETH-*` matches that has its first value only when the page asks.
+const LATE: &str = "ETH-EUR";
+/// Milliseconds between two ticks of a live symbol.
+const LIVE_EVERY_MS: u64 = 50;
+
+/// One symbol's ticks, numbered from 1, with a price that wanders around `base` (in
+/// steps of `step`) and a volume that grows.
+struct Walk {
+    symbol: &'static str,
+    base: f64,
+    step: f64,
+    seq: u64,
+    volume: u64,
+    rng: u64,
+}
+
+impl Walk {
+    fn new(symbol: &'static str, base: f64) -> Walk {
+        Walk {
+            symbol,
+            base,
+            step: if base < 10.0 { 0.00001 } else { 0.01 },
+            seq: 0,
+            volume: 0,
+            rng: 0x9e37_79b9_7f4a_7c15 ^ base.to_bits(),
+        }
+    }
+
+    /// The next tick, stamped `ts` (ns since the Unix epoch).
+    fn tick(&mut self, ts: u64) -> tickstream::tick::Tick {
+        // xorshift: noise for the prices and sizes, the same on every run
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let noise = (self.rng % 2001) as f64 / 1000.0 - 1.0;
+        self.seq += 1;
+        let k = self.seq as f64;
+        let drift = 0.004 * (k / 90.0).sin() + 0.002 * (k / 23.0).sin() + 0.0006 * noise;
+        let on_step = |p: f64| (p / self.step).round() * self.step;
+        let last = on_step(self.base * (1.0 + drift));
+        let size = 1 + self.rng % 40;
+        self.volume += size;
+        tickstream::tick::Tick {
+            symbol: self.symbol.into(),
+            epoch: "walk".into(),
+            seq: self.seq,
+            ts,
+            bid: on_step(last - self.step),
+            ask: on_step(last + self.step),
+            bid_size: 100 + self.rng % 500,
+            ask_size: 100 + (self.rng >> 9) % 500,
+            last,
+            last_size: size,
+            volume: self.volume,
+            src_ts: None,
+        }
+    }
+}
+
+/// Ticks of `walk` every `every` ns from `from` up to (not including) `to`.
+fn history(node: &tickstream::node::Node, walk: &mut Walk, from: u64, to: u64, every: u64) {
+    let mut ts = from;
+    while ts < to {
+        node.bus.publish(walk.tick(ts)).unwrap();
+        ts += every;
+    }
+}
+
+/// Publishes a tick of every live symbol every [`LIVE_EVERY_MS`] (and of [`LATE`] once
+/// `late` is set) until `stop` is set.
+fn live_feed(
+    node: std::sync::Arc<tickstream::node::Node>,
+    mut walks: Vec<Walk>,
+    late: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    use std::sync::atomic::Ordering;
+    std::thread::spawn(move || {
+        let mut late_walk = Walk::new(LATE, 3138.06);
+        while !stop.load(Ordering::Relaxed) {
+            let now = tickstream::tick::now_ns();
+            for w in &mut walks {
+                let _ = node.bus.publish(w.tick(now));
+            }
+            if late.load(Ordering::Relaxed) {
+                let _ = node.bus.publish(late_walk.tick(now));
+            }
+            std::thread::sleep(Duration::from_millis(LIVE_EVERY_MS));
+        }
+    })
+}
+
+/// A node with no feed of its own, fed by this test: three hours of `CHARTED` (a tick
+/// every 10 s, then every 250 ms over the last three minutes), a few seconds of the other
+/// live symbols; then every live symbol 20 times a second.
+async fn fed_node() -> (tickstream::server::Running, Vec<Walk>) {
+    let run = tickstream::server::start(tickstream::config::Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        feed: tickstream::config::FeedSpec::None,
+        node: "trade-a".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("the node starts");
+    let now = tickstream::tick::now_ns();
+    let (s, min) = (1_000_000_000u64, 60_000_000_000u64);
+    let mut walks: Vec<Walk> = LIVE
+        .iter()
+        .zip([189.1, 412.0, 131.5, 1.0842, 67012.35, 3402.18])
+        .map(|(s, p)| Walk::new(s, p))
+        .collect();
+    for w in &mut walks {
+        if w.symbol == CHARTED {
+            history(&run.node, w, now - 180 * min, now - 3 * min, 10 * s);
+            history(&run.node, w, now - 3 * min, now, s / 4);
+        } else {
+            history(&run.node, w, now - 5 * s, now, s / 4);
+        }
+    }
+    (run, walks)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trading_screen_charts_paces_matches_and_moves_without_a_break() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: scripts/test installs Debian's chromium"
+    );
+    npm_ci(&repo_path("tests/browser"));
+    let artifacts: PathBuf = repo_path("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let shot = artifacts.join("dashboard-trading.png");
+    let _ = std::fs::remove_file(&shot);
+
+    let (run, walks) = fed_node().await;
+    let (late, stop) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let feeder = live_feed(run.node.clone(), walks, late.clone(), stop.clone());
+    let url = format!("http://{}/", run.addr);
+    let shot_arg = shot.to_string_lossy().into_owned();
+    let r = tokio::task::spawn_blocking(move || {
+        Driver::spawn("trading.js", &[&url, &shot_arg]).conclude(|driver| {
+            driver.expect("LATE", Duration::from_secs(60));
+            late.store(true, Ordering::Relaxed);
+            driver.say("LATE_PUBLISHED");
+            driver.expect("RESULT ", Duration::from_secs(60))
+        })
+    })
+    .await
+    .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    feeder.join().unwrap();
+    eprintln!("trading: {r}");
+
+    let chart = &r["chart"];
+    assert!(
+        chart["bars"].as_u64().unwrap() >= 100,
+        "backfilled: {chart}"
+    );
+    assert!(
+        chart["drawnMs"].as_f64().unwrap() <= 1000.0,
+        "drawn within a second of the click: {chart}"
+    );
+    assert!(
+        r["closed"]["next"].as_f64() > r["closed"]["was"].as_f64(),
+        "{r}"
+    );
+    assert_eq!(r["minute"]["interval"], "1m", "{r}");
+    assert_eq!(
+        r["minute"]["oldInterval"], 0,
+        "nothing of 1s after the switch: {r}"
+    );
+    let pace = &r["pace"];
+    assert!(
+        pace["updates"].as_u64().unwrap() <= pace["allowed"].as_u64().unwrap(),
+        "{pace}"
+    );
+    assert!(pace["skipped"].as_u64().unwrap() > 0, "{pace}");
+    assert!(pace["maxPerSecond"].as_u64().unwrap() <= 5, "{pace}");
+    assert_eq!(
+        r["pattern"]["rows"],
+        serde_json::json!(["ETH-EUR", "ETH-USD"]),
+        "{r}"
+    );
+
+    assert_eq!(r["paceLink"]["good"]["pace"], 1000, "{r}");
+    assert_eq!(r["paceLink"]["bad"]["pace"], 250, "{r}");
+
+    // The page's reports reached the node.
+    let m = tickstream::metrics::global();
+    assert!(m.client_reports.load(Ordering::Relaxed) >= 1);
+    assert!(r["report"]["node"]["reports"].as_u64().unwrap() >= 1, "{r}");
+
+    let mv = &r["move"];
+    for k in ["holes", "gaps", "duplicates", "reconnects", "moveFailures"] {
+        assert_eq!(mv["delta"][k], 0, "{k} during the move: {mv}");
+    }
+    assert_eq!(mv["delta"]["moves"], 1, "{mv}");
+    assert_eq!(mv["old"]["closedBy"], "page", "{mv}");
+    assert!(
+        std::fs::metadata(&shot).is_ok_and(|m| m.len() > 10_000),
+        "a screenshot in {}",
+        shot.display()
+    );
+    run.shutdown().await;
 }

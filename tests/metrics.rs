@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::*;
+use tickstream::config::Settings;
 
 /// Parses an OpenMetrics / Prometheus text exposition strictly enough to catch a broken
 /// one: every sample belongs to a family declared by `# TYPE` before it, names and
@@ -236,4 +237,168 @@ async fn metrics_turned_off_answer_404_and_ticks_still_flow() {
             ticks += 1;
         }
     }
+}
+
+#[tokio::test]
+async fn client_reports_are_answered_and_show_in_the_client_latency_metrics() {
+    let run = start(settings()).await;
+    let before = scrape(run.addr).await;
+    let (mut c, _) = Client::ready(run.addr).await;
+    let report = |id: u64, p50: f64, p99: f64, max: f64| {
+        serde_json::json!({"op":"report","id":id,"latency_ms":{"p50":p50,"p99":p99,"max":max},
+                           "count":1000,"window_ms":10000})
+        .to_string()
+    };
+    c.send(&report(1, 0.4, 3.0, 20.0)).await;
+    assert_eq!(
+        c.next().await,
+        serde_json::json!({"type":"reported","id":1})
+    );
+    c.send(&report(2, 30.0, 700.0, 2000.0)).await;
+    assert_eq!(c.next().await["type"], "reported");
+    // Refused: out of order, negative, no count. Nothing is counted for them.
+    for bad in [
+        report(3, 5.0, 1.0, 9.0),
+        report(4, -1.0, 1.0, 9.0),
+        r#"{"op":"report","id":5,"latency_ms":{"p50":1,"p99":2,"max":3},"window_ms":10}"#.into(),
+    ] {
+        c.send(&bad).await;
+        let e = c.next().await;
+        assert_eq!(e["code"], "bad_request", "{e}");
+    }
+    let after = scrape(run.addr).await;
+    let delta = |k: &str| after[k] - before.get(k).copied().unwrap_or(0.0);
+    assert_eq!(delta("tickstream_client_latency_reports_total"), 2.0);
+    assert_eq!(delta("tickstream_client_latency_messages_total"), 2000.0);
+    for q in ["p50", "p99", "max"] {
+        assert_eq!(
+            delta(&format!("tickstream_client_latency_{q}_seconds_count")),
+            2.0
+        );
+    }
+    // 0.4 ms and 30 ms of p50: one at or under 0.5 ms, both at or under 50 ms.
+    assert_eq!(
+        delta("tickstream_client_latency_p50_seconds_bucket{le=\"0.0005\"}"),
+        1.0
+    );
+    assert_eq!(
+        delta("tickstream_client_latency_p50_seconds_bucket{le=\"0.05\"}"),
+        2.0
+    );
+    // 2 s of max: past the 1 s bucket.
+    assert_eq!(
+        delta("tickstream_client_latency_max_seconds_bucket{le=\"1.0\"}"),
+        1.0
+    );
+    let sum = delta("tickstream_client_latency_p99_seconds_sum");
+    assert!((sum - 0.703).abs() < 1e-6, "{sum}");
+    run.shutdown().await;
+}
+
+/// `GET /v1/latency` on `addr`, parsed.
+async fn latency(addr: std::net::SocketAddr, query: &str) -> (u16, serde_json::Value) {
+    let (status, body) = http_get(addr, &format!("/v1/latency{query}")).await;
+    (status, serde_json::from_str(&body).unwrap_or_default())
+}
+
+#[tokio::test]
+async fn the_latency_endpoint_summarises_what_clients_reported_in_the_last_minute() {
+    let run = start(settings()).await;
+    let (status, none) = latency(run.addr, "").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        none,
+        serde_json::json!({"window_ms":60000,"reports":0,"messages":0,"p50_ms":null,
+                           "p99_ms":null,"max_ms":null,"reports_total":0})
+    );
+    // Two clients, three reports: p50s 1, 2, 3 ms; p99s 4, 8, 20 ms; maxes 9, 12, 30 ms.
+    let mut clients = [
+        Client::ready(run.addr).await.0,
+        Client::ready(run.addr).await.0,
+    ];
+    for (i, p50, p99, max, count) in [
+        (0, 1.0, 4.0, 9.0, 100),
+        (1, 2.0, 8.0, 12.0, 300),
+        (0, 3.0, 20.0, 30.0, 600),
+    ] {
+        let c = &mut clients[i];
+        c.send(
+            &serde_json::json!({"op":"report","latency_ms":{"p50":p50,"p99":p99,"max":max},
+                                   "count":count,"window_ms":10000})
+            .to_string(),
+        )
+        .await;
+        assert_eq!(c.next().await["type"], "reported");
+    }
+    // A refused report is not counted.
+    let a = &mut clients[0];
+    a.send(r#"{"op":"report","latency_ms":{"p50":1,"p99":2,"max":999},"window_ms":10}"#)
+        .await;
+    assert_eq!(a.next().await["code"], "bad_request");
+    let (_, s) = latency(run.addr, "").await;
+    assert_eq!(
+        (&s["reports"], &s["messages"]),
+        (&3.into(), &1000.into()),
+        "{s}"
+    );
+    assert_eq!(
+        (&s["reports_total"], &s["window_ms"]),
+        (&3.into(), &60000.into()),
+        "{s}"
+    );
+    assert_eq!(s["max_ms"], 30.0, "the largest max reported: {s}");
+    // Read inside the buckets of the histograms: the median p50 (2 ms) in (1, 2.5] ms,
+    // the p99 of the p99s (20 ms) in (10, 25] ms.
+    let p50 = s["p50_ms"].as_f64().unwrap();
+    assert!(p50 > 1.0 && p50 <= 2.5, "{s}");
+    let p99 = s["p99_ms"].as_f64().unwrap();
+    assert!(p99 > 10.0 && p99 <= 25.0, "{s}");
+    run.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_latency_endpoint_needs_a_subscriber_token_when_auth_is_on() {
+    const SECRET: &[u8] = b"the-latency-endpoint-test-secret-of-enough-bytes";
+    let (s, _dir) = with_jwt_secret(settings(), SECRET);
+    let run = start(s).await;
+    assert_eq!(latency(run.addr, "").await.0, 401);
+    let claims = tickstream::auth::Claims {
+        sub: "dashboard".into(),
+        exp: tickstream::auth::expiry_in(Duration::from_secs(60)),
+        symbols: None,
+        roles: None,
+    };
+    let t = tickstream::auth::issue(SECRET, &claims).unwrap();
+    let (status, body) = latency(run.addr, &format!("?token={t}")).await;
+    assert_eq!((status, &body["reports"]), (200, &0.into()), "{body}");
+    run.shutdown().await;
+}
+
+#[tokio::test]
+async fn reports_are_subject_to_the_inbound_rate_limit() {
+    let run = start(Settings {
+        rate_limit: 1,
+        rate_burst: 2,
+        ..settings()
+    })
+    .await;
+    let (mut c, _) = Client::ready(run.addr).await;
+    let body =
+        r#"{"op":"report","latency_ms":{"p50":1,"p99":2,"max":3},"count":5,"window_ms":10000}"#;
+    for _ in 0..3 {
+        c.send(body).await;
+    }
+    let got: Vec<String> = [c.next().await, c.next().await, c.next().await]
+        .iter()
+        .map(|m| format!("{} {}", m["type"], m["code"]))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "\"reported\" null",
+            "\"reported\" null",
+            "\"error\" \"rate_limited\""
+        ]
+    );
+    run.shutdown().await;
 }

@@ -1,8 +1,8 @@
-//! The README's examples, run as written: every fenced block is either run here against
-//! real processes (a `tickstream serve` node, `redis-server`, Node for the browser
-//! snippet) and its printed output compared with what the binary prints now, or named
-//! with the test that runs it elsewhere. A new block without a check fails
-//! `every_readme_block_is_run_or_checked`.
+//! The examples of the README and of the `docs/` pages it links to, run as written:
+//! every fenced block is either run here against real processes (a `tickstream serve`
+//! node, `redis-server`, Node for the browser snippet) and its printed output compared
+//! with what the binary prints now, or named with the test that runs it elsewhere. A new
+//! block without a check fails `every_readme_block_is_run_or_checked`.
 //!
 //! The examples assume a node on `127.0.0.1:8080` (and Redis on `127.0.0.1:6379`). Here
 //! each block gets free ports instead: those addresses in the commands are rewritten,
@@ -24,16 +24,27 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const README: &str = include_str!("../README.md");
+/// The pages whose examples are run: the README and the `docs/` pages (but the
+/// protocol, whose examples `tests/binary.rs` and the protocol tests check).
+const PAGES: &[(&str, &str)] = &[
+    ("README.md", include_str!("../README.md")),
+    ("docs/client.md", include_str!("../docs/client.md")),
+    ("docs/cluster.md", include_str!("../docs/cluster.md")),
+    (
+        "docs/configuration.md",
+        include_str!("../docs/configuration.md"),
+    ),
+    ("docs/dashboard.md", include_str!("../docs/dashboard.md")),
+    ("docs/feeds.md", include_str!("../docs/feeds.md")),
+    ("docs/metrics.md", include_str!("../docs/metrics.md")),
+    ("docs/security.md", include_str!("../docs/security.md")),
+];
 
-/// Every fenced block of the README, by a phrase of its first line, and where it is
+/// Every fenced block of the pages, by a phrase of its first line, and where it is
 /// checked. The phrase must match exactly one block.
 const BLOCKS: &[(&str, &str)] = &[
     ("cargo run --release -- serve     #", "quick_start"),
-    (
-        "cargo run --release -- subscribe AAPL MSFT BTC-USD EUR/USD",
-        "watch_ticks_from_a_shell",
-    ),
+    ("# tickstream.toml", "configuration_file"),
     (
         "const symbols = [",
         "browser_snippet_prints_ticks_only_and_resumes_after_a_reconnect",
@@ -53,6 +64,22 @@ const BLOCKS: &[(&str, &str)] = &[
     (
         "$ tickstream subscribe AAPL --json --backoff-base 1s",
         "subscribe_reconnects_and_resumes",
+    ),
+    (
+        "$ tickstream subscribe 'BTC-*' --throttle 250ms",
+        "subscribe_paced_candles_and_reports",
+    ),
+    (
+        "$ tickstream subscribe AAPL MSFT --candles 1s",
+        "subscribe_candles_table",
+    ),
+    (
+        "$ tickstream subscribe AAPL --candles 1s --backfill 3 --count 3",
+        "subscribe_paced_candles_and_reports",
+    ),
+    (
+        "$ tickstream subscribe AAPL --report-every 1s",
+        "subscribe_paced_candles_and_reports",
     ),
     ("$ tickstream feed record", "feed_record"),
     (
@@ -95,7 +122,7 @@ const BLOCKS: &[(&str, &str)] = &[
     ),
 ];
 
-/// Commands of the README not run here, and where they are.
+/// Commands of the pages not run here, and where they are.
 const NOT_RUN: &[(&str, &str)] = &[
     ("scripts/test", "it is the command that runs these tests"),
     ("cargo build --release", "the bench tests build and run tickstream-bench"),
@@ -110,9 +137,11 @@ const NOT_RUN: &[(&str, &str)] = &[
 ];
 
 // ---------------------------------------------------------------------------------
-// Reading the README
+// Reading the pages
 
 struct Block {
+    /// The page it is on.
+    page: &'static str,
     lang: String,
     /// 1-based line of the opening fence.
     line: usize,
@@ -129,14 +158,22 @@ impl Block {
 }
 
 fn blocks() -> Vec<Block> {
+    PAGES
+        .iter()
+        .flat_map(|(page, text)| page_blocks(page, text))
+        .collect()
+}
+
+fn page_blocks(page: &'static str, text: &str) -> Vec<Block> {
     let mut out = Vec::new();
     let mut open: Option<Block> = None;
-    for (i, line) in README.lines().enumerate() {
+    for (i, line) in text.lines().enumerate() {
         if let Some(rest) = line.strip_prefix("```") {
             match open.take() {
                 Some(b) => out.push(b),
                 None => {
                     open = Some(Block {
+                        page,
                         lang: rest.trim().to_owned(),
                         line: i + 1,
                         text: String::new(),
@@ -148,7 +185,7 @@ fn blocks() -> Vec<Block> {
             b.text.push('\n');
         }
     }
-    assert!(open.is_none(), "an unclosed fence in README.md");
+    assert!(open.is_none(), "an unclosed fence in {page}");
     out
 }
 
@@ -158,7 +195,7 @@ fn block(key: &str) -> Block {
         .into_iter()
         .filter(|b| b.first_line().contains(key))
         .collect();
-    assert_eq!(found.len(), 1, "README blocks starting with {key:?}");
+    assert_eq!(found.len(), 1, "blocks starting with {key:?}");
     found.pop().unwrap()
 }
 
@@ -204,7 +241,7 @@ fn steps(b: &Block) -> Vec<Step> {
     out
 }
 
-/// The `tickstream …` commands anywhere in the README: in blocks and in `code spans`.
+/// The `tickstream …` commands anywhere on the pages: in blocks and in `code spans`.
 fn all_commands() -> Vec<String> {
     let mut cmds: Vec<String> = blocks()
         .iter()
@@ -219,11 +256,18 @@ fn all_commands() -> Vec<String> {
     cmds
 }
 
-/// The `code spans` of the README's text, outside fenced blocks (a span may wrap).
+/// The `code spans` of the pages' text, outside fenced blocks (a span may wrap).
 fn code_spans() -> Vec<String> {
+    PAGES
+        .iter()
+        .flat_map(|(_, page)| page_spans(page))
+        .collect()
+}
+
+fn page_spans(page: &str) -> Vec<String> {
     let mut text = String::new();
     let mut in_fence = false;
-    for line in README.lines() {
+    for line in page.lines() {
         if line.starts_with("```") {
             in_fence = !in_fence;
         } else if !in_fence {
@@ -323,11 +367,14 @@ fn compare(what: &str, expect: &[String], actual: &str, exact: bool, ports: &Por
     let got = lines(actual);
     let (prefixes, whole): (Vec<&String>, Vec<&String>) =
         expect.iter().partition(|l| l.contains('…'));
-    for p in prefixes {
-        let want = ports.subst(p.split('…').next().unwrap().trim());
+    let prefixes: Vec<String> = prefixes
+        .into_iter()
+        .map(|p| ports.subst(p.split('…').next().unwrap().trim()))
+        .collect();
+    for want in &prefixes {
         assert!(
-            actual.contains(&want),
-            "{what}: README shows {p:?}; printed:\n{actual}"
+            actual.contains(want.as_str()),
+            "{what}: README shows {want:?}…; printed:\n{actual}"
         );
     }
     if whole.is_empty() {
@@ -343,6 +390,10 @@ fn compare(what: &str, expect: &[String], actual: &str, exact: bool, ports: &Por
          printed:\n{actual}"
     );
     if exact {
+        // A line the README shows by its beginning (`…`) may end in any way.
+        let shown = |l: &String| prefixes.iter().any(|p| l.starts_with(p.as_str()));
+        let rest: Vec<String> = got.iter().filter(|l| !shown(l)).cloned().collect();
+        let have = shapes(&rest);
         let extra: Vec<&String> = have.difference(&want).collect();
         assert!(
             extra.is_empty(),
@@ -530,7 +581,7 @@ impl Run {
     fn block(&mut self, b: &Block, spec: &Spec) {
         let mut last_rc = 0;
         for step in steps(b) {
-            let what = format!("README line {}: `{}`", b.line, step.cmd);
+            let what = format!("{} line {}: `{}`", b.page, b.line, step.cmd);
             if let Some((_, why)) = NOT_RUN.iter().find(|(c, _)| step.cmd.starts_with(c)) {
                 eprintln!("not run here: {} ({why})", step.cmd);
                 continue;
@@ -654,7 +705,8 @@ fn every_readme_block_is_run_or_checked() {
         assert_eq!(
             by.len(),
             1,
-            "README line {}: the block starting {:?} needs exactly one check in BLOCKS",
+            "{} line {}: the block starting {:?} needs exactly one check in BLOCKS",
+            b.page,
             b.line,
             b.first_line()
         );
@@ -664,7 +716,7 @@ fn every_readme_block_is_run_or_checked() {
     }
 }
 
-/// Every `tickstream` command of the README names a subcommand that exists and only
+/// Every `tickstream` command of the pages names a subcommand that exists and only
 /// options its `--help` lists.
 #[test]
 fn every_readme_command_uses_options_that_exist() {
@@ -717,34 +769,37 @@ fn every_readme_command_uses_options_that_exist() {
     assert!(checked > 50, "the commands were found ({checked} options)");
 }
 
-/// The configuration table: every flag and variable is one `tickstream serve` takes.
+/// The example config file: the node starts from it and announces what it sets.
 #[test]
-fn configuration_table_matches_serve_help() {
-    let out = Command::new(env!("CARGO_BIN_EXE_tickstream"))
-        .args(["serve", "--help"])
+fn configuration_file() {
+    let b = block("# tickstream.toml");
+    assert_eq!(b.lang, "toml");
+    let mut run = Run::new(&Spec::default());
+    let text = b
+        .text
+        .replace("127.0.0.1:9000", &format!("127.0.0.1:{}", run.ports.node));
+    assert_ne!(text, b.text, "the example sets the address");
+    std::fs::write(run.dir.path().join("tickstream.toml"), text).unwrap();
+    // The file's address, not TICKSTREAM_LISTEN (which would win over it).
+    run.start(Step {
+        cmd: "env -u TICKSTREAM_LISTEN tickstream serve --config tickstream.toml".into(),
+        expect: vec![],
+    });
+    run.wait_healthy();
+    let out = run
+        .bash("tickstream subscribe AAPL --json --count 1")
         .output()
         .unwrap();
-    let help = String::from_utf8(out.stdout).unwrap();
-    let mut rows = 0;
-    for line in README.lines().filter(|l| l.starts_with("| `--")) {
-        let cells: Vec<&str> = line
-            .split('|')
-            .map(|c| c.trim().trim_matches('`'))
-            .collect();
-        let (flag, var) = (cells[1], cells[2]);
-        assert!(help.contains(&format!("{flag} ")), "{flag} in serve --help");
-        // Variables that may hold a password show their name only.
-        assert!(
-            help.contains(&format!("[env: {var}=")) || help.contains(&format!("[env: {var}]")),
-            "{var} for {flag} in serve --help"
-        );
-        rows += 1;
-    }
-    assert!(rows > 30, "the table was found ({rows} rows)");
-    assert!(
-        help.contains("Default: 127.0.0.1:8080"),
-        "the default address the examples assume"
-    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let welcome: Value = lines(&text)
+        .iter()
+        .find_map(|l| serde_json::from_str::<Value>(l).ok())
+        .unwrap_or_else(|| panic!("a welcome: {text}"));
+    assert_eq!(welcome["type"], "welcome", "{text}");
+    assert_eq!(welcome["heartbeat_ms"], 15000, "heartbeat = \"15s\"");
+    assert_eq!(welcome["limits"]["max_symbols"], 512);
+    assert_eq!(welcome["limits"]["rate_per_s"], 20);
+    run.finish();
 }
 
 #[test]
@@ -789,29 +844,6 @@ fn quick_start() {
 
 const NODE: Option<&[&str]> = Some(&[]);
 const QUIET_NODE: Option<&[&str]> = Some(&["--feed", "none"]);
-
-#[test]
-fn watch_ticks_from_a_shell() {
-    let b = block("cargo run --release -- subscribe AAPL MSFT BTC-USD EUR/USD");
-    let spec = Spec {
-        node: NODE,
-        ..Spec::default()
-    };
-    let mut run = Run::new(&spec);
-    run.block(&b, &spec);
-    // `| head -5`: five NDJSON messages.
-    let out = run
-        .bash("tickstream subscribe AAPL --json | head -5")
-        .output()
-        .unwrap();
-    let msgs: Vec<Value> = lines(&String::from_utf8_lossy(&out.stdout))
-        .iter()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(msgs.len(), 5, "{msgs:?}");
-    run.finish();
-}
 
 /// The `curl` examples in the text beside the browser snippet.
 #[test]
@@ -912,6 +944,38 @@ fn subscribe_reconnects_and_resumes() {
     // Every line is one the README shows; those that must happen do.
     compare("reconnect", &st[0].expect, &text, true, &run.ports);
     run.finish();
+}
+
+/// The examples of patterns with pacing, bars as NDJSON and latency reports.
+#[test]
+fn subscribe_paced_candles_and_reports() {
+    for key in [
+        "$ tickstream subscribe 'BTC-*' --throttle 250ms",
+        "$ tickstream subscribe AAPL --candles 1s --backfill 3 --count 3",
+        "$ tickstream subscribe AAPL --report-every 1s",
+    ] {
+        run_block(
+            key,
+            Spec {
+                node: NODE,
+                ..Spec::default()
+            },
+        )
+        .finish();
+    }
+}
+
+#[test]
+fn subscribe_candles_table() {
+    run_block(
+        "$ tickstream subscribe AAPL MSFT --candles 1s",
+        Spec {
+            node: NODE,
+            tty: true,
+            ..Spec::default()
+        },
+    )
+    .finish();
 }
 
 #[test]

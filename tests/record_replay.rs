@@ -76,6 +76,15 @@ async fn record_then_replay_reproduces_the_sequence() {
             "the original ts is kept as src_ts"
         );
     }
-    quiet(&mut sub).await;
+    // The replay's publisher connection ended: what it published is stale now.
+    let mut stale = quiet(&mut sub).await;
+    stale.sort();
+    let mut published: Vec<String> = recorded.iter().map(|t| t.symbol.to_string()).collect();
+    published.sort();
+    published.dedup();
+    assert_eq!(
+        stale, published,
+        "every symbol the replay published is stale"
+    );
     target.shutdown().await;
 }

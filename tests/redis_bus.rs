@@ -7,20 +7,14 @@ mod env;
 
 use std::time::Duration;
 
+use futures_util::SinkExt;
+
 use common::{eventually, http_get, Client, WAIT};
-use env::{RedisCluster, RedisServer};
+use env::{fast, RedisCluster, RedisServer};
 use serde_json::Value;
 use tickstream::bus::{RedisConfig, RedisPublisher};
 use tickstream::config::{FeedSpec, Settings};
 use tickstream::server::Running;
-
-fn fast(mut c: RedisConfig) -> RedisConfig {
-    c.timeout = Duration::from_millis(500);
-    c.ping_interval = Duration::from_millis(200);
-    c.backoff_max = Duration::from_millis(300);
-    c.lease = Duration::from_secs(3);
-    c
-}
 
 fn node_settings(cfg: &RedisConfig, name: &str) -> Settings {
     Settings {
@@ -104,14 +98,15 @@ async fn a_tick_ingested_on_one_node_reaches_clients_of_another_in_order() {
     // Node B's own clients get the same ticks, through Redis too.
     let fb = first_seq(&mut cb).await;
     expect_run(&mut cb, "AAA", fb + 1, fb + 20).await;
-    assert_eq!(
-        b.node
-            .hub
-            .stats()
-            .duplicates
-            .load(std::sync::atomic::Ordering::Relaxed),
-        0
-    );
+    // Nothing reaches the hub twice but, at most, the one tick a subscription's catch-up
+    // (`last:`, read on another connection) and the channel both bring: the hub drops it.
+    let duplicates = b
+        .node
+        .hub
+        .stats()
+        .duplicates
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(duplicates <= 1, "{duplicates} duplicates");
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -157,9 +152,14 @@ async fn interest_is_counted_batched_and_released() {
         redis::Value::VerbatimString { text, .. } => text,
         v => panic!("{v:?}"),
     };
+    // (One more channel: the feeds' heartbeats.)
     let subscribers: Vec<&str> = clients.lines().filter(|l| !l.contains(" sub=0 ")).collect();
     assert_eq!(subscribers.len(), 1, "{clients}");
-    assert!(subscribers[0].contains(" sub=500 "), "{clients}");
+    assert!(subscribers[0].contains(" sub=501 "), "{clients}");
+    assert!(
+        subscribers[0].contains(" name=tickstream-subscriber "),
+        "{clients}"
+    );
     c1.send(r#"{"op":"unsubscribe","symbols":["AAPL"]}"#).await;
     assert_eq!(c1.until("unsubscribed").await["type"], "unsubscribed");
     let chan = "tickstream:tick:{AAPL}".to_string();
@@ -171,12 +171,13 @@ async fn interest_is_counted_batched_and_released() {
     );
     c2.send(r#"{"op":"unsubscribe","symbols":["AAPL"]}"#).await;
     assert_eq!(c2.until("unsubscribed").await["type"], "unsubscribed");
-    assert!(
+    // The bus lets go of a channel after the reply, as it reconciles the node's interest.
+    eventually("the last local unsubscribe removes the channel", || {
         !redis
             .strings(&["PUBSUB", "CHANNELS", "tickstream:tick:*"])
-            .contains(&chan),
-        "last local unsubscribe removes the channel"
-    );
+            .contains(&chan)
+    })
+    .await;
     // Closing the connection releases the rest.
     drop(c1);
     eventually("every channel released", || {
@@ -281,15 +282,18 @@ async fn redis_restart_gives_gap_and_snapshot_then_live_ticks() {
     assert!(down, "/healthz answers 503 while Redis is down");
     // The client stays connected meanwhile.
     c.send(r#"{"op":"ping","id":1}"#).await;
+    let mut before = Vec::new();
     let pong = loop {
         let m = c.next().await;
         if m["type"] == "pong" {
             break m;
         }
+        before.push(m);
     };
     assert_eq!(pong["id"], 1);
     redis.restart();
-    let (gap, s) = expect_upstream_gap_then_live(&mut c, "AAPL", Duration::from_secs(20)).await;
+    let (gap, s) =
+        expect_upstream_gap_then_live(&mut c, "AAPL", Duration::from_secs(20), before).await;
     assert_eq!(gap["to"].as_u64().unwrap(), s - 1);
     eventually_async(|| async { http_get(a.addr, "/healthz").await.0 == 200 }).await;
     stop.cancel();
@@ -298,25 +302,63 @@ async fn redis_restart_gives_gap_and_snapshot_then_live_ticks() {
     a.shutdown().await;
 }
 
-/// After Redis (or a shard) came back: a `gap` with reason `upstream`, a `snapshot`,
-/// then ten live ticks in order. Returns the gap and the snapshot's seq.
+/// After Redis (or a shard) went away and came back (`read`: what the client read
+/// since, first): `status` stale (reason `bus`) before anything else of the symbol, then a `gap` with reason `upstream`, a
+/// `snapshot`, `status` live, then ten live ticks in order. Returns the gap and the
+/// snapshot's seq.
 async fn expect_upstream_gap_then_live(
     c: &mut Client,
     symbol: &str,
     wait: Duration,
+    read: Vec<Value>,
 ) -> (Value, u64) {
     let deadline = tokio::time::Instant::now() + wait;
+    let mut stale = None;
+    let mut read = read.into_iter();
     let gap = loop {
-        let m = tokio::time::timeout_at(deadline, c.next())
-            .await
-            .expect("a gap after Redis came back");
+        let m = match read.next() {
+            Some(m) => m,
+            None => tokio::time::timeout_at(deadline, c.next())
+                .await
+                .expect("a gap after Redis came back"),
+        };
+        if m["type"] == "status" {
+            assert!(stale.is_none(), "one stale status: {m}");
+            stale = Some(m);
+            continue;
+        }
         if m["type"] == "gap" {
             break m;
         }
+        assert!(
+            stale.is_none(),
+            "nothing but the return after the stale status: {m}"
+        );
     };
+    let stale = stale.expect("the loss was announced before the return");
+    assert_eq!(
+        (&stale["symbol"], &stale["state"], &stale["reason"]),
+        (
+            &Value::from(symbol),
+            &Value::from("stale"),
+            &Value::from("bus")
+        ),
+        "{stale}"
+    );
     assert_eq!(gap["reason"], "upstream", "{gap}");
     let snap = c.next().await;
     assert_eq!(snap["type"], "snapshot", "{snap}");
+    let live = c.next().await;
+    assert_eq!(
+        (&live["type"], &live["symbol"], &live["state"]),
+        (
+            &Value::from("status"),
+            &Value::from(symbol),
+            &Value::from("live")
+        ),
+        "{live}"
+    );
+    assert!(live.get("reason").is_none(), "{live}");
     let s = snap["seq"].as_u64().unwrap();
     expect_run(c, symbol, s + 1, s + 10).await;
     (gap, s)
@@ -371,7 +413,7 @@ async fn unreachable_redis_fails_fast_and_a_failed_subscribe_rolls_back() {
     eventually_async(|| async { http_get(a.addr, "/healthz").await.0 == 200 }).await;
     subscribe(&mut c, r#"{"op":"subscribe","symbols":["AAPL"]}"#).await;
     assert_eq!(
-        redis.strings(&["PUBSUB", "CHANNELS", "*"]),
+        redis.strings(&["PUBSUB", "CHANNELS", "tickstream:tick:*"]),
         vec!["tickstream:tick:{AAPL}".to_string()]
     );
     a.shutdown().await;
@@ -496,10 +538,7 @@ async fn a_three_master_cluster_carries_ticks_for_symbols_on_every_shard() {
     );
     drop(m);
     eventually("every shard channel released", || {
-        cluster
-            .nodes
-            .iter()
-            .all(|n| n.strings(&["PUBSUB", "SHARDCHANNELS", "*"]).is_empty())
+        cluster.shard_channels().is_empty()
     })
     .await;
     p.close().await;
@@ -541,7 +580,7 @@ async fn a_cluster_shard_restart_gives_gap_and_snapshot_then_live_ticks() {
     shard.kill();
     eventually_async(|| async { http_get(a.addr, "/healthz").await.0 == 503 }).await;
     shard.restart();
-    expect_upstream_gap_then_live(&mut c, symbol, Duration::from_secs(30)).await;
+    expect_upstream_gap_then_live(&mut c, symbol, Duration::from_secs(30), Vec::new()).await;
     stop.cancel();
     feeder.await.unwrap();
     p.close().await;
@@ -854,5 +893,224 @@ async fn rediss_with_the_ca_file_carries_ticks_and_an_unknown_ca_is_refused() {
     );
     let m = c.next().await;
     assert_eq!((&m["type"], &m["symbol"]), (&"tick".into(), &"MSFT".into()));
+    a.shutdown().await;
+}
+
+/// Clients that subscribe through Redis and never read: their writers stall, time out
+/// and end while later subscribes of theirs wait for room; once they are all closed,
+/// the node holds no symbol and Redis carries none of its channels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_never_read_leave_no_channel_subscribed() {
+    let redis = RedisServer::start();
+    let cfg = fast(RedisConfig::single(&redis.url()));
+    let settings = Settings {
+        queue: 8,
+        send_timeout: Duration::from_millis(300),
+        send_buffer: Some(4096),
+        ..node_settings(&cfg, "node-a")
+    };
+    let a = common::start(settings).await;
+    let symbols: Vec<String> = a
+        .node
+        .hub
+        .symbols()
+        .iter()
+        .take(60)
+        .map(|s| s.to_string())
+        .collect();
+    let p = std::sync::Arc::new(publisher(&cfg, "feed-1").await);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let feeder = {
+        let (p, stop, symbols) = (p.clone(), stop.clone(), symbols.clone());
+        tokio::spawn(async move {
+            let mut seq = 0;
+            while !stop.is_cancelled() {
+                seq += 1;
+                for s in &symbols {
+                    p.publish(common::tick(s, "e1", seq)).unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    // Each client sends twenty subscribes of three symbols, one every 100 ms, and reads
+    // none of the replies: its writer stalls and times out while later subscribes wait
+    // for room in its queue.
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let symbols = symbols.clone();
+        let addr = a.addr;
+        clients.push(tokio::spawn(async move {
+            let mut c = Client::connect(addr).await;
+            for chunk in symbols.chunks(3) {
+                let body = serde_json::json!({"op":"subscribe","symbols":chunk}).to_string();
+                if c.ws
+                    .send(tokio_tungstenite::tungstenite::Message::text(body))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }));
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+    eventually("the node holds no symbol", || {
+        a.node.interest().watched() == 0
+    })
+    .await;
+    eventually("Redis carries none of its channels", || {
+        redis
+            .strings(&["PUBSUB", "CHANNELS", "tickstream:tick:*"])
+            .is_empty()
+    })
+    .await;
+    for s in &symbols {
+        assert_eq!(a.node.hub.subscriber_count(s), 0, "{s}");
+    }
+    stop.cancel();
+    feeder.await.unwrap();
+    p.close().await;
+    a.shutdown().await;
+}
+
+/// A feed process killed without a word: its symbols' clients are told they are stale
+/// within two seconds (three missed heartbeats), not after the 10 s of the leases; the
+/// same feed restarted under its id takes its symbols back at once (a new epoch: `gap`
+/// reset, `snapshot`, then `status` live).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_feed_is_announced_stale_and_its_restart_takes_its_symbols_back() {
+    let redis = RedisServer::start();
+    let cfg = fast(RedisConfig::single(&redis.url()));
+    let a = node(&cfg, "node-a").await;
+    let bin = env!("CARGO_BIN_EXE_tickstream");
+    let feed = || {
+        let mut cmd = std::process::Command::new(bin);
+        cmd.args(["feed", "synth", "--redis", &redis.url()])
+            .args([
+                "--symbols",
+                "AAPL,MSFT",
+                "--rate",
+                "400",
+                "--feed-id",
+                "synth-1",
+            ])
+            .args(["--redis-lease", "10s"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        env::Proc {
+            child: Some(cmd.spawn().expect("the feed starts")),
+            port: 0,
+            name: "feed".into(),
+        }
+    };
+    let mut first = feed();
+    let (mut c, _) = Client::ready(a.addr).await;
+    subscribe(&mut c, r#"{"op":"subscribe","symbols":["AAPL"]}"#).await;
+    let epoch = c.until("tick").await["epoch"].clone();
+    first.kill9();
+    let killed = std::time::Instant::now();
+    let stale = loop {
+        let m = tokio::time::timeout(Duration::from_secs(5), c.next())
+            .await
+            .expect("the loss is announced");
+        if m["type"] == "status" {
+            break m;
+        }
+        assert_eq!(m["type"], "tick", "{m}");
+    };
+    let took = killed.elapsed();
+    eprintln!("feed killed: stale after {} ms", took.as_millis());
+    assert_eq!(
+        (&stale["state"], &stale["reason"]),
+        (&Value::from("stale"), &Value::from("feed"))
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "announced within 2 s: {took:?}"
+    );
+    assert!(
+        c.try_next(Duration::from_millis(300)).await.is_none(),
+        "nothing else while the feed is gone"
+    );
+    let _second = feed();
+    let restarted = std::time::Instant::now();
+    let gap = c.until("gap").await;
+    assert_eq!(gap["reason"], "reset", "{gap}");
+    let snap = c.next().await;
+    assert_eq!(snap["type"], "snapshot", "{snap}");
+    assert_ne!(snap["epoch"], epoch, "a new epoch");
+    let live = c.next().await;
+    assert_eq!(
+        (&live["type"], &live["state"]),
+        (&Value::from("status"), &Value::from("live"))
+    );
+    let back = restarted.elapsed();
+    eprintln!("feed restarted: live again after {} ms", back.as_millis());
+    assert!(
+        back < Duration::from_secs(5),
+        "not after the lease's 10 s: {back:?}"
+    );
+    a.shutdown().await;
+}
+
+/// What a node reads from Redis is checked like what a publisher pushes: a tick on
+/// another symbol's channel, a `seq` of 0 or past 2⁵³−1, a payload over
+/// `--redis-max-payload` and one that is not a tick are dropped and counted by reason;
+/// the clients see only the good tick after them, and the link stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payloads_from_redis_are_checked_and_bad_ones_counted() {
+    let redis = RedisServer::start();
+    let mut cfg = fast(RedisConfig::single(&redis.url()));
+    cfg.max_payload = 4096;
+    let a = node(&cfg, "node-a").await;
+    let (mut c, _) = Client::ready(a.addr).await;
+    subscribe(
+        &mut c,
+        r#"{"op":"subscribe","symbols":["AAPL"],"snapshot":false}"#,
+    )
+    .await;
+    let ch = "tickstream:tick:{AAPL}";
+    let good = |seq: u64| {
+        serde_json::to_string(&tickstream::tick::Tick {
+            ts: 1,
+            ..common::tick("AAPL", "e1", seq)
+        })
+        .unwrap()
+    };
+    let bad = [
+        good(1).replace("AAPL", "MSFT"),
+        good(0),
+        good(1).replace(r#""seq":1"#, r#""seq":18446744073709551615"#),
+        format!(r#"{{"pad":"{}"}}"#, "x".repeat(5000)),
+        "not a tick".to_owned(),
+    ];
+    for b in &bad {
+        redis.cmd(&["PUBLISH", ch, b]);
+    }
+    redis.cmd(&["PUBLISH", ch, &good(1)]);
+    let m = c.next().await;
+    assert_eq!(
+        (&m["type"], &m["seq"]),
+        (&Value::from("tick"), &Value::from(1)),
+        "{m}"
+    );
+    assert!(c.try_next(Duration::from_millis(200)).await.is_none());
+    let metrics = http_get(a.addr, "/metrics").await.1;
+    for line in [
+        r#"tickstream_bus_dropped_total{reason="malformed"} 2"#,
+        r#"tickstream_bus_dropped_total{reason="wrong_channel"} 1"#,
+        r#"tickstream_bus_dropped_total{reason="refused"} 2"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+    assert_eq!(
+        http_get(a.addr, "/healthz").await.0,
+        200,
+        "the link stayed up"
+    );
     a.shutdown().await;
 }

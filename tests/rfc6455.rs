@@ -3,147 +3,16 @@
 //! with the RFC's code, while another client on the same node keeps getting ticks.
 
 mod common;
+#[path = "common/raw.rs"]
+mod raw;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use raw::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-const TEXT: u8 = 0x1;
-const BINARY: u8 = 0x2;
-const CONT: u8 = 0x0;
-const CLOSE: u8 = 0x8;
-const PING: u8 = 0x9;
-const PONG: u8 = 0xA;
-
-/// One frame as a client would write it: `first` is the first header byte's flags and
-/// opcode, the payload masked unless `masked` is false.
-fn frame(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
-    let key = [0x37u8, 0xfa, 0x21, 0x3d];
-    let mut out = vec![first];
-    let bit = if masked { 0x80 } else { 0 };
-    match payload.len() {
-        n if n < 126 => out.push(bit | n as u8),
-        n if n < 65536 => {
-            out.push(bit | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(bit | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    if masked {
-        out.extend_from_slice(&key);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-    } else {
-        out.extend_from_slice(payload);
-    }
-    out
-}
-
-/// A final frame of `op`, masked.
-fn whole(op: u8, payload: &[u8]) -> Vec<u8> {
-    frame(0x80 | op, payload, true)
-}
-
-fn close_payload(code: u16, reason: &[u8]) -> Vec<u8> {
-    let mut p = code.to_be_bytes().to_vec();
-    p.extend_from_slice(reason);
-    p
-}
-
-/// A raw WebSocket client: the handshake written by hand, then bytes.
-struct Raw {
-    tcp: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Raw {
-    async fn connect(addr: SocketAddr, path: &str) -> Raw {
-        let mut tcp = TcpStream::connect(addr).await.unwrap();
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        );
-        tcp.write_all(req.as_bytes()).await.unwrap();
-        let mut raw = Raw {
-            tcp,
-            buf: Vec::new(),
-        };
-        let end = loop {
-            if let Some(i) = raw.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            assert!(raw.fill().await, "connection ended during the handshake");
-        };
-        let head = String::from_utf8_lossy(&raw.buf[..end]).to_string();
-        assert!(head.starts_with("HTTP/1.1 101"), "not upgraded: {head}");
-        raw.buf.drain(..end);
-        raw
-    }
-
-    async fn fill(&mut self) -> bool {
-        let mut chunk = [0u8; 4096];
-        match tokio::time::timeout(WAIT, self.tcp.read(&mut chunk)).await {
-            Ok(Ok(n)) if n > 0 => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                true
-            }
-            _ => false,
-        }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        // A write may fail once the server has closed; what it answered is still read.
-        let _ = self.tcp.write_all(bytes).await;
-    }
-
-    /// The next server frame (opcode, payload), or None at EOF, reset or timeout.
-    async fn next_frame(&mut self) -> Option<(u8, Vec<u8>)> {
-        loop {
-            if self.buf.len() >= 2 {
-                assert_eq!(self.buf[1] & 0x80, 0, "server frames are not masked");
-                let (len, at) = match self.buf[1] & 0x7f {
-                    126 if self.buf.len() >= 4 => {
-                        (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
-                    }
-                    127 if self.buf.len() >= 10 => (
-                        u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize,
-                        10,
-                    ),
-                    126 | 127 => (usize::MAX, 0),
-                    n => (n as usize, 2),
-                };
-                if len != usize::MAX && self.buf.len() >= at + len {
-                    let op = self.buf[0] & 0x0f;
-                    let payload = self.buf[at..at + len].to_vec();
-                    self.buf.drain(..at + len);
-                    return Some((op, payload));
-                }
-            }
-            if !self.fill().await {
-                return None;
-            }
-        }
-    }
-
-    /// The code of the server's Close, skipping what comes before it; None when the
-    /// connection ended without one (what a client sees as 1006).
-    async fn close_code(&mut self) -> Option<u16> {
-        while let Some((op, payload)) = self.next_frame().await {
-            if op == CLOSE {
-                assert!(payload.len() >= 2, "the server's Close carries a code");
-                return Some(u16::from_be_bytes([payload[0], payload[1]]));
-            }
-        }
-        None
-    }
-}
 
 /// A node whose `AAPL` ticks keep coming, and a well-behaved client watching them.
 struct Bench {
@@ -247,6 +116,10 @@ fn breaches() -> Vec<(&'static str, Vec<u8>, u16)> {
     }
     many.extend(whole(CONT, b" "));
     cases.push(("message over the limit in many fragments", many, 1009));
+    let mut top_bit = vec![0x80 | BINARY, 0x80 | 127];
+    top_bit.extend_from_slice(&(1u64 << 63 | 2).to_be_bytes());
+    top_bit.extend_from_slice(&[1, 2, 3, 4, b'{', b'}']);
+    cases.push(("64-bit length with the top bit set", top_bit, 1002));
     let mut interleaved = frame(TEXT, b"{", true);
     interleaved.extend(whole(TEXT, b"{}"));
     cases.push(("new message inside a fragmented one", interleaved, 1002));
@@ -405,4 +278,153 @@ async fn pings_are_answered_in_order_with_their_payloads() {
     drop(raw);
     bench.watcher_served().await;
     bench.finish().await;
+}
+
+/// `text` as a message in fragments of `size` bytes, `empties` empty ones at its end.
+fn fragmented(text: &[u8], size: usize, empties: usize) -> Vec<u8> {
+    let parts: Vec<&[u8]> = text.chunks(size).collect();
+    let mut out = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        let op = if i == 0 { TEXT } else { CONT };
+        let fin = i == parts.len() - 1 && empties == 0;
+        out.extend(frame(if fin { 0x80 | op } else { op }, part, true));
+    }
+    for e in 0..empties {
+        out.extend(frame(if e == empties - 1 { 0x80 } else { 0 }, b"", true));
+    }
+    out
+}
+
+/// A message may come in at most `--max-fragments` frames, at most
+/// `--max-empty-fragments` of them empty, on both endpoints; within them it is whole.
+#[tokio::test]
+async fn messages_in_too_many_fragments_close_with_1008_on_both_endpoints() {
+    let mut s = settings();
+    s.max_fragments = 8;
+    s.max_empty_fragments = 2;
+    let mut bench = Bench::new(s).await;
+    let ping = br#"{"op":"ping","id":7}"#;
+    for path in ["/v1/ws", "/v1/publish"] {
+        // 20 bytes in 4-byte fragments and 2 empty ones: 7 frames, answered.
+        let mut raw = Raw::connect(bench.run.addr, path).await;
+        raw.send(&fragmented(ping, 4, 2)).await;
+        let answered = loop {
+            let (op, payload) = raw.next_frame().await.expect("an answer");
+            let text = String::from_utf8_lossy(&payload).to_string();
+            if op == TEXT && !text.contains("welcome") {
+                break text;
+            }
+        };
+        assert!(
+            answered.contains("pong") || answered.contains("published"),
+            "{answered}"
+        );
+        // 9 frames, or a third empty one: closed.
+        let nine = fragmented(ping, 3, 2);
+        assert_eq!(bench.close_for(path, &nine).await, Some(1008), "{path}");
+        let empty = fragmented(ping, 10, 3);
+        assert_eq!(bench.close_for(path, &empty).await, Some(1008), "{path}");
+    }
+    bench.finish().await;
+}
+
+/// Every frame is charged to a subscriber's frame budget, control frames too: a client
+/// that only sends Pongs is closed with 1008 past it.
+#[tokio::test]
+async fn frames_that_are_not_messages_are_charged_too() {
+    let mut s = settings();
+    // 4 frames a second, 4 saved.
+    s.rate_limit = 1;
+    s.rate_burst = 1;
+    s.max_fragments = 4;
+    let mut bench = Bench::new(s).await;
+    let pongs: Vec<u8> = (0..12).flat_map(|_| whole(PONG, b"")).collect();
+    assert_eq!(bench.close_for("/v1/ws", &pongs).await, Some(1008));
+    let empties: Vec<u8> = (0..3).flat_map(|_| fragmented(b"{}", 2, 1)).collect();
+    assert_eq!(bench.close_for("/v1/ws", &empties).await, Some(1008));
+    bench.finish().await;
+}
+
+/// On `/v1/publish` continuation frames count against `--publish-rate-limit` like whole
+/// messages: one message in four frames at one frame a second is read in three seconds.
+#[tokio::test]
+async fn a_publishers_continuation_frames_count_against_its_frame_rate() {
+    let mut s = settings();
+    s.publish_rate_limit = 1;
+    let bench = Bench::new(s).await;
+    let mut raw = Raw::connect(bench.run.addr, "/v1/publish").await;
+    let welcome = raw.next_frame().await.expect("welcome");
+    assert!(String::from_utf8_lossy(&welcome.1).contains("welcome"));
+    let t0 = std::time::Instant::now();
+    raw.send(&fragmented(b"[1,2,3,4]", 3, 1)).await;
+    let (op, payload) = tokio::time::timeout(Duration::from_secs(15), raw.next_frame())
+        .await
+        .expect("answered")
+        .expect("a reply");
+    assert_eq!(op, TEXT);
+    assert!(String::from_utf8_lossy(&payload).contains("published"));
+    // The first frame is saved up; the other three wait a second each.
+    assert!(
+        t0.elapsed() >= Duration::from_millis(2_500),
+        "{:?}",
+        t0.elapsed()
+    );
+    bench.finish().await;
+}
+
+/// A storm of one-byte fragments on one connection moves nothing on another: the
+/// watcher gets every tick, in order, with no gap, while the storm is read.
+#[tokio::test]
+async fn a_fragment_storm_leaves_other_connections_complete_and_in_order() {
+    let mut s = settings();
+    s.rate_limit = 10_000;
+    s.rate_burst = 10_000;
+    let run = start(s).await;
+    let (mut watcher, _) = Client::ready(run.addr).await;
+    watcher
+        .send(r#"{"op":"subscribe","id":1,"symbols":["AAPL"]}"#)
+        .await;
+    watcher.until("subscribed").await;
+    let node = run.node.clone();
+    let feed = tokio::spawn(async move {
+        for seq in 1..=400u64 {
+            node.bus.publish(tick("AAPL", "e1", seq)).unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    // 100 messages of 1000 bytes, each in 1000 one-byte fragments.
+    let mut raw = Raw::connect(run.addr, "/v1/ws").await;
+    let storm = tokio::spawn(async move {
+        let mut text = br#"{"op":"ping","id":1,"x":""#.to_vec();
+        text.resize(998, b'x');
+        text.extend_from_slice(br#""}"#);
+        let msg = fragmented(&text, 1, 0);
+        for _ in 0..100 {
+            raw.send(&msg).await;
+        }
+        // Every message was read and answered: the storm ran beside the ticks.
+        let mut answers = 0;
+        while answers < 100 {
+            let (_, payload) = raw.next_frame().await.expect("answers to the storm");
+            answers += String::from_utf8_lossy(&payload)
+                .matches("\"error\"")
+                .count();
+            answers += String::from_utf8_lossy(&payload)
+                .matches("\"pong\"")
+                .count();
+        }
+    });
+    let mut next = 1u64;
+    while next <= 400 {
+        let m = watcher.next().await;
+        assert_ne!(m["type"], "gap", "{m}");
+        // The symbol had no value at the subscribe: its first comes as the snapshot.
+        if m["type"] == "tick" || m["type"] == "snapshot" {
+            assert_eq!(m["seq"], next, "{m}");
+            next += 1;
+        }
+    }
+    storm.await.unwrap();
+    feed.await.unwrap();
+    run.shutdown().await;
 }

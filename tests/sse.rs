@@ -1,7 +1,10 @@
 //! Server-Sent Events read with a plain HTTP client: events with ids, `Last-Event-ID`
-//! resume of every symbol, auth, and a stalled SSE client beside a WebSocket one.
+//! resume of every symbol, auth, a stalled SSE client beside a WebSocket one, and a
+//! symbol's `status` when its feed stops and comes back.
 
 mod common;
+#[path = "common/redis.rs"]
+mod env;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -436,5 +439,175 @@ async fn readme_curl_example_streams_and_resumes() {
     let mut want: Vec<(String, u64)> = (106..=110).map(|s| ("AAPL".to_owned(), s)).collect();
     want.extend((89..=90).map(|s| ("EUR/USD".to_owned(), s)));
     assert_eq!(got, want);
+    run.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symbols_status_is_an_event_of_its_own() {
+    use tickstream::bus::{RedisConfig, RedisPublisher};
+    let redis = env::RedisServer::start();
+    let (run, feed) = node_with_a_feed(&redis.url(), "feed-a", "AAPL").await;
+    let mut sse = get(run.addr, "/v1/sse?symbols=AAPL", None, None).await;
+    assert_eq!(sse.status, 200);
+    let snap = sse.until("snapshot").await;
+    assert_eq!(snap.seq(), 1);
+
+    feed.close().await;
+    let stale = sse.message().await;
+    assert_eq!(stale.ty(), "status", "{stale:?}");
+    assert_eq!(stale.id, None, "a status moves no position");
+    assert_eq!(
+        stale.data.unwrap(),
+        serde_json::json!({"type": "status", "symbol": "AAPL", "state": "stale", "reason": "feed"})
+    );
+
+    let cfg = RedisConfig::single(&redis.url());
+    let feed = RedisPublisher::connect(&cfg, "feed-a").await.unwrap();
+    feed.publish(tick("AAPL", "e1", 2)).unwrap();
+    let t = sse.message().await;
+    assert_eq!((t.ty(), t.seq()), ("tick", 2), "{t:?}");
+    let live = sse.message().await;
+    assert_eq!(live.ty(), "status", "{live:?}");
+    assert_eq!(
+        live.data.unwrap(),
+        serde_json::json!({"type": "status", "symbol": "AAPL", "state": "live"})
+    );
+    feed.close().await;
+    run.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paced_stream_sends_skipped_that_adds_up() {
+    let run = start(settings()).await;
+    publish(&run, "AAPL", "e1", 1..=1);
+    let mut sse = get(run.addr, "/v1/sse?symbols=AAPL&throttle_ms=100", None, None).await;
+    assert_eq!(sse.status, 200);
+    let ok = sse.until("subscribed").await;
+    assert_eq!(ok.data.as_ref().unwrap()["throttle_ms"], 100);
+    assert_eq!(sse.message().await.ty(), "snapshot");
+    // 300 ticks over some 0.6 s.
+    let node = run.node.clone();
+    let feeding = tokio::spawn(async move {
+        for seq in 2..=301 {
+            node.bus.publish(tick("AAPL", "e1", seq)).unwrap();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    let (mut prev, mut paced) = (1, 0);
+    while prev < 301 {
+        let e = sse.message().await;
+        assert_eq!(e.ty(), "tick", "{e:?}");
+        let skipped = e.data.as_ref().unwrap()["skipped"].as_u64().unwrap();
+        assert_eq!(e.seq() - prev - 1, skipped);
+        assert_eq!(
+            e.id.as_deref(),
+            Some(format!("AAPL e1 {}", e.seq()).as_str())
+        );
+        prev = e.seq();
+        paced += 1;
+    }
+    feeding.await.unwrap();
+    assert!(paced < 50, "{paced} events for 300 ticks at 100 ms");
+    run.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_pattern_streams_its_matches_and_resumes_each_from_the_event_id() {
+    let run = start(settings()).await;
+    publish(&run, "BTC-USD", "e1", 1..=5);
+    let mut sse = get(run.addr, "/v1/sse?symbols=BTC-*", None, None).await;
+    assert_eq!(sse.status, 200);
+    let ok = sse.until("subscribed").await;
+    let data = ok.data.unwrap();
+    assert_eq!(data["patterns"], serde_json::json!(["BTC-*"]));
+    assert!(data["symbols"].as_array().unwrap().len() >= 2, "{data}");
+    let snap = sse.message().await;
+    assert_eq!(
+        (snap.ty(), snap.symbol(), snap.seq()),
+        ("snapshot", "BTC-USD", 5)
+    );
+    // A matched symbol without a value joins with its first one.
+    publish(&run, "BTC-EUR", "e1", 1..=1);
+    let e = sse.message().await;
+    assert_eq!((e.ty(), e.symbol(), e.seq()), ("snapshot", "BTC-EUR", 1));
+    let last = e.id.unwrap();
+    drop(sse);
+    publish(&run, "BTC-USD", "e1", 6..=7);
+    let mut sse = get(run.addr, "/v1/sse?symbols=BTC-*", Some(&last), None).await;
+    sse.until("subscribed").await;
+    let got: Vec<(String, u64)> = [sse.message().await, sse.message().await]
+        .iter()
+        .map(|e| (e.ty().to_owned(), e.seq()))
+        .collect();
+    assert_eq!(
+        got,
+        [("tick".to_owned(), 6), ("tick".to_owned(), 7)],
+        "{last}"
+    );
+    run.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_channel_and_pace_parameters_are_refused_with_400() {
+    let run = start(settings()).await;
+    for (query, why) in [
+        (
+            "symbols=AAPL&throttle_ms=5",
+            "throttle_ms 5 is out of range",
+        ),
+        ("symbols=AAPL&throttle_ms=fast", "not an unsigned integer"),
+        ("symbols=AAPL&channel=trades", "unknown channel"),
+        ("symbols=AAPL&depth=10", "belongs to channel book"),
+        ("symbols=AAPL&channel=candles&backfill=60", "interval"),
+        (
+            "symbols=AAPL&channel=book&depth=20",
+            "depth 20 is not served: 10 or 50",
+        ),
+    ] {
+        let bad = get(run.addr, &format!("/v1/sse?{query}"), None, None).await;
+        assert_eq!(bad.status, 400, "{query}");
+        let body = bad.body_text().await;
+        assert!(body.contains(why), "{query}: {body}");
+    }
+    assert_eq!(run.node.interest().watched(), 0);
+    run.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn candles_start_with_their_backfill_then_bars_follow() {
+    let run = start(settings()).await;
+    // Ticks 400 ms apart from the start of an hour: five 1s bars.
+    let t0: u64 = 1_764_284_400_000_000_000;
+    for seq in 1..=12 {
+        let mut t = tick("MSFT", "e1", seq);
+        t.ts = t0 + (seq - 1) * 400_000_000;
+        run.node.bus.publish(t).unwrap();
+    }
+    let path = "/v1/sse?symbols=MSFT&channel=candles&interval=1s&backfill=2";
+    let mut sse = get(run.addr, path, None, None).await;
+    assert_eq!(sse.status, 200);
+    let ok = sse.until("subscribed").await;
+    assert_eq!(ok.data.as_ref().unwrap()["channel"], "candles");
+    let c = sse.until("candles").await;
+    assert_eq!(c.id, None, "bars move no position");
+    let bars = c.data.unwrap()["bars"].as_array().unwrap().clone();
+    let starts: Vec<u64> = bars.iter().map(|b| b["start"].as_u64().unwrap()).collect();
+    let s = 1_000_000_000;
+    assert_eq!(
+        starts,
+        [t0 + 2 * s, t0 + 3 * s, t0 + 4 * s],
+        "two closed, then the forming one"
+    );
+    assert_eq!(bars[2]["closed"], false);
+    // The next bar's first tick closes the forming one: a candle, closed.
+    let mut t = tick("MSFT", "e1", 13);
+    t.ts = t0 + 5 * s;
+    run.node.bus.publish(t).unwrap();
+    let closed = sse.until("candle").await;
+    let d = closed.data.unwrap();
+    assert_eq!(
+        (d["start"].as_u64(), &d["closed"]),
+        (Some(t0 + 4 * s), &true.into())
+    );
     run.shutdown().await;
 }

@@ -545,3 +545,50 @@ async fn heartbeats_of_connections_opened_together_are_spread_over_the_interval(
     assert!(firsts[N - 1] < Duration::from_millis(1500), "{firsts:?}");
     run.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_options_of_a_channel_are_checked_before_anything_is_subscribed() {
+    let run = start(settings()).await;
+    publish(&run, "AAPL", "e1", 1..=1);
+    let (mut c, _) = Client::ready(run.addr).await;
+    c.send(r#"{"op":"subscribe","id":2,"channel":"book","depth":20,"symbols":["AAPL"]}"#)
+        .await;
+    let e = expect_error(&mut c, "bad_request").await;
+    assert_eq!(e["id"].as_u64(), Some(2));
+    assert_eq!(e["message"], "depth 20 is not served: 10 or 50");
+    c.send(r#"{"op":"subscribe","id":3,"channel":"candles","symbols":["AAPL"]}"#)
+        .await;
+    let e = expect_error(&mut c, "bad_request").await;
+    assert!(e["message"].as_str().unwrap().contains("interval"), "{e}");
+    c.send(r#"{"op":"subscribe","id":4,"depth":10,"symbols":["AAPL"]}"#)
+        .await;
+    expect_error(&mut c, "bad_request").await;
+    assert_eq!(run.node.interest().watched(), 0, "nothing subscribed");
+    // Ticks are the default, and replies about them stay as in v1.
+    c.send(r#"{"op":"subscribe","id":5,"channel":"ticks","symbols":["AAPL"]}"#)
+        .await;
+    assert_eq!(
+        c.next().await,
+        json!({"type":"subscribed","id":5,"symbols":["AAPL"]})
+    );
+    assert_eq!(c.next().await["type"], "snapshot");
+    c.send(r#"{"op":"list","id":6,"channel":"candles","interval":"1s"}"#)
+        .await;
+    assert_eq!(
+        c.next().await,
+        json!({"type":"subscriptions","id":6,"channel":"candles","interval":"1s","symbols":[]})
+    );
+    c.send(r#"{"op":"unsubscribe","id":7,"channel":"book","symbols":["AAPL"]}"#)
+        .await;
+    assert_eq!(
+        c.next().await,
+        json!({"type":"unsubscribed","id":7,"channel":"book","symbols":["AAPL"]})
+    );
+    c.send(r#"{"op":"list","id":8}"#).await;
+    assert_eq!(
+        c.next().await["symbols"],
+        json!(["AAPL"]),
+        "still held on ticks"
+    );
+    run.shutdown().await;
+}

@@ -12,18 +12,32 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use tickstream::bus::{RedisConfig, RedisPublisher};
 use tickstream::config::{FeedSpec, Settings};
 use tickstream::server::Running;
 use tickstream::tick::Tick;
 
-/// Settings for a test node: loopback, free port, no feed of its own.
+/// Settings for a test node: loopback, free port, no feed of its own, and a short
+/// reconnect notice (a shutdown keeps its clients streaming that long).
 pub fn settings() -> Settings {
     Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
         feed: FeedSpec::None,
         node: "test-node".into(),
+        reconnect_notice: Duration::from_millis(200),
         ..Settings::default()
     }
+}
+
+/// `s` with auth on: `secret` (HS256) in a file of the returned directory, no leeway
+/// on expiry.
+pub fn with_jwt_secret(mut s: Settings, secret: &[u8]) -> (Settings, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("secret");
+    std::fs::write(&path, secret).unwrap();
+    s.jwt_secret_file = Some(path);
+    s.jwt_leeway = Duration::ZERO;
+    (s, dir)
 }
 
 pub async fn start(settings: Settings) -> Running {
@@ -57,6 +71,22 @@ pub fn publish(run: &Running, symbol: &str, epoch: &str, seqs: std::ops::RangeIn
     }
 }
 
+/// A node on the Redis at `url`, and a feed publishing into it as `feed_id`, the first
+/// tick of `symbol` (epoch `e1`, seq 1) published.
+pub async fn node_with_a_feed(url: &str, feed_id: &str, symbol: &str) -> (Running, RedisPublisher) {
+    let cfg = RedisConfig::single(url);
+    let run = start(Settings {
+        redis: Some(cfg.clone()),
+        ..settings()
+    })
+    .await;
+    let feed = RedisPublisher::connect(&cfg, feed_id)
+        .await
+        .expect("the feed connects");
+    feed.publish(tick(symbol, "e1", 1)).unwrap();
+    (run, feed)
+}
+
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// A test client that hands out messages one at a time.
@@ -71,6 +101,15 @@ pub const WAIT: Duration = Duration::from_secs(5);
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
         Self::connect_path(addr, "/v1/ws").await
+    }
+
+    /// A client over a WebSocket opened elsewhere.
+    pub fn from_ws(ws: Ws) -> Client {
+        Client {
+            ws,
+            pending: Default::default(),
+            close: None,
+        }
     }
 
     pub async fn connect_path(addr: SocketAddr, path: &str) -> Client {
@@ -203,4 +242,55 @@ pub fn rss_bytes() -> u64 {
         .and_then(|p| p.parse().ok())
         .unwrap_or(0);
     pages * 4096
+}
+
+/// Publishes ticks of `symbol` (epoch `e1`, seq from 1) at about 2,000 a second from a
+/// plain thread until `stop`; the thread returns the last seq published.
+pub fn ticking(
+    run: &Running,
+    symbol: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    let bus = run.node.bus.clone();
+    std::thread::spawn(move || {
+        let mut seq = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            for _ in 0..10 {
+                seq += 1;
+                bus.publish(tick(symbol, "e1", seq)).unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        seq
+    })
+}
+
+/// A GET whose head is read now and whose body is read to its end (or for [`WAIT`]) in
+/// a task: (status, the task giving the body as text, chunk framing included).
+pub async fn http_get_stream(
+    addr: SocketAddr,
+    path: &str,
+) -> (u16, tokio::task::JoinHandle<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.expect("a response head");
+        head.push(b[0]);
+    }
+    let head = String::from_utf8(head).expect("utf-8 head");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status");
+    let body = tokio::spawn(async move {
+        let mut raw = Vec::new();
+        let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut raw)).await;
+        String::from_utf8_lossy(&raw).into_owned()
+    });
+    (status, body)
 }

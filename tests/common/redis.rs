@@ -10,6 +10,16 @@ use std::time::{Duration, Instant};
 
 use redis::Value;
 
+/// `c` with the short timeouts, backoff and lease the tests want: a lost connection
+/// is noticed and repaired within a second.
+pub fn fast(mut c: tickstream::bus::RedisConfig) -> tickstream::bus::RedisConfig {
+    c.timeout = Duration::from_millis(500);
+    c.ping_interval = Duration::from_millis(200);
+    c.backoff_max = Duration::from_millis(300);
+    c.lease = Duration::from_secs(3);
+    c
+}
+
 /// A port nothing listens on now (and, with `bus`, whose cluster bus port +10000 too).
 pub fn free_port(bus: bool) -> u16 {
     loop {
@@ -150,6 +160,18 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start(n: usize) -> RedisCluster {
+        Self::start_with_replicas(n, 0, 3000)
+    }
+
+    /// `masters` masters with `replicas` replicas each; a node unreachable for
+    /// `node_timeout_ms` is failed over.
+    pub fn start_with_replicas(
+        masters: usize,
+        replicas: usize,
+        node_timeout_ms: u64,
+    ) -> RedisCluster {
+        let timeout = node_timeout_ms.to_string();
+        let n = masters * (1 + replicas);
         let nodes: Vec<RedisServer> = (0..n)
             .map(|_| {
                 RedisServer::start_with(&[
@@ -158,7 +180,7 @@ impl RedisCluster {
                     "--cluster-config-file",
                     "nodes.conf",
                     "--cluster-node-timeout",
-                    "3000",
+                    &timeout,
                 ])
             })
             .collect();
@@ -170,7 +192,7 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .output()
             .expect("redis-cli runs");
@@ -190,14 +212,112 @@ impl RedisCluster {
         c
     }
 
+    /// Waits until every node agrees that the cluster is ok and every replica is in
+    /// sync with its master.
+    pub fn wait_ok(&self) {
+        wait_until("the cluster to be ok", Duration::from_secs(30), || {
+            self.nodes.iter().all(|s| {
+                let info = text(&s.cmd(&["CLUSTER", "INFO"]));
+                let repl = text(&s.cmd(&["INFO", "replication"]));
+                info.contains("cluster_state:ok")
+                    && (!repl.contains("role:slave") || repl.contains("master_link_status:up"))
+            })
+        });
+    }
+
+    /// This node's cluster id.
+    pub fn id(server: &RedisServer) -> String {
+        text(&server.cmd(&["CLUSTER", "MYID"]))
+    }
+
+    /// The masters, by what `CLUSTER NODES` says now.
+    pub fn masters(&self) -> Vec<&RedisServer> {
+        self.nodes
+            .iter()
+            .filter(|s| text(&s.cmd(&["INFO", "replication"])).contains("role:master"))
+            .collect()
+    }
+
+    /// The replica of the master at `master`.
+    pub fn replica_of(&self, master: &RedisServer) -> &RedisServer {
+        let id = Self::id(master);
+        self.nodes
+            .iter()
+            .find(|s| {
+                s.port != master.port
+                    && text(&s.cmd(&["CLUSTER", "NODES"]))
+                        .lines()
+                        .any(|l| l.contains("myself,slave") && l.contains(&id))
+            })
+            .expect("the master has a replica")
+    }
+
+    /// Moves the hash slot of `symbol` to `to`, the way an operator rebalances: the
+    /// target imports, the source migrates, its keys are moved with MIGRATE, then every
+    /// master is told the new owner.
+    pub fn migrate(&self, symbol: &str, to: &RedisServer) {
+        let slot = tickstream::bus::redis::shards::slot_of(symbol).to_string();
+        let from = self.owner(symbol);
+        let (from_id, to_id) = (Self::id(from), Self::id(to));
+        to.cmd(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]);
+        from.cmd(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]);
+        loop {
+            let keys = from.strings(&["CLUSTER", "GETKEYSINSLOT", &slot, "100"]);
+            if keys.is_empty() {
+                break;
+            }
+            let port = to.port.to_string();
+            let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+            args.extend(keys.iter().map(String::as_str));
+            from.cmd(&args);
+        }
+        to.cmd(&["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+        from.cmd(&["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+        for m in self.masters() {
+            if m.port != to.port && m.port != from.port {
+                m.cmd(&["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+            }
+        }
+    }
+
+    /// The node on `port`.
+    pub fn at(&self, port: u16) -> &RedisServer {
+        self.nodes.iter().find(|s| s.port == port).expect("ours")
+    }
+
+    /// The node on `port`, to kill or restart.
+    pub fn at_mut(&mut self, port: u16) -> &mut RedisServer {
+        self.nodes
+            .iter_mut()
+            .find(|s| s.port == port)
+            .expect("ours")
+    }
+
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(|s| s.url()).collect()
+    }
+
+    /// Every shard channel subscribed on any master, sorted.
+    pub fn shard_channels(&self) -> Vec<String> {
+        let mut all: Vec<String> = self
+            .nodes
+            .iter()
+            .flat_map(|n| n.strings(&["PUBSUB", "SHARDCHANNELS", "*"]))
+            .collect();
+        all.sort();
+        all
     }
 
     /// The server whose slots hold `symbol`.
     pub fn owner(&self, symbol: &str) -> &RedisServer {
         let slot = tickstream::bus::redis::shards::slot_of(symbol) as i64;
-        let v = self.nodes[0].cmd(&["CLUSTER", "SLOTS"]);
+        // Asked of a node that is running (a test may have killed some).
+        let alive = self
+            .nodes
+            .iter()
+            .find(|s| s.pid().is_some())
+            .expect("a live node");
+        let v = alive.cmd(&["CLUSTER", "SLOTS"]);
         let Value::Array(ranges) = v else {
             panic!("CLUSTER SLOTS")
         };
@@ -216,6 +336,16 @@ impl RedisCluster {
             }
         }
         panic!("no owner for slot {slot}");
+    }
+}
+
+/// The text of a bulk or verbatim string reply.
+pub fn text(v: &Value) -> String {
+    match v {
+        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::VerbatimString { text, .. } => text.clone(),
+        Value::SimpleString(s) => s.clone(),
+        other => format!("{other:?}"),
     }
 }
 

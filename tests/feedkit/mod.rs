@@ -144,11 +144,16 @@ pub fn key_of_tick(t: &Tick) -> (String, u64, f64, f64, f64) {
     (t.symbol.to_string(), t.seq, t.bid, t.ask, t.last)
 }
 
-/// Nothing more arrives within a short while.
-pub async fn quiet(c: &mut Client) {
-    if let Some(m) = c.try_next(Duration::from_millis(300)).await {
-        panic!("unexpected message: {m}");
+/// No more ticks arrive within a short while: only the `status` stale (reason `feed`)
+/// that says the feed ended; returns those symbols.
+pub async fn quiet(c: &mut Client) -> Vec<String> {
+    let mut stale = Vec::new();
+    while let Some(m) = c.try_next(Duration::from_millis(300)).await {
+        let feed_ended = m["type"] == "status" && m["state"] == "stale" && m["reason"] == "feed";
+        assert!(feed_ended, "unexpected message: {m}");
+        stale.push(m["symbol"].as_str().unwrap().to_owned());
     }
+    stale
 }
 
 /// The default wait, re-exported for callers.
