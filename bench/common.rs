@@ -107,6 +107,29 @@ pub struct Common {
     pub skip_seq: Option<u64>,
 }
 
+/// The load of a scenario run at one rate and shape.
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub struct FixedLoad {
+    /// Load shape C×K/N: C connections, each subscribed to K of N symbols.
+    #[arg(long, default_value = "100x10/100")]
+    pub shape: Shape,
+    /// Ticks per second over the N symbols.
+    #[arg(long, default_value_t = 10_000.0)]
+    pub rate: f64,
+}
+
+impl FixedLoad {
+    /// How a title names it: `100×10/100 at 10000 ticks/s`.
+    pub fn describe(&self) -> String {
+        format!("{} at {} ticks/s", self.shape, self.rate)
+    }
+
+    /// Its figures for `summary.json`.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({"shape": self.shape.to_string(), "rate": self.rate})
+    }
+}
+
 impl Common {
     /// Whether the bench starts its own servers.
     pub fn spawning(&self) -> bool {
@@ -115,7 +138,7 @@ impl Common {
 }
 
 /// Order of the publisher's symbols within a round (see [`Common::order`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Order {
     /// 0, 1, 2, … N−1, every round.
@@ -124,19 +147,8 @@ pub enum Order {
     Shuffled,
 }
 
-impl FromStr for Order {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "round-robin" => Ok(Order::RoundRobin),
-            "shuffled" => Ok(Order::Shuffled),
-            _ => Err(format!("`{s}` is not one of round-robin, shuffled")),
-        }
-    }
-}
-
 /// Where ticks come from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     /// The bench's publisher into `/v1/publish`.
@@ -145,18 +157,6 @@ pub enum Source {
     Redis,
     /// The node's own synthetic feed.
     Synthetic,
-}
-
-impl FromStr for Source {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "publish" => Ok(Source::Publish),
-            "redis" => Ok(Source::Redis),
-            "synthetic" => Ok(Source::Synthetic),
-            _ => Err(format!("`{s}` is not one of publish, redis, synthetic")),
-        }
-    }
 }
 
 impl fmt::Display for Source {
@@ -170,16 +170,19 @@ impl fmt::Display for Source {
 }
 
 /// A reference server measured beside tickstream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Reference {
     /// `tickstream-floor`: the least a fan-out costs on this machine.
     Floor,
     /// The Node.js `ws` + ioredis server.
+    #[value(alias = "node-ws")]
     Node,
     /// tickstream with `--metrics false`.
+    #[value(name = "tickstream-nometrics", alias = "nometrics")]
     NoMetrics,
     /// tickstream with no heartbeat inside the window (`--heartbeat 1h`).
+    #[value(name = "tickstream-noheartbeat", alias = "noheartbeat")]
     NoHeartbeat,
 }
 
@@ -188,21 +191,6 @@ pub const NOMETRICS: &str = "tickstream-nometrics";
 
 /// Label of the tickstream target whose heartbeats never fall inside the window.
 pub const NOHEARTBEAT: &str = "tickstream-noheartbeat";
-
-impl FromStr for Reference {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "floor" => Ok(Reference::Floor),
-            "node" | "node-ws" => Ok(Reference::Node),
-            NOMETRICS | "nometrics" => Ok(Reference::NoMetrics),
-            NOHEARTBEAT | "noheartbeat" => Ok(Reference::NoHeartbeat),
-            _ => Err(format!(
-                "`{s}` is not one of node, floor, {NOMETRICS}, {NOHEARTBEAT}"
-            )),
-        }
-    }
-}
 
 /// Which server a run measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -409,15 +397,20 @@ pub fn parse_cpus(s: &str) -> anyhow::Result<Vec<usize>> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn noheartbeat_is_tickstream_with_heartbeats_out_of_the_window() {
+    /// The common flags parsed from `args`.
+    fn common(args: &[&str]) -> Common {
         #[derive(clap::Parser)]
         struct Cli {
             #[command(flatten)]
             c: Common,
         }
-        let args = ["x", "--spawn", "--against", "tickstream-noheartbeat"];
-        let c = <Cli as clap::Parser>::try_parse_from(args).unwrap().c;
+        let args = std::iter::once("x").chain(args.iter().copied());
+        <Cli as clap::Parser>::try_parse_from(args).unwrap().c
+    }
+
+    #[test]
+    fn noheartbeat_is_tickstream_with_heartbeats_out_of_the_window() {
+        let c = common(&["--spawn", "--against", "tickstream-noheartbeat"]);
         let t = targets_with_references(&c).unwrap();
         let labels: Vec<&str> = t.iter().map(|t| t.label.as_str()).collect();
         assert_eq!(labels, ["tickstream-publish", NOHEARTBEAT]);
@@ -427,13 +420,7 @@ mod tests {
 
     #[test]
     fn nometrics_is_tickstream_with_metrics_off_paired_with_tickstream() {
-        #[derive(clap::Parser)]
-        struct Cli {
-            #[command(flatten)]
-            c: Common,
-        }
-        let args = ["x", "--spawn", "--against", "tickstream-nometrics"];
-        let c = <Cli as clap::Parser>::try_parse_from(args).unwrap().c;
+        let c = common(&["--spawn", "--against", "tickstream-nometrics"]);
         let t = targets_with_references(&c).unwrap();
         let labels: Vec<&str> = t.iter().map(|t| t.label.as_str()).collect();
         assert_eq!(labels, ["tickstream-publish", NOMETRICS]);

@@ -69,6 +69,16 @@ pub struct Churn {
     pub resub_ms: u64,
 }
 
+/// What each connection's `subscribe` asks for beside its symbols.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscription {
+    /// `throttle_ms` of every subscribe (0: not sent, every tick).
+    pub throttle_ms: u32,
+    /// A pattern subscribed instead of naming the connection's symbols (`*` over the
+    /// whole universe).
+    pub pattern: Option<String>,
+}
+
 /// What a worker is asked to do.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct WorkerSpec {
@@ -86,6 +96,9 @@ pub struct WorkerSpec {
     pub open_rate: f64,
     /// Soak churn, if any.
     pub churn: Option<Churn>,
+    /// What each `subscribe` asks for.
+    #[serde(default)]
+    pub subscription: Subscription,
 }
 
 /// The recorded window, sent with `GO`.
@@ -129,7 +142,13 @@ pub struct Counts {
     pub conflated: u64,
     /// Gap ticks by reason.
     pub gap_reasons: BTreeMap<String, u64>,
-    /// Seq jumps with no `gap` before them.
+    /// Paced ticks (those carrying `skipped`).
+    #[serde(default)]
+    pub paced: u64,
+    /// Ticks they said were folded into them (`skipped`, summed).
+    #[serde(default)]
+    pub folded: u64,
+    /// Seq jumps with no `gap` before them (nor `skipped` to account for them).
     pub holes: u64,
     /// Ticks missing in those jumps.
     pub hole_ticks: u64,
@@ -156,6 +175,8 @@ impl Counts {
         self.gaps += o.gaps;
         self.gap_ticks += o.gap_ticks;
         self.conflated += o.conflated;
+        self.paced += o.paced;
+        self.folded += o.folded;
         for (k, v) in &o.gap_reasons {
             *self.gap_reasons.entry(k.clone()).or_default() += v;
         }
@@ -170,7 +191,7 @@ impl Counts {
 }
 
 /// What a worker reports at the end.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct WorkerResult {
     /// Worker number.
     pub index: usize,
@@ -474,8 +495,42 @@ async fn worker(spec: WorkerSpec, nofile: u64) -> anyhow::Result<()> {
         conns: RefCell::new(Vec::new()),
     });
     let spec = Rc::new(spec);
+    let ready = open_all(&spec, &shared).await;
+    println!("READY {}", serde_json::to_string(&ready)?);
+    let progress = spawn_progress(&shared);
+    let w = wait_go().await?;
+    shared.window.set(w);
+    let secs = ((w.until.saturating_sub(w.record_from)) as f64 / 1e9).ceil() as usize;
+    *shared.seconds.borrow_mut() = (0..secs.max(1)).map(|_| new_hist()).collect();
+    let lag = Lag::spawn(w, secs.max(1));
+    let (cpu_s, wall_s) = through_window(&w).await;
+    progress.abort();
+    let result = WorkerResult {
+        cpu_s,
+        wall_s,
+        lag_p99_us: lag.hist.borrow().value_at_quantile(0.99) as f64 / 1000.0,
+        lag_max_us: lag.hist.borrow().max() as f64 / 1000.0,
+        lag_max_by_second_us: lag
+            .by_second
+            .borrow()
+            .iter()
+            .map(|&ns| ns as f64 / 1000.0)
+            .collect(),
+        cpus: crate::spawn::cpus_allowed(std::process::id()),
+        nofile,
+        ..shared.result(spec.index)?
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "R {}", serde_json::to_string(&result)?)?;
+    out.flush()?;
+    // The connections' tasks are simply dropped with the process.
+    std::process::exit(0)
+}
+
+/// Opens the worker's connections, at most 256 at a time, paced by its open rate;
+/// returns when each has opened and subscribed or failed.
+async fn open_all(spec: &Rc<WorkerSpec>, shared: &Rc<Shared>) -> Ready {
     let started = Instant::now();
-    // Open the connections, a bounded number at a time, paced by open_rate.
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Result<(), String>>();
     let total = spec.conns.len();
     let opener = {
@@ -498,39 +553,40 @@ async fn worker(spec: WorkerSpec, nofile: u64) -> anyhow::Result<()> {
             }
         })
     };
-    let mut open = 0u64;
-    let mut failed = 0u64;
-    let mut first_error = None;
-    while (open + failed) < total as u64 {
+    let mut ready = Ready {
+        open: 0,
+        failed: 0,
+        setup_s: 0.0,
+        first_error: None,
+    };
+    while (ready.open + ready.failed) < total as u64 {
         match done_rx.recv().await {
-            Some(Ok(())) => open += 1,
+            Some(Ok(())) => ready.open += 1,
             Some(Err(e)) => {
-                failed += 1;
-                first_error.get_or_insert(e);
+                ready.failed += 1;
+                ready.first_error.get_or_insert(e);
             }
             None => break,
         }
     }
     let _ = opener.await;
-    let ready = Ready {
-        open,
-        failed,
-        setup_s: started.elapsed().as_secs_f64(),
-        first_error,
-    };
-    println!("READY {}", serde_json::to_string(&ready)?);
+    ready.setup_s = started.elapsed().as_secs_f64();
+    ready
+}
 
-    // Progress lines until GO.
-    let progress = {
-        let shared = shared.clone();
-        tokio::task::spawn_local(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                println!("P {}", shared.received.get());
-            }
-        })
-    };
-    // The parent's `GO` line, read on a thread of its own.
+/// Prints `P <messages so far>` every 500 ms until aborted.
+fn spawn_progress(shared: &Rc<Shared>) -> tokio::task::JoinHandle<()> {
+    let shared = shared.clone();
+    tokio::task::spawn_local(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            println!("P {}", shared.received.get());
+        }
+    })
+}
+
+/// The parent's `GO <window>` line, read on a thread of its own.
+async fn wait_go() -> anyhow::Result<Window> {
     let (go_tx, go_rx) = tokio::sync::oneshot::channel::<Option<String>>();
     std::thread::spawn(move || {
         let mut line = String::new();
@@ -547,21 +603,28 @@ async fn worker(spec: WorkerSpec, nofile: u64) -> anyhow::Result<()> {
         };
         let _ = go_tx.send(got);
     });
-    let w: Window = match go_rx.await.ok().flatten() {
-        Some(w) => serde_json::from_str(&w)?,
+    match go_rx.await.ok().flatten() {
+        Some(w) => Ok(serde_json::from_str(&w)?),
         None => bail!("the parent went away"),
-    };
-    shared.window.set(w);
-    let secs = ((w.until.saturating_sub(w.record_from)) as f64 / 1e9).ceil() as usize;
-    *shared.seconds.borrow_mut() = (0..secs.max(1)).map(|_| new_hist()).collect();
+    }
+}
 
-    // Own scheduling lag: how late a 10 ms timer fires, during the window, and its
-    // worst in each second.
-    let lag = Rc::new(RefCell::new(new_hist()));
-    let lag_by_second = Rc::new(RefCell::new(vec![0u64; secs.max(1)]));
-    {
-        let lag = lag.clone();
-        let lag_by_second = lag_by_second.clone();
+/// The worker's own scheduling lag: how late a 10 ms timer fires during the window,
+/// and its worst in each second (a stall counts in every second it covered, from when
+/// the timer was due).
+struct Lag {
+    hist: Rc<RefCell<Histogram<u64>>>,
+    by_second: Rc<RefCell<Vec<u64>>>,
+}
+
+impl Lag {
+    /// Starts the timer's task for window `w` of `secs` seconds.
+    fn spawn(w: Window, secs: usize) -> Lag {
+        let lag = Lag {
+            hist: Rc::new(RefCell::new(new_hist())),
+            by_second: Rc::new(RefCell::new(vec![0u64; secs])),
+        };
+        let (hist, by_second) = (lag.hist.clone(), lag.by_second.clone());
         tokio::task::spawn_local(async move {
             loop {
                 let t = Instant::now();
@@ -570,15 +633,10 @@ async fn worker(spec: WorkerSpec, nofile: u64) -> anyhow::Result<()> {
                 let now = now_ns();
                 if now >= w.record_from && now < w.until {
                     let ns = late.as_nanos().max(1) as u64;
-                    let _ = lag.borrow_mut().record(ns);
-                    // A stall counts in every second it covered, from when the timer
-                    // was due.
-                    let mut by_second = lag_by_second.borrow_mut();
-                    let (first, last) = (
-                        second_of(w.record_from, now.saturating_sub(ns)),
-                        second_of(w.record_from, now),
-                    );
-                    for s in first..=last {
+                    let _ = hist.borrow_mut().record(ns);
+                    let mut by_second = by_second.borrow_mut();
+                    let first = second_of(w.record_from, now.saturating_sub(ns));
+                    for s in first..=second_of(w.record_from, now) {
                         if let Some(m) = by_second.get_mut(s) {
                             *m = (*m).max(ns);
                         }
@@ -586,7 +644,13 @@ async fn worker(spec: WorkerSpec, nofile: u64) -> anyhow::Result<()> {
                 }
             }
         });
+        lag
     }
+}
+
+/// Sleeps through the window and the drain; returns the CPU seconds this process
+/// used within the window and the window's length, s.
+async fn through_window(w: &Window) -> (f64, f64) {
     let at = |ns: u64| {
         let now = now_ns();
         Instant::now() + Duration::from_nanos(ns.saturating_sub(now))
@@ -598,48 +662,37 @@ async fn worker(spec: WorkerSpec, nofile: u64) -> anyhow::Result<()> {
     let cpu_s = self_cpu_s() - cpu0;
     let wall_s = t0.elapsed().as_secs_f64();
     tokio::time::sleep_until(at(w.stop_at).into()).await;
-    progress.abort();
+    (cpu_s, wall_s)
+}
 
-    let mut healthy = Counts::default();
-    let mut other = Counts::default();
-    for c in shared.conns.borrow().iter() {
-        let c = c.borrow();
-        if c.behaviour == Behaviour::Healthy {
-            healthy.add(&c.counts);
-        } else {
-            other.add(&c.counts);
+impl Shared {
+    /// The connections' counters and histograms as worker `index` reports them (the
+    /// process's own figures left at zero).
+    fn result(&self, index: usize) -> anyhow::Result<WorkerResult> {
+        let mut healthy = Counts::default();
+        let mut other = Counts::default();
+        for c in self.conns.borrow().iter() {
+            let c = c.borrow();
+            if c.behaviour == Behaviour::Healthy {
+                healthy.add(&c.counts);
+            } else {
+                other.add(&c.counts);
+            }
         }
+        let mut hist = new_hist();
+        for h in self.seconds.borrow().iter() {
+            hist.add(h)?;
+        }
+        Ok(WorkerResult {
+            index,
+            healthy,
+            other,
+            hist: hist_to_hex(&hist),
+            other_hist: hist_to_hex(&self.other.borrow()),
+            seconds: self.seconds.borrow().iter().map(hist_to_hex).collect(),
+            ..WorkerResult::default()
+        })
     }
-    let mut hist = new_hist();
-    for h in shared.seconds.borrow().iter() {
-        hist.add(h)?;
-    }
-    let other_hist = shared.other.borrow();
-    let lag = lag.borrow();
-    let result = WorkerResult {
-        index: spec.index,
-        healthy,
-        other,
-        hist: hist_to_hex(&hist),
-        other_hist: hist_to_hex(&other_hist),
-        seconds: shared.seconds.borrow().iter().map(hist_to_hex).collect(),
-        cpu_s,
-        wall_s,
-        lag_p99_us: lag.value_at_quantile(0.99) as f64 / 1000.0,
-        lag_max_us: lag.max() as f64 / 1000.0,
-        lag_max_by_second_us: lag_by_second
-            .borrow()
-            .iter()
-            .map(|&ns| ns as f64 / 1000.0)
-            .collect(),
-        cpus: crate::spawn::cpus_allowed(std::process::id()),
-        nofile,
-    };
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "R {}", serde_json::to_string(&result)?)?;
-    out.flush()?;
-    // The connections' tasks are simply dropped with the process.
-    std::process::exit(0)
 }
 
 /// Receive buffer of a stalled connection, bytes.
@@ -707,20 +760,31 @@ async fn open_ws(url: &str, bind: Option<IpAddr>, rcvbuf: Option<u32>) -> anyhow
     Ok(FragmentCollector::new(ws))
 }
 
-fn subscribe_frame(id: u64, op: &str, symbols: &[String]) -> Frame<'static> {
-    let body = serde_json::json!({"op": op, "id": id, "symbols": symbols, "snapshot": false});
+fn subscribe_frame(id: u64, op: &str, symbols: &[String], sub: &Subscription) -> Frame<'static> {
+    let mut body = serde_json::json!({"op": op, "id": id, "symbols": symbols, "snapshot": false});
+    if op == "subscribe" && sub.throttle_ms > 0 {
+        body["throttle_ms"] = sub.throttle_ms.into();
+    }
     Frame::text(Payload::Owned(body.to_string().into_bytes()))
 }
 
-/// Opens, subscribes and waits for `subscribed`.
+/// Opens, subscribes (to `symbols`, or to the subscription's pattern) and waits for
+/// `subscribed`.
 async fn open_subscribed(
     url: &str,
     bind: Option<IpAddr>,
     rcvbuf: Option<u32>,
     symbols: &[String],
+    sub: &Subscription,
 ) -> anyhow::Result<Ws> {
     let mut ws = open_ws(url, bind, rcvbuf).await?;
-    ws.write_frame(subscribe_frame(1, "subscribe", symbols))
+    let pattern: Vec<String> = sub.pattern.iter().cloned().collect();
+    let named = if pattern.is_empty() {
+        symbols
+    } else {
+        &pattern
+    };
+    ws.write_frame(subscribe_frame(1, "subscribe", named, sub))
         .await?;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -750,6 +814,19 @@ type Done = (
     tokio::sync::OwnedSemaphorePermit,
 );
 
+/// Tells the opener how the first open went; false when it was told already.
+fn tell(done: &mut Option<Done>, r: Result<(), String>) -> bool {
+    match done.take() {
+        Some((tx, _permit)) => {
+            let _ = tx.send(r);
+            true
+        }
+        None => false,
+    }
+}
+
+/// One connection: opens and subscribes, reads until it ends, and opens again where
+/// churn asks for it (or the server closed it under churn).
 async fn connection(
     spec: Rc<WorkerSpec>,
     shared: Rc<Shared>,
@@ -758,21 +835,19 @@ async fn connection(
     mut done: Option<Done>,
 ) {
     let url = &spec.urls[i % spec.urls.len()];
-    let mut symbols: Vec<String> = spec.shape.symbols_of(i).map(symbol_name).collect();
     let state = Rc::new(RefCell::new(ConnState {
         behaviour,
         counts: Counts::default(),
         last: Default::default(),
     }));
     shared.conns.borrow_mut().push(state.clone());
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(i as u64 * 7919 + spec.index as u64);
-    let mut next_swap = spec.shape.per_conn;
+    let mut life = Life::new(&spec, i, behaviour);
+    // A stalled client's small receive window lets the server see it stall soon, as
+    // it would across a real network.
+    let rcvbuf = (behaviour == Behaviour::Stalled).then_some(STALLED_RCVBUF);
     loop {
-        // A stalled client's small receive window lets the server see it stall soon,
-        // as it would across a real network.
-        let rcvbuf = (behaviour == Behaviour::Stalled).then_some(STALLED_RCVBUF);
-        let ws = open_subscribed(url, spec.bind, rcvbuf, &symbols).await;
-        let mut ws = match ws {
+        let opened = open_subscribed(url, spec.bind, rcvbuf, &life.symbols, &spec.subscription);
+        let mut ws = match opened.await {
             Ok(ws) => {
                 let mut st = state.borrow_mut();
                 st.counts.opened += 1;
@@ -780,62 +855,22 @@ async fn connection(
                 // starts again from the first tick it brings.
                 st.last.clear();
                 drop(st);
-                if let Some((tx, _permit)) = done.take() {
-                    let _ = tx.send(Ok(()));
-                }
+                tell(&mut done, Ok(()));
                 ws
             }
             Err(e) => {
                 state.borrow_mut().counts.connect_failed += 1;
-                if let Some((tx, _permit)) = done.take() {
-                    let _ = tx.send(Err(format!("{e:#}")));
+                if tell(&mut done, Err(format!("{e:#}"))) {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
         };
-        let opened = Instant::now();
-        let life = spec.churn.map(|c| {
-            Duration::from_millis(
-                rng.random_range(c.life_min_ms..=c.life_max_ms.max(c.life_min_ms)),
-            )
-        });
-        let mut last_swap = Instant::now();
-        let mut next_pause = Instant::now() + Duration::from_millis(rng.random_range(2000..6000));
-        let ended = read_loop(&mut ws, &shared, &state, behaviour, |ws_ctl| {
-            // Churn: change a subscription now and then; end the connection when its
-            // life is over.
-            if let Some(c) = spec.churn {
-                if last_swap.elapsed() >= Duration::from_millis(c.resub_ms) && !symbols.is_empty() {
-                    last_swap = Instant::now();
-                    let old = symbols.remove(0);
-                    let new =
-                        symbol_name((i * spec.shape.per_conn + next_swap) % spec.shape.symbols);
-                    next_swap += 1;
-                    ws_ctl.unsub = Some(old);
-                    if !symbols.contains(&new) {
-                        symbols.push(new.clone());
-                        ws_ctl.sub = Some(new);
-                    }
-                }
-            }
-            if behaviour == Behaviour::Intermittent && Instant::now() >= next_pause {
-                next_pause = Instant::now() + Duration::from_millis(rng.random_range(4000..8000));
-                ws_ctl.pause = Some(Duration::from_millis(rng.random_range(1000..3000)));
-            }
-            if let Some(l) = life {
-                if opened.elapsed() >= l {
-                    ws_ctl.close = true;
-                }
-            }
-        })
-        .await;
-        match ended {
-            End::Closed => {
-                // Our own close (churn): open again, as a new client would.
-                continue;
-            }
+        life.opened();
+        match read_loop(&mut ws, &shared, &state, &mut life).await {
+            // Our own close (churn): open again, as a new client would.
+            End::Closed => continue,
             End::Server(code) => {
                 *state.borrow_mut().counts.closes.entry(code).or_default() += 1;
                 if spec.churn.is_none() {
@@ -844,6 +879,86 @@ async fn connection(
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+/// What a connection changes while it lives: under churn it swaps a symbol now and
+/// then and closes when its life is over; an intermittent one pauses now and then.
+struct Life {
+    spec: Rc<WorkerSpec>,
+    /// The connection's global index.
+    i: usize,
+    behaviour: Behaviour,
+    /// Its symbols now.
+    symbols: Vec<String>,
+    rng: rand::rngs::SmallRng,
+    /// The next symbol to swap in, counted past the connection's first ones.
+    next_swap: usize,
+    /// When the current connection opened, and how long it lives (churn).
+    opened: Instant,
+    life: Option<Duration>,
+    last_swap: Instant,
+    next_pause: Instant,
+}
+
+impl Life {
+    fn new(spec: &Rc<WorkerSpec>, i: usize, behaviour: Behaviour) -> Life {
+        let now = Instant::now();
+        Life {
+            spec: spec.clone(),
+            i,
+            behaviour,
+            symbols: spec.shape.symbols_of(i).map(symbol_name).collect(),
+            rng: rand::rngs::SmallRng::seed_from_u64(i as u64 * 7919 + spec.index as u64),
+            next_swap: spec.shape.per_conn,
+            opened: now,
+            life: None,
+            last_swap: now,
+            next_pause: now,
+        }
+    }
+
+    /// A connection has just opened: draws its life and its first pause.
+    fn opened(&mut self) {
+        self.opened = Instant::now();
+        self.life = self.spec.churn.map(|c| {
+            Duration::from_millis(
+                self.rng
+                    .random_range(c.life_min_ms..=c.life_max_ms.max(c.life_min_ms)),
+            )
+        });
+        self.last_swap = Instant::now();
+        self.next_pause = Instant::now() + Duration::from_millis(self.rng.random_range(2000..6000));
+    }
+
+    /// What to do after the frame just read.
+    fn control(&mut self) -> Ctl {
+        let mut ctl = Ctl::default();
+        if let Some(c) = self.spec.churn {
+            if self.last_swap.elapsed() >= Duration::from_millis(c.resub_ms)
+                && !self.symbols.is_empty()
+            {
+                self.last_swap = Instant::now();
+                let old = self.symbols.remove(0);
+                let shape = self.spec.shape;
+                let new = symbol_name((self.i * shape.per_conn + self.next_swap) % shape.symbols);
+                self.next_swap += 1;
+                ctl.unsub = Some(old);
+                if !self.symbols.contains(&new) {
+                    self.symbols.push(new.clone());
+                    ctl.sub = Some(new);
+                }
+            }
+        }
+        if self.behaviour == Behaviour::Intermittent && Instant::now() >= self.next_pause {
+            self.next_pause =
+                Instant::now() + Duration::from_millis(self.rng.random_range(4000..8000));
+            ctl.pause = Some(Duration::from_millis(self.rng.random_range(1000..3000)));
+        }
+        if self.life.is_some_and(|l| self.opened.elapsed() >= l) {
+            ctl.close = true;
+        }
+        ctl
     }
 }
 
@@ -862,12 +977,13 @@ enum End {
     Server(String),
 }
 
+/// Reads frames until the connection ends: counts and checks each message, behaves
+/// as the connection's behaviour says, and carries out what its life asks.
 async fn read_loop(
     ws: &mut Ws,
     shared: &Shared,
     state: &RefCell<ConnState>,
-    behaviour: Behaviour,
-    mut control: impl FnMut(&mut Ctl),
+    life: &mut Life,
 ) -> End {
     let mut cmd_id = 2u64;
     loop {
@@ -875,110 +991,151 @@ async fn read_loop(
             Ok(f) => f,
             Err(_) => return End::Server("drop".into()),
         };
-        let recv = now_ns();
         let w = shared.window.get();
-        let in_window = recv >= w.record_from && recv < w.until;
-        match frame.opcode {
-            OpCode::Text => {
-                let payload = frame.payload;
-                let len = payload.len() as u64;
-                let mut st = state.borrow_mut();
-                if in_window {
-                    st.counts.frames += 1;
-                    st.counts.bytes += len;
-                }
-                let Ok(msgs) = scan::messages(&payload) else {
-                    st.counts.errors += 1;
-                    continue;
-                };
-                for m in msgs {
-                    on_message(&mut st, shared, &w, recv, m);
-                }
-            }
-            OpCode::Binary => {
-                let len = frame.payload.len() as u64;
-                let mut st = state.borrow_mut();
-                if in_window {
-                    st.counts.frames += 1;
-                    st.counts.bytes += len;
-                    st.counts.binary_frames += 1;
-                    st.counts.binary_bytes += len;
-                }
-                // Records: only kind, symbol, seq and ts are read, at fixed offsets.
-                for rec in binary::records(&frame.payload) {
-                    let Ok(r) = rec else {
-                        st.counts.errors += 1;
-                        break;
-                    };
-                    let ty = match r.kind {
-                        Kind::Tick => "tick",
-                        Kind::Snapshot => "snapshot",
-                    };
-                    let m = Msg {
-                        ty: Cow::Borrowed(ty),
-                        symbol: Some(Cow::Borrowed(r.symbol)),
-                        seq: Some(r.seq),
-                        ts: Some(r.ts),
-                        from: None,
-                        to: None,
-                        reason: None,
-                    };
-                    on_message(&mut st, shared, &w, recv, m);
-                }
-            }
-            OpCode::Close => {
-                let code = if frame.payload.len() >= 2 {
-                    u16::from_be_bytes([frame.payload[0], frame.payload[1]]).to_string()
-                } else {
-                    "1005".into()
-                };
-                return End::Server(code);
-            }
-            _ => {}
+        let at = Arrival {
+            shared,
+            w,
+            recv: now_ns(),
+        };
+        let data: Option<OnData> = match frame.opcode {
+            OpCode::Text => Some(on_text),
+            OpCode::Binary => Some(on_binary),
+            OpCode::Close => return End::Server(close_code(&frame.payload)),
+            _ => None,
+        };
+        if let Some(on) = data {
+            on(&frame.payload, &mut state.borrow_mut(), &at);
         }
-        let now = now_ns();
-        match behaviour {
-            Behaviour::Stalled if now >= w.record_from && now < w.until => {
-                let left = Duration::from_nanos(w.until - now);
-                tokio::time::sleep(left).await;
-            }
-            Behaviour::Slow => tokio::time::sleep(Duration::from_millis(20)).await,
-            _ => {}
-        }
-        let mut ctl = Ctl::default();
-        control(&mut ctl);
-        if let Some(p) = ctl.pause {
-            tokio::time::sleep(p).await;
-        }
-        if let Some(s) = ctl.unsub {
-            state.borrow_mut().last.remove(&s);
-            cmd_id += 1;
-            if ws
-                .write_frame(subscribe_frame(cmd_id, "unsubscribe", &[s]))
-                .await
-                .is_err()
-            {
-                return End::Server("drop".into());
-            }
-        }
-        if let Some(s) = ctl.sub {
-            state.borrow_mut().last.remove(&s);
-            cmd_id += 1;
-            if ws
-                .write_frame(subscribe_frame(cmd_id, "subscribe", &[s]))
-                .await
-                .is_err()
-            {
-                return End::Server("drop".into());
-            }
-        }
-        if ctl.close {
-            let _ = ws
-                .write_frame(Frame::close(1000, b"bench: connection life over"))
-                .await;
-            return End::Closed;
+        behave(life.behaviour, &w).await;
+        let ctl = life.control();
+        let sub = &life.spec.subscription;
+        if let Some(end) = carry_out(ws, state, ctl, sub, &mut cmd_id).await {
+            return end;
         }
     }
+}
+
+/// A data frame as it arrived: where its latencies go, the window, when it came.
+struct Arrival<'a> {
+    shared: &'a Shared,
+    w: Window,
+    recv: u64,
+}
+
+impl Arrival<'_> {
+    /// Counts a frame of `len` payload bytes if it arrived inside the window; says
+    /// whether it did.
+    fn count(&self, st: &mut ConnState, len: u64) -> bool {
+        let inside = self.recv >= self.w.record_from && self.recv < self.w.until;
+        if inside {
+            st.counts.frames += 1;
+            st.counts.bytes += len;
+        }
+        inside
+    }
+
+    fn message(&self, st: &mut ConnState, m: Msg<'_>) {
+        on_message(st, self.shared, &self.w, self.recv, m);
+    }
+}
+
+/// What reads the messages of a data frame.
+type OnData = fn(&[u8], &mut ConnState, &Arrival<'_>);
+
+/// A text frame: an array of JSON messages.
+fn on_text(payload: &[u8], st: &mut ConnState, at: &Arrival<'_>) {
+    at.count(st, payload.len() as u64);
+    let Ok(msgs) = scan::messages(payload) else {
+        st.counts.errors += 1;
+        return;
+    };
+    for m in msgs {
+        at.message(st, m);
+    }
+}
+
+/// A binary frame: records of which only kind, symbol, seq and ts are read, at fixed
+/// offsets.
+fn on_binary(payload: &[u8], st: &mut ConnState, at: &Arrival<'_>) {
+    let len = payload.len() as u64;
+    if at.count(st, len) {
+        st.counts.binary_frames += 1;
+        st.counts.binary_bytes += len;
+    }
+    for rec in binary::records(payload) {
+        let Ok(r) = rec else {
+            st.counts.errors += 1;
+            break;
+        };
+        let ty = match r.kind {
+            Kind::Tick => "tick",
+            Kind::Snapshot => "snapshot",
+        };
+        let m = Msg {
+            symbol: Some(Cow::Borrowed(r.symbol)),
+            seq: Some(r.seq),
+            ts: Some(r.ts),
+            skipped: r.skipped,
+            ..Msg::of(ty)
+        };
+        at.message(st, m);
+    }
+}
+
+/// The code of a Close frame (1005 when it carries none).
+fn close_code(payload: &[u8]) -> String {
+    if payload.len() >= 2 {
+        u16::from_be_bytes([payload[0], payload[1]]).to_string()
+    } else {
+        "1005".into()
+    }
+}
+
+/// A stalled connection stops reading for the rest of the window; a slow one sleeps a
+/// little after every frame.
+async fn behave(behaviour: Behaviour, w: &Window) {
+    let now = now_ns();
+    match behaviour {
+        Behaviour::Stalled if now >= w.record_from && now < w.until => {
+            let left = Duration::from_nanos(w.until - now);
+            tokio::time::sleep(left).await;
+        }
+        Behaviour::Slow => tokio::time::sleep(Duration::from_millis(20)).await,
+        _ => {}
+    }
+}
+
+/// Pauses, swaps subscriptions or closes as `ctl` says; `Some` when the connection
+/// ended.
+async fn carry_out(
+    ws: &mut Ws,
+    state: &RefCell<ConnState>,
+    ctl: Ctl,
+    sub: &Subscription,
+    cmd_id: &mut u64,
+) -> Option<End> {
+    if let Some(p) = ctl.pause {
+        tokio::time::sleep(p).await;
+    }
+    for (op, symbol) in [("unsubscribe", ctl.unsub), ("subscribe", ctl.sub)] {
+        let Some(s) = symbol else { continue };
+        state.borrow_mut().last.remove(&s);
+        *cmd_id += 1;
+        if ws
+            .write_frame(subscribe_frame(*cmd_id, op, &[s], sub))
+            .await
+            .is_err()
+        {
+            return Some(End::Server("drop".into()));
+        }
+    }
+    if ctl.close {
+        let _ = ws
+            .write_frame(Frame::close(1000, b"bench: connection life over"))
+            .await;
+        return Some(End::Closed);
+    }
+    None
 }
 
 fn on_message(st: &mut ConnState, shared: &Shared, w: &Window, recv: u64, m: Msg<'_>) {
@@ -991,26 +1148,15 @@ fn on_message(st: &mut ConnState, shared: &Shared, w: &Window, recv: u64, m: Msg
             let ts = m.ts.unwrap_or(0);
             st.counts.ticks_all += 1;
             let counted = ts >= w.record_from && ts < w.until;
-            match st.last.get_mut(&*sym) {
-                Some(l) if seq <= *l => {
-                    if counted {
-                        st.counts.duplicates += 1;
-                    }
-                    return;
-                }
-                Some(l) => {
-                    if seq > *l + 1 && counted {
-                        st.counts.holes += 1;
-                        st.counts.hole_ticks += seq - *l - 1;
-                    }
-                    *l = seq;
-                }
-                None => {
-                    st.last.insert(sym.into_owned(), seq);
-                }
+            if !in_sequence(st, sym, seq, m.skipped, counted) {
+                return;
             }
             if counted {
                 st.counts.ticks += 1;
+                if let Some(k) = m.skipped {
+                    st.counts.paced += 1;
+                    st.counts.folded += k;
+                }
                 let lat = recv.saturating_sub(ts).max(1);
                 if st.behaviour == Behaviour::Healthy {
                     // `counted` puts ts within the window, so within one of its seconds.
@@ -1056,6 +1202,37 @@ fn on_message(st: &mut ConnState, shared: &Shared, w: &Window, recv: u64, m: Msg
         "error" => st.counts.errors += 1,
         _ => {}
     }
+}
+
+/// Checks a tick's seq against the last one of its symbol and moves it on: a jump that
+/// `skipped` (a paced tick's folded count) does not account for is a hole, a `skipped`
+/// larger than the jump an error. False for a duplicate, which is dropped.
+fn in_sequence(
+    st: &mut ConnState,
+    sym: Cow<'_, str>,
+    seq: u64,
+    skipped: Option<u64>,
+    counted: bool,
+) -> bool {
+    let Some(l) = st.last.get_mut(&*sym) else {
+        st.last.insert(sym.into_owned(), seq);
+        return true;
+    };
+    if seq <= *l {
+        if counted {
+            st.counts.duplicates += 1;
+        }
+        return false;
+    }
+    let next = *l + 1 + skipped.unwrap_or(0);
+    if counted && seq > next {
+        st.counts.holes += 1;
+        st.counts.hole_ticks += seq - next;
+    } else if counted && seq < next {
+        st.counts.errors += 1;
+    }
+    *l = seq;
+    true
 }
 
 /// Source address of worker `i`: 127.0.0.2, 127.0.0.3, …
@@ -1127,6 +1304,26 @@ mod tests {
         assert_eq!(secs[0].max(), secs[0].highest_equivalent(3_000));
         assert!(secs[1..].iter().all(|h| h.is_empty()));
         assert!(sh.other.borrow().is_empty());
+    }
+
+    #[test]
+    fn skipped_accounts_for_a_paced_ticks_jump_and_nothing_more() {
+        let (mut st, sh) = state();
+        feed(
+            &mut st,
+            &sh,
+            r#"[{"type":"tick","symbol":"A","seq":1,"ts":2000},{"type":"tick","symbol":"A","seq":6,"ts":2000,"skipped":4},{"type":"tick","symbol":"A","seq":9,"ts":2000,"skipped":1}]"#,
+        );
+        // 6 after 1 with 4 folded: in sequence; 9 after 6 with 1 folded: 8 is missing.
+        let c = &st.counts;
+        assert_eq!((c.ticks, c.paced, c.folded), (3, 2, 5));
+        assert_eq!((c.holes, c.hole_ticks, c.errors), (1, 1, 0));
+        feed(
+            &mut st,
+            &sh,
+            r#"[{"type":"tick","symbol":"A","seq":10,"ts":2000,"skipped":3}]"#,
+        );
+        assert_eq!(st.counts.errors, 1, "more folded than the jump");
     }
 
     #[test]

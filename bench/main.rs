@@ -16,13 +16,20 @@
 //! - `scan`: reading a JSON frame's checked fields without decoding the rest.
 //! - `spawn`: starting and stopping servers on chosen CPUs; /proc samples.
 //! - `scenario`: one measured run (`run_once`) and each scenario on top of it.
+//! - `measured`: what one run measured (`RunResult`, `Percentiles`).
 //! - `report`, `plot`: tables, medians, ratios, JSON, `.hgrm`, SVG.
+//! - `page`: `bench/RESULTS.md`, written from the summaries kept in
+//!   `bench/results/current/`, one a row.
+//! - `candles`: what bars cost a node, measured in process on its hub.
 //! - `cluster`: Redis Cluster sharded Pub/Sub, the node's slot routing against the
 //!   redis crate's cluster client.
 
+mod candles;
 mod cluster;
 mod common;
 mod load;
+mod measured;
+mod page;
 mod plot;
 mod publisher;
 mod report;
@@ -60,9 +67,21 @@ enum Cmd {
     Encoding(scenario::encoding::Args),
     /// Churn for a long time at a steady rate; fails when memory, descriptors or threads grow.
     Soak(scenario::soak::Args),
+    /// Connections holding many symbols paced by `throttle_ms`, against the same load unpaced.
+    Dashboard(scenario::dashboard::Args),
+    /// Subscribing `*` against naming the same symbols: cost per delivered message.
+    Patterns(scenario::patterns::Args),
+    /// What candles cost a node, in process: CPU per tick with candle subscriptions
+    /// against none, and the time to answer a backfill of 1,000 bars.
+    Candles(candles::Args),
+    /// Write bench/RESULTS.md from the summaries in bench/results/current/ (`--take DIR`
+    /// promotes a run, `--check` fails when the page is stale).
+    Results(page::Args),
     /// SPUBLISH → receive on a Redis Cluster: the node's slot routing against the redis
     /// crate's cluster client.
     ClusterPubsub(cluster::ClusterArgs),
+    /// CPU per byte received: one-byte fragments against whole messages.
+    Fragments(scenario::fragments::Args),
     /// A receiving process (started by the bench itself).
     #[command(hide = true)]
     Worker,
@@ -78,6 +97,11 @@ fn main() {
         Cmd::CrossNode(a) => scenario::cross_node::run(a),
         Cmd::Encoding(a) => scenario::encoding::run(a),
         Cmd::Soak(a) => scenario::soak::run(a),
+        Cmd::Dashboard(a) => scenario::dashboard::run(a),
+        Cmd::Patterns(a) => scenario::patterns::run(a),
+        Cmd::Candles(a) => candles::run(a),
+        Cmd::Results(a) => page::run(a),
+        Cmd::Fragments(a) => scenario::fragments::run(a),
         Cmd::ClusterPubsub(a) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

@@ -44,6 +44,24 @@ fn label_x(x: &f64) -> String {
     }
 }
 
+/// A legend entry: a short line in the series' colour.
+fn mark(colour: RGBColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+    move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
+}
+
+/// Draws the series' legend in the upper left corner.
+fn legend<'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+) -> anyhow::Result<()> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| anyhow!("{e}"))
+}
+
 /// Latency (ms, log scale) by percentile, one line per run, one colour per target.
 pub fn percentiles(path: &Path, title: &str, curves: &[Curve<'_>]) -> anyhow::Result<()> {
     let mut targets: Vec<&str> = Vec::new();
@@ -100,18 +118,10 @@ pub fn percentiles(path: &Path, title: &str, curves: &[Curve<'_>]) -> anyhow::Re
             .map_err(|e| anyhow!("{e}"))?;
         if !labelled[idx] {
             labelled[idx] = true;
-            s.label(targets[idx].to_owned()).legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
-            });
+            s.label(targets[idx].to_owned()).legend(mark(colour));
         }
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| anyhow!("{e}"))?;
+    legend(&mut chart)?;
     root.present().map_err(|e| anyhow!("{e}"))?;
     Ok(())
 }
@@ -162,17 +172,9 @@ pub fn lines(
                     .draw_series(LineSeries::new(p.iter().copied(), colour.stroke_width(2)))
                     .map_err(|e| anyhow!("{e}"))?
                     .label(name.clone())
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
-                    });
+                    .legend(mark(colour));
             }
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperLeft)
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .draw()
-                .map_err(|e| anyhow!("{e}"))?;
+            legend(&mut chart)?;
         }};
     }
     if log_y {

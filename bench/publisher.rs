@@ -307,6 +307,8 @@ fn run_redis(plan: Plan, url: &str, prefix: &str, history: usize) -> anyhow::Res
     Ok(sched.finish())
 }
 
+type Io = hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>;
+
 fn run_ws(plan: Plan, url: &str) -> anyhow::Result<Report> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -315,36 +317,67 @@ fn run_ws(plan: Plan, url: &str) -> anyhow::Result<Report> {
     let ws = rt
         .block_on(tickstream::client::connect(url, None))
         .map_err(|e| anyhow!("publisher: {e}"))?;
-    let (mut rd, mut wr) = ws.split(tokio::io::split);
-    // Replies: one `published` per frame (after an `error` per refused tick).
+    let (rd, mut wr) = ws.split(tokio::io::split);
     let (acks_tx, acks_rx) = std::sync::mpsc::channel::<(u64, u64)>();
-    let reader = rt.spawn(async move {
-        let mut accepted = 0u64;
-        let mut refused = 0u64;
-        loop {
-            let f = rd
-                .read_frame::<_, fastwebsockets::WebSocketError>(&mut |_| async { Ok(()) })
-                .await;
-            let Ok(f) = f else { break };
-            match f.opcode {
-                OpCode::Text => {
-                    let v: serde_json::Value =
-                        serde_json::from_slice(&f.payload).unwrap_or_default();
-                    for m in v.as_array().into_iter().flatten() {
-                        if m["type"] == "published" {
-                            accepted += m["accepted"].as_u64().unwrap_or(0);
-                            refused += m["refused"].as_u64().unwrap_or(0);
-                            let _ = acks_tx.send((accepted, refused));
-                        }
+    let reader = rt.spawn(read_acks(rd, acks_tx));
+    let mut sched = Schedule::new(plan);
+    send_all(&rt, &mut wr, &mut sched, url)?;
+    let mut report = sched.finish();
+    (report.accepted, report.refused) = last_ack(&acks_rx, report.published);
+    let _ = rt.block_on(wr.write_frame(Frame::close(1000, b"")));
+    reader.abort();
+    if report.refused > 0 {
+        eprintln!(
+            "tickstream-bench: the server refused {} of {} published ticks",
+            report.refused, report.published
+        );
+    }
+    if report.accepted + report.refused < report.published {
+        bail!(
+            "{url} acknowledged only {} of {} ticks",
+            report.accepted + report.refused,
+            report.published
+        );
+    }
+    Ok(report)
+}
+
+/// Reads the node's replies, one `published` per frame (after an `error` per refused
+/// tick), and sends the totals accepted and refused so far after each.
+async fn read_acks(
+    mut rd: fastwebsockets::WebSocketRead<tokio::io::ReadHalf<Io>>,
+    acks: std::sync::mpsc::Sender<(u64, u64)>,
+) {
+    let (mut accepted, mut refused) = (0u64, 0u64);
+    loop {
+        let f = rd
+            .read_frame::<_, fastwebsockets::WebSocketError>(&mut |_| async { Ok(()) })
+            .await;
+        let Ok(f) = f else { break };
+        match f.opcode {
+            OpCode::Text => {
+                let v: serde_json::Value = serde_json::from_slice(&f.payload).unwrap_or_default();
+                for m in v.as_array().into_iter().flatten() {
+                    if m["type"] == "published" {
+                        accepted += m["accepted"].as_u64().unwrap_or(0);
+                        refused += m["refused"].as_u64().unwrap_or(0);
+                        let _ = acks.send((accepted, refused));
                     }
                 }
-                OpCode::Close => break,
-                _ => {}
             }
+            OpCode::Close => break,
+            _ => {}
         }
-        (accepted, refused)
-    });
-    let mut sched = Schedule::new(plan);
+    }
+}
+
+/// Sends every tick of the schedule as it falls due, everything due in one text frame.
+fn send_all(
+    rt: &tokio::runtime::Runtime,
+    wr: &mut fastwebsockets::WebSocketWrite<tokio::io::WriteHalf<Io>>,
+    sched: &mut Schedule,
+    url: &str,
+) -> anyhow::Result<()> {
     let mut frame = Vec::with_capacity(64 * 1024);
     while let Some((a, b)) = sched.wait_due(2_000) {
         frame.clear();
@@ -362,35 +395,22 @@ fn run_ws(plan: Plan, url: &str) -> anyhow::Result<Report> {
         sched.sent(a, b);
         frame = Vec::with_capacity(64 * 1024);
     }
-    let mut report = sched.finish();
-    // Wait for the acknowledgement of every tick (or give up after 10 s).
+    Ok(())
+}
+
+/// The last totals (accepted, refused) acknowledged, once they cover `published`
+/// ticks or after 10 s.
+fn last_ack(acks: &std::sync::mpsc::Receiver<(u64, u64)>, published: u64) -> (u64, u64) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let mut last = (0, 0);
-    while last.0 + last.1 < report.published {
+    while last.0 + last.1 < published {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match acks_rx.recv_timeout(left) {
+        match acks.recv_timeout(left) {
             Ok(v) => last = v,
             Err(_) => break,
         }
     }
-    let _ = rt.block_on(wr.write_frame(Frame::close(1000, b"")));
-    reader.abort();
-    report.accepted = last.0;
-    report.refused = last.1;
-    if report.refused > 0 {
-        eprintln!(
-            "tickstream-bench: the server refused {} of {} published ticks",
-            report.refused, report.published
-        );
-    }
-    if report.accepted + report.refused < report.published {
-        bail!(
-            "{url} acknowledged only {} of {} ticks",
-            report.accepted + report.refused,
-            report.published
-        );
-    }
-    Ok(report)
+    last
 }
 
 #[cfg(test)]

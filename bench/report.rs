@@ -9,60 +9,11 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::scenario::RunResult;
+use crate::measured::RunResult;
+pub use crate::measured::{Percentiles, COLUMNS};
 
-/// Latency percentiles, µs.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
-pub struct Percentiles {
-    /// Samples.
-    pub count: u64,
-    /// p50.
-    pub p50: f64,
-    /// p90.
-    pub p90: f64,
-    /// p99.
-    pub p99: f64,
-    /// p99.9.
-    pub p999: f64,
-    /// p99.99.
-    pub p9999: f64,
-    /// Largest.
-    pub max: f64,
-    /// Mean.
-    pub mean: f64,
-}
-
-impl Percentiles {
-    /// Of a histogram in ns.
-    pub fn of(h: &Histogram<u64>) -> Percentiles {
-        if h.is_empty() {
-            return Percentiles::default();
-        }
-        let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-        Percentiles {
-            count: h.len(),
-            p50: us(0.5),
-            p90: us(0.9),
-            p99: us(0.99),
-            p999: us(0.999),
-            p9999: us(0.9999),
-            max: h.max() as f64 / 1000.0,
-            mean: h.mean() / 1000.0,
-        }
-    }
-
-    /// The values in table order.
-    pub fn values(&self) -> [f64; 7] {
-        [
-            self.p50, self.p90, self.p99, self.p999, self.p9999, self.max, self.mean,
-        ]
-    }
-}
-
-/// Column names of [`Percentiles::values`].
-pub const COLUMNS: [&str; 7] = ["p50", "p90", "p99", "p99.9", "p99.99", "max", "mean"];
-
-fn ms(us: f64) -> String {
+/// µs as ms with the digits that matter: `0.215`, `1.45`, `20`.
+pub fn ms(us: f64) -> String {
     if us >= 10_000.0 {
         format!("{:.0}", us / 1000.0)
     } else if us >= 1000.0 {

@@ -1,6 +1,6 @@
-//! Reading a server's JSON frame for the checks: only `type`, `symbol`, `seq`, `ts` and
-//! a gap's `from`, `to` and `reason` are read; every other value is stepped over
-//! without being decoded.
+//! Reading a server's JSON frame for the checks: only `type`, `symbol`, `seq`, `ts`, a
+//! paced tick's `skipped` and a gap's `from`, `to` and `reason` are read; every other
+//! value is stepped over without being decoded.
 //!
 //! At a million messages a second the receiving side shares one core with the publisher
 //! and `redis-server`; a full parse, which decodes every price, cost half of that core.
@@ -11,7 +11,8 @@
 //! the answer, so a frame it rejects is an error here too. Values the checks skip are
 //! only delimited (strings to their closing quote, nested values by depth, numbers and
 //! literals to the next delimiter), not validated; a tick's object is left for its
-//! closing brace as soon as its type, symbol, seq and ts are read.
+//! closing brace as soon as its type, symbol, seq and ts are read, and a `skipped` is
+//! then looked for where tickstream writes it, as the object's last field.
 
 use std::borrow::Cow;
 
@@ -34,9 +35,26 @@ pub struct Msg<'a> {
     pub to: Option<u64>,
     #[serde(default, borrow)]
     pub reason: Option<Cow<'a, str>>,
+    /// On a paced tick: the ticks folded into it.
+    #[serde(default)]
+    pub skipped: Option<u64>,
 }
 
-impl Msg<'_> {
+impl<'a> Msg<'a> {
+    /// A message of type `ty` with none of the other fields.
+    pub fn of(ty: &'a str) -> Msg<'a> {
+        Msg {
+            ty: Cow::Borrowed(ty),
+            symbol: None,
+            seq: None,
+            ts: None,
+            from: None,
+            to: None,
+            reason: None,
+            skipped: None,
+        }
+    }
+
     fn into_owned(self) -> Msg<'static> {
         let own = |c: Cow<'_, str>| Cow::Owned(c.into_owned());
         Msg {
@@ -47,6 +65,7 @@ impl Msg<'_> {
             from: self.from,
             to: self.to,
             reason: self.reason.map(own),
+            skipped: self.skipped,
         }
     }
 }
@@ -80,6 +99,7 @@ enum Field {
     From,
     To,
     Reason,
+    Skipped,
     Other,
 }
 
@@ -93,6 +113,7 @@ impl Field {
             b"from" => Field::From,
             b"to" => Field::To,
             b"reason" => Field::Reason,
+            b"skipped" => Field::Skipped,
             _ => Field::Other,
         }
     }
@@ -120,6 +141,22 @@ impl<'a> Scanner<'a> {
         (self.peek()? == c).then(|| self.i += 1)
     }
 
+    /// After an element of an array or object: a `,` (more follow: false) or `close`
+    /// (it ended: true), consumed; `None` for anything else.
+    fn ended(&mut self, close: u8) -> Option<bool> {
+        match self.peek()? {
+            b',' => {
+                self.i += 1;
+                Some(false)
+            }
+            c if c == close => {
+                self.i += 1;
+                Some(true)
+            }
+            _ => None,
+        }
+    }
+
     fn frame(mut self) -> Option<Vec<Msg<'a>>> {
         self.eat(b'[')?;
         // A server's tick takes some 150 bytes.
@@ -129,13 +166,8 @@ impl<'a> Scanner<'a> {
         } else {
             loop {
                 out.push(self.object()?);
-                match self.peek()? {
-                    b',' => self.i += 1,
-                    b']' => {
-                        self.i += 1;
-                        break;
-                    }
-                    _ => return None,
+                if self.ended(b']')? {
+                    break;
                 }
             }
         }
@@ -145,15 +177,7 @@ impl<'a> Scanner<'a> {
     fn object(&mut self) -> Option<Msg<'a>> {
         self.eat(b'{')?;
         let mut ty = None;
-        let mut m = Msg {
-            ty: Cow::Borrowed(""),
-            symbol: None,
-            seq: None,
-            ts: None,
-            from: None,
-            to: None,
-            reason: None,
-        };
+        let mut m = Msg::of("");
         if self.peek()? == b'}' {
             self.i += 1;
             return None; // no `type`: simd-json says so
@@ -169,25 +193,41 @@ impl<'a> Scanner<'a> {
                 Field::Ts => set(&mut m.ts, self.integer()?)?,
                 Field::From => set(&mut m.from, self.integer()?)?,
                 Field::To => set(&mut m.to, self.integer()?)?,
+                Field::Skipped => set(&mut m.skipped, self.integer()?)?,
                 Field::Other => self.skip_value()?,
             }
             if ty == Some("tick") && m.symbol.is_some() && m.seq.is_some() && m.ts.is_some() {
                 // All a tick's checks read: the prices and sizes after them are not
                 // looked at, only stepped over to the object's end.
                 self.skip_to_object_end()?;
+                if m.skipped.is_none() {
+                    m.skipped = self.trailing_skipped();
+                }
                 break;
             }
-            match self.peek()? {
-                b',' => self.i += 1,
-                b'}' => {
-                    self.i += 1;
-                    break;
-                }
-                _ => return None,
+            if self.ended(b'}')? {
+                break;
             }
         }
         m.ty = Cow::Borrowed(ty?);
         Some(m)
+    }
+
+    /// Just past an object's closing brace: the value of `"skipped"` when it is the
+    /// object's last field (where tickstream puts it), read backwards from the brace.
+    fn trailing_skipped(&self) -> Option<u64> {
+        const KEY: &[u8] = b"\"skipped\":";
+        let end = self.i.checked_sub(1)?;
+        let digits = self.b[..end]
+            .iter()
+            .rev()
+            .take_while(|c| c.is_ascii_digit())
+            .count();
+        let start = end - digits;
+        if digits == 0 || digits > 19 || !self.b[..start].ends_with(KEY) {
+            return None;
+        }
+        std::str::from_utf8(&self.b[start..end]).ok()?.parse().ok()
     }
 
     /// A string value without escapes, borrowed.
@@ -381,6 +421,18 @@ mod tests {
         let got = fast(f).unwrap();
         assert_eq!(got, full(f).unwrap());
         assert_eq!(got[1].symbol.as_deref(), Some("C"));
+    }
+
+    #[test]
+    fn a_paced_ticks_skipped_is_read_on_the_fast_path() {
+        let f = r#"[{"type":"tick","symbol":"A","seq":9,"ts":2,"bid":1.5,"volume":7,"skipped":4},{"type":"tick","symbol":"B","seq":3,"ts":2,"volume":1},{"type":"tick","skipped":2,"symbol":"C","seq":5,"ts":2}]"#;
+        let got = fast(f).unwrap();
+        assert_eq!(got, full(f).unwrap());
+        let skipped: Vec<Option<u64>> = got.iter().map(|m| m.skipped).collect();
+        assert_eq!(skipped, [Some(4), None, Some(2)]);
+        // A number ending another field is not taken for it.
+        let f = r#"[{"type":"tick","symbol":"A","seq":9,"ts":2,"not_skipped":4}]"#;
+        assert_eq!(fast(f).unwrap()[0].skipped, None);
     }
 
     #[test]

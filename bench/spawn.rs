@@ -168,48 +168,47 @@ pub fn wait_http(
     path: &str,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        procs.check_alive()?;
-        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-            let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-            let req = format!(
-                "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-            );
-            if s.write_all(req.as_bytes()).is_ok() {
-                let mut buf = [0u8; 64];
-                if let Ok(n) = s.read(&mut buf) {
-                    if buf[..n].starts_with(b"HTTP/1.1 200") {
-                        return Ok(());
-                    }
-                }
-            }
-        }
-        if Instant::now() >= deadline {
-            bail!("nothing answered 200 on 127.0.0.1:{port}{path} within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    if !wait_answer(procs, port, req.as_bytes(), b"HTTP/1.1 200", timeout)? {
+        bail!("nothing answered 200 on 127.0.0.1:{port}{path} within {timeout:?}");
     }
+    Ok(())
 }
 
 /// Waits until redis on `port` answers PING.
 pub fn wait_redis(procs: &mut Procs, port: u16, timeout: Duration) -> anyhow::Result<()> {
+    if !wait_answer(procs, port, b"PING\r\n", b"+PONG", timeout)? {
+        bail!("redis-server on port {port} did not answer within {timeout:?}");
+    }
+    Ok(())
+}
+
+/// Sends `request` on a new connection to 127.0.0.1:`port` every 50 ms until the reply
+/// starts with `expect` (true) or `timeout` passes (false); fails as soon as one of
+/// `procs` has exited.
+fn wait_answer(
+    procs: &mut Procs,
+    port: u16,
+    request: &[u8],
+    expect: &[u8],
+    timeout: Duration,
+) -> anyhow::Result<bool> {
     let deadline = Instant::now() + timeout;
     loop {
         procs.check_alive()?;
         if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
             let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-            if s.write_all(b"PING\r\n").is_ok() {
-                let mut buf = [0u8; 16];
+            if s.write_all(request).is_ok() {
+                let mut buf = [0u8; 64];
                 if let Ok(n) = s.read(&mut buf) {
-                    if buf[..n].starts_with(b"+PONG") {
-                        return Ok(());
+                    if buf[..n].starts_with(expect) {
+                        return Ok(true);
                     }
                 }
             }
         }
         if Instant::now() >= deadline {
-            bail!("redis-server on port {port} did not answer within {timeout:?}");
+            return Ok(false);
         }
         std::thread::sleep(Duration::from_millis(50));
     }

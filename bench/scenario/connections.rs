@@ -2,7 +2,9 @@
 //! memory per connection, CPU while idle, latency through heartbeat rounds.
 
 use crate::common::{targets_with_references, Common, Shape, NOHEARTBEAT, NOMETRICS};
-use crate::scenario::{finish, reference_pairs, run_alternating, Ctx, Defaults, Load};
+use crate::scenario::{
+    finish, line_per_run, reference_pairs, run_alternating, Ctx, Defaults, Load, RunResult,
+};
 
 /// Many connections, held.
 #[derive(clap::Args, Debug)]
@@ -29,6 +31,9 @@ pub struct Args {
     pub heartbeat: String,
 }
 
+/// p99.9 second by second while the connections are held.
+const PLOT: &str = "p999-by-second.svg";
+
 /// Runs it.
 pub fn run(a: Args) -> anyhow::Result<()> {
     let targets = targets_with_references(&a.common)?;
@@ -38,70 +43,23 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         ..Defaults::default()
     };
     let mut ctx = Ctx::new(a.common, "connections", d)?;
+    ctx.plot = PLOT.into();
     let mut load = Load::plain(a.shape, a.rate);
     load.open_rate = a.open_rate;
     load.heartbeat = Some(a.heartbeat.clone());
     let runs = run_alternating(&mut ctx, &targets, &load)?;
-    let mut rows = Vec::new();
     println!("\nconnections held");
-    for r in &runs {
-        let per_sec_p999: Vec<f64> = r
-            .seconds
+    let rows: Vec<serde_json::Value> = runs.iter().map(held).collect();
+    let series = line_per_run(&runs, |r| {
+        r.seconds
             .iter()
-            .filter(|p| p.count > 0)
-            .map(|p| p.p999)
-            .collect();
-        let mut sorted = per_sec_p999.clone();
-        sorted.sort_by(|a, b| a.total_cmp(b));
-        let med = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
-        let max = sorted.last().copied().unwrap_or(0.0);
-        let tcp = match r.tcp_mem_kb {
-            (Some(a), Some(b)) => Some((b.saturating_sub(a)) as f64 * 1024.0 / a_conns(r) as f64),
-            _ => None,
-        };
-        println!(
-            "{} run {}: {} connections opened at {:.0}/s; server RSS idle {:.1} MB, held {:.1} MB = {:.0} bytes/connection; kernel TCP memory {} bytes/connection; server CPU {:.1}% while held; per-second p99.9 median {:.2} ms, worst {:.2} ms (moves by {:.2} ms)",
-            r.target,
-            r.run,
-            a_conns(r),
-            r.setup_conns_per_s,
-            r.server.rss_idle_kb as f64 / 1024.0,
-            r.server.rss_mean_kb as f64 / 1024.0,
-            r.server.rss_per_conn_bytes,
-            tcp.map(|t| format!("{t:.0}")).unwrap_or_else(|| "?".into()),
-            r.server.cpu_util * 100.0,
-            med / 1e3,
-            max / 1e3,
-            (max - med) / 1e3,
-        );
-        rows.push(serde_json::json!({
-            "target": r.target, "run": r.run,
-            "setup_conns_per_s": r.setup_conns_per_s,
-            "rss_idle_kb": r.server.rss_idle_kb,
-            "rss_held_kb": r.server.rss_mean_kb,
-            "rss_per_conn_bytes": r.server.rss_per_conn_bytes,
-            "kernel_tcp_bytes_per_conn": tcp,
-            "cpu_util_held": r.server.cpu_util,
-            "per_second_p999_us": per_sec_p999,
-            "p999_moves_by_us": max - med,
-        }));
-    }
-    let series: Vec<(String, Vec<(f64, f64)>)> = runs
-        .iter()
-        .map(|r| {
-            (
-                format!("{} run {}", r.target, r.run),
-                r.seconds
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, p)| p.count > 0)
-                    .map(|(i, p)| (i as f64, (p.p999 / 1e3).max(1e-3)))
-                    .collect(),
-            )
-        })
-        .collect();
+            .enumerate()
+            .filter(|(_, p)| p.count > 0)
+            .map(|(i, p)| (i as f64, (p.p999 / 1e3).max(1e-3)))
+            .collect()
+    });
     crate::plot::lines(
-        &ctx.out.join("p999-by-second.svg"),
+        &ctx.out.join(PLOT),
         "p99.9 per second while the connections are held",
         "second of the window",
         "p99.9 (ms)",
@@ -124,6 +82,52 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What a run held, printed and as a JSON row: setup rate, memory per connection
+/// (process and kernel), CPU while held, and how much heartbeat rounds move p99.9
+/// from second to second.
+fn held(r: &RunResult) -> serde_json::Value {
+    let per_sec_p999: Vec<f64> = r
+        .seconds
+        .iter()
+        .filter(|p| p.count > 0)
+        .map(|p| p.p999)
+        .collect();
+    let mut sorted = per_sec_p999.clone();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let med = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
+    let max = sorted.last().copied().unwrap_or(0.0);
+    let tcp = match r.tcp_mem_kb {
+        (Some(a), Some(b)) => Some((b.saturating_sub(a)) as f64 * 1024.0 / a_conns(r) as f64),
+        _ => None,
+    };
+    println!(
+        "{} run {}: {} connections opened at {:.0}/s; server RSS idle {:.1} MB, held {:.1} MB = {:.0} bytes/connection; kernel TCP memory {} bytes/connection; server CPU {:.1}% while held; per-second p99.9 median {:.2} ms, worst {:.2} ms (moves by {:.2} ms)",
+        r.target,
+        r.run,
+        a_conns(r),
+        r.setup_conns_per_s,
+        r.server.rss_idle_kb as f64 / 1024.0,
+        r.server.rss_mean_kb as f64 / 1024.0,
+        r.server.rss_per_conn_bytes,
+        tcp.map(|t| format!("{t:.0}")).unwrap_or_else(|| "?".into()),
+        r.server.cpu_util * 100.0,
+        med / 1e3,
+        max / 1e3,
+        (max - med) / 1e3,
+    );
+    serde_json::json!({
+        "target": r.target, "run": r.run,
+        "setup_conns_per_s": r.setup_conns_per_s,
+        "rss_idle_kb": r.server.rss_idle_kb,
+        "rss_held_kb": r.server.rss_mean_kb,
+        "rss_per_conn_bytes": r.server.rss_per_conn_bytes,
+        "kernel_tcp_bytes_per_conn": tcp,
+        "cpu_util_held": r.server.cpu_util,
+        "per_second_p999_us": per_sec_p999,
+        "p999_moves_by_us": max - med,
+    })
+}
+
 /// What heartbeat rounds cost in latency: tickstream's p99.9 with its heartbeats in
 /// the window against the same node's with none there (`--against
 /// tickstream-noheartbeat`), medians over runs of the same load.
@@ -142,7 +146,7 @@ fn heartbeat_cost(medians: &[crate::report::Medians], every: &str) -> Option<Str
 /// The same comparison over only the seconds in which the load side kept its bounds
 /// (`RunResult::steady`), every run counted: medians over runs of each target's
 /// p99.9 over its steady seconds.
-fn steady_heartbeat_cost(runs: &[crate::scenario::RunResult], every: &str) -> Option<String> {
+fn steady_heartbeat_cost(runs: &[RunResult], every: &str) -> Option<String> {
     let median_of = |want: &dyn Fn(&str) -> bool| -> Option<(f64, usize, usize, usize)> {
         let mut v: Vec<f64> = Vec::new();
         let (mut kept, mut of) = (0, 0);
@@ -170,6 +174,6 @@ fn pings(target: &str) -> bool {
     target.starts_with("tickstream-") && target != NOHEARTBEAT && !target.starts_with(NOMETRICS)
 }
 
-fn a_conns(r: &crate::scenario::RunResult) -> u64 {
+fn a_conns(r: &RunResult) -> u64 {
     r.counts.opened + r.counts_other.opened
 }

@@ -1,7 +1,7 @@
 //! `cross-node`: the publisher into Redis, the connections split over two nodes; the
 //! latency added against one node fed the same load in-process.
 
-use crate::common::{Common, Server, Shape, Source, Target};
+use crate::common::{Common, FixedLoad, Server, Source, Target};
 use crate::report::COLUMNS;
 use crate::scenario::{finish, run_alternating, Ctx, Defaults, Load};
 
@@ -16,12 +16,8 @@ use crate::scenario::{finish, run_alternating, Ctx, Defaults, Load};
 pub struct Args {
     #[command(flatten)]
     pub common: Common,
-    /// Load shape C×K/N.
-    #[arg(long, default_value = "100x10/100")]
-    pub shape: Shape,
-    /// Ticks per second over the N symbols.
-    #[arg(long, default_value_t = 10_000.0)]
-    pub rate: f64,
+    #[command(flatten)]
+    pub load: FixedLoad,
 }
 
 /// Runs it.
@@ -47,17 +43,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
     let targets = vec![single, cross];
     let mut ctx = Ctx::new(a.common, "cross-node", Defaults::default())?;
-    let load = Load::plain(a.shape, a.rate);
-    let runs = run_alternating(&mut ctx, &targets, &load)?;
+    let l = a.load;
+    let runs = run_alternating(&mut ctx, &targets, &Load::plain(l.shape, l.rate))?;
     let medians = finish(
         &ctx,
-        &format!(
-            "cross-node against single node, {} at {} ticks/s",
-            a.shape, a.rate
-        ),
+        &format!("cross-node against single node, {}", l.describe()),
         &runs,
         &[("cross-node".into(), "single-node".into())],
-        serde_json::json!({"shape": a.shape.to_string(), "rate": a.rate}),
+        l.json(),
     )?;
     if let (Some(s), Some(c)) = (
         medians.iter().find(|m| m.target == "single-node"),

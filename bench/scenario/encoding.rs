@@ -1,8 +1,8 @@
 //! `encoding`: the same load with `encoding=json` and `encoding=binary`: bytes per
 //! message, CPU per message, latency.
 
-use crate::common::{Common, Shape, Target};
-use crate::scenario::{finish, run_once, Ctx, Defaults, Load, RunResult};
+use crate::common::{Common, FixedLoad, Target};
+use crate::scenario::{finish, median, run_once, Ctx, Defaults, Load, RunResult};
 
 /// JSON against binary frames.
 #[derive(clap::Args, Debug)]
@@ -17,12 +17,8 @@ JSON); bytes per message count every data frame's payload. A server that does no
 pub struct Args {
     #[command(flatten)]
     pub common: Common,
-    /// Load shape C×K/N.
-    #[arg(long, default_value = "100x10/100")]
-    pub shape: Shape,
-    /// Ticks per second over the N symbols.
-    #[arg(long, default_value_t = 10_000.0)]
-    pub rate: f64,
+    #[command(flatten)]
+    pub load: FixedLoad,
 }
 
 /// The figures compared, per run.
@@ -40,14 +36,6 @@ fn figures(r: &RunResult) -> serde_json::Value {
     })
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 /// Runs it.
 pub fn run(a: Args) -> anyhow::Result<()> {
     let source = a.common.source;
@@ -61,12 +49,43 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         ..Target::tickstream(source)
     };
     let mut ctx = Ctx::new(a.common, "encoding", Defaults::default())?;
-    let load = Load::plain(a.shape, a.rate);
+    let l = a.load;
+    let (runs, notes) = run_both(&mut ctx, [&json, &binary], &Load::plain(l.shape, l.rate))?;
+    let per_run: Vec<serde_json::Value> = runs.iter().map(figures).collect();
+    print_per_run(&runs);
+    let medians = medians_by_encoding(&runs);
+    if let (Some(j), Some(b)) = (medians.get("json"), medians.get("binary")) {
+        let ratio = |k: &str| b[k].as_f64().unwrap_or(0.0) / j[k].as_f64().unwrap_or(0.0).max(1e-9);
+        println!(
+            "binary ÷ json (medians): bytes/msg {:.2}, CPU/msg {:.2}, p50 {:.2}, p99 {:.2}",
+            ratio("bytes_per_msg"),
+            ratio("cpu_us_per_msg"),
+            ratio("p50_us"),
+            ratio("p99_us")
+        );
+    }
+    finish(
+        &ctx,
+        &format!("encoding, {}", l.describe()),
+        &runs,
+        &[("binary".into(), "json".into())],
+        serde_json::json!({"notes": notes, "per_run": per_run, "medians": medians}),
+    )?;
+    Ok(())
+}
+
+/// Runs both targets `--runs` times, alternating. A binary run that fails, or gets no
+/// binary frame, is a note (the server does not offer it) rather than an error.
+fn run_both(
+    ctx: &mut Ctx,
+    targets: [&Target; 2],
+    load: &Load,
+) -> anyhow::Result<(Vec<RunResult>, Vec<String>)> {
     let mut runs = Vec::new();
     let mut notes = Vec::new();
     for run in 1..=ctx.runs {
-        for t in [&json, &binary] {
-            match run_once(&mut ctx, t, &load, run) {
+        for t in targets {
+            match run_once(ctx, t, load, run) {
                 Ok(r) => {
                     if t.encoding == "binary" && r.counts.binary_frames == 0 {
                         let n = "the server sent no binary frames for encoding=binary: binary \
@@ -88,13 +107,17 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             }
         }
     }
-    let per_run: Vec<serde_json::Value> = runs.iter().map(figures).collect();
+    Ok((runs, notes))
+}
+
+/// The figures compared, a line per run.
+fn print_per_run(runs: &[RunResult]) {
     println!();
     println!(
         "{:<8} {:>4} {:>10} {:>14} {:>10} {:>10} {:>10}",
         "encoding", "run", "bytes/msg", "CPU µs/msg", "msgs/frame", "p50 µs", "p99 µs"
     );
-    for r in &runs {
+    for r in runs {
         println!(
             "{:<8} {:>4} {:>10.1} {:>14.3} {:>10.1} {:>10.0} {:>10.0}",
             r.setup.encoding,
@@ -106,6 +129,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             r.latency.p99
         );
     }
+}
+
+/// Per encoding that ran, the medians over its runs of the figures compared.
+fn medians_by_encoding(runs: &[RunResult]) -> serde_json::Map<String, serde_json::Value> {
     let mut medians = serde_json::Map::new();
     for enc in ["json", "binary"] {
         let of = |f: fn(&RunResult) -> f64| {
@@ -129,22 +156,5 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             }),
         );
     }
-    if let (Some(j), Some(b)) = (medians.get("json"), medians.get("binary")) {
-        let ratio = |k: &str| b[k].as_f64().unwrap_or(0.0) / j[k].as_f64().unwrap_or(0.0).max(1e-9);
-        println!(
-            "binary ÷ json (medians): bytes/msg {:.2}, CPU/msg {:.2}, p50 {:.2}, p99 {:.2}",
-            ratio("bytes_per_msg"),
-            ratio("cpu_us_per_msg"),
-            ratio("p50_us"),
-            ratio("p99_us")
-        );
-    }
-    finish(
-        &ctx,
-        &format!("encoding, {} at {} ticks/s", a.shape, a.rate),
-        &runs,
-        &[("binary".into(), "json".into())],
-        serde_json::json!({"notes": notes, "per_run": per_run, "medians": medians}),
-    )?;
-    Ok(())
+    medians
 }

@@ -1,6 +1,6 @@
 //! `latency`: percentiles at a fixed rate and shape.
 
-use crate::common::{targets_with_references, Common, Shape};
+use crate::common::{targets_with_references, Common, FixedLoad};
 use crate::scenario::{finish, reference_pairs, run_alternating, Ctx, Defaults, Load};
 
 /// Publish-to-receive latency at a fixed rate and load shape.
@@ -16,32 +16,21 @@ use crate::scenario::{finish, reference_pairs, run_alternating, Ctx, Defaults, L
 pub struct Args {
     #[command(flatten)]
     pub common: Common,
-    /// Load shape C×K/N: C connections, each subscribed to K of N symbols.
-    #[arg(long, default_value = "100x10/100")]
-    pub shape: Shape,
-    /// Ticks per second over the N symbols.
-    #[arg(long, default_value_t = 10_000.0)]
-    pub rate: f64,
+    #[command(flatten)]
+    pub load: FixedLoad,
 }
 
 /// Runs it.
 pub fn run(a: Args) -> anyhow::Result<()> {
     let targets = targets_with_references(&a.common)?;
     let mut ctx = Ctx::new(a.common, "latency", Defaults::default())?;
-    let load = Load::plain(a.shape, a.rate);
-    let runs = run_alternating(&mut ctx, &targets, &load)?;
+    let l = a.load;
+    let runs = run_alternating(&mut ctx, &targets, &Load::plain(l.shape, l.rate))?;
     let title = format!(
-        "latency, {} at {} ticks/s ({:.0} msgs/s)",
-        a.shape,
-        a.rate,
-        a.rate * a.shape.fanout()
+        "latency, {} ({:.0} msgs/s)",
+        l.describe(),
+        l.rate * l.shape.fanout()
     );
-    finish(
-        &ctx,
-        &title,
-        &runs,
-        &reference_pairs(&targets),
-        serde_json::json!({"shape": a.shape.to_string(), "rate": a.rate}),
-    )?;
+    finish(&ctx, &title, &runs, &reference_pairs(&targets), l.json())?;
     Ok(())
 }

@@ -4,9 +4,11 @@
 
 use std::sync::Arc;
 
-use crate::common::{targets_with_references, Common, Shape};
+use crate::common::{targets_with_references, Common, FixedLoad};
 use crate::load::Behaviour;
-use crate::scenario::{finish, reference_pairs, run_alternating, Ctx, Defaults, Load};
+use crate::scenario::{
+    finish, line_per_run, reference_pairs, run_alternating, Ctx, Defaults, Load, RunResult,
+};
 
 /// Stalled clients beside healthy ones.
 #[derive(clap::Args, Debug)]
@@ -20,12 +22,8 @@ ticks/s flow; the node's outbound queue is 1,024 messages):
 pub struct Args {
     #[command(flatten)]
     pub common: Common,
-    /// Load shape C×K/N.
-    #[arg(long, default_value = "100x10/100")]
-    pub shape: Shape,
-    /// Ticks per second over the N symbols.
-    #[arg(long, default_value_t = 10_000.0)]
-    pub rate: f64,
+    #[command(flatten)]
+    pub load: FixedLoad,
     /// Share of the connections that stall (0 to 1).
     #[arg(long, default_value_t = 0.1)]
     pub slow_share: f64,
@@ -46,7 +44,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     let targets = targets_with_references(&a.common)?;
     let mut ctx = Ctx::new(a.common, "slow-consumers", Defaults::default())?;
-    let mut load = Load::plain(a.shape, a.rate);
+    let l = a.load;
+    let mut load = Load::plain(l.shape, l.rate);
     let every = if a.slow_share > 0.0 {
         (1.0 / a.slow_share).round().max(1.0) as usize
     } else {
@@ -66,9 +65,41 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         a.send_buffer.to_string(),
     ];
     let runs = run_alternating(&mut ctx, &targets, &load)?;
+    let rows = stalled(&runs);
+    let series = line_per_run(&runs, |r| {
+        r.server
+            .samples
+            .iter()
+            .map(|s| (s.t, s.rss_kb as f64 / 1024.0))
+            .collect()
+    });
+    crate::plot::lines(
+        &ctx.out.join("rss.svg"),
+        "server resident memory while clients stall",
+        "s since recording began",
+        "RSS (MB)",
+        &series,
+        false,
+    )?;
+    finish(
+        &ctx,
+        &format!(
+            "slow consumers: healthy connections, {}, {:.0}% stalled",
+            l.describe(),
+            a.slow_share * 100.0
+        ),
+        &runs,
+        &reference_pairs(&targets),
+        serde_json::json!({"slow_share": a.slow_share, "queue": a.queue, "send_buffer": a.send_buffer, "stalled": rows}),
+    )?;
+    Ok(())
+}
+
+/// What healthy and stalled connections got in each run, printed and as JSON rows.
+fn stalled(runs: &[RunResult]) -> Vec<serde_json::Value> {
     println!("\nstalled connections (they read again after the window)");
     let mut rows = Vec::new();
-    for r in &runs {
+    for r in runs {
         let o = &r.counts_other;
         println!(
             "{} run {}: healthy: {} received of {} expected, {} gaps, {} holes; stalled: {} ticks conflated ({} gaps), closes {:?}; server RSS max {:.1} MB",
@@ -91,38 +122,5 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             "stalled_gap_reasons": o.gap_reasons, "stalled_closes": o.closes,
         }));
     }
-    let series: Vec<(String, Vec<(f64, f64)>)> = runs
-        .iter()
-        .map(|r| {
-            (
-                format!("{} run {}", r.target, r.run),
-                r.server
-                    .samples
-                    .iter()
-                    .map(|s| (s.t, s.rss_kb as f64 / 1024.0))
-                    .collect(),
-            )
-        })
-        .collect();
-    crate::plot::lines(
-        &ctx.out.join("rss.svg"),
-        "server resident memory while clients stall",
-        "s since recording began",
-        "RSS (MB)",
-        &series,
-        false,
-    )?;
-    finish(
-        &ctx,
-        &format!(
-            "slow consumers: healthy connections, {} at {} ticks/s, {:.0}% stalled",
-            a.shape,
-            a.rate,
-            a.slow_share * 100.0
-        ),
-        &runs,
-        &reference_pairs(&targets),
-        serde_json::json!({"slow_share": a.slow_share, "queue": a.queue, "send_buffer": a.send_buffer, "stalled": rows}),
-    )?;
-    Ok(())
+    rows
 }

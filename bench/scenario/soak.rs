@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::common::{Common, Shape, Target};
 use crate::load::{Behaviour, Churn};
-use crate::scenario::{finish, run_once, Ctx, Defaults, Load};
+use crate::scenario::{finish, run_once, Ctx, Defaults, Load, RunResult};
 use crate::spawn::Sample;
 
 /// Churn for a long time; nothing may grow without bound.
@@ -75,7 +75,46 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         warmup: Duration::from_secs(10),
         runs: 1,
     };
+    let load = churning(&a);
     let mut ctx = Ctx::new(a.common, "soak", d)?;
+    ctx.plot = "soak-rss-run1.svg".into();
+    let mut runs = Vec::new();
+    let mut failed = Vec::new();
+    let mut verdicts = Vec::new();
+    for run in 1..=ctx.runs {
+        let r = run_once(&mut ctx, &target, &load, run)?;
+        crate::report::print_run(&r);
+        crate::report::write_hgrm(&ctx.out, &r)?;
+        for (name, (bad, first, last)) in judge(&r, ctx.duration, a.rss_tolerance) {
+            let line = format!(
+                "run {run}: {name}: highest {first:.0} in the first third of the window, {last:.0} in the last: {}",
+                if bad { "GROWING" } else { "steady" }
+            );
+            println!("{line}");
+            verdicts.push(serde_json::json!({"run": run, "what": name, "first": first, "last": last, "growing": bad}));
+            if bad {
+                failed.push(line);
+            }
+        }
+        plot(&ctx, &r)?;
+        runs.push(r);
+    }
+    finish(
+        &ctx,
+        &format!("soak, {} at {} ticks/s with churn", a.shape, a.rate),
+        &runs,
+        &[],
+        serde_json::json!({"verdicts": verdicts, "failed": !failed.is_empty(), "rss_tolerance": a.rss_tolerance}),
+    )?;
+    if !failed.is_empty() {
+        anyhow::bail!("the soak found growth: {}", failed.join("; "));
+    }
+    Ok(())
+}
+
+/// The soak's load: connections that live a while and reopen, swap symbols, and a
+/// share of slow and pausing ones.
+fn churning(a: &Args) -> Load {
     let mut load = Load::plain(a.shape, a.rate);
     load.churn = Some(Churn {
         life_min_ms: a.life_min.as_millis() as u64,
@@ -87,80 +126,81 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         4 => Behaviour::Intermittent,
         _ => Behaviour::Healthy,
     });
-    let mut runs = Vec::new();
-    let mut failed = Vec::new();
-    let mut verdicts = Vec::new();
-    for run in 1..=ctx.runs {
-        let r = run_once(&mut ctx, &target, &load, run)?;
-        crate::report::print_run(&r);
-        crate::report::write_hgrm(&ctx.out, &r)?;
-        let w: Vec<Sample> = r
-            .server
-            .samples
-            .iter()
-            .filter(|s| s.t >= 0.0 && s.t <= ctx.duration.as_secs_f64())
-            .copied()
-            .collect();
-        let checks = [
-            (
-                "resident memory (kB)",
-                grew(&w, |s| s.rss_kb as f64, a.rss_tolerance, 4096.0),
-            ),
-            ("open descriptors", grew(&w, |s| s.fds as f64, 0.10, 16.0)),
-            ("threads", grew(&w, |s| s.threads as f64, 0.0, 2.0)),
-        ];
-        for (name, (bad, first, last)) in checks {
-            let line = format!(
-                "run {run}: {name}: highest {first:.0} in the first third of the window, {last:.0} in the last: {}",
-                if bad { "GROWING" } else { "steady" }
-            );
-            println!("{line}");
-            verdicts.push(serde_json::json!({"run": run, "what": name, "first": first, "last": last, "growing": bad}));
-            if bad {
-                failed.push(line);
-            }
-        }
-        let t = |f: &dyn Fn(&Sample) -> f64| -> Vec<(String, Vec<(f64, f64)>)> {
-            vec![(
-                format!("run {run}"),
-                r.server.samples.iter().map(|s| (s.t, f(s))).collect(),
-            )]
-        };
+    load
+}
+
+/// Whether the server's resident memory, descriptors and threads grew over the
+/// window of `r`: each with [`grew`]'s verdict and values.
+fn judge(
+    r: &RunResult,
+    duration: Duration,
+    rss_tolerance: f64,
+) -> [(&'static str, (bool, f64, f64)); 3] {
+    let w: Vec<Sample> = r
+        .server
+        .samples
+        .iter()
+        .filter(|s| s.t >= 0.0 && s.t <= duration.as_secs_f64())
+        .copied()
+        .collect();
+    [
+        (
+            "resident memory (kB)",
+            grew(&w, |s| s.rss_kb as f64, rss_tolerance, 4096.0),
+        ),
+        ("open descriptors", grew(&w, |s| s.fds as f64, 0.10, 16.0)),
+        ("threads", grew(&w, |s| s.threads as f64, 0.0, 2.0)),
+    ]
+}
+
+/// A figure of the server plotted over a soak run: `soak-<file>-run<k>.svg`.
+struct Plot {
+    file: &'static str,
+    title: &'static str,
+    unit: &'static str,
+    value: fn(&Sample) -> f64,
+}
+
+const PLOTS: [Plot; 3] = [
+    Plot {
+        file: "rss",
+        title: "server resident memory",
+        unit: "MB",
+        value: |s| s.rss_kb as f64 / 1024.0,
+    },
+    Plot {
+        file: "fds",
+        title: "server open descriptors",
+        unit: "descriptors",
+        value: |s| s.fds as f64,
+    },
+    Plot {
+        file: "threads",
+        title: "server threads",
+        unit: "threads",
+        value: |s| s.threads as f64,
+    },
+];
+
+/// The run's memory, descriptors and threads over time.
+fn plot(ctx: &Ctx, r: &RunResult) -> anyhow::Result<()> {
+    for p in &PLOTS {
+        let series = vec![(
+            format!("run {}", r.run),
+            r.server
+                .samples
+                .iter()
+                .map(|s| (s.t, (p.value)(s)))
+                .collect(),
+        )];
         crate::plot::lines(
-            &ctx.out.join(format!("soak-rss-run{run}.svg")),
-            "server resident memory",
+            &ctx.out.join(format!("soak-{}-run{}.svg", p.file, r.run)),
+            p.title,
             "s",
-            "MB",
-            &t(&|s| s.rss_kb as f64 / 1024.0),
+            p.unit,
+            &series,
             false,
         )?;
-        crate::plot::lines(
-            &ctx.out.join(format!("soak-fds-run{run}.svg")),
-            "server open descriptors",
-            "s",
-            "descriptors",
-            &t(&|s| s.fds as f64),
-            false,
-        )?;
-        crate::plot::lines(
-            &ctx.out.join(format!("soak-threads-run{run}.svg")),
-            "server threads",
-            "s",
-            "threads",
-            &t(&|s| s.threads as f64),
-            false,
-        )?;
-        runs.push(r);
-    }
-    finish(
-        &ctx,
-        &format!("soak, {} at {} ticks/s with churn", a.shape, a.rate),
-        &runs,
-        &[],
-        serde_json::json!({"verdicts": verdicts, "failed": !failed.is_empty()}),
-    )?;
-    if !failed.is_empty() {
-        anyhow::bail!("the soak found growth: {}", failed.join("; "));
     }
     Ok(())
 }
