@@ -276,6 +276,20 @@ pub fn new_epoch() -> Arc<str> {
     out.iter().map(|&b| b as char).collect::<String>().into()
 }
 
+/// Field `name` of a JSON object as a non-negative integer, or the error a publisher
+/// is shown (the publisher endpoint's tick and book checks share it).
+pub fn uint_field(
+    obj: &serde_json::Map<String, serde_json::Value>,
+    name: &str,
+) -> Result<u64, String> {
+    match obj.get(name) {
+        None => Err(format!("missing field {name}")),
+        Some(v) => v
+            .as_u64()
+            .ok_or_else(|| format!("{name} must be a non-negative integer, found {v}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;

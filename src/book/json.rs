@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::{digits, BookMsg, Level, Side, Spec};
-use crate::tick::{valid_symbol, Symbol};
+use crate::tick::{uint_field, valid_symbol, Symbol};
 
 /// What a message is about: the symbol, its numbering and position, and how its prices
 /// are written.
@@ -128,7 +128,7 @@ pub fn from_object(
     };
     let prev_seq = match (update, obj.get("prev_seq")) {
         (true, None) => return Err("missing field prev_seq (a book_update names it)".into()),
-        (true, Some(_)) => Some(int(obj, "prev_seq")?),
+        (true, Some(_)) => Some(uint_field(obj, "prev_seq")?),
         (false, None) => None,
         (false, Some(_)) => {
             return Err("prev_seq belongs to a book_update; a book has none".into());
@@ -145,9 +145,9 @@ pub fn from_object(
     Ok(BookMsg {
         symbol,
         epoch,
-        seq: int(obj, "seq")?,
+        seq: uint_field(obj, "seq")?,
         prev_seq,
-        ts: int(obj, "ts")?,
+        ts: uint_field(obj, "ts")?,
         bids: levels(obj, Side::Bid, spec)?,
         asks: levels(obj, Side::Ask, spec)?,
         checksum,
@@ -177,16 +177,6 @@ pub fn parse(
     let msg = from_object(obj, symbol.into(), epoch, spec)?;
     msg.check(max_levels)?;
     Ok(msg)
-}
-
-/// Field `name` of `obj` as an unsigned integer.
-fn int(obj: &Map<String, Value>, name: &str) -> Result<u64, String> {
-    match obj.get(name) {
-        None => Err(format!("missing field {name}")),
-        Some(v) => v
-            .as_u64()
-            .ok_or_else(|| format!("{name} must be a non-negative integer, found {v}")),
-    }
 }
 
 /// The `[[price,size],…]` array of `side`.

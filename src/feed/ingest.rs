@@ -23,7 +23,7 @@ use crate::auth::Claims;
 use crate::book::{Book, BookMsg};
 use crate::bus::Bus;
 use crate::hub::Hub;
-use crate::tick::{new_epoch, valid_symbol, Symbol, Tick};
+use crate::tick::{new_epoch, uint_field, valid_symbol, Symbol, Tick};
 
 /// Counters of the publisher endpoint's ingest.
 #[derive(Debug, Default)]
@@ -495,30 +495,20 @@ fn fields(obj: &Map<String, Value>, symbol: Symbol, epoch: Arc<str>) -> Result<T
     Ok(Tick {
         symbol,
         epoch,
-        seq: int(obj, "seq")?,
-        ts: int(obj, "ts")?,
+        seq: uint_field(obj, "seq")?,
+        ts: uint_field(obj, "ts")?,
         bid: price(obj, "bid")?,
         ask: price(obj, "ask")?,
-        bid_size: int(obj, "bid_size")?,
-        ask_size: int(obj, "ask_size")?,
+        bid_size: uint_field(obj, "bid_size")?,
+        ask_size: uint_field(obj, "ask_size")?,
         last: price(obj, "last")?,
-        last_size: int(obj, "last_size")?,
-        volume: int(obj, "volume")?,
+        last_size: uint_field(obj, "last_size")?,
+        volume: uint_field(obj, "volume")?,
         src_ts: match obj.get("src_ts") {
             None | Some(Value::Null) => None,
-            Some(_) => Some(int(obj, "src_ts")?),
+            Some(_) => Some(uint_field(obj, "src_ts")?),
         },
     })
-}
-
-/// Field `name` of `obj` as a non-negative integer.
-fn int(obj: &Map<String, Value>, name: &str) -> Result<u64, String> {
-    match obj.get(name) {
-        None => Err(format!("missing field {name}")),
-        Some(v) => v
-            .as_u64()
-            .ok_or_else(|| format!("{name} must be a non-negative integer, found {v}")),
-    }
 }
 
 /// Field `name` of `obj` as a positive, finite price.

@@ -77,12 +77,7 @@ impl Lagging for BookSlot {
         if missed == NEED_SNAPSHOT {
             sub.sent = 0;
         }
-        let render = Render {
-            symbol: &self.symbol,
-            spec: self.spec,
-            book: &book,
-            checksum,
-        };
+        let render = self.render(&book, checksum);
         bring_up(&render, history, sub, GapReason::SlowConsumer, out);
         if ever_stale {
             // A change of its status may have been among what it missed.

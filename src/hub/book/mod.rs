@@ -104,6 +104,18 @@ pub struct BookSlot {
     state: Mutex<BookState>,
 }
 
+impl BookSlot {
+    /// The renderer of this symbol's messages for `book` with its `checksum`.
+    fn render<'a>(&'a self, book: &'a Book, checksum: u32) -> Render<'a> {
+        Render {
+            symbol: &self.symbol,
+            spec: self.spec,
+            book,
+            checksum,
+        }
+    }
+}
+
 /// How a subscription that started before its symbol had a book begins.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum First {
@@ -439,12 +451,7 @@ impl BookState {
 
     /// The message's renderer, once a book is held.
     fn render<'a>(&'a self, slot: &'a BookSlot) -> Option<Render<'a>> {
-        Some(Render {
-            symbol: &slot.symbol,
-            spec: slot.spec,
-            book: self.book.as_ref()?,
-            checksum: self.checksum,
-        })
+        Some(slot.render(self.book.as_ref()?, self.checksum))
     }
 }
 
@@ -611,12 +618,7 @@ impl Fan<'_> {
             ..
         } = st;
         let Some(book) = book.as_ref() else { return };
-        let render = Render {
-            symbol: &slot.symbol,
-            spec: slot.spec,
-            book,
-            checksum: *checksum,
-        };
+        let render = slot.render(book, *checksum);
         for depth in [Depth::Top10, Depth::Top50] {
             let mut at_depth = subs
                 .values_mut()
@@ -661,12 +663,7 @@ impl Fan<'_> {
             gap.map(|(from, to, reason)| (view::gap_note(&slot.symbol, from, to, reason), reason));
         let mut made = Made::default();
         let Some(book) = st.book.clone() else { return };
-        let render = Render {
-            symbol: &slot.symbol,
-            spec: slot.spec,
-            book: &book,
-            checksum: st.checksum,
-        };
+        let render = slot.render(&book, st.checksum);
         let mut notes = 0;
         for sub in st.all_mut().filter(|s| s.first == First::Live) {
             if sub.behind.load(Ordering::Acquire) != 0 {
@@ -714,12 +711,7 @@ impl Fan<'_> {
             ..
         } = st;
         let Some(book) = book.as_ref() else { return };
-        let render = Render {
-            symbol: &slot.symbol,
-            spec: slot.spec,
-            book,
-            checksum: *checksum,
-        };
+        let render = slot.render(book, *checksum);
         let paced = paced.iter_mut().flat_map(|g| g.subs.values_mut());
         for sub in subs.values_mut().chain(paced) {
             let resume = match std::mem::replace(&mut sub.first, First::Live) {

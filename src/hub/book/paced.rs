@@ -101,12 +101,7 @@ pub(super) fn repace(
             // Unpaced and in step, it holds the current windows.
             sub.holds = book.seq;
         } else if every_ms == 0 && sub.holds < book.seq {
-            let render = Render {
-                symbol: &slot.symbol,
-                spec: slot.spec,
-                book,
-                checksum: st.checksum,
-            };
+            let render = slot.render(book, st.checksum);
             let mut out = Vec::new();
             bring_up(&render, &st.history, &mut sub, GapReason::Expired, &mut out);
             for msg in out {
@@ -145,12 +140,7 @@ impl Fire for BookSlot {
             return;
         };
         group.marked = false;
-        let render = Render {
-            symbol: &self.symbol,
-            spec: self.spec,
-            book,
-            checksum: *checksum,
-        };
+        let render = self.render(book, *checksum);
         let mut firing = Firing {
             slot: &self,
             render,
