@@ -1178,6 +1178,41 @@ setInterval(() => {
 setTimeout(() => done(1), 60000);
 "#;
 
+/// Runs the snippet against a node whose connections reach their lifetime: records
+/// each connection's subscribe, who closed it first (the snippet, or the node with its
+/// close code), and what was printed; ends once the snippet moved to a second
+/// connection, closed the first, and printed three more values of each symbol.
+const MOVE_HARNESS: &str = r#"
+const fs = require("fs");
+const snippet = fs.readFileSync(process.argv[process.argv.length - 1], "utf8");
+const opened = [], sent = [], printed = [], closedBy = [];
+const Native = typeof WebSocket === "function" ? WebSocket : require("ws");
+globalThis.WebSocket = class extends Native {
+  constructor(...a) {
+    super(...a);
+    const i = opened.push(this) - 1;
+    this.addEventListener("close", (e) => { closedBy[i] ??= {by: "node", code: e.code}; });
+  }
+  send(d) { sent.push({conn: opened.indexOf(this), msg: JSON.parse(d)}); super.send(d); }
+  close(...a) { closedBy[opened.indexOf(this)] ??= {by: "snippet"}; super.close(...a); }
+};
+console.log = (...args) => printed.push({args});
+(0, eval)(snippet);
+const done = (code) => {
+  process.stdout.write(JSON.stringify({sent, printed, closedBy, opened: opened.length}) + "\n");
+  process.exit(code);
+};
+let mark = null;
+setInterval(() => {
+  if (mark === null && closedBy[0]) mark = printed.length;
+  if (mark === null) return;
+  const after = printed.slice(mark);
+  const n = (sym) => after.filter((p) => p.args[1] === sym).length;
+  if (n("AAPL") >= 3 && n("EUR/USD") >= 3) done(0);
+}, 20);
+setTimeout(() => done(1), 60000);
+"#;
+
 /// `node` and the arguments that give it a WHATWG `WebSocket` (the browser's API):
 /// built in since Node 22, behind a flag in Node 20.10+, else the `ws` package that
 /// `scripts/test` installs into `target/node`.
@@ -1276,6 +1311,59 @@ fn browser_snippet_prints_ticks_only_and_resumes_after_a_reconnect() {
         assert!(resume[sym]["epoch"].as_str().is_some_and(|e| !e.is_empty()));
         // The node replays from there: the next seq, as a tick, no snapshot.
         assert_eq!(first_after[sym], ("tick".to_owned(), held + 1), "{sym}");
+    }
+    run.finish();
+}
+
+#[test]
+fn browser_snippet_makes_before_it_breaks_when_the_node_asks_it_to_reconnect() {
+    let b = block("const symbols = [");
+    let run = Run::new(&Spec {
+        node: Some(&[
+            "--rate",
+            "2000",
+            "--max-connection-lifetime",
+            "3s",
+            "--reconnect-notice",
+            "1s",
+        ]),
+        ..Spec::default()
+    });
+    let snippet = run.dir.path().join("snippet.js");
+    std::fs::write(&snippet, run.ports.subst(&b.text)).unwrap();
+    let harness = run.dir.path().join("harness.js");
+    std::fs::write(&harness, MOVE_HARNESS).unwrap();
+    let (mut node, how) = node();
+    let out = node
+        .arg(&harness)
+        .arg(&snippet)
+        .output()
+        .expect("node runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "harness ({how}): {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_str(text.trim()).unwrap();
+    assert!(r["opened"].as_u64().unwrap() >= 2, "{r}");
+    // The snippet closed the old connection itself, before the node's 1001.
+    assert_eq!(r["closedBy"][0]["by"], "snippet", "{}", r["closedBy"]);
+    // The second subscribe resumed what the first had shown.
+    let sent = r["sent"].as_array().unwrap();
+    assert!(sent.len() >= 2, "{sent:?}");
+    for sym in ["AAPL", "EUR/USD"] {
+        assert!(sent[1]["msg"]["resume"][sym]["seq"].as_u64().is_some(), "{sent:?}");
+    }
+    // Across both connections every value is printed once, in order, with no hole.
+    let mut last: std::collections::HashMap<String, u64> = Default::default();
+    for p in r["printed"].as_array().unwrap() {
+        let a = p["args"].as_array().unwrap();
+        let (sym, seq) = (a[1].as_str().unwrap().to_owned(), a[2].as_u64().unwrap());
+        if let Some(prev) = last.get(&sym) {
+            assert_eq!(seq, prev + 1, "once each, in order, no hole: {p}");
+        }
+        last.insert(sym, seq);
     }
     run.finish();
 }
