@@ -200,6 +200,12 @@ pub struct RedisArgs {
     #[arg(long, env = "TICKSTREAM_REDIS_BARS", value_name = "N")]
     pub redis_bars: Option<usize>,
 
+    /// Book messages kept (about) per symbol in the Redis `bookhist:` stream, so that a
+    /// client resuming its book on another node gets one netted update, 1 to 1000000.
+    /// Default: 1024.
+    #[arg(long, env = "TICKSTREAM_REDIS_BOOK_HISTORY", value_name = "N")]
+    pub redis_book_history: Option<usize>,
+
     /// Longest wait between Redis reconnection attempts. Default: 2s.
     #[arg(long, env = "TICKSTREAM_REDIS_BACKOFF_MAX", value_name = "DURATION")]
     pub redis_backoff_max: Option<Dur>,
@@ -259,6 +265,12 @@ impl RedisArgs {
         }
         if let Some(n) = self.redis_bars {
             c.bars = n;
+        }
+        if let Some(n) = self.redis_book_history {
+            if !(1..=1_000_000).contains(&n) {
+                return bad("redis-book-history must be 1 to 1000000");
+            }
+            c.book_history = n;
         }
         if let Some(d) = self.redis_backoff_max {
             c.backoff_max = d.0;

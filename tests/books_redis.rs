@@ -325,3 +325,102 @@ async fn a_quiet_book_whose_link_comes_back_is_live_again_without_a_gap() {
     assert_eq!(m.seq, g.book("AAPL").unwrap().0);
     a.shutdown().await;
 }
+
+/// The one message a client resuming AAPL's book at depth 10 from `held`'s position
+/// on the node at `addr` receives before nothing comes for 500ms, and the others.
+async fn resume_on(addr: std::net::SocketAddr, held: &mut Mirror) -> Vec<Value> {
+    let mut r = Reader::connect(addr).await;
+    let from = json!({"epoch": held.epoch, "seq": held.seq});
+    subscribed(
+        &mut r,
+        json!({"op":"subscribe","channel":"book","depth":10,"symbols":["AAPL"],"resume":{"AAPL":from}}),
+    )
+    .await;
+    received(&mut r, held).await
+}
+
+/// A client holding AAPL's book at seq N from node A moves to node B, which never
+/// watched it: B rebuilds the book at N from Redis's `bookhist:` and sends one
+/// `book_update` from N that gives the feed's book. A client whose seq the stream no
+/// longer reaches gets `gap` `expired` and a fresh `book`.
+async fn a_book_resumes_on_a_node_that_never_watched_it(cfg: &RedisConfig) -> [Running; 2] {
+    let p = RedisPublisher::connect(cfg, "feed-books").await.unwrap();
+    let a = node(cfg, "node-a").await;
+    let b = node(cfg, "node-b").await;
+    let mut g = Generator::new(&universe(), 7, "e1".into()).with_books();
+    feed(&p, &mut g, 200, 20, Duration::from_millis(1)).await;
+    let mut r = Reader::connect(a.addr).await;
+    subscribed(
+        &mut r,
+        json!({"op":"subscribe","channel":"book","depth":10,"symbols":["AAPL"]}),
+    )
+    .await;
+    let mut held = mirrors().remove("AAPL").unwrap();
+    feed(&p, &mut g, 100, 20, Duration::from_millis(1)).await;
+    received(&mut r, &mut held).await;
+    drop(r);
+    let n = held.seq;
+    assert_eq!(n, g.book("AAPL").unwrap().0, "the client of A is in step");
+    let mut old = Mirror::new(2);
+    (old.epoch, old.seq) = (held.epoch.clone(), 3);
+    feed(&p, &mut g, 60, 20, Duration::from_millis(1)).await;
+    let (last, levels) = g.book("AAPL").unwrap();
+    let kept = cfg.book_history as u64;
+    assert!(
+        last > n + 5 && last - n < kept && last - 3 > kept * 3,
+        "{n} {last}"
+    );
+    assert!(
+        b.node.hub.books().current("AAPL").is_none(),
+        "B never watched it"
+    );
+    let seen = resume_on(b.addr, &mut held).await;
+    assert_eq!(seen.len(), 1, "one message: {seen:?}");
+    assert_eq!(seen[0]["type"], "book_update");
+    assert_eq!((seen[0]["prev_seq"].as_u64(), held.seq), (Some(n), last));
+    held.assert_window(levels, 10, "AAPL resumed on node B");
+    let seen = resume_on(b.addr, &mut old).await;
+    let kinds: Vec<&str> = seen.iter().map(|v| v["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["gap", "book"], "{seen:?}");
+    assert_eq!(
+        seen[0],
+        json!({"type":"gap","symbol":"AAPL","channel":"book","from":4,"to":last - 1,"reason":"expired"})
+    );
+    old.assert_window(levels, 10, "AAPL after an expired resume");
+    p.close().await;
+    [a, b]
+}
+
+/// A Redis config whose `bookhist:` streams are kept short.
+fn short_history(mut cfg: RedisConfig) -> RedisConfig {
+    cfg.book_history = 40;
+    fast(cfg)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_book_resumes_across_nodes_from_the_history_in_redis() {
+    let redis = RedisServer::start();
+    let cfg = short_history(RedisConfig::single(&redis.url()));
+    let nodes = a_book_resumes_on_a_node_that_never_watched_it(&cfg).await;
+    let len = redis.cmd(&["XLEN", "tickstream:bookhist:{AAPL}"]);
+    assert!(
+        matches!(len, redis::Value::Int(n) if (40..200).contains(&n)),
+        "trimmed to about the history: {len:?}"
+    );
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_book_resumes_across_nodes_from_the_history_in_a_redis_cluster() {
+    let cluster = RedisCluster::start(3);
+    let cfg = short_history(RedisConfig::cluster(&cluster.urls()));
+    let nodes = a_book_resumes_on_a_node_that_never_watched_it(&cfg).await;
+    let owner = cluster.owner("AAPL");
+    let len = owner.cmd(&["XLEN", "tickstream:bookhist:{AAPL}"]);
+    assert!(matches!(len, redis::Value::Int(n) if n > 0), "{len:?}");
+    for n in nodes {
+        n.shutdown().await;
+    }
+}

@@ -22,7 +22,9 @@ use std::future::Future;
 use std::pin::Pin;
 
 use crate::book::BookMsg;
+use crate::hub::book::BookBase;
 use crate::hub::candles::{Bar, Interval};
+use crate::protocol::ResumeFrom;
 use crate::tick::{Symbol, Tick};
 
 pub use self::redis::{RedisBus, RedisConfig, RedisMode, RedisPublisher};
@@ -135,6 +137,16 @@ pub trait Bus: Send + Sync + 'static {
         wants: &'a [(Symbol, u64)],
     ) -> BoxFuture<'a, Result<Vec<Vec<Tick>>, BusError>> {
         Box::pin(async move { Ok(vec![Vec::new(); wants.len()]) })
+    }
+
+    /// For each `(symbol, position)`, the book a client resuming from that position
+    /// holds, when the bus's history still reaches back to it (for a client that
+    /// resumes its book here after another node). A bus without history returns none.
+    fn book_bases<'a>(
+        &'a self,
+        wants: &'a [(Symbol, ResumeFrom)],
+    ) -> BoxFuture<'a, Result<Vec<Option<Box<BookBase>>>, BusError>> {
+        Box::pin(async move { Ok(vec![None; wants.len()]) })
     }
 
     /// The newest `n` closed bars the bus's store holds for each `(symbol, interval)`,

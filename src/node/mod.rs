@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Auth;
 use crate::bus::{Bus, BusError, Topic};
 use crate::config::Settings;
-use crate::hub::book::BookStart;
+use crate::hub::book::{BookBase, BookStart};
 use crate::hub::candles::Interval;
 use crate::hub::{Behind, Budget, Hub, Outbox, Start};
 use crate::protocol::{Channel, ResumeFrom, Stream};
@@ -187,6 +187,7 @@ impl Node {
     /// registers the subscriber. Cancel-safe: until its last step it takes nothing.
     pub async fn attach(&self, outbox: &Arc<Outbox>, wants: Vec<Want>, confirm: bytes::Bytes) {
         let mut backfill = self.backfill(&wants).await;
+        let mut bases = self.book_bases(&wants).await;
         let bars: Vec<(Symbol, Interval)> = wants
             .iter()
             .filter_map(|w| match w.channel {
@@ -218,6 +219,7 @@ impl Node {
                 }
                 Channel::Book { depth } => {
                     let start = BookStart {
+                        base: bases.remove(&w.symbol),
                         resume: w.start.resume.take(),
                         depth,
                         encoding: w.start.encoding,
@@ -251,6 +253,36 @@ impl Node {
                 }
             }
             Err(e) => tracing::warn!(error = %e, "reading closed bars from the bus failed"),
+        }
+    }
+
+    /// For each symbol whose book is resumed from a position the node's own book
+    /// history does not reach (a client that moved here from another node), the book
+    /// at that position, rebuilt from the bus's history where it still reaches it.
+    async fn book_bases(&self, wants: &[Want]) -> HashMap<Symbol, Box<BookBase>> {
+        let books = self.hub.books();
+        let needed: Vec<(Symbol, ResumeFrom)> = wants
+            .iter()
+            .filter(|w| matches!(w.channel, Channel::Book { .. }))
+            .filter_map(|w| {
+                let from = w.start.resume.as_ref()?;
+                (!books.covers(&w.symbol, from)).then(|| (w.symbol.clone(), from.clone()))
+            })
+            .collect();
+        if needed.is_empty() {
+            return HashMap::new();
+        }
+        match self.bus.book_bases(&needed).await {
+            Ok(found) => needed
+                .into_iter()
+                .zip(found)
+                .filter_map(|((s, _), b)| Some((s, b?)))
+                .collect(),
+            Err(e) => {
+                // The resume is then answered with a gap and a fresh book.
+                tracing::warn!(error = %e, "reading the bus's book history for a resume failed");
+                HashMap::new()
+            }
         }
     }
 

@@ -16,6 +16,7 @@
 //! | `tickstream:feed:{ID}` | string; the running instance of feed `ID` (expires after three heartbeats) |
 //! | `tickstream:book:{S}` | channel; payload one `book` or `book_update` object ([`books`]) |
 //! | `tickstream:booksnap:{S}` | string; the whole current book, a `book` object ([`books`]) |
+//! | `tickstream:bookhist:{S}` | stream of the recent book messages of the current epoch, with what undoes each, trimmed to about `--redis-book-history` entries ([`books`]) |
 //!
 //! A node keeps, per server (per master of a cluster), one connection for commands and
 //! one that carries only its subscriptions ([`link`]), so a push is never read as a reply.
@@ -54,8 +55,10 @@ use tokio_util::sync::CancellationToken;
 use super::{BatchError, BoxFuture, Bus, BusError, Topic};
 use crate::backoff::BackoffConfig;
 use crate::book::BookMsg;
+use crate::hub::book::BookBase;
 use crate::hub::candles::{Bar, Interval};
 use crate::hub::Hub;
+use crate::protocol::ResumeFrom;
 use crate::tick::{Symbol, Tick};
 pub use publisher::{Conflict, PublisherStats, RedisPublisher};
 
@@ -79,6 +82,8 @@ pub struct RedisConfig {
     pub history: usize,
     /// Closed bars kept in each `bars:` set. Default: 1000.
     pub bars: usize,
+    /// Book messages kept (about) in each `bookhist:` stream. Default: 1024.
+    pub book_history: usize,
     /// Longest wait between reconnection attempts. Default: 2s.
     pub backoff_max: Duration,
     /// Connect and response timeout. Default: 2s.
@@ -108,6 +113,7 @@ impl RedisConfig {
             prefix: "tickstream:".into(),
             history: 10_000,
             bars: 1000,
+            book_history: 1024,
             backoff_max: Duration::from_secs(2),
             timeout: Duration::from_secs(2),
             ping_interval: Duration::from_secs(1),
@@ -355,6 +361,13 @@ impl Bus for RedisBus {
         wants: &'a [(Symbol, u64)],
     ) -> BoxFuture<'a, Result<Vec<Vec<Tick>>, BusError>> {
         Box::pin(self.inner.history(wants))
+    }
+
+    fn book_bases<'a>(
+        &'a self,
+        wants: &'a [(Symbol, ResumeFrom)],
+    ) -> BoxFuture<'a, Result<Vec<Option<Box<BookBase>>>, BusError>> {
+        Box::pin(self.inner.book_bases(wants))
     }
 
     fn bars<'a>(

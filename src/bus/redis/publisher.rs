@@ -32,7 +32,11 @@
 //! whole to `booksnap:{S}` before the message is published on `book:{S}` (see
 //! [`super::books`]). After a message of a symbol was dropped (a full queue, a server
 //! down), its next one is published as a whole `book`, so that nodes never receive an
-//! update that does not apply to what came before it.
+//! update that does not apply to what came before it. In the same pipeline, before the
+//! snapshot, each message is appended to the stream `bookhist:{S}` (entry id its seq,
+//! trimmed to about [`RedisConfig::book_history`] entries) with what undoes it, so that a
+//! node can rebuild an older book for a client that resumes there; the first message of
+//! a symbol (and of every new epoch) deletes the old stream first.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -104,6 +108,13 @@ struct BookOut {
     /// The whole book after the message, as a `book` object (also published in place
     /// of `message` after a loss).
     whole: Vec<u8>,
+    /// Its seq, and the seq of the book it applied to (0: none).
+    seq: u64,
+    prev: u64,
+    /// What undoes it, as the `u` field of its `bookhist:` entry.
+    undo: Vec<u8>,
+    /// The first message of its symbol here, or of a new epoch.
+    fresh: bool,
 }
 
 /// The publisher's copy of a symbol's book.
@@ -651,7 +662,8 @@ impl Worker {
                         .lock()
                         .get_mut(&b.symbol)
                         .is_some_and(|pb| std::mem::take(&mut pb.whole_next));
-                    pipes.add_book(&server, &b, whole, &self.keys);
+                    let keep = self.cfg.book_history;
+                    pipes.add_book(&server, &b, whole, &self.keys, keep);
                     continue;
                 }
             };
@@ -864,16 +876,42 @@ impl Pipes {
             .or_insert_with(|| (server.clone(), redis::pipe(), 0, 0))
     }
 
-    /// Adds book message `b` to the pipeline of `server`: the whole book written to
-    /// `booksnap:`, then the message (the whole book itself when `whole`) announced.
-    fn add_book(&mut self, server: &Arc<Server>, b: &BookOut, whole: bool, keys: &Keys) {
+    /// Adds book message `b` to the pipeline of `server`: appended to `bookhist:`
+    /// (trimmed to about `keep` entries; deleted first when `fresh`), the whole book
+    /// written to `booksnap:`, then the message (the whole book itself when `whole`)
+    /// announced.
+    fn add_book(
+        &mut self,
+        server: &Arc<Server>,
+        b: &BookOut,
+        whole: bool,
+        keys: &Keys,
+        keep: usize,
+    ) {
         let publish = self.publish;
         let (_, p, _, books) = Self::entry(&mut self.pipes, server);
+        let payload = if whole { &b.whole } else { &b.message };
+        let hist = keys.book_history(&b.symbol);
+        if b.fresh {
+            p.cmd("DEL").arg(&hist).ignore();
+        }
+        p.cmd("XADD")
+            .arg(&hist)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(keep)
+            .arg(format!("{}-0", b.seq))
+            .arg("m")
+            .arg(&payload[..])
+            .arg("p")
+            .arg(b.prev)
+            .arg("u")
+            .arg(&b.undo[..])
+            .ignore();
         p.cmd("SET")
             .arg(keys.book_snapshot(&b.symbol))
             .arg(&b.whole[..])
             .ignore();
-        let payload = if whole { &b.whole } else { &b.message };
         p.cmd(publish)
             .arg(keys.book_channel(&b.symbol))
             .arg(&payload[..])
@@ -945,10 +983,12 @@ fn prepare(
     max_levels: usize,
 ) -> Option<BookOut> {
     let held = books.get_mut(&msg.symbol);
+    let (prev, fresh, changes);
     let pb = match (msg.prev_seq, held) {
         (Some(_), None) => return None,
         (_, Some(pb)) => {
-            pb.book.apply(msg, max_levels).ok()?;
+            (prev, fresh) = (pb.book.seq, *pb.book.epoch != *msg.epoch);
+            changes = pb.book.apply(msg, max_levels).ok()?;
             pb
         }
         (None, None) => {
@@ -957,7 +997,8 @@ fn prepare(
                 asks: Vec::new(),
                 ..msg.clone()
             });
-            book.apply(msg, max_levels).ok()?;
+            changes = book.apply(msg, max_levels).ok()?;
+            (prev, fresh) = (0, true);
             let pb = PubBook {
                 book,
                 whole_next: false,
@@ -990,6 +1031,10 @@ fn prepare(
         symbol: msg.symbol.clone(),
         message,
         whole,
+        seq: book.seq,
+        prev: if fresh { 0 } else { prev },
+        undo: super::books::write_undo(&changes),
+        fresh,
     })
 }
 

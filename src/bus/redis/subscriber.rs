@@ -47,8 +47,10 @@ use super::{Keys, RedisBusStats, RedisConfig};
 use crate::backoff::Backoff;
 use crate::book::BookMsg;
 use crate::bus::{BusError, Topic};
+use crate::hub::book::BookBase;
 use crate::hub::candles::{Bar, Interval};
 use crate::hub::{Cause, Entry, Hub};
+use crate::protocol::ResumeFrom;
 use crate::tick::{Symbol, Tick};
 
 /// How often routing is tried again while something is left unrouted.
@@ -640,6 +642,43 @@ impl Inner {
                     .filter_map(|e| arrival::stream_tick(s, e))
                     .collect(),
                 _ => Vec::new(),
+            })
+            .collect())
+    }
+
+    /// For each `(symbol, position)`, the book a client resuming from there holds,
+    /// rebuilt from `booksnap:` and `bookhist:` ([`books::base`]) when they reach it.
+    pub async fn book_bases(
+        &self,
+        wants: &[(Symbol, ResumeFrom)],
+    ) -> Result<Vec<Option<Box<BookBase>>>, BusError> {
+        let syms: Vec<Symbol> = wants.iter().map(|(s, _)| s.clone()).collect();
+        let after: HashMap<&Symbol, u64> = wants.iter().map(|(s, f)| (s, f.seq)).collect();
+        let (keys, count) = (&self.keys, self.cfg.book_history.saturating_mul(2) + 128);
+        let replies = self
+            .topology
+            .per_symbol(&syms, |s, p| {
+                p.cmd("GET").arg(keys.book_snapshot(s));
+                p.cmd("XRANGE")
+                    .arg(keys.book_history(s))
+                    .arg(format!("({}-0", after[s]))
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(count);
+            })
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        Ok(wants
+            .iter()
+            .zip(replies)
+            .map(|((s, from), r)| {
+                let mut r = r.into_iter();
+                let (Some(redis::Value::BulkString(snap)), Some(redis::Value::Array(entries))) =
+                    (r.next(), r.next())
+                else {
+                    return None;
+                };
+                books::base(&self.hub, s, from, &snap, entries).map(Box::new)
             })
             .collect())
     }

@@ -76,11 +76,26 @@ pub enum BookPublished {
     UnknownSymbol,
 }
 
+/// The book a resuming client holds, rebuilt elsewhere (from the bus's history) for a
+/// position this node's own history does not reach.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BookBase {
+    /// Its epoch.
+    pub epoch: Arc<str>,
+    /// Its seq (the resume position).
+    pub seq: u64,
+    /// Its levels, every one of them.
+    pub levels: Levels,
+}
+
 /// How a book subscription starts, as the client asked.
 #[derive(Clone, Debug, Default)]
 pub struct BookStart {
     /// Resume from this position instead of a `book`.
     pub resume: Option<ResumeFrom>,
+    /// The book at the resume position, when the bus had it: used where this node's
+    /// history does not reach back to it.
+    pub base: Option<Box<BookBase>>,
     /// Levels per side.
     pub depth: Depth,
     /// How the messages are encoded.
@@ -140,6 +155,8 @@ struct BookSub {
     /// A seq whose window at its depth is the one it holds (at least `sent`: a window
     /// that did not change sends nothing). Kept up to date while it is not in step.
     holds: u64,
+    /// The book its resume position names, rebuilt from the bus, until it starts.
+    base: Option<Box<BookBase>>,
 }
 
 struct BookState {
@@ -283,6 +300,21 @@ impl Books {
             }
             None => false,
         }
+    }
+
+    /// Whether a book subscriber resuming `symbol` from `from` is answered from this
+    /// node alone: its book is of that epoch and its history reaches back to the seq
+    /// (or the seq is not behind the book). False when no book is held yet.
+    pub fn covers(&self, symbol: &str, from: &ResumeFrom) -> bool {
+        let Some(slot) = self.slots.get(symbol) else {
+            return true;
+        };
+        let st = slot.state.lock();
+        let Some(book) = &st.book else {
+            return false;
+        };
+        let same = from.epoch.as_deref().is_none_or(|e| e == &*book.epoch);
+        same && (from.seq >= book.seq || from.seq >= st.history.reach(book))
     }
 
     /// Removes session `session`'s subscription of `symbol`'s book; whether it had one.
@@ -529,11 +561,12 @@ impl BookSlot {
             first: First::Live,
             sent: 0,
             holds: 0,
+            base: start.base.clone(),
         };
         match st.render(self) {
             Some(render) => {
                 let (sent, holds) = begin(self, &render, &st.history, &sub, start.resume.as_ref());
-                (sub.sent, sub.holds) = (sent, holds);
+                (sub.sent, sub.holds, sub.base) = (sent, holds, None);
             }
             None => {
                 sub.first = start.resume.clone().map_or(First::Book, First::After);
@@ -583,7 +616,11 @@ fn begin(
     if n == last {
         return (last, last);
     }
-    let Some(held) = history.levels_at(book, n) else {
+    let rebuilt = || {
+        let base = sub.base.as_deref()?;
+        (base.seq == n && base.epoch == book.epoch).then(|| base.levels.clone())
+    };
+    let Some(held) = history.levels_at(book, n).or_else(rebuilt) else {
         let lost = (n + 1 < last).then_some((n + 1, last - 1, GapReason::Expired));
         return whole(lost);
     };
@@ -721,6 +758,7 @@ impl Fan<'_> {
             };
             *waiting -= 1;
             (sub.sent, sub.holds) = begin(slot, &render, history, sub, resume.as_ref());
+            sub.base = None;
             self.delivered += 1;
         }
     }

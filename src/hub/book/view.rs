@@ -106,14 +106,18 @@ impl History {
             + self.changes.capacity() * std::mem::size_of::<Kept>()
     }
 
+    /// The oldest seq of `book`'s epoch whose levels the steps can rebuild: the book
+    /// the oldest step applied to.
+    pub(super) fn reach(&self, book: &Book) -> u64 {
+        self.steps.front().map_or(book.seq, |s| s.prev)
+    }
+
     /// The levels `book` had at `seq` of its epoch, when the steps reach back to it.
     pub(super) fn levels_at(&self, book: &Book, seq: u64) -> Option<Levels> {
         if seq == book.seq {
             return Some(book.levels.clone());
         }
-        // The book the oldest step applied to is the furthest back the steps reach.
-        let reach = self.steps.front().map_or(book.seq, |s| s.prev);
-        if seq > book.seq || seq < reach {
+        if seq > book.seq || seq < self.reach(book) {
             return None;
         }
         let mut levels = book.levels.clone();
