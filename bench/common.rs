@@ -36,9 +36,9 @@ pub struct Common {
     #[arg(long, default_value = "tickstream:")]
     pub redis_prefix: String,
     /// History the publisher into Redis keeps per symbol: each tick is `XADD hist` +
-    /// `SET last` + `PUBLISH`, as a publisher of PROTOCOL.md does; 0 sends the `PUBLISH`
-    /// alone (what the node reads while streaming), a third of Redis' work on the
-    /// bench's CPUs.
+    /// `SET last` + `PUBLISH`, as a publisher of PROTOCOL.md does (each book message
+    /// `SET booksnap` + `PUBLISH book`); 0 sends the `PUBLISH` alone (what the node reads
+    /// while streaming), a third of Redis' work on the bench's CPUs.
     #[arg(long, default_value_t = 10_000)]
     pub redis_history: usize,
     /// Order of the publisher's symbols within each round of N ticks: `round-robin`

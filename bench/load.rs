@@ -77,6 +77,14 @@ pub struct Subscription {
     /// A pattern subscribed instead of naming the connection's symbols (`*` over the
     /// whole universe).
     pub pattern: Option<String>,
+    /// Subscribe the symbols' order books at this depth (`"channel":"book"`) instead
+    /// of their ticks.
+    #[serde(default)]
+    pub book_depth: Option<u16>,
+    /// Connections (the first ones, by global index) that keep their whole books and
+    /// check every book message's checksum; the others check `prev_seq` alone.
+    #[serde(default)]
+    pub book_checks: usize,
 }
 
 /// What a worker is asked to do.
@@ -124,7 +132,7 @@ pub struct Counts {
     pub ticks: u64,
     /// Ticks received in all (warm-up and drain too).
     pub ticks_all: u64,
-    /// Snapshots received.
+    /// Snapshots (and whole `book`s) received.
     pub snapshots: u64,
     /// Data frames (text and binary) arriving in the window.
     pub frames: u64,
@@ -156,6 +164,13 @@ pub struct Counts {
     pub duplicates: u64,
     /// `error` messages.
     pub errors: u64,
+    /// Book messages whose checksum was compared with the book they make (connections
+    /// that check books).
+    #[serde(default)]
+    pub books_checked: u64,
+    /// … of which did not match (or did not apply to the book held).
+    #[serde(default)]
+    pub checksum_mismatches: u64,
     /// Connections ended by the server, by close code (`drop` where it just went away).
     pub closes: BTreeMap<String, u64>,
 }
@@ -184,6 +199,8 @@ impl Counts {
         self.hole_ticks += o.hole_ticks;
         self.duplicates += o.duplicates;
         self.errors += o.errors;
+        self.books_checked += o.books_checked;
+        self.checksum_mismatches += o.checksum_mismatches;
         for (k, v) in &o.closes {
             *self.closes.entry(k.clone()).or_default() += v;
         }
@@ -450,6 +467,8 @@ struct ConnState {
     counts: Counts,
     /// symbol → last seq (looked up once per tick: a fast hash).
     last: foldhash::HashMap<String, u64>,
+    /// What it holds of its books.
+    books: crate::books::Seen,
 }
 
 /// What the worker's connections record into. One histogram per recorded second for
@@ -765,18 +784,26 @@ fn subscribe_frame(id: u64, op: &str, symbols: &[String], sub: &Subscription) ->
     if op == "subscribe" && sub.throttle_ms > 0 {
         body["throttle_ms"] = sub.throttle_ms.into();
     }
+    if let Some(depth) = sub.book_depth {
+        // A book subscription always starts with its `book`: `snapshot` does not apply.
+        body = serde_json::json!({"op": op, "id": id, "channel": "book", "symbols": symbols});
+        if op == "subscribe" {
+            body["depth"] = depth.into();
+        }
+    }
     Frame::text(Payload::Owned(body.to_string().into_bytes()))
 }
 
 /// Opens, subscribes (to `symbols`, or to the subscription's pattern) and waits for
-/// `subscribed`.
+/// `subscribed`; returns the connection and the text frame that brought `subscribed`
+/// when more messages follow it there (a book's first `book` may).
 async fn open_subscribed(
     url: &str,
     bind: Option<IpAddr>,
     rcvbuf: Option<u32>,
     symbols: &[String],
     sub: &Subscription,
-) -> anyhow::Result<Ws> {
+) -> anyhow::Result<(Ws, Option<Vec<u8>>)> {
     let mut ws = open_ws(url, bind, rcvbuf).await?;
     let pattern: Vec<String> = sub.pattern.iter().cloned().collect();
     let named = if pattern.is_empty() {
@@ -795,9 +822,13 @@ async fn open_subscribed(
             OpCode::Text => {
                 let msgs =
                     scan::messages(&f.payload).map_err(|e| anyhow!("{url}: bad frame: {e}"))?;
-                for m in msgs {
+                let n = msgs.len();
+                for (i, m) in msgs.into_iter().enumerate() {
                     match &*m.ty {
-                        "subscribed" => return Ok(ws),
+                        "subscribed" => {
+                            let rest = (i + 1 < n).then(|| f.payload.to_vec());
+                            return Ok((ws, rest));
+                        }
                         "error" => bail!("{url}: the subscribe was refused"),
                         _ => {}
                     }
@@ -835,10 +866,16 @@ async fn connection(
     mut done: Option<Done>,
 ) {
     let url = &spec.urls[i % spec.urls.len()];
+    let books = if i < spec.subscription.book_checks {
+        crate::books::Seen::checking()
+    } else {
+        crate::books::Seen::default()
+    };
     let state = Rc::new(RefCell::new(ConnState {
         behaviour,
         counts: Counts::default(),
         last: Default::default(),
+        books,
     }));
     shared.conns.borrow_mut().push(state.clone());
     let mut life = Life::new(&spec, i, behaviour);
@@ -848,12 +885,21 @@ async fn connection(
     loop {
         let opened = open_subscribed(url, spec.bind, rcvbuf, &life.symbols, &spec.subscription);
         let mut ws = match opened.await {
-            Ok(ws) => {
+            Ok((ws, rest)) => {
                 let mut st = state.borrow_mut();
                 st.counts.opened += 1;
                 // A new connection subscribes without snapshot: each symbol's sequence
-                // starts again from the first tick it brings.
+                // starts again from the first tick (or `book`) it brings.
                 st.last.clear();
+                st.books.clear();
+                if let Some(frame) = rest {
+                    let at = Arrival {
+                        shared: &shared,
+                        w: shared.window.get(),
+                        recv: now_ns(),
+                    };
+                    on_text(&frame, &mut st, &at);
+                }
                 drop(st);
                 tell(&mut done, Ok(()));
                 ws
@@ -1052,6 +1098,51 @@ fn on_text(payload: &[u8], st: &mut ConnState, at: &Arrival<'_>) {
     for m in msgs {
         at.message(st, m);
     }
+    if st.books.checks() {
+        check_books_json(payload, st);
+    }
+}
+
+/// On a connection that checks its books: every book message of a text frame read
+/// whole (prices with the flat universe's decimals), applied to the book held and its
+/// checksum compared with the book it makes.
+fn check_books_json(payload: &[u8], st: &mut ConnState) {
+    use serde_json::Value;
+    let Ok(values) = serde_json::from_slice::<Vec<Value>>(payload) else {
+        return;
+    };
+    let spec = tickstream::book::Spec::new(crate::books::DECIMALS);
+    for obj in values.iter().filter_map(Value::as_object) {
+        let ty = obj.get("type").and_then(Value::as_str);
+        if !matches!(ty, Some("book" | "book_update")) {
+            continue;
+        }
+        let text = |k: &str| obj.get(k).and_then(Value::as_str);
+        let read = match (text("symbol"), text("epoch")) {
+            (Some(sym), Some(epoch)) => {
+                tickstream::book::json::from_object(obj, sym.into(), epoch.into(), spec)
+            }
+            _ => Err("no symbol or epoch".into()),
+        };
+        match read {
+            Ok(m) => check_book(st, &m),
+            Err(_) => {
+                st.counts.books_checked += 1;
+                st.counts.checksum_mismatches += 1;
+            }
+        }
+    }
+}
+
+/// Applies a book message to the book a checking connection holds and counts whether
+/// its checksum is the book's.
+fn check_book(st: &mut ConnState, m: &tickstream::book::BookMsg) {
+    if let Some(ok) = st.books.check(m) {
+        st.counts.books_checked += 1;
+        if !ok {
+            st.counts.checksum_mismatches += 1;
+        }
+    }
 }
 
 /// A binary frame: records of which only kind, symbol, seq and ts are read, at fixed
@@ -1061,6 +1152,13 @@ fn on_binary(payload: &[u8], st: &mut ConnState, at: &Arrival<'_>) {
     if at.count(st, len) {
         st.counts.binary_frames += 1;
         st.counts.binary_bytes += len;
+    }
+    if matches!(
+        payload.first(),
+        Some(&(binary::book::KIND_BOOK | binary::book::KIND_BOOK_UPDATE))
+    ) {
+        on_book_records(payload, st, at);
+        return;
     }
     for rec in binary::records(payload) {
         let Ok(r) = rec else {
@@ -1079,6 +1177,44 @@ fn on_binary(payload: &[u8], st: &mut ConnState, at: &Arrival<'_>) {
             ..Msg::of(ty)
         };
         at.message(st, m);
+    }
+}
+
+/// A binary frame of book records (and perhaps ticks): each record's head read, and on
+/// a connection that checks its books, its levels applied and its checksum compared.
+fn on_book_records(payload: &[u8], st: &mut ConnState, at: &Arrival<'_>) {
+    use binary::AnyRecord;
+    let Ok(records) = binary::decode_any(payload) else {
+        st.counts.errors += 1;
+        return;
+    };
+    for rec in records {
+        let m = match &rec {
+            AnyRecord::Book(b) => Msg {
+                symbol: Some(Cow::Borrowed(b.symbol)),
+                seq: Some(b.seq),
+                ts: Some(b.ts),
+                prev_seq: b.prev_seq,
+                ..Msg::of(match b.prev_seq {
+                    Some(_) => "book_update",
+                    None => "book",
+                })
+            },
+            AnyRecord::Tick(r) => Msg {
+                symbol: Some(Cow::Borrowed(r.symbol)),
+                seq: Some(r.seq),
+                ts: Some(r.ts),
+                skipped: r.skipped,
+                ..Msg::of(match r.kind {
+                    Kind::Tick => "tick",
+                    Kind::Snapshot => "snapshot",
+                })
+            },
+        };
+        at.message(st, m);
+        if let (AnyRecord::Book(b), true) = (&rec, st.books.checks()) {
+            check_book(st, &b.to_msg());
+        }
     }
 }
 
@@ -1152,22 +1288,11 @@ fn on_message(st: &mut ConnState, shared: &Shared, w: &Window, recv: u64, m: Msg
                 return;
             }
             if counted {
-                st.counts.ticks += 1;
                 if let Some(k) = m.skipped {
                     st.counts.paced += 1;
                     st.counts.folded += k;
                 }
-                let lat = recv.saturating_sub(ts).max(1);
-                if st.behaviour == Behaviour::Healthy {
-                    // `counted` puts ts within the window, so within one of its seconds.
-                    let s = second_of(w.record_from, ts);
-                    if let Some(h) = shared.seconds.borrow_mut().get_mut(s) {
-                        let _ = h.record(lat);
-                    }
-                } else {
-                    let _ = shared.other.borrow_mut().record(lat);
-                }
-                shared.received.set(shared.received.get() + 1);
+                deliver(st, shared, w, recv, ts);
             }
         }
         "snapshot" => {
@@ -1176,31 +1301,97 @@ fn on_message(st: &mut ConnState, shared: &Shared, w: &Window, recv: u64, m: Msg
                 st.last.insert(sym.into_owned(), seq);
             }
         }
-        "gap" => {
-            let (Some(sym), Some(from), Some(to)) = (m.symbol, m.from, m.to) else {
-                st.counts.errors += 1;
-                return;
-            };
-            if recv >= w.record_from {
-                let n = to.saturating_sub(from) + 1;
-                st.counts.gaps += 1;
-                st.counts.gap_ticks += n;
-                let reason = m.reason.as_deref().unwrap_or("?").to_owned();
-                if reason == "slow_consumer" {
-                    st.counts.conflated += n;
-                }
-                *st.counts.gap_reasons.entry(reason).or_default() += n;
+        "book" => match (m.symbol, m.seq) {
+            (Some(sym), Some(seq)) => {
+                st.counts.snapshots += 1;
+                st.books.book(&sym, seq);
             }
-            // The next tick after the gap follows `to`.
-            match st.last.get_mut(&*sym) {
-                Some(v) => *v = (*v).max(to),
-                None => {
-                    st.last.insert(sym.into_owned(), to);
-                }
-            }
-        }
+            _ => st.counts.errors += 1,
+        },
+        "book_update" => on_book_update(st, shared, w, recv, m),
+        "gap" => on_gap(st, w, recv, m),
         "error" => st.counts.errors += 1,
         _ => {}
+    }
+}
+
+/// Counts a message whose `ts` lies in the window as delivered and records its
+/// latency: a healthy connection's in the histogram of its second, another's with
+/// the other behaviours.
+fn deliver(st: &mut ConnState, shared: &Shared, w: &Window, recv: u64, ts: u64) {
+    st.counts.ticks += 1;
+    let lat = recv.saturating_sub(ts).max(1);
+    if st.behaviour == Behaviour::Healthy {
+        // The caller put ts within the window, so within one of its seconds.
+        let s = second_of(w.record_from, ts);
+        if let Some(h) = shared.seconds.borrow_mut().get_mut(s) {
+            let _ = h.record(lat);
+        }
+    } else {
+        let _ = shared.other.borrow_mut().record(lat);
+    }
+    shared.received.set(shared.received.get() + 1);
+}
+
+/// A `book_update`: it must name the seq of the book held (`prev_seq`); one that names
+/// a later one is a hole (updates lost), one with no book before it a hole too, a
+/// repeat is dropped. Counted and timed like a tick.
+fn on_book_update(st: &mut ConnState, shared: &Shared, w: &Window, recv: u64, m: Msg<'_>) {
+    use crate::books::Step;
+    let (Some(sym), Some(seq), Some(prev)) = (m.symbol, m.seq, m.prev_seq) else {
+        st.counts.errors += 1;
+        return;
+    };
+    let ts = m.ts.unwrap_or(0);
+    st.counts.ticks_all += 1;
+    let counted = ts >= w.record_from && ts < w.until;
+    let step = st.books.update(&sym, seq, prev);
+    if step == Step::Stale {
+        if counted {
+            st.counts.duplicates += 1;
+        }
+        return;
+    }
+    if counted {
+        match step {
+            Step::Hole(n) => {
+                st.counts.holes += 1;
+                st.counts.hole_ticks += n;
+            }
+            Step::NoBook => st.counts.holes += 1,
+            _ => {}
+        }
+        deliver(st, shared, w, recv, ts);
+    }
+}
+
+/// A `gap`: counted by reason once the window began; the next tick follows its `to`,
+/// and on the book channel the book held is dropped (a fresh `book` follows).
+fn on_gap(st: &mut ConnState, w: &Window, recv: u64, m: Msg<'_>) {
+    let (Some(sym), Some(from), Some(to)) = (m.symbol, m.from, m.to) else {
+        st.counts.errors += 1;
+        return;
+    };
+    if recv >= w.record_from {
+        let n = to.saturating_sub(from) + 1;
+        st.counts.gaps += 1;
+        st.counts.gap_ticks += n;
+        let reason = m.reason.as_deref().unwrap_or("?").to_owned();
+        if reason == "slow_consumer" {
+            st.counts.conflated += n;
+        }
+        *st.counts.gap_reasons.entry(reason).or_default() += n;
+    }
+    if m.channel.as_deref() == Some("book") {
+        st.books.gap(&sym);
+        return;
+    }
+    // The next tick after the gap follows `to`.
+    match st.last.get_mut(&*sym) {
+        Some(v) => *v = (*v).max(to),
+        None => {
+            st.last.insert(sym.into_owned(), to);
+        }
     }
 }
 
@@ -1258,6 +1449,7 @@ mod tests {
             behaviour: Behaviour::Healthy,
             counts: Counts::default(),
             last: Default::default(),
+            books: crate::books::Seen::default(),
         };
         let sh = Shared {
             window: Cell::new(window()),
@@ -1345,6 +1537,48 @@ mod tests {
         assert_eq!(lens, [1, 0, 1, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(sh.other.borrow().len(), 1);
         assert_eq!(st.counts.ticks, 3);
+    }
+
+    #[test]
+    fn book_updates_must_follow_the_book_held() {
+        let (mut st, sh) = state();
+        let up = |seq: u64, prev: u64| {
+            format!(
+                r#"{{"type":"book_update","symbol":"A","epoch":"e","seq":{seq},"prev_seq":{prev},"ts":2000,"bids":[[1.00,5]],"asks":[],"checksum":1}}"#
+            )
+        };
+        // An update before any book applies to nothing.
+        feed(&mut st, &sh, &format!("[{}]", up(2, 1)));
+        assert_eq!(st.counts.holes, 1);
+        feed(
+            &mut st,
+            &sh,
+            &format!(
+                r#"[{{"type":"book","symbol":"A","epoch":"e","seq":3,"ts":1,"bids":[[1.00,5]],"asks":[],"checksum":1}},{},{}]"#,
+                up(4, 3),
+                up(5, 4)
+            ),
+        );
+        assert_eq!((st.counts.holes, st.counts.snapshots), (1, 1));
+        // 6 and 7 lost: the update naming 7 shows it; a repeat is dropped.
+        feed(&mut st, &sh, &format!("[{},{}]", up(8, 7), up(8, 7)));
+        assert_eq!((st.counts.holes, st.counts.hole_ticks), (2, 2));
+        assert_eq!(st.counts.duplicates, 1);
+        // A gap on the book channel: the fresh book after it starts the sequence again.
+        feed(
+            &mut st,
+            &sh,
+            &format!(
+                r#"[{{"type":"gap","channel":"book","symbol":"A","from":9,"to":11,"reason":"upstream"}},{{"type":"book","symbol":"A","epoch":"e","seq":12,"ts":1,"bids":[],"asks":[],"checksum":0}},{}]"#,
+                up(13, 12)
+            ),
+        );
+        let c = &st.counts;
+        assert_eq!((c.gaps, c.gap_ticks, c.holes), (1, 3, 2));
+        // Every update counted and timed (the repeat aside), as ticks are.
+        assert_eq!(c.ticks, 5);
+        assert_eq!(sh.seconds.borrow()[0].len(), 5);
+        assert_eq!(c.errors, 0);
     }
 
     #[test]

@@ -20,10 +20,12 @@
 //! - `report`, `plot`: tables, medians, ratios, JSON, `.hgrm`, SVG.
 //! - `page`: `bench/RESULTS.md`, written from the summaries kept in
 //!   `bench/results/current/`, one a row.
+//! - `books`: the publisher's order books and what a connection keeps to check them.
 //! - `candles`: what bars cost a node, measured in process on its hub.
 //! - `cluster`: Redis Cluster sharded Pub/Sub, the node's slot routing against the
 //!   redis crate's cluster client.
 
+mod books;
 mod candles;
 mod cluster;
 mod common;
@@ -71,6 +73,10 @@ enum Cmd {
     Dashboard(scenario::dashboard::Args),
     /// Subscribing `*` against naming the same symbols: cost per delivered message.
     Patterns(scenario::patterns::Args),
+    /// Order books at depth 10 against ticks of the same rate: CPU per delivered
+    /// update, bytes per update in JSON and binary, latency, checked sequences and
+    /// checksums; and the memory of a symbol's book.
+    Book(scenario::book::Args),
     /// What candles cost a node, in process: CPU per tick with candle subscriptions
     /// against none, and the time to answer a backfill of 1,000 bars.
     Candles(candles::Args),
@@ -99,6 +105,7 @@ fn main() {
         Cmd::Soak(a) => scenario::soak::run(a),
         Cmd::Dashboard(a) => scenario::dashboard::run(a),
         Cmd::Patterns(a) => scenario::patterns::run(a),
+        Cmd::Book(a) => scenario::book::run(a),
         Cmd::Candles(a) => candles::run(a),
         Cmd::Results(a) => page::run(a),
         Cmd::Fragments(a) => scenario::fragments::run(a),

@@ -8,6 +8,11 @@
 //! seeded permutation with `--order shuffled`), everything due at once in one batch: one `/v1/publish`
 //! text frame holding an array, or one Redis pipeline of `XADD hist`, `SET last` and
 //! `PUBLISH tick` per tick (PROTOCOL.md, "The bus between nodes").
+//!
+//! With [`Plan::book_levels`] the messages are order book messages instead (the `book`
+//! scenario): seq 1 of each symbol a whole `book`, every later one a `book_update`
+//! naming the one before it ([`crate::books::Model`]); into Redis as a feed publishes
+//! books, `SET booksnap:{S}` (the whole book after the message) then `PUBLISH book:{S}`.
 
 use std::io::Write as _;
 use std::time::Duration;
@@ -54,6 +59,8 @@ pub struct Plan {
     pub skip_seq: Option<u64>,
     /// Order of the symbols within each round of N ticks.
     pub order: Order,
+    /// Publish order books of this many levels a side instead of ticks.
+    pub book_levels: Option<usize>,
 }
 
 /// What the publisher did.
@@ -97,6 +104,10 @@ struct Schedule {
     behind: Histogram<u64>,
     report: Report,
     rounds: Rounds,
+    /// Each symbol's book, when books are published.
+    books: Vec<crate::books::Model>,
+    /// Whether each book message comes with the whole book after it (for `booksnap:`).
+    snapshots: bool,
 }
 
 /// The symbol order of each round of N ticks.
@@ -145,8 +156,14 @@ impl Rounds {
 impl Schedule {
     fn new(plan: Plan) -> Schedule {
         let rounds = Rounds::new(plan.order, plan.symbols);
+        let books = match plan.book_levels {
+            Some(l) => vec![crate::books::Model::new(l); plan.symbols],
+            None => Vec::new(),
+        };
         Schedule {
             rounds,
+            books,
+            snapshots: false,
             report: Report {
                 in_window_per_symbol: vec![0; plan.symbols],
                 ..Report::default()
@@ -189,10 +206,13 @@ impl Schedule {
         Some(r)
     }
 
-    /// Writes ticks `a..b` into `out` (one JSON object each, via `each`).
-    fn ticks(&mut self, a: u64, b: u64, mut each: impl FnMut(usize, u64, &[u8])) {
+    /// Writes messages `a..b` (ticks, or book messages), one JSON object each, handing
+    /// each to `each` with its symbol and seq (and the whole book after it, when
+    /// [`Schedule::snapshots`] asks for it).
+    fn ticks(&mut self, a: u64, b: u64, mut each: impl FnMut(usize, u64, &[u8], Option<&[u8]>)) {
         let n = self.plan.symbols as u64;
         let mut buf = Vec::with_capacity(256);
+        let mut snap = Vec::new();
         for i in a..b {
             let sym = self.rounds.symbol(i);
             let mut seq = i / n + 1;
@@ -202,27 +222,46 @@ impl Schedule {
                 }
             }
             let ts = self.due_at(i);
-            let cents = 10_000 + (seq % 200) as i64 - 100;
             buf.clear();
-            let _ = write!(
-                buf,
-                r#"{{"type":"tick","symbol":"{}","epoch":"{}","seq":{seq},"ts":{ts},"bid":{}.{:02},"ask":{}.{:02},"bid_size":100,"ask_size":200,"last":{}.{:02},"last_size":10,"volume":{}}}"#,
-                symbol_name(sym),
-                self.plan.epoch,
-                cents / 100,
-                cents % 100,
-                (cents + 1) / 100,
-                (cents + 1) % 100,
-                cents / 100,
-                cents % 100,
-                seq * 10,
-            );
+            let whole = if self.books.is_empty() {
+                write_tick(&mut buf, &symbol_name(sym), &self.plan.epoch, seq, ts);
+                None
+            } else {
+                self.write_book(&mut buf, &mut snap, sym, seq, ts);
+                self.snapshots.then_some(snap.as_slice())
+            };
             self.report.published += 1;
             if ts >= self.plan.record_from {
                 self.report.in_window += 1;
                 self.report.in_window_per_symbol[sym] += 1;
             }
-            each(sym, seq, &buf);
+            each(sym, seq, &buf, whole);
+        }
+    }
+
+    /// Book message `seq` of symbol `sym` into `out` (seq 1 the whole book, then
+    /// updates), and the whole book after it into `snap` when snapshots are asked for.
+    fn write_book(&mut self, out: &mut Vec<u8>, snap: &mut Vec<u8>, sym: usize, seq: u64, ts: u64) {
+        use crate::books::{write_json, Head};
+        let name = symbol_name(sym);
+        let model = &mut self.books[sym];
+        let mut head = Head {
+            symbol: &name,
+            epoch: &self.plan.epoch,
+            seq,
+            prev_seq: (seq > 1).then(|| seq - 1),
+            ts,
+        };
+        let (bids, asks) = match head.prev_seq {
+            None => model.whole(),
+            Some(_) => model.update(seq - 1),
+        };
+        write_json(out, &head, &bids, &asks);
+        if self.snapshots {
+            snap.clear();
+            head.prev_seq = None;
+            let (bids, asks) = model.whole();
+            write_json(snap, &head, &bids, &asks);
         }
     }
 
@@ -252,6 +291,22 @@ impl Schedule {
     }
 }
 
+/// One tick of the flat universe: prices that move with `seq`, stamped `ts`.
+fn write_tick(buf: &mut Vec<u8>, symbol: &str, epoch: &str, seq: u64, ts: u64) {
+    let cents = 10_000 + (seq % 200) as i64 - 100;
+    let _ = write!(
+        buf,
+        r#"{{"type":"tick","symbol":"{symbol}","epoch":"{epoch}","seq":{seq},"ts":{ts},"bid":{}.{:02},"ask":{}.{:02},"bid_size":100,"ask_size":200,"last":{}.{:02},"last_size":10,"volume":{}}}"#,
+        cents / 100,
+        cents % 100,
+        (cents + 1) / 100,
+        (cents + 1) % 100,
+        cents / 100,
+        cents % 100,
+        seq * 10,
+    );
+}
+
 /// Starts the publisher on its own thread.
 pub fn start(plan: Plan, sink: Sink) -> std::thread::JoinHandle<anyhow::Result<Report>> {
     std::thread::Builder::new()
@@ -272,21 +327,31 @@ fn run_redis(plan: Plan, url: &str, prefix: &str, history: usize) -> anyhow::Res
     let mut con = client
         .get_connection()
         .with_context(|| format!("connecting to {url}"))?;
-    // A new epoch: the old history of these symbols goes (PROTOCOL.md: a publisher
-    // starting a new epoch deletes it first).
+    let books = plan.book_levels.is_some();
+    // A new epoch: the old history (or books) of these symbols goes (PROTOCOL.md: a
+    // publisher starting a new epoch deletes it first).
     if history > 0 {
+        let key = if books { "booksnap" } else { "hist" };
         let mut p = redis::pipe();
         for s in 0..plan.symbols {
-            p.del(format!("{prefix}hist:{{{}}}", symbol_name(s)))
+            p.del(format!("{prefix}{key}:{{{}}}", symbol_name(s)))
                 .ignore();
         }
         p.query::<()>(&mut con).context("deleting old history")?;
     }
     let mut sched = Schedule::new(plan);
+    sched.snapshots = books && history > 0;
     while let Some((a, b)) = sched.wait_due(5_000) {
         let mut p = redis::pipe();
-        sched.ticks(a, b, |sym, seq, json| {
+        sched.ticks(a, b, |sym, seq, json, whole| {
             let name = symbol_name(sym);
+            if books {
+                if let Some(w) = whole {
+                    p.set(format!("{prefix}booksnap:{{{name}}}"), w).ignore();
+                }
+                p.publish(format!("{prefix}book:{{{name}}}"), json).ignore();
+                return;
+            }
             if history > 0 {
                 p.cmd("XADD")
                     .arg(format!("{prefix}hist:{{{name}}}"))
@@ -382,7 +447,7 @@ fn send_all(
     while let Some((a, b)) = sched.wait_due(2_000) {
         frame.clear();
         frame.push(b'[');
-        sched.ticks(a, b, |_, _, json| {
+        sched.ticks(a, b, |_, _, json, _| {
             if frame.len() > 1 {
                 frame.push(b',');
             }

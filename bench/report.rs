@@ -139,6 +139,8 @@ pub struct Medians {
     pub frames_per_s: f64,
     /// Median bytes/s.
     pub bytes_per_s: f64,
+    /// Median bytes per delivered message (every data frame's payload).
+    pub bytes_per_msg: f64,
     /// Median server CPU share of a core.
     pub cpu_util: f64,
     /// Median server CPU µs per message.
@@ -188,6 +190,7 @@ pub fn medians(runs: &[RunResult]) -> Vec<Medians> {
                 msgs_per_s: m(&|r| r.msgs_per_s),
                 frames_per_s: m(&|r| r.frames_per_s),
                 bytes_per_s: m(&|r| r.bytes_per_s),
+                bytes_per_msg: m(&|r| r.bytes_per_msg),
                 cpu_util: m(&|r| r.server.cpu_util),
                 cpu_us_per_msg: m(&|r| r.server.cpu_us_per_msg),
                 rss_max_kb: m(&|r| r.server.rss_max_kb as f64),

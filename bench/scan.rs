@@ -1,6 +1,7 @@
 //! Reading a server's JSON frame for the checks: only `type`, `symbol`, `seq`, `ts`, a
-//! paced tick's `skipped` and a gap's `from`, `to` and `reason` are read; every other
-//! value is stepped over without being decoded.
+//! paced tick's `skipped`, a book update's `prev_seq` and a gap's `from`, `to`, `reason`
+//! and `channel` are read; every other value (a book's levels too) is stepped over
+//! without being decoded.
 //!
 //! At a million messages a second the receiving side shares one core with the publisher
 //! and `redis-server`; a full parse, which decodes every price, cost half of that core.
@@ -38,6 +39,12 @@ pub struct Msg<'a> {
     /// On a paced tick: the ticks folded into it.
     #[serde(default)]
     pub skipped: Option<u64>,
+    /// On a `book_update`: the seq of the book it applies to.
+    #[serde(default)]
+    pub prev_seq: Option<u64>,
+    /// On a `gap` or `status`: the channel it is about (absent: ticks).
+    #[serde(default, borrow)]
+    pub channel: Option<Cow<'a, str>>,
 }
 
 impl<'a> Msg<'a> {
@@ -52,6 +59,8 @@ impl<'a> Msg<'a> {
             to: None,
             reason: None,
             skipped: None,
+            prev_seq: None,
+            channel: None,
         }
     }
 
@@ -66,6 +75,8 @@ impl<'a> Msg<'a> {
             to: self.to,
             reason: self.reason.map(own),
             skipped: self.skipped,
+            prev_seq: self.prev_seq,
+            channel: self.channel.map(own),
         }
     }
 }
@@ -100,6 +111,8 @@ enum Field {
     To,
     Reason,
     Skipped,
+    PrevSeq,
+    Channel,
     Other,
 }
 
@@ -114,6 +127,8 @@ impl Field {
             b"to" => Field::To,
             b"reason" => Field::Reason,
             b"skipped" => Field::Skipped,
+            b"prev_seq" => Field::PrevSeq,
+            b"channel" => Field::Channel,
             _ => Field::Other,
         }
     }
@@ -194,6 +209,8 @@ impl<'a> Scanner<'a> {
                 Field::From => set(&mut m.from, self.integer()?)?,
                 Field::To => set(&mut m.to, self.integer()?)?,
                 Field::Skipped => set(&mut m.skipped, self.integer()?)?,
+                Field::PrevSeq => set(&mut m.prev_seq, self.integer()?)?,
+                Field::Channel => set(&mut m.channel, Cow::Borrowed(self.str_value()?))?,
                 Field::Other => self.skip_value()?,
             }
             if ty == Some("tick") && m.symbol.is_some() && m.seq.is_some() && m.ts.is_some() {
@@ -203,6 +220,11 @@ impl<'a> Scanner<'a> {
                 if m.skipped.is_none() {
                     m.skipped = self.trailing_skipped();
                 }
+                break;
+            }
+            if book_read(ty, &m) {
+                // A book's levels are not looked at: stepped over to the object's end.
+                self.skip_to_object_end()?;
                 break;
             }
             if self.ended(b'}')? {
@@ -359,6 +381,17 @@ impl<'a> Scanner<'a> {
     }
 }
 
+/// Whether all a book message's checks read has been read: its symbol, seq and ts (and
+/// an update's `prev_seq`).
+fn book_read(ty: Option<&str>, m: &Msg<'_>) -> bool {
+    let head = m.symbol.is_some() && m.seq.is_some() && m.ts.is_some();
+    match ty {
+        Some("book") => head,
+        Some("book_update") => head && m.prev_seq.is_some(),
+        _ => false,
+    }
+}
+
 /// Sets a field once; a field twice goes to simd-json.
 fn set<T>(slot: &mut Option<T>, v: T) -> Option<()> {
     if slot.is_some() {
@@ -433,6 +466,22 @@ mod tests {
         // A number ending another field is not taken for it.
         let f = r#"[{"type":"tick","symbol":"A","seq":9,"ts":2,"not_skipped":4}]"#;
         assert_eq!(fast(f).unwrap()[0].skipped, None);
+    }
+
+    #[test]
+    fn a_books_head_is_read_and_its_levels_stepped_over() {
+        let f = r#"[{"type":"book","symbol":"B00001","epoch":"e1","seq":1,"ts":7,"bids":[[99.99,100],[99.98,200]],"asks":[[100.00,100]],"checksum":12},{"type":"book_update","symbol":"B00001","epoch":"e1","seq":2,"prev_seq":1,"ts":8,"bids":[[99.99,0]],"asks":[],"checksum":3},{"type":"gap","channel":"book","symbol":"B00001","from":3,"to":4,"reason":"upstream"}]"#;
+        let got = fast(f).unwrap();
+        assert_eq!(got, full(f).unwrap());
+        assert_eq!(
+            (got[0].seq, got[0].prev_seq, got[0].ts),
+            (Some(1), None, Some(7))
+        );
+        assert_eq!(
+            (got[1].seq, got[1].prev_seq, got[1].ts),
+            (Some(2), Some(1), Some(8))
+        );
+        assert_eq!(got[2].channel.as_deref(), Some("book"));
     }
 
     #[test]

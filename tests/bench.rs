@@ -745,3 +745,136 @@ fn a_pattern_subscription_receives_what_naming_every_symbol_does() {
         s["ratios"]
     );
 }
+
+/// The checks every book run's clients made: each update in order after its book,
+/// every checksum of the checking connections matching.
+fn assert_books_checked(r: &Value, subscriptions: u64) {
+    let c = &r["counts"];
+    assert!(
+        c["snapshots"].as_u64().unwrap() >= subscriptions,
+        "every subscription got its book first: {c}"
+    );
+    assert!(c["books_checked"].as_u64().unwrap() > 0, "{c}");
+    assert_eq!(c["checksum_mismatches"], 0, "{c}");
+    assert_eq!(c["errors"], 0, "{c}");
+    assert!(r["server"]["cpu_us_per_msg"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["bytes_per_msg"].as_f64().unwrap() > 0.0, "{r}");
+}
+
+#[test]
+fn book_runs_books_against_ticks_and_every_update_arrives_in_order() {
+    let (out, s, dir) = bench(&[
+        "book",
+        "--spawn",
+        "--shape",
+        "6x2/4",
+        "--symbol-rate",
+        "100",
+        "--levels",
+        "20",
+        "--check-books",
+        "2",
+        "--memory-symbols",
+        "2",
+    ]);
+    ok(&out);
+    let s = s.unwrap();
+    assert_eq!(s["scenario"], "book");
+    exists(dir.path(), "latency.svg");
+    exists(dir.path(), "book-json-run1.hgrm");
+    // 6 connections × 2 of 4 symbols: every update and every tick reaches 3 of them.
+    for label in ["book-json", "book-binary", "ticks-json", "ticks-binary"] {
+        let runs = runs_of(&s, label);
+        assert_eq!(runs.len(), 1, "{label}: {s}");
+        assert_complete(runs[0], 3);
+    }
+    let json = runs_of(&s, "book-json")[0];
+    let binary = runs_of(&s, "book-binary")[0];
+    assert_books_checked(json, 12);
+    assert_books_checked(binary, 12);
+    assert_eq!(json["counts"]["binary_frames"], 0);
+    assert!(binary["counts"]["binary_frames"].as_u64().unwrap() > 0);
+    assert!(
+        binary["bytes_per_msg"].as_f64().unwrap() < json["bytes_per_msg"].as_f64().unwrap(),
+        "{binary} {json}"
+    );
+    let x = &s["extra"];
+    for enc in ["json", "binary"] {
+        assert!(x["cpu_ratio"][enc].as_f64().unwrap() > 0.0, "{x}");
+    }
+    let lost = &x["lost"];
+    for k in [
+        "holes",
+        "gaps",
+        "duplicates",
+        "checksum_mismatches",
+        "incomplete_runs",
+    ] {
+        assert_eq!(lost[k], 0, "{k}: {lost}");
+    }
+    let m = &x["memory"];
+    assert_eq!(
+        (m["levels"].as_u64(), m["history"].as_u64()),
+        (Some(50), Some(1024))
+    );
+    assert!(
+        m["counted_bytes_per_symbol"].as_u64().unwrap() > 50 * 2 * 16,
+        "{m}"
+    );
+    assert!(m["rss_bytes_per_symbol"].as_f64().is_some(), "{m}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("CPU per delivered update"), "{stdout}");
+}
+
+#[test]
+fn book_through_redis_counts_add_up() {
+    let (out, s, _dir) = bench(&[
+        "book",
+        "--spawn",
+        "--source",
+        "redis",
+        "--shape",
+        "4x2/4",
+        "--symbol-rate",
+        "100",
+        "--encodings",
+        "json",
+        "--memory-symbols",
+        "0",
+    ]);
+    ok(&out);
+    let s = s.unwrap();
+    let book = runs_of(&s, "book-json");
+    assert_eq!(book.len(), 1, "{s}");
+    assert_complete(book[0], 2);
+    assert_books_checked(book[0], 8);
+    assert!(book[0]["redis"]["pids"].as_array().unwrap().len() == 1);
+    assert_complete(runs_of(&s, "ticks-json")[0], 2);
+    assert!(runs_of(&s, "book-binary").is_empty());
+    assert!(s["extra"]["memory"].is_null());
+}
+
+#[test]
+fn book_refuses_what_it_cannot_measure_before_starting_anything() {
+    for (args, why) in [
+        (&["--depth", "20"][..], "--depth 20 is not offered"),
+        (
+            &["--source", "synthetic"][..],
+            "synthetic feed makes a tick",
+        ),
+        (&["--levels", "5"][..], "--levels 5 is out of range"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(BENCH)
+            .arg("book")
+            .args(args)
+            .arg("--out")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(why), "{args:?}: {err}");
+        assert!(!dir.path().join("summary.json").exists());
+    }
+}

@@ -4,6 +4,8 @@
 //! A new scenario (or a new load of an old one) is one more [`Row`] in [`ROWS`], with a
 //! [`Headline`] that says which figures count.
 
+use std::fmt::Write as _;
+
 use anyhow::{bail, Context};
 use serde_json::Value;
 
@@ -79,6 +81,10 @@ pub enum Headline {
     Dashboard,
     /// `*` against the same symbols named: CPU per message and latency.
     Patterns,
+    /// Book updates against ticks of the same rate on the same node: CPU per delivered
+    /// update and tick, bytes per update in JSON and binary, latency, what was lost, and
+    /// the memory of a symbol's book.
+    Book,
 }
 
 /// Every row, in table order.
@@ -228,6 +234,28 @@ pub const ROWS: &[Row] = &[
         history: None,
         headline: Headline::Patterns,
     },
+    Row {
+        name: "book",
+        scenario: "book",
+        what: "500 connections × the books of 20 of 100 symbols at depth 10, 50 updates/s per \
+               symbol (5,000 updates/s in, 500,000 delivered), through the node's \
+               `/v1/publish`: server CPU per delivered update against per delivered tick at the \
+               same rate and shape in the same run (bound 1.5×), bytes per update in JSON and \
+               binary, latency of updates from their `ts`, updates lost or failing their \
+               checksum; and the resident memory of a 50-level book with 1,024 updates of history.",
+        command: "tickstream-bench book --spawn --server-cpus 0 --client-cpus 1 --clients 1 --runs 3",
+        history: None,
+        headline: Headline::Book,
+    },
+    Row {
+        name: "book-redis",
+        scenario: "book",
+        what: "the same books published into Redis as a feed does (`SET booksnap:{S}`, \
+               `PUBLISH book:{S}`) and read by the node, against ticks through Redis at the same rate.",
+        command: "tickstream-bench book --spawn --server-cpus 0 --client-cpus 1 --clients 1 --runs 3 --source redis",
+        history: None,
+        headline: Headline::Book,
+    },
 ];
 
 /// The row named `name`.
@@ -272,6 +300,7 @@ impl Headline {
             Headline::Soak => soak(s),
             Headline::Dashboard => dashboard(s),
             Headline::Patterns => patterns(s),
+            Headline::Book => book(s),
         }
     }
 }
@@ -656,6 +685,49 @@ fn patterns(s: &Value) -> anyhow::Result<Figures> {
     })
 }
 
+fn book(s: &Value) -> anyhow::Result<Figures> {
+    let b = medians_of(s, "book-json")?;
+    let t = medians_of(s, "ticks-json")?;
+    let (b50, b99, bcpu) = p50_p99_cpu(b)?;
+    let bytes = num(b, &["bytes_per_msg"])?;
+    let mut figure = format!(
+        "json {bcpu:.2} µs/update · {bytes:.0} B · p50 {} · p99 {} ms",
+        ms(b50),
+        ms(b99)
+    );
+    let mut against = format!("CPU {}", x(bcpu, num(t, &["cpu_us_per_msg"])?));
+    if let (Some(bin), Some(tbin)) = (medians(s, "book-binary"), medians(s, "ticks-binary")) {
+        let bb = num(bin, &["bytes_per_msg"])?;
+        let _ = write!(figure, "; binary {bb:.0} B");
+        let (bc, tc) = (
+            num(bin, &["cpu_us_per_msg"])?,
+            num(tbin, &["cpu_us_per_msg"])?,
+        );
+        let _ = write!(against, " json, {} binary", x(bc, tc));
+    }
+    let lost = &s["extra"]["lost"];
+    let _ = write!(
+        against,
+        " (bound {}×) · {} lost · {} checksum mismatches",
+        s["extra"]["cpu_bound"],
+        num(lost, &["holes"])? + num(lost, &["gaps"])? + num(lost, &["duplicates"])?,
+        num(lost, &["checksum_mismatches"])?
+    );
+    if let Some(rss) = s["extra"]["memory"]["rss_bytes_per_symbol"].as_f64() {
+        let _ = write!(
+            figure,
+            "; a 50-level book + 1,024 updates: {} B RSS",
+            thousands(rss)
+        );
+    }
+    Ok(Figures {
+        figure,
+        reference: format!("ticks: json {:.2} µs/tick", num(t, &["cpu_us_per_msg"])?),
+        against,
+        valid: format!("{} · {}", valid(b), valid(t)),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -790,6 +862,38 @@ mod tests {
         );
         let f = patterns(&s).unwrap();
         assert_eq!(f.against, "CPU 1.10× · p99 0.90×");
+    }
+
+    #[test]
+    fn book_reads_updates_against_ticks_of_the_same_run() {
+        let with_bytes = |mut m: Value, b: f64| {
+            m["bytes_per_msg"] = b.into();
+            m
+        };
+        let extra = serde_json::json!({
+            "cpu_bound": 1.5,
+            "lost": {"holes": 0, "gaps": 0, "duplicates": 0, "checksum_mismatches": 0},
+            "memory": {"rss_bytes_per_symbol": 61234.4},
+        });
+        let s = summary(
+            serde_json::json!([
+                with_bytes(m("book-json", 300.0, 2000.0, 1.2), 171.0),
+                with_bytes(m("ticks-json", 250.0, 1500.0, 1.0), 185.0),
+                with_bytes(m("book-binary", 300.0, 2000.0, 1.1), 98.0),
+                with_bytes(m("ticks-binary", 250.0, 1500.0, 1.0), 99.0),
+            ]),
+            extra,
+        );
+        let f = book(&s).unwrap();
+        assert_eq!(
+            f.figure,
+            "json 1.20 µs/update · 171 B · p50 0.300 · p99 2.00 ms; binary 98 B; a 50-level book + 1,024 updates: 61,234 B RSS"
+        );
+        assert_eq!(f.reference, "ticks: json 1.00 µs/tick");
+        assert_eq!(
+            f.against,
+            "CPU 1.20× json, 1.10× binary (bound 1.5×) · 0 lost · 0 checksum mismatches"
+        );
     }
 
     #[test]

@@ -89,6 +89,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             subscription: Subscription {
                 throttle_ms,
                 pattern: None,
+                ..Subscription::default()
             },
             ..Load::plain(a.shape, a.rate)
         },

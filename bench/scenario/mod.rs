@@ -1,5 +1,6 @@
 //! One measured run of a load against a target, and what every scenario builds on it.
 
+pub mod book;
 pub mod connections;
 pub mod cross_node;
 pub mod dashboard;
@@ -42,8 +43,11 @@ pub struct Load {
     pub node_args: Vec<String>,
     /// `--heartbeat` of the spawned nodes, unless the target sets its own.
     pub heartbeat: Option<String>,
-    /// What each connection's `subscribe` asks for: its pace, or a pattern.
+    /// What each connection's `subscribe` asks for: its pace, a pattern, or books.
     pub subscription: Subscription,
+    /// The publisher sends order books of this many levels a side instead of ticks
+    /// (the `book` scenario; connections then subscribe the `book` channel).
+    pub book_levels: Option<usize>,
 }
 
 impl Load {
@@ -58,6 +62,7 @@ impl Load {
             node_args: Vec::new(),
             heartbeat: None,
             subscription: Subscription::default(),
+            book_levels: None,
         }
     }
 }

@@ -51,6 +51,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             subscription: Subscription {
                 throttle_ms: 0,
                 pattern: pattern.map(str::to_owned),
+                ..Subscription::default()
             },
             ..Load::plain(a.shape, a.rate)
         },

@@ -243,6 +243,7 @@ fn start_publisher(
         record_from: w.record_from,
         skip_seq: c.skip_seq,
         order: c.order,
+        book_levels: load.book_levels,
     };
     Ok(Some(publisher::start(plan, sink)))
 }
