@@ -186,7 +186,9 @@ async function ladderRecovers(page) {
     const b = window.__tickstream.book;
     return b.mismatches > was.mismatches && b.valid && !b.waiting && b.verified > was.verified + 2 ? b : null;
   }, resumed, 5000);
-  check(fixed.mismatches === resumed.mismatches + 1 && fixed.resyncs === resumed.resyncs + 1 && fixed.books > resumed.books,
+  check(resumed.recovered === a.recovered + 1, `the resume gave a good book: ${JSON.stringify(resumed)}`);
+  check(fixed.mismatches === resumed.mismatches + 1 && fixed.resyncs === resumed.resyncs + 1 && fixed.books > resumed.books
+    && fixed.recovered === resumed.recovered + 1,
     `one mismatch, one re-sync, a fresh book: ${JSON.stringify(fixed)}`);
   await page.waitForTimeout(2000);
   const after = await book(page);

@@ -152,6 +152,7 @@ export class BookSync {
     this.valid = false; // holds a book whose checksum matched
     this.waiting = "book"; // "book": a whole book is due; "resume": the resume's answer
     this.lastResyncAt = -Infinity;
+    this.resyncing = false; // a re-sync was asked for and has not yet given a good book
     this.resyncTimer = 0;
     this.note = "";
   }
@@ -272,7 +273,10 @@ export class BookSync {
       return;
     }
     this.stats.verified += 1;
-    if (this.waiting && this.stats.resyncs) this.stats.recovered += 1;
+    if (this.resyncing) {
+      this.resyncing = false;
+      this.stats.recovered += 1;
+    }
     if (!this.shownAt) this.shownAt = now;
     this.valid = true;
     this.waiting = null;
@@ -312,6 +316,7 @@ export class BookSync {
     }
     this.lastResyncAt = now;
     this.stats.resyncs += 1;
+    this.resyncing = true;
     // Subscribing again with the same depth and no resume changes only the pace: a
     // fresh book needs the subscription dropped first.
     if (!this.valid) this.send(this.unsubscribeCmd());
