@@ -16,7 +16,11 @@
 //! The trading screen (`tests/browser/trading.js`) runs against a node fed from this
 //! test with ticks of explicit `ts`, so that bars exist before the page opens: a row's
 //! chart appears with its backfill within a second, a bar closes and the next starts,
-//! the interval switches, a paced row updates no more often than its pace, a pattern
+//! the interval switches; beside the chart the row's order book (a book of 20 levels a
+//! side published by this test with each tick) shows as a depth ladder within a second,
+//! updates with every message's checksum matching, follows the selection (the last
+//! symbol's book stops on the wire), and recovers from a lost update and a corrupted
+//! level with its counters showing them; a paced row updates no more often than its pace, a pattern
 //! adds rows (one of them when its symbol gets its first value), the page's latency
 //! report reaches the node's `/v1/latency`, a planned `reconnect` moves the page to a
 //! new connection with no gap, hole, duplicate or backoff, and a link's `?pace=` sets
@@ -381,6 +385,106 @@ impl Walk {
     }
 }
 
+/// Levels a side of the books this test publishes (the page shows the best 10).
+const BOOK_LEVELS: u64 = 20;
+
+/// The order book of one [`Walk`]: a level on every tick of its grid from the quote's bid
+/// down and from its ask up, the best sizes the quote's, a few sizes near the touch
+/// changing with every tick, published as a `book` and then `book_update`s.
+struct BookWalk {
+    levels: Option<tickstream::book::Levels>,
+    seq: u64,
+    rng: u64,
+}
+
+impl BookWalk {
+    fn new(seed: u64) -> BookWalk {
+        BookWalk {
+            levels: None,
+            seq: 0,
+            rng: seed | 1,
+        }
+    }
+
+    fn noise(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    /// The book after `tick` (whose prices are on `step`): a whole book the first time,
+    /// then the levels that changed (none: `None`).
+    fn next(
+        &mut self,
+        tick: &tickstream::tick::Tick,
+        step: f64,
+    ) -> Option<tickstream::book::BookMsg> {
+        use tickstream::book::{diff, Level, Levels, Side};
+        let (bid, ask) = (
+            (tick.bid / step).round() as u64,
+            (tick.ask / step).round() as u64,
+        );
+        let held = self.levels.clone().unwrap_or_default();
+        let mut side = |best: u64, down: bool, best_size: u64| -> Vec<Level> {
+            (0..BOOK_LEVELS)
+                .map(|k| {
+                    let price = if down { best - k } else { best + k };
+                    let s = if down { Side::Bid } else { Side::Ask };
+                    let size = match (k, held.size(s, price)) {
+                        (0, _) => best_size,
+                        (1..=3, _) | (_, 0) => 100 * (1 + self.noise() % 30),
+                        (_, was) => was,
+                    };
+                    Level::new(price, size)
+                })
+                .collect()
+        };
+        let bids = side(bid, true, tick.bid_size);
+        let asks = side(ask, false, tick.ask_size);
+        let new = Levels::new(bids, asks);
+        let (mut bids, mut asks) = (Vec::new(), Vec::new());
+        let prev_seq = match &self.levels {
+            None => {
+                bids = new.side(Side::Bid).to_vec();
+                asks = new.side(Side::Ask).to_vec();
+                None
+            }
+            Some(old) => {
+                diff(
+                    Side::Bid,
+                    old.side(Side::Bid),
+                    new.side(Side::Bid),
+                    &mut bids,
+                );
+                diff(
+                    Side::Ask,
+                    old.side(Side::Ask),
+                    new.side(Side::Ask),
+                    &mut asks,
+                );
+                if bids.is_empty() && asks.is_empty() {
+                    return None;
+                }
+                Some(self.seq)
+            }
+        };
+        self.seq += 1;
+        let checksum = Some(new.checksum());
+        self.levels = Some(new);
+        Some(tickstream::book::BookMsg {
+            symbol: tick.symbol.clone(),
+            epoch: "walk-book".into(),
+            seq: self.seq,
+            prev_seq,
+            ts: tick.ts,
+            bids,
+            asks,
+            checksum,
+        })
+    }
+}
+
 /// Ticks of `walk` every `every` ns from `from` up to (not including) `to`.
 fn history(node: &tickstream::node::Node, walk: &mut Walk, from: u64, to: u64, every: u64) {
     let mut ts = from;
@@ -390,8 +494,8 @@ fn history(node: &tickstream::node::Node, walk: &mut Walk, from: u64, to: u64, e
     }
 }
 
-/// Publishes a tick of every live symbol every [`LIVE_EVERY_MS`] (and of [`LATE`] once
-/// `late` is set) until `stop` is set.
+/// Publishes a tick of every live symbol every [`LIVE_EVERY_MS`], each with its book's
+/// update (and a tick of [`LATE`] once `late` is set) until `stop` is set.
 fn live_feed(
     node: std::sync::Arc<tickstream::node::Node>,
     mut walks: Vec<Walk>,
@@ -401,10 +505,25 @@ fn live_feed(
     use std::sync::atomic::Ordering;
     std::thread::spawn(move || {
         let mut late_walk = Walk::new(LATE, 3138.06);
+        let mut books: Vec<BookWalk> = (0..walks.len() as u64).map(BookWalk::new).collect();
         while !stop.load(Ordering::Relaxed) {
             let now = tickstream::tick::now_ns();
-            for w in &mut walks {
-                let _ = node.bus.publish(w.tick(now));
+            for (w, b) in walks.iter_mut().zip(&mut books) {
+                let tick = w.tick(now);
+                if let Some(msg) = b.next(&tick, w.step) {
+                    for r in node.hub.publish_books(&[msg]) {
+                        assert!(
+                            !matches!(
+                                r,
+                                tickstream::hub::book::BookPublished::Refused(_)
+                                    | tickstream::hub::book::BookPublished::UnknownSymbol
+                            ),
+                            "the test's book of {} is taken: {r:?}",
+                            w.symbol
+                        );
+                    }
+                }
+                let _ = node.bus.publish(tick);
             }
             if late.load(Ordering::Relaxed) {
                 let _ = node.bus.publish(late_walk.tick(now));
@@ -445,7 +564,7 @@ async fn fed_node() -> (tickstream::server::Running, Vec<Walk>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_trading_screen_charts_paces_matches_and_moves_without_a_break() {
+async fn the_trading_screen_charts_ladders_paces_matches_and_moves_without_a_break() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     assert!(
@@ -525,6 +644,25 @@ async fn the_trading_screen_charts_paces_matches_and_moves_without_a_break() {
     }
     assert_eq!(mv["delta"]["moves"], 1, "{mv}");
     assert_eq!(mv["old"]["closedBy"], "page", "{mv}");
+    assert_eq!(
+        mv["book"]["mismatches"], 0,
+        "the book across the move: {mv}"
+    );
+
+    let ladder = &r["ladder"];
+    assert!(
+        ladder["shownMs"].as_f64().unwrap() <= 1000.0,
+        "the ladder within a second of the click: {ladder}"
+    );
+    assert!(ladder["verified"].as_u64().unwrap() >= 20, "{ladder}");
+    let switch = &r["ladderSwitch"];
+    assert_eq!(switch["oldUpdates"], 0, "the last book dropped: {switch}");
+    assert!(switch["fxUpdates"].as_u64().unwrap() > 0, "{switch}");
+    let faults = &r["faults"];
+    assert_eq!(faults["fixed"]["mismatches"], 1, "{faults}");
+    assert_eq!(faults["after"]["mismatches"], 1, "{faults}");
+    assert_eq!(faults["shown"]["mismatches"], "1", "{faults}");
+    assert_eq!(faults["resumed"]["breaks"], 1, "{faults}");
     assert!(
         std::fs::metadata(&shot).is_ok_and(|m| m.len() > 10_000),
         "a screenshot in {}",

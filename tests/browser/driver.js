@@ -62,7 +62,7 @@ function check(cond, what) {
 }
 
 /** Polls `fn` in the page until it returns something truthy; on a timeout, fails with
- *  the page's connection state, counters and chart. */
+ *  the page's connection state, counters, chart and book. */
 async function until(page, what, fn, arg, timeout = 10000) {
   try {
     const h = await page.waitForFunction(fn, arg, { timeout, polling: 50 });
@@ -72,7 +72,7 @@ async function until(page, what, fn, arg, timeout = 10000) {
       const t = window.__tickstream;
       const conn = document.getElementById("conn-text");
       return {
-        state: t && t.state, stats: t && t.stats, chart: t && t.chart,
+        state: t && t.state, stats: t && t.stats, chart: t && t.chart, book: t && t.book,
         conn: conn && conn.textContent,
       };
     }).catch(() => null);

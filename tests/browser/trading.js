@@ -5,7 +5,8 @@
 // The node is fed by the test: three hours of BTC-USD (bars exist before the page
 // opens), and AAPL, MSFT, NVDA, EUR/USD, BTC-USD and ETH-USD 20 times a second. The page
 // is loaded through a proxy (wsproxy.js) that counts what the node sends on each
-// WebSocket and can add a `reconnect` to it. One line each way with the test:
+// WebSocket and can add a `reconnect` to it. Each live symbol has a book of 20 levels a
+// side that moves with its quote; the selected row's is drawn as a ladder. One line each way with the test:
 //   stdout "LATE"            the pattern ETH-* is shown: give ETH-EUR its first value
 //   stdin  "LATE_PUBLISHED"
 //   stdout "RESULT {…}"      what was measured; exit status 0 when every check held
@@ -22,6 +23,7 @@ if (!nodeUrl || !shot) {
   process.exit(2);
 }
 const CHARTED = "BTC-USD";
+const FX = "EUR/USD"; // a book of 5 decimals, some of its prices ending in 0
 const PACED = "AAPL";
 const PACE_MS = 250;
 const MOVE_IN_MS = 3000;
@@ -40,6 +42,7 @@ async function untilHere(what, fn, timeout) {
 const ts = (page) => page.evaluate(() => ({
   stats: { ...window.__tickstream.stats }, symbols: window.__tickstream.symbols(),
   chart: window.__tickstream.chart, connections: window.__tickstream.connections,
+  book: window.__tickstream.book,
 }));
 
 /** Selecting a row opens its chart, filled from backfill at once; a bar closes and the
@@ -74,6 +77,133 @@ async function chartOpens(page) {
     return c.closes > n && c.newest > t ? c : null;
   }, [was, closes], 5000);
   return { chart, pixels, closed: { was, next: next.newest, closes: next.closes - closes } };
+}
+
+/** What the ladder shows: its rows with a price, top to bottom, and its counters. */
+const ladderDom = (page) => page.evaluate(() => {
+  const rows = (sel) => [...document.querySelectorAll(sel)]
+    .filter((r) => r.querySelector(".px").textContent)
+    .map((r) => ({
+      text: r.querySelector(".px").textContent, px: Number(r.querySelector(".px").textContent),
+      size: r.querySelector(".sz").textContent, best: r.classList.contains("best"),
+      bar: r.querySelector(".bar").style.transform,
+    }));
+  const text = (id) => document.getElementById(id).textContent;
+  const box = document.getElementById("ladder").getBoundingClientRect();
+  return {
+    asks: rows("#lad-asks .lv"), bids: rows("#lad-bids .lv"), spread: text("lad-spread"),
+    state: text("lad-state"), mismatches: text("lad-mismatches"), resyncs: text("lad-resyncs"),
+    warn: document.getElementById("lad-mismatches").classList.contains("warn"),
+    shown: box.width > 200 && box.height > 300,
+  };
+});
+
+const book = (page) => page.evaluate(() => window.__tickstream.book);
+
+/** Waits for the ladder of `symbol` holding a checked book of 10 levels a side. */
+const ladderOf = (page, symbol, timeout = 5000) => until(page, `the ladder of ${symbol}`, (sym) => {
+  const b = window.__tickstream.book;
+  return b && b.symbol === sym && b.valid && b.bids >= 10 && b.asks >= 10 && b.shownMs !== null ? b : null;
+}, symbol, timeout);
+
+/** The ladder as drawn: 10 levels a side, asks above bids, each side in price order
+ *  from the touch, the best two highlighted, bid below ask, cumulative bars. */
+function ladderDrawn(dom, symbol) {
+  const asks = dom.asks.map((l) => l.px);
+  const bids = dom.bids.map((l) => l.px);
+  check(dom.shown, `the ladder is beside the chart: ${JSON.stringify(dom)}`);
+  check(asks.length === 10 && bids.length === 10, `${symbol}: 10 levels a side drawn: ${JSON.stringify(dom)}`);
+  check(asks.every((p, i) => i === 0 || asks[i - 1] > p), `${symbol}: asks from the highest down to the best: ${asks}`);
+  check(bids.every((p, i) => i === 0 || bids[i - 1] > p), `${symbol}: bids from the best down: ${bids}`);
+  const bestAsk = dom.asks[9];
+  const bestBid = dom.bids[0];
+  check(bestBid.px < bestAsk.px, `${symbol}: best bid ${bestBid.text} < best ask ${bestAsk.text}`);
+  check(bestAsk.best && bestBid.best && [...dom.asks, ...dom.bids].filter((l) => l.best).length === 2,
+    `${symbol}: the best bid and ask highlighted, nothing else: ${JSON.stringify(dom)}`);
+  check(/^spread /.test(dom.spread), `${symbol}: the spread is shown: ${dom.spread}`);
+  check([...dom.asks, ...dom.bids].some((l) => l.bar === "scaleX(1)") && dom.bids[0].bar !== "scaleX(1)",
+    `${symbol}: cumulative bars, the deepest the longest: ${JSON.stringify(dom.bids.map((l) => l.bar))}`);
+  return { bestBid: bestBid.text, bestAsk: bestAsk.text, spread: dom.spread };
+}
+
+/** Selecting a row shows its book beside the chart within a second; it updates, and
+ *  every message's checksum matches for several seconds of live updates. */
+async function ladderShows(page) {
+  const first = await ladderOf(page, CHARTED);
+  check(first.shownMs <= 1000, `levels within a second of the click: ${first.shownMs} ms`);
+  const drawn = ladderDrawn(await ladderDom(page), CHARTED);
+  await page.waitForTimeout(4000);
+  const later = await book(page);
+  const dom = await ladderDom(page);
+  ladderDrawn(dom, CHARTED);
+  const verified = later.verified - first.verified;
+  check(verified >= 20 && later.seq > first.seq, `the book updates: ${verified} messages checked, seq ${first.seq} → ${later.seq}`);
+  for (const k of ["mismatches", "resyncs", "breaks", "malformed", "stray"]) {
+    check(later[k] === 0, `${k} stays 0 over live updates: ${JSON.stringify(later)}`);
+  }
+  check(dom.mismatches === "0" && dom.resyncs === "0" && /checksum ok/.test(dom.state),
+    `the counters shown: ${JSON.stringify(dom)}`);
+  return { shownMs: first.shownMs, verified, seq: [first.seq, later.seq], first: drawn, later: ladderDrawn(dom, CHARTED) };
+}
+
+/** Another row's ladder: its book alone is subscribed (the last one's stops on the
+ *  wire); then back. */
+async function ladderSwitches(page, proxy) {
+  const [conn] = proxy.open();
+  await page.click(`#rows .row[data-symbol="${FX}"] .sym`);
+  const fx = await ladderOf(page, FX);
+  const drawn = ladderDrawn(await ladderDom(page), FX);
+  check(/\.\d{5}$/.test(drawn.bestBid) && /\.\d{5}$/.test(drawn.bestAsk), `${FX} prices with 5 decimals: ${JSON.stringify(drawn)}`);
+  await page.waitForTimeout(300); // what the node had queued before the unsubscribe
+  const old0 = conn.count(`book_update ${CHARTED}`);
+  const fx0 = conn.count(`book_update ${FX}`);
+  await page.waitForTimeout(1500);
+  const oldBook = conn.count(`book_update ${CHARTED}`) - old0;
+  const fxBook = conn.count(`book_update ${FX}`) - fx0;
+  check(oldBook === 0, `no update of ${CHARTED}'s book after the switch: ${oldBook}`);
+  check(fxBook > 0, `${FX}'s book flows: ${fxBook}`);
+  const fxLater = await book(page);
+  check(fxLater.mismatches === 0 && fxLater.verified > fx.verified, `${FX}: checked with no mismatch: ${JSON.stringify(fxLater)}`);
+  await page.click(`#rows .row[data-symbol="${CHARTED}"] .sym`);
+  const back = await ladderOf(page, CHARTED);
+  return { fx: drawn, fxUpdates: fxBook, oldUpdates: oldBook, backShownMs: back.shownMs };
+}
+
+/** Forced faults: an update lost in the page (the next does not follow: resumed from
+ *  the seq held), then a level corrupted (the checksum says so: the book is fetched
+ *  again). The counters move, and the book recovers and stays checked. */
+async function ladderRecovers(page) {
+  const a = await book(page);
+  await page.evaluate(() => window.__tickstream.dropBookUpdate());
+  const resumed = await until(page, "the book resumed after a lost update", (was) => {
+    const b = window.__tickstream.book;
+    return b.breaks > was.breaks && b.valid && !b.waiting && b.verified > was.verified + 2 ? b : null;
+  }, a, 5000);
+  check(resumed.mismatches === a.mismatches && resumed.resyncs === a.resyncs + 1,
+    `a hole is a re-sync, not a mismatch: ${JSON.stringify(resumed)}`);
+  await page.evaluate(() => window.__tickstream.corruptBook());
+  const fixed = await until(page, "the book fetched again after a mismatch", (was) => {
+    const b = window.__tickstream.book;
+    return b.mismatches > was.mismatches && b.valid && !b.waiting && b.verified > was.verified + 2 ? b : null;
+  }, resumed, 5000);
+  check(resumed.recovered === a.recovered + 1, `the resume gave a good book: ${JSON.stringify(resumed)}`);
+  check(fixed.mismatches === resumed.mismatches + 1 && fixed.resyncs === resumed.resyncs + 1 && fixed.books > resumed.books
+    && fixed.recovered === resumed.recovered + 1,
+    `one mismatch, one re-sync, a fresh book: ${JSON.stringify(fixed)}`);
+  await page.waitForTimeout(2000);
+  const after = await book(page);
+  const dom = await ladderDom(page);
+  ladderDrawn(dom, CHARTED);
+  check(after.mismatches === fixed.mismatches && after.verified > fixed.verified + 10,
+    `checked again with no further mismatch: ${JSON.stringify(after)}`);
+  check(dom.mismatches === String(after.mismatches) && dom.warn && dom.resyncs === String(after.resyncs),
+    `the counters shown: ${JSON.stringify(dom)}`);
+  return {
+    resumed: { breaks: resumed.breaks, resyncs: resumed.resyncs, recovered: resumed.recovered },
+    fixed: { mismatches: fixed.mismatches, resyncs: fixed.resyncs, books: fixed.books },
+    shown: { mismatches: dom.mismatches, resyncs: dom.resyncs },
+    after: { mismatches: after.mismatches, verified: after.verified },
+  };
 }
 
 /** The interval switches to 1m: its own backfill, and nothing of the 1s subscription
@@ -211,6 +341,10 @@ async function plannedMove(page, proxy) {
   const chartLater = await until(page, "the chart to go on", (n) =>
     window.__tickstream.chart.closes > n + 1 ? window.__tickstream.chart : null,
   (await ts(page)).chart.closes, 5000);
+  await until(page, "the book to go on", (n) => {
+    const b = window.__tickstream.book;
+    return b.valid && b.verified > n + 20;
+  }, before.book.verified, 5000);
   const after = await ts(page);
   return moveResult(page, { old, fresh, at, before, after, chartLater });
 }
@@ -233,10 +367,13 @@ async function moveResult(page, { old, fresh, at, before, after, chartLater }) {
   check(old.closedAt - at < MOVE_IN_MS, `before the node would have closed it: ${old.closedAt - at} ms`);
   check(after.connections === 1 && fresh.open, "one connection after the move");
   check(after.chart.loads > before.chart.loads, "the chart was subscribed on the new connection");
+  const book = {};
+  for (const k of ["mismatches", "resyncs", "breaks", "skew", "overlap", "books", "verified"]) book[k] = after.book[k] - before.book[k];
+  check(book.mismatches === 0 && after.book.valid, `the book moved with no mismatch: ${JSON.stringify(book)}`);
   return {
     delta, overlap: delta.overlap, old: { closedBy: old.closedBy, code: old.closeCode, afterMs: old.closedAt - at },
     fresh: { openedAfterMs: fresh.openedAt - at, liveAfterMs: subscribedAt - at, ticks: fresh.count("tick") },
-    lastMoveMs: after.stats.lastMoveMs, chartCloses: chartLater.closes,
+    lastMoveMs: after.stats.lastMoveMs, chartCloses: chartLater.closes, book,
   };
 }
 
@@ -279,7 +416,10 @@ async function main() {
       [...document.querySelectorAll("#rows .row .last")].every((td) => td.textContent !== "–"));
 
     const opened = await chartOpens(page);
+    const ladder = await ladderShows(page);
     const minute = await intervalSwitches(page, proxy);
+    const ladderSwitch = await ladderSwitches(page, proxy);
+    const faults = await ladderRecovers(page);
     const pace = await paceHolds(page);
     const pattern = await patternAdds(page);
     fs.mkdirSync(path.dirname(shot), { recursive: true });
@@ -290,6 +430,7 @@ async function main() {
     check(errors.length === 0, `no errors in the page: ${JSON.stringify(errors)}`);
     console.log("RESULT " + JSON.stringify({
       chart: opened.chart, pixels: opened.pixels, closed: opened.closed, minute, pace, pattern, report, move, paceLink,
+      ladder, ladderSwitch, faults,
     }));
   } finally {
     await browser.close();

@@ -65,7 +65,7 @@ class Conn {
     this.closeCode = null;
     this.inMessage = false; // inside a fragmented message from the node
     this.queued = [];
-    this.counts = new Map(); // "type" or "type interval" -> messages from the node
+    this.counts = new Map(); // "type", "type interval" or "book… SYMBOL" -> messages from the node
     this.firstAt = new Map(); // the same -> when the first arrived
   }
 
@@ -82,7 +82,9 @@ class Conn {
       return;
     }
     for (const m of Array.isArray(msgs) ? msgs : [msgs]) {
-      for (const k of m.interval ? [m.type, `${m.type} ${m.interval}`] : [m.type]) {
+      const book = m.type === "book" || m.type === "book_update";
+      const keys = m.interval ? [m.type, `${m.type} ${m.interval}`] : book ? [m.type, `${m.type} ${m.symbol}`] : [m.type];
+      for (const k of keys) {
         this.counts.set(k, this.count(k) + 1);
         if (!this.firstAt.has(k)) this.firstAt.set(k, Date.now());
       }

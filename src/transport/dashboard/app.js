@@ -1,6 +1,6 @@
 // The tickstream dashboard: a watchlist of paced quotes (symbols and patterns, kept in
-// localStorage), a candle chart of the selected row, and a render loop that draws at
-// most once per animation frame.
+// localStorage), a candle chart and a depth ladder of the selected row, and a render
+// loop that draws at most once per animation frame.
 //
 // The WebSockets live in a worker (feed.js), which hands the frames over in batches: the
 // page's main thread sees tens of messages a second, not thousands. Rows subscribe with
@@ -16,7 +16,9 @@
 //
 // When the node announces a planned close (`reconnect`), the page opens its next
 // connection at once, subscribes there with `resume`, and closes the old one when the
-// new one is live; ticks both deliver meanwhile are told apart by `seq`.
+// new one is live; ticks both deliver meanwhile are told apart by `seq`, book updates by
+// `seq` and `prev_seq` (book.js).
+import { BookSync, Ladder, parseFrame } from "./book.js";
 import { CandleChart, INTERVALS } from "./chart.js";
 import { Histogram, Window, fmtMs } from "./latency.js";
 
@@ -558,6 +560,7 @@ function subscribeAll(c) {
     sendTo(c, cmd);
   }
   if (chartSub) sendTo(c, candleSubscribe(chartSub));
+  if (books.symbol) sendTo(c, books.subscribeCmd());
   // A new connection is a new session: its node says `status` stale right after the
   // subscription's snapshot for every symbol stale there, and nothing for the others.
   // Rows marked stale keep their mark until the pong: a row not called stale by then is
@@ -663,7 +666,7 @@ function onFrames(frames, times, from) {
     if (!c) continue; // a connection the page has closed
     let msgs;
     try {
-      msgs = JSON.parse(frames[f]);
+      msgs = parseFrame(frames[f]);
     } catch (_) {
       continue;
     }
@@ -680,7 +683,11 @@ function handle(m, now, c) {
     case "snapshot": return onSnapshot(m, now);
     case "candle": return onCandle(m);
     case "candles": return onCandles(m, now);
-    case "gap": return m.channel && m.channel !== "ticks" ? undefined : onGap(m, now);
+    case "book": return books.onBook(m, now);
+    case "book_update": return books.onUpdate(m, now, conns.size > 1);
+    case "gap":
+      if (m.channel === "book") return books.onGap(m);
+      return m.channel && m.channel !== "ticks" ? undefined : onGap(m, now);
     case "welcome": return onWelcome(c, m);
     case "subscribed": return onSubscribed(c, m);
     case "unsubscribed": return onUnsubscribed(m);
@@ -835,6 +842,7 @@ function onError(m, now) {
     chart.dirty = true;
     return;
   }
+  if (m.channel === "book") return books.onError(m);
   const symbols = Array.isArray(m.symbols) ? m.symbols : [];
   let onRows = 0;
   for (const s of symbols) {
@@ -871,6 +879,13 @@ function decimalsOf(x) {
   return 6;
 }
 
+// ---- the depth ladder of the selected row (the book channel, book.js) ----
+const books = new BookSync((cmd) => sendAll(cmd), nextId);
+const ladder = new Ladder({
+  root: $("ladder"), asks: $("lad-asks"), bids: $("lad-bids"), spread: $("lad-spread"),
+  state: $("lad-state"), mismatches: $("lad-mismatches"), resyncs: $("lad-resyncs"),
+});
+
 // ---- the chart of the selected row (the candles channel) ----
 const chart = new CandleChart($("chart-canvas"));
 let chartSub = null; // {symbol, interval, selectedAt, loadedAt, drawnAt}
@@ -900,6 +915,7 @@ function openChart(symbol, interval = chartSub ? chartSub.interval : "1s") {
   chart.reset(INTERVALS[interval]);
   chart.setDecimals(rows.get(symbol).decimals);
   sendAll(candleSubscribe(chartSub));
+  books.select(symbol, chartSub.selectedAt);
   store(STORE.chart, { symbol, interval });
   markSelected(was, symbol);
   showDetail(true);
@@ -909,6 +925,7 @@ function openChart(symbol, interval = chartSub ? chartSub.interval : "1s") {
 function closeChart() {
   if (!chartSub) return;
   dropCandles(chartSub);
+  books.select(null, nowMs());
   markSelected(chartSub.symbol, null);
   chartSub = null;
   store(STORE.chart, null);
@@ -1125,6 +1142,7 @@ function render() {
   }
   drawSparks(now);
   if (chartSub && (chart.dirty || headDirty)) renderChart(now);
+  if (books.dirty) ladder.draw(books);
   if (chipsDirty) renderChips();
   if (statusDirty) renderStatus(now);
   if (flashing.size || sparkDue.size || connState === "waiting") schedule();
@@ -1503,6 +1521,11 @@ window.__tickstream = {
   get visibleRows() { let n = 0; for (const r of rows.values()) n += r.visible ? 1 : 0; return n; },
   get staleRows() { return staleRows(); },
   get chart() { return chartInfo(); },
+  get book() { return books.info(); },
+  /** Test hooks: the next book message applied leaves one level wrong (a checksum
+   *  mismatch follows), or the next update is lost (a hole in prev_seq follows). */
+  corruptBook() { books.hooks.corrupt = true; },
+  dropBookUpdate() { books.hooks.drop = true; },
   symbols() {
     const out = {};
     for (const [s, r] of rows) out[s] = rowInfo(r);

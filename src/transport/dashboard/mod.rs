@@ -1,7 +1,7 @@
 //! The live dashboard at `/`: a page, its scripts (the page's modules: the watchlist,
-//! the candle chart, the latency histograms; and the worker's that holds its WebSockets)
-//! and its style sheet, compiled into the binary so that a node serves them without a
-//! build step, a CDN or files beside it.
+//! the candle chart, the order book's ladder, the latency histograms; and the worker's
+//! that holds its WebSockets) and its style sheet, compiled into the binary so that a
+//! node serves them without a build step, a CDN or files beside it.
 //!
 //! Every asset is answered with its content type, an `ETag` computed at compile time and
 //! `Cache-Control: no-cache`: browsers keep a copy and revalidate it, so a new build is
@@ -44,6 +44,7 @@ const fn fnv1a(bytes: &[u8]) -> u64 {
 static INDEX: Asset = asset(include_bytes!("index.html"), "text/html; charset=utf-8");
 static APP_JS: Asset = asset(include_bytes!("app.js"), "text/javascript; charset=utf-8");
 static CHART_JS: Asset = asset(include_bytes!("chart.js"), "text/javascript; charset=utf-8");
+static BOOK_JS: Asset = asset(include_bytes!("book.js"), "text/javascript; charset=utf-8");
 static LATENCY_JS: Asset = asset(
     include_bytes!("latency.js"),
     "text/javascript; charset=utf-8",
@@ -64,6 +65,7 @@ pub fn serve(path: &str, headers: &HeaderMap) -> Option<Response<Body>> {
         "/" | "/index.html" => &INDEX,
         "/assets/app.js" => &APP_JS,
         "/assets/chart.js" => &CHART_JS,
+        "/assets/book.js" => &BOOK_JS,
         "/assets/latency.js" => &LATENCY_JS,
         "/assets/feed.js" => &FEED_JS,
         "/assets/style.css" => &STYLE_CSS,
@@ -112,6 +114,7 @@ mod tests {
             ("/", "text/html; charset=utf-8"),
             ("/assets/app.js", "text/javascript; charset=utf-8"),
             ("/assets/chart.js", "text/javascript; charset=utf-8"),
+            ("/assets/book.js", "text/javascript; charset=utf-8"),
             ("/assets/latency.js", "text/javascript; charset=utf-8"),
             ("/assets/feed.js", "text/javascript; charset=utf-8"),
             ("/assets/style.css", "text/css; charset=utf-8"),
