@@ -3,6 +3,8 @@
 //! codes, and a symbol shown stale while its feed is gone (as NDJSON, and in the live
 //! table on a terminal).
 
+#[path = "common/book.rs"]
+mod book_client;
 mod common;
 #[path = "common/redis.rs"]
 mod env;
@@ -1141,5 +1143,97 @@ async fn publish_until(
         *seq += 1;
         run.node.bus.publish(tick("AAPL", "mv", *seq)).unwrap();
         tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// The book of `symbol` rebuilt from the NDJSON lines printed, with the tests' own code
+/// (which checks `prev_seq` and the checksum at every message).
+fn rebuilt(p: &Proc, symbol: &str, decimals: usize) -> book_client::Mirror {
+    let mut m = book_client::Mirror::new(decimals);
+    for line in p.out() {
+        let v: Value = serde_json::from_str(&line).unwrap();
+        if (v["type"] == "book" || v["type"] == "book_update") && v["symbol"] == symbol {
+            m.apply(&v, &line);
+        }
+    }
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_book_piped_prints_ndjson_that_rebuilds_the_book() {
+    use tickstream::book::Side;
+    let run = start(settings()).await;
+    let mut g =
+        tickstream::feed::Generator::new(&book_client::universe(), 9, "e1".into()).with_books();
+    let mut feed = |n: u64| {
+        let ticks = g.batch(n);
+        run.node.bus.publish_books(g.take_books()).unwrap();
+        run.node.bus.publish_batch(ticks).unwrap();
+    };
+    feed(20);
+    let url = ws_url(run.addr);
+    let procs = [
+        Proc::spawn(&["subscribe", "--book", "EUR/USD", "--url", &url]),
+        Proc::spawn(&[
+            "subscribe",
+            "--book",
+            "EUR/USD",
+            "--depth",
+            "50",
+            "--encoding",
+            "binary",
+            "--url",
+            &url,
+        ]),
+    ];
+    for p in &procs {
+        p.wait_for("the first book", |p| {
+            p.out().iter().any(|l| l.contains("\"type\":\"book\""))
+        })
+        .await;
+    }
+    for _ in 0..50 {
+        feed(20);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (_, levels) = g.book("EUR/USD").unwrap();
+    let levels = levels.clone();
+    for (p, depth) in procs.iter().zip([10, 50]) {
+        p.wait_for("the feed's book", |p| {
+            let m = rebuilt(p, "EUR/USD", 5);
+            Side::BOTH
+                .iter()
+                .all(|&s| m.levels(s) == levels.top(s, depth))
+        })
+        .await;
+        let m = rebuilt(p, "EUR/USD", 5);
+        m.assert_window(&levels, depth, "printed");
+        assert!(m.messages > 20, "{} messages", m.messages);
+        // Prices as the node writes them: 5 decimals for EUR/USD, checked by the mirror.
+        assert!(!p.err().contains("mismatch"), "{}", p.err());
+    }
+    run.shutdown().await;
+}
+
+#[test]
+fn subscribe_book_refuses_what_it_cannot_show() {
+    for (args, want) in [
+        (
+            &["subscribe", "--book", "AAPL", "--depth", "20"][..],
+            "depth 20 is not served: 10 or 50",
+        ),
+        (
+            &["subscribe", "--book", "AAPL", "MSFT"][..],
+            "cannot be used with",
+        ),
+        (&["subscribe", "--book", "aapl"][..], "--book \"aapl\""),
+        (&["subscribe", "--depth", "50", "AAPL"][..], "--book"),
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(want),
+            "{args:?}: {err}"
+        );
     }
 }
