@@ -262,7 +262,8 @@ pub struct Args {
     #[arg(long, value_name = "DURATION")]
     pub duration: Option<Dur>,
 
-    /// Stop after this many values (ticks and snapshots; with --candles, bar messages).
+    /// Stop after this many values (ticks and snapshots; with --candles, bar messages;
+    /// with --book, book messages applied).
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
 
