@@ -11,7 +11,7 @@
 //! a message that applies, further updates of that symbol are dropped without asking
 //! again.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::book::{Book, BookMsg, Levels, Side, Spec};
@@ -120,8 +120,9 @@ pub(crate) struct Books {
     held: HashMap<Symbol, Held>,
     /// Symbols whose re-sync is to be sent on the connection in use.
     pub due: Vec<Symbol>,
-    /// Ids of the client's own re-sync commands, whose replies are not passed on.
-    ids: HashSet<u64>,
+    /// Ids of the client's own re-sync commands, whose replies are not passed on, and
+    /// the symbol each re-syncs.
+    ids: HashMap<u64, Symbol>,
 }
 
 impl Books {
@@ -144,14 +145,26 @@ impl Books {
         }
     }
 
-    /// Notes a re-sync command sent.
-    pub fn sent(&mut self, id: u64) {
-        self.ids.insert(id);
+    /// Notes a re-sync command of `symbol` sent.
+    pub fn sent(&mut self, id: u64, symbol: Symbol) {
+        self.ids.insert(id, symbol);
     }
 
     /// Whether a reply with `id` answers a re-sync (and is the client's own).
     pub fn answers(&mut self, id: Option<u64>) -> bool {
-        id.is_some_and(|i| self.ids.remove(&i))
+        id.is_some_and(|i| self.ids.remove(&i).is_some())
+    }
+
+    /// The node refused re-sync command `id` (e.g. `rate_limited`): the next mismatch
+    /// of its book asks again. True when `id` was a re-sync's.
+    pub fn refused(&mut self, id: Option<u64>) -> bool {
+        let Some(symbol) = id.and_then(|i| self.ids.remove(&i)) else {
+            return false;
+        };
+        if let Some(h) = self.held.get_mut(&symbol) {
+            h.resyncing = false;
+        }
+        true
     }
 
     /// Takes one message of a book subscribed at `depth`; `quiet`: a mismatch asks for
@@ -258,6 +271,12 @@ mod tests {
         }
     }
 
+    impl Outcome {
+        fn is_resyncing(&self) -> bool {
+            matches!(self, Outcome::Resyncing)
+        }
+    }
+
     fn applied(o: Outcome) -> LocalBook {
         match o {
             Outcome::Applied(b) => b,
@@ -296,6 +315,18 @@ mod tests {
         let l3 = Levels::new(vec![Level::new(100, 2)], vec![Level::new(101, 4)]);
         let b = applied(books.take(&signed(msg(11, Some(5), &[(100, 2)], &[]), &l3), d, false));
         assert_eq!(b.levels(), &l3);
+        // A re-sync the node refused (rate_limited): the next mismatch asks again.
+        books.due.clear();
+        let hole = signed(msg(13, Some(12), &[(100, 1)], &[]), &l3);
+        assert!(matches!(books.take(&hole, d, false), Outcome::Mismatch(_)));
+        books.sent(7, "AAPL".into());
+        assert!(books.take(&hole, d, false).is_resyncing());
+        assert!(!books.refused(Some(8)) && books.refused(Some(7)));
+        assert!(!books.answers(Some(7)), "answered once");
+        assert!(matches!(books.take(&hole, d, false), Outcome::Mismatch(_)));
+        assert_eq!(books.due.len(), 2);
+        books.reconnected();
+        assert!(books.due.is_empty());
         // Quiet (during a move): a mismatch asks for nothing.
         books.due.clear();
         let hole = signed(msg(20, Some(19), &[(100, 1)], &[]), &l3);

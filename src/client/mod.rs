@@ -795,7 +795,7 @@ impl Client {
                 .plan
                 .resync(&symbol, &self.st.books, &mut self.next_id);
             for cmd in cmds {
-                self.st.books.sent(cmd.id);
+                self.st.books.sent(cmd.id, symbol.clone());
                 conn.send_text(cmd.text).await?;
             }
             self.st.counters.book_resyncs += 1;

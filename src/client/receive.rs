@@ -160,6 +160,7 @@ impl Receiver<'_> {
                 symbols,
                 ..
             } => self.subscribed(*id, channel.is_none(), symbols),
+            ServerMessage::Error { id, .. } if self.st.books.refused(*id) => {}
             ServerMessage::Error {
                 id, code, symbols, ..
             } => self.error(*id, code, symbols),
