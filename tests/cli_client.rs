@@ -1237,3 +1237,74 @@ fn subscribe_book_refuses_what_it_cannot_show() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_book_draws_a_ladder_in_a_terminal_with_the_best_levels_highlighted() {
+    use tickstream::book::{BookMsg, Level};
+    let run = start(settings()).await;
+    let msg = |seq: u64, prev: Option<u64>, bids: &[(u64, u64)], asks: &[(u64, u64)]| BookMsg {
+        symbol: "AAPL".into(),
+        epoch: "e1".into(),
+        seq,
+        prev_seq: prev,
+        ts: seq,
+        bids: bids.iter().map(|&(p, s)| Level::new(p, s)).collect(),
+        asks: asks.iter().map(|&(p, s)| Level::new(p, s)).collect(),
+        checksum: None,
+    };
+    run.node
+        .bus
+        .publish_books(vec![msg(
+            1,
+            None,
+            &[(10_000, 300), (9_999, 100)],
+            &[(10_002, 200), (10_005, 500)],
+        )])
+        .unwrap();
+    // A terminal of 120 columns, made by script(1).
+    let cmd = format!(
+        "stty cols 120 rows 30; exec {BIN} subscribe --url {} --book AAPL --duration 30s",
+        ws_url(run.addr)
+    );
+    let ladder = Proc::spawn_program("script", &["-qfec", &cmd, "/dev/null"]);
+    let screen = |p: &Proc| p.out().join("\n");
+    ladder
+        .wait_for("the ladder", |p| {
+            screen(p).contains("spread 0.02 (2 ticks)")
+        })
+        .await;
+    let s = screen(&ladder);
+    // Asks above, worst first; the spread; bids below, best first.
+    let at = |what: &str| s.find(what).unwrap_or_else(|| panic!("{what}: {s}"));
+    assert!(at("100.05") < at("100.02") && at("100.02") < at("spread"));
+    assert!(at("spread") < at("100.00") && at("100.00") < at("99.99"));
+    let row = |price: &str| -> Vec<String> {
+        let line = s.lines().find(|l| l.contains(price)).unwrap();
+        let clean = line.rsplit('m').next().unwrap_or(line);
+        clean.split_whitespace().map(str::to_owned).collect()
+    };
+    // Price, size, and the size summed from the best level.
+    assert_eq!(row("100.05")[1..], ["100.05", "500", "700"]);
+    assert_eq!(row("99.99")[1..], ["99.99", "100", "400"]);
+    // The best levels are highlighted (bold), the others not.
+    let bold = |price: &str| {
+        s.split("\x1b[1m")
+            .skip(1)
+            .any(|seg| seg.split('\n').next().unwrap().contains(price))
+    };
+    assert!(bold("100.02") && bold("100.00"), "{s:?}");
+    assert!(!bold("100.05") && !bold("99.99"), "{s:?}");
+    // An update redraws it in place.
+    run.node
+        .bus
+        .publish_books(vec![msg(2, Some(1), &[(10_001, 50)], &[])])
+        .unwrap();
+    ladder
+        .wait_for("the update", |p| {
+            let s = screen(p);
+            s.contains("spread 0.01 (1 ticks)") && s.contains("book seq 2")
+        })
+        .await;
+    assert!(screen(&ladder).contains("mismatches 0"));
+    run.shutdown().await;
+}
