@@ -58,6 +58,16 @@
 //! # }
 //! ```
 //!
+//! # Order books
+//!
+//! A [`Subscription`] on [`Channel::Book`](crate::protocol::Channel::Book) (depth 10
+//! or 50) makes the client keep that book per symbol ([`books`]): each `book` and
+//! `book_update` is applied when it follows the book held (`prev_seq`) and the book's
+//! checksum is the node's, then passed on as [`ServerMessage::Book`] followed by
+//! [`Event::Book`] with the book after it. Anything else is a mismatch
+//! ([`Event::BookMismatch`]): the book stays as verified last and the client re-syncs it
+//! with `resume` from that seq, by itself. Reconnects resume books as they resume ticks.
+//!
 //! # Sequence tracking and re-snapshotting
 //!
 //! - A tick whose `seq` follows the last one is in order; so is a paced tick whose
