@@ -3,6 +3,8 @@
 //! codes, and a symbol shown stale while its feed is gone (as NDJSON, and in the live
 //! table on a terminal).
 
+#[path = "common/book.rs"]
+mod book_client;
 mod common;
 #[path = "common/redis.rs"]
 mod env;
@@ -1142,4 +1144,167 @@ async fn publish_until(
         run.node.bus.publish(tick("AAPL", "mv", *seq)).unwrap();
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+}
+
+/// The book of `symbol` rebuilt from the NDJSON lines printed, with the tests' own code
+/// (which checks `prev_seq` and the checksum at every message).
+fn rebuilt(p: &Proc, symbol: &str, decimals: usize) -> book_client::Mirror {
+    let mut m = book_client::Mirror::new(decimals);
+    for line in p.out() {
+        let v: Value = serde_json::from_str(&line).unwrap();
+        if (v["type"] == "book" || v["type"] == "book_update") && v["symbol"] == symbol {
+            m.apply(&v, &line);
+        }
+    }
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_book_piped_prints_ndjson_that_rebuilds_the_book() {
+    use tickstream::book::Side;
+    let run = start(settings()).await;
+    let mut g =
+        tickstream::feed::Generator::new(&book_client::universe(), 9, "e1".into()).with_books();
+    let mut feed = |n: u64| {
+        let ticks = g.batch(n);
+        run.node.bus.publish_books(g.take_books()).unwrap();
+        run.node.bus.publish_batch(ticks).unwrap();
+    };
+    feed(20);
+    let url = ws_url(run.addr);
+    let procs = [
+        Proc::spawn(&["subscribe", "--book", "EUR/USD", "--url", &url]),
+        Proc::spawn(&[
+            "subscribe",
+            "--book",
+            "EUR/USD",
+            "--depth",
+            "50",
+            "--encoding",
+            "binary",
+            "--url",
+            &url,
+        ]),
+    ];
+    for p in &procs {
+        p.wait_for("the first book", |p| {
+            p.out().iter().any(|l| l.contains("\"type\":\"book\""))
+        })
+        .await;
+    }
+    for _ in 0..50 {
+        feed(20);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (_, levels) = g.book("EUR/USD").unwrap();
+    let levels = levels.clone();
+    for (p, depth) in procs.iter().zip([10, 50]) {
+        p.wait_for("the feed's book", |p| {
+            let m = rebuilt(p, "EUR/USD", 5);
+            Side::BOTH
+                .iter()
+                .all(|&s| m.levels(s) == levels.top(s, depth))
+        })
+        .await;
+        let m = rebuilt(p, "EUR/USD", 5);
+        m.assert_window(&levels, depth, "printed");
+        assert!(m.messages > 20, "{} messages", m.messages);
+        // Prices as the node writes them: 5 decimals for EUR/USD, checked by the mirror.
+        assert!(!p.err().contains("mismatch"), "{}", p.err());
+    }
+    run.shutdown().await;
+}
+
+#[test]
+fn subscribe_book_refuses_what_it_cannot_show() {
+    for (args, want) in [
+        (
+            &["subscribe", "--book", "AAPL", "--depth", "20"][..],
+            "depth 20 is not served: 10 or 50",
+        ),
+        (
+            &["subscribe", "--book", "AAPL", "MSFT"][..],
+            "cannot be used with",
+        ),
+        (&["subscribe", "--book", "aapl"][..], "--book \"aapl\""),
+        (&["subscribe", "--depth", "50", "AAPL"][..], "--book"),
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(want),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_book_draws_a_ladder_in_a_terminal_with_the_best_levels_highlighted() {
+    use tickstream::book::{BookMsg, Level};
+    let run = start(settings()).await;
+    let msg = |seq: u64, prev: Option<u64>, bids: &[(u64, u64)], asks: &[(u64, u64)]| BookMsg {
+        symbol: "AAPL".into(),
+        epoch: "e1".into(),
+        seq,
+        prev_seq: prev,
+        ts: seq,
+        bids: bids.iter().map(|&(p, s)| Level::new(p, s)).collect(),
+        asks: asks.iter().map(|&(p, s)| Level::new(p, s)).collect(),
+        checksum: None,
+    };
+    run.node
+        .bus
+        .publish_books(vec![msg(
+            1,
+            None,
+            &[(10_000, 300), (9_999, 100)],
+            &[(10_002, 200), (10_005, 500)],
+        )])
+        .unwrap();
+    // A terminal of 120 columns, made by script(1).
+    let cmd = format!(
+        "stty cols 120 rows 30; exec {BIN} subscribe --url {} --book AAPL --duration 30s",
+        ws_url(run.addr)
+    );
+    let ladder = Proc::spawn_program("script", &["-qfec", &cmd, "/dev/null"]);
+    let screen = |p: &Proc| p.out().join("\n");
+    ladder
+        .wait_for("the ladder", |p| {
+            screen(p).contains("spread 0.02 (2 ticks)")
+        })
+        .await;
+    let s = screen(&ladder);
+    // Asks above, worst first; the spread; bids below, best first.
+    let at = |what: &str| s.find(what).unwrap_or_else(|| panic!("{what}: {s}"));
+    assert!(at("100.05") < at("100.02") && at("100.02") < at("spread"));
+    assert!(at("spread") < at("100.00") && at("100.00") < at("99.99"));
+    let row = |price: &str| -> Vec<String> {
+        let line = s.lines().find(|l| l.contains(price)).unwrap();
+        let clean = line.rsplit('m').next().unwrap_or(line);
+        clean.split_whitespace().map(str::to_owned).collect()
+    };
+    // Price, size, and the size summed from the best level.
+    assert_eq!(row("100.05")[1..], ["100.05", "500", "700"]);
+    assert_eq!(row("99.99")[1..], ["99.99", "100", "400"]);
+    // The best levels are highlighted (bold), the others not.
+    let bold = |price: &str| {
+        s.split("\x1b[1m")
+            .skip(1)
+            .any(|seg| seg.split('\n').next().unwrap().contains(price))
+    };
+    assert!(bold("100.02") && bold("100.00"), "{s:?}");
+    assert!(!bold("100.05") && !bold("99.99"), "{s:?}");
+    // An update redraws it in place.
+    run.node
+        .bus
+        .publish_books(vec![msg(2, Some(1), &[(10_001, 50)], &[])])
+        .unwrap();
+    ladder
+        .wait_for("the update", |p| {
+            let s = screen(p);
+            s.contains("spread 0.01 (1 ticks)") && s.contains("book seq 2")
+        })
+        .await;
+    assert!(screen(&ladder).contains("mismatches 0"));
+    run.shutdown().await;
 }

@@ -73,6 +73,11 @@ const BLOCKS: &[(&str, &str)] = &[
         "$ tickstream subscribe AAPL MSFT --candles 1s",
         "subscribe_candles_table",
     ),
+    ("$ tickstream subscribe --book AAPL", "subscribe_book_ladder"),
+    (
+        "const sub = {op: \"subscribe\", channel: \"book\"",
+        "browser_book_snippet_keeps_a_checked_book_and_starts_afresh_on_a_mismatch",
+    ),
     (
         "$ tickstream subscribe AAPL --candles 1s --backfill 3 --count 3",
         "subscribe_paced_candles_and_reports",
@@ -979,6 +984,19 @@ fn subscribe_candles_table() {
 }
 
 #[test]
+fn subscribe_book_ladder() {
+    run_block(
+        "$ tickstream subscribe --book AAPL",
+        Spec {
+            node: NODE,
+            tty: true,
+            ..Spec::default()
+        },
+    )
+    .finish();
+}
+
+#[test]
 fn feed_record() {
     run_block(
         "$ tickstream feed record",
@@ -1367,6 +1385,96 @@ fn browser_snippet_makes_before_it_breaks_when_the_node_asks_it_to_reconnect() {
             assert_eq!(seq, prev + 1, "once each, in order, no hole: {p}");
         }
         last.insert(sym, seq);
+    }
+    run.finish();
+}
+
+/// Runs the book snippet: records what it prints; after ten messages spoils its book
+/// (the best bid's size), so that the next message's checksum does not match and the
+/// snippet starts afresh; ends once ten messages of the fresh book were printed.
+const BOOK_HARNESS: &str = r#"
+const fs = require("fs");
+const snippet = fs.readFileSync(process.argv[process.argv.length - 1], "utf8");
+const printed = [];
+const Native = typeof WebSocket === "function" ? WebSocket : require("ws");
+globalThis.WebSocket = Native;
+console.log = (...args) => printed.push(args);
+(0, eval)(snippet + "\nglobalThis.__book = book;");
+const done = (code) => {
+  process.stdout.write(JSON.stringify({printed}) + "\n");
+  process.exit(code);
+};
+let spoiled = -1;
+setInterval(() => {
+  if (spoiled < 0 && printed.length >= 10 && __book.bids.size > 0) {
+    const [p, q] = [...__book.bids].sort((a, b) => b[0] - a[0])[0];
+    __book.bids.set(p, q + 1);
+    spoiled = printed.length;
+  }
+  const fresh = printed.findIndex((a, i) => spoiled >= 0 && i >= spoiled && a[0] === "book");
+  if (fresh >= 0 && printed.length >= fresh + 10) done(0);
+}, 5);
+setTimeout(() => done(1), 60000);
+"#;
+
+#[test]
+fn browser_book_snippet_keeps_a_checked_book_and_starts_afresh_on_a_mismatch() {
+    let b = block("const sub = {op: \"subscribe\", channel: \"book\"");
+    assert_eq!(b.lang, "js");
+    let run = Run::new(&Spec {
+        node: Some(&["--rate", "5000"]),
+        ..Spec::default()
+    });
+    let snippet = run.dir.path().join("book.js");
+    std::fs::write(&snippet, run.ports.subst(&b.text)).unwrap();
+    let harness = run.dir.path().join("harness.js");
+    std::fs::write(&harness, BOOK_HARNESS).unwrap();
+    let (mut node, how) = node();
+    let out = node
+        .arg(&harness)
+        .arg(&snippet)
+        .output()
+        .expect("node runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "harness ({how}): {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_str(text.trim()).unwrap();
+    let printed: Vec<(String, u64, String)> = r["printed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a[0].as_str().unwrap().to_owned(),
+                a[1].as_u64().unwrap(),
+                a[2].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    // One mismatch, the one the harness made; then a fresh book, every message after it
+    // checked, each update following the one before.
+    let bad: Vec<usize> = (0..printed.len())
+        .filter(|&i| printed[i].2 != "checksum ok")
+        .collect();
+    assert_eq!(bad.len(), 1, "{printed:?}");
+    assert_eq!(printed[bad[0]].2, "checksum mismatch");
+    assert_eq!(printed[0].0, "book");
+    let fresh = bad[0]
+        + 1
+        + printed[bad[0] + 1..]
+            .iter()
+            .position(|p| p.0 == "book")
+            .expect("a fresh book after the mismatch");
+    assert!(printed.len() >= fresh + 10, "{printed:?}");
+    for w in printed[..bad[0]]
+        .windows(2)
+        .chain(printed[fresh..].windows(2))
+    {
+        assert_eq!(w[1].0, "book_update", "{printed:?}");
+        assert!(w[1].1 > w[0].1, "{printed:?}");
     }
     run.finish();
 }

@@ -6,7 +6,9 @@
 //!   status) that redraws in place ten times a second, with connection events under it;
 //!   a symbol the node says is stale is dimmed, its status `STALE 3.2s (feed)`. With
 //!   `--candles`, a table of bars instead (symbol, interval, start, open, high, low,
-//!   close, volume, ticks, forming or closed), the newest of each symbol;
+//!   close, volume, ticks, forming or closed), the newest of each symbol. With
+//!   `--book SYMBOL`, the symbol's depth ladder (see [`ladder`]), kept by the client
+//!   and checked against the node's checksum after every message;
 //! - a pipe or a file, or `--json`: every server message as one JSON object per line
 //!   (NDJSON), in the order received (`status`, `candles` and `candle` included);
 //!   connection events and changes of a symbol's status go to stderr as text lines;
@@ -33,8 +35,10 @@ use crate::protocol::channel::{check_throttle, Interval};
 use crate::protocol::Channel;
 use crate::tick::{now_ns, pattern_matches, valid_pattern, valid_symbol, Tick};
 use bars::BarTable;
+use ladder::{Ladder, Look};
 
 mod bars;
+mod ladder;
 
 /// How to reach the nodes; shared by the commands that subscribe.
 #[derive(clap::Args, Debug, Clone)]
@@ -159,6 +163,15 @@ pub fn parse_resume(s: &str) -> anyhow::Result<(String, (String, u64))> {
     Ok((sym.to_owned(), (epoch, seq)))
 }
 
+/// Parses `--depth`: 10 or 50.
+fn parse_depth(s: &str) -> Result<u64, String> {
+    let n: u64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number: 10 or 50"))?;
+    crate::protocol::channel::Depth::parse(n).map(|d| d.levels() as u64)
+}
+
 /// Parses a pace: `250ms`, `1s`, or a plain number of milliseconds; 0 (none) or 10 ms
 /// to 60 s, in whole milliseconds.
 fn parse_throttle(s: &str) -> Result<u64, String> {
@@ -186,6 +199,7 @@ Examples:
   tickstream subscribe 'BTC-*' --throttle 250ms        every BTC- symbol, 4 updates a second
   tickstream subscribe AAPL --candles 1m --backfill 30 one-minute bars, the last 30 first
   tickstream subscribe AAPL --stats                    rate, gaps and latency every second
+  tickstream subscribe --book AAPL --depth 50          a live depth ladder of 50 levels a side
   tickstream subscribe AAPL --resume AAPL=k3v9q1:1042 --json   replay what followed seq 1042
   tickstream subscribe AAPL --encoding binary --json   binary frames, printed as NDJSON
   tickstream subscribe --url ws://n1:8080/v1/ws,ws://n2:8080/v1/ws AAPL --json
@@ -207,11 +221,30 @@ next connection is opened and subscribed first, and the old one closed once it i
 \"moving…\", then \"moved to…\". Every --report-every the latency measured (receive
 time - ts) is reported to the node, which shows it in its /metrics. Exit status:
 0 when stopped by --count, --duration or SIGINT/SIGTERM; 1 when the client gives up,
-the server refuses a symbol, or the server closes with 1008/1009.")]
+the server refuses a symbol, or the server closes with 1008/1009.
+
+With --book the client keeps the symbol's order book from the node's book and
+book_update messages, checking after each one that it follows the book held (prev_seq)
+and that the book's checksum is the node's; on a mismatch it says so on stderr (or
+under the ladder), keeps the book it verified and re-syncs it from there. Piped, it
+prints the book messages as NDJSON.")]
 pub struct Args {
     /// Symbols and patterns ('*', 'BTC-*'), as separate arguments or comma-separated.
-    #[arg(required = true, value_name = "SYMBOL")]
+    #[arg(required_unless_present = "book", value_name = "SYMBOL")]
     pub symbols: Vec<String>,
+
+    /// The order book of this symbol instead of ticks: a live depth ladder in a
+    /// terminal, the book messages as NDJSON when piped.
+    #[arg(
+        long,
+        value_name = "SYMBOL",
+        conflicts_with_all = ["symbols", "candles", "resume", "no_snapshot"]
+    )]
+    pub book: Option<String>,
+
+    /// With --book: levels a side, 10 (the default) or 50.
+    #[arg(long, value_name = "N", value_parser = parse_depth)]
+    pub depth: Option<u64>,
 
     #[command(flatten)]
     pub conn: ConnArgs,
@@ -229,7 +262,8 @@ pub struct Args {
     #[arg(long, value_name = "DURATION")]
     pub duration: Option<Dur>,
 
-    /// Stop after this many values (ticks and snapshots; with --candles, bar messages).
+    /// Stop after this many values (ticks and snapshots; with --candles, bar messages;
+    /// with --book, book messages applied).
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
 
@@ -303,8 +337,28 @@ const MIN_REPORT_EVERY: Duration = Duration::from_millis(100);
 
 /// The client configuration the options ask for.
 fn client_config(args: &Args) -> anyhow::Result<ClientConfig> {
-    let entries = parse_entries(&args.symbols)?;
     let mut cfg = args.conn.client_config(Vec::new())?;
+    anyhow::ensure!(
+        args.depth.is_none() || args.book.is_some(),
+        "--depth is the depth of a --book"
+    );
+    if let Some(symbol) = &args.book {
+        anyhow::ensure!(
+            valid_symbol(symbol),
+            "--book {symbol:?}: a symbol of 1 to 32 of A-Z 0-9 . _ : / - starting with a letter or digit"
+        );
+        let depth = crate::protocol::channel::Depth::parse(args.depth.unwrap_or(10))
+            .map_err(anyhow::Error::msg)?;
+        cfg.encoding = args.encoding;
+        cfg.report_every = None;
+        cfg.subscriptions.push(Subscription {
+            channel: Channel::Book { depth },
+            symbols: vec![symbol.clone()],
+            throttle_ms: args.throttle,
+        });
+        return Ok(cfg);
+    }
+    let entries = parse_entries(&args.symbols)?;
     cfg.snapshot = !args.no_snapshot;
     cfg.encoding = args.encoding;
     let every = args.report_every.0;
@@ -361,6 +415,11 @@ fn histogram() -> Histogram<u64> {
 struct Stats {
     /// Bars are watched (`--candles`), not ticks.
     candles: bool,
+    /// A book is watched (`--book`), not ticks.
+    book: bool,
+    /// Book messages applied, and those that did not match.
+    books: u64,
+    mismatches: u64,
     second: Histogram<u64>,
     total: Histogram<u64>,
     /// Values (ticks, or bar messages) of the current second.
@@ -377,9 +436,12 @@ struct Stats {
 }
 
 impl Stats {
-    fn new(candles: bool) -> Stats {
+    fn new(candles: bool, book: bool) -> Stats {
         Stats {
             candles,
+            book,
+            books: 0,
+            mismatches: 0,
             second: histogram(),
             total: histogram(),
             values_second: 0,
@@ -410,6 +472,12 @@ impl Stats {
     }
 
     fn line(&self, h: &Histogram<u64>, rate: u64) -> String {
+        if self.book {
+            return format!(
+                "rate {rate}/s  book messages {}  mismatches {}  gaps {}  reconnects {}  moves {}  stale {}",
+                self.books, self.mismatches, self.gaps, self.reconnects, self.moves, self.stale,
+            );
+        }
         if self.candles {
             return format!(
                 "rate {rate}/s  bars {}  closed {}  reconnects {}  moves {}  stale {}",
@@ -566,6 +634,18 @@ fn describe_more(ev: &Event) -> Option<String> {
             format!("{symbol}: stale ({reason}): the node lost its source; the last value is not current")
         }
         Event::Live { symbol, after } => format!("{symbol}: live again after {}", age(*after)),
+        Event::BookMismatch {
+            symbol,
+            why,
+            resync,
+        } => {
+            let then = if *resync {
+                "re-syncing from the book held"
+            } else {
+                "the other connection carries the book"
+            };
+            format!("{symbol}: book mismatch ({why}); dropped, {then}")
+        }
         Event::Message(ServerMessage::Gap {
             symbol,
             from,
@@ -622,6 +702,7 @@ impl Stop {
                     | ServerMessage::Snapshot(_)
                     | ServerMessage::Candles { .. }
                     | ServerMessage::Candle { .. }
+                    | ServerMessage::Book(_)
             )
         ) {
             self.seen += 1;
@@ -679,6 +760,8 @@ struct Watch {
     table: Table,
     /// With `--candles`: the table of bars, shown instead of `table`.
     bars: Option<BarTable>,
+    /// With `--book`: the symbol and its ladder, shown instead of `table`.
+    ladder: Option<(String, Ladder)>,
     screen: Screen,
     out: std::io::BufWriter<std::io::StdoutLock<'static>>,
     /// One NDJSON line being written.
@@ -692,13 +775,14 @@ impl Watch {
         Watch {
             mode,
             stats_to_stderr: args.stats && mode == Mode::Json,
-            stats: Stats::new(args.candles.is_some()),
+            stats: Stats::new(args.candles.is_some(), args.book.is_some()),
             stop: Stop {
                 count: args.count,
                 ..Stop::default()
             },
             table: Table::default(),
             bars: args.candles.map(|_| BarTable::default()),
+            ladder: args.book.clone().map(|s| (s, Ladder::default())),
             screen: Screen::default(),
             out: std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock()),
             line: Vec::with_capacity(512),
@@ -727,13 +811,14 @@ impl Watch {
         let now = Instant::now();
         let room = self.screen.room();
         let stale = &self.table.stale;
-        let mut lines = match &self.bars {
-            Some(bars) => bars.lines(room, stale),
-            None => self.table.lines(room, now),
+        let mut lines: Vec<(String, Look)> = match (&self.ladder, &self.bars) {
+            (Some((symbol, ladder)), _) => ladder.lines(symbol, room),
+            (None, Some(bars)) => plain(bars.lines(room, stale)),
+            (None, None) => plain(self.table.lines(room, now)),
         };
         lines.push((
             self.stats.line(&self.stats.total, self.stats.values_second),
-            false,
+            Look::Plain,
         ));
         self.screen.draw(&mut self.out, lines)
     }
@@ -818,6 +903,20 @@ impl Watch {
             Event::Live { symbol, .. } => {
                 self.table.stale.remove(&**symbol);
                 stats.stale = self.table.stale.len();
+            }
+            Event::Book(book) => {
+                stats.books += 1;
+                stats.values_second += 1;
+                if let Some((_, ladder)) = &mut self.ladder {
+                    ladder.messages += 1;
+                    ladder.book = Some(book.clone());
+                }
+            }
+            Event::BookMismatch { .. } => {
+                stats.mismatches += 1;
+                if let Some((_, ladder)) = &mut self.ladder {
+                    ladder.mismatches += 1;
+                }
             }
             _ => {}
         }
@@ -988,27 +1087,38 @@ impl Screen {
         rows.saturating_sub(4 + self.events.len() as u16).max(1) as usize
     }
 
-    /// Draws `lines` (each dimmed or not), then the events, over what was drawn last.
+    /// Draws `lines` (each as it looks), then the events, over what was drawn last.
     fn draw(
         &mut self,
         out: &mut impl Write,
-        mut lines: Vec<(String, bool)>,
+        mut lines: Vec<(String, Look)>,
     ) -> std::io::Result<()> {
-        use crossterm::style::{Attribute, SetAttribute};
+        use crossterm::style::{Attribute, Color, SetAttribute, SetForegroundColor};
         use crossterm::{cursor, queue, terminal};
         let (cols, _) = terminal::size().unwrap_or((100, 40));
         if self.drawn > 0 {
             queue!(out, cursor::MoveToPreviousLine(self.drawn))?;
         }
-        lines.extend(self.events.iter().map(|e| (e.clone(), false)));
-        for (l, dim) in &lines {
+        lines.extend(self.events.iter().map(|e| (e.clone(), Look::Plain)));
+        for (l, look) in &lines {
             let cut: String = l.chars().take(cols.max(1) as usize - 1).collect();
             queue!(out, terminal::Clear(terminal::ClearType::CurrentLine))?;
-            if *dim {
-                queue!(out, SetAttribute(Attribute::Dim))?;
+            match look {
+                Look::Plain => {}
+                Look::Dim => queue!(out, SetAttribute(Attribute::Dim))?,
+                Look::BestAsk => queue!(
+                    out,
+                    SetAttribute(Attribute::Bold),
+                    SetForegroundColor(Color::Red)
+                )?,
+                Look::BestBid => queue!(
+                    out,
+                    SetAttribute(Attribute::Bold),
+                    SetForegroundColor(Color::Green)
+                )?,
             }
             out.write_all(cut.as_bytes())?;
-            if *dim {
+            if *look != Look::Plain {
                 queue!(out, SetAttribute(Attribute::Reset))?;
             }
             out.write_all(b"\n")?;
@@ -1023,6 +1133,11 @@ impl Screen {
         self.drawn = 0;
         out.flush()
     }
+}
+
+/// Lines that are dimmed or not, as they look.
+fn plain(lines: Vec<(String, bool)>) -> Vec<(String, Look)> {
+    lines.into_iter().map(|(l, d)| (l, Look::from(d))).collect()
 }
 
 /// A price as shown: two decimals from 1000 up, four below.

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use super::books::Books;
 use super::message::Names;
 use super::Position;
 use crate::backoff::BackoffConfig;
@@ -90,8 +91,8 @@ impl Default for ClientConfig {
 /// at a pace.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Subscription {
-    /// `ticks`, or `candles` with its interval and backfill (the `book` channel is not
-    /// served yet, and refused here).
+    /// `ticks`, `candles` with its interval and backfill, or `book` with its depth
+    /// (the client keeps each book, see [`crate::client`]).
     pub channel: Channel,
     /// Symbols and patterns (`*`, `BTC-*`).
     pub symbols: Vec<String>,
@@ -188,12 +189,12 @@ impl Plan {
     }
 
     /// The `subscribe` commands of a connection: per subscription, its symbols in
-    /// chunks of `per` (on `ticks` with `resume` for each position held), then its
-    /// patterns, which then bring only what they match anew. Ids are taken from
-    /// `next_id`.
+    /// chunks of `per` (on `ticks` and `book` with `resume` for each position held),
+    /// then its patterns, which then bring only what they match anew. Ids are taken
+    /// from `next_id`.
     pub fn commands(
         &self,
-        positions: &HashMap<Symbol, Position>,
+        held: Held<'_>,
         snapshot: bool,
         per: usize,
         next_id: &mut u64,
@@ -203,21 +204,63 @@ impl Plan {
             let chunks = sub.symbols.chunks(per.max(1)).map(|c| (c, &[][..]));
             let patterns = (!sub.patterns.is_empty()).then_some((&[][..], &sub.patterns[..]));
             for (symbols, patterns) in chunks.chain(patterns) {
-                let text = sub.command(*next_id, symbols, patterns, positions, snapshot);
+                let text = sub.command(*next_id, symbols, patterns, held, snapshot);
                 out.push(Command { id: *next_id, text });
                 *next_id += 1;
             }
         }
         out
     }
+
+    /// The book subscription that holds `symbol` (named, or matched by a pattern).
+    pub fn book_sub(&self, symbol: &str) -> Option<&Sub> {
+        self.subs.iter().find(|s| {
+            matches!(s.channel, Channel::Book { .. })
+                && (s.symbols.iter().any(|n| &**n == symbol)
+                    || s.patterns.iter().any(|p| pattern_matches(p, symbol)))
+        })
+    }
+
+    /// The commands that re-sync the book of `symbol`: a `subscribe` with `resume` from
+    /// the book held, or, with none held, `unsubscribe` then `subscribe` (a fresh
+    /// `book`). Ids are taken from `next_id`.
+    pub fn resync(&self, symbol: &Symbol, books: &Books, next_id: &mut u64) -> Vec<Command> {
+        let Some(sub) = self.book_sub(symbol) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let held = Held {
+            positions: &HashMap::new(),
+            books,
+        };
+        if books.position(symbol).is_none() {
+            let cmd = serde_json::json!({"op": "unsubscribe", "id": *next_id, "channel": "book",
+                "symbols": [&**symbol]});
+            out.push(Command {
+                id: *next_id,
+                text: cmd.to_string(),
+            });
+            *next_id += 1;
+        }
+        let text = sub.command(*next_id, std::slice::from_ref(symbol), &[], held, true);
+        out.push(Command { id: *next_id, text });
+        *next_id += 1;
+        out
+    }
+}
+
+/// The positions a client holds, that its subscriptions resume from.
+#[derive(Clone, Copy)]
+pub(crate) struct Held<'a> {
+    /// Of ticks.
+    pub positions: &'a HashMap<Symbol, Position>,
+    /// Of books.
+    pub books: &'a Books,
 }
 
 impl Sub {
     /// Checks one subscription.
     fn new(s: &Subscription, names: &mut Names) -> Result<Sub, String> {
-        if let Channel::Book { .. } = s.channel {
-            return Err("channel book is not served yet: subscribe ticks or candles".into());
-        }
         if let Channel::Candles { backfill, .. } = s.channel {
             if u64::from(backfill) > MAX_BACKFILL {
                 return Err(format!(
@@ -259,7 +302,7 @@ impl Sub {
         id: u64,
         symbols: &[Symbol],
         patterns: &[String],
-        positions: &HashMap<Symbol, Position>,
+        held: Held<'_>,
         snapshot: bool,
     ) -> String {
         let entries: Vec<&str> = symbols
@@ -276,9 +319,24 @@ impl Sub {
                     cmd["backfill"] = backfill.into();
                 }
             }
-            _ => {
+            Channel::Book { depth } => {
+                cmd["channel"] = "book".into();
+                cmd["depth"] = depth.levels().into();
+                let resume = symbols.iter().filter_map(|s| {
+                    let (epoch, seq) = held.books.position(s)?;
+                    Some((
+                        s.to_string(),
+                        serde_json::json!({"epoch": &*epoch, "seq": seq}),
+                    ))
+                });
+                let resume: serde_json::Map<_, _> = resume.collect();
+                if !resume.is_empty() {
+                    cmd["resume"] = serde_json::Value::Object(resume);
+                }
+            }
+            Channel::Ticks => {
                 cmd["snapshot"] = snapshot.into();
-                let resume = resume_of(symbols, positions);
+                let resume = resume_of(symbols, held.positions);
                 if !resume.is_empty() {
                     cmd["resume"] = serde_json::Value::Object(resume);
                 }
@@ -356,7 +414,12 @@ mod tests {
             },
         );
         let mut id = 3;
-        let cmds = plan.commands(&positions, true, 256, &mut id);
+        let books = Books::default();
+        let held = Held {
+            positions: &positions,
+            books: &books,
+        };
+        let cmds = plan.commands(held, true, 256, &mut id);
         let got: Vec<serde_json::Value> = cmds
             .iter()
             .map(|c| serde_json::from_str(&c.text).unwrap())
@@ -396,19 +459,6 @@ mod tests {
             (
                 cfg(&[], vec![candles(&["AAPL"]), candles(&["AAPL"])]),
                 "twice on candles",
-            ),
-            (
-                cfg(
-                    &[],
-                    vec![Subscription {
-                        channel: Channel::Book {
-                            depth: Default::default(),
-                        },
-                        symbols: vec!["AAPL".into()],
-                        throttle_ms: None,
-                    }],
-                ),
-                "book is not served",
             ),
             (
                 cfg(

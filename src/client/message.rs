@@ -15,6 +15,10 @@ use std::sync::Arc;
 use serde::de::{DeserializeSeed, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use serde_json::value::RawValue;
+
+use super::books::BookMessage;
+use crate::book::{BookMsg, Level, Spec};
 use crate::hub::candles::bar::Flagged;
 use crate::hub::candles::Bar;
 use crate::protocol::channel::Interval;
@@ -181,6 +185,10 @@ pub enum ServerMessage {
         #[serde(skip_serializing_if = "Vec::is_empty")]
         symbols: Vec<String>,
     },
+    /// A `book` (the whole book at a `seq`) or a `book_update` (the levels that
+    /// changed since `prev_seq`) of the `book` channel.
+    #[serde(skip)]
+    Book(BookMessage),
     /// A message type this client does not know (the protocol may add some); ignored.
     #[serde(skip)]
     Unknown,
@@ -192,6 +200,7 @@ impl ServerMessage {
         match self {
             ServerMessage::Tick(t) => t.write_json(out),
             ServerMessage::Snapshot(t) => t.write_json(Kind::Snapshot, out),
+            ServerMessage::Book(b) => b.write_json(out),
             ServerMessage::Unknown => out.extend_from_slice(br#"{"type":"unknown"}"#),
             // Strings and numbers always serialize.
             other => {
@@ -388,6 +397,12 @@ pub struct Raw<'a> {
     close: f64,
     ticks: u64,
     closed: bool,
+    prev_seq: Option<u64>,
+    #[serde(borrow)]
+    bids: Option<Vec<(&'a RawValue, u64)>>,
+    #[serde(borrow)]
+    asks: Option<Vec<(&'a RawValue, u64)>>,
+    checksum: Option<u32>,
 }
 
 /// Interned symbol and epoch names, so decoding a tick allocates no string.
@@ -443,6 +458,7 @@ impl Raw<'_> {
                 reason: gap_reason(self.reason.as_deref().unwrap_or("")),
             },
             "status" => self.status(names)?,
+            "book" | "book_update" => self.book(names)?,
             "welcome" => ServerMessage::Welcome {
                 node: self.node.unwrap_or_default().into_owned(),
                 session: self.session.unwrap_or_default().into_owned(),
@@ -524,6 +540,56 @@ impl Raw<'_> {
                 closed: self.closed,
             },
         })
+    }
+
+    /// A `book` or `book_update`, its prices read as written: each a price on the
+    /// grid of the decimals it is written with, the same for all.
+    fn book(self, names: &mut Names) -> Result<ServerMessage, DecodeError> {
+        let symbol = self.symbol(names)?;
+        let bad = |why: String| DecodeError(format!("{} of {symbol}: {why}", self.kind));
+        let update = self.kind == "book_update";
+        if update != self.prev_seq.is_some() {
+            return Err(bad(
+                "prev_seq belongs to a book_update, and only to one".into()
+            ));
+        }
+        let mut decimals = None;
+        let mut side = |levels: &Option<Vec<(&RawValue, u64)>>, name: &str| {
+            let Some(levels) = levels else {
+                return Err(bad(format!("missing field {name}")));
+            };
+            levels
+                .iter()
+                .map(|(p, size)| {
+                    let (ticks, d) = price_ticks(p.get())
+                        .ok_or_else(|| bad(format!("{name}: bad price {}", p.get())))?;
+                    if *decimals.get_or_insert(d) != d {
+                        return Err(bad(format!(
+                            "{name}: {} is not written with the decimals of the other prices",
+                            p.get()
+                        )));
+                    }
+                    Ok(Level::new(ticks, *size))
+                })
+                .collect::<Result<Vec<Level>, DecodeError>>()
+        };
+        let bids = side(&self.bids, "bids")?;
+        let asks = side(&self.asks, "asks")?;
+        let msg = BookMsg {
+            epoch: names.intern(self.epoch.as_deref().unwrap_or("")),
+            symbol,
+            seq: self.seq,
+            prev_seq: self.prev_seq,
+            ts: self.ts,
+            bids,
+            asks,
+            checksum: self.checksum,
+        };
+        Ok(ServerMessage::Book(BookMessage {
+            msg,
+            // A message with no level says nothing of the decimals.
+            spec: decimals.map(Spec::new),
+        }))
     }
 
     /// The message's symbol, which it must have.
@@ -613,29 +679,61 @@ pub fn for_each_raw<'de>(
     Ok(n)
 }
 
+/// The tick count and decimals of a price as written (`189.10` is 18910 ticks of 2
+/// decimals): digits, with at most one point and at most 9 decimals.
+fn price_ticks(text: &str) -> Option<(u64, u8)> {
+    let (int, frac) = text.split_once('.').unwrap_or((text, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if int.is_empty() || !digits(int) || !digits(frac) || text.ends_with('.') {
+        return None;
+    }
+    let d = u8::try_from(frac.len())
+        .ok()
+        .filter(|d| *d <= crate::book::MAX_DECIMALS)?;
+    let ticks = int
+        .parse::<u64>()
+        .ok()?
+        .checked_mul(10u64.pow(u32::from(d)))?
+        .checked_add(if frac.is_empty() {
+            0
+        } else {
+            frac.parse().ok()?
+        })?;
+    Some((ticks, d))
+}
+
 /// Calls `each` with every record of one binary frame (`encoding=binary`, see
-/// [`crate::protocol::binary`]) as a `tick` or `snapshot` message, in order. Stops at
-/// the first record that does not decode, after the good ones before it.
+/// [`crate::protocol::binary`]) as a `tick`, `snapshot`, `book` or `book_update`
+/// message, in order. A frame with a record that does not decode yields nothing.
 pub fn for_each_record(
     frame: &[u8],
     names: &mut Names,
     mut each: impl FnMut(ServerMessage),
 ) -> Result<usize, DecodeError> {
-    if frame.is_empty() {
-        return Err(DecodeError(binary::DecodeError::Empty.to_string()));
-    }
-    let mut n = 0;
-    for rec in binary::records(frame) {
-        let rec = rec.map_err(|e| DecodeError(e.to_string()))?;
-        let tick = rec.to_tick(|s| names.intern(s));
-        each(match rec.kind {
-            Kind::Tick => ServerMessage::Tick(TickMessage {
-                tick,
-                skipped: rec.skipped,
-            }),
-            Kind::Snapshot => ServerMessage::Snapshot(tick),
+    let records = binary::decode_any(frame).map_err(|e| DecodeError(e.to_string()))?;
+    let n = records.len();
+    for rec in records {
+        each(match rec {
+            binary::AnyRecord::Tick(rec) => {
+                let tick = rec.to_tick(|s| names.intern(s));
+                match rec.kind {
+                    Kind::Tick => ServerMessage::Tick(TickMessage {
+                        tick,
+                        skipped: rec.skipped,
+                    }),
+                    Kind::Snapshot => ServerMessage::Snapshot(tick),
+                }
+            }
+            binary::AnyRecord::Book(rec) => {
+                let mut msg = rec.to_msg();
+                msg.symbol = names.intern(rec.symbol);
+                msg.epoch = names.intern(rec.epoch);
+                ServerMessage::Book(BookMessage {
+                    msg,
+                    spec: Some(rec.spec),
+                })
+            }
         });
-        n += 1;
     }
     Ok(n)
 }
@@ -819,6 +917,49 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out, [ServerMessage::Unknown]);
+    }
+
+    #[test]
+    fn book_messages_keep_their_prices_as_written_and_re_encode_the_same() {
+        let frame = r#"[{"type":"book","symbol":"AAPL","epoch":"k3v9q1","seq":1043,"ts":1764284400123456789,"bids":[[189.10,300],[189.09,100]],"asks":[[189.12,200],[189.13,500]],"checksum":2436380950},{"type":"book_update","symbol":"AAPL","epoch":"k3v9q1","seq":1044,"prev_seq":1043,"ts":1764284400124456789,"bids":[[189.10,0],[189.08,400]],"asks":[[189.13,100]],"checksum":3732196271}]"#;
+        let mut names = Names::default();
+        let mut out = Vec::new();
+        decode_frame(frame.as_bytes(), &mut names, &mut out).unwrap();
+        let ServerMessage::Book(b) = &out[0] else {
+            panic!("{:?}", out[0])
+        };
+        assert_eq!(b.spec, Some(Spec::new(2)));
+        assert_eq!(b.msg.bids, [Level::new(18910, 300), Level::new(18909, 100)]);
+        let ServerMessage::Book(u) = &out[1] else {
+            panic!("{:?}", out[1])
+        };
+        assert_eq!((u.msg.seq, u.msg.prev_seq), (1044, Some(1043)));
+        assert_eq!(u.msg.checksum, Some(3_732_196_271));
+        let objects: Vec<serde_json::Value> = serde_json::from_str(frame).unwrap();
+        for (m, orig) in out.iter().zip(&objects) {
+            let mut json = Vec::new();
+            m.write_json(&mut json);
+            assert_eq!(
+                &serde_json::from_slice::<serde_json::Value>(&json).unwrap(),
+                orig
+            );
+        }
+        assert_eq!(price_ticks("0.07"), Some((7, 2)));
+        assert_eq!(price_ticks("151.200"), Some((151_200, 3)));
+        assert_eq!(price_ticks("42"), Some((42, 0)));
+        for bad in ["1e3", "-1.00", "1.", ".5", "1.0000000001", "\"1.00\""] {
+            assert_eq!(price_ticks(bad), None, "{bad}");
+        }
+        for bad in [
+            r#"[{"type":"book","symbol":"A","epoch":"e","seq":1,"ts":1,"bids":[[1.0,1],[0.95,1]],"asks":[],"checksum":0}]"#,
+            r#"[{"type":"book_update","symbol":"A","epoch":"e","seq":2,"ts":1,"bids":[],"asks":[],"checksum":0}]"#,
+            r#"[{"type":"book","symbol":"A","epoch":"e","seq":1,"ts":1,"asks":[],"checksum":0}]"#,
+        ] {
+            assert!(
+                decode_frame(bad.as_bytes(), &mut names, &mut out).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

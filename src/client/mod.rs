@@ -58,6 +58,16 @@
 //! # }
 //! ```
 //!
+//! # Order books
+//!
+//! A [`Subscription`] on [`Channel::Book`](crate::protocol::Channel::Book) (depth 10
+//! or 50) makes the client keep that book per symbol ([`books`]): each `book` and
+//! `book_update` is applied when it follows the book held (`prev_seq`) and the book's
+//! checksum is the node's, then passed on as [`ServerMessage::Book`] followed by
+//! [`Event::Book`] with the book after it. Anything else is a mismatch
+//! ([`Event::BookMismatch`]): the book stays as verified last and the client re-syncs it
+//! with `resume` from that seq, by itself. Reconnects resume books as they resume ticks.
+//!
 //! # Sequence tracking and re-snapshotting
 //!
 //! - A tick whose `seq` follows the last one is in order; so is a paced tick whose
@@ -119,6 +129,7 @@
 //! request would meet the same refusal.
 
 mod bars;
+pub mod books;
 pub mod config;
 mod conn;
 pub mod connect;
@@ -139,6 +150,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::backoff::{Backoff, BackoffConfig};
+pub use books::{BookMessage, LocalBook};
 pub use config::{ClientConfig, Subscription};
 pub use connect::{connect, connect_with, ClientTls, ClientWs, ConnectError};
 pub use health::Health;
@@ -260,6 +272,21 @@ pub enum Event {
         /// How long it was stale.
         after: Duration,
     },
+    /// A symbol's book after a `book` or `book_update` (passed on just before) was
+    /// applied to it and its checksum verified.
+    Book(LocalBook),
+    /// A book message did not follow the book held (a hole, another epoch) or did not
+    /// match its checksum: it was dropped, the book kept as it was, and (`resync`) the
+    /// book is being re-synced from the seq held (see [`books`]).
+    BookMismatch {
+        /// The symbol.
+        symbol: Symbol,
+        /// What did not match.
+        why: String,
+        /// Whether a re-sync was asked for (not during a move, when the other
+        /// connection carries the same book).
+        resync: bool,
+    },
 }
 
 /// Why a client stopped.
@@ -321,6 +348,15 @@ pub struct Counters {
     pub reports: u64,
     /// Latency reports the node answered with `reported`.
     pub reports_acked: u64,
+    /// `book` and `book_update` messages applied (their checksum verified).
+    pub books: u64,
+    /// Book messages dropped: stale (not above the seq held), not matching, or
+    /// arriving while their book was being re-synced.
+    pub book_dropped: u64,
+    /// Book messages that did not follow the book held or did not match its checksum.
+    pub book_mismatches: u64,
+    /// Re-syncs of a book sent to the node.
+    pub book_resyncs: u64,
 }
 
 /// Where a symbol stands.
@@ -492,6 +528,12 @@ impl Client {
     /// Counters so far.
     pub fn counters(&self) -> Counters {
         self.st.counters
+    }
+
+    /// The book held of `symbol` (of a `book` subscription), verified at its seq; like
+    /// [`Client::position`], it may be ahead of the events yielded.
+    pub fn book(&self, symbol: &str) -> Option<&LocalBook> {
+        self.st.books.get(symbol)
     }
 
     /// The position held for `symbol`: it counts every message of the frames read so
@@ -667,7 +709,12 @@ impl Client {
     /// ends the connection.
     async fn frame(&mut self, which: Which, frame: Frame<'static>) -> Result<(), Lost> {
         match frame.opcode {
-            OpCode::Text | OpCode::Binary => self.read(which, &frame),
+            OpCode::Text | OpCode::Binary => {
+                self.read(which, &frame)?;
+                self.resync(which)
+                    .await
+                    .map_err(|e| Lost::Retry(None, e.to_string()))
+            }
             OpCode::Ping => {
                 let Some(conn) = pick(&mut self.conn, &mut self.next, which) else {
                     return Ok(());
@@ -695,8 +742,15 @@ impl Client {
     /// everything the subscription queued (see [`health`] and the module documentation).
     async fn subscribe(&mut self, which: Which) -> Result<(), WebSocketError> {
         let st = &mut self.st;
+        if which == Which::Main {
+            st.books.reconnected();
+        }
+        let held = config::Held {
+            positions: &st.positions,
+            books: &st.books,
+        };
         let cmds = st.plan.commands(
-            &st.positions,
+            held,
             self.cfg.snapshot,
             self.cfg.symbols_per_command,
             &mut self.next_id,
@@ -733,6 +787,30 @@ impl Client {
         }
         let ping = serde_json::json!({"op": "ping", "id": id}).to_string();
         conn.send_text(ping).await
+    }
+
+    /// Sends the re-syncs of the books that did not match (see [`books`]) on the
+    /// connection that brought them.
+    async fn resync(&mut self, which: Which) -> Result<(), WebSocketError> {
+        if self.st.books.due.is_empty() {
+            return Ok(());
+        }
+        let due = std::mem::take(&mut self.st.books.due);
+        let Some(conn) = pick(&mut self.conn, &mut self.next, which) else {
+            return Ok(());
+        };
+        for symbol in due {
+            let cmds = self
+                .st
+                .plan
+                .resync(&symbol, &self.st.books, &mut self.next_id);
+            for cmd in cmds {
+                self.st.books.sent(cmd.id, symbol.clone());
+                conn.send_text(cmd.text).await?;
+            }
+            self.st.counters.book_resyncs += 1;
+        }
+        Ok(())
     }
 
     /// Sends the latency report of the window that ends now, when there is something

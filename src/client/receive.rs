@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::bars::Bars;
+use super::books::{BookMessage, Books, Outcome};
 use super::config::{ClientConfig, Plan};
 use super::conn::Conn;
 use super::health::{self, Change};
@@ -25,6 +26,7 @@ pub(super) struct State {
     pub recheck: health::Recheck,
     pub ever_connected: bool,
     pub bars: Bars,
+    pub books: Books,
     pub latency: report::Window,
     /// The node announced a planned close (`reconnect`): its reason and `in_ms`.
     pub move_asked: Option<(String, u64)>,
@@ -64,8 +66,49 @@ impl Receiver<'_> {
     /// Takes one server message: updates the positions and counters and queues the
     /// message, after the events it makes (a repeat is dropped).
     pub fn take(&mut self, mut msg: ServerMessage) {
+        if let ServerMessage::Book(m) = &msg {
+            self.book(m);
+            return;
+        }
         if self.note(&mut msg) {
             self.pending.push_back(Event::Message(msg));
+        }
+    }
+
+    /// A `book` or `book_update`: applied to the book held and passed on, followed by
+    /// [`Event::Book`]; a stale one dropped; a mismatch reported ([`Event::BookMismatch`])
+    /// and dropped, its re-sync due (see [`super::books`]).
+    fn book(&mut self, m: &BookMessage) {
+        self.conn.got_data = true;
+        let st = &mut *self.st;
+        let Some(depth) = st
+            .plan
+            .book_sub(&m.msg.symbol)
+            .and_then(|s| match s.channel {
+                crate::protocol::Channel::Book { depth } => Some(depth),
+                _ => None,
+            })
+        else {
+            // Not a book this client subscribes (any more): nothing to keep.
+            return;
+        };
+        match st.books.take(m, depth, self.overlap) {
+            Outcome::Applied(book) => {
+                st.counters.books += 1;
+                self.pending
+                    .push_back(Event::Message(ServerMessage::Book(m.clone())));
+                self.pending.push_back(Event::Book(book));
+            }
+            Outcome::Stale | Outcome::Resyncing => st.counters.book_dropped += 1,
+            Outcome::Mismatch(why) => {
+                st.counters.book_mismatches += 1;
+                st.counters.book_dropped += 1;
+                self.pending.push_back(Event::BookMismatch {
+                    symbol: m.msg.symbol.clone(),
+                    why,
+                    resync: !self.overlap,
+                });
+            }
         }
     }
 
@@ -99,6 +142,11 @@ impl Receiver<'_> {
                 self.st.counters.candles += u64::from(news);
                 return news;
             }
+            ServerMessage::Subscribed { id, .. } | ServerMessage::Unsubscribed { id, .. }
+                if self.st.books.answers(*id) =>
+            {
+                return false;
+            }
             ServerMessage::Reported { id } if self.st.latency.is_ours(*id) => {
                 self.st.counters.reports_acked += 1;
                 return false;
@@ -112,6 +160,7 @@ impl Receiver<'_> {
                 symbols,
                 ..
             } => self.subscribed(*id, channel.is_none(), symbols),
+            ServerMessage::Error { id, .. } if self.st.books.refused(*id) => {}
             ServerMessage::Error {
                 id, code, symbols, ..
             } => self.error(*id, code, symbols),
