@@ -438,7 +438,7 @@ fn the_screenshot_script_pictures_a_live_dashboard() {
         said.starts_with("latency p50 ") && said.contains(" ms"),
         "{said}"
     );
-    assert_eq!(png_size(&std::fs::read(&picture).unwrap()), (1280, 400));
+    assert_eq!(png_size(&std::fs::read(&picture).unwrap()), (1280, 890));
 }
 
 // ---------------------------------------------------------------------------------

@@ -1390,8 +1390,9 @@ fn browser_snippet_makes_before_it_breaks_when_the_node_asks_it_to_reconnect() {
 }
 
 /// Runs the book snippet: records what it prints; after ten messages spoils its book
-/// (the best bid's size), so that the next message's checksum does not match and the
-/// snippet starts afresh; ends once ten messages of the fresh book were printed.
+/// (every bid's size, so that no single update can set them all right again), so that
+/// the next message's checksum does not match and the snippet starts afresh; ends once
+/// ten messages of the fresh book were printed.
 const BOOK_HARNESS: &str = r#"
 const fs = require("fs");
 const snippet = fs.readFileSync(process.argv[process.argv.length - 1], "utf8");
@@ -1407,8 +1408,7 @@ const done = (code) => {
 let spoiled = -1;
 setInterval(() => {
   if (spoiled < 0 && printed.length >= 10 && __book.bids.size > 0) {
-    const [p, q] = [...__book.bids].sort((a, b) => b[0] - a[0])[0];
-    __book.bids.set(p, q + 1);
+    for (const [p, q] of [...__book.bids]) __book.bids.set(p, q + 1);
     spoiled = printed.length;
   }
   const fresh = printed.findIndex((a, i) => spoiled >= 0 && i >= spoiled && a[0] === "book");

@@ -624,12 +624,7 @@ impl Inner {
         let replies = self
             .topology
             .per_symbol(&syms, |s, p| {
-                p.cmd("XRANGE")
-                    .arg(keys.hist(s))
-                    .arg(format!("({}-0", after[s]))
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(count);
+                xrange_after(p, keys.hist(s), after[s], count);
             })
             .await
             .map_err(|e| self.unavailable(e))?;
@@ -659,12 +654,7 @@ impl Inner {
             .topology
             .per_symbol(&syms, |s, p| {
                 p.cmd("GET").arg(keys.book_snapshot(s));
-                p.cmd("XRANGE")
-                    .arg(keys.book_history(s))
-                    .arg(format!("({}-0", after[s]))
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(count);
+                xrange_after(p, keys.book_history(s), after[s], count);
             })
             .await
             .map_err(|e| self.unavailable(e))?;
@@ -751,6 +741,16 @@ impl Inner {
             *since = None;
         }
     }
+}
+
+/// Adds to `p` the read of stream `key`'s entries after id `<after>-0`, at most `count`.
+fn xrange_after(p: &mut redis::Pipeline, key: String, after: u64, count: usize) {
+    p.cmd("XRANGE")
+        .arg(key)
+        .arg(format!("({after}-0"))
+        .arg("+")
+        .arg("COUNT")
+        .arg(count);
 }
 
 /// Connects a shard's link and subscribes the feeds' channel on it.
