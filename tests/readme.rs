@@ -1353,7 +1353,10 @@ fn browser_snippet_makes_before_it_breaks_when_the_node_asks_it_to_reconnect() {
     let sent = r["sent"].as_array().unwrap();
     assert!(sent.len() >= 2, "{sent:?}");
     for sym in ["AAPL", "EUR/USD"] {
-        assert!(sent[1]["msg"]["resume"][sym]["seq"].as_u64().is_some(), "{sent:?}");
+        assert!(
+            sent[1]["msg"]["resume"][sym]["seq"].as_u64().is_some(),
+            "{sent:?}"
+        );
     }
     // Across both connections every value is printed once, in order, with no hole.
     let mut last: std::collections::HashMap<String, u64> = Default::default();

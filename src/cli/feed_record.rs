@@ -6,6 +6,14 @@
 //! replays skip. A name ending in `.zst` or `.zstd` is written zstd-compressed. Lines
 //! are flushed every `--flush` interval, so a recorder killed outright loses at most
 //! that much; SIGINT, SIGTERM, `--duration` and `--count` finish the file cleanly.
+//!
+//! With `--books DEPTH` the book channel of the same symbols is recorded too, over a
+//! second connection to the first `--url`: each `book` and `book_update` is written as
+//! its line exactly as the node sent it, in the order lines reach the recorder (ticks
+//! and books come on separate connections, so their relative order is that of
+//! arrival; each stream keeps its own order exactly). That connection is not
+//! re-established: when it ends, the recording ends with an error (the file is
+//! complete up to there).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -69,6 +77,11 @@ pub struct RecordArgs {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub snapshots: bool,
 
+    /// Record the book channel of the symbols too, at this depth (10 or 50 levels a
+    /// side): `book` and `book_update` lines beside the ticks.
+    #[arg(long, value_name = "DEPTH")]
+    pub books: Option<u8>,
+
     /// Log filter for the client's own logs (stderr). Default: RUST_LOG, else warn.
     #[arg(long, env = "TICKSTREAM_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -81,6 +94,13 @@ pub(super) fn run(args: Args) -> anyhow::Result<()> {
     all.extend(args.symbols_opt.iter().cloned());
     let symbols = parse_symbols(&all)?;
     anyhow::ensure!(!args.flush.0.is_zero(), "--flush must be more than 0");
+    if let Some(d) = args.books {
+        anyhow::ensure!(
+            d == 10 || d == 50,
+            "--books takes a depth of 10 or 50 levels a side, not {d}"
+        );
+    }
+    let book_symbols = symbols.clone();
     let client = Client::new(args.conn.client_config(symbols)?)?;
     let source = args.conn.url.join(",");
     let writer = Writer::create(&args.out, &source)
@@ -88,14 +108,80 @@ pub(super) fn run(args: Args) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(record(client, writer, &args))
+    rt.block_on(record(client, writer, &args, book_symbols))
+}
+
+/// Reads the book channel of `symbols` at `depth` from the node at `url` and hands
+/// each `book`, `book_update` and book `gap` line, as sent, to `tx`; returns why it
+/// stopped (the recorder stopping it drops the receiver).
+async fn book_stream(
+    conn: ConnArgs,
+    symbols: Vec<String>,
+    depth: u8,
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+) -> anyhow::Result<()> {
+    use fastwebsockets::{FragmentCollector, Frame, OpCode, Payload};
+    let url = conn.url.first().context("no --url")?.clone();
+    let tls = match &conn.ca_file {
+        Some(path) => Some(crate::client::ClientTls::new(Some(path))?),
+        None => None,
+    };
+    let mut ws = crate::client::connect::connect_with(&url, conn.token.as_deref(), tls.as_ref())
+        .await
+        .with_context(|| format!("the book connection to {url}"))?;
+    let cmd =
+        serde_json::json!({"op":"subscribe","channel":"book","depth":depth,"symbols":symbols});
+    ws.write_frame(Frame::text(Payload::Owned(cmd.to_string().into_bytes())))
+        .await
+        .context("subscribing to the books")?;
+    let mut ws = FragmentCollector::new(ws);
+    loop {
+        let frame = ws
+            .read_frame()
+            .await
+            .context("the book connection failed")?;
+        match frame.opcode {
+            OpCode::Close => anyhow::bail!("the node closed the book connection"),
+            OpCode::Text => {}
+            _ => continue,
+        }
+        let msgs: Vec<&serde_json::value::RawValue> = serde_json::from_slice(&frame.payload)
+            .context("a book frame that is not a JSON array")?;
+        for m in msgs {
+            let head: serde_json::Value = serde_json::from_str(m.get())?;
+            match head["type"].as_str().unwrap_or("") {
+                "book" | "book_update" => {}
+                "gap" if head["channel"] == "book" => {}
+                "error" => anyhow::bail!(
+                    "the node refused the book subscription: {}: {}",
+                    head["code"].as_str().unwrap_or(""),
+                    head["message"].as_str().unwrap_or("")
+                ),
+                _ => continue,
+            }
+            if tx.send(m.get().as_bytes().to_vec()).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
 }
 
 /// Records what `client` receives into `writer` until a signal, `--duration`,
 /// `--count`, a refused symbol, or a failed write.
-async fn record(client: Client, writer: Writer, args: &RecordArgs) -> anyhow::Result<()> {
+async fn record(
+    client: Client,
+    writer: Writer,
+    args: &RecordArgs,
+    symbols: Vec<String>,
+) -> anyhow::Result<()> {
     let stop_client = CancellationToken::new();
     let (mut rx, task) = client.spawn(8192, stop_client.clone());
+    let (book_tx, mut book_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8192);
+    let books = args.books.map(|depth| {
+        let conn = args.conn.clone();
+        tokio::spawn(book_stream(conn, symbols, depth, book_tx))
+    });
+    let mut books_on = books.is_some();
     let started = tokio::time::Instant::now();
     let deadline = started
         + args
@@ -116,6 +202,18 @@ async fn record(client: Client, writer: Writer, args: &RecordArgs) -> anyhow::Re
                     break;
                 }
             }
+            line = book_rx.recv(), if books_on => {
+                let Some(line) = line else {
+                    books_on = false;
+                    failure = Some(anyhow::anyhow!("the book stream ended"));
+                    break;
+                };
+                rec.books += 1;
+                if let Err(e) = rec.writer.write_line(&line) {
+                    failure = Some(e.into());
+                    break;
+                }
+            }
             ev = rx.recv() => {
                 let Some(ev) = ev else { break };
                 if let Some(text) = describe(&ev) {
@@ -132,11 +230,22 @@ async fn record(client: Client, writer: Writer, args: &RecordArgs) -> anyhow::Re
         }
     }
     stop_client.cancel();
+    drop(book_rx);
+    if let Some(b) = books {
+        if !books_on && failure.is_some() {
+            // The stream's own error says why it ended.
+            if let Ok(Err(e)) = b.await {
+                failure = Some(e);
+            }
+        } else {
+            b.abort();
+        }
+    }
     let result = task.await.context("the client task failed")?;
-    let (ticks, snapshots, gaps) = (rec.ticks, rec.snapshots, rec.gaps);
+    let (ticks, snapshots, gaps, books) = (rec.ticks, rec.snapshots, rec.gaps, rec.books);
     let finished = rec.writer.finish();
     eprintln!(
-        "tickstream: recorded {ticks} ticks, {snapshots} snapshots, {gaps} gaps to {} in {:.1}s",
+        "tickstream: recorded {ticks} ticks, {books} book lines, {snapshots} snapshots, {gaps} gaps to {} in {:.1}s",
         args.out.display(),
         started.elapsed().as_secs_f64()
     );
@@ -155,6 +264,8 @@ struct Recorder {
     ticks: u64,
     snapshots: u64,
     gaps: u64,
+    /// Book lines (`book`, `book_update`, book `gap`).
+    books: u64,
     /// Symbols whose first value has been recorded: a symbol's first snapshot is its
     /// opening quote, which readers (and replays) take as its first tick.
     opened: HashSet<String>,
@@ -170,6 +281,7 @@ impl Recorder {
             ticks: 0,
             snapshots: 0,
             gaps: 0,
+            books: 0,
             opened: HashSet::new(),
             line: Vec::with_capacity(512),
         }

@@ -1,0 +1,169 @@
+//! Recordings with books: `feed record --books` against a node with its synthetic feed
+//! records `book`/`book_update` lines beside the ticks; `feed replay` of that file into
+//! a fresh node gives a book subscriber there the recorded final books exactly (checksum
+//! checked at every message); a malformed book line is refused naming its line.
+
+#[path = "common/book.rs"]
+mod book_client;
+mod common;
+mod feedkit;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use book_client::{mirrors, subscribed, Reader};
+use common::*;
+use feedkit::*;
+use serde_json::json;
+use tickstream::book::{Book, Side};
+use tickstream::config::FeedSpec;
+use tickstream::feed::recording::{self, Item};
+
+const SYMBOLS: [&str; 4] = ["AAPL", "MSFT", "EUR/USD", "BTC-USD"];
+
+/// The final book of each symbol a recording holds, and its tick and book line counts.
+fn recorded_books(path: &std::path::Path) -> (HashMap<String, Book>, usize, usize) {
+    let mut books: HashMap<String, Book> = HashMap::new();
+    let (mut ticks, mut msgs) = (0, 0);
+    let mut r = recording::Reader::open(path).unwrap();
+    while let Some((_, item)) = r.next_item().unwrap() {
+        match item {
+            Item::Tick(_) => ticks += 1,
+            Item::Book(b) => {
+                msgs += 1;
+                let m = &b.msg;
+                match books.get_mut(&*m.symbol) {
+                    Some(book) => {
+                        book.apply(m, usize::MAX).unwrap();
+                    }
+                    None => {
+                        assert_eq!(m.prev_seq, None, "a symbol's first book line is whole");
+                        books.insert(m.symbol.to_string(), Book::from_msg(m));
+                    }
+                }
+            }
+        }
+    }
+    (books, ticks, msgs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorded_books_replay_into_a_fresh_node_exactly() {
+    let mut live = settings();
+    live.feed = FeedSpec::Synthetic;
+    live.rate = 2000.0;
+    live.seed = 21;
+    let source = start(live).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("books.ndjson.zst");
+    let rec = run_bin(
+        &[
+            "feed",
+            "record",
+            "--url",
+            &format!("ws://{}/v1/ws", source.addr),
+            "--symbols",
+            &SYMBOLS.join(","),
+            "--books",
+            "50",
+            "--out",
+            file.to_str().unwrap(),
+            "--count",
+            "400",
+        ],
+        Duration::from_secs(30),
+    );
+    let (_, err) = texts(&rec);
+    assert!(rec.status.success(), "record failed: {err}");
+    source.shutdown().await;
+    let (want, ticks, msgs) = recorded_books(&file);
+    assert!(ticks >= 400, "{ticks} ticks recorded");
+    assert_eq!(want.len(), SYMBOLS.len(), "a book of every symbol: {err}");
+    assert!(msgs > want.len() * 3, "only {msgs} book lines");
+
+    let target = start(settings()).await;
+    let mut sub = Reader::connect(target.addr).await;
+    subscribed(
+        &mut sub,
+        json!({"op":"subscribe","channel":"book","depth":50,"symbols":SYMBOLS}),
+    )
+    .await;
+    let replay = spawn_bin(
+        vec![
+            "feed".into(),
+            "replay".into(),
+            file.to_str().unwrap().into(),
+            "--to".into(),
+            publish_url(target.addr),
+            "--speed".into(),
+            "max".into(),
+        ],
+        Duration::from_secs(30),
+    );
+    let out = replay.await.unwrap();
+    let (stdout, stderr) = texts(&out);
+    assert!(out.status.success(), "replay failed: {stderr}");
+    assert!(
+        stdout.contains(&format!("and {msgs} book messages")),
+        "{stdout}"
+    );
+    let mut mirrors = mirrors();
+    sub.drain(&mut mirrors, Duration::from_millis(500)).await;
+    for (symbol, book) in &want {
+        let m = &mirrors[symbol];
+        assert!(
+            m.messages > 0,
+            "{symbol}: no book message reached the subscriber"
+        );
+        for side in Side::BOTH {
+            assert_eq!(
+                m.levels(side),
+                book.levels.side(side),
+                "{symbol} {side:?}: the replayed book differs from the recorded one"
+            );
+        }
+        assert_eq!(m.seq, book.seq, "{symbol}: the recorded seq");
+    }
+    target.shutdown().await;
+}
+
+#[test]
+fn a_malformed_book_line_is_refused_naming_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = r#"{"type":"book","symbol":"AAPL","epoch":"e","seq":1,"ts":5,"bids":[[189.10,300]],"asks":[[189.12,200]]}"#;
+    for (bad, why) in [
+        (
+            r#"{"type":"book_update","symbol":"AAPL","epoch":"e","seq":2,"prev_seq":1,"ts":6,"bids":[[189.1,5]],"asks":[]}"#,
+            "not written with the 2 decimals",
+        ),
+        (
+            r#"{"type":"book_update","symbol":"AAPL","epoch":"e","seq":3,"prev_seq":2,"ts":6,"bids":[[189.11,5]],"asks":[]}"#,
+            "does not follow",
+        ),
+        (
+            r#"{"type":"book_update","symbol":"AAPL","epoch":"e","seq":2,"prev_seq":1,"ts":6,"bids":[[189.13,5]],"asks":[]}"#,
+            "crossed book",
+        ),
+        (
+            r#"{"type":"book","symbol":"AAPL","epoch":"e","seq":2,"ts":6,"bids":[[189.10,"x"]],"asks":[]}"#,
+            "bad book message",
+        ),
+    ] {
+        let path = dir.path().join("bad.ndjson");
+        std::fs::write(&path, format!("{good}\n\n{bad}\n")).unwrap();
+        let out = run_bin(
+            &[
+                "feed",
+                "replay",
+                path.to_str().unwrap(),
+                "--to",
+                "ws://127.0.0.1:9/v1/publish",
+            ],
+            Duration::from_secs(10),
+        );
+        let (_, err) = texts(&out);
+        assert!(!out.status.success(), "{bad}");
+        assert!(err.contains("bad.ndjson:3: "), "{err}");
+        assert!(err.contains(why), "{why}: {err}");
+    }
+}
