@@ -6,9 +6,12 @@
 #[path = "common/book.rs"]
 mod book_client;
 mod common;
+#[path = "common/redis.rs"]
+mod env;
 mod feedkit;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use book_client::{mirrors, subscribed, Reader};
@@ -16,8 +19,10 @@ use common::*;
 use feedkit::*;
 use serde_json::json;
 use tickstream::book::{Book, Side};
-use tickstream::config::FeedSpec;
+use tickstream::bus::RedisConfig;
+use tickstream::config::{FeedSpec, Settings};
 use tickstream::feed::recording::{self, Item};
+use tickstream::feed::Speed;
 
 const SYMBOLS: [&str; 4] = ["AAPL", "MSFT", "EUR/USD", "BTC-USD"];
 
@@ -47,15 +52,15 @@ fn recorded_books(path: &std::path::Path) -> (HashMap<String, Book>, usize, usiz
     (books, ticks, msgs)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn recorded_books_replay_into_a_fresh_node_exactly() {
+/// Records a synthetic session with books (a node started here, with its feed) into
+/// `dir`; the file, and its final books and tick and book line counts.
+async fn record_session(dir: &std::path::Path) -> (PathBuf, HashMap<String, Book>, usize) {
     let mut live = settings();
     live.feed = FeedSpec::Synthetic;
     live.rate = 2000.0;
     live.seed = 21;
     let source = start(live).await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("books.ndjson.zst");
+    let file = dir.join("books.ndjson.zst");
     let rec = run_bin(
         &[
             "feed",
@@ -75,41 +80,32 @@ async fn recorded_books_replay_into_a_fresh_node_exactly() {
     );
     let (_, err) = texts(&rec);
     assert!(rec.status.success(), "record failed: {err}");
+    assert!(err.contains(" book lines"), "{err}");
     source.shutdown().await;
     let (want, ticks, msgs) = recorded_books(&file);
     assert!(ticks >= 400, "{ticks} ticks recorded");
     assert_eq!(want.len(), SYMBOLS.len(), "a book of every symbol: {err}");
     assert!(msgs > want.len() * 3, "only {msgs} book lines");
+    (file, want, msgs)
+}
 
-    let target = start(settings()).await;
-    let mut sub = Reader::connect(target.addr).await;
+/// A subscriber of the book channel of every symbol at depth 50.
+async fn book_subscriber(addr: std::net::SocketAddr) -> Reader {
+    let mut sub = Reader::connect(addr).await;
     subscribed(
         &mut sub,
         json!({"op":"subscribe","channel":"book","depth":50,"symbols":SYMBOLS}),
     )
     .await;
-    let replay = spawn_bin(
-        vec![
-            "feed".into(),
-            "replay".into(),
-            file.to_str().unwrap().into(),
-            "--to".into(),
-            publish_url(target.addr),
-            "--speed".into(),
-            "max".into(),
-        ],
-        Duration::from_secs(30),
-    );
-    let out = replay.await.unwrap();
-    let (stdout, stderr) = texts(&out);
-    assert!(out.status.success(), "replay failed: {stderr}");
-    assert!(
-        stdout.contains(&format!("and {msgs} book messages")),
-        "{stdout}"
-    );
+    sub
+}
+
+/// Rebuilds what `sub` receives (checksum and `prev_seq` checked at every message)
+/// and compares it with the recorded final books, level by level.
+async fn expect_books(sub: &mut Reader, want: &HashMap<String, Book>) {
     let mut mirrors = mirrors();
-    sub.drain(&mut mirrors, Duration::from_millis(500)).await;
-    for (symbol, book) in &want {
+    sub.drain(&mut mirrors, Duration::from_millis(1500)).await;
+    for (symbol, book) in want {
         let m = &mirrors[symbol];
         assert!(
             m.messages > 0,
@@ -124,7 +120,65 @@ async fn recorded_books_replay_into_a_fresh_node_exactly() {
         }
         assert_eq!(m.seq, book.seq, "{symbol}: the recorded seq");
     }
+}
+
+/// Runs `feed replay FILE --speed max` with `dest` arguments; its stdout.
+async fn replay(file: &std::path::Path, dest: &[String]) -> String {
+    let mut args: Vec<String> = ["feed", "replay", file.to_str().unwrap(), "--speed", "max"]
+        .map(String::from)
+        .to_vec();
+    args.extend_from_slice(dest);
+    let out = spawn_bin(args, Duration::from_secs(30)).await.unwrap();
+    let (stdout, stderr) = texts(&out);
+    assert!(out.status.success(), "replay failed: {stderr}");
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorded_books_replay_into_a_fresh_node_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, want, msgs) = record_session(dir.path()).await;
+
+    // Through the publisher endpoint of a fresh node.
+    let target = start(settings()).await;
+    let mut sub = book_subscriber(target.addr).await;
+    let stdout = replay(&file, &["--to".into(), publish_url(target.addr)]).await;
+    assert!(
+        stdout.contains(&format!("and {msgs} book messages")) && stdout.contains(" 0 refused"),
+        "{stdout}"
+    );
+    expect_books(&mut sub, &want).await;
     target.shutdown().await;
+
+    // Through Redis, to a node on that bus.
+    let redis = env::RedisServer::start();
+    let cfg = env::fast(RedisConfig::single(&redis.url()));
+    let node = start(Settings {
+        redis: Some(cfg),
+        node: "node-r".into(),
+        ..settings()
+    })
+    .await;
+    let mut sub = book_subscriber(node.addr).await;
+    let dest = [
+        "--redis".into(),
+        redis.url(),
+        "--feed-id".into(),
+        "rec".into(),
+    ];
+    let stdout = replay(&file, &dest).await;
+    assert!(stdout.contains(" 0 refused"), "{stdout}");
+    expect_books(&mut sub, &want).await;
+    node.shutdown().await;
+
+    // Played by a node itself (`serve --feed replay:FILE`).
+    let mut s = settings();
+    s.feed = FeedSpec::Replay(file.clone());
+    s.replay_speed = Speed::Factor(1.0);
+    let node = start(s).await;
+    let mut sub = book_subscriber(node.addr).await;
+    expect_books(&mut sub, &want).await;
+    node.shutdown().await;
 }
 
 #[test]

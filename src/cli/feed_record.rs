@@ -245,7 +245,11 @@ async fn record(
     let (ticks, snapshots, gaps, books) = (rec.ticks, rec.snapshots, rec.gaps, rec.books);
     let finished = rec.writer.finish();
     eprintln!(
-        "tickstream: recorded {ticks} ticks, {books} book lines, {snapshots} snapshots, {gaps} gaps to {} in {:.1}s",
+        "tickstream: recorded {ticks} ticks, {snapshots} snapshots, {gaps} gaps{} to {} in {:.1}s",
+        match args.books {
+            Some(_) => format!(", {books} book lines"),
+            None => String::new(),
+        },
         args.out.display(),
         started.elapsed().as_secs_f64()
     );
