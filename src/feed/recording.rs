@@ -430,6 +430,7 @@ impl Iterator for Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::book::Levels;
 
     fn tick(seq: u64) -> Tick {
         Tick {
@@ -493,6 +494,137 @@ mod tests {
             let text = err.to_string();
             assert!(text.contains(&format!(":{line}: ")), "{text}");
             assert!(text.contains(needle), "{text}");
+        }
+    }
+
+    fn book(seq: u64, prev: Option<u64>, bids: &[(u64, u64)], asks: &[(u64, u64)]) -> BookItem {
+        let lv = |l: &[(u64, u64)]| l.iter().map(|&(p, q)| Level::new(p, q)).collect();
+        let mut msg = BookMsg {
+            symbol: "EUR/USD".into(),
+            epoch: "e".into(),
+            seq,
+            prev_seq: prev,
+            ts: 1_000 + seq,
+            bids: lv(bids),
+            asks: lv(asks),
+            checksum: None,
+        };
+        msg.checksum = Some(crate::book::checksum(&msg.asks, &msg.bids));
+        BookItem {
+            msg,
+            spec: Spec::new(5),
+        }
+    }
+
+    #[test]
+    fn book_lines_read_back_beside_ticks_with_their_decimals() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.ndjson");
+        let mut w = Writer::create(&path, "test").unwrap();
+        let whole = book(1, None, &[(108_500, 3), (108_490, 1)], &[(108_513, 2)]);
+        // The update's checksum is the book's after it.
+        let mut upd = book(2, Some(1), &[(108_500, 0)], &[(108_520, 7)]);
+        let after = Levels::new(
+            vec![Level::new(108_490, 1)],
+            vec![Level::new(108_513, 2), Level::new(108_520, 7)],
+        );
+        upd.msg.checksum = Some(after.checksum());
+        w.write_tick(&tick(1)).unwrap();
+        w.write_book(&whole).unwrap();
+        w.write_book(&upd).unwrap();
+        w.write_tick(&tick(2)).unwrap();
+        w.finish().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains(r#""bids":[[1.08500,3],[1.08490,1]]"#),
+            "{text}"
+        );
+        let mut r = Reader::open(&path).unwrap();
+        let mut got = Vec::new();
+        while let Some((_, item)) = r.next_item().unwrap() {
+            got.push(item);
+        }
+        assert_eq!(
+            got,
+            [
+                Item::Tick(tick(1)),
+                Item::Book(Box::new(whole)),
+                Item::Book(Box::new(upd)),
+                Item::Tick(tick(2)),
+            ]
+        );
+        // Readers of ticks pass over the books.
+        let ticks: Vec<Tick> = Reader::open(&path).unwrap().map(|r| r.unwrap().1).collect();
+        assert_eq!(ticks, [tick(1), tick(2)]);
+    }
+
+    #[test]
+    fn bad_book_lines_are_reported_with_their_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = r#"{"type":"book","symbol":"AAPL","epoch":"e","seq":1,"ts":5,"bids":[[189.10,300]],"asks":[[189.12,200]]}"#;
+        let upd = |body: &str| {
+            format!(
+                r#"{{"type":"book_update","symbol":"AAPL","epoch":"e","seq":2,"prev_seq":1,"ts":6,{body}}}"#
+            )
+        };
+        for (line, needle) in [
+            (
+                upd(r#""bids":[[189.11,5]],"asks":[],"checksum":7"#),
+                "checksum 7",
+            ),
+            (
+                upd(r#""bids":[[1.8911e2,5]],"asks":[]"#),
+                "bad price 1.8911e2",
+            ),
+            (
+                upd(r#""bids":[[-189.11,5]],"asks":[]"#),
+                "bad price -189.11",
+            ),
+            (upd(r#""bids":[[189.05,0]],"asks":[]"#), "does not hold"),
+            (upd(r#""asks":[]"#), "missing field `bids`"),
+            (
+                good.replace(r#""seq":1,"#, r#""seq":1,"prev_seq":0,"#),
+                "prev_seq belongs to a book_update",
+            ),
+        ] {
+            let path = dir.path().join("bad.ndjson");
+            std::fs::write(&path, format!("{good}\n{line}\n")).unwrap();
+            let mut r = Reader::open(&path).unwrap();
+            let err = loop {
+                match r.next_item() {
+                    Ok(Some(_)) => {}
+                    Ok(None) => panic!("no error for {line}"),
+                    Err(e) => break e.to_string(),
+                }
+            };
+            assert!(err.contains(":2: "), "{err}");
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
+        // An update before any book of its symbol.
+        let path = dir.path().join("first.ndjson");
+        std::fs::write(&path, upd(r#""bids":[],"asks":[]"#) + "\n").unwrap();
+        let e = Reader::open(&path).unwrap().next_item().unwrap_err();
+        assert!(e.to_string().contains(":1: "), "{e}");
+        assert!(e.to_string().contains("before any book"), "{e}");
+    }
+
+    #[test]
+    fn prices_as_written_give_ticks_and_decimals() {
+        assert_eq!(price_ticks("189.10"), Some((18_910, 2)));
+        assert_eq!(price_ticks("0.07"), Some((7, 2)));
+        assert_eq!(price_ticks("42"), Some((42, 0)));
+        assert_eq!(price_ticks("151.200"), Some((151_200, 3)));
+        for bad in [
+            "0",
+            "0.00",
+            "1.",
+            ".5",
+            "1e3",
+            "-1.00",
+            "1.0000000000",
+            "\"1\"",
+        ] {
+            assert_eq!(price_ticks(bad), None, "{bad}");
         }
     }
 }

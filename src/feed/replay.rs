@@ -668,4 +668,86 @@ mod tests {
         let e = scan(&path, &cfg).unwrap_err().to_string();
         assert!(e.contains("none selected"), "{e}");
     }
+
+    /// A book line of symbol A at `ts_ms` (2 decimals).
+    fn book_line(seq: u64, prev: Option<u64>, ts_ms: u64, bid: (u64, u64)) -> String {
+        let kind = if prev.is_some() {
+            "book_update"
+        } else {
+            "book"
+        };
+        let prev = prev.map_or(String::new(), |p| format!(r#""prev_seq":{p},"#));
+        let ts = 1_000_000_000_000 + ts_ms * 1_000_000;
+        let price = crate::book::json::price_text(bid.0, crate::book::Spec::new(2));
+        format!(
+            r#"{{"type":"{kind}","symbol":"A","epoch":"rec","seq":{seq},{prev}"ts":{ts},"bids":[[{price},{}]],"asks":[]}}"#,
+            bid.1
+        )
+    }
+
+    #[test]
+    fn books_play_in_order_and_from_folds_what_it_skips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.ndjson");
+        let t = |seq, ms| String::from_utf8(tick("A", seq, ms).to_json(crate::tick::Kind::Tick));
+        let lines = [
+            book_line(1, None, 0, (1000, 5)),
+            t(1, 100).unwrap(),
+            book_line(2, Some(1), 200, (1001, 3)),
+            book_line(3, Some(2), 1200, (1002, 4)),
+            t(2, 1300).unwrap(),
+        ];
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        let stop = AtomicBool::new(false);
+        let mut got = Vec::new();
+        let cfg = ReplayConfig {
+            speed: Speed::Max,
+            ..Default::default()
+        };
+        let rep = play(&path, &cfg, &stop, &Progress::default(), |i| {
+            got.push(i);
+            true
+        })
+        .unwrap();
+        assert_eq!((rep.ticks, rep.books), (2, 3));
+        let kinds: Vec<String> = got
+            .iter()
+            .map(|i| match i {
+                Item::Tick(t) => format!("t{}", t.seq),
+                Item::Book(b) => format!("b{}", b.msg.seq),
+            })
+            .collect();
+        assert_eq!(kinds, ["b1", "t1", "b2", "b3", "t2"]);
+        let Item::Book(b) = &got[0] else { panic!() };
+        let Item::Tick(t) = &got[1] else { panic!() };
+        assert_eq!(b.msg.epoch, t.epoch, "one new epoch for ticks and books");
+        assert_ne!(&*b.msg.epoch, "rec");
+
+        // From 1 s on: the book the skipped lines made comes whole before update 3.
+        let cfg = ReplayConfig {
+            from: Duration::from_secs(1),
+            ..cfg
+        };
+        got.clear();
+        play(&path, &cfg, &stop, &Progress::default(), |i| {
+            got.push(i);
+            true
+        })
+        .unwrap();
+        let Item::Book(whole) = &got[0] else {
+            panic!("{got:?}")
+        };
+        assert_eq!((whole.msg.seq, whole.msg.prev_seq), (2, None));
+        assert_eq!(
+            whole.msg.bids,
+            [
+                crate::book::Level::new(1001, 3),
+                crate::book::Level::new(1000, 5)
+            ]
+        );
+        let Item::Book(next) = &got[1] else { panic!() };
+        assert_eq!((next.msg.seq, next.msg.prev_seq), (3, Some(2)));
+        assert_eq!(whole.msg.epoch, next.msg.epoch);
+        assert_eq!(got.len(), 3);
+    }
 }
