@@ -221,3 +221,27 @@ fn a_malformed_book_line_is_refused_naming_its_line() {
         assert!(err.contains(why), "{why}: {err}");
     }
 }
+
+#[test]
+fn record_takes_a_book_depth_of_10_or_50() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("x.ndjson");
+    let out = run_bin(
+        &[
+            "feed",
+            "record",
+            "--url",
+            "ws://127.0.0.1:9/v1/ws",
+            "AAPL",
+            "--books",
+            "20",
+            "--out",
+            out_file.to_str().unwrap(),
+        ],
+        Duration::from_secs(10),
+    );
+    let (_, err) = texts(&out);
+    assert!(!out.status.success());
+    assert!(err.contains("--books takes a depth of 10 or 50"), "{err}");
+    assert!(!out_file.exists(), "nothing is written");
+}

@@ -176,12 +176,7 @@ async fn record(
 ) -> anyhow::Result<()> {
     let stop_client = CancellationToken::new();
     let (mut rx, task) = client.spawn(8192, stop_client.clone());
-    let (book_tx, mut book_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8192);
-    let books = args.books.map(|depth| {
-        let conn = args.conn.clone();
-        tokio::spawn(book_stream(conn, symbols, depth, book_tx))
-    });
-    let mut books_on = books.is_some();
+    let mut books = BookFeed::start(args, symbols);
     let started = tokio::time::Instant::now();
     let deadline = started
         + args
@@ -202,10 +197,9 @@ async fn record(
                     break;
                 }
             }
-            line = book_rx.recv(), if books_on => {
+            line = books.rx.recv(), if books.task.is_some() => {
                 let Some(line) = line else {
-                    books_on = false;
-                    failure = Some(anyhow::anyhow!("the book stream ended"));
+                    failure = Some(books.ended().await);
                     break;
                 };
                 rec.books += 1;
@@ -230,34 +224,54 @@ async fn record(
         }
     }
     stop_client.cancel();
-    drop(book_rx);
-    if let Some(b) = books {
-        if !books_on && failure.is_some() {
-            // The stream's own error says why it ended.
-            if let Ok(Err(e)) = b.await {
-                failure = Some(e);
-            }
-        } else {
-            b.abort();
-        }
-    }
+    books.stop();
     let result = task.await.context("the client task failed")?;
-    let (ticks, snapshots, gaps, books) = (rec.ticks, rec.snapshots, rec.gaps, rec.books);
-    let finished = rec.writer.finish();
     eprintln!(
-        "tickstream: recorded {ticks} ticks, {snapshots} snapshots, {gaps} gaps{} to {} in {:.1}s",
-        match args.books {
-            Some(_) => format!(", {books} book lines"),
-            None => String::new(),
-        },
+        "tickstream: recorded {} to {} in {:.1}s",
+        rec.summary(args.books.is_some()),
         args.out.display(),
         started.elapsed().as_secs_f64()
     );
+    let finished = rec.writer.finish();
     if let Some(f) = failure {
         return Err(f);
     }
     finished?;
     result.map_err(Into::into)
+}
+
+/// The book connection of `--books`: its task and the lines it reads.
+struct BookFeed {
+    rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl BookFeed {
+    /// Starts reading the books of `symbols` when `--books` asks for them.
+    fn start(args: &RecordArgs, symbols: Vec<String>) -> BookFeed {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8192);
+        let task = args.books.map(|depth| {
+            let conn = args.conn.clone();
+            tokio::spawn(book_stream(conn, symbols, depth, tx))
+        });
+        BookFeed { rx, task }
+    }
+
+    /// Why the stream ended by itself (its own error, when it has one).
+    async fn ended(&mut self) -> anyhow::Error {
+        let why = match self.task.take() {
+            Some(t) => t.await.ok().and_then(Result::err),
+            None => None,
+        };
+        why.unwrap_or_else(|| anyhow::anyhow!("the book stream ended"))
+    }
+
+    /// Stops the stream.
+    fn stop(self) {
+        if let Some(t) = self.task {
+            t.abort();
+        }
+    }
 }
 
 /// The recording being written, and what it holds so far.
@@ -288,6 +302,18 @@ impl Recorder {
             books: 0,
             opened: HashSet::new(),
             line: Vec::with_capacity(512),
+        }
+    }
+
+    /// What was recorded, in words (book lines counted when `books`).
+    fn summary(&self, books: bool) -> String {
+        let (t, s, g) = (self.ticks, self.snapshots, self.gaps);
+        match books {
+            true => format!(
+                "{t} ticks, {s} snapshots, {g} gaps, {} book lines",
+                self.books
+            ),
+            false => format!("{t} ticks, {s} snapshots, {g} gaps"),
         }
     }
 
