@@ -186,7 +186,7 @@ pub(super) fn refusals(sink: &SinkReport) -> anyhow::Result<()> {
     for e in &sink.errors {
         eprintln!("refused: {e}");
     }
-    anyhow::bail!("{} ticks or book messages were refused", sink.refused)
+    anyhow::bail!("{} ticks were refused", sink.refused)
 }
 
 pub(super) fn rate(n: u64, secs: f64) -> f64 {
