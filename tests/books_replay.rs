@@ -245,3 +245,160 @@ fn record_takes_a_book_depth_of_10_or_50() {
     assert!(err.contains("--books takes a depth of 10 or 50"), "{err}");
     assert!(!out_file.exists(), "nothing is written");
 }
+
+/// Publishes `n` ticks of `g` and their book messages on `run`'s bus.
+fn feed(run: &tickstream::server::Running, g: &mut tickstream::feed::Generator, n: u64) {
+    let ticks = g.batch(n);
+    run.node.bus.publish_books(g.take_books()).unwrap();
+    run.node.bus.publish_batch(ticks).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_resumes_the_books_across_a_node_restart() {
+    let first = start(settings()).await;
+    let addr = first.addr;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("across.ndjson");
+    let recorder = spawn_bin(
+        [
+            "feed",
+            "record",
+            "--url",
+            &format!("ws://{addr}/v1/ws"),
+            "--symbols",
+            &SYMBOLS.join(","),
+            "--books",
+            "10",
+            "--out",
+            path.to_str().unwrap(),
+            "--count",
+            "600",
+            "--flush",
+            "20ms",
+            "--backoff-base",
+            "100ms",
+            "--backoff-cap",
+            "400ms",
+        ]
+        .map(String::from)
+        .to_vec(),
+        Duration::from_secs(30),
+    );
+    eventually("the recorder's book subscription", || {
+        first.node.hub.books().subscriber_count("AAPL") == 1
+    })
+    .await;
+    let mut g =
+        tickstream::feed::Generator::new(&book_client::universe(), 5, "e1".into()).with_books();
+    for _ in 0..10 {
+        feed(&first, &mut g, 20);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    first.shutdown().await;
+    let mut s = settings();
+    s.listen = addr;
+    let second = loop {
+        match tickstream::server::start(s.clone()).await {
+            Ok(r) => break r,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let mut g =
+        tickstream::feed::Generator::new(&book_client::universe(), 6, "e2".into()).with_books();
+    while !recorder.is_finished() {
+        feed(&second, &mut g, 10);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let out = recorder.await.unwrap();
+    let (_, err) = texts(&out);
+    assert!(out.status.success(), "record failed: {err}");
+    assert!(err.contains("book connection"), "the loss is told: {err}");
+    second.shutdown().await;
+
+    // Every line applies to the one before it and matches its checksum (the reader
+    // checks), and both epochs are there: an update of e2 applies only after a whole
+    // book of e2, so the resume brought one.
+    let mut epochs: HashMap<String, Vec<String>> = HashMap::new();
+    let mut r = recording::Reader::open(&path).unwrap();
+    while let Some((_, item)) = r.next_item().unwrap() {
+        if let Item::Book(b) = item {
+            let e = epochs.entry(b.msg.symbol.to_string()).or_default();
+            if e.last().map(String::as_str) != Some(&*b.msg.epoch) {
+                e.push(b.msg.epoch.to_string());
+            }
+        }
+    }
+    let (books, _, _) = recorded_books(&path);
+    for symbol in SYMBOLS {
+        assert_eq!(epochs[symbol], ["e1", "e2"], "{symbol}");
+        assert!(
+            books[symbol].seq > 1,
+            "{symbol}: updates of e2 were recorded"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_resumes_the_books_of_a_closed_connection_without_a_fresh_book() {
+    // The node closes every connection after about 300 ms: the book connection comes
+    // back with `resume`, and the node answers with what follows the last line held.
+    let mut s = settings();
+    s.max_connection_lifetime = Duration::from_millis(300);
+    let node = start(s).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("closed.ndjson");
+    let recorder = spawn_bin(
+        [
+            "feed",
+            "record",
+            "--url",
+            &format!("ws://{}/v1/ws", node.addr),
+            "--symbols",
+            &SYMBOLS.join(","),
+            "--books",
+            "10",
+            "--out",
+            path.to_str().unwrap(),
+            "--count",
+            "1500",
+            "--backoff-base",
+            "50ms",
+            "--backoff-cap",
+            "100ms",
+        ]
+        .map(String::from)
+        .to_vec(),
+        Duration::from_secs(30),
+    );
+    eventually("the recorder's book subscription", || {
+        node.node.hub.books().subscriber_count("AAPL") == 1
+    })
+    .await;
+    let mut g =
+        tickstream::feed::Generator::new(&book_client::universe(), 7, "e1".into()).with_books();
+    while !recorder.is_finished() {
+        feed(&node, &mut g, 10);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let out = recorder.await.unwrap();
+    let (_, err) = texts(&out);
+    assert!(out.status.success(), "record failed: {err}");
+    let losses = err.matches("tickstream: book connection").count();
+    assert!(losses >= 1, "the book connection was closed: {err}");
+    node.shutdown().await;
+
+    // One whole book per symbol: after each reconnect the lines go on from the seq held.
+    let mut wholes: HashMap<String, usize> = HashMap::new();
+    let mut r = recording::Reader::open(&path).unwrap();
+    while let Some((_, item)) = r.next_item().unwrap() {
+        if let Item::Book(b) = item {
+            if b.msg.prev_seq.is_none() {
+                *wholes.entry(b.msg.symbol.to_string()).or_default() += 1;
+            }
+        }
+    }
+    for symbol in SYMBOLS {
+        assert_eq!(wholes.get(symbol), Some(&1), "{symbol}: {err}");
+    }
+}

@@ -11,9 +11,10 @@
 //! second connection to the first `--url`: each `book` and `book_update` is written as
 //! its line exactly as the node sent it, in the order lines reach the recorder (ticks
 //! and books come on separate connections, so their relative order is that of
-//! arrival; each stream keeps its own order exactly). That connection is not
-//! re-established: when it ends, the recording ends with an error (the file is
-//! complete up to there).
+//! arrival; each stream keeps its own order exactly). A lost book connection is opened
+//! again with the same backoff as the ticks' and resumes each book from its last line
+//! (the node answers with one update that nets out what was missed, or a `gap` and a
+//! fresh `book`), so the lines still apply one after the other.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -111,59 +112,155 @@ pub(super) fn run(args: Args) -> anyhow::Result<()> {
     rt.block_on(record(client, writer, &args, book_symbols))
 }
 
-/// Reads the book channel of `symbols` at `depth` from the node at `url` and hands
-/// each `book`, `book_update` and book `gap` line, as sent, to `tx`; returns why it
-/// stopped (the recorder stopping it drops the receiver).
+/// Where the recording's book of each symbol is: the epoch and seq of its last line.
+type Held = std::collections::HashMap<String, (String, u64)>;
+
+/// How a session of the book connection ended.
+enum BookEnd {
+    /// The recorder stopped listening.
+    Done,
+    /// The node refused the subscription: no use trying again.
+    Refused(anyhow::Error),
+    /// The connection failed or was closed, after `connected` it was open.
+    Lost {
+        error: anyhow::Error,
+        connected: bool,
+    },
+}
+
+/// Reads the book channel of `symbols` at `depth` from the node at the first `--url`
+/// and hands each `book`, `book_update` and book `gap` line, as sent, to `tx`. A lost
+/// connection is opened again with the backoff of `conn` and resumes each symbol from
+/// the last line recorded, so the lines still apply one after the other. Returns why
+/// it stopped (the recorder stopping it drops the receiver).
 async fn book_stream(
     conn: ConnArgs,
     symbols: Vec<String>,
     depth: u8,
     tx: tokio::sync::mpsc::Sender<Vec<u8>>,
 ) -> anyhow::Result<()> {
+    let mut backoff = crate::backoff::Backoff::new(crate::backoff::BackoffConfig {
+        base: conn.backoff_base.0,
+        cap: conn.backoff_cap.0,
+        max_attempts: conn.max_attempts,
+    });
+    let mut held = Held::new();
+    loop {
+        match book_session(&conn, &symbols, depth, &tx, &mut held).await {
+            BookEnd::Done => return Ok(()),
+            BookEnd::Refused(e) => return Err(e),
+            BookEnd::Lost { error, connected } => {
+                if connected {
+                    backoff.reset();
+                }
+                if backoff.exhausted() {
+                    return Err(error.context("the book connection gave up"));
+                }
+                let delay = backoff.failed();
+                eprintln!(
+                    "tickstream: book connection: {error:#}; again in {} ms",
+                    delay.as_millis()
+                );
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// One connection of [`book_stream`]: subscribes (resuming what `held` says) and
+/// forwards the book lines until it ends.
+async fn book_session(
+    conn: &ConnArgs,
+    symbols: &[String],
+    depth: u8,
+    tx: &tokio::sync::mpsc::Sender<Vec<u8>>,
+    held: &mut Held,
+) -> BookEnd {
     use fastwebsockets::{FragmentCollector, Frame, OpCode, Payload};
-    let url = conn.url.first().context("no --url")?.clone();
+    let lost = |error: anyhow::Error, connected| BookEnd::Lost { error, connected };
+    let mut ws = match book_connect(conn).await {
+        Ok(ws) => ws,
+        Err(e) => return lost(e, false),
+    };
+    let mut cmd =
+        serde_json::json!({"op":"subscribe","channel":"book","depth":depth,"symbols":symbols});
+    if !held.is_empty() {
+        let resume: serde_json::Map<String, serde_json::Value> = held
+            .iter()
+            .map(|(s, (e, q))| (s.clone(), serde_json::json!({"epoch": e, "seq": q})))
+            .collect();
+        cmd["resume"] = resume.into();
+    }
+    let sent = ws
+        .write_frame(Frame::text(Payload::Owned(cmd.to_string().into_bytes())))
+        .await;
+    if let Err(e) = sent {
+        return lost(anyhow::anyhow!("subscribing to the books: {e}"), true);
+    }
+    let mut ws = FragmentCollector::new(ws);
+    loop {
+        let frame = match ws.read_frame().await {
+            Ok(f) => f,
+            Err(e) => return lost(anyhow::anyhow!("the book connection failed: {e}"), true),
+        };
+        match frame.opcode {
+            OpCode::Close => {
+                return lost(anyhow::anyhow!("the node closed the book connection"), true)
+            }
+            OpCode::Text => {}
+            _ => continue,
+        }
+        match book_lines(&frame.payload, held) {
+            Ok(lines) => {
+                for line in lines {
+                    if tx.send(line).await.is_err() {
+                        return BookEnd::Done;
+                    }
+                }
+            }
+            Err(e) => return BookEnd::Refused(e),
+        }
+    }
+}
+
+/// Opens the book connection to the first `--url`.
+async fn book_connect(conn: &ConnArgs) -> anyhow::Result<crate::client::connect::ClientWs> {
+    let url = conn.url.first().context("no --url")?;
     let tls = match &conn.ca_file {
         Some(path) => Some(crate::client::ClientTls::new(Some(path))?),
         None => None,
     };
-    let mut ws = crate::client::connect::connect_with(&url, conn.token.as_deref(), tls.as_ref())
+    crate::client::connect::connect_with(url, conn.token.as_deref(), tls.as_ref())
         .await
-        .with_context(|| format!("the book connection to {url}"))?;
-    let cmd =
-        serde_json::json!({"op":"subscribe","channel":"book","depth":depth,"symbols":symbols});
-    ws.write_frame(Frame::text(Payload::Owned(cmd.to_string().into_bytes())))
-        .await
-        .context("subscribing to the books")?;
-    let mut ws = FragmentCollector::new(ws);
-    loop {
-        let frame = ws
-            .read_frame()
-            .await
-            .context("the book connection failed")?;
-        match frame.opcode {
-            OpCode::Close => anyhow::bail!("the node closed the book connection"),
-            OpCode::Text => {}
+        .with_context(|| format!("the book connection to {url}"))
+}
+
+/// The lines of one frame a recording keeps (book messages and book gaps, as sent),
+/// noting in `held` where each symbol's book is; `Err` when the node refused the
+/// subscription.
+fn book_lines(payload: &[u8], held: &mut Held) -> anyhow::Result<Vec<Vec<u8>>> {
+    let msgs: Vec<&serde_json::value::RawValue> =
+        serde_json::from_slice(payload).context("a book frame that is not a JSON array")?;
+    let mut lines = Vec::new();
+    for m in msgs {
+        let head: serde_json::Value = serde_json::from_str(m.get())?;
+        match head["type"].as_str().unwrap_or("") {
+            "book" | "book_update" => {
+                let symbol = head["symbol"].as_str().unwrap_or("").to_owned();
+                let epoch = head["epoch"].as_str().unwrap_or("").to_owned();
+                held.insert(symbol, (epoch, head["seq"].as_u64().unwrap_or(0)));
+            }
+            "gap" if head["channel"] == "book" => {}
+            "error" => anyhow::bail!(
+                "the node refused the book subscription: {}: {}",
+                head["code"].as_str().unwrap_or(""),
+                head["message"].as_str().unwrap_or("")
+            ),
             _ => continue,
         }
-        let msgs: Vec<&serde_json::value::RawValue> = serde_json::from_slice(&frame.payload)
-            .context("a book frame that is not a JSON array")?;
-        for m in msgs {
-            let head: serde_json::Value = serde_json::from_str(m.get())?;
-            match head["type"].as_str().unwrap_or("") {
-                "book" | "book_update" => {}
-                "gap" if head["channel"] == "book" => {}
-                "error" => anyhow::bail!(
-                    "the node refused the book subscription: {}: {}",
-                    head["code"].as_str().unwrap_or(""),
-                    head["message"].as_str().unwrap_or("")
-                ),
-                _ => continue,
-            }
-            if tx.send(m.get().as_bytes().to_vec()).await.is_err() {
-                return Ok(());
-            }
-        }
+        lines.push(m.get().as_bytes().to_vec());
     }
+    Ok(lines)
 }
 
 /// Records what `client` receives into `writer` until a signal, `--duration`,
