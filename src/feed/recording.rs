@@ -204,8 +204,8 @@ pub struct Reader {
     buf: String,
     /// Symbols that had a tick (or an opening snapshot) already.
     seen: std::collections::HashSet<String>,
-    /// Each symbol's book so far, and its price decimals.
-    books: HashMap<Symbol, (Book, Spec)>,
+    /// Each symbol's book so far, and its price decimals once a price has shown them.
+    books: HashMap<Symbol, (Book, Option<u8>)>,
 }
 
 /// A `book` or `book_update` line, its prices kept as written.
@@ -356,7 +356,7 @@ impl Reader {
         if !valid_symbol(&line.symbol) {
             return Err(format!("bad symbol {:?}", line.symbol));
         }
-        let known = self.books.get(&*line.symbol).map(|(_, s)| s.decimals);
+        let known = self.books.get(&*line.symbol).and_then(|(_, d)| *d);
         let mut decimals = known;
         let mut side = |levels: &[(&RawValue, u64)], name: &str| {
             let mut out = Vec::with_capacity(levels.len());
@@ -395,14 +395,14 @@ impl Reader {
         let held = self.books.remove(&symbol);
         let (mut book, _) = match (held, msg.prev_seq) {
             (Some(h), _) => h,
-            (None, None) => (Book::from_msg(&msg), spec),
+            (None, None) => (Book::from_msg(&msg), decimals),
             (None, Some(_)) => {
                 return Err(bad("a book_update before any book of its symbol".into()));
             }
         };
         let applied = book.apply(&msg, MAX_LEVELS);
         msg.checksum = Some(book.levels.checksum());
-        self.books.insert(symbol, (book, spec));
+        self.books.insert(symbol, (book, decimals));
         applied.map_err(bad)?;
         Ok(BookItem { msg, spec })
     }
@@ -600,6 +600,21 @@ mod tests {
             assert!(err.contains(":2: "), "{err}");
             assert!(err.contains(needle), "{needle}: {err}");
         }
+        // A first book with no level shows no decimals: the next prices set them.
+        let path = dir.path().join("empty.ndjson");
+        let empty =
+            r#"{"type":"book","symbol":"AAPL","epoch":"e","seq":1,"ts":5,"bids":[],"asks":[]}"#;
+        std::fs::write(
+            &path,
+            format!("{empty}\n{}\n", upd(r#""bids":[[189.10,5]],"asks":[]"#)),
+        )
+        .unwrap();
+        let mut r = Reader::open(&path).unwrap();
+        r.next_item().unwrap().unwrap();
+        let Some((2, Item::Book(b))) = r.next_item().unwrap() else {
+            panic!("the update reads")
+        };
+        assert_eq!((b.spec, b.msg.bids[0].price), (Spec::new(2), 18_910));
         // An update before any book of its symbol.
         let path = dir.path().join("first.ndjson");
         std::fs::write(&path, upd(r#""bids":[],"asks":[]"#) + "\n").unwrap();
