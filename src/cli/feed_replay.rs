@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::config::Dur;
 use crate::feed::publish::{self, SinkReport};
 use crate::feed::replay::{self, Progress, ReplayConfig, Speed};
-use crate::tick::Tick;
+use crate::feed::Item;
 
 /// Ticks buffered between the feed thread and its destination.
 pub(super) const FEED_BUFFER: usize = 65_536;
@@ -84,7 +84,7 @@ pub struct Args {
     #[arg(long = "loop")]
     looping: bool,
 
-    /// Skip ticks recorded less than this long after the first one, e.g. 30s.
+    /// Skip ticks and book messages recorded less than this long after the first one, e.g. 30s.
     #[arg(long, value_name = "DURATION")]
     from: Option<Dur>,
 
@@ -113,7 +113,7 @@ pub(super) fn run(args: Args) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let progress = Arc::new(Progress::default());
     let signal = stop_on_signal(&rt, stop.clone())?;
-    let (tx, rx) = crossbeam_channel::bounded::<Tick>(FEED_BUFFER);
+    let (tx, rx) = crossbeam_channel::bounded::<Item>(FEED_BUFFER);
     let player = replay::spawn(
         args.file.clone(),
         config.clone(),
@@ -124,14 +124,16 @@ pub(super) fn run(args: Args) -> anyhow::Result<()> {
     let bar = progress_bar(if config.looping {
         None
     } else {
-        Some(scan.selected)
+        Some(scan.selected + scan.books_selected)
     });
     let done = Arc::new(AtomicBool::new(false));
     let ticker = {
         let (bar, progress, done) = (bar.clone(), progress.clone(), done.clone());
         std::thread::spawn(move || {
             while !done.load(Ordering::Relaxed) {
-                bar.set_position(progress.ticks.load(Ordering::Relaxed));
+                bar.set_position(
+                    progress.ticks.load(Ordering::Relaxed) + progress.books.load(Ordering::Relaxed),
+                );
                 if config.looping {
                     bar.set_message(format!("pass {}", progress.passes.load(Ordering::Relaxed)));
                 }
@@ -152,8 +154,12 @@ pub(super) fn run(args: Args) -> anyhow::Result<()> {
     let rep = played?;
     let secs = rep.elapsed.as_secs_f64();
     println!(
-        "replayed {} ticks over {} symbols in {:.2}s ({:.0} ticks/s, speed {}, {} pass{}, recorded span {:.2}s); {} accepted, {} refused",
+        "replayed {} ticks{} over {} symbols in {:.2}s ({:.0} ticks/s, speed {}, {} pass{}, recorded span {:.2}s); {} accepted, {} refused",
         rep.ticks,
+        match rep.books {
+            0 => String::new(),
+            n => format!(" and {n} book messages"),
+        },
         rep.symbols,
         secs,
         rate(rep.ticks, secs),
@@ -227,11 +233,11 @@ fn progress_bar(len: Option<u64>) -> ProgressBar {
     let (bar, template) = match len {
         Some(n) => (
             ProgressBar::new(n),
-            "{elapsed_precise} [{wide_bar}] {human_pos}/{human_len} ticks, eta {eta}",
+            "{elapsed_precise} [{wide_bar}] {human_pos}/{human_len} messages, eta {eta}",
         ),
         None => (
             ProgressBar::no_length(),
-            "{elapsed_precise} {spinner} {human_pos} ticks, {msg}",
+            "{elapsed_precise} {spinner} {human_pos} messages, {msg}",
         ),
     };
     bar.set_draw_target(ProgressDrawTarget::stderr());
@@ -273,7 +279,7 @@ impl Dest {
     }
 
     /// Drains the feed into the destination until the feed ends.
-    pub(super) async fn deliver(self, rx: Receiver<Tick>) -> anyhow::Result<SinkReport> {
+    pub(super) async fn deliver(self, rx: Receiver<Item>) -> anyhow::Result<SinkReport> {
         let started = Instant::now();
         let r = match self {
             Dest::Node(url, ws) => publish::to_node(&url, ws, rx).await,

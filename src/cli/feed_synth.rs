@@ -12,8 +12,8 @@ use super::feed_replay::{
     checked_symbols, rate, refusals, runtime, stop_on_signal, Dest, Target, FEED_BUFFER,
 };
 use crate::config::Dur;
+use crate::feed::Item;
 use crate::feed::{self, publish, SynthConfig, Universe};
-use crate::tick::Tick;
 
 /// Options.
 #[derive(clap::Args, Debug)]
@@ -79,7 +79,7 @@ pub(super) fn run(args: Args) -> anyhow::Result<()> {
     };
     let n_symbols = universe.len();
     let stop = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = crossbeam_channel::bounded::<Tick>(FEED_BUFFER);
+    let (tx, rx) = crossbeam_channel::bounded::<Item>(FEED_BUFFER);
     let epoch = crate::tick::new_epoch();
     let signal = stop_on_signal(&rt, stop.clone())?;
     let started = Instant::now();

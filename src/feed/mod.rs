@@ -21,6 +21,7 @@ use crossbeam_channel::{SendTimeoutError, Sender};
 
 use crate::tick::Tick;
 
+pub use recording::{BookItem, Item};
 pub use replay::{ReplayConfig, Speed};
 pub use synthetic::{Generator, SynthConfig};
 pub use universe::{AssetClass, Instrument, Universe, UniverseError};
@@ -35,6 +36,27 @@ pub trait Sink: Send + 'static {
     /// ticks were taken: fewer than all when the receiver is gone or `stop` was set
     /// while waiting.
     fn send_batch(&self, batch: Vec<Tick>, stop: &AtomicBool) -> usize;
+
+    /// Hands `items` (ticks and book messages, as a replay plays them) over in order,
+    /// like [`Sink::send_batch`]; returns how many were taken. A sink that carries
+    /// ticks only takes its ticks and passes over the book messages (counted as taken).
+    fn send_items(&self, items: Vec<Item>, stop: &AtomicBool) -> usize {
+        let n = items.len();
+        let ticks: Vec<Tick> = items
+            .into_iter()
+            .filter_map(|i| match i {
+                Item::Tick(t) => Some(t),
+                Item::Book(_) => None,
+            })
+            .collect();
+        let want = ticks.len();
+        let sent = self.send_batch(ticks, stop);
+        if sent == want {
+            n
+        } else {
+            sent
+        }
+    }
 }
 
 /// Sends `item`, waiting while the channel is full; false when the receiver is gone or
@@ -64,6 +86,37 @@ impl Sink for Sender<Tick> {
             sent += 1;
         }
         sent
+    }
+}
+
+impl Sink for Sender<Item> {
+    fn send_batch(&self, batch: Vec<Tick>, stop: &AtomicBool) -> usize {
+        self.send_items(batch.into_iter().map(Item::Tick).collect(), stop)
+    }
+
+    fn send_items(&self, items: Vec<Item>, stop: &AtomicBool) -> usize {
+        let mut sent = 0;
+        for item in items {
+            if !send_polling(self, item, stop) {
+                break;
+            }
+            sent += 1;
+        }
+        sent
+    }
+}
+
+impl Sink for Sender<Vec<Item>> {
+    fn send_batch(&self, batch: Vec<Tick>, stop: &AtomicBool) -> usize {
+        self.send_items(batch.into_iter().map(Item::Tick).collect(), stop)
+    }
+
+    fn send_items(&self, items: Vec<Item>, stop: &AtomicBool) -> usize {
+        let n = items.len();
+        match n > 0 && send_polling(self, items, stop) {
+            true => n,
+            false => 0,
+        }
     }
 }
 

@@ -17,10 +17,10 @@ use tokio::sync::mpsc;
 
 use crate::bus::{RedisConfig, RedisPublisher};
 use crate::client::connect::{connect_with, ClientTls, ClientWs};
-use crate::feed::recording::Writer;
+use crate::feed::recording::{Item, Writer};
 use crate::tick::{Kind, Tick};
 
-/// Most ticks sent in one frame to a publisher endpoint.
+/// Most ticks (and book messages) sent in one frame to a publisher endpoint.
 pub const MAX_FRAME_TICKS: usize = 512;
 
 /// An idle publisher connection sends a WebSocket Ping this often (or four times per
@@ -104,16 +104,20 @@ pub fn default_feed_id() -> String {
     format!("feed-{}", host.trim())
 }
 
-/// Hands every tick from `rx` to a Redis publisher, waiting for room rather than
-/// dropping, until the feed ends. Call it from a plain thread.
+/// Hands every tick and book message from `rx` to a Redis publisher, waiting for room
+/// rather than dropping, until the feed ends. Call it from a plain thread.
 pub fn to_redis(
-    rx: Receiver<Tick>,
+    rx: Receiver<Item>,
     publisher: &RedisPublisher,
 ) -> Result<SinkReport, PublishError> {
     let mut report = SinkReport::default();
-    for tick in rx {
+    let max = crate::hub::book::BookSettings::default().max_levels;
+    for item in rx {
         report.sent += 1;
-        publisher.publish_blocking(tick)?;
+        match item {
+            Item::Tick(tick) => publisher.publish_blocking(tick)?,
+            Item::Book(b) => publisher.publish_book_blocking(&b.msg, b.spec, max)?,
+        }
     }
     Ok(report)
 }
@@ -129,12 +133,20 @@ pub fn redis_report(mut report: SinkReport, publisher: &RedisPublisher) -> SinkR
         + stats
             .dropped_full
             .load(std::sync::atomic::Ordering::Relaxed);
-    report.refused = refused + lost;
+    let books_refused = stats
+        .books_refused
+        .load(std::sync::atomic::Ordering::Relaxed);
+    report.refused = refused + lost + books_refused;
     report.accepted = report.sent.saturating_sub(report.refused);
     for c in publisher.conflicts() {
         report.errors.push(format!(
             "{} is published by another feed ({}); refused",
             c.symbol, c.holder
+        ));
+    }
+    if books_refused > 0 {
+        report.errors.push(format!(
+            "{books_refused} book messages did not follow the book published before them"
         ));
     }
     if lost > 0 {
@@ -145,12 +157,16 @@ pub fn redis_report(mut report: SinkReport, publisher: &RedisPublisher) -> SinkR
     report
 }
 
-/// Writes every tick from `rx` to a new recording at `path` (zstd by its extension).
-pub fn to_file(rx: Receiver<Tick>, path: &Path, source: &str) -> Result<SinkReport, PublishError> {
+/// Writes every tick and book message from `rx` to a new recording at `path` (zstd by
+/// its extension).
+pub fn to_file(rx: Receiver<Item>, path: &Path, source: &str) -> Result<SinkReport, PublishError> {
     let mut w = Writer::create(path, source)?;
     let mut report = SinkReport::default();
-    for tick in rx {
-        w.write_tick(&tick)?;
+    for item in rx {
+        match item {
+            Item::Tick(tick) => w.write_tick(&tick)?,
+            Item::Book(b) => w.write_book(&b)?,
+        }
         report.sent += 1;
         report.accepted += 1;
     }
@@ -182,14 +198,14 @@ pub async fn connect_node(
         })
 }
 
-/// Publishes every tick from `rx` over `ws` (from [`connect_node`] to `url`), several
-/// ticks per frame, until the feed ends; then waits for the node to acknowledge every
+/// Publishes every tick and book message from `rx` over `ws` (from [`connect_node`] to
+/// `url`), in order, several per frame, until the feed ends; then waits for the node to acknowledge every
 /// frame and closes normally. Refused ticks are counted and their errors kept; the
 /// connection carries on past them.
 pub async fn to_node(
     url: &str,
     ws: ClientWs,
-    rx: Receiver<Tick>,
+    rx: Receiver<Item>,
 ) -> Result<SinkReport, PublishError> {
     let lost = |why: String| PublishError::Lost {
         url: url.to_owned(),
@@ -200,7 +216,7 @@ pub async fn to_node(
     read.set_auto_pong(false);
 
     // A blocking thread turns single ticks into frames' worth of ticks.
-    let (batch_tx, mut batches) = mpsc::channel::<Vec<Tick>>(8);
+    let (batch_tx, mut batches) = mpsc::channel::<Vec<Item>>(8);
     let bridge = std::thread::Builder::new()
         .name("feed-batch".into())
         .spawn(move || batch_ticks(&rx, &batch_tx))
@@ -226,7 +242,7 @@ pub async fn to_node(
 /// Gathers the feed's ticks from `rx` into batches of at most [`MAX_FRAME_TICKS`]
 /// (what is there when the first arrives) and hands them to `tx`, until either side
 /// is gone.
-fn batch_ticks(rx: &Receiver<Tick>, tx: &mpsc::Sender<Vec<Tick>>) {
+fn batch_ticks(rx: &Receiver<Item>, tx: &mpsc::Sender<Vec<Item>>) {
     while let Ok(first) = rx.recv() {
         let mut batch = Vec::with_capacity(MAX_FRAME_TICKS);
         batch.push(first);
@@ -308,7 +324,7 @@ impl<S: AsyncWrite + Unpin> Sending<S> {
     /// connection was lost.
     async fn run(
         &mut self,
-        batches: &mut mpsc::Receiver<Vec<Tick>>,
+        batches: &mut mpsc::Receiver<Vec<Item>>,
         events: &mut mpsc::UnboundedReceiver<Event>,
     ) -> Result<(), String> {
         let mut feeding = true;
@@ -344,8 +360,8 @@ impl<S: AsyncWrite + Unpin> Sending<S> {
     }
 
     /// Sends `batch` as one frame.
-    async fn send(&mut self, batch: &[Tick]) -> Result<(), String> {
-        let bytes = encode_frame(batch);
+    async fn send(&mut self, batch: &[Item]) -> Result<(), String> {
+        let bytes = encode_items(batch);
         self.write
             .write_frame(Frame::text(Payload::Borrowed(&bytes)))
             .await
@@ -403,6 +419,24 @@ fn parse_replies(payload: &[u8]) -> Vec<Event> {
             _ => None,
         })
         .collect()
+}
+
+/// The bytes of a frame of ticks and book messages as [`to_node`] sends it: a JSON
+/// array of `tick`, `book` and `book_update` objects, in order.
+pub fn encode_items(items: &[Item]) -> Bytes {
+    let mut buf = Vec::with_capacity(items.len() * 256 + 2);
+    buf.push(b'[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        match item {
+            Item::Tick(t) => t.write_json(Kind::Tick, &mut buf),
+            Item::Book(b) => b.write_json(&mut buf),
+        }
+    }
+    buf.push(b']');
+    Bytes::from(buf)
 }
 
 /// The bytes of a frame of ticks as [`to_node`] sends it: a JSON array of tick objects.

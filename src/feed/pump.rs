@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use super::{ReplayConfig, SynthConfig, Universe};
+use super::{Item, ReplayConfig, SynthConfig, Universe};
 use crate::book::BookMsg;
 use crate::bus::Bus;
 use crate::hub::Hub;
@@ -31,12 +31,12 @@ impl FeedThreads {
     pub fn start<R: Send + 'static>(
         bus: Arc<dyn Bus>,
         produce: impl FnOnce(
-            crossbeam_channel::Sender<Vec<Tick>>,
+            crossbeam_channel::Sender<Vec<Item>>,
             Arc<AtomicBool>,
         ) -> std::thread::JoinHandle<R>,
     ) -> FeedThreads {
         let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = crossbeam_channel::bounded::<Vec<Tick>>(FEED_BUFFER);
+        let (tx, rx) = crossbeam_channel::bounded::<Vec<Item>>(FEED_BUFFER);
         let producer = produce(tx, stop.clone());
         let pump = std::thread::Builder::new()
             .name("feed-pump".into())
@@ -124,6 +124,7 @@ impl FeedThreads {
         tracing::info!(
             file = %path.display(),
             ticks = scan.ticks,
+            books = scan.books,
             symbols = scan.symbols,
             span_ms = scan.span.as_millis() as u64,
             speed = %config.speed,
@@ -151,9 +152,10 @@ impl FeedThreads {
 }
 
 /// Hands every batch a feed thread produces to the bus, in order, until the feed ends;
-/// batches that queued up meanwhile go as one.
+/// batches that queued up meanwhile go as one (ticks and book messages each in runs,
+/// in their order).
 /// When the feed ends, the symbols it published are lost ([`Bus::sources_lost`]).
-pub fn pump(rx: crossbeam_channel::Receiver<Vec<Tick>>, bus: Arc<dyn Bus>) {
+pub fn pump(rx: crossbeam_channel::Receiver<Vec<Item>>, bus: Arc<dyn Bus>) {
     let mut published: std::collections::HashSet<crate::tick::Symbol> = Default::default();
     while let Ok(mut batch) = rx.recv() {
         while batch.len() < MAX_BATCH {
@@ -162,15 +164,44 @@ pub fn pump(rx: crossbeam_channel::Receiver<Vec<Tick>>, bus: Arc<dyn Bus>) {
                 Err(_) => break,
             }
         }
-        for t in &batch {
-            if !published.contains(&t.symbol) {
-                published.insert(t.symbol.clone());
+        let mut ticks: Vec<Tick> = Vec::with_capacity(batch.len());
+        let mut books: Vec<BookMsg> = Vec::new();
+        for item in batch {
+            match item {
+                Item::Tick(t) => {
+                    if !books.is_empty() {
+                        publish_books(&*bus, std::mem::take(&mut books));
+                    }
+                    if !published.contains(&t.symbol) {
+                        published.insert(t.symbol.clone());
+                    }
+                    ticks.push(t);
+                }
+                Item::Book(b) => {
+                    if !ticks.is_empty() {
+                        hand_over(&*bus, std::mem::take(&mut ticks));
+                    }
+                    books.push(b.msg);
+                }
             }
         }
-        hand_over(&*bus, batch);
+        publish_books(&*bus, books);
+        if !ticks.is_empty() {
+            hand_over(&*bus, ticks);
+        }
     }
     let gone: Vec<crate::tick::Symbol> = published.into_iter().collect();
     bus.sources_lost(&gone);
+}
+
+/// Publishes book messages of a feed inside the node on `bus` (where it carries books).
+fn publish_books(bus: &dyn Bus, books: Vec<BookMsg>) {
+    if books.is_empty() || !bus.carries_books() {
+        return;
+    }
+    if let Err(e) = bus.publish_books(books) {
+        tracing::warn!(error = %e, "publishing books failed");
+    }
 }
 
 /// Publishes one batch of a feed inside the node on `bus`, counting what was ingested.

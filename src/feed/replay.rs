@@ -8,6 +8,13 @@
 //! numbering: subscribers see a `reset` and a fresh snapshot. `seq` and prices are
 //! published as recorded; `ts` becomes the publish time and the recorded time moves to
 //! `src_ts` (a tick that already had a `src_ts` keeps it: that is the true origin).
+//!
+//! Book lines (`book`, `book_update`) are played in the same stream, in file order and
+//! paced by their recorded `ts` like ticks: same epoch renaming (a book's recorded epoch
+//! gets the same new epoch as ticks of that epoch), `ts` re-stamped, `seq`, `prev_seq`,
+//! levels and checksum as recorded. With `--from`, the book messages skipped are
+//! folded, and a symbol whose first message played is an update gets the book they made
+//! as a whole `book` first, so that what is published always applies.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -16,8 +23,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::recording::{Reader, RecordingError};
-use crate::tick::{now_ns, Tick};
+use super::recording::{BookItem, Item, Reader, RecordingError};
+use crate::book::{Book, BookMsg};
+use crate::tick::{now_ns, Symbol};
 
 /// Playback speed.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -90,8 +98,22 @@ pub struct ReplayConfig {
 }
 
 impl ReplayConfig {
-    fn wants(&self, tick: &Tick) -> bool {
-        self.symbols.is_empty() || self.symbols.contains(&*tick.symbol)
+    fn wants(&self, symbol: &str) -> bool {
+        self.symbols.is_empty() || self.symbols.contains(symbol)
+    }
+}
+
+fn symbol_of(item: &Item) -> &Symbol {
+    match item {
+        Item::Tick(t) => &t.symbol,
+        Item::Book(b) => &b.msg.symbol,
+    }
+}
+
+fn ts_of(item: &Item) -> u64 {
+    match item {
+        Item::Tick(t) => t.ts,
+        Item::Book(b) => b.msg.ts,
     }
 }
 
@@ -102,13 +124,17 @@ pub struct Scan {
     pub ticks: u64,
     /// Tick lines a pass will play (after the offset and the symbol filter).
     pub selected: u64,
+    /// Book lines in the file.
+    pub books: u64,
+    /// Book lines a pass will play (after the offset and the symbol filter).
+    pub books_selected: u64,
     /// Distinct symbols among the selected ticks.
     pub symbols: usize,
     /// Those symbols, sorted.
     pub symbol_names: Vec<Arc<str>>,
-    /// Recorded `ts` of the first tick in the file.
+    /// Recorded `ts` of the first tick or book line in the file.
     pub first_ts: u64,
-    /// Recorded time from the first to the last selected tick.
+    /// Recorded time from the first to the last selected tick or book line.
     pub span: Duration,
 }
 
@@ -142,31 +168,39 @@ pub fn scan(path: &Path, config: &ReplayConfig) -> Result<Scan, ReplayError> {
     let mut symbols: HashSet<Arc<str>> = HashSet::new();
     let mut first_sel: Option<u64> = None;
     let mut last_sel = 0u64;
-    for item in Reader::open(path)? {
-        let (_, tick) = item?;
-        scan.ticks += 1;
-        if scan.ticks == 1 {
-            scan.first_ts = tick.ts;
+    let mut first: Option<u64> = None;
+    let mut reader = Reader::open(path)?;
+    while let Some((_, item)) = reader.next_item()? {
+        let is_tick = matches!(item, Item::Tick(_));
+        match is_tick {
+            true => scan.ticks += 1,
+            false => scan.books += 1,
         }
-        if tick.ts < scan.first_ts.saturating_add(config.from.as_nanos() as u64)
-            || !config.wants(&tick)
+        let ts = ts_of(&item);
+        let first = *first.get_or_insert(ts);
+        if ts < first.saturating_add(config.from.as_nanos() as u64)
+            || !config.wants(symbol_of(&item))
         {
             continue;
         }
-        scan.selected += 1;
-        first_sel.get_or_insert(tick.ts);
-        last_sel = last_sel.max(tick.ts);
-        if !symbols.contains(&tick.symbol) {
-            symbols.insert(tick.symbol.clone());
+        match is_tick {
+            true => scan.selected += 1,
+            false => scan.books_selected += 1,
+        }
+        first_sel.get_or_insert(ts);
+        last_sel = last_sel.max(ts);
+        if !symbols.contains(symbol_of(&item)) {
+            symbols.insert(symbol_of(&item).clone());
         }
     }
-    if scan.selected == 0 {
-        let why = if scan.ticks == 0 {
-            " (the file holds no tick lines)".to_owned()
+    scan.first_ts = first.unwrap_or(0);
+    if scan.selected + scan.books_selected == 0 {
+        let why = if scan.ticks + scan.books == 0 {
+            " (the file holds no tick or book lines)".to_owned()
         } else {
             format!(
-                " ({} ticks in the file, none selected by the offset and symbol filter)",
-                scan.ticks
+                " ({} ticks and {} book messages in the file, none selected by the offset and symbol filter)",
+                scan.ticks, scan.books
             )
         };
         return Err(ReplayError::Empty {
@@ -186,6 +220,8 @@ pub fn scan(path: &Path, config: &ReplayConfig) -> Result<Scan, ReplayError> {
 pub struct Progress {
     /// Ticks published so far, over all passes.
     pub ticks: AtomicU64,
+    /// Book messages published so far, over all passes.
+    pub books: AtomicU64,
     /// Passes started.
     pub passes: AtomicU64,
 }
@@ -195,6 +231,8 @@ pub struct Progress {
 pub struct ReplayReport {
     /// Ticks published.
     pub ticks: u64,
+    /// Book messages published.
+    pub books: u64,
     /// Passes started over the file (1 without `--loop`).
     pub passes: u64,
     /// Distinct symbols published.
@@ -209,7 +247,7 @@ pub struct ReplayReport {
 
 /// Plays `path` into `emit` until the file ends (or forever with `looping`), `stop` is
 /// set, or `emit` returns false (the sink went away). Runs on the calling thread and
-/// sleeps between ticks to keep the recorded spacing.
+/// sleeps between items to keep the recorded spacing.
 ///
 /// The file should have been checked with [`scan`] first; a bad line met during play
 /// still ends the replay with its error.
@@ -218,70 +256,197 @@ pub fn play(
     config: &ReplayConfig,
     stop: &AtomicBool,
     progress: &Progress,
-    mut emit: impl FnMut(Tick) -> bool,
+    mut emit: impl FnMut(Item) -> bool,
 ) -> Result<ReplayReport, ReplayError> {
-    let mut report = ReplayReport::default();
-    let mut symbols: HashSet<Arc<str>> = HashSet::new();
-    let mut started: Option<Instant> = None;
-    let mut last_emit = Instant::now();
-    let offset = config.from.as_nanos() as u64;
+    let mut run = Run {
+        report: ReplayReport::default(),
+        symbols: HashSet::new(),
+        started: None,
+        last_emit: Instant::now(),
+    };
     loop {
-        report.passes += 1;
+        run.report.passes += 1;
         progress.passes.fetch_add(1, Ordering::Relaxed);
-        let mut epochs: HashMap<Arc<str>, Arc<str>> = HashMap::new();
+        let played = run.pass(path, config, stop, progress, &mut emit)?;
+        if run.report.stopped || !config.looping || played == 0 {
+            return Ok(run.finish());
+        }
+    }
+}
+
+/// A replay under way: what it has done so far.
+struct Run {
+    report: ReplayReport,
+    symbols: HashSet<Arc<str>>,
+    started: Option<Instant>,
+    last_emit: Instant,
+}
+
+/// One pass's state: new epochs, its time origin, and the books skipped by `--from`.
+#[derive(Default)]
+struct Pass {
+    epochs: HashMap<Arc<str>, Arc<str>>,
+    file_first: Option<u64>,
+    /// (recorded ts of the pass's first item, when the pass started)
+    origin: Option<(u64, Instant)>,
+    /// Books of symbols whose messages `--from` skipped, as those messages made them.
+    skipped: HashMap<Symbol, Book>,
+    played: u64,
+}
+
+impl Run {
+    /// Plays the file once; how many items it played (the report says if it stopped).
+    fn pass(
+        &mut self,
+        path: &Path,
+        config: &ReplayConfig,
+        stop: &AtomicBool,
+        progress: &Progress,
+        emit: &mut impl FnMut(Item) -> bool,
+    ) -> Result<u64, ReplayError> {
+        let offset = config.from.as_nanos() as u64;
         let mut reader = Reader::open(path)?;
-        let mut file_first: Option<u64> = None;
-        // (recorded ts of the pass's first tick, when the pass started)
-        let mut origin: Option<(u64, Instant)> = None;
-        let mut pass_ticks = 0u64;
-        while let Some((_, mut tick)) = reader.next_tick()? {
+        let mut pass = Pass::default();
+        while let Some((_, item)) = reader.next_item()? {
             if stop.load(Ordering::Relaxed) {
-                report.stopped = true;
-                return Ok(finish(report, symbols, started, last_emit));
+                self.report.stopped = true;
+                return Ok(pass.played);
             }
-            let first = *file_first.get_or_insert(tick.ts);
-            // Opening quotes may be stamped a little before the first tick: `--from`
-            // skips nothing unless given.
-            let early = offset > 0 && tick.ts < first.saturating_add(offset);
-            if early || !config.wants(&tick) {
+            let recorded = ts_of(&item);
+            let first = *pass.file_first.get_or_insert(recorded);
+            if !config.wants(symbol_of(&item)) {
                 continue;
             }
-            let recorded = tick.ts;
-            let (t0, at) = *origin.get_or_insert((recorded, Instant::now()));
+            // Opening quotes may be stamped a little before the first tick: `--from`
+            // skips nothing unless given.
+            if offset > 0 && recorded < first.saturating_add(offset) {
+                pass.skip(item);
+                continue;
+            }
+            let (t0, at) = *pass.origin.get_or_insert((recorded, Instant::now()));
             if let Speed::Factor(speed) = config.speed {
                 let ahead = recorded.saturating_sub(t0) as f64 / speed;
                 let due = at + Duration::from_nanos(ahead as u64);
                 if !sleep_until(due, stop) {
-                    report.stopped = true;
-                    return Ok(finish(report, symbols, started, last_emit));
+                    self.report.stopped = true;
+                    return Ok(pass.played);
                 }
             }
-            let epoch = epochs
-                .entry(tick.epoch.clone())
-                .or_insert_with(crate::tick::new_epoch)
-                .clone();
-            tick.epoch = epoch;
-            tick.src_ts = Some(tick.src_ts.unwrap_or(recorded));
-            tick.ts = now_ns();
-            if !symbols.contains(&tick.symbol) {
-                symbols.insert(tick.symbol.clone());
+            for out in pass.restamp(item) {
+                if !self.emit(out, progress, emit) {
+                    self.report.stopped = true;
+                    return Ok(pass.played);
+                }
             }
-            if !emit(tick) {
-                report.stopped = true;
-                return Ok(finish(report, symbols, started, last_emit));
-            }
-            last_emit = Instant::now();
-            started.get_or_insert(last_emit);
-            report.ticks += 1;
-            pass_ticks += 1;
-            report.span = report
+            pass.played += 1;
+            self.report.span = self
+                .report
                 .span
                 .max(Duration::from_nanos(recorded.saturating_sub(t0)));
+        }
+        Ok(pass.played)
+    }
+
+    /// Hands one item over and counts it; false when the sink went away.
+    fn emit(
+        &mut self,
+        item: Item,
+        progress: &Progress,
+        emit: &mut impl FnMut(Item) -> bool,
+    ) -> bool {
+        let symbol = symbol_of(&item).clone();
+        let is_tick = matches!(item, Item::Tick(_));
+        if !emit(item) {
+            return false;
+        }
+        if !self.symbols.contains(&symbol) {
+            self.symbols.insert(symbol);
+        }
+        self.last_emit = Instant::now();
+        self.started.get_or_insert(self.last_emit);
+        if is_tick {
+            self.report.ticks += 1;
             progress.ticks.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.report.books += 1;
+            progress.books.fetch_add(1, Ordering::Relaxed);
         }
-        if !config.looping || pass_ticks == 0 {
-            return Ok(finish(report, symbols, started, last_emit));
+        true
+    }
+
+    fn finish(self) -> ReplayReport {
+        finish(self.report, self.symbols, self.started, self.last_emit)
+    }
+}
+
+impl Pass {
+    /// A skipped item: a book message is folded into its symbol's skipped book.
+    fn skip(&mut self, item: Item) {
+        let Item::Book(b) = item else { return };
+        let msg = &b.msg;
+        match self.skipped.get_mut(&msg.symbol) {
+            Some(book) if msg.prev_seq.is_some() => {
+                // The reader checked that it follows.
+                let _ = book.apply(msg, usize::MAX);
+            }
+            _ => {
+                if msg.prev_seq.is_none() {
+                    self.skipped.insert(msg.symbol.clone(), Book::from_msg(msg));
+                }
+            }
         }
+    }
+
+    /// What to publish for `item`, re-stamped: the item, after the whole book the
+    /// skipped messages of its symbol made when it is the first update played.
+    fn restamp(&mut self, item: Item) -> Vec<Item> {
+        let now = now_ns();
+        match item {
+            Item::Tick(mut tick) => {
+                tick.epoch = self.epoch(&tick.epoch);
+                tick.src_ts = Some(tick.src_ts.unwrap_or(tick.ts));
+                tick.ts = now;
+                vec![Item::Tick(tick)]
+            }
+            Item::Book(mut b) => {
+                let mut out = Vec::with_capacity(2);
+                if let Some(book) = self.skipped.remove(&b.msg.symbol) {
+                    if b.msg.prev_seq.is_some() {
+                        out.push(self.whole(&b, &book, now));
+                    }
+                }
+                b.msg.epoch = self.epoch(&b.msg.epoch);
+                b.msg.ts = now;
+                out.push(Item::Book(b));
+                out
+            }
+        }
+    }
+
+    /// The whole `book` of `book` (skipped messages of `like`'s symbol), re-stamped.
+    fn whole(&mut self, like: &BookItem, book: &Book, now: u64) -> Item {
+        let msg = BookMsg {
+            symbol: like.msg.symbol.clone(),
+            epoch: self.epoch(&book.epoch),
+            seq: book.seq,
+            prev_seq: None,
+            ts: now,
+            bids: book.levels.side(crate::book::Side::Bid).to_vec(),
+            asks: book.levels.side(crate::book::Side::Ask).to_vec(),
+            checksum: Some(book.levels.checksum()),
+        };
+        Item::Book(Box::new(BookItem {
+            msg,
+            spec: like.spec,
+        }))
+    }
+
+    /// This pass's epoch for a recorded one.
+    fn epoch(&mut self, recorded: &Arc<str>) -> Arc<str> {
+        self.epochs
+            .entry(recorded.clone())
+            .or_insert_with(crate::tick::new_epoch)
+            .clone()
     }
 }
 
@@ -311,7 +476,7 @@ fn sleep_until(due: Instant, stop: &AtomicBool) -> bool {
     }
 }
 
-/// Runs [`play`] on its own OS thread named `feed-replay`, sending every tick to `sink`
+/// Runs [`play`] on its own OS thread named `feed-replay`, sending every item to `sink`
 /// (a full bounded channel blocks only this thread). The thread ends like [`play`] or
 /// when the receiver is dropped.
 ///
@@ -328,12 +493,13 @@ pub fn spawn<S: super::Sink>(
     std::thread::Builder::new()
         .name("feed-replay".into())
         .spawn(move || {
-            let r = play(&path, &config, &stop, &progress, |t| {
-                sink.send_batch(vec![t], &stop) == 1
+            let r = play(&path, &config, &stop, &progress, |item| {
+                sink.send_items(vec![item], &stop) == 1
             });
             match &r {
                 Ok(rep) => tracing::info!(
                     ticks = rep.ticks,
+                    books = rep.books,
                     passes = rep.passes,
                     elapsed_ms = rep.elapsed.as_millis() as u64,
                     "replay finished"
@@ -349,6 +515,7 @@ pub fn spawn<S: super::Sink>(
 mod tests {
     use super::*;
     use crate::feed::recording::Writer;
+    use crate::tick::Tick;
 
     fn tick(symbol: &str, seq: u64, ts_ms: u64) -> Tick {
         Tick {
@@ -380,8 +547,10 @@ mod tests {
     fn run(path: &Path, config: &ReplayConfig, limit: usize) -> (Vec<Tick>, ReplayReport) {
         let stop = AtomicBool::new(false);
         let mut got = Vec::new();
-        let rep = play(path, config, &stop, &Progress::default(), |t| {
-            got.push(t);
+        let rep = play(path, config, &stop, &Progress::default(), |item| {
+            if let Item::Tick(t) = item {
+                got.push(t);
+            }
             got.len() < limit
         })
         .unwrap();
@@ -498,5 +667,87 @@ mod tests {
         };
         let e = scan(&path, &cfg).unwrap_err().to_string();
         assert!(e.contains("none selected"), "{e}");
+    }
+
+    /// A book line of symbol A at `ts_ms` (2 decimals).
+    fn book_line(seq: u64, prev: Option<u64>, ts_ms: u64, bid: (u64, u64)) -> String {
+        let kind = if prev.is_some() {
+            "book_update"
+        } else {
+            "book"
+        };
+        let prev = prev.map_or(String::new(), |p| format!(r#""prev_seq":{p},"#));
+        let ts = 1_000_000_000_000 + ts_ms * 1_000_000;
+        let price = crate::book::json::price_text(bid.0, crate::book::Spec::new(2));
+        format!(
+            r#"{{"type":"{kind}","symbol":"A","epoch":"rec","seq":{seq},{prev}"ts":{ts},"bids":[[{price},{}]],"asks":[]}}"#,
+            bid.1
+        )
+    }
+
+    #[test]
+    fn books_play_in_order_and_from_folds_what_it_skips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.ndjson");
+        let t = |seq, ms| String::from_utf8(tick("A", seq, ms).to_json(crate::tick::Kind::Tick));
+        let lines = [
+            book_line(1, None, 0, (1000, 5)),
+            t(1, 100).unwrap(),
+            book_line(2, Some(1), 200, (1001, 3)),
+            book_line(3, Some(2), 1200, (1002, 4)),
+            t(2, 1300).unwrap(),
+        ];
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        let stop = AtomicBool::new(false);
+        let mut got = Vec::new();
+        let cfg = ReplayConfig {
+            speed: Speed::Max,
+            ..Default::default()
+        };
+        let rep = play(&path, &cfg, &stop, &Progress::default(), |i| {
+            got.push(i);
+            true
+        })
+        .unwrap();
+        assert_eq!((rep.ticks, rep.books), (2, 3));
+        let kinds: Vec<String> = got
+            .iter()
+            .map(|i| match i {
+                Item::Tick(t) => format!("t{}", t.seq),
+                Item::Book(b) => format!("b{}", b.msg.seq),
+            })
+            .collect();
+        assert_eq!(kinds, ["b1", "t1", "b2", "b3", "t2"]);
+        let Item::Book(b) = &got[0] else { panic!() };
+        let Item::Tick(t) = &got[1] else { panic!() };
+        assert_eq!(b.msg.epoch, t.epoch, "one new epoch for ticks and books");
+        assert_ne!(&*b.msg.epoch, "rec");
+
+        // From 1 s on: the book the skipped lines made comes whole before update 3.
+        let cfg = ReplayConfig {
+            from: Duration::from_secs(1),
+            ..cfg
+        };
+        got.clear();
+        play(&path, &cfg, &stop, &Progress::default(), |i| {
+            got.push(i);
+            true
+        })
+        .unwrap();
+        let Item::Book(whole) = &got[0] else {
+            panic!("{got:?}")
+        };
+        assert_eq!((whole.msg.seq, whole.msg.prev_seq), (2, None));
+        assert_eq!(
+            whole.msg.bids,
+            [
+                crate::book::Level::new(1001, 3),
+                crate::book::Level::new(1000, 5)
+            ]
+        );
+        let Item::Book(next) = &got[1] else { panic!() };
+        assert_eq!((next.msg.seq, next.msg.prev_seq), (3, Some(2)));
+        assert_eq!(whole.msg.epoch, next.msg.epoch);
+        assert_eq!(got.len(), 3);
     }
 }

@@ -292,6 +292,31 @@ impl RedisPublisher {
         Ok(())
     }
 
+    /// Queues a book message like [`RedisPublisher::publish_book`], waiting for room
+    /// when the queue is full (for a feed process that would rather slow down than
+    /// drop). Call it from a plain thread (not from async code).
+    pub fn publish_book_blocking(
+        &self,
+        msg: &BookMsg,
+        spec: Spec,
+        max_levels: usize,
+    ) -> Result<(), BusError> {
+        let out = {
+            let mut books = self.shared.books.lock();
+            prepare(&mut books, msg, spec, max_levels)
+        };
+        let Some(out) = out else {
+            self.shared
+                .stats
+                .books_refused
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        };
+        self.tx
+            .blocking_send(Out::Book(Box::new(out)))
+            .map_err(|_| BusError::Unavailable("publisher stopped".into()))
+    }
+
     /// Counters.
     pub fn stats(&self) -> &PublisherStats {
         &self.shared.stats
