@@ -30,6 +30,22 @@ pub struct Head<'a> {
     pub spec: Spec,
 }
 
+impl BookMsg {
+    /// Appends this message to `out` as one JSON object, as the node writes it: its
+    /// prices with `spec`'s decimals, its checksum (0 when it has none).
+    pub fn write_json(&self, spec: Spec, out: &mut Vec<u8>) {
+        let head = Head {
+            symbol: &self.symbol,
+            epoch: &self.epoch,
+            seq: self.seq,
+            ts: self.ts,
+            spec,
+        };
+        let checksum = self.checksum.unwrap_or(0);
+        write(out, &head, self.prev_seq, &self.bids, &self.asks, checksum);
+    }
+}
+
 /// Appends one message to `out`: a `book` when `prev_seq` is `None`, else a
 /// `book_update` that applies to the book at `prev_seq`.
 pub fn write(

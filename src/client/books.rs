@@ -32,22 +32,7 @@ pub struct BookMessage {
 impl BookMessage {
     /// Appends the message as one JSON object, as the node writes it.
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        let m = &self.msg;
-        let head = crate::book::json::Head {
-            symbol: &m.symbol,
-            epoch: &m.epoch,
-            seq: m.seq,
-            ts: m.ts,
-            spec: self.spec.unwrap_or(Spec::new(0)),
-        };
-        crate::book::json::write(
-            out,
-            &head,
-            m.prev_seq,
-            &m.bids,
-            &m.asks,
-            m.checksum.unwrap_or(0),
-        );
+        self.msg.write_json(self.spec.unwrap_or(Spec::new(0)), out);
     }
 }
 

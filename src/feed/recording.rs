@@ -56,22 +56,7 @@ pub struct BookItem {
 impl BookItem {
     /// Appends the message as one JSON object, its prices with the symbol's decimals.
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        let m = &self.msg;
-        let head = crate::book::json::Head {
-            symbol: &m.symbol,
-            epoch: &m.epoch,
-            seq: m.seq,
-            ts: m.ts,
-            spec: self.spec,
-        };
-        crate::book::json::write(
-            out,
-            &head,
-            m.prev_seq,
-            &m.bids,
-            &m.asks,
-            m.checksum.unwrap_or(0),
-        );
+        self.msg.write_json(self.spec, out);
     }
 }
 

@@ -55,8 +55,6 @@ use crate::tick::{Symbol, Tick};
 
 /// How often routing is tried again while something is left unrouted.
 const REROUTE_EVERY: Duration = Duration::from_millis(100);
-/// How often a subscription waiting for its shard's link looks again.
-const LINK_POLL: Duration = Duration::from_millis(5);
 
 /// How long a slot map that still names the server that dropped a channel is taken for
 /// out of date (after that, the server is believed: it may have been restarted).
@@ -135,6 +133,8 @@ pub(crate) struct Inner {
     /// The slot map may be out of date: read it again.
     suspect: std::sync::atomic::AtomicBool,
     wake: Notify,
+    /// Told whenever a shard is made or its link is up: what waits for a link.
+    link_up: Notify,
     liveness: Mutex<Liveness>,
     /// Watched symbols whose owner is not known yet, since when.
     unowned: Mutex<HashMap<Symbol, Instant>>,
@@ -169,6 +169,7 @@ pub(crate) async fn start(
         gate: Gate::default(),
         suspect: std::sync::atomic::AtomicBool::new(false),
         wake: Notify::new(),
+        link_up: Notify::new(),
         liveness: Mutex::new(Liveness::default()),
         unowned: Mutex::new(HashMap::new()),
         listeners: AtomicUsize::new(0),
@@ -202,6 +203,7 @@ impl Inner {
             .lock()
             .entry(addr.to_owned())
             .or_insert_with(|| {
+                self.link_up.notify_waiters();
                 Arc::new(Shard {
                     addr: addr.to_owned(),
                     url: url.to_owned(),
@@ -321,19 +323,22 @@ impl Inner {
     /// is being made (a node that just started sets its links up as it begins to serve;
     /// a link being made again). Cancel-safe: it takes nothing.
     async fn link_of(&self, addr: &str) -> Result<(Arc<Shard>, Arc<Link>), BusError> {
-        let deadline = Instant::now() + self.cfg.timeout;
+        let deadline = tokio::time::Instant::now() + self.cfg.timeout;
         loop {
+            // Registered before looking, so that a link made in between is not missed.
+            let up = self.link_up.notified();
+            tokio::pin!(up);
+            up.as_mut().enable();
             let shard = self.shard(addr);
             if let Some((shard, link)) = shard.as_ref().and_then(|s| Some((s.clone(), s.link()?))) {
                 return Ok((shard, link));
             }
-            if Instant::now() >= deadline {
+            if tokio::time::timeout_at(deadline, up).await.is_err() {
                 return Err(match shard {
                     None => self.unavailable(format!("{addr} is not connected yet")),
                     Some(_) => self.unavailable("down, reconnecting"),
                 });
             }
-            tokio::time::sleep(LINK_POLL).await;
         }
     }
 
@@ -881,6 +886,7 @@ async fn setup_link(inner: &Arc<Inner>, shard: &Arc<Shard>, link: &Arc<Link>) ->
     let refused_syms: HashSet<Watch> = refused.iter().map(|(s, _)| s.clone()).collect();
     inner.unroute_refused(shard, refused);
     *shard.link.write() = Some(link.clone());
+    inner.link_up.notify_waiters();
     // Unwatched while this was being made: subscribed here for nothing.
     let now: HashSet<Watch> = shard.symbols.lock().clone();
     let gone: Vec<Watch> = symbols
