@@ -6,6 +6,8 @@
 #[path = "common/book.rs"]
 mod book_client;
 mod common;
+#[path = "common/relay.rs"]
+mod relay;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,11 +17,11 @@ use std::time::{Duration, Instant};
 
 use book_client::universe;
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use relay::Fate;
 use tickstream::book::{BookMsg, Level, Levels, Side};
 use tickstream::client::{Client, ClientConfig, Event, LocalBook, ServerMessage, Subscription};
 use tickstream::feed::Generator;
@@ -228,33 +230,6 @@ impl Spoiler {
     }
 }
 
-/// Reads one server frame (unmasked): its bytes, header included, and where the
-/// payload starts.
-async fn read_frame(r: &mut (impl AsyncReadExt + Unpin)) -> Option<(Vec<u8>, usize)> {
-    let mut h = [0u8; 2];
-    r.read_exact(&mut h).await.ok()?;
-    let mut frame = h.to_vec();
-    let len = match h[1] & 0x7f {
-        126 => {
-            let mut b = [0u8; 2];
-            r.read_exact(&mut b).await.ok()?;
-            frame.extend_from_slice(&b);
-            u16::from_be_bytes(b) as usize
-        }
-        127 => {
-            let mut b = [0u8; 8];
-            r.read_exact(&mut b).await.ok()?;
-            frame.extend_from_slice(&b);
-            u64::from_be_bytes(b) as usize
-        }
-        n => n as usize,
-    };
-    let at = frame.len();
-    frame.resize(at + len, 0);
-    r.read_exact(&mut frame[at..]).await.ok()?;
-    Some((frame, at))
-}
-
 /// Changes the checksum of the first `book_update` of a frame; false when it has none.
 fn corrupt(frame: &mut [u8], at: usize) -> bool {
     let payload = &mut frame[at..];
@@ -283,49 +258,19 @@ fn holds_update(frame: &[u8], at: usize) -> bool {
 }
 
 async fn relay(client: TcpStream, node: SocketAddr, armed: Arc<AtomicU8>, done: Arc<AtomicUsize>) {
-    let Ok(upstream) = TcpStream::connect(node).await else {
-        return;
-    };
-    let (mut cr, mut cw) = client.into_split();
-    let (mut ur, mut uw) = upstream.into_split();
-    tokio::spawn(async move {
-        let _ = tokio::io::copy(&mut cr, &mut uw).await;
-        let _ = uw.shutdown().await;
-    });
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut b = [0u8; 1];
-        if ur.read_exact(&mut b).await.is_err() {
-            return;
-        }
-        head.push(b[0]);
-    }
-    if cw.write_all(&head).await.is_err() {
-        return;
-    }
-    while let Some((mut frame, at)) = read_frame(&mut ur).await {
-        let update = holds_update(&frame, at);
-        match armed.load(Ordering::SeqCst) {
-            CUT => {
-                armed.store(PASS, Ordering::SeqCst);
-                done.fetch_add(1, Ordering::SeqCst);
-                return;
-            }
-            DROP if update => {
-                armed.store(PASS, Ordering::SeqCst);
-                done.fetch_add(1, Ordering::SeqCst);
-                continue;
-            }
-            CORRUPT if update && corrupt(&mut frame, at) => {
-                armed.store(PASS, Ordering::SeqCst);
-                done.fetch_add(1, Ordering::SeqCst);
-            }
-            _ => {}
-        }
-        if cw.write_all(&frame).await.is_err() {
-            return;
-        }
-    }
+    relay::pass_frames(client, node, move |frame, at| {
+        let update = holds_update(frame, at);
+        let fate = match armed.load(Ordering::SeqCst) {
+            CUT => Fate::Close,
+            DROP if update => Fate::Drop,
+            CORRUPT if update && corrupt(frame, at) => Fate::Pass,
+            _ => return Fate::Pass,
+        };
+        armed.store(PASS, Ordering::SeqCst);
+        done.fetch_add(1, Ordering::SeqCst);
+        fate
+    })
+    .await
 }
 
 /// A book message of AAPL.

@@ -1263,21 +1263,19 @@ fn node() -> (Command, &'static str) {
     (c, "ws package")
 }
 
-#[test]
-fn browser_snippet_prints_ticks_only_and_resumes_after_a_reconnect() {
-    let b = block("const symbols = [");
+/// Runs the README's JavaScript block that starts with `key` in Node, inside `harness`
+/// (which gets the snippet's path as its last argument), against `run`'s node; what
+/// the harness printed, as JSON.
+fn run_snippet(run: &Run, key: &str, harness: &str) -> Value {
+    let b = block(key);
     assert_eq!(b.lang, "js");
-    let run = Run::new(&Spec {
-        node: Some(&["--rate", "5000"]),
-        ..Spec::default()
-    });
     let snippet = run.dir.path().join("snippet.js");
     std::fs::write(&snippet, run.ports.subst(&b.text)).unwrap();
-    let harness = run.dir.path().join("harness.js");
-    std::fs::write(&harness, HARNESS).unwrap();
+    let harness_js = run.dir.path().join("harness.js");
+    std::fs::write(&harness_js, harness).unwrap();
     let (mut node, how) = node();
     let out = node
-        .arg(&harness)
+        .arg(&harness_js)
         .arg(&snippet)
         .output()
         .expect("node runs");
@@ -1287,7 +1285,16 @@ fn browser_snippet_prints_ticks_only_and_resumes_after_a_reconnect() {
         "harness ({how}): {text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let r: Value = serde_json::from_str(text.trim()).unwrap();
+    serde_json::from_str(text.trim()).unwrap()
+}
+
+#[test]
+fn browser_snippet_prints_ticks_only_and_resumes_after_a_reconnect() {
+    let run = Run::new(&Spec {
+        node: Some(&["--rate", "5000"]),
+        ..Spec::default()
+    });
+    let r = run_snippet(&run, "const symbols = [", HARNESS);
     let printed = r["printed"].as_array().unwrap();
     let sent = r["sent"].as_array().unwrap();
     assert_eq!(r["opened"], 2, "one reconnect");
@@ -1335,7 +1342,6 @@ fn browser_snippet_prints_ticks_only_and_resumes_after_a_reconnect() {
 
 #[test]
 fn browser_snippet_makes_before_it_breaks_when_the_node_asks_it_to_reconnect() {
-    let b = block("const symbols = [");
     let run = Run::new(&Spec {
         node: Some(&[
             "--rate",
@@ -1347,23 +1353,7 @@ fn browser_snippet_makes_before_it_breaks_when_the_node_asks_it_to_reconnect() {
         ]),
         ..Spec::default()
     });
-    let snippet = run.dir.path().join("snippet.js");
-    std::fs::write(&snippet, run.ports.subst(&b.text)).unwrap();
-    let harness = run.dir.path().join("harness.js");
-    std::fs::write(&harness, MOVE_HARNESS).unwrap();
-    let (mut node, how) = node();
-    let out = node
-        .arg(&harness)
-        .arg(&snippet)
-        .output()
-        .expect("node runs");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "harness ({how}): {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: Value = serde_json::from_str(text.trim()).unwrap();
+    let r = run_snippet(&run, "const symbols = [", MOVE_HARNESS);
     assert!(r["opened"].as_u64().unwrap() >= 2, "{r}");
     // The snippet closed the old connection itself, before the node's 1001.
     assert_eq!(r["closedBy"][0]["by"], "snippet", "{}", r["closedBy"]);
@@ -1419,29 +1409,15 @@ setTimeout(() => done(1), 60000);
 
 #[test]
 fn browser_book_snippet_keeps_a_checked_book_and_starts_afresh_on_a_mismatch() {
-    let b = block("const sub = {op: \"subscribe\", channel: \"book\"");
-    assert_eq!(b.lang, "js");
     let run = Run::new(&Spec {
         node: Some(&["--rate", "5000"]),
         ..Spec::default()
     });
-    let snippet = run.dir.path().join("book.js");
-    std::fs::write(&snippet, run.ports.subst(&b.text)).unwrap();
-    let harness = run.dir.path().join("harness.js");
-    std::fs::write(&harness, BOOK_HARNESS).unwrap();
-    let (mut node, how) = node();
-    let out = node
-        .arg(&harness)
-        .arg(&snippet)
-        .output()
-        .expect("node runs");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "harness ({how}): {text}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let r = run_snippet(
+        &run,
+        "const sub = {op: \"subscribe\", channel: \"book\"",
+        BOOK_HARNESS,
     );
-    let r: Value = serde_json::from_str(text.trim()).unwrap();
     let printed: Vec<(String, u64, String)> = r["printed"]
         .as_array()
         .unwrap()

@@ -1,6 +1,7 @@
 //! A TCP relay in front of a node for the tests of planned reconnects: it passes every
 //! byte on both ways and, when told, puts the node's `reconnect` message between two of
-//! the node's frames, as a node about to close the connection would.
+//! the node's frames, as a node about to close the connection would; [`pass_frames`]
+//! lets a test do what it wants with each frame from the node.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -39,6 +40,40 @@ impl Relay {
 }
 
 async fn relay(client: TcpStream, node: SocketAddr, announce: Arc<AtomicBool>) {
+    pass_frames(client, node, move |frame, _at| {
+        // Only between whole messages: not inside a fragmented one.
+        let whole = frame[0] & 0x80 != 0 && frame[0] & 0x0f != 0;
+        if whole && announce.swap(false, Ordering::SeqCst) {
+            let text = br#"[{"type":"reconnect","reason":"lifetime","in_ms":5000}]"#;
+            let mut ann = vec![0x81, text.len() as u8];
+            ann.extend_from_slice(text);
+            return Fate::After(ann);
+        }
+        Fate::Pass
+    })
+    .await
+}
+
+/// What to do with one frame from the node.
+pub enum Fate {
+    /// Pass it on (as the hook may have changed it).
+    Pass,
+    /// Pass these bytes on first, then the frame.
+    After(Vec<u8>),
+    /// Leave it out.
+    Drop,
+    /// Close both ways.
+    Close,
+}
+
+/// Relays `client` to `node`: every byte from the client as it is, the node's answer to
+/// the upgrade as it is, then each frame from the node as `each` says, given the frame
+/// (header included) and where its payload starts.
+pub async fn pass_frames(
+    client: TcpStream,
+    node: SocketAddr,
+    mut each: impl FnMut(&mut Vec<u8>, usize) -> Fate,
+) {
     let Ok(upstream) = TcpStream::connect(node).await else {
         return;
     };
@@ -60,33 +95,15 @@ async fn relay(client: TcpStream, node: SocketAddr, announce: Arc<AtomicBool>) {
     if cw.write_all(&head).await.is_err() {
         return;
     }
-    // Then frame by frame (a server's frames are not masked).
-    loop {
-        let mut h = [0u8; 2];
-        if ur.read_exact(&mut h).await.is_err() {
-            break;
-        }
-        let mut frame = h.to_vec();
-        let len = match h[1] & 0x7f {
-            126 => extended(&mut ur, 2, &mut frame).await,
-            127 => extended(&mut ur, 8, &mut frame).await,
-            n => Some(n as usize),
+    while let Some((mut frame, at)) = read_frame(&mut ur).await {
+        let before = match each(&mut frame, at) {
+            Fate::Pass => None,
+            Fate::After(bytes) => Some(bytes),
+            Fate::Drop => continue,
+            Fate::Close => return,
         };
-        let Some(len) = len else {
-            break;
-        };
-        let at = frame.len();
-        frame.resize(at + len, 0);
-        if ur.read_exact(&mut frame[at..]).await.is_err() {
-            break;
-        }
-        // Only between whole messages: not inside a fragmented one.
-        let whole = h[0] & 0x80 != 0 && h[0] & 0x0f != 0;
-        if whole && announce.swap(false, Ordering::SeqCst) {
-            let text = br#"[{"type":"reconnect","reason":"lifetime","in_ms":5000}]"#;
-            let mut ann = vec![0x81, text.len() as u8];
-            ann.extend_from_slice(text);
-            if cw.write_all(&ann).await.is_err() {
+        if let Some(b) = before {
+            if cw.write_all(&b).await.is_err() {
                 break;
             }
         }
@@ -95,6 +112,23 @@ async fn relay(client: TcpStream, node: SocketAddr, announce: Arc<AtomicBool>) {
         }
     }
     let _ = cw.shutdown().await;
+}
+
+/// Reads one server frame (unmasked): its bytes, header included, and where the
+/// payload starts.
+async fn read_frame(r: &mut (impl AsyncReadExt + Unpin)) -> Option<(Vec<u8>, usize)> {
+    let mut h = [0u8; 2];
+    r.read_exact(&mut h).await.ok()?;
+    let mut frame = h.to_vec();
+    let len = match h[1] & 0x7f {
+        126 => extended(r, 2, &mut frame).await?,
+        127 => extended(r, 8, &mut frame).await?,
+        n => n as usize,
+    };
+    let at = frame.len();
+    frame.resize(at + len, 0);
+    r.read_exact(&mut frame[at..]).await.ok()?;
+    Some((frame, at))
 }
 
 /// Reads an extended payload length of `n` bytes (big-endian) onto `frame`.
