@@ -95,8 +95,9 @@ pub struct Session {
     bucket: TokenBucket,
     strikes: u32,
     claims: Option<Box<Claims>>,
-    /// The id sent in `welcome`: 128 random bits, hex (an opaque label, not a secret).
-    label: String,
+    /// The id sent in `welcome`: 128 random bits, sent as hex (an opaque label, not a
+    /// secret). Kept as the number: the text would be a heap string per connection.
+    label: u128,
     /// How its ticks and snapshots are encoded.
     encoding: Encoding,
 }
@@ -140,7 +141,7 @@ impl Session {
             strikes: 0,
             claims,
             // ThreadRng is a CSPRNG seeded from the OS: one id says nothing of another.
-            label: format!("{:032x}", rand::random::<u128>()),
+            label: rand::random::<u128>(),
             encoding,
         };
         let welcome = session.welcome();
@@ -158,9 +159,10 @@ impl Session {
     /// The `welcome` message.
     fn welcome(&self) -> Bytes {
         let cfg = &self.node.settings;
+        let label = format!("{:032x}", self.label);
         ServerMsg::Welcome {
             node: &cfg.node,
-            session: &self.label,
+            session: &label,
             heartbeat_ms: cfg.heartbeat.as_millis() as u64,
             encoding: self.encoding.as_str(),
             limits: &protocol::Limits {

@@ -114,13 +114,15 @@ async fn drive<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut session, outbound) =
+    // The outbound side lives here and the writer borrows it: moved into the writer's
+    // future, it would be held twice there (the argument and the moved-to local).
+    let (mut session, mut outbound) =
         Session::with_encoding(node.clone(), claims, Transport::WebSocket, encoding);
     let timeout = node.settings.send_timeout;
     let pongs = Pongs::default();
     // The writer runs beside the reader in this task, not in a task of its own: an
     // idle connection then costs one task allocation, not two.
-    let writer = write_loop(write, outbound, &pongs, timeout, mid_frame);
+    let writer = write_loop(write, &mut outbound, &pongs, timeout, mid_frame);
     tokio::pin!(writer);
     let ended = tokio::select! {
         flow = read_loop(read, &mut session, &pongs, &node.settings) => Ok(flow),
@@ -372,7 +374,7 @@ enum Wrote {
 /// up when the session is evicted or the client falls silent ([`Watch`]).
 async fn write_loop<S>(
     write: &mut WriteHalf<S>,
-    mut out: Outbound,
+    out: &mut Outbound,
     pongs: &Pongs,
     timeout: Duration,
     mid_frame: &AtomicBool,
