@@ -1,7 +1,7 @@
 //! `connections`: many subscribed connections held open at a low rate: setup rate,
 //! memory per connection, CPU while idle, latency through heartbeat rounds.
 
-use crate::common::{targets_with_references, Common, Shape, NOHEARTBEAT, NOMETRICS};
+use crate::common::{targets_with_references, Common, Server, Shape, NOHEARTBEAT, NOMETRICS};
 use crate::scenario::{
     finish, line_per_run, reference_pairs, run_alternating, Ctx, Defaults, Load, RunResult,
 };
@@ -29,6 +29,10 @@ pub struct Args {
     /// Heartbeat of a spawned tickstream node, so that rounds fall inside the window.
     #[arg(long, default_value = "5s")]
     pub heartbeat: String,
+    /// Spawned tickstream nodes joined by a spawned redis-server, connection `i` on node
+    /// `i mod N` (more connections than one process may hold files for).
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
 }
 
 /// p99.9 second by second while the connections are held.
@@ -36,7 +40,15 @@ const PLOT: &str = "p999-by-second.svg";
 
 /// Runs it.
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let targets = targets_with_references(&a.common)?;
+    if a.nodes == 0 {
+        anyhow::bail!("--nodes must be at least 1");
+    }
+    let mut targets = targets_with_references(&a.common)?;
+    for t in &mut targets {
+        if t.server == Server::Tickstream {
+            t.nodes = a.nodes;
+        }
+    }
     let d = Defaults {
         duration: std::time::Duration::from_secs(20),
         runs: 1,
