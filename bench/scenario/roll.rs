@@ -160,6 +160,8 @@ struct ConnStats {
     gaps: BTreeMap<String, u64>,
     moves: u64,
     move_failed: u64,
+    /// What failed, by message.
+    move_errors: BTreeMap<String, u64>,
     reconnects: u64,
     /// Holes the library itself reported (`Event::Hole`).
     library_holes: u64,
@@ -180,6 +182,9 @@ impl ConnStats {
         }
         self.moves += o.moves;
         self.move_failed += o.move_failed;
+        for (k, v) in &o.move_errors {
+            *self.move_errors.entry(k.clone()).or_default() += v;
+        }
         self.reconnects += o.reconnects;
         self.library_holes += o.library_holes;
         self.dropped_in_overlap += o.dropped_in_overlap;
@@ -217,7 +222,10 @@ async fn connection(
                 shared.node_of.lock()[i] = node;
                 shared.moved_at.lock().push((Instant::now(), true));
             }
-            Event::MoveFailed { .. } => st.move_failed += 1,
+            Event::MoveFailed { error, .. } => {
+                st.move_failed += 1;
+                *st.move_errors.entry(error).or_default() += 1;
+            }
             Event::Disconnected { .. } => st.reconnects += 1,
             Event::Hole { .. } => st.library_holes += 1,
             _ => {}

@@ -131,6 +131,9 @@ fn print_tables(m: &Measured) {
         st.reconnects,
         st.dropped_in_overlap
     );
+    for (e, n) in &st.move_errors {
+        println!("  move failed {n}×: {e}");
+    }
 }
 
 /// From the first SIGTERM until the last client of the last step had moved, ms.
