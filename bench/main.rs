@@ -88,6 +88,9 @@ enum Cmd {
     ClusterPubsub(cluster::ClusterArgs),
     /// CPU per byte received: one-byte fragments against whole messages.
     Fragments(scenario::fragments::Args),
+    /// A rolling restart of scripts/cluster under many clients through nginx: latency in
+    /// the steady state against the roll, holes, duplicates, time until every client moved.
+    Roll(scenario::roll::Args),
     /// A receiving process (started by the bench itself).
     #[command(hide = true)]
     Worker,
@@ -109,6 +112,7 @@ fn main() {
         Cmd::Candles(a) => candles::run(a),
         Cmd::Results(a) => page::run(a),
         Cmd::Fragments(a) => scenario::fragments::run(a),
+        Cmd::Roll(a) => scenario::roll::run(a),
         Cmd::ClusterPubsub(a) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

@@ -886,3 +886,86 @@ fn book_refuses_what_it_cannot_measure_before_starting_anything() {
         assert!(!dir.path().join("summary.json").exists());
     }
 }
+
+/// `roll` at a tiny scale: `scripts/cluster` in the output directory, 20 library clients
+/// through its nginx, every node restarted in turn; nothing lost or repeated, every
+/// client of a rolled node moved, the files written. The verdict's latency bound is not
+/// asserted (a debug build on a busy machine).
+#[test]
+fn roll_restarts_every_node_and_the_clients_lose_nothing() {
+    let _ = env!("CARGO_BIN_EXE_tickstream");
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BENCH)
+        .args([
+            "roll",
+            "--connections",
+            "20",
+            "--symbols",
+            "10",
+            "--per-connection",
+            "2",
+            "--rate",
+            "200",
+            "--open-rate",
+            "0",
+            "--warmup",
+            "500ms",
+            "--steady",
+            "2s",
+            "--after",
+            "1s",
+            "--max-client-lag",
+            "2s",
+            "--pause",
+            "1",
+            "--out",
+        ])
+        .arg(dir.path())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("the bench runs");
+    let text = format!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("summary.json"))
+            .unwrap_or_else(|e| panic!("summary.json: {e}\n{text}")),
+    )
+    .unwrap();
+    let c = &s["checks"];
+    assert_eq!(c["holes"], 0, "{text}");
+    assert_eq!(c["duplicates"], 0, "{text}");
+    assert_eq!(s["steps"].as_array().unwrap().len(), 3, "{text}");
+    assert_eq!(s["restarted"].as_array().unwrap().len(), 3, "{text}");
+    assert_eq!(s["all_moved"], true, "{text}");
+    let moved: u64 = s["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|st| st["moved"].as_u64().unwrap() + st["reconnected"].as_u64().unwrap())
+        .sum();
+    assert!(moved >= 20, "every client was on a rolled node: {text}");
+    assert!(c["moves"].as_u64().unwrap() >= 1, "{text}");
+    for w in ["steady", "roll"] {
+        assert!(
+            s["windows"][w]["count"].as_u64().unwrap() > 0,
+            "{w}: {text}"
+        );
+    }
+    let verdict = s["verdict"].as_str().unwrap();
+    assert_eq!(out.status.success(), verdict == "pass", "{text}");
+    if verdict == "fail" {
+        for f in s["failures"].as_array().unwrap() {
+            assert!(f.as_str().unwrap().starts_with("roll p99"), "{f}: {text}");
+        }
+    }
+    for f in ["roll.svg", "steady.hgrm", "roll.hgrm"] {
+        exists(dir.path(), f);
+    }
+    assert!(
+        !dir.path().join("cluster/pids").exists(),
+        "the cluster was stopped"
+    );
+}

@@ -146,20 +146,7 @@ async fn the_cluster_script_starts_a_working_cluster_and_stops_exactly_it() {
     copy_tree(&env::repo_path("scripts"), &root.path().join("scripts"));
     copy_tree(&env::repo_path("feeds"), &root.path().join("feeds"));
     let state = root.path().join("target/cluster");
-    let run = |arg: &str| {
-        let mut cmd = std::process::Command::new("scripts/cluster");
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("TICKSTREAM_") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.arg(arg)
-            .current_dir(root.path())
-            .env("TICKSTREAM_BIN", env!("CARGO_BIN_EXE_tickstream"))
-            .stdin(std::process::Stdio::null())
-            .output()
-            .expect("scripts/cluster runs")
-    };
+    let run = |arg: &str| cluster_script(root.path(), arg, &[]);
     // Stops what was started even if the test fails half-way.
     struct Stop<F: FnMut()>(F);
     impl<F: FnMut()> Drop for Stop<F> {
@@ -231,6 +218,174 @@ async fn the_cluster_script_starts_a_working_cluster_and_stops_exactly_it() {
         );
     }
     assert!(!state.join("pids").exists());
+}
+
+/// Runs `scripts/cluster ARG` in `root` (a copy of `scripts/` and `feeds/`) with no
+/// `TICKSTREAM_*` variable but `TICKSTREAM_BIN` and `extra`.
+fn cluster_script(
+    root: &std::path::Path,
+    arg: &str,
+    extra: &[(&str, &str)],
+) -> std::process::Output {
+    let mut cmd = std::process::Command::new("scripts/cluster");
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("TICKSTREAM_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.arg(arg)
+        .current_dir(root)
+        .env("TICKSTREAM_BIN", env!("CARGO_BIN_EXE_tickstream"))
+        .envs(extra.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("scripts/cluster runs")
+}
+
+/// The `name pid` lines of the cluster's pids file.
+fn cluster_pids(state: &std::path::Path) -> Vec<(String, u32)> {
+    std::fs::read_to_string(state.join("pids"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut w = l.split_whitespace();
+            let name = w.next().unwrap().to_owned();
+            (name, w.next().unwrap().parse().unwrap())
+        })
+        .collect()
+}
+
+/// The address printed on the line of `name` (`node-1`, `nginx`) by `scripts/cluster`.
+fn printed_addr(out: &str, name: &str) -> std::net::SocketAddr {
+    let line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("{name} is printed: {out}"));
+    let url = line.split_whitespace().nth(1).unwrap();
+    url.trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap()
+}
+
+/// `scripts/cluster roll` restarts every node in turn (SIGTERM, exit, start again on the
+/// same port, `/healthz`): each node has a new pid and answers, and a library client
+/// connected through nginx before the roll moves with the nodes' `reconnect` and goes on
+/// receiving every tick: no hole, no duplicate, no reconnect after a loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_script_rolls_every_node_and_a_client_through_nginx_loses_nothing() {
+    use tickstream::client::{Client, ClientConfig};
+    let root = tempfile::tempdir().unwrap();
+    copy_tree(&env::repo_path("scripts"), &root.path().join("scripts"));
+    copy_tree(&env::repo_path("feeds"), &root.path().join("feeds"));
+    let state = root.path().join("target/cluster");
+    let feed = [("TICKSTREAM_FEED_ARGS", "--rate 500")];
+    let started = cluster_script(root.path(), "start", &feed);
+    struct Stop<F: FnMut()>(F);
+    impl<F: FnMut()> Drop for Stop<F> {
+        fn drop(&mut self) {
+            (self.0)();
+        }
+    }
+    let _stop = Stop(|| {
+        let _ = cluster_script(root.path(), "stop", &[]);
+    });
+    let out = String::from_utf8_lossy(&started.stdout).into_owned();
+    assert!(
+        started.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let before = cluster_pids(&state);
+    let nginx = printed_addr(&out, "nginx");
+
+    let client = Client::new(ClientConfig {
+        urls: vec![format!("ws://{nginx}/v1/ws")],
+        symbols: vec!["AAPL".into(), "MSFT".into(), "NVDA".into()],
+        ..ClientConfig::default()
+    })
+    .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (mut rx, task) = client.spawn(4096, stop.clone());
+    let roll = tokio::task::spawn_blocking({
+        let root = root.path().to_owned();
+        move || {
+            std::thread::sleep(Duration::from_secs(2));
+            cluster_script(&root, "roll", &[("TICKSTREAM_ROLL_PAUSE", "1")])
+        }
+    });
+    let (moves, rolled) = follow_through_roll(&mut rx, roll).await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    let roll_out = String::from_utf8_lossy(&rolled.stdout).into_owned();
+    assert!(
+        rolled.status.success(),
+        "{roll_out}{}",
+        String::from_utf8_lossy(&rolled.stderr)
+    );
+    assert!(roll_out.contains("rolled 3 nodes in"), "{roll_out}");
+    assert!(moves >= 1, "the client moved off its node: {roll_out}");
+
+    let after = cluster_pids(&state);
+    assert_eq!(after.len(), before.len());
+    for ((name, old), (name2, new)) in before.iter().zip(&after) {
+        assert_eq!(name, name2);
+        if name.starts_with("node-") {
+            assert_ne!(old, new, "{name} was restarted: {roll_out}");
+            let (code, _) = common::http_get(printed_addr(&out, name), "/healthz").await;
+            assert_eq!(code, 200, "{name} answers on its port after the roll");
+        } else {
+            assert_eq!(old, new, "{name} is left alone");
+        }
+    }
+}
+
+/// Takes the client's events until `roll` has ended and 200 more ticks have come,
+/// checking every symbol's seq (no hole, no duplicate, no gap, no loss of the
+/// connection). Returns the moves and the roll's output.
+async fn follow_through_roll(
+    rx: &mut tokio::sync::mpsc::Receiver<tickstream::client::Event>,
+    roll: tokio::task::JoinHandle<std::process::Output>,
+) -> (u32, std::process::Output) {
+    use tickstream::client::{Event, ServerMessage};
+    let mut last = std::collections::HashMap::<String, u64>::new();
+    let (mut moves, mut ticks_after, mut rolled) = (0, 0, None);
+    tokio::pin!(roll);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while rolled.is_none() || ticks_after < 200 {
+        let ev = tokio::select! {
+            r = &mut roll, if rolled.is_none() => {
+                rolled = Some(r.unwrap());
+                continue;
+            }
+            ev = tokio::time::timeout_at(deadline, rx.recv()) => {
+                ev.expect("events in time").expect("the client runs")
+            }
+        };
+        match ev {
+            Event::Message(ServerMessage::Tick(t)) => {
+                let (sym, seq) = (t.tick.symbol.to_string(), t.tick.seq);
+                if let Some(prev) = last.insert(sym.clone(), seq) {
+                    assert_eq!(seq, prev + 1, "{sym}: after {prev} came {seq}");
+                }
+                if rolled.is_some() {
+                    ticks_after += 1;
+                }
+            }
+            Event::Message(ServerMessage::Snapshot(t)) => {
+                let sym = t.symbol.to_string();
+                assert!(!last.contains_key(&sym), "a second snapshot of {sym}");
+                last.insert(sym, t.seq);
+            }
+            Event::Moved { .. } => moves += 1,
+            Event::Hole { .. }
+            | Event::Disconnected { .. }
+            | Event::MoveFailed { .. }
+            | Event::Message(ServerMessage::Gap { .. }) => panic!("{ev:?}"),
+            _ => {}
+        }
+    }
+    (moves, rolled.unwrap())
 }
 
 /// Copies the files under `from` to `to`, keeping their permissions.

@@ -138,6 +138,7 @@ const NOT_RUN: &[(&str, &str)] = &[
     ("target/release/tickstream-bench", "tests/bench.rs runs every scenario at a tiny scale"),
     ("scripts/cluster", "cluster_nginx::the_cluster_script_starts_a_working_cluster_and_stops_exactly_it"),
     ("scripts/cluster stop", "the same test"),
+    ("scripts/cluster roll", "cluster_nginx::the_cluster_script_rolls_every_node_and_a_client_through_nginx_loses_nothing"),
     ("tickstream serve --listen 127.0.0.1:900", "fixed ports; their flags are checked here, nodes joined by Redis in cluster_nginx and redis_bus"),
 ];
 

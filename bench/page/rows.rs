@@ -85,6 +85,9 @@ pub enum Headline {
     /// update and tick, bytes per update in JSON and binary, latency, what was lost, and
     /// the memory of a symbol's book.
     Book,
+    /// A rolling restart: the roll's p99 against the steady window's, what was lost or
+    /// repeated, and the time until every client had moved.
+    Roll,
 }
 
 /// Every row, in table order.
@@ -256,6 +259,18 @@ pub const ROWS: &[Row] = &[
         history: None,
         headline: Headline::Book,
     },
+    Row {
+        name: "rolling-restart",
+        scenario: "roll",
+        what: "`scripts/cluster roll` (three nodes, each SIGTERMed, drained and started again in \
+               turn) under 1,000 library clients × 5 of 100 symbols through nginx, the synthetic \
+               feed at 1,000 ticks/s: tick latency during the roll against the 20 s before it \
+               (bound: steady p99 + 5 ms), holes and duplicates (bound: 0), and the time from \
+               the first SIGTERM until every client had moved.",
+        command: "tickstream-bench roll --server-cpus 0 --client-cpus 1",
+        history: None,
+        headline: Headline::Roll,
+    },
 ];
 
 /// The row named `name`.
@@ -301,6 +316,7 @@ impl Headline {
             Headline::Dashboard => dashboard(s),
             Headline::Patterns => patterns(s),
             Headline::Book => book(s),
+            Headline::Roll => roll(s),
         }
     }
 }
@@ -725,6 +741,41 @@ fn book(s: &Value) -> anyhow::Result<Figures> {
         reference: format!("ticks: json {:.2} µs/tick", num(t, &["cpu_us_per_msg"])?),
         against,
         valid: format!("{} · {}", valid(b), valid(t)),
+    })
+}
+
+fn roll(s: &Value) -> anyhow::Result<Figures> {
+    let w = &s["windows"];
+    let (r99, rmax) = (num(w, &["roll", "p99_ms"])?, num(w, &["roll", "max_ms"])?);
+    let (s50, s99) = (
+        num(w, &["steady", "p50_ms"])?,
+        num(w, &["steady", "p99_ms"])?,
+    );
+    let c = &s["checks"];
+    let last = s["until_all_moved_ms"]
+        .as_f64()
+        .map_or("—".into(), |v| format!("{:.1} s", v / 1e3));
+    let moved = if s["all_moved"] == true {
+        format!("every client moved within {last}")
+    } else {
+        format!("not every client moved (last move {last} after the first SIGTERM)")
+    };
+    Ok(Figures {
+        figure: format!(
+            "roll p99 {} · max {} ms; {} holes · {} duplicates; {moved}",
+            ms(r99 * 1e3),
+            ms(rmax * 1e3),
+            num(c, &["holes"])?,
+            num(c, &["duplicates"])?
+        ),
+        reference: format!("steady: p50 {} · p99 {} ms", ms(s50 * 1e3), ms(s99 * 1e3)),
+        against: format!(
+            "p99 {:+.2} ms (bound +{} ms) · {}",
+            r99 - s99,
+            s["latency_slack_ms"],
+            s["verdict"].as_str().unwrap_or("?")
+        ),
+        valid: if s["valid"] == true { "1/1" } else { "0/1" }.into(),
     })
 }
 

@@ -9,6 +9,7 @@ pub mod fanout;
 pub mod fragments;
 pub mod latency;
 pub mod patterns;
+pub mod roll;
 mod run;
 mod servers;
 pub mod slow;
