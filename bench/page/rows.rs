@@ -214,7 +214,7 @@ pub const ROWS: &[Row] = &[
                the last (after its warm-up; the restarted node's after its return), the seq \
                jumps no `gap` announced and the gaps announced. A summary from before the \
                restarts (one node) shows its RSS alone.",
-        command: "tickstream-bench soak --spawn --source redis --server-cpus 0 --client-cpus 1 --clients 1 --duration 30m",
+        command: "tickstream-bench soak --spawn --server-cpus 0 --client-cpus 1 --clients 1 --source redis --duration 30m",
         history: Some("soak"),
         headline: Headline::Soak,
     },
