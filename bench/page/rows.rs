@@ -644,7 +644,12 @@ fn soak_allowed(s: &Value) -> String {
 /// the last, and what the connections lost and how it was announced.
 fn soak_nodes(s: &Value) -> anyhow::Result<Figures> {
     let e = &s["extra"];
-    let mins = num(s, &["duration_s"])? / 60.0;
+    let secs = num(s, &["duration_s"])?;
+    let window = if secs >= 60.0 && secs % 60.0 == 0.0 {
+        format!("{:.0} min", secs / 60.0)
+    } else {
+        format!("{secs:.0} s")
+    };
     let restarts: Vec<String> = e["restarts"]
         .as_array()
         .context("no restarts")?
@@ -684,7 +689,7 @@ fn soak_nodes(s: &Value) -> anyhow::Result<Figures> {
     let names: Vec<&str> = nodes.iter().filter_map(|n| n["process"].as_str()).collect();
     Ok(Figures {
         figure: format!(
-            "{mins:.0} min, restarted: {} · {}: RSS {} · fds {} · tasks {} · unannounced holes {holes} · \
+            "{window}, restarted: {} · {}: RSS {} · fds {} · tasks {} · unannounced holes {holes} · \
              gaps {} (ticks: {}) · {}",
             if restarts.is_empty() { "none".into() } else { restarts.join(", ") },
             names.join(" / "),
@@ -805,6 +810,44 @@ fn book(s: &Value) -> anyhow::Result<Figures> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_soak_row_names_its_restarts_each_nodes_figures_and_its_losses() {
+        let node = |p: &str, restarted: bool, rss: (f64, f64), tasks: (f64, f64)| {
+            serde_json::json!({"process": p, "restarted": restarted,
+                "rss_kb": {"first": rss.0, "last": rss.1, "growing": false},
+                "fds": {"first": 114.0, "last": 116.0, "growing": false},
+                "threads": {"first": 2.0, "last": 2.0, "growing": false},
+                "tasks": {"first": tasks.0, "last": tasks.1, "growing": false}})
+        };
+        let mut s = summary(
+            serde_json::json!([{"target": "soak", "valid_runs": 1, "all_runs": 1}]),
+            serde_json::json!({"rss_tolerance": 0.15,
+                "restarts": [{"process": "redis-server", "asked_s": 600.2},
+                             {"process": "tickstream-1", "asked_s": 1200.0}],
+                "nodes": [node("tickstream-0", false, (71680.0, 73728.0), (110.0, 112.0)),
+                          node("tickstream-1", true, (61440.0, 61440.0), (108.0, 110.0))],
+                "losses": [{"holes": 0, "gaps": 957, "gap_ticks": {"upstream": 32267}}]}),
+        );
+        s["duration_s"] = 1800.0.into();
+        let f = soak(&s).unwrap();
+        assert_eq!(
+            f.figure,
+            "30 min, restarted: redis-server at 10:00, tickstream-1 at 20:00 · \
+             tickstream-0 / tickstream-1: RSS 70→72 MB / 60→60 MB · fds 114→116 / 114→116 · \
+             tasks 110→112 / 108→110 · unannounced holes 0 · gaps 957 (ticks: upstream 32267) · \
+             steady"
+        );
+        assert_eq!(f.against, "RSS 1.03×");
+        assert_eq!(f.valid, "1/1");
+        // A soak from before the restarts (one node, RSS alone) still reads.
+        let old = summary(
+            serde_json::json!([{"target": "soak", "valid_runs": 1, "all_runs": 1}]),
+            serde_json::json!({"rss_tolerance": 0.15, "verdicts": [
+                {"what": "resident memory (kB)", "first": 71168.0, "last": 74650.0, "growing": false}]}),
+        );
+        assert_eq!(soak(&old).unwrap().figure, "RSS 69.5 → 72.9 MB, steady");
+    }
 
     /// A summary as the scenarios write it, cut to what the rows read.
     fn summary(medians: Value, extra: Value) -> Value {
