@@ -158,6 +158,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         crate::report::print_run(&r);
         crate::report::write_hgrm(&ctx.out, &r)?;
         for j in judge(&r, ctx.duration, ctx.warmup, a.rss_tolerance) {
+            if j.verdicts.is_empty() {
+                println!(
+                    "run {run}: {} not judged: {} samples in {} (the window ends too soon after its warm-up)",
+                    j.process, j.samples, j.span
+                );
+            }
             for (what, (bad, first, last)) in &j.verdicts {
                 let line = format!(
                     "run {run}: {} {what}: highest {first:.0} in the first third of {}, {last:.0} in the last: {}",
@@ -279,6 +285,9 @@ const FDS: &str = "open descriptors";
 const THREADS: &str = "threads";
 const TASKS: &str = "tasks";
 
+/// Fewer samples than this in a span are not judged (a third of them is one sample).
+const JUDGED_FROM: usize = 6;
+
 /// Each node's verdicts. A node is judged from the end of the warm-up to the end of
 /// the window; a restarted one from its return plus a warm-up of its own. The warm-up
 /// after every restart (of Redis or of the other node: the moved connections come back
@@ -330,12 +339,15 @@ fn judged(
     rss_tol: f64,
 ) -> Judged {
     let tasks: Vec<Sample> = w.iter().filter(|s| s.tasks.is_some()).copied().collect();
-    let mut verdicts = vec![
-        (RSS, grew(w, |s| s.rss_kb as f64, rss_tol, 4096.0)),
-        (FDS, grew(w, |s| s.fds as f64, 0.10, 16.0)),
-        (THREADS, grew(w, |s| s.threads as f64, 0.0, 2.0)),
-    ];
-    if !tasks.is_empty() {
+    let mut verdicts = Vec::new();
+    if w.len() >= JUDGED_FROM {
+        verdicts = vec![
+            (RSS, grew(w, |s| s.rss_kb as f64, rss_tol, 4096.0)),
+            (FDS, grew(w, |s| s.fds as f64, 0.10, 16.0)),
+            (THREADS, grew(w, |s| s.threads as f64, 0.0, 2.0)),
+        ];
+    }
+    if tasks.len() >= JUDGED_FROM {
         let f = |s: &Sample| s.tasks.unwrap_or(0) as f64;
         verdicts.push((TASKS, grew(&tasks, f, 0.10, 32.0)));
     }
