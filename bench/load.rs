@@ -107,6 +107,12 @@ pub struct WorkerSpec {
     /// What each `subscribe` asks for.
     #[serde(default)]
     pub subscription: Subscription,
+    /// A connection the server asks to reconnect (or closes) opens again, to the next
+    /// URL first, and resumes from the last seq it holds of each symbol: a loss is then
+    /// replayed or announced, and the sequence checks carry on across the move. A
+    /// connection that cannot open tries the next URL.
+    #[serde(default)]
+    pub follow: bool,
 }
 
 /// The recorded window, sent with `GO`.
@@ -173,6 +179,16 @@ pub struct Counts {
     pub checksum_mismatches: u64,
     /// Connections ended by the server, by close code (`drop` where it just went away).
     pub closes: BTreeMap<String, u64>,
+    /// `reconnect` notices received (the server's planned close).
+    #[serde(default)]
+    pub reconnect_notices: u64,
+    /// Connections opened again with `resume` from the last seq of each symbol, after
+    /// a notice or a close (connections that follow, [`WorkerSpec::follow`]).
+    #[serde(default)]
+    pub resumed: u64,
+    /// `status` messages received once the window began, by state (`stale`, `live`).
+    #[serde(default)]
+    pub status: BTreeMap<String, u64>,
 }
 
 impl Counts {
@@ -203,6 +219,11 @@ impl Counts {
         self.checksum_mismatches += o.checksum_mismatches;
         for (k, v) in &o.closes {
             *self.closes.entry(k.clone()).or_default() += v;
+        }
+        self.reconnect_notices += o.reconnect_notices;
+        self.resumed += o.resumed;
+        for (k, v) in &o.status {
+            *self.status.entry(k.clone()).or_default() += v;
         }
     }
 }
@@ -469,6 +490,8 @@ struct ConnState {
     last: foldhash::HashMap<String, u64>,
     /// What it holds of its books.
     books: crate::books::Seen,
+    /// A `reconnect` notice arrived: the connection should move.
+    moving: bool,
 }
 
 /// What the worker's connections record into. One histogram per recorded second for
@@ -779,8 +802,30 @@ async fn open_ws(url: &str, bind: Option<IpAddr>, rcvbuf: Option<u32>) -> anyhow
     Ok(FragmentCollector::new(ws))
 }
 
+/// The last seq held of each symbol, for `resume`.
+type Resume = foldhash::HashMap<String, u64>;
+
 fn subscribe_frame(id: u64, op: &str, symbols: &[String], sub: &Subscription) -> Frame<'static> {
+    subscribe_frame_from(id, op, symbols, sub, None)
+}
+
+/// A `subscribe` (or `unsubscribe`) frame; a subscribe given `resume` names the last
+/// seq held of each of `symbols` that has one.
+fn subscribe_frame_from(
+    id: u64,
+    op: &str,
+    symbols: &[String],
+    sub: &Subscription,
+    resume: Option<&Resume>,
+) -> Frame<'static> {
     let mut body = serde_json::json!({"op": op, "id": id, "symbols": symbols, "snapshot": false});
+    if let Some(held) = resume.filter(|_| op == "subscribe" && sub.book_depth.is_none()) {
+        let from: serde_json::Map<String, serde_json::Value> = symbols
+            .iter()
+            .filter_map(|s| held.get(s).map(|&seq| (s.clone(), seq.into())))
+            .collect();
+        body["resume"] = from.into();
+    }
     if op == "subscribe" && sub.throttle_ms > 0 {
         body["throttle_ms"] = sub.throttle_ms.into();
     }
@@ -794,15 +839,17 @@ fn subscribe_frame(id: u64, op: &str, symbols: &[String], sub: &Subscription) ->
     Frame::text(Payload::Owned(body.to_string().into_bytes()))
 }
 
-/// Opens, subscribes (to `symbols`, or to the subscription's pattern) and waits for
-/// `subscribed`; returns the connection and the text frame that brought `subscribed`
-/// when more messages follow it there (a book's first `book` may).
+/// Opens, subscribes (to `symbols`, or to the subscription's pattern; resuming from
+/// `resume` when given) and waits for `subscribed`; returns the connection and the
+/// text frame that brought `subscribed` when more messages follow it there (a book's
+/// first `book` may).
 async fn open_subscribed(
     url: &str,
     bind: Option<IpAddr>,
     rcvbuf: Option<u32>,
     symbols: &[String],
     sub: &Subscription,
+    resume: Option<&Resume>,
 ) -> anyhow::Result<(Ws, Option<Vec<u8>>)> {
     let mut ws = open_ws(url, bind, rcvbuf).await?;
     let pattern: Vec<String> = sub.pattern.iter().cloned().collect();
@@ -811,7 +858,7 @@ async fn open_subscribed(
     } else {
         &pattern
     };
-    ws.write_frame(subscribe_frame(1, "subscribe", named, sub))
+    ws.write_frame(subscribe_frame_from(1, "subscribe", named, sub, resume))
         .await?;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -857,7 +904,8 @@ fn tell(done: &mut Option<Done>, r: Result<(), String>) -> bool {
 }
 
 /// One connection: opens and subscribes, reads until it ends, and opens again where
-/// churn asks for it (or the server closed it under churn).
+/// churn asks for it (or the server closed it under churn); one that follows
+/// ([`WorkerSpec::follow`]) moves when the server asks it to or closes it, resuming.
 async fn connection(
     spec: Rc<WorkerSpec>,
     shared: Rc<Shared>,
@@ -865,42 +913,30 @@ async fn connection(
     behaviour: Behaviour,
     mut done: Option<Done>,
 ) {
-    let url = &spec.urls[i % spec.urls.len()];
-    let books = if i < spec.subscription.book_checks {
-        crate::books::Seen::checking()
-    } else {
-        crate::books::Seen::default()
-    };
-    let state = Rc::new(RefCell::new(ConnState {
-        behaviour,
-        counts: Counts::default(),
-        last: Default::default(),
-        books,
-    }));
+    let state = Rc::new(RefCell::new(ConnState::new(&spec, i, behaviour)));
     shared.conns.borrow_mut().push(state.clone());
     let mut life = Life::new(&spec, i, behaviour);
     // A stalled client's small receive window lets the server see it stall soon, as
     // it would across a real network.
     let rcvbuf = (behaviour == Behaviour::Stalled).then_some(STALLED_RCVBUF);
+    let mut route = Route::new(i, spec.urls.len(), spec.follow);
+    // The connection being left for a new one: closed once the new one is live.
+    let mut leaving: Option<Ws> = None;
+    let mut resume = false;
     loop {
-        let opened = open_subscribed(url, spec.bind, rcvbuf, &life.symbols, &spec.subscription);
+        let held = resume.then(|| state.borrow().last.clone());
+        let url = &spec.urls[route.at];
+        let opened = open_subscribed(
+            url,
+            spec.bind,
+            rcvbuf,
+            &life.symbols,
+            &spec.subscription,
+            held.as_ref(),
+        );
         let mut ws = match opened.await {
             Ok((ws, rest)) => {
-                let mut st = state.borrow_mut();
-                st.counts.opened += 1;
-                // A new connection subscribes without snapshot: each symbol's sequence
-                // starts again from the first tick (or `book`) it brings.
-                st.last.clear();
-                st.books.clear();
-                if let Some(frame) = rest {
-                    let at = Arrival {
-                        shared: &shared,
-                        w: shared.window.get(),
-                        recv: now_ns(),
-                    };
-                    on_text(&frame, &mut st, &at);
-                }
-                drop(st);
+                opened_now(&state, &shared, rest, resume);
                 tell(&mut done, Ok(()));
                 ws
             }
@@ -909,21 +945,108 @@ async fn connection(
                 if tell(&mut done, Err(format!("{e:#}"))) {
                     return;
                 }
+                route.elsewhere();
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
         };
+        if let Some(mut old) = leaving.take() {
+            let _ = old.write_frame(Frame::close(1000, b"bench: moved")).await;
+        }
         life.opened();
         match read_loop(&mut ws, &shared, &state, &mut life).await {
-            // Our own close (churn): open again, as a new client would.
-            End::Closed => continue,
+            // Our own close (churn): open again at home, as a new client would.
+            End::Closed => {
+                resume = false;
+                route.home();
+            }
+            // Asked to reconnect: open the next connection, then close this one.
+            End::Move => {
+                resume = true;
+                route.elsewhere();
+                leaving = Some(ws);
+            }
             End::Server(code) => {
                 *state.borrow_mut().counts.closes.entry(code).or_default() += 1;
-                if spec.churn.is_none() {
+                if spec.follow {
+                    resume = true;
+                    route.elsewhere();
+                } else if spec.churn.is_none() {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+        }
+    }
+}
+
+impl ConnState {
+    /// Connection `i`'s, before it opens: it checks its books' checksums when it is
+    /// among the first `book_checks`.
+    fn new(spec: &WorkerSpec, i: usize, behaviour: Behaviour) -> ConnState {
+        let books = if i < spec.subscription.book_checks {
+            crate::books::Seen::checking()
+        } else {
+            crate::books::Seen::default()
+        };
+        ConnState {
+            behaviour,
+            counts: Counts::default(),
+            last: Default::default(),
+            books,
+            moving: false,
+        }
+    }
+}
+
+/// A connection has opened: counted; a fresh one starts each symbol's sequence again
+/// from the first tick (or `book`) it brings (it subscribes without snapshot), a
+/// resumed one carries on from what it held. Reads what came with `subscribed`.
+fn opened_now(state: &RefCell<ConnState>, shared: &Shared, rest: Option<Vec<u8>>, resumed: bool) {
+    let mut st = state.borrow_mut();
+    st.counts.opened += 1;
+    if resumed {
+        st.counts.resumed += 1;
+    } else {
+        st.last.clear();
+        st.books.clear();
+    }
+    if let Some(frame) = rest {
+        let at = Arrival {
+            shared,
+            w: shared.window.get(),
+            recv: now_ns(),
+        };
+        on_text(&frame, &mut st, &at);
+    }
+}
+
+/// Which of the URLs a connection opens next: its own (`i mod len`), or under
+/// [`WorkerSpec::follow`] the next one when it is asked to move or cannot open.
+struct Route {
+    home: usize,
+    at: usize,
+    len: usize,
+    follow: bool,
+}
+
+impl Route {
+    fn new(i: usize, len: usize, follow: bool) -> Route {
+        Route {
+            home: i % len,
+            at: i % len,
+            len,
+            follow,
+        }
+    }
+
+    fn home(&mut self) {
+        self.at = self.home;
+    }
+
+    fn elsewhere(&mut self) {
+        if self.follow {
+            self.at = (self.at + 1) % self.len;
         }
     }
 }
@@ -1019,6 +1142,8 @@ struct Ctl {
 enum End {
     /// We closed it.
     Closed,
+    /// The server asked it to reconnect (`reconnect`), and it follows.
+    Move,
     /// The server closed it (code, or `drop`).
     Server(String),
 }
@@ -1051,6 +1176,9 @@ async fn read_loop(
         };
         if let Some(on) = data {
             on(&frame.payload, &mut state.borrow_mut(), &at);
+        }
+        if std::mem::take(&mut state.borrow_mut().moving) && life.spec.follow {
+            return End::Move;
         }
         behave(life.behaviour, &w).await;
         let ctl = life.control();
@@ -1311,6 +1439,14 @@ fn on_message(st: &mut ConnState, shared: &Shared, w: &Window, recv: u64, m: Msg
         "book_update" => on_book_update(st, shared, w, recv, m),
         "gap" => on_gap(st, w, recv, m),
         "error" => st.counts.errors += 1,
+        "reconnect" => {
+            st.counts.reconnect_notices += 1;
+            st.moving = true;
+        }
+        "status" if recv >= w.record_from => {
+            let state = m.state.as_deref().unwrap_or("?").to_owned();
+            *st.counts.status.entry(state).or_default() += 1;
+        }
         _ => {}
     }
 }
@@ -1450,6 +1586,7 @@ mod tests {
             counts: Counts::default(),
             last: Default::default(),
             books: crate::books::Seen::default(),
+            moving: false,
         };
         let sh = Shared {
             window: Cell::new(window()),

@@ -119,6 +119,12 @@ pub struct RunResult {
     pub seconds: Vec<Percentiles>,
     /// The same latency over only the seconds in which the load side kept its bounds.
     pub steady: Steady,
+    /// Each node sampled on its own, with its tasks (the soak).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeSeries>,
+    /// Processes restarted during the run (the soak).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub restarts: Vec<Restarted>,
     /// Histogram of healthy connections (not in the JSON).
     #[serde(skip)]
     pub hist: Histogram<u64>,
@@ -186,4 +192,60 @@ pub struct Placement {
     pub pid: u32,
     /// `Cpus_allowed_list`.
     pub cpus: String,
+}
+
+/// What a run restarts in its window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Restartable {
+    /// The redis-server the nodes read: stopped and started again on its port.
+    Redis,
+    /// Node `n` (`tickstream-<n>`): SIGTERM, so that it drains and tells its clients
+    /// to reconnect, then started again on its port.
+    Node(usize),
+}
+
+impl Restartable {
+    /// The name its process was started under.
+    pub fn process(self) -> String {
+        match self {
+            Restartable::Redis => "redis-server".into(),
+            Restartable::Node(n) => format!("tickstream-{n}"),
+        }
+    }
+}
+
+/// A restart asked for: what, and when (from the start of the recorded window).
+#[derive(Clone, Copy, Debug)]
+pub struct Restart {
+    /// What.
+    pub what: Restartable,
+    /// When.
+    pub at: std::time::Duration,
+}
+
+/// A restart done; times in s from the start of the recorded window.
+#[derive(Clone, Debug, Serialize)]
+pub struct Restarted {
+    /// The process (`redis-server`, `tickstream-1`).
+    pub process: String,
+    /// SIGTERM sent.
+    pub asked_s: f64,
+    /// It exited.
+    pub exited_s: f64,
+    /// It answered again (`/healthz` 200, or PONG).
+    pub serving_s: f64,
+    /// It had to be SIGKILLed (it did not exit within its drain and then some).
+    pub killed: bool,
+    /// Its pid before and after.
+    pub pids: (u32, u32),
+}
+
+/// One node's samples (memory, descriptors, threads, and tasks where read).
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeSeries {
+    /// The process (`tickstream-0`).
+    pub process: String,
+    /// Its samples, through restarts (none while it was down).
+    pub samples: Vec<Sample>,
 }

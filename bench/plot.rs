@@ -135,6 +135,20 @@ pub fn lines(
     series: &[(String, Vec<(f64, f64)>)],
     log_y: bool,
 ) -> anyhow::Result<()> {
+    lines_marked(path, title, x_desc, y_desc, series, log_y, &[])
+}
+
+/// [`lines`] with a dashed vertical line and its label at each of `marks` (x, label):
+/// the moments something happened, such as a restart.
+pub fn lines_marked(
+    path: &Path,
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+    log_y: bool,
+    marks: &[(f64, String)],
+) -> anyhow::Result<()> {
     let pts = series.iter().flat_map(|(_, p)| p.iter());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for &(x, y) in pts {
@@ -158,7 +172,7 @@ pub fn lines(
         .x_label_area_size(40)
         .y_label_area_size(72);
     macro_rules! draw {
-        ($chart:expr) => {{
+        ($chart:expr, $lo:expr, $hi:expr) => {{
             let mut chart = $chart;
             chart
                 .configure_mesh()
@@ -174,21 +188,62 @@ pub fn lines(
                     .label(name.clone())
                     .legend(mark(colour));
             }
+            draw_marks(&mut chart, marks, $lo, $hi)?;
             legend(&mut chart)?;
         }};
     }
     if log_y {
         let lo = (y0 * 0.8).max(1e-3);
         let hi = (y1 * 1.25).max(lo * 10.0);
-        draw!(builder
-            .build_cartesian_2d(x0..x1, (lo..hi).log_scale())
-            .map_err(|e| anyhow!("{e}"))?);
+        draw!(
+            builder
+                .build_cartesian_2d(x0..x1, (lo..hi).log_scale())
+                .map_err(|e| anyhow!("{e}"))?,
+            lo,
+            hi
+        );
     } else {
         let hi = if y1 > 0.0 { y1 * 1.1 } else { 1.0 };
-        draw!(builder
-            .build_cartesian_2d(x0..x1, 0f64.min(y0)..hi)
-            .map_err(|e| anyhow!("{e}"))?);
+        let lo = 0f64.min(y0);
+        draw!(
+            builder
+                .build_cartesian_2d(x0..x1, lo..hi)
+                .map_err(|e| anyhow!("{e}"))?,
+            lo,
+            hi
+        );
     }
     root.present().map_err(|e| anyhow!("{e}"))?;
+    Ok(())
+}
+
+/// A dashed vertical line at each mark's x, from `lo` to `hi`, its label at the top.
+fn draw_marks<'a, CT>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+    marks: &[(f64, String)],
+    lo: f64,
+    hi: f64,
+) -> anyhow::Result<()>
+where
+    CT: CoordTranslate<From = (f64, f64)>,
+{
+    let grey = RGBColor(110, 110, 110);
+    for (x, label) in marks {
+        chart
+            .draw_series(DashedLineSeries::new(
+                [(*x, lo), (*x, hi)],
+                6,
+                4,
+                grey.stroke_width(1),
+            ))
+            .map_err(|e| anyhow!("{e}"))?;
+        chart
+            .draw_series(std::iter::once(Text::new(
+                label.clone(),
+                (*x, hi),
+                ("sans-serif", 13).into_font().color(&grey),
+            )))
+            .map_err(|e| anyhow!("{e}"))?;
+    }
     Ok(())
 }

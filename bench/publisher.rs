@@ -15,7 +15,7 @@
 //! books, `SET booksnap:{S}` (the whole book after the message) then `PUBLISH book:{S}`.
 
 use std::io::Write as _;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use fastwebsockets::{Frame, OpCode, Payload};
@@ -61,6 +61,10 @@ pub struct Plan {
     pub order: Order,
     /// Publish order books of this many levels a side instead of ticks.
     pub book_levels: Option<usize>,
+    /// Into Redis: a pipeline that fails (Redis restarting) drops its ticks, counted in
+    /// [`Report::lost_to_outage`], and the publisher connects again, as a feed that
+    /// rides out an outage does; without it a failure ends the run.
+    pub ride_outages: bool,
 }
 
 /// What the publisher did.
@@ -86,6 +90,17 @@ pub struct Report {
     pub accepted: u64,
     /// Ticks it refused.
     pub refused: u64,
+    /// Ticks not published because Redis was away ([`Plan::ride_outages`]); their seqs
+    /// are skipped, so subscribers see the jump.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub lost_to_outage: u64,
+    /// Times the publisher connected to Redis again after losing it.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub reconnects: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 fn now_ns() -> u64 {
@@ -324,10 +339,13 @@ pub fn start(plan: Plan, sink: Sink) -> std::thread::JoinHandle<anyhow::Result<R
 
 fn run_redis(plan: Plan, url: &str, prefix: &str, history: usize) -> anyhow::Result<Report> {
     let client = redis::Client::open(url).with_context(|| format!("redis url {url}"))?;
-    let mut con = client
-        .get_connection()
-        .with_context(|| format!("connecting to {url}"))?;
+    let mut con = Some(
+        client
+            .get_connection()
+            .with_context(|| format!("connecting to {url}"))?,
+    );
     let books = plan.book_levels.is_some();
+    let ride = plan.ride_outages;
     // A new epoch: the old history (or books) of these symbols goes (PROTOCOL.md: a
     // publisher starting a new epoch deletes it first).
     if history > 0 {
@@ -337,39 +355,76 @@ fn run_redis(plan: Plan, url: &str, prefix: &str, history: usize) -> anyhow::Res
             p.del(format!("{prefix}{key}:{{{}}}", symbol_name(s)))
                 .ignore();
         }
-        p.query::<()>(&mut con).context("deleting old history")?;
+        p.query::<()>(con.as_mut().expect("connected"))
+            .context("deleting old history")?;
     }
     let mut sched = Schedule::new(plan);
     sched.snapshots = books && history > 0;
+    let mut next_try = Instant::now();
     while let Some((a, b)) = sched.wait_due(5_000) {
         let mut p = redis::pipe();
         sched.ticks(a, b, |sym, seq, json, whole| {
-            let name = symbol_name(sym);
-            if books {
-                if let Some(w) = whole {
-                    p.set(format!("{prefix}booksnap:{{{name}}}"), w).ignore();
-                }
-                p.publish(format!("{prefix}book:{{{name}}}"), json).ignore();
-                return;
-            }
-            if history > 0 {
-                p.cmd("XADD")
-                    .arg(format!("{prefix}hist:{{{name}}}"))
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(history)
-                    .arg(format!("{seq}-0"))
-                    .arg("t")
-                    .arg(json)
-                    .ignore();
-                p.set(format!("{prefix}last:{{{name}}}"), json).ignore();
-            }
-            p.publish(format!("{prefix}tick:{{{name}}}"), json).ignore();
+            redis_commands(&mut p, prefix, history, books, sym, seq, json, whole);
         });
         sched.sent(a, b);
-        p.query::<()>(&mut con).context("publishing into Redis")?;
+        if con.is_none() && Instant::now() >= next_try {
+            next_try = Instant::now() + Duration::from_millis(50);
+            con = client
+                .get_connection_with_timeout(Duration::from_millis(200))
+                .ok();
+            sched.report.reconnects += u64::from(con.is_some());
+        }
+        let Some(c) = con.as_mut() else {
+            sched.report.lost_to_outage += b - a;
+            continue;
+        };
+        match p.query::<()>(c) {
+            Ok(()) => {}
+            Err(_) if ride => {
+                sched.report.lost_to_outage += b - a;
+                con = None;
+            }
+            Err(e) => return Err(e).context("publishing into Redis"),
+        }
     }
     Ok(sched.finish())
+}
+
+/// The commands of one message into `p`: a book's `SET booksnap` (when the whole book
+/// is kept) and `PUBLISH book`, or a tick's `XADD hist` and `SET last` (when history
+/// is kept) and `PUBLISH tick`.
+#[allow(clippy::too_many_arguments)]
+fn redis_commands(
+    p: &mut redis::Pipeline,
+    prefix: &str,
+    history: usize,
+    books: bool,
+    sym: usize,
+    seq: u64,
+    json: &[u8],
+    whole: Option<&[u8]>,
+) {
+    let name = symbol_name(sym);
+    if books {
+        if let Some(w) = whole {
+            p.set(format!("{prefix}booksnap:{{{name}}}"), w).ignore();
+        }
+        p.publish(format!("{prefix}book:{{{name}}}"), json).ignore();
+        return;
+    }
+    if history > 0 {
+        p.cmd("XADD")
+            .arg(format!("{prefix}hist:{{{name}}}"))
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(history)
+            .arg(format!("{seq}-0"))
+            .arg("t")
+            .arg(json)
+            .ignore();
+        p.set(format!("{prefix}last:{{{name}}}"), json).ignore();
+    }
+    p.publish(format!("{prefix}tick:{{{name}}}"), json).ignore();
 }
 
 type Io = hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>;

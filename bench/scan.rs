@@ -45,6 +45,9 @@ pub struct Msg<'a> {
     /// On a `gap` or `status`: the channel it is about (absent: ticks).
     #[serde(default, borrow)]
     pub channel: Option<Cow<'a, str>>,
+    /// On a `status`: `stale` or `live`.
+    #[serde(default, borrow)]
+    pub state: Option<Cow<'a, str>>,
 }
 
 impl<'a> Msg<'a> {
@@ -61,6 +64,7 @@ impl<'a> Msg<'a> {
             skipped: None,
             prev_seq: None,
             channel: None,
+            state: None,
         }
     }
 
@@ -77,6 +81,7 @@ impl<'a> Msg<'a> {
             skipped: self.skipped,
             prev_seq: self.prev_seq,
             channel: self.channel.map(own),
+            state: self.state.map(own),
         }
     }
 }
@@ -113,6 +118,7 @@ enum Field {
     Skipped,
     PrevSeq,
     Channel,
+    State,
     Other,
 }
 
@@ -129,6 +135,7 @@ impl Field {
             b"skipped" => Field::Skipped,
             b"prev_seq" => Field::PrevSeq,
             b"channel" => Field::Channel,
+            b"state" => Field::State,
             _ => Field::Other,
         }
     }
@@ -211,6 +218,7 @@ impl<'a> Scanner<'a> {
                 Field::Skipped => set(&mut m.skipped, self.integer()?)?,
                 Field::PrevSeq => set(&mut m.prev_seq, self.integer()?)?,
                 Field::Channel => set(&mut m.channel, Cow::Borrowed(self.str_value()?))?,
+                Field::State => set(&mut m.state, Cow::Borrowed(self.str_value()?))?,
                 Field::Other => self.skip_value()?,
             }
             if ty == Some("tick") && m.symbol.is_some() && m.seq.is_some() && m.ts.is_some() {

@@ -56,6 +56,38 @@ pub struct Proc {
     pub log: PathBuf,
     /// Whether it is a server measured (its CPU counts as the server's).
     pub measured: bool,
+    /// How to start it again ([`Procs::relaunch`]).
+    again: Again,
+    /// Stopped on purpose and not started again yet: not an exit to fail on.
+    pub down: bool,
+}
+
+/// What starting a process again needs: its command and its CPUs.
+struct Again {
+    program: std::ffi::OsString,
+    args: Vec<std::ffi::OsString>,
+    dir: Option<PathBuf>,
+    cpus: Option<Vec<usize>>,
+}
+
+impl Again {
+    fn of(cmd: &Command, cpus: Option<&[usize]>) -> Again {
+        Again {
+            program: cmd.get_program().to_owned(),
+            args: cmd.get_args().map(|a| a.to_owned()).collect(),
+            dir: cmd.get_current_dir().map(|d| d.to_owned()),
+            cpus: cpus.map(|c| c.to_vec()),
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args);
+        if let Some(d) = &self.dir {
+            cmd.current_dir(d);
+        }
+        cmd
+    }
 }
 
 /// Everything a run started; stopped (SIGTERM, then SIGKILL) when dropped.
@@ -92,13 +124,74 @@ impl Procs {
             child,
             log,
             measured,
+            again: Again::of(cmd, cpus),
+            down: false,
         });
         Ok(pid)
     }
 
+    fn named(&mut self, name: &str) -> anyhow::Result<&mut Proc> {
+        self.list
+            .iter_mut()
+            .find(|p| p.name == name)
+            .ok_or_else(|| anyhow!("no process named {name} was started"))
+    }
+
+    /// The pid of the process `name` while it runs (not while it is down).
+    pub fn pid_of(&self, name: &str) -> Option<u32> {
+        self.list
+            .iter()
+            .find(|p| p.name == name && !p.down)
+            .map(|p| p.child.id())
+    }
+
+    /// Sends SIGTERM to `name` and marks it down (its exit is then not a failure).
+    pub fn take_down(&mut self, name: &str) -> anyhow::Result<()> {
+        let p = self.named(name)?;
+        p.down = true;
+        nix::sys::signal::kill(
+            Pid::from_raw(p.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .map_err(|e| anyhow!("SIGTERM to {name}: {e}"))
+    }
+
+    /// Whether the process `name`, taken down, has exited; SIGKILLs it once `kill` is
+    /// true (it took too long) and then waits for it.
+    pub fn gone(&mut self, name: &str, kill: bool) -> anyhow::Result<bool> {
+        let p = self.named(name)?;
+        if p.child.try_wait()?.is_some() {
+            return Ok(true);
+        }
+        if kill {
+            p.child.kill()?;
+            p.child.wait()?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Starts the process `name` again, with the same command and CPUs, its output
+    /// appended to its log; returns its new pid.
+    pub fn relaunch(&mut self, name: &str) -> anyhow::Result<u32> {
+        let p = self.named(name)?;
+        let out = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&p.log)
+            .with_context(|| format!("opening {}", p.log.display()))?;
+        let mut cmd = p.again.command();
+        cmd.stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        p.child = spawn_on(&mut cmd, p.again.cpus.as_deref())
+            .with_context(|| format!("starting {name} again"))?;
+        p.down = false;
+        Ok(p.child.id())
+    }
+
     /// Fails when one of the processes has exited, naming it and its log's end.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
-        for p in &mut self.list {
+        for p in self.list.iter_mut().filter(|p| !p.down) {
             if let Some(st) = p.child.try_wait()? {
                 let tail = std::fs::read_to_string(&p.log).unwrap_or_default();
                 let tail: String = tail
@@ -124,7 +217,7 @@ impl Procs {
     pub fn measured_pids(&self) -> Vec<u32> {
         self.list
             .iter()
-            .filter(|p| p.measured)
+            .filter(|p| p.measured && !p.down)
             .map(|p| p.child.id())
             .collect()
     }
@@ -236,6 +329,9 @@ pub struct Sample {
     pub fds: u64,
     /// Threads.
     pub threads: u64,
+    /// Tasks alive on its runtime (`tickstream_tasks` of its `/metrics`), where read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<u64>,
 }
 
 fn clk_tck() -> f64 {
@@ -280,7 +376,24 @@ pub fn sample(pid: u32, t: f64) -> Option<Sample> {
         rss_kb,
         fds,
         threads,
+        tasks: None,
     })
+}
+
+/// `tickstream_tasks` of the node serving on 127.0.0.1:`port` (its `/metrics`), or
+/// `None` when it does not answer within a second.
+pub fn node_tasks(port: u16) -> Option<u64> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    let req =
+        format!("GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix("tickstream_tasks "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
 }
 
 /// Where `pid` may run, as the kernel lists it (`Cpus_allowed_list`).

@@ -407,6 +407,19 @@ fn register_state(reg: &mut Registry, m: &Metrics, s: &Scrape) {
         "Symbols that became stale (status stale sent), by reason",
         by_label("reason", STALE_REASONS, &m.stale),
     );
+    gauge(
+        reg,
+        "tasks",
+        "Tasks alive on the node's async runtime now (connections, sessions, the bus, timers)",
+        tasks_alive() as i64,
+    );
+}
+
+/// Tasks alive on the runtime this scrape runs on (0 outside one).
+fn tasks_alive() -> usize {
+    tokio::runtime::Handle::try_current()
+        .map(|h| h.metrics().num_alive_tasks())
+        .unwrap_or(0)
 }
 
 /// Ticks on their way through: in by source, through the hub, out to subscribers.

@@ -405,8 +405,13 @@ fn soak_samples_and_judges_growth() {
     let s = s.unwrap();
     exists(dir.path(), "soak-rss-run1.svg");
     exists(dir.path(), "soak-fds-run1.svg");
+    exists(dir.path(), "soak-tasks-run1.svg");
     let v = s["extra"]["verdicts"].as_array().unwrap();
-    assert_eq!(v.len(), 3);
+    // Memory, descriptors, threads and tasks of the one node.
+    assert_eq!(v.len(), 4, "{v:?}");
+    assert!(v
+        .iter()
+        .any(|v| v["what"] == "tasks" && v["first"].as_f64().unwrap() > 0.0));
     assert_eq!(s["extra"]["failed"], false);
     let r = &s["runs"][0];
     // Connections closed and opened again, more than there are connections.
@@ -419,6 +424,102 @@ fn soak_samples_and_judges_growth() {
     assert!(r["counts"]["ticks"].as_u64().unwrap() > 0);
     // Reconnected and resubscribed connections start their sequences afresh: no hole.
     assert_eq!(r["counts"]["holes"], 0, "{}", r["counts"]);
+}
+
+/// Two nodes behind Redis; Redis restarted, then node 1 (it drains and asks its clients
+/// to reconnect): the connections follow to the other node resuming, every loss is a
+/// `gap`, and each node is judged over its own life.
+#[test]
+fn soak_restarts_redis_and_a_node_and_every_loss_is_announced() {
+    let (out, s, dir) = bench(&[
+        "soak",
+        "--spawn",
+        "--source",
+        "redis",
+        "--shape",
+        "20x2/10",
+        "--rate",
+        "200",
+        "--duration",
+        "9s",
+        "--warmup",
+        "1s",
+        "--life-min",
+        "1s",
+        "--life-max",
+        "3s",
+        "--resub",
+        "700ms",
+        "--restart-redis-at",
+        "2s",
+        "--restart-node-at",
+        "5s",
+        "--down-for",
+        "300ms",
+        "--node-arg=--reconnect-notice=500ms",
+    ]);
+    ok(&out);
+    let s = s.unwrap();
+    let e = &s["extra"];
+    let restarted: Vec<&str> = e["restarts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["process"].as_str().unwrap())
+        .collect();
+    assert_eq!(restarted, ["redis-server", "tickstream-1"], "{e}");
+    for r in e["restarts"].as_array().unwrap() {
+        assert_ne!(r["pids"][0], r["pids"][1], "{r}");
+        assert!(r["serving_s"].as_f64() >= r["exited_s"].as_f64(), "{r}");
+    }
+    let nodes = e["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 2, "{e}");
+    assert_eq!(nodes[0]["restarted"], false);
+    assert_eq!(nodes[1]["restarted"], true);
+    assert!(nodes[0]["tasks"]["first"].as_f64().unwrap() > 0.0, "{e}");
+    let l = &e["losses"][0];
+    assert_eq!(l["holes"], 0, "a loss went unannounced: {l}");
+    assert_eq!(l["duplicates"], 0, "{l}");
+    // Node 1's clients were told to move, and resumed elsewhere.
+    assert!(l["reconnect_notices"].as_u64().unwrap() > 0, "{l}");
+    assert!(l["resumed"].as_u64().unwrap() > 0, "{l}");
+    // Redis away: the nodes said their symbols were stale, then live, and what they
+    // missed came as upstream gaps.
+    assert!(l["status"]["stale"].as_u64().unwrap_or(0) > 0, "{l}");
+    assert!(l["status"]["live"].as_u64().unwrap_or(0) > 0, "{l}");
+    assert!(l["gap_ticks"]["upstream"].as_u64().unwrap_or(0) > 0, "{l}");
+    assert_eq!(e["failed"], false, "{e}");
+    for f in ["rss", "fds", "tasks"] {
+        exists(dir.path(), &format!("soak-{f}-run1.svg"));
+    }
+    let svg = std::fs::read_to_string(dir.path().join("soak-tasks-run1.svg")).unwrap();
+    assert!(
+        svg.contains("tickstream-1 restarted"),
+        "the restart is marked"
+    );
+}
+
+/// Restarts need what they restart: Redis behind the nodes, and a window to fit in.
+#[test]
+fn soak_refuses_restarts_it_cannot_do() {
+    for (args, says) in [
+        (vec!["--restart-node-at", "1s"], "needs --source redis"),
+        (
+            vec!["--source", "redis", "--restart-redis-at", "9s"],
+            "inside the recorded window",
+        ),
+        (
+            vec!["--source", "redis", "--restart-redis-at", "soon"],
+            "a duration (e.g. 10m) or `off`",
+        ),
+    ] {
+        let mut all = vec!["soak", "--spawn", "--duration", "2s"];
+        all.extend(args);
+        let (out, _, _) = bench(&all);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{says:?} not in {err}");
+    }
 }
 
 #[test]

@@ -121,6 +121,7 @@ async fn metrics_parse_and_move_as_ticks_are_delivered() {
         "tickstream_bus_lag_seconds",
         "tickstream_write_latency_seconds_bucket",
         "tickstream_write_latency_seconds_count",
+        "tickstream_tasks",
     ] {
         assert!(names.contains(want), "{want} missing from {names:?}");
     }
@@ -400,5 +401,54 @@ async fn reports_are_subject_to_the_inbound_rate_limit() {
             "\"error\" \"rate_limited\""
         ]
     );
+    run.shutdown().await;
+}
+
+/// `tickstream_tasks` counts the runtime's live tasks: it rises with every connection
+/// opened and falls back once they have closed, so a soak can tell a leak from load.
+#[tokio::test]
+async fn the_task_gauge_rises_with_connections_and_falls_back_when_they_close() {
+    const N: usize = 20;
+    let run = start(settings()).await;
+    let gauge = |m: &BTreeMap<String, f64>| m["tickstream_tasks"];
+    let ws_open = |m: &BTreeMap<String, f64>| m["tickstream_connections{transport=\"websocket\"}"];
+    let before = scrape(run.addr).await;
+    assert!(gauge(&before) >= 1.0, "the scrape itself runs on a task");
+    let mut clients = Vec::new();
+    for _ in 0..N {
+        let (mut c, _) = Client::ready(run.addr).await;
+        c.send(r#"{"op":"subscribe","symbols":["AAPL"]}"#).await;
+        c.until("subscribed").await;
+        clients.push(c);
+    }
+    let open = scrape(run.addr).await;
+    assert_eq!(ws_open(&open), N as f64);
+    assert!(
+        gauge(&open) >= gauge(&before) + N as f64,
+        "{N} connections, tasks {} → {}",
+        gauge(&before),
+        gauge(&open)
+    );
+    for c in &mut clients {
+        c.send_msg(tokio_tungstenite::tungstenite::Message::Close(None))
+            .await;
+    }
+    drop(clients);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = scrape(run.addr).await;
+        if ws_open(&now) == 0.0 && gauge(&now) <= gauge(&before) + 2.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "tasks stay up after the connections closed: {} before, {} open, {} now ({} connections)",
+            gauge(&before),
+            gauge(&open),
+            gauge(&now),
+            ws_open(&now)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     run.shutdown().await;
 }

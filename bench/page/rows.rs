@@ -74,7 +74,8 @@ pub enum Headline {
     CrossNode,
     /// Bytes per message of binary frames against JSON.
     Encoding,
-    /// The server's resident memory from the first to the last third of the soak.
+    /// Each node's resident memory, descriptors and tasks from the first to the last
+    /// third of its span, the restarts done, and the losses (unannounced, announced).
     Soak,
     /// Paced connections: frames per connection per second, CPU per message, RSS and
     /// the paced ticks' latency, against the same load unpaced.
@@ -209,10 +210,14 @@ pub const ROWS: &[Row] = &[
     Row {
         name: "soak",
         scenario: "soak",
-        what: "10 minutes of churn (connections reopening, subscriptions changing, slow and \
-               pausing clients): the server's resident memory from the first third of the window \
-               to the last, against what the soak allows.",
-        command: "tickstream-bench soak --spawn --server-cpus 0 --client-cpus 1 --clients 1 --duration 10m",
+        what: "30 minutes of churn (connections reopening, subscriptions changing, slow and \
+               pausing clients) on two nodes behind one Redis, Redis restarted at a third of the \
+               window and one node at two thirds, the connections following with `resume`: each \
+               node's resident memory, descriptors and tasks from the first third of its span to \
+               the last (after its warm-up; the restarted node's after its return), the seq \
+               jumps no `gap` announced and the gaps announced. A summary from before the \
+               restarts (one node) shows its RSS alone.",
+        command: "tickstream-bench soak --spawn --server-cpus 0 --client-cpus 1 --clients 1 --source redis --duration 30m",
         history: Some("soak"),
         headline: Headline::Soak,
     },
@@ -616,6 +621,9 @@ fn encoding(s: &Value) -> anyhow::Result<Figures> {
 }
 
 fn soak(s: &Value) -> anyhow::Result<Figures> {
+    if s["extra"]["nodes"].is_array() {
+        return soak_nodes(s);
+    }
     let v = s["extra"]["verdicts"]
         .as_array()
         .context("no verdicts")?
@@ -634,11 +642,82 @@ fn soak(s: &Value) -> anyhow::Result<Figures> {
             first / 1024.0,
             last / 1024.0
         ),
-        reference: match s["extra"]["rss_tolerance"].as_f64() {
-            Some(t) => format!("allowed: +{:.0} % + 4 MiB", t * 100.0),
-            None => "—".into(),
-        },
+        reference: soak_allowed(s),
         against: x(last, first),
+        valid: valid(medians_of(s, "soak")?),
+    })
+}
+
+fn soak_allowed(s: &Value) -> String {
+    match s["extra"]["rss_tolerance"].as_f64() {
+        Some(t) => format!("allowed: +{:.0} % + 4 MiB", t * 100.0),
+        None => "—".into(),
+    }
+}
+
+/// A soak judged node by node (restarts, tasks, losses): the window, the restarts
+/// done, each node's RSS, descriptors and tasks from the first third of its span to
+/// the last, and what the connections lost and how it was announced.
+fn soak_nodes(s: &Value) -> anyhow::Result<Figures> {
+    let e = &s["extra"];
+    let secs = num(s, &["duration_s"])?;
+    let window = if secs >= 60.0 && secs % 60.0 == 0.0 {
+        format!("{:.0} min", secs / 60.0)
+    } else {
+        format!("{secs:.0} s")
+    };
+    let restarts: Vec<String> = e["restarts"]
+        .as_array()
+        .context("no restarts")?
+        .iter()
+        .map(|r| {
+            let t = r["asked_s"].as_f64().unwrap_or(0.0).round() as u64;
+            let name = r["process"].as_str().unwrap_or("?");
+            format!("{name} at {}:{:02}", t / 60, t % 60)
+        })
+        .collect();
+    let nodes = e["nodes"].as_array().context("no nodes")?;
+    let per = |key: &str, scale: f64, unit: &str| -> String {
+        let one = |n: &Value| {
+            let v = &n[key];
+            match (v["first"].as_f64(), v["last"].as_f64()) {
+                (Some(a), Some(b)) => format!("{:.0}→{:.0}{unit}", a / scale, b / scale),
+                _ => "—".into(),
+            }
+        };
+        nodes.iter().map(one).collect::<Vec<_>>().join(" / ")
+    };
+    let growing = nodes.iter().any(|n| {
+        ["rss_kb", "fds", "threads", "tasks"]
+            .iter()
+            .any(|k| n[*k]["growing"] == true)
+    });
+    let l = &e["losses"][0];
+    let holes = l["holes"].as_u64().context("no holes counted")?;
+    let gaps: Vec<String> = l["gap_ticks"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| format!("{k} {v}")).collect())
+        .unwrap_or_default();
+    let worst = nodes
+        .iter()
+        .filter_map(|n| Some(n["rss_kb"]["last"].as_f64()? / n["rss_kb"]["first"].as_f64()?))
+        .fold(0.0, f64::max);
+    let names: Vec<&str> = nodes.iter().filter_map(|n| n["process"].as_str()).collect();
+    Ok(Figures {
+        figure: format!(
+            "{window}, restarted: {} · {}: RSS {} · fds {} · tasks {} · unannounced holes {holes} · \
+             gaps {} (ticks: {}) · {}",
+            if restarts.is_empty() { "none".into() } else { restarts.join(", ") },
+            names.join(" / "),
+            per("rss_kb", 1024.0, " MB"),
+            per("fds", 1.0, ""),
+            per("tasks", 1.0, ""),
+            l["gaps"],
+            gaps.join(", "),
+            if growing { "GROWING" } else { "steady" }
+        ),
+        reference: format!("{}; fds +10 % + 16, tasks +10 % + 32", soak_allowed(s)),
+        against: if worst > 0.0 { format!("RSS {worst:.2}×") } else { "—".into() },
         valid: valid(medians_of(s, "soak")?),
     })
 }
@@ -782,6 +861,44 @@ fn roll(s: &Value) -> anyhow::Result<Figures> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_soak_row_names_its_restarts_each_nodes_figures_and_its_losses() {
+        let node = |p: &str, restarted: bool, rss: (f64, f64), tasks: (f64, f64)| {
+            serde_json::json!({"process": p, "restarted": restarted,
+                "rss_kb": {"first": rss.0, "last": rss.1, "growing": false},
+                "fds": {"first": 114.0, "last": 116.0, "growing": false},
+                "threads": {"first": 2.0, "last": 2.0, "growing": false},
+                "tasks": {"first": tasks.0, "last": tasks.1, "growing": false}})
+        };
+        let mut s = summary(
+            serde_json::json!([{"target": "soak", "valid_runs": 1, "all_runs": 1}]),
+            serde_json::json!({"rss_tolerance": 0.15,
+                "restarts": [{"process": "redis-server", "asked_s": 600.2},
+                             {"process": "tickstream-1", "asked_s": 1200.0}],
+                "nodes": [node("tickstream-0", false, (71680.0, 73728.0), (110.0, 112.0)),
+                          node("tickstream-1", true, (61440.0, 61440.0), (108.0, 110.0))],
+                "losses": [{"holes": 0, "gaps": 957, "gap_ticks": {"upstream": 32267}}]}),
+        );
+        s["duration_s"] = 1800.0.into();
+        let f = soak(&s).unwrap();
+        assert_eq!(
+            f.figure,
+            "30 min, restarted: redis-server at 10:00, tickstream-1 at 20:00 · \
+             tickstream-0 / tickstream-1: RSS 70→72 MB / 60→60 MB · fds 114→116 / 114→116 · \
+             tasks 110→112 / 108→110 · unannounced holes 0 · gaps 957 (ticks: upstream 32267) · \
+             steady"
+        );
+        assert_eq!(f.against, "RSS 1.03×");
+        assert_eq!(f.valid, "1/1");
+        // A soak from before the restarts (one node, RSS alone) still reads.
+        let old = summary(
+            serde_json::json!([{"target": "soak", "valid_runs": 1, "all_runs": 1}]),
+            serde_json::json!({"rss_tolerance": 0.15, "verdicts": [
+                {"what": "resident memory (kB)", "first": 71168.0, "last": 74650.0, "growing": false}]}),
+        );
+        assert_eq!(soak(&old).unwrap().figure, "RSS 69.5 → 72.9 MB, steady");
+    }
 
     /// A summary as the scenarios write it, cut to what the rows read.
     fn summary(medians: Value, extra: Value) -> Value {

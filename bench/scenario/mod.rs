@@ -9,6 +9,7 @@ pub mod fanout;
 pub mod fragments;
 pub mod latency;
 pub mod patterns;
+mod restarts;
 pub mod roll;
 mod run;
 mod servers;
@@ -49,6 +50,14 @@ pub struct Load {
     /// The publisher sends order books of this many levels a side instead of ticks
     /// (the `book` scenario; connections then subscribe the `book` channel).
     pub book_levels: Option<usize>,
+    /// Connections move when asked to reconnect or closed, resuming ([`load::WorkerSpec::follow`]).
+    pub follow: bool,
+    /// Processes restarted in the window (the soak).
+    pub restarts: Vec<crate::measured::Restart>,
+    /// How long a restarted process stays down once it has exited.
+    pub down_for: Duration,
+    /// Sample each node on its own, with its tasks (from its `/metrics`).
+    pub per_node: bool,
 }
 
 impl Load {
@@ -64,6 +73,10 @@ impl Load {
             heartbeat: None,
             subscription: Subscription::default(),
             book_levels: None,
+            follow: false,
+            restarts: Vec::new(),
+            down_for: Duration::ZERO,
+            per_node: false,
         }
     }
 }

@@ -10,10 +10,13 @@ use hdrhistogram::Histogram;
 
 use crate::common::{Common, Source, Target};
 use crate::load::{self, Behaviour, Counts, Window, WorkerResult, WorkerSpec, Workers};
-use crate::measured::{ClientStats, Percentiles, Placement, RunResult, ServerStats, Steady};
+use crate::measured::{
+    ClientStats, NodeSeries, Percentiles, Placement, Restarted, RunResult, ServerStats, Steady,
+};
 use crate::publisher::{self, Plan, Sink};
 use crate::spawn::{self, Procs, Sample};
 
+use super::restarts::Hooks;
 use super::servers::{start_servers, Endpoints};
 use super::{Ctx, Load};
 
@@ -32,7 +35,7 @@ pub fn run_once(
     let c = ctx.common.clone();
     let mut procs = Procs::default();
     let ep = start_servers(ctx, target, load, &mut procs, &tag)?;
-    let measured = Measured::of(&procs, &c);
+    let mut measured = Measured::of(&procs, &c, Hooks::new(load, &ep)?);
     let tcp_before = spawn::tcp_mem_kb();
     let (mut workers, behaviours) = start_workers(&c, load, &ep)?;
     let setup_conns_per_s = wait_opened(&mut workers, load)?;
@@ -41,7 +44,7 @@ pub fn run_once(
     workers.go(&w)?;
     let publisher = start_publisher(target, &ep, &c, load, t0, &w)?;
     let label = format!("{} run {run}", target.label);
-    let watched = watch(ctx, &label, &w, &mut workers, &mut procs, &measured)?;
+    let watched = watch(ctx, &label, &w, &mut workers, &mut procs, &mut measured)?;
     let pub_report = join(publisher)?;
     let placement = placement(&procs, &workers);
     let results = workers.results(Duration::from_secs(30))?;
@@ -94,6 +97,8 @@ pub fn run_once(
         tcp_mem_kb: (tcp_before, watched.tcp_held),
         seconds: m.seconds.iter().map(Percentiles::of).collect(),
         steady,
+        nodes: watched.nodes,
+        restarts: watched.restarts,
         hist: m.hist,
     })
 }
@@ -102,13 +107,17 @@ pub fn run_once(
 /// redis-server, if one runs.
 struct Measured {
     server_pids: Vec<u32>,
+    /// Those given with `--server-pid`.
+    given: Vec<u32>,
     redis_pid: Option<u32>,
     /// The servers before any connection.
     idle: Option<Sample>,
+    /// Each node on its own, and the restarts (taken when the window ends).
+    hooks: Option<Hooks>,
 }
 
 impl Measured {
-    fn of(procs: &Procs, c: &Common) -> Measured {
+    fn of(procs: &Procs, c: &Common, hooks: Hooks) -> Measured {
         let mut server_pids = procs.measured_pids();
         server_pids.extend(c.server_pid.iter().copied());
         let redis_pid = procs
@@ -119,9 +128,19 @@ impl Measured {
         let idle = sum_samples(&server_pids, 0.0);
         Measured {
             server_pids,
+            given: c.server_pid.clone(),
             redis_pid,
             idle,
+            hooks: Some(hooks),
         }
+    }
+
+    /// The servers' pids now: those running of the ones started (a node restarted has
+    /// a new one; while it is down, the others alone), and those given.
+    fn pids(&self, procs: &Procs) -> Vec<u32> {
+        let mut pids = procs.measured_pids();
+        pids.extend(self.given.iter().copied());
+        pids
     }
 }
 
@@ -159,6 +178,7 @@ fn start_workers(
             open_rate: load.open_rate / p as f64,
             churn: load.churn,
             subscription: load.subscription.clone(),
+            follow: load.follow,
         })
         .collect();
     let mut behaviours = Vec::with_capacity(shape.conns);
@@ -244,6 +264,10 @@ fn start_publisher(
         skip_seq: c.skip_seq,
         order: c.order,
         book_levels: load.book_levels,
+        ride_outages: load
+            .restarts
+            .iter()
+            .any(|r| r.what == crate::measured::Restartable::Redis),
     };
     Ok(Some(publisher::start(plan, sink)))
 }
@@ -308,6 +332,10 @@ struct Watched {
     redis: Series,
     /// Kernel TCP memory halfway through the window, kB.
     tcp_held: Option<u64>,
+    /// Each node's samples (the soak).
+    nodes: Vec<NodeSeries>,
+    /// The restarts done.
+    restarts: Vec<Restarted>,
 }
 
 /// Samples the servers and shows progress until the workers report; fails as soon as
@@ -318,8 +346,9 @@ fn watch(
     w: &Window,
     workers: &mut Workers,
     procs: &mut Procs,
-    measured: &Measured,
+    measured: &mut Measured,
 ) -> anyhow::Result<Watched> {
+    let mut hooks = measured.hooks.take().expect("hooks are taken once");
     let mut out = Watched::default();
     let mut progress = Progress::new(label);
     let half = ctx.duration.as_secs_f64() / 2.0;
@@ -332,10 +361,17 @@ fn watch(
         if out.tcp_held.is_none() && t >= half {
             out.tcp_held = spawn::tcp_mem_kb();
         }
-        if let Some(s) = sum_samples(&measured.server_pids, t) {
+        if let Some(s) = sum_samples(&measured.pids(procs), t) {
             out.server.push(s, now, w);
         }
-        if let Some(s) = measured.redis_pid.and_then(|p| spawn::sample(p, t)) {
+        if let Err(e) = hooks.tick(procs, t) {
+            break Err(e);
+        }
+        // Read by name: a restarted redis-server has a new pid.
+        if let Some(s) = procs
+            .pid_of("redis-server")
+            .and_then(|p| spawn::sample(p, t))
+        {
             out.redis.push(s, now, w);
         }
         progress.show(workers, now, w, &out.server.samples);
@@ -345,7 +381,9 @@ fn watch(
         }
     };
     progress.end();
-    ended.map(|()| out)
+    ended?;
+    (out.nodes, out.restarts) = hooks.finish()?;
+    Ok(out)
 }
 
 /// A progress line on stderr once a second: in place on a terminal, a line each
