@@ -88,6 +88,9 @@ enum Cmd {
     ClusterPubsub(cluster::ClusterArgs),
     /// CPU per byte received: one-byte fragments against whole messages.
     Fragments(scenario::fragments::Args),
+    /// Hundreds of connections stop reading at 20k ticks/s: the node's memory against
+    /// its --max-outbound-bytes, what its policy did, and the memory given back after.
+    Storm(scenario::storm::Args),
     /// A receiving process (started by the bench itself).
     #[command(hide = true)]
     Worker,
@@ -109,6 +112,7 @@ fn main() {
         Cmd::Candles(a) => candles::run(a),
         Cmd::Results(a) => page::run(a),
         Cmd::Fragments(a) => scenario::fragments::run(a),
+        Cmd::Storm(a) => scenario::storm::run(a),
         Cmd::ClusterPubsub(a) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
