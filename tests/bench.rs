@@ -433,6 +433,7 @@ fn every_scenario_has_help_with_an_example() {
         "soak",
         "dashboard",
         "patterns",
+        "storm",
     ] {
         let out = Command::new(BENCH).args([s, "--help"]).output().unwrap();
         ok(&out);
