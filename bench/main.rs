@@ -91,6 +91,9 @@ enum Cmd {
     /// A rolling restart of scripts/cluster under many clients through nginx: latency in
     /// the steady state against the roll, holes, duplicates, time until every client moved.
     Roll(scenario::roll::Args),
+    /// Hundreds of connections stop reading at 20k ticks/s: the node's memory against
+    /// its --max-outbound-bytes, what its policy did, and the memory given back after.
+    Storm(scenario::storm::Args),
     /// A receiving process (started by the bench itself).
     #[command(hide = true)]
     Worker,
@@ -113,6 +116,7 @@ fn main() {
         Cmd::Results(a) => page::run(a),
         Cmd::Fragments(a) => scenario::fragments::run(a),
         Cmd::Roll(a) => scenario::roll::run(a),
+        Cmd::Storm(a) => scenario::storm::run(a),
         Cmd::ClusterPubsub(a) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

@@ -534,6 +534,7 @@ fn every_scenario_has_help_with_an_example() {
         "soak",
         "dashboard",
         "patterns",
+        "storm",
     ] {
         let out = Command::new(BENCH).args([s, "--help"]).output().unwrap();
         ok(&out);
@@ -1069,4 +1070,107 @@ fn roll_restarts_every_node_and_the_clients_lose_nothing() {
         !dir.path().join("cluster/pids").exists(),
         "the cluster was stopped"
     );
+#[test]
+fn a_stall_storm_is_measured_against_the_bound_and_spares_the_reading_connections() {
+    // 8 connections × all 100 symbols stop reading at 5,000 ticks/s against a 1 MiB
+    // bound: their queues together pass it within the storm. The slack and the bound
+    // after are wide open: this checks what is measured, not how well.
+    let (out, s, dir) = bench(&[
+        "storm",
+        "--spawn",
+        "--stalled",
+        "8",
+        "--stalled-symbols",
+        "100",
+        "--symbols",
+        "100",
+        "--healthy",
+        "2",
+        "--healthy-symbols",
+        "5",
+        "--rate",
+        "5000",
+        "--duration",
+        "2s",
+        "--idle",
+        "500ms",
+        "--read-out",
+        "1s",
+        "--after",
+        "2s",
+        "--bound-mib",
+        "1",
+        "--slack",
+        "4096",
+        "--recover",
+        "100",
+    ]);
+    ok(&out);
+    let s = s.unwrap();
+    assert_eq!(s["scenario"], "storm");
+    exists(dir.path(), s["plot"].as_str().unwrap());
+    let e = &s["extra"];
+    assert_eq!(e["passed"], true);
+    let r = &e["storms"][0];
+    // The node was given the bound, and its policy acted on the stalled connections.
+    assert_eq!(
+        r["bound"]["bound"].as_u64().unwrap(),
+        1 << 20,
+        "{}",
+        r["bound"]
+    );
+    let acted = r["bound"]["conflated"].as_u64().unwrap() + r["bound"]["closed"].as_u64().unwrap();
+    assert!(acted > 0, "{}", r["bound"]);
+    assert!(r["buffered_peak"].as_u64().unwrap() > 0);
+    // Memory sampled before, through and after the storm.
+    let before = r["before_kb"].as_u64().unwrap();
+    assert!(
+        before > 0 && r["peak_kb"].as_u64().unwrap() >= before,
+        "{r}"
+    );
+    assert!(r["after_kb"].as_u64().unwrap() > 0);
+    let points = r["points"].as_array().unwrap();
+    assert!(points.iter().any(|p| p["t"].as_f64().unwrap() < 0.0));
+    assert!(
+        points.iter().any(|p| p["t"].as_f64().unwrap() >= 5.0),
+        "sampled past +after"
+    );
+    // Every stalled connection's end is accounted for; the reading ones got every tick.
+    let ends: u64 = r["stalled_closes"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(ends, 8, "{}", r["stalled_closes"]);
+    let h = &r["healthy"];
+    assert!(h["expected"].as_u64().unwrap() > 0);
+    assert_eq!(h["received"], h["expected"], "{h}");
+    assert_eq!(h["untouched"], true, "{h}");
+    assert_eq!(e["by_binary"][0]["runs"], 1);
+}
+
+#[test]
+fn a_stall_storm_refuses_what_it_cannot_measure() {
+    for (args, says) in [
+        (
+            &["--stalled-symbols", "600"][..],
+            "--stalled-symbols must be between 1 and --symbols",
+        ),
+        (&["--binaries", "jemalloc"][..], "expected NAME=PATH"),
+        (
+            &["--binaries", "x=/nonexistent/tickstream"][..],
+            "not found",
+        ),
+        (&["--source", "redis"][..], "--source publish"),
+    ] {
+        let out = Command::new(BENCH)
+            .arg("storm")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
 }

@@ -89,6 +89,9 @@ pub enum Headline {
     /// A rolling restart: the roll's p99 against the steady window's, what was lost or
     /// repeated, and the time until every client had moved.
     Roll,
+    /// A stall storm: each binary's peak growth of resident memory against the node's
+    /// bound on buffered output, and its memory after the storm against before.
+    Storm,
 }
 
 /// Every row, in table order.
@@ -276,6 +279,27 @@ pub const ROWS: &[Row] = &[
         history: None,
         headline: Headline::Roll,
     },
+    Row {
+        name: "storm",
+        scenario: "storm",
+        what: "300 connections × 500 of 500 symbols stop reading for 20 s at 20,000 ticks/s \
+               beside 5 reading ones, the node's `--max-outbound-bytes` at 64 MiB: the peak growth \
+               of its resident memory against the bound (plus the slack allowed), and its memory \
+               30 s after the stalled connections are gone against before the storm.",
+        command: "tickstream-bench storm --spawn --server-cpus 0 --client-cpus 1 --clients 1",
+        history: None,
+        headline: Headline::Storm,
+    },
+    Row {
+        name: "storm-allocators",
+        scenario: "storm",
+        what: "the same storm on the binary built with each global allocator (glibc's malloc, \
+               jemalloc, mimalloc; `scripts/alloc-binaries`), alternating.",
+        command: "tickstream-bench storm --spawn --server-cpus 0 --client-cpus 1 --clients 1 \
+                  --binaries system=target/alloc/tickstream-system,jemalloc=target/alloc/tickstream-jemalloc,mimalloc=target/alloc/tickstream-mimalloc",
+        history: None,
+        headline: Headline::Storm,
+    },
 ];
 
 /// The row named `name`.
@@ -322,6 +346,7 @@ impl Headline {
             Headline::Patterns => patterns(s),
             Headline::Book => book(s),
             Headline::Roll => roll(s),
+            Headline::Storm => storm(s),
         }
     }
 }
@@ -719,6 +744,43 @@ fn soak_nodes(s: &Value) -> anyhow::Result<Figures> {
         reference: format!("{}; fds +10 % + 16, tasks +10 % + 32", soak_allowed(s)),
         against: if worst > 0.0 { format!("RSS {worst:.2}×") } else { "—".into() },
         valid: valid(medians_of(s, "soak")?),
+    })
+}
+
+fn storm(s: &Value) -> anyhow::Result<Figures> {
+    let e = &s["extra"];
+    let bound = num(e, &["bound_bytes"])?;
+    let rows = e["by_binary"].as_array().context("no by_binary")?;
+    let (mut figure, mut against) = (Vec::new(), Vec::new());
+    let (mut valid_runs, mut runs) = (0.0, 0.0);
+    for b in rows {
+        let name = b["name"].as_str().context("a binary without a name")?;
+        let (before, growth) = (num(b, &["before_kb"])?, num(b, &["growth_bytes"])?);
+        let after = num(b, &["after_kb"])?;
+        figure.push(format!(
+            "{name}: {:.1} MB, peak +{:.1} MiB, after {:.1} MB",
+            before / 1024.0,
+            growth / 1048576.0,
+            after / 1024.0
+        ));
+        against.push(format!(
+            "{name}: {} bound, {} before",
+            x(growth, bound),
+            x(after, before)
+        ));
+        valid_runs += num(b, &["valid_runs"])?;
+        runs += num(b, &["runs"])?;
+    }
+    Ok(Figures {
+        figure: figure.join(" · "),
+        reference: format!(
+            "bound {:.0} MiB + slack {:.0} MiB; after ≤ {:.2}× before",
+            bound / 1048576.0,
+            num(e, &["slack_bytes"])? / 1048576.0,
+            num(e, &["recover"])?
+        ),
+        against: against.join(" · "),
+        valid: format!("{valid_runs}/{runs}"),
     })
 }
 

@@ -15,6 +15,7 @@ mod run;
 mod servers;
 pub mod slow;
 pub mod soak;
+pub mod storm;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
