@@ -128,6 +128,28 @@ impl Budget {
         }
     }
 
+    /// Whether a session holding `queued` bytes is refused more of its subscriptions'
+    /// data now: the node is over its bound and the session holds at least the floor.
+    /// Its data is then conflated at once (under `--slow-policy disconnect`, it is
+    /// closed with 4008), so the total stops growing while the enforcer, which acts on the
+    /// largest first, has not run yet: a storm's first second does not overshoot.
+    #[inline]
+    pub(super) fn refuses(&self, queued: u64) -> bool {
+        self.bound != 0
+            && queued >= self.floor.max(1)
+            && self.held.load(Ordering::Relaxed) > self.bound as i64
+    }
+
+    /// Counts a session conflated for the bound outside the enforcer.
+    pub(super) fn counted_conflation(&self) {
+        self.conflations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a session closed for the bound outside the enforcer.
+    pub(super) fn counted_close(&self) {
+        self.closes.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts `n` bytes fewer.
     #[inline]
     pub(super) fn sub(&self, n: u64) {

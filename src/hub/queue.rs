@@ -66,6 +66,9 @@ fn cost(msg: &Bytes) -> u64 {
 /// Why a message was not queued.
 enum Refused {
     Full,
+    /// The node is over its bound on buffered output and this session holds at least
+    /// the floor ([`Budget::refuses`]).
+    Over,
     Closed,
     /// Its subscription is behind: it catches up by itself (see [`Outbox::conflate`]).
     Behind,
@@ -202,6 +205,11 @@ impl Outbox {
         if q.items.len() >= self.capacity {
             return Err(Refused::Full);
         }
+        if behind.is_some() && self.budget.refuses(q.bytes) {
+            // Over the node's bound: a subscription's data is refused (the session's
+            // own replies still wait for room as usual).
+            return Err(Refused::Over);
+        }
         let was_empty = q.items.is_empty();
         q.bytes += cost(&msg);
         q.items.push_back(msg);
@@ -302,7 +310,7 @@ impl Outbox {
                 }
                 false
             }
-            Err(Refused::Closed | Refused::Behind) => false,
+            Err(Refused::Closed | Refused::Behind | Refused::Over) => false,
         }
     }
 
@@ -316,6 +324,10 @@ impl Outbox {
         if let (Refused::Behind, NEED_SNAPSHOT) = (&why, missed) {
             // What it lacks now is a snapshot (a new epoch began), not a gap.
             behind.store(NEED_SNAPSHOT, Ordering::Release);
+        }
+        if let Refused::Over = why {
+            self.over_bound(slot, behind, missed);
+            return false;
         }
         if let Refused::Full = why {
             match self.policy {
@@ -332,6 +344,30 @@ impl Outbox {
             self.ready.notify_one();
         }
         false
+    }
+
+    /// A subscription's data refused for the node's bound ([`Refused::Over`]): under
+    /// `conflate`, the subscription catches up later as from a full queue (counted once
+    /// per session as a conflation for the bound); under `disconnect`, the session is
+    /// closed with 4008 and gives back what it holds, as the enforcer would.
+    fn over_bound<L: Lagging + 'static>(&self, slot: &Arc<L>, behind: &Behind, missed: u64) {
+        match self.policy {
+            SlowPolicy::Conflate => {
+                behind.store(missed, Ordering::Release);
+                let slot: Arc<dyn Lagging> = slot.clone();
+                self.lagging.lock().push((slot, behind.clone()));
+                if !self.has_lagging.swap(true, Ordering::AcqRel) {
+                    self.budget.counted_conflation();
+                }
+                self.ready.notify_one();
+            }
+            SlowPolicy::Disconnect => {
+                if !self.evicted() {
+                    self.budget.counted_close();
+                    self.evict();
+                }
+            }
+        }
     }
 
     /// Whether the queue overflowed under the `disconnect` policy.
@@ -671,6 +707,36 @@ mod tests {
         };
         assert!(hub.subscribe("AAPL", &outbox, &behind, &start));
         (hub, budget, outbox, rx, behind)
+    }
+
+    /// Over the node's bound, a session holding at least the floor queues none of its
+    /// subscriptions' data: the tick is conflated at once (the subscription is behind,
+    /// from that tick), and the count stays where it was; under the bound again, it
+    /// queues as before.
+    #[test]
+    fn over_the_bound_a_session_past_the_floor_is_conflated_at_once() {
+        use crate::hub::{conflation_tests::tick, Hub, Start};
+        let hub = Hub::new(["AAPL".into()], 64);
+        let budget = Budget::new(4 * SLOT, SLOT, SlowPolicy::Conflate);
+        let (outbox, mut rx) = Outbox::in_budget(7, 64, SlowPolicy::Conflate, budget.clone());
+        let behind: Behind = Arc::new(AtomicU64::new(0));
+        let start = Start {
+            snapshot: false,
+            ..Start::default()
+        };
+        assert!(hub.subscribe("AAPL", &outbox, &behind, &start));
+        // Another session's backlog puts the node over its bound.
+        budget.add(5 * SLOT);
+        hub.publish(tick("e1", 1));
+        assert_eq!(behind.load(Ordering::Acquire), 0, "under the floor: queued");
+        let held = budget.held();
+        hub.publish(tick("e1", 2));
+        assert_eq!(behind.load(Ordering::Acquire), 2, "past the floor: conflated");
+        assert_eq!(budget.held(), held, "nothing more counted");
+        let mut got = Vec::new();
+        assert_eq!(rx.take(&mut got, 100), 1);
+        budget.sub(5 * SLOT);
+        assert!(budget.held() <= 4 * SLOT);
     }
 
     /// An evicted session gives back what it queued at once and takes nothing more.
