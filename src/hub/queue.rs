@@ -731,7 +731,11 @@ mod tests {
         assert_eq!(behind.load(Ordering::Acquire), 0, "under the floor: queued");
         let held = budget.held();
         hub.publish(tick("e1", 2));
-        assert_eq!(behind.load(Ordering::Acquire), 2, "past the floor: conflated");
+        assert_eq!(
+            behind.load(Ordering::Acquire),
+            2,
+            "past the floor: conflated"
+        );
         assert_eq!(budget.held(), held, "nothing more counted");
         let mut got = Vec::new();
         assert_eq!(rx.take(&mut got, 100), 1);
