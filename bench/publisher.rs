@@ -57,6 +57,9 @@ pub struct Plan {
     pub record_from: u64,
     /// Skip this seq of symbol 0 (a gap injected on purpose).
     pub skip_seq: Option<u64>,
+    /// Rounds published before this plan under the same epoch: its first tick of each
+    /// symbol has seq `seq_base + 1` (a plan that continues another).
+    pub seq_base: u64,
     /// Order of the symbols within each round of N ticks.
     pub order: Order,
     /// Publish order books of this many levels a side instead of ticks.
@@ -230,7 +233,7 @@ impl Schedule {
         let mut snap = Vec::new();
         for i in a..b {
             let sym = self.rounds.symbol(i);
-            let mut seq = i / n + 1;
+            let mut seq = i / n + 1 + self.plan.seq_base;
             if let Some(skip) = self.plan.skip_seq {
                 if sym == 0 && seq >= skip {
                     seq += 1;

@@ -262,6 +262,7 @@ fn start_publisher(
         end: w.until,
         record_from: w.record_from,
         skip_seq: c.skip_seq,
+        seq_base: 0,
         order: c.order,
         book_levels: load.book_levels,
         ride_outages: load

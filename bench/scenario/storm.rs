@@ -83,15 +83,15 @@ pub struct Args {
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     pub idle: Duration,
     /// Before anything connects, ticks are published into the node this long at
-    /// `--warmup-rate` (an epoch of their own), so that its tick history is full when
+    /// `--fill-rate` (whole rounds; the storm's ticks continue their seqs), so that its tick history is full when
     /// its memory is taken before the storm: the history is the node's steady state,
     /// not growth the storm caused. 0s: none.
     #[arg(long, default_value = "8s", value_parser = humantime::parse_duration)]
-    pub warmup: Duration,
-    /// Ticks per second of the warm-up (default: 100,000 — 800,000 ticks in 8 s, more
-    /// than 500 symbols × 1,024 ticks of history).
+    pub fill: Duration,
+    /// Ticks per second of the `--fill` (default: 100,000 — 1,600 rounds of 500
+    /// symbols in 8 s, more than the 1,024 ticks of history a symbol keeps).
     #[arg(long, default_value_t = 100_000.0)]
-    pub warmup_rate: f64,
+    pub fill_rate: f64,
     /// After the storm the stalled connections read this long (to see how the node
     /// closed them), then close.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
@@ -503,7 +503,7 @@ fn storm_once(ctx: &mut Ctx, a: &Args, b: &Binary, run: usize) -> anyhow::Result
         per_conn: a.stalled_symbols,
         symbols: a.symbols,
     };
-    warm_up(a, port)?;
+    let seq_base = fill(a, port)?;
     let mut healthy = open_group(&url, healthy_shape, Behaviour::Healthy, 1, 0)?;
     let (before_kb, idle) = idle_rss(pid, a.idle)?;
     let mut stalled = open_group(
@@ -521,11 +521,12 @@ fn storm_once(ctx: &mut Ctx, a: &Args, b: &Binary, run: usize) -> anyhow::Result
     let plan = Plan {
         rate: a.rate,
         symbols: a.symbols,
-        epoch: format!("storm{}", std::process::id()),
+        epoch: storm_epoch(),
         t0: tl.t0,
         end: tl.until,
         record_from: tl.t0,
         skip_seq: None,
+        seq_base,
         order: ctx.common.order,
         book_levels: None,
         ride_outages: false,
@@ -565,30 +566,48 @@ fn storm_once(ctx: &mut Ctx, a: &Args, b: &Binary, run: usize) -> anyhow::Result
     Ok(outcome(a, b, run, g))
 }
 
-/// Fills the node's tick history before its memory is taken (`--warmup`): ticks of
-/// an epoch of their own into its `/v1/publish`, nobody subscribed.
-fn warm_up(a: &Args, port: u16) -> anyhow::Result<()> {
-    if a.warmup.is_zero() {
-        return Ok(());
+/// Fills the node's tick history before its memory is taken (`--fill`): whole
+/// rounds of ticks into its `/v1/publish` with nobody subscribed, under the storm's
+/// epoch. Returns the rounds published: the storm's ticks continue their seqs, so a
+/// reading connection sees one stream, with no reset between the two.
+fn fill(a: &Args, port: u16) -> anyhow::Result<u64> {
+    let rounds = (a.fill.as_secs_f64() * a.fill_rate / a.symbols as f64).floor() as u64;
+    if rounds == 0 {
+        return Ok(0);
     }
+    let ticks = rounds * a.symbols as u64;
     let t0 = now_ns() + 200_000_000;
+    // The end falls half a tick after the last one due: exactly `rounds` rounds.
+    let span = (ticks as f64 - 0.5) / a.fill_rate;
     let plan = Plan {
-        rate: a.warmup_rate,
+        rate: a.fill_rate,
         symbols: a.symbols,
-        epoch: format!("warm{}", std::process::id()),
+        epoch: storm_epoch(),
         t0,
-        end: t0 + a.warmup.as_nanos() as u64,
+        end: t0 + (span * 1e9) as u64,
         record_from: t0,
         skip_seq: None,
+        seq_base: 0,
         order: Order::RoundRobin,
         book_levels: None,
         ride_outages: false,
     };
-    publisher::start(plan, Sink::Ws(format!("ws://127.0.0.1:{port}/v1/publish")))
+    let report = publisher::start(plan, Sink::Ws(format!("ws://127.0.0.1:{port}/v1/publish")))
         .join()
-        .map_err(|_| anyhow::anyhow!("the warm-up publisher panicked"))?
-        .context("warming the node up")?;
-    Ok(())
+        .map_err(|_| anyhow::anyhow!("the fill's publisher panicked"))?
+        .context("filling the node's history")?;
+    if report.published != ticks {
+        bail!(
+            "the fill published {} ticks, not the {ticks} of {rounds} whole rounds",
+            report.published
+        );
+    }
+    Ok(rounds)
+}
+
+/// The epoch of a storm's ticks (the fill's and the storm's alike).
+fn storm_epoch() -> String {
+    format!("storm{}", std::process::id())
 }
 
 /// Everything one storm measured, before it is judged.
