@@ -1070,6 +1070,8 @@ fn roll_restarts_every_node_and_the_clients_lose_nothing() {
         !dir.path().join("cluster/pids").exists(),
         "the cluster was stopped"
     );
+}
+
 #[test]
 fn a_stall_storm_is_measured_against_the_bound_and_spares_the_reading_connections() {
     // 8 connections × all 100 symbols stop reading at 5,000 ticks/s against a 1 MiB
