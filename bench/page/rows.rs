@@ -181,6 +181,21 @@ pub const ROWS: &[Row] = &[
         },
     },
     Row {
+        name: "connections-100k",
+        scenario: "connections",
+        what: "100,000 connections over six nodes joined by Redis (one process may hold 20,000 \
+               files here), 1 of 100 symbols each, 20 ticks/s through Redis (every connection \
+               gets a tick every 5 s), heartbeat rounds every 5 s: memory per connection over \
+               idle summed over the nodes, and p99.9 with the rounds in the window; all six \
+               nodes on one CPU, seven receiving processes on the other.",
+        command: "tickstream-bench connections --spawn --server-cpus 0 --client-cpus 1 --nodes 6 --source redis --shape 100000x1/100 --rate 20 --clients 7 --heartbeat 5s --duration 30s --runs 1",
+        history: None,
+        headline: Headline::Memory {
+            target: "tickstream-redis",
+            reference: "none",
+        },
+    },
+    Row {
         name: "slow-consumers",
         scenario: "slow-consumers",
         what: "one connection in ten stops reading for the window (queue 1,024): the healthy \
