@@ -59,6 +59,30 @@ async fn sticky_through_nginx_and_resume_on_another_node_after_kill_9() {
         by_cookie.len() > 1,
         "cookies spread clients over nodes: {by_cookie:?}"
     );
+    // The library client sends the same cookie through `ClientConfig::headers`.
+    for n in 1..=3 {
+        let key = format!("desk-{n}");
+        let by_raw = welcome_with_cookie(&nginx, &key).await;
+        let mut lib = tickstream::client::Client::new(tickstream::client::ClientConfig {
+            urls: vec![format!("ws://{}/v1/ws", nginx.addr())],
+            symbols: vec!["AAA".into()],
+            headers: vec![("Cookie".into(), format!("tickstream_node={key}"))],
+            ..Default::default()
+        })
+        .unwrap();
+        let node = loop {
+            match tokio::time::timeout(common::WAIT, lib.next())
+                .await
+                .expect("connected in time")
+                .unwrap()
+            {
+                tickstream::client::Event::Connected { node, .. } => break node,
+                _ => continue,
+            }
+        };
+        assert_eq!(node, by_raw, "the library client's cookie {key} decides its node");
+        lib.close().await;
+    }
 
     c.send(r#"{"op":"subscribe","symbols":["AAA"]}"#).await;
     assert_eq!(c.next().await["type"], "subscribed");

@@ -62,6 +62,10 @@ pub struct ClientConfig {
     /// before the old one closes (see the module documentation); `false`: wait for the
     /// close and reconnect as after any loss. Default: true.
     pub make_before_break: bool,
+    /// More request headers sent with every upgrade, e.g. a load balancer's affinity
+    /// cookie (`Cookie: tickstream_node=…`) so that clients behind one address spread
+    /// over its nodes. Default: none.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Default for ClientConfig {
@@ -83,6 +87,7 @@ impl Default for ClientConfig {
             encoding: Encoding::Json,
             report_every: Some(Duration::from_secs(10)),
             make_before_break: true,
+            headers: Vec::new(),
         }
     }
 }

@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 
-use super::connect::{connect_with, ClientTls, ConnectError};
+use super::connect::{connect_with_headers, ClientTls, ConnectError};
 use crate::tick::Symbol;
 
 type Stream = TokioIo<Upgraded>;
@@ -51,6 +51,7 @@ pub(super) struct Dialer {
     pub token: Option<String>,
     pub tls: Option<ClientTls>,
     pub timeout: Duration,
+    pub headers: Arc<[(String, String)]>,
 }
 
 /// The task of a connection, aborted when the connection is dropped.
@@ -184,7 +185,12 @@ impl Conn {
 async fn run(dialer: Dialer, url: String, tx: mpsc::Sender<Up>) {
     let attempt = tokio::time::timeout(
         dialer.timeout,
-        connect_with(&url, dialer.token.as_deref(), dialer.tls.as_ref()),
+        connect_with_headers(
+            &url,
+            dialer.token.as_deref(),
+            dialer.tls.as_ref(),
+            &dialer.headers,
+        ),
     )
     .await;
     let mut ws = match attempt {

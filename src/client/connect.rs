@@ -106,6 +106,18 @@ pub async fn connect_with(
     token: Option<&str>,
     tls: Option<&ClientTls>,
 ) -> Result<ClientWs, ConnectError> {
+    connect_with_headers(url, token, tls, &[]).await
+}
+
+/// Like [`connect_with`], sending `headers` with the upgrade besides its own (e.g. a
+/// load balancer's affinity cookie). A header name or value that HTTP does not allow is
+/// an error before anything is sent.
+pub async fn connect_with_headers(
+    url: &str,
+    token: Option<&str>,
+    tls: Option<&ClientTls>,
+    headers: &[(String, String)],
+) -> Result<ClientWs, ConnectError> {
     let bad = |why: &str| ConnectError::BadUrl {
         url: url.to_owned(),
         why: why.to_owned(),
@@ -154,6 +166,9 @@ pub async fn connect_with(
         .header("Sec-WebSocket-Version", "13");
     if let Some(t) = token {
         req = req.header(AUTHORIZATION, format!("Bearer {t}"));
+    }
+    for (name, value) in headers {
+        req = req.header(name.as_str(), value.as_str());
     }
     let req = req
         .body(Empty::<Bytes>::new())

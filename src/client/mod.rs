@@ -152,7 +152,9 @@ use tokio_util::sync::CancellationToken;
 pub use crate::backoff::{Backoff, BackoffConfig};
 pub use books::{BookMessage, LocalBook};
 pub use config::{ClientConfig, Subscription};
-pub use connect::{connect, connect_with, ClientTls, ClientWs, ConnectError};
+pub use connect::{
+    connect, connect_with, connect_with_headers, ClientTls, ClientWs, ConnectError,
+};
 pub use health::Health;
 pub use message::{Candle, Names, ServerMessage, StaleReason, SymbolState, TickMessage};
 
@@ -469,6 +471,15 @@ impl Client {
                 "report_every must be more than 0 (None sends no report)".into(),
             ));
         }
+        for (name, value) in &cfg.headers {
+            let ok = hyper::header::HeaderName::from_bytes(name.as_bytes()).is_ok()
+                && hyper::header::HeaderValue::from_str(value).is_ok();
+            if !ok {
+                return Err(ClientError::Config(format!(
+                    "header {name:?}: {value:?} is not a valid HTTP header"
+                )));
+            }
+        }
         let mut names = Names::default();
         let plan = Plan::new(&cfg, &mut names).map_err(ClientError::Config)?;
         let mut st = State {
@@ -505,6 +516,7 @@ impl Client {
                 token: cfg.token.clone(),
                 tls,
                 timeout: cfg.connect_timeout,
+                headers: cfg.headers.iter().cloned().collect(),
             },
             urls: cfg.urls.iter().map(|u| Arc::from(u.as_str())).collect(),
             url_idx: 0,
@@ -989,5 +1001,21 @@ mod tests {
             with_encoding("ws://h/v1/ws?token=a.b&encoding=json", Encoding::Binary),
             "ws://h/v1/ws?token=a.b&encoding=binary"
         );
+    }
+
+    #[test]
+    fn a_header_http_does_not_allow_is_refused_before_any_connection() {
+        let cfg = |name: &str, value: &str| ClientConfig {
+            symbols: vec!["AAPL".into()],
+            headers: vec![(name.into(), value.into())],
+            ..ClientConfig::default()
+        };
+        assert!(Client::new(cfg("Cookie", "tickstream_node=desk-1")).is_ok());
+        for (name, value) in [("Bad Name", "x"), ("Cookie", "a\nb"), ("", "x")] {
+            match Client::new(cfg(name, value)) {
+                Err(ClientError::Config(why)) => assert!(why.contains("header"), "{why}"),
+                _ => panic!("{name:?}: {value:?} was taken"),
+            }
+        }
     }
 }
