@@ -132,8 +132,10 @@ enum First {
     Live,
     /// The first value is sent as its `snapshot`.
     Snapshot,
-    /// The client holds this position: the first value continues it as a tick when it
-    /// is the next one, else it is announced (`gap`) and sent as a `snapshot`.
+    /// The client holds this position, which the symbol has not reached here yet (it
+    /// had no value, or the client came from a node further on): the first value past
+    /// it continues it as a tick when it is the next one, else what is missing is
+    /// announced (`gap`); values up to it are not sent.
     After(ResumeFrom),
 }
 
@@ -242,6 +244,9 @@ struct FanOut<'a> {
     dropped: u64,
     /// `gap` messages queued.
     notes: u64,
+    /// Subscribers that resumed from a position this tick does not reach yet: they
+    /// still wait (see [`First::After`]).
+    still_waiting: usize,
 }
 
 impl FanOut<'_> {
@@ -321,6 +326,12 @@ impl FanOut<'_> {
     /// Queues the first message of a subscriber that came before the symbol's first
     /// value, now that this tick is it (see [`First`]); it is live from now on.
     fn first(&mut self, history: &VecDeque<Arc<Entry>>, sub: &mut Subscriber, wakes: &mut Wakes) {
+        if let First::After(from) = &sub.first {
+            if ahead_of(self.entry, from) {
+                self.still_waiting += 1;
+                return;
+            }
+        }
         let queued = first_message(history, self.slot, sub, self.entry);
         self.count(queued);
         if queued {
@@ -630,6 +641,7 @@ impl Hub {
             delivered: 0,
             dropped: 0,
             notes: 0,
+            still_waiting: 0,
         };
         // Subscribers that came before the symbol's first value get it as a snapshot
         // (or as the continuation of the position they resumed from).
@@ -638,6 +650,7 @@ impl Hub {
         if !st.paced.is_empty() {
             fan.paced(&mut st, before.as_deref(), waiting, &self.pacer, wakes);
         }
+        st.waiting_first = fan.still_waiting;
         if !st.candled.is_empty() {
             if folded.any() {
                 st.candled.folded(slot, &folded, &self.pacer, wakes, tally);
@@ -1008,6 +1021,9 @@ fn begin(
     let push = |msg: Bytes, missed: u64| outbox.push(slot, behind, msg, missed);
     let enc = start.encoding;
     match &start.resume {
+        // Ticks this node has not received yet: they continue the client's position
+        // as they arrive.
+        Some(from) if ahead_of(&latest, from) => return First::After(from.clone()),
         Some(from) => replay(
             &st.history,
             &slot.symbol,
@@ -1131,6 +1147,21 @@ fn gap_note(symbol: &str, from: u64, to: u64, reason: GapReason) -> (Bytes, GapR
     }
     .to_json();
     (msg, reason)
+}
+
+/// How far past a node's latest seq a resume of the same epoch may be and still be
+/// waited for (see [`ahead_of`]).
+const AHEAD_LIMIT: u64 = 4096;
+
+/// Whether a client resuming from `from` holds ticks of `latest`'s epoch that this node
+/// has not received yet: it moved here from a node that was ahead (each node reads the
+/// bus on its own), so its next ticks are on their way. It then waits for them instead
+/// of being told its epoch was reset. Only with the epoch named, and at most
+/// [`AHEAD_LIMIT`] ahead: a position by seq alone, or further, may be of another epoch.
+fn ahead_of(latest: &Entry, from: &ResumeFrom) -> bool {
+    from.epoch.as_deref() == Some(&*latest.tick.epoch)
+        && from.seq > latest.tick.seq
+        && from.seq - latest.tick.seq <= AHEAD_LIMIT
 }
 
 /// Queues the replay of `symbol` after `from`, per the resume rules of the protocol,
@@ -1300,6 +1331,45 @@ mod tests {
             drain(&mut rx),
             vec!["gap 18-24 expired".to_string(), "snapshot 25".to_string()]
         );
+    }
+
+    #[test]
+    fn a_resume_ahead_of_this_node_waits_for_its_next_tick_instead_of_a_reset() {
+        let hub = Hub::new(["AAPL".into()], 100);
+        for s in 1..=5 {
+            hub.publish(tick(s));
+        }
+        // A client from a node that already had 7: 6 and 7 are on their way here.
+        let mut rx = sub(&hub, resume(7, Vec::new()));
+        assert!(drain(&mut rx).is_empty(), "nothing yet: it holds more than this node");
+        hub.publish(tick(6));
+        hub.publish(tick(7));
+        assert!(drain(&mut rx).is_empty(), "what it holds is not sent again");
+        hub.publish(tick(8));
+        hub.publish(tick(9));
+        assert_eq!(drain(&mut rx), vec!["tick 8", "tick 9"]);
+
+        // Waiting for 12, it learns of a hole the node saw (10..11 never came): the
+        // first tick past its position is replayed with the gap announced.
+        let mut rx = sub(&hub, resume(11, Vec::new()));
+        hub.publish(tick(13));
+        assert_eq!(drain(&mut rx), vec!["gap 12-12 upstream", "tick 13"]);
+
+        // By seq alone, or too far ahead, the position may be another epoch's: reset.
+        let mut by_seq = resume(20, Vec::new());
+        by_seq.resume.as_mut().unwrap().epoch = None;
+        let mut rx = sub(&hub, by_seq);
+        assert_eq!(drain(&mut rx), vec!["gap 21-21 reset", "snapshot 13"]);
+        let mut rx = sub(&hub, resume(13 + AHEAD_LIMIT + 1, Vec::new()));
+        let far = 13 + AHEAD_LIMIT + 2;
+        assert_eq!(
+            drain(&mut rx),
+            vec![format!("gap {far}-{far} reset"), "snapshot 13".to_string()]
+        );
+        // A new epoch while it waits: reset.
+        let mut rx = sub(&hub, resume(15, Vec::new()));
+        hub.publish(super::conflation_tests::tick("e2", 1));
+        assert_eq!(drain(&mut rx), vec!["gap 16-16 reset", "snapshot 1"]);
     }
 
     #[test]
