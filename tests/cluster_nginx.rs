@@ -80,7 +80,10 @@ async fn sticky_through_nginx_and_resume_on_another_node_after_kill_9() {
                 _ => continue,
             }
         };
-        assert_eq!(node, by_raw, "the library client's cookie {key} decides its node");
+        assert_eq!(
+            node, by_raw,
+            "the library client's cookie {key} decides its node"
+        );
         lib.close().await;
     }
 

@@ -152,9 +152,7 @@ use tokio_util::sync::CancellationToken;
 pub use crate::backoff::{Backoff, BackoffConfig};
 pub use books::{BookMessage, LocalBook};
 pub use config::{ClientConfig, Subscription};
-pub use connect::{
-    connect, connect_with, connect_with_headers, ClientTls, ClientWs, ConnectError,
-};
+pub use connect::{connect, connect_with, connect_with_headers, ClientTls, ClientWs, ConnectError};
 pub use health::Health;
 pub use message::{Candle, Names, ServerMessage, StaleReason, SymbolState, TickMessage};
 

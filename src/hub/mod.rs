@@ -1341,7 +1341,10 @@ mod tests {
         }
         // A client from a node that already had 7: 6 and 7 are on their way here.
         let mut rx = sub(&hub, resume(7, Vec::new()));
-        assert!(drain(&mut rx).is_empty(), "nothing yet: it holds more than this node");
+        assert!(
+            drain(&mut rx).is_empty(),
+            "nothing yet: it holds more than this node"
+        );
         hub.publish(tick(6));
         hub.publish(tick(7));
         assert!(drain(&mut rx).is_empty(), "what it holds is not sent again");
