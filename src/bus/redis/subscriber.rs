@@ -944,6 +944,11 @@ impl Handler for ShardHandler {
         let inner = &self.inner;
         if channel == inner.feeds_channel.as_bytes() {
             if let Some(beat) = Beat::parse(payload) {
+                // What the feed published before this beat goes first: a feed that
+                // stops cleanly says so right after its last ticks, often in the same
+                // read, and its symbols must not be stale before those.
+                self.flush();
+                let inner = &self.inner;
                 let mut stale = inner.liveness.lock().heard(&beat, Instant::now());
                 if beat.state == State::Down {
                     // The symbols it gave up, also those whose lease this node has not
