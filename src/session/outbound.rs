@@ -251,6 +251,8 @@ impl Outbound {
         if let Some(welcome) = self.welcome.take() {
             self.batch.push(welcome);
             self.rx.take(&mut self.batch, MAX_BATCH - 1);
+            #[cfg(feature = "fault-hooks")]
+            super::fault::writer(&self.node.settings, &self.batch);
             return Out::Messages(&self.batch);
         }
         loop {
