@@ -194,6 +194,17 @@ pub struct Placement {
     pub cpus: String,
 }
 
+impl Placement {
+    /// The process `pid` in the role `process`, with the CPUs it may run on now.
+    pub fn of(process: impl Into<String>, pid: u32) -> Placement {
+        Placement {
+            process: process.into(),
+            pid,
+            cpus: crate::spawn::cpus_allowed(pid),
+        }
+    }
+}
+
 /// What a run restarts in its window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -974,10 +974,10 @@ impl ServeArgs {
 }
 
 /// The reconnect notice when none is given: 4 s, or four fifths of the drain when that
-/// is shorter (a notice must end within the drain, and leave time to close). On a drain each client is told at a moment drawn
-/// in the first half of the notice: with 2 s, a node's 334 clients of a rolling restart
-/// moved within 1 s and raised tick p99 by 5 ms on a shared CPU; with 4 s, by 1.1 ms
-/// (`tickstream-bench roll`).
+/// is shorter (a notice must end within the drain, and leave time to close). On a
+/// drain each client is told at a moment drawn in the first half of the notice: with
+/// 2 s, a node's 334 clients of a rolling restart moved within 1 s and raised tick p99
+/// by 5 ms on a shared CPU; with 4 s, by 1.1 ms (`tickstream-bench roll`).
 fn default_reconnect_notice(drain: Duration) -> Duration {
     Duration::from_secs(4).min(drain * 4 / 5)
 }

@@ -318,6 +318,34 @@ pub fn reference_pairs(targets: &[Target]) -> Vec<(String, String)> {
     out
 }
 
+/// `rest` (an object) after what every `summary.json` begins with: the scenario, the
+/// command, when it started, the machine, the plot, the window, the clients and the
+/// placement asked for.
+pub(crate) fn summary_with_head(
+    ctx: &Ctx,
+    rest: serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    let mut summary = serde_json::json!({
+        "scenario": ctx.scenario,
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "command_line": command_line(std::env::args()),
+        "started_unix": ctx.started.duration_since(UNIX_EPOCH)?.as_secs(),
+        "started_utc": humantime::format_rfc3339_seconds(ctx.started).to_string(),
+        "plot": ctx.plot,
+        "machine": crate::report::machine(),
+        "duration_s": ctx.duration.as_secs_f64(),
+        "runs_per_target": ctx.runs,
+        "clients": ctx.common.clients,
+        "server_cpus": ctx.common.server_cpus,
+        "client_cpus": ctx.common.client_cpus,
+        "node_args": ctx.common.node_args,
+    });
+    if let (Some(head), serde_json::Value::Object(rest)) = (summary.as_object_mut(), rest) {
+        head.extend(rest);
+    }
+    Ok(summary)
+}
+
 /// Prints the medians and ratios, draws the percentile plot and writes `summary.json`
 /// with `extra` merged in. Returns the medians.
 pub fn finish(
@@ -344,28 +372,18 @@ pub fn finish(
         })
         .collect();
     crate::plot::percentiles(&ctx.out.join(LATENCY_PLOT), title, &curves)?;
-    let summary = serde_json::json!({
-        "scenario": ctx.scenario,
-        "command": std::env::args().collect::<Vec<_>>().join(" "),
-        "command_line": command_line(std::env::args()),
-        "started_unix": ctx.started.duration_since(UNIX_EPOCH)?.as_secs(),
-        "started_utc": humantime::format_rfc3339_seconds(ctx.started).to_string(),
-        "plot": ctx.plot,
-        "machine": report::machine(),
-        "duration_s": ctx.duration.as_secs_f64(),
-        "warmup_s": ctx.warmup.as_secs_f64(),
-        "runs_per_target": ctx.runs,
-        "clients": ctx.common.clients,
-        "server_cpus": ctx.common.server_cpus,
-        "client_cpus": ctx.common.client_cpus,
-        "client_cpu_list": ctx.client_cpus,
-        "redis_cpus": ctx.common.redis_cpus.clone().or(ctx.common.client_cpus.clone()),
-        "node_args": ctx.common.node_args,
-        "medians": medians,
-        "ratios": ratios,
-        "runs": runs,
-        "extra": extra,
-    });
+    let summary = summary_with_head(
+        ctx,
+        serde_json::json!({
+            "warmup_s": ctx.warmup.as_secs_f64(),
+            "client_cpu_list": ctx.client_cpus,
+            "redis_cpus": ctx.common.redis_cpus.clone().or(ctx.common.client_cpus.clone()),
+            "medians": medians,
+            "ratios": ratios,
+            "runs": runs,
+            "extra": extra,
+        }),
+    )?;
     report::write_summary(&ctx.out, &summary)?;
     Ok(medians)
 }

@@ -19,6 +19,7 @@ use tickstream::client::{Client, ClientConfig, Event, ServerMessage};
 use tokio_util::sync::CancellationToken;
 
 use crate::common::{parse_cpus, symbol_name, write_universe};
+use crate::measured::Placement;
 use crate::spawn;
 
 mod report;
@@ -584,11 +585,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let m = rt.block_on(measure(&a, &cl, server_cpus.as_deref()))?;
-    let placement: Vec<serde_json::Value> = cl
+    let placement: Vec<Placement> = cl
         .pids()
-        .iter()
-        .chain(std::iter::once(&("bench".to_owned(), std::process::id())))
-        .map(|(n, p)| serde_json::json!({"name": n, "pid": p, "cpus": spawn::cpus_allowed(*p)}))
+        .into_iter()
+        .chain(std::iter::once(("bench".to_owned(), std::process::id())))
+        .map(|(n, p)| Placement::of(n, p))
         .collect();
     let restarted = restarted_nodes(&before, &cl.pids());
     drop(cl);

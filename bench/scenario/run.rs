@@ -454,27 +454,27 @@ impl<'a> Progress<'a> {
 
 /// Where each process ran: the started servers, this process, the workers.
 fn placement(procs: &Procs, workers: &Workers) -> Vec<Placement> {
+    let mut placement = servers_and_publisher(procs);
+    for (i, pid) in workers.pids.iter().enumerate() {
+        placement.push(Placement::of(
+            format!("worker {i} ({})", load::source_addr(i)),
+            *pid,
+        ));
+    }
+    placement
+}
+
+/// Where the started servers and this process (the publisher) run.
+pub(super) fn servers_and_publisher(procs: &Procs) -> Vec<Placement> {
     let mut placement: Vec<Placement> = procs
         .list
         .iter()
-        .map(|p| Placement {
-            process: p.name.clone(),
-            pid: p.child.id(),
-            cpus: spawn::cpus_allowed(p.child.id()),
-        })
+        .map(|p| Placement::of(p.name.clone(), p.child.id()))
         .collect();
-    placement.push(Placement {
-        process: "tickstream-bench (publisher)".into(),
-        pid: std::process::id(),
-        cpus: spawn::cpus_allowed(std::process::id()),
-    });
-    for (i, pid) in workers.pids.iter().enumerate() {
-        placement.push(Placement {
-            process: format!("worker {i} ({})", load::source_addr(i)),
-            pid: *pid,
-            cpus: spawn::cpus_allowed(*pid),
-        });
-    }
+    placement.push(Placement::of(
+        "tickstream-bench (publisher)",
+        std::process::id(),
+    ));
     placement
 }
 

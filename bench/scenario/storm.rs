@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 use std::str::FromStr;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::Serialize;
@@ -21,7 +21,7 @@ use crate::measured::Placement;
 use crate::publisher::{self, Plan, Sink};
 use crate::spawn::{self, Procs};
 
-use super::{command_line, median, Ctx, Defaults};
+use super::{median, Ctx, Defaults};
 
 /// A stall storm against the node-wide bound on buffered output.
 #[derive(clap::Args, Debug)]
@@ -740,27 +740,10 @@ pub fn parse_bound(text: &str) -> Bound {
 
 /// Where each process ran: the node, this process, the receiving processes.
 fn placement(procs: &Procs, healthy: &Workers, stalled: &Workers) -> Vec<Placement> {
-    let mut out: Vec<Placement> = procs
-        .list
-        .iter()
-        .map(|p| Placement {
-            process: p.name.clone(),
-            pid: p.child.id(),
-            cpus: spawn::cpus_allowed(p.child.id()),
-        })
-        .collect();
-    out.push(Placement {
-        process: "tickstream-bench (publisher)".into(),
-        pid: std::process::id(),
-        cpus: spawn::cpus_allowed(std::process::id()),
-    });
+    let mut out = super::run::servers_and_publisher(procs);
     for (what, w) in [("reading", healthy), ("stalled", stalled)] {
         for (i, pid) in w.pids.iter().enumerate() {
-            out.push(Placement {
-                process: format!("{what} worker {i}"),
-                pid: *pid,
-                cpus: spawn::cpus_allowed(*pid),
-            });
+            out.push(Placement::of(format!("{what} worker {i}"), *pid));
         }
     }
     out
@@ -1088,36 +1071,26 @@ fn summary(
     by_binary: Vec<ByBinary>,
 ) -> anyhow::Result<()> {
     let passed = outcomes.iter().all(|o| o.failed.is_empty());
-    let s = serde_json::json!({
-        "scenario": ctx.scenario,
-        "command": std::env::args().collect::<Vec<_>>().join(" "),
-        "command_line": command_line(std::env::args()),
-        "started_unix": ctx.started.duration_since(UNIX_EPOCH)?.as_secs(),
-        "started_utc": humantime::format_rfc3339_seconds(ctx.started).to_string(),
-        "plot": ctx.plot,
-        "machine": crate::report::machine(),
-        "duration_s": ctx.duration.as_secs_f64(),
-        "runs_per_target": ctx.runs,
-        "clients": ctx.common.clients,
-        "server_cpus": ctx.common.server_cpus,
-        "client_cpus": ctx.common.client_cpus,
-        "node_args": ctx.common.node_args,
-        "extra": {
-            "stalled": a.stalled,
-            "stalled_symbols": a.stalled_symbols,
-            "healthy": a.healthy,
-            "healthy_symbols": a.healthy_symbols,
-            "symbols": a.symbols,
-            "rate": a.rate,
-            "bound_bytes": a.bound_mib << 20,
-            "slack_bytes": a.slack << 20,
-            "recover": a.recover,
-            "after_s": a.after.as_secs_f64(),
-            "send_buffer": a.send_buffer,
-            "passed": passed,
-            "by_binary": by_binary,
-            "storms": outcomes,
-        },
-    });
+    let s = super::summary_with_head(
+        ctx,
+        serde_json::json!({
+            "extra": {
+                "stalled": a.stalled,
+                "stalled_symbols": a.stalled_symbols,
+                "healthy": a.healthy,
+                "healthy_symbols": a.healthy_symbols,
+                "symbols": a.symbols,
+                "rate": a.rate,
+                "bound_bytes": a.bound_mib << 20,
+                "slack_bytes": a.slack << 20,
+                "recover": a.recover,
+                "after_s": a.after.as_secs_f64(),
+                "send_buffer": a.send_buffer,
+                "passed": passed,
+                "by_binary": by_binary,
+                "storms": outcomes,
+            },
+        }),
+    )?;
     crate::report::write_summary(&ctx.out, &s)
 }

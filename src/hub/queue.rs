@@ -332,18 +332,27 @@ impl Outbox {
         if let Refused::Full = why {
             match self.policy {
                 SlowPolicy::Conflate => {
-                    behind.store(missed, Ordering::Release);
-                    let slot: Arc<dyn Lagging> = slot.clone();
-                    self.lagging.lock().push((slot, behind.clone()));
-                    self.has_lagging.store(true, Ordering::Release);
+                    self.lag(slot, behind, missed);
                 }
                 SlowPolicy::Disconnect => {
                     self.overflowed.store(true, Ordering::Release);
+                    self.ready.notify_one();
                 }
             }
-            self.ready.notify_one();
         }
         false
+    }
+
+    /// Marks a subscription behind by `missed` and wakes the writer, which catches it
+    /// up once the queue has drained ([`Outbox::take_lagging`]). True when it is the
+    /// session's first subscription behind now.
+    fn lag<L: Lagging + 'static>(&self, slot: &Arc<L>, behind: &Behind, missed: u64) -> bool {
+        behind.store(missed, Ordering::Release);
+        let slot: Arc<dyn Lagging> = slot.clone();
+        self.lagging.lock().push((slot, behind.clone()));
+        let first = !self.has_lagging.swap(true, Ordering::AcqRel);
+        self.ready.notify_one();
+        first
     }
 
     /// A subscription's data refused for the node's bound ([`Refused::Over`]): under
@@ -353,13 +362,9 @@ impl Outbox {
     fn over_bound<L: Lagging + 'static>(&self, slot: &Arc<L>, behind: &Behind, missed: u64) {
         match self.policy {
             SlowPolicy::Conflate => {
-                behind.store(missed, Ordering::Release);
-                let slot: Arc<dyn Lagging> = slot.clone();
-                self.lagging.lock().push((slot, behind.clone()));
-                if !self.has_lagging.swap(true, Ordering::AcqRel) {
+                if self.lag(slot, behind, missed) {
                     self.budget.counted_conflation();
                 }
-                self.ready.notify_one();
             }
             SlowPolicy::Disconnect => {
                 if !self.evicted() {

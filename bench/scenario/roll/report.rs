@@ -178,7 +178,7 @@ pub fn report(
     out: &Path,
     started: SystemTime,
     m: &Measured,
-    placement: Vec<Value>,
+    placement: Vec<crate::measured::Placement>,
     restarted: Vec<String>,
 ) -> anyhow::Result<bool> {
     print_tables(m);

@@ -937,28 +937,32 @@ impl ShardHandler {
             Err(why) => inner.stats.dropped(&why),
         }
     }
+
+    /// A feed's heartbeat read from the feeds' channel: the symbols of a feed lost or
+    /// stopped become stale. What the feed published before this beat goes first: a
+    /// feed that stops cleanly says so right after its last ticks, often in the same
+    /// read, and its symbols must not be stale before those.
+    fn beat(&mut self, payload: &[u8]) {
+        let Some(beat) = Beat::parse(payload) else {
+            return;
+        };
+        self.flush();
+        let inner = &self.inner;
+        let mut stale = inner.liveness.lock().heard(&beat, Instant::now());
+        if beat.state == State::Down {
+            // The symbols it gave up, also those whose lease this node has not read yet.
+            inner.watched_ticks(&beat.lost, &mut stale);
+        }
+        inner.feeds_lost(stale);
+    }
 }
 
 impl Handler for ShardHandler {
     fn message(&mut self, channel: &[u8], payload: &[u8]) {
-        let inner = &self.inner;
-        if channel == inner.feeds_channel.as_bytes() {
-            if let Some(beat) = Beat::parse(payload) {
-                // What the feed published before this beat goes first: a feed that
-                // stops cleanly says so right after its last ticks, often in the same
-                // read, and its symbols must not be stale before those.
-                self.flush();
-                let inner = &self.inner;
-                let mut stale = inner.liveness.lock().heard(&beat, Instant::now());
-                if beat.state == State::Down {
-                    // The symbols it gave up, also those whose lease this node has not
-                    // read yet.
-                    inner.watched_ticks(&beat.lost, &mut stale);
-                }
-                inner.feeds_lost(stale);
-            }
-            return;
+        if channel == self.inner.feeds_channel.as_bytes() {
+            return self.beat(payload);
         }
+        let inner = &self.inner;
         let Some((topic, symbol)) = inner.channel_symbol(channel) else {
             inner.stats.malformed.fetch_add(1, Ordering::Relaxed);
             return;
