@@ -100,10 +100,14 @@ const ladderDom = (page) => page.evaluate(() => {
 
 const book = (page) => page.evaluate(() => window.__tickstream.book);
 
-/** Waits for the ladder of `symbol` holding a checked book of 10 levels a side. */
+/** Waits for the ladder of `symbol` holding a checked book of 10 levels a side, and
+ *  for the page to have drawn them (it draws on the next animation frame). */
 const ladderOf = (page, symbol, timeout = 5000) => until(page, `the ladder of ${symbol}`, (sym) => {
   const b = window.__tickstream.book;
-  return b && b.symbol === sym && b.valid && b.bids >= 10 && b.asks >= 10 && b.shownMs !== null ? b : null;
+  const drawn = (side) => [...document.querySelectorAll(`#lad-${side} .lv .px`)]
+    .filter((p) => p.textContent).length >= 10;
+  return b && b.symbol === sym && b.valid && b.bids >= 10 && b.asks >= 10 && b.shownMs !== null
+    && drawn("asks") && drawn("bids") ? b : null;
 }, symbol, timeout);
 
 /** The ladder as drawn: 10 levels a side, asks above bids, each side in price order
