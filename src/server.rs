@@ -334,10 +334,10 @@ impl Running {
     pub async fn shutdown(self) {
         let node = self.node;
         let deadline = tokio::time::Instant::now() + node.settings.drain;
-        node.draining.cancel();
+        node.drain();
         let _ = self.accept.await;
         wait_for_notice(&node).await;
-        node.shutdown.cancel();
+        node.shut_down();
         node.tasks.close();
         if tokio::time::timeout_at(deadline, node.tasks.wait())
             .await

@@ -57,6 +57,8 @@ pub(super) trait Member: Send + Sync {
     fn evicted(&self) -> bool;
     /// Closes it for the budget (4008).
     fn evict(&self);
+    /// Wakes its writer to look at its session again.
+    fn wake(&self);
 }
 
 /// The node-wide count of buffered output, its bound, and the sessions counted.
@@ -71,7 +73,8 @@ pub struct Budget {
     held: AtomicI64,
     /// Wakes the enforcer: the count passed the bound.
     over: Notify,
-    /// Every session counted, by id (only with a bound).
+    /// Every session counted, by id: the enforcer's candidates, and the writers
+    /// [`Budget::wake_all`] wakes.
     members: Mutex<HashMap<u64, Weak<dyn Member>>>,
     conflations: AtomicU64,
     closes: AtomicU64,
@@ -158,15 +161,26 @@ impl Budget {
 
     /// Counts session `id` among those the enforcer may act on.
     pub(super) fn join(&self, id: u64, member: Weak<dyn Member>) {
-        if self.bound != 0 {
-            self.members.lock().insert(id, member);
-        }
+        self.members.lock().insert(id, member);
     }
 
     /// Session `id` is gone.
     pub(super) fn leave(&self, id: u64) {
-        if self.bound != 0 {
-            self.members.lock().remove(&id);
+        self.members.lock().remove(&id);
+    }
+
+    /// Wakes the writer of every session counted, to look at its session again (the
+    /// node began to drain or to shut down). A writer waits on its own queue and timer
+    /// only, with no future per node-wide event kept in every idle connection.
+    pub fn wake_all(&self) {
+        let members: Vec<Arc<dyn Member>> = self
+            .members
+            .lock()
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for m in members {
+            m.wake();
         }
     }
 

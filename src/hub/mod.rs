@@ -31,7 +31,7 @@ pub mod queue;
 pub use budget::Budget;
 use pace::{PaceGroup, Pacer};
 pub use policy::SlowPolicy;
-pub use queue::{Behind, Lagging, Outbox, Receiver, Wakes, Writing, NEED_SNAPSHOT};
+pub use queue::{Behind, Lagging, Life, Outbox, Receiver, Wakes, Writing, NEED_SNAPSHOT};
 
 /// A tick as the hub keeps it: decoded, and encoded once as a `tick` message.
 #[derive(Debug)]
@@ -135,8 +135,9 @@ enum First {
     /// The client holds this position, which the symbol has not reached here yet (it
     /// had no value, or the client came from a node further on): the first value past
     /// it continues it as a tick when it is the next one, else what is missing is
-    /// announced (`gap`); values up to it are not sent.
-    After(ResumeFrom),
+    /// announced (`gap`); values up to it are not sent. Boxed: a subscriber is kept
+    /// for every subscription, and few wait this way.
+    After(Box<ResumeFrom>),
 }
 
 #[derive(Default)]
@@ -1013,7 +1014,7 @@ fn begin(
 ) -> First {
     let Some(latest) = st.latest.clone() else {
         return match &start.resume {
-            Some(from) => First::After(from.clone()),
+            Some(from) => First::After(Box::new(from.clone())),
             None if start.snapshot => First::Snapshot,
             None => First::Live,
         };
@@ -1023,7 +1024,7 @@ fn begin(
     match &start.resume {
         // Ticks this node has not received yet: they continue the client's position
         // as they arrive.
-        Some(from) if ahead_of(&latest, from) => return First::After(from.clone()),
+        Some(from) if ahead_of(&latest, from) => return First::After(Box::new(from.clone())),
         Some(from) => replay(
             &st.history,
             &slot.symbol,

@@ -17,6 +17,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -25,7 +26,7 @@ use tokio::sync::Notify;
 use super::budget::{head, Budget, Head, Member, SLOT};
 use super::policy::SlowPolicy;
 use super::{Hub, Slot};
-use crate::protocol::Encoding;
+use crate::protocol::{CloseCode, Encoding};
 
 /// A stream of a symbol that a subscription fell behind on (ticks, a book): it brings
 /// the subscription up to date when the writer has drained its queue.
@@ -74,6 +75,55 @@ enum Refused {
     Behind,
 }
 
+/// What the inbound and outbound sides of a session share beside the queue: when the
+/// client was last heard from, and a close the inbound side asked for. Kept in the
+/// [`Outbox`], which both sides hold already.
+#[derive(Debug)]
+pub struct Life {
+    start: Instant,
+    last_heard_ms: AtomicU64,
+    closing: Mutex<Option<(CloseCode, &'static str)>>,
+}
+
+impl Life {
+    /// Heard from just now.
+    pub fn new() -> Life {
+        Life {
+            start: Instant::now(),
+            last_heard_ms: AtomicU64::new(0),
+            closing: Mutex::new(None),
+        }
+    }
+
+    /// The client showed a sign of life.
+    pub fn heard(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_heard_ms.store(ms, Ordering::Relaxed);
+    }
+
+    pub fn last_heard(&self) -> tokio::time::Instant {
+        let ms = self.last_heard_ms.load(Ordering::Relaxed);
+        tokio::time::Instant::from_std(self.start + Duration::from_millis(ms))
+    }
+
+    /// Asks the outbound side to send what is queued, then close with `code`; the
+    /// caller wakes the writer ([`Outbox::wake_writer`]). The first close asked for
+    /// wins.
+    pub fn close(&self, code: CloseCode, reason: &'static str) {
+        self.closing.lock().get_or_insert((code, reason));
+    }
+
+    pub fn take_close(&self) -> Option<(CloseCode, &'static str)> {
+        self.closing.lock().take()
+    }
+}
+
+impl Default for Life {
+    fn default() -> Self {
+        Life::new()
+    }
+}
+
 /// The sending side of one session's outbound queue, shared with the hub.
 pub struct Outbox {
     id: u64,
@@ -82,7 +132,7 @@ pub struct Outbox {
     queue: Mutex<Queue>,
     /// Wakes the writer: the queue went from empty to non-empty, it overflowed, or the
     /// session asked it to look ([`Outbox::wake_writer`]).
-    ready: Notify,
+    ready: Ready,
     /// Wakes a session's own [`Outbox::send`] waiting for room.
     room: Notify,
     lagging: Mutex<Vec<(Arc<dyn Lagging>, Behind)>>,
@@ -90,12 +140,38 @@ pub struct Outbox {
     overflowed: AtomicBool,
     /// The node-wide budget it counts against.
     budget: Arc<Budget>,
+    life: Life,
     /// Bytes of the frame its writer is writing now.
     in_flight: AtomicU64,
     /// The budget's enforcer closes this session ([`Outbox::evict`]).
     evicted: AtomicBool,
-    /// Wakes a writer blocked in a write when the session is evicted.
-    abort: Notify,
+}
+
+/// What wakes an outbox's writer: a flag and the writer's waker. A writer polls it
+/// in place (no future of its own to keep, as a `Notify` would need, in every idle
+/// connection); a wake with no writer waiting is kept for its next look.
+#[derive(Default)]
+struct Ready {
+    set: AtomicBool,
+    waker: futures_util::task::AtomicWaker,
+}
+
+impl Ready {
+    fn notify(&self) {
+        self.set.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    fn poll(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if !self.set.swap(false, Ordering::AcqRel) {
+            self.waker.register(cx.waker());
+            // A wake between the look and the registration is not lost.
+            if !self.set.swap(false, Ordering::AcqRel) {
+                return std::task::Poll::Pending;
+            }
+        }
+        std::task::Poll::Ready(())
+    }
 }
 
 /// Writers to wake once a batch of messages is queued: each at most once per batch.
@@ -113,7 +189,7 @@ impl Wakes {
     pub fn wake(&mut self) {
         self.settle();
         for outbox in self.outboxes.drain(..) {
-            outbox.ready.notify_one();
+            outbox.ready.notify();
         }
     }
 
@@ -166,15 +242,15 @@ impl Outbox {
             capacity: capacity.max(1),
             policy,
             queue: Mutex::new(Queue::default()),
-            ready: Notify::new(),
+            ready: Ready::default(),
             room: Notify::new(),
             lagging: Mutex::new(Vec::new()),
             has_lagging: AtomicBool::new(false),
             overflowed: AtomicBool::new(false),
             budget,
+            life: Life::new(),
             in_flight: AtomicU64::new(0),
             evicted: AtomicBool::new(false),
-            abort: Notify::new(),
         });
         let member: std::sync::Weak<dyn Member> = Arc::downgrade(&outbox) as _;
         outbox.budget.join(id, member);
@@ -182,6 +258,11 @@ impl Outbox {
             outbox: outbox.clone(),
         };
         (outbox, rx)
+    }
+
+    /// When its client was last heard from, and a close its inbound side asked for.
+    pub fn life(&self) -> &Life {
+        &self.life
     }
 
     /// The session this queue belongs to.
@@ -216,6 +297,15 @@ impl Outbox {
         Ok(was_empty)
     }
 
+    /// Queues the session's first message (its `welcome`) in its new, empty queue.
+    pub fn first(&self, msg: Bytes) {
+        let n = cost(&msg);
+        if self.enqueue(msg, None).is_ok() {
+            self.budget.add(n);
+            self.ready.notify();
+        }
+    }
+
     /// Queues a message of the session's own (replies, errors), waiting for room.
     /// Returns false when the session is gone.
     pub async fn send(&self, msg: Bytes) -> bool {
@@ -230,7 +320,7 @@ impl Outbox {
                     Ok(was_empty) => {
                         self.budget.add(n);
                         if was_empty {
-                            self.ready.notify_one();
+                            self.ready.notify();
                         }
                         return true;
                     }
@@ -258,7 +348,7 @@ impl Outbox {
             Ok(was_empty) => {
                 self.budget.add(n);
                 if was_empty {
-                    self.ready.notify_one();
+                    self.ready.notify();
                 }
                 true
             }
@@ -306,7 +396,7 @@ impl Outbox {
             Err(Refused::Full) => {
                 if self.policy == SlowPolicy::Disconnect {
                     self.overflowed.store(true, Ordering::Release);
-                    self.ready.notify_one();
+                    self.ready.notify();
                 }
                 false
             }
@@ -336,7 +426,7 @@ impl Outbox {
                 }
                 SlowPolicy::Disconnect => {
                     self.overflowed.store(true, Ordering::Release);
-                    self.ready.notify_one();
+                    self.ready.notify();
                 }
             }
         }
@@ -351,7 +441,7 @@ impl Outbox {
         let slot: Arc<dyn Lagging> = slot.clone();
         self.lagging.lock().push((slot, behind.clone()));
         let first = !self.has_lagging.swap(true, Ordering::AcqRel);
-        self.ready.notify_one();
+        self.ready.notify();
         first
     }
 
@@ -387,7 +477,8 @@ impl Outbox {
 
     /// Closes the session for the budget: what it has queued is dropped at once (the
     /// writer closes with 4008 before writing anything queued), its writer is woken,
-    /// and a write it is blocked in is given up ([`Outbox::aborted`]).
+    /// and a write it is blocked in is given up at the writer's next look
+    /// ([`Watch`](crate::session::Watch)).
     pub(super) fn evict(&self) {
         self.evicted.store(true, Ordering::Release);
         let mut q = self.queue.lock();
@@ -396,31 +487,30 @@ impl Outbox {
         drop(q);
         drop(dropped);
         self.budget.sub(freed);
-        self.ready.notify_one();
-        self.abort.notify_waiters();
+        self.ready.notify();
         self.room.notify_waiters();
-    }
-
-    /// Resolves once the session is evicted: a writer races its writes against it.
-    pub async fn aborted(&self) {
-        loop {
-            let abort = self.abort.notified();
-            tokio::pin!(abort);
-            abort.as_mut().enable();
-            if self.evicted() {
-                return;
-            }
-            abort.await;
-        }
     }
 
     /// Counts a frame of `len` bytes that the writer is writing, until the returned
     /// guard is dropped.
     pub fn writing(&self, len: usize) -> Writing<'_> {
         let n = len as u64;
+        self.write_begins(n);
+        Writing { outbox: self, n }
+    }
+
+    /// Counts `n` bytes of a frame the writer begins to write, until
+    /// [`Outbox::write_ends`] (what [`Outbox::writing`] does for a writer that keeps
+    /// the count itself).
+    pub fn write_begins(&self, n: u64) {
         self.in_flight.fetch_add(n, Ordering::Relaxed);
         self.budget.add(n);
-        Writing { outbox: self, n }
+    }
+
+    /// The frame of `n` bytes counted by [`Outbox::write_begins`] is written or given up.
+    pub fn write_ends(&self, n: u64) {
+        self.in_flight.fetch_sub(n, Ordering::Relaxed);
+        self.budget.sub(n);
     }
 
     /// What the session holds now against the budget: queued and being written.
@@ -473,7 +563,7 @@ impl Outbox {
         self.has_lagging.store(true, Ordering::Release);
         drop(q);
         self.budget.sub(freed);
-        self.ready.notify_one();
+        self.ready.notify();
         self.room.notify_waiters();
         freed
     }
@@ -493,7 +583,7 @@ impl Outbox {
 
     /// Wakes the writer to look at its session again (a close was asked for).
     pub fn wake_writer(&self) {
-        self.ready.notify_one();
+        self.ready.notify();
     }
 }
 
@@ -587,8 +677,7 @@ pub struct Writing<'a> {
 
 impl Drop for Writing<'_> {
     fn drop(&mut self) {
-        self.outbox.in_flight.fetch_sub(self.n, Ordering::Relaxed);
-        self.outbox.budget.sub(self.n);
+        self.outbox.write_ends(self.n);
     }
 }
 
@@ -621,6 +710,22 @@ impl Receiver {
         n
     }
 
+    /// The queue this side receives from.
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+
+    /// Gives back the queue's room when nothing is queued: a writer going idle keeps
+    /// none (the next message queued takes room again).
+    pub fn release_room(&mut self) {
+        let mut q = self.outbox.queue.lock();
+        if q.items.is_empty() && q.items.capacity() > 0 {
+            let room = std::mem::take(&mut q.items);
+            drop(q);
+            drop(room);
+        }
+    }
+
     /// The oldest queued message, if any.
     pub fn try_recv(&mut self) -> Option<Bytes> {
         let mut one = Vec::with_capacity(1);
@@ -637,7 +742,13 @@ impl Receiver {
     /// overflow, or [`Outbox::wake_writer`]. It may resolve with nothing new (the
     /// caller looks and waits again). Cancel-safe: dropping it loses nothing.
     pub async fn woken(&self) {
-        self.outbox.ready.notified().await
+        std::future::poll_fn(|cx| self.poll_woken(cx)).await
+    }
+
+    /// [`Receiver::woken`] as a poll, for a writer that is a state machine of its own:
+    /// `Ready` once there is something to look at, else the task is woken when there is.
+    pub fn poll_woken(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        self.outbox.ready.poll(cx)
     }
 }
 
@@ -669,6 +780,10 @@ impl Member for Outbox {
 
     fn evict(&self) {
         Outbox::evict(self)
+    }
+
+    fn wake(&self) {
+        self.ready.notify()
     }
 }
 
@@ -838,10 +953,7 @@ mod tests {
         }
         assert_eq!(wakes.outboxes.len(), 1, "one wake for the batch");
         // Not woken yet: the writer, waiting, does not see the messages.
-        let woken = tokio::time::timeout(Duration::from_millis(20), async {
-            rx.outbox.ready.notified().await
-        })
-        .await;
+        let woken = tokio::time::timeout(Duration::from_millis(20), rx.woken()).await;
         assert!(woken.is_err());
         drop(wakes);
         tokio::time::timeout(Duration::from_secs(1), rx.woken())

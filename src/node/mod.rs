@@ -39,10 +39,11 @@ pub struct Node {
     pub hub: Arc<Hub>,
     /// Where ticks come from and go to.
     pub bus: Arc<dyn Bus>,
-    /// Cancelled when the node begins to drain: it stops accepting, and its sessions
-    /// send `reconnect` and close after the notice.
+    /// Cancelled when the node begins to drain ([`Node::drain`]): it stops accepting,
+    /// and its sessions send `reconnect` and close after the notice.
     pub draining: CancellationToken,
-    /// Cancelled when the node shuts down: what is still open closes now.
+    /// Cancelled when the node shuts down ([`Node::shut_down`]): what is still open
+    /// closes now.
     pub shutdown: CancellationToken,
     /// The node-wide bound on buffered output, and its count.
     pub budget: Arc<Budget>,
@@ -151,6 +152,20 @@ impl Node {
     pub fn take(&self, held: &[Key]) -> Ticket {
         let keys: Vec<_> = held.iter().map(|(st, s)| (topic(*st), s.clone())).collect();
         self.interest.take(&keys)
+    }
+
+    /// Begins the drain: cancels [`Node::draining`] and wakes every session's writer to
+    /// see it (a writer waits on nothing node-wide of its own).
+    pub fn drain(&self) {
+        self.draining.cancel();
+        self.budget.wake_all();
+    }
+
+    /// Shuts the node's sessions down: cancels [`Node::shutdown`] and wakes every
+    /// session's writer to close.
+    pub fn shut_down(&self) {
+        self.shutdown.cancel();
+        self.budget.wake_all();
     }
 
     /// Waits until the bus receives what `ticket` lists (see [`Interest::ready`]).

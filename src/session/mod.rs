@@ -14,7 +14,7 @@ pub mod outbound;
 pub mod plan;
 mod subscribe;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,14 +22,15 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::auth::Claims;
+pub use crate::hub::Life;
 use crate::hub::Outbox;
-use crate::node::{Key, Node};
+use crate::node::Node;
 use crate::protocol::command::Report;
 use crate::protocol::{
     self, ChannelName, CloseCode, Command, CommandError, Encoding, ErrorCode, ServerMsg, Stream,
 };
-pub use outbound::{Life, Out, Outbound, Transport, Watch};
-use subscribe::Held;
+pub use outbound::{Next, Out, Outbound, Transport, Watch};
+use subscribe::Subs;
 
 /// What the transport should do after a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,17 +88,13 @@ impl TokenBucket {
 pub struct Session {
     node: Arc<Node>,
     outbox: Arc<Outbox>,
-    life: Arc<Life>,
     /// Its subscriptions, each a symbol on a stream of a channel.
-    subs: HashMap<Key, Held>,
+    subs: Subs,
     /// The patterns it holds, by stream.
     patterns: BTreeSet<(Stream, String)>,
     bucket: TokenBucket,
     strikes: u32,
     claims: Option<Box<Claims>>,
-    /// The id sent in `welcome`: 128 random bits, sent as hex (an opaque label, not a
-    /// secret). Kept as the number: the text would be a heap string per connection.
-    label: u128,
     /// How its ticks and snapshots are encoded.
     encoding: Encoding,
 }
@@ -130,24 +127,18 @@ impl Session {
         let (outbox, rx) = Outbox::in_budget(id, cfg.queue, cfg.slow_policy, node.budget.clone());
         let bucket = TokenBucket::new(cfg.rate_limit, cfg.rate_burst);
         let expires = claims.as_ref().map(|c| c.remaining());
-        let life = Arc::new(Life::new());
         let session = Session {
             node: node.clone(),
             outbox: outbox.clone(),
-            life: life.clone(),
-            subs: HashMap::new(),
+            subs: Subs::default(),
             patterns: BTreeSet::new(),
             bucket,
             strikes: 0,
             claims,
-            // ThreadRng is a CSPRNG seeded from the OS: one id says nothing of another.
-            label: rand::random::<u128>(),
             encoding,
         };
         let welcome = session.welcome();
-        let out = Outbound::new(
-            node, rx, outbox, life, transport, encoding, expires, welcome,
-        );
+        let out = Outbound::new(node, rx, outbox, transport, encoding, expires, welcome);
         (session, out)
     }
 
@@ -159,7 +150,10 @@ impl Session {
     /// The `welcome` message.
     fn welcome(&self) -> Bytes {
         let cfg = &self.node.settings;
-        let label = format!("{:032x}", self.label);
+        // The id sent in `welcome`: 128 random bits, sent as hex (an opaque label, not a
+        // secret; nothing else refers to it, so it is not kept). ThreadRng is a CSPRNG
+        // seeded from the OS: one id says nothing of another.
+        let label = format!("{:032x}", rand::random::<u128>());
         ServerMsg::Welcome {
             node: &cfg.node,
             session: &label,
@@ -177,12 +171,12 @@ impl Session {
     /// The client showed a sign of life (any frame, a Pong included): the silence
     /// deadline moves.
     pub fn heard(&self) {
-        self.life.heard();
+        self.outbox.life().heard();
     }
 
     /// Asks the outbound side to send what is queued, then close with `code`.
     pub fn close(&self, code: CloseCode, reason: &'static str) -> Flow {
-        self.life.close(code, reason);
+        self.outbox.life().close(code, reason);
         self.outbox.wake_writer();
         Flow::Close(code, reason)
     }
@@ -303,6 +297,7 @@ impl Drop for Session {
 mod tests {
     use super::*;
     use crate::tick::Symbol;
+    use std::collections::HashMap;
     use std::time::Duration;
 
     #[test]
@@ -411,8 +406,12 @@ mod tests {
             }
             let (mut session, out) = Session::new(node.clone(), None, Transport::WebSocket);
             if at == "room" {
-                // A reply fills the queue: the `subscribed` reply waits for room.
-                assert!(session.outbox.send(Bytes::from_static(b"{}")).await);
+                // The `welcome`, queued first and not taken, fills the queue: the
+                // `subscribed` reply waits for room.
+                use futures_util::FutureExt;
+                assert!(out.has_queued());
+                let more = session.outbox.send(Bytes::from_static(b"{}"));
+                assert!(more.now_or_never().is_none(), "the queue is full");
             } else {
                 node.hub.publish(crate::hub::conflation_tests::tick("e", 5));
             }

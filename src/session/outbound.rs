@@ -8,13 +8,13 @@
 //! that is always behind still gets its heartbeats and its close on time. The
 //! transport only encodes and writes.
 
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
-use parking_lot::Mutex;
 
 use super::plan::{Due, Plan};
 use crate::hub::{Hub, Outbox, Receiver};
@@ -58,60 +58,21 @@ pub enum Out<'a> {
     Close(CloseCode, &'static str),
 }
 
-/// What the inbound and outbound sides of a session share: when the client was last
-/// heard from, and a close the inbound side asked for.
-#[derive(Debug)]
-pub struct Life {
-    start: Instant,
-    last_heard_ms: AtomicU64,
-    closing: Mutex<Option<(CloseCode, &'static str)>>,
-}
-
-impl Life {
-    /// Heard from just now.
-    pub fn new() -> Life {
-        Life {
-            start: Instant::now(),
-            last_heard_ms: AtomicU64::new(0),
-            closing: Mutex::new(None),
-        }
-    }
-
-    /// The client showed a sign of life.
-    pub fn heard(&self) {
-        let ms = self.start.elapsed().as_millis() as u64;
-        self.last_heard_ms.store(ms, Ordering::Relaxed);
-    }
-
-    fn last_heard(&self) -> tokio::time::Instant {
-        let ms = self.last_heard_ms.load(Ordering::Relaxed);
-        tokio::time::Instant::from_std(self.start + Duration::from_millis(ms))
-    }
-
-    /// Asks the outbound side to send what is queued, then close with `code`; the
-    /// caller wakes the writer ([`Outbox::wake_writer`]). The first close asked for
-    /// wins.
-    pub fn close(&self, code: CloseCode, reason: &'static str) {
-        self.closing.lock().get_or_insert((code, reason));
-    }
-
-    fn take_close(&self) -> Option<(CloseCode, &'static str)> {
-        self.closing.lock().take()
-    }
-}
-
-impl Default for Life {
-    fn default() -> Self {
-        Life::new()
-    }
+/// What [`Outbound::poll_next`] found: [`Out`] without the messages it borrows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Messages, in [`Outbound::out`].
+    Messages,
+    /// A heartbeat.
+    Heartbeat,
+    /// The close.
+    Close(CloseCode, &'static str),
 }
 
 /// The outbound side of one session, driven by its transport's writer.
 pub struct Outbound {
     node: Arc<Node>,
     rx: Receiver,
-    outbox: Arc<Outbox>,
-    life: Arc<Life>,
     transport: Transport,
     /// How the session's ticks and snapshots are encoded (for catching up).
     encoding: Encoding,
@@ -122,8 +83,8 @@ pub struct Outbound {
     /// deadline and the token's expiry comes first.
     timer: Pin<Box<tokio::time::Sleep>>,
     batch: Vec<Bytes>,
-    /// The `welcome`, sent first.
-    welcome: Option<Bytes>,
+    /// The `welcome` (queued first) has been taken.
+    started: bool,
     /// The close to return once what was queued before it has been sent.
     closing: Option<(CloseCode, &'static str)>,
     /// A close the server planned (drain, lifetime), told first with `reconnect`.
@@ -140,7 +101,6 @@ pub struct Outbound {
 /// does not read a frame does not answer Pings either).
 pub struct Watch {
     outbox: Arc<Outbox>,
-    life: Arc<Life>,
     /// Heartbeat + grace, on a transport that watches silence.
     silence: Option<Duration>,
 }
@@ -149,6 +109,11 @@ pub struct Watch {
 const EVICTION_CHECK: Duration = Duration::from_millis(100);
 
 impl Watch {
+    /// The session's queue, whose frames a writer counts against the node's budget.
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+
     /// Whether the write in progress should be given up now.
     pub fn give_up(&self) -> bool {
         self.outbox.evicted()
@@ -164,7 +129,7 @@ impl Watch {
     }
 
     fn silent_at(&self) -> Option<tokio::time::Instant> {
-        Some(self.life.last_heard() + self.silence?)
+        Some(self.outbox.life().last_heard() + self.silence?)
     }
 }
 
@@ -175,7 +140,6 @@ impl Outbound {
         node: Arc<Node>,
         rx: Receiver,
         outbox: Arc<Outbox>,
-        life: Arc<Life>,
         transport: Transport,
         encoding: Encoding,
         expires_in: Option<Duration>,
@@ -189,18 +153,17 @@ impl Outbound {
         let cfg = &node.settings;
         let plan =
             Plan::lifetime(now, cfg.max_connection_lifetime, cfg.reconnect_notice).map(Box::new);
+        outbox.first(welcome);
         Outbound {
             node,
             rx,
-            outbox,
-            life,
             transport,
             encoding,
             next_beat,
             expires: expires_in.map(|d| now + d),
             timer: Box::pin(tokio::time::sleep_until(next_beat)),
             batch: Vec::new(),
-            welcome: Some(welcome),
+            started: false,
             closing: None,
             plan,
             drained: false,
@@ -211,20 +174,39 @@ impl Outbound {
     /// The session's outbound queue (a writer counts its frames against the budget
     /// with it).
     pub fn outbox(&self) -> &Arc<Outbox> {
-        &self.outbox
+        self.rx.outbox()
     }
 
     /// What makes a writer give up a write it is blocked in (see [`Watch`]).
     pub fn watch(&self) -> Watch {
         let cfg = &self.node.settings;
         Watch {
-            outbox: self.outbox.clone(),
-            life: self.life.clone(),
+            outbox: self.outbox().clone(),
             silence: self
                 .transport
                 .closes_when_silent()
                 .then(|| cfg.heartbeat + cfg.heartbeat_grace),
         }
+    }
+
+    /// Whether the write a writer is blocked in should be given up now (as
+    /// [`Watch::give_up`], for a writer that holds the outbound side itself).
+    pub fn give_up(&self) -> bool {
+        self.outbox().evicted()
+            || self
+                .silent_at()
+                .is_some_and(|at| at <= tokio::time::Instant::now())
+    }
+
+    /// When to look again at [`Outbound::give_up`] while a write is blocked.
+    pub fn next_look(&self) -> tokio::time::Instant {
+        let soon = tokio::time::Instant::now() + EVICTION_CHECK;
+        self.silent_at().map_or(soon, |at| at.min(soon))
+    }
+
+    /// How long one frame's write may take (`--send-timeout`).
+    pub fn send_timeout(&self) -> Duration {
+        self.node.settings.send_timeout
     }
 
     /// Whether the session closed because the client fell silent: it is taken for
@@ -243,55 +225,75 @@ impl Outbound {
     /// the future (to answer a Ping, say) and call again without losing anything.
     /// After it returns [`Out::Close`], the transport writes the close and stops.
     pub async fn next(&mut self) -> Out<'_> {
+        let next = std::future::poll_fn(|cx| self.poll_next(cx)).await;
+        self.out(next)
+    }
+
+    /// What [`Outbound::poll_next`] found, as [`Outbound::next`] returns it.
+    pub fn out(&self, next: Next) -> Out<'_> {
+        match next {
+            Next::Messages => Out::Messages(&self.batch),
+            Next::Heartbeat => Out::Heartbeat,
+            Next::Close(code, reason) => Out::Close(code, reason),
+        }
+    }
+
+    /// [`Outbound::next`] as a poll, for a writer that is a state machine of its own:
+    /// what is due now, or `Pending` with the task woken when something may be (its
+    /// queue, its timer, the node's drain or shutdown — [`Node::drain`]). The messages
+    /// of [`Next::Messages`] are in [`Outbound::out`] until the next call. A session
+    /// that waits holds no batch and no queue room.
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Next> {
         self.batch.clear();
         if self.batch.capacity() > KEEP_BATCH {
             // A burst's batch is not kept by a connection that goes back to idle.
             self.batch = Vec::new();
         }
-        if let Some(welcome) = self.welcome.take() {
-            self.batch.push(welcome);
-            self.rx.take(&mut self.batch, MAX_BATCH - 1);
+        if !self.started {
+            // The `welcome` heads the queue: it goes first, whatever else is due.
+            self.started = true;
+            self.rx.take(&mut self.batch, MAX_BATCH);
             #[cfg(feature = "fault-hooks")]
             super::fault::writer(&self.node.settings, &self.batch);
-            return Out::Messages(&self.batch);
+            return Poll::Ready(Next::Messages);
         }
         loop {
             self.batch.clear();
             if let Some((code, reason)) = self.forced_close() {
-                return Out::Close(code, reason);
+                return Poll::Ready(Next::Close(code, reason));
             }
-            if let Some(close) = self.life.take_close() {
+            if let Some(close) = self.outbox().life().take_close() {
                 // What the session queued before closing (errors, replies) goes first.
                 self.rx.take(&mut self.batch, usize::MAX);
                 if self.batch.is_empty() {
-                    return Out::Close(close.0, close.1);
+                    return Poll::Ready(Next::Close(close.0, close.1));
                 }
                 self.closing = Some(close);
-                return Out::Messages(&self.batch);
+                return Poll::Ready(Next::Messages);
             }
             // The clock before the queue: a backlog delays no heartbeat and no close.
             let now = tokio::time::Instant::now();
             match self.planned(now) {
-                Some(Due::Close(code, reason)) => return Out::Close(code, reason),
+                Some(Due::Close(code, reason)) => return Poll::Ready(Next::Close(code, reason)),
                 Some(Due::Notice(msg)) => {
                     self.batch.push(msg);
-                    return Out::Messages(&self.batch);
+                    return Poll::Ready(Next::Messages);
                 }
                 None => {}
             }
             if let Some(due) = self.due(now) {
-                return due;
+                return Poll::Ready(due);
             }
             self.rx.take(&mut self.batch, MAX_BATCH);
-            if self.outbox.overflowed() {
-                return Out::Close(CloseCode::SlowConsumer, "slow consumer");
+            if self.outbox().overflowed() {
+                return Poll::Ready(Next::Close(CloseCode::SlowConsumer, "slow consumer"));
             }
-            if self.outbox.has_lagging() && self.rx.is_empty() {
-                for (slot, behind) in self.outbox.take_lagging() {
+            if self.outbox().has_lagging() && self.rx.is_empty() {
+                for (slot, behind) in self.outbox().take_lagging() {
                     Hub::catch_up(
                         &slot,
                         &behind,
-                        self.outbox.id(),
+                        self.outbox().id(),
                         self.encoding,
                         &mut self.batch,
                     );
@@ -300,25 +302,21 @@ impl Outbound {
             if !self.batch.is_empty() {
                 #[cfg(feature = "fault-hooks")]
                 super::fault::writer(&self.node.settings, &self.batch);
-                return Out::Messages(&self.batch);
+                return Poll::Ready(Next::Messages);
             }
-            // Nothing to send: wait for the queue or the next deadline.
+            // Nothing to send: wait for the queue or the next deadline. The node's drain
+            // and shutdown wake the queue (`Node::drain`).
             let wake_at = self.next_deadline();
             if self.timer.deadline() != wake_at {
                 self.timer.as_mut().reset(wake_at);
             }
-            // The drain's token is a child of the shutdown's: until the drain is seen,
-            // waiting for it wakes on either.
-            let end = match self.drained {
-                false => &self.node.draining,
-                true => &self.node.shutdown,
-            };
-            tokio::select! {
-                biased;
-                _ = end.cancelled() => {}
-                _ = self.rx.woken() => {}
-                _ = self.timer.as_mut() => {}
+            if self.timer.as_mut().poll(cx).is_ready() || self.rx.poll_woken(cx).is_ready() {
+                continue;
             }
+            // Idle: no room kept for a batch, here or in the queue.
+            self.batch = Vec::new();
+            self.rx.release_room();
+            return Poll::Pending;
         }
     }
 
@@ -331,7 +329,7 @@ impl Outbound {
         if self.node.shutdown.is_cancelled() {
             return Some((CloseCode::GoingAway, "server shutting down"));
         }
-        if self.outbox.evicted() {
+        if self.outbox().evicted() {
             return Some((CloseCode::SlowConsumer, "slow consumer: node output bound"));
         }
         None
@@ -352,17 +350,17 @@ impl Outbound {
     /// the silence deadline close at once (what is still queued is not sent: the token
     /// no longer allows it, or the client is gone); a heartbeat goes out between two
     /// batches, so the messages stay in order (at most one batch's write late).
-    fn due(&mut self, now: tokio::time::Instant) -> Option<Out<'static>> {
+    fn due(&mut self, now: tokio::time::Instant) -> Option<Next> {
         if self.expires.is_some_and(|at| at <= now) {
-            return Some(Out::Close(CloseCode::Policy, "token expired"));
+            return Some(Next::Close(CloseCode::Policy, "token expired"));
         }
         if self.silent_at().is_some_and(|at| at <= now) {
             self.gone = true;
-            return Some(Out::Close(CloseCode::Normal, "heartbeat timeout"));
+            return Some(Next::Close(CloseCode::Normal, "heartbeat timeout"));
         }
         if self.next_beat <= now {
             self.next_beat = now + self.node.settings.heartbeat;
-            return Some(Out::Heartbeat);
+            return Some(Next::Heartbeat);
         }
         None
     }
@@ -372,7 +370,7 @@ impl Outbound {
         let cfg = &self.node.settings;
         self.transport
             .closes_when_silent()
-            .then(|| self.life.last_heard() + cfg.heartbeat + cfg.heartbeat_grace)
+            .then(|| self.outbox().life().last_heard() + cfg.heartbeat + cfg.heartbeat_grace)
     }
 
     /// The first of the heartbeat, the silence deadline, the token's expiry and the

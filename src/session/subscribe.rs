@@ -26,6 +26,66 @@ pub(super) struct Held {
     pub(super) behind: Behind,
 }
 
+/// A session's subscriptions by [`Key`]: a sorted vector, found by binary search. A
+/// connection holds a few keys more often than many, and a map's least table takes
+/// room for several (four times one key's, with its control bytes); the vector holds
+/// just what it has (see bench/RESULTS.md, `connections`).
+#[derive(Default)]
+pub(super) struct Subs(Vec<(Key, Held)>);
+
+impl Subs {
+    fn find(&self, key: &Key) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| k.cmp(key))
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub(super) fn contains_key(&self, key: &Key) -> bool {
+        self.find(key).is_ok()
+    }
+
+    pub(super) fn get(&self, key: &Key) -> Option<&Held> {
+        self.find(key).ok().map(|i| &self.0[i].1)
+    }
+
+    /// Holds `key` with `held`, in place of what it held before.
+    pub(super) fn insert(&mut self, key: Key, held: Held) {
+        match self.find(&key) {
+            Ok(i) => self.0[i].1 = held,
+            Err(i) => {
+                if self.0.len() == self.0.capacity() && self.0.len() < 4 {
+                    // Room for one more at a time while few are held.
+                    self.0.reserve_exact(1);
+                }
+                self.0.insert(i, (key, held));
+            }
+        }
+    }
+
+    pub(super) fn remove(&mut self, key: &Key) -> Option<Held> {
+        self.remove_entry(key).map(|(_, h)| h)
+    }
+
+    pub(super) fn remove_entry(&mut self, key: &Key) -> Option<(Key, Held)> {
+        let i = self.find(key).ok()?;
+        Some(self.0.remove(i))
+    }
+
+    pub(super) fn keys(&self) -> impl Iterator<Item = &Key> {
+        self.0.iter().map(|(k, _)| k)
+    }
+
+    /// Takes every key out.
+    pub(super) fn drain_keys(&mut self) -> Vec<Key> {
+        std::mem::take(&mut self.0)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect()
+    }
+}
+
 /// The symbols a `subscribe` takes, once checked: those it named that may be served,
 /// then those its patterns matched.
 struct Admitted {
@@ -366,7 +426,7 @@ impl Session {
     /// Every subscription and pattern given up (the session ends).
     pub(super) fn release_all(&mut self) {
         self.patterns.clear();
-        let all: Vec<Key> = self.subs.drain().map(|(k, _)| k).collect();
+        let all: Vec<Key> = self.subs.drain_keys();
         self.node.release(self.id(), &all);
     }
 }

@@ -24,7 +24,7 @@ use std::future::poll_fn;
 use std::mem::MaybeUninit;
 use std::num::NonZeroU32;
 use std::pin::Pin;
-use std::task::{ready, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use fastwebsockets::{Frame, OpCode, Payload};
@@ -395,14 +395,7 @@ impl FrameBudget {
 /// for broken framing) is left unread: the caller's bound on the time is then what the
 /// client has to read the Close before the connection goes. The caller bounds the time.
 pub async fn discard<S: AsyncRead + Unpin>(mut reader: FrameReader, mut io: S) {
-    loop {
-        match reader.read(&mut io).await {
-            Ok(frame) if frame.opcode == OpCode::Close => return,
-            Ok(_) => {}
-            Err(ReadError::Gone) => return,
-            Err(ReadError::Refused(_)) => return std::future::pending().await,
-        }
-    }
+    poll_fn(|cx| reader.poll_discard(cx, &mut io)).await
 }
 
 /// Reads and drops raw bytes until EOF or an error.
@@ -508,14 +501,57 @@ impl FrameReader {
     /// Reads the next frame, its payload unmasked. Cancel-safe: bytes read are kept for
     /// the next call.
     pub async fn read<S: AsyncRead + Unpin>(&mut self, io: &mut S) -> Result<Frame<'_>, ReadError> {
+        poll_fn(|cx| self.poll_frame(cx, io)).await?;
+        self.take_frame()
+    }
+
+    /// Reads until a whole frame (or a header to refuse) is held, for a reader that is
+    /// a state machine of its own; [`FrameReader::take_frame`] then takes it.
+    pub fn poll_frame<S: AsyncRead + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut S,
+    ) -> Poll<Result<(), ReadError>> {
         self.release();
-        let head = loop {
-            let need = match self.head()? {
-                Some(h) if self.buf.len() - self.pos >= h.len + h.payload => break h,
-                Some(h) => h.len + h.payload,
-                None => 14,
+        loop {
+            let need = match self.head() {
+                Err(_) => return Poll::Ready(Ok(())),
+                Ok(Some(h)) if self.buf.len() - self.pos >= h.len + h.payload => {
+                    return Poll::Ready(Ok(()))
+                }
+                Ok(Some(h)) => h.len + h.payload,
+                Ok(None) => 14,
             };
-            self.fill(io, need).await?;
+            ready!(self.poll_fill(cx, io, need))?;
+        }
+    }
+
+    /// [`discard`] as a poll, on this reader: `Ready` at the client's Close, EOF or an
+    /// error; never once the stream no longer parses as frames.
+    pub fn poll_discard<S: AsyncRead + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut S,
+    ) -> Poll<()> {
+        loop {
+            if let Err(ReadError::Gone) = ready!(self.poll_frame(cx, io)) {
+                return Poll::Ready(());
+            }
+            match self.take_frame() {
+                Ok(frame) if frame.opcode == OpCode::Close => return Poll::Ready(()),
+                Ok(_) => {}
+                Err(ReadError::Gone) => return Poll::Ready(()),
+                // Left unread: the caller's bound on the time ends the wait.
+                Err(ReadError::Refused(_)) => return Poll::Pending,
+            }
+        }
+    }
+
+    /// The frame [`FrameReader::poll_frame`] found held, its payload unmasked.
+    pub fn take_frame(&mut self) -> Result<Frame<'_>, ReadError> {
+        let head = match self.head()? {
+            Some(h) if self.buf.len() - self.pos >= h.len + h.payload => h,
+            _ => return Err(ReadError::Gone),
         };
         let start = self.pos + head.len;
         self.pos = start + head.payload;
@@ -728,37 +764,44 @@ impl FrameReader {
     /// Reads more, towards `need` bytes from the frame's start. The buffer grows with
     /// what arrives (at most doubling what is held), not with what a header announces:
     /// a header alone never makes the node hold its announced length.
-    async fn fill<S: AsyncRead + Unpin>(
+    fn poll_fill<S: AsyncRead + Unpin>(
         &mut self,
+        cx: &mut Context<'_>,
         io: &mut S,
         need: usize,
-    ) -> Result<(), ReadError> {
+    ) -> Poll<Result<(), ReadError>> {
         if self.pos > 0 {
             self.buf.drain(..self.pos);
             self.pos = 0;
         }
-        let read = poll_fn(|cx| {
-            if self.buf.is_empty() {
-                // Nothing held: read on the stack, and keep only what arrived.
-                let mut stack = [MaybeUninit::<u8>::uninit(); STACK_READ];
-                let mut rb = ReadBuf::uninit(&mut stack);
-                ready!(Pin::new(&mut *io).poll_read(cx, &mut rb))?;
-                self.buf.extend_from_slice(rb.filled());
-                return Poll::Ready(Ok::<usize, std::io::Error>(rb.filled().len()));
+        let read = if self.buf.is_empty() {
+            // Nothing held: read on the stack, and keep only what arrived.
+            let mut stack = [MaybeUninit::<u8>::uninit(); STACK_READ];
+            let mut rb = ReadBuf::uninit(&mut stack);
+            match ready!(Pin::new(&mut *io).poll_read(cx, &mut rb)) {
+                Ok(()) => {
+                    self.buf.extend_from_slice(rb.filled());
+                    Ok(rb.filled().len())
+                }
+                Err(e) => Err(e),
             }
+        } else {
             let missing = need.saturating_sub(self.buf.len());
             self.buf
                 .reserve(missing.clamp(1, self.buf.len().max(STACK_READ)));
-            tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, &mut self.buf)
-        })
-        .await;
-        match read {
+            ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut *io),
+                cx,
+                &mut self.buf
+            ))
+        };
+        Poll::Ready(match read {
             Ok(n) if n > 0 => {
                 self.fresh = true;
                 Ok(())
             }
             _ => Err(ReadError::Gone),
-        }
+        })
     }
 }
 

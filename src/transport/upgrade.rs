@@ -47,23 +47,29 @@ where
     // The stream's place at the door, held until the connection ends. With debug
     // logging on, its lines in the log name the client's address; at the default
     // level the span is not made at all (an enabled one costs ~300 bytes of every
-    // open connection's memory).
+    // open connection's memory), and not carried either.
     let hold = req.extensions_mut().remove::<Hold>();
     let span = match req.extensions().get::<ClientAddr>() {
         Some(ClientAddr(client)) => tracing::debug_span!("conn", %client),
         None => tracing::debug_span!("conn"),
     };
     let tasks = node.tasks.clone();
-    tasks.spawn(
-        async move {
-            let _held = hold;
-            match fut.await {
-                Ok(ws) => serve(node, ws.into_inner()).await,
-                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
-            }
-        }
-        .instrument(span),
-    );
+    let conn = async move {
+        let _held = hold;
+        // The handshake's `WebSocket` is gone before the connection is served: a value
+        // held across the await would take room in every connection's task.
+        let io = match fut.await {
+            Ok(ws) => ws.into_inner(),
+            Err(e) => return tracing::debug!(error = %e, "upgrade failed"),
+        };
+        serve(node, io).await
+    };
+    // Without debug logging the span is disabled: the task then carries no span at all.
+    if span.is_disabled() {
+        tasks.spawn(conn);
+    } else {
+        tasks.spawn(conn.instrument(span));
+    }
     let (parts, _) = resp.into_parts();
     Response::from_parts(parts, Full::new(Bytes::new()))
 }

@@ -1,5 +1,6 @@
 //! The WebSocket transport of the subscriber stream: one reader and one writer per
-//! connection, both in the connection's one task, moving frames for a [`Session`].
+//! connection, state machines polled together in the connection's one task, moving
+//! frames for a [`Session`].
 //!
 //! The reader turns frames into whole messages ([`frames`](super::frames)) and hands
 //! them to the session; the writer writes what the session's [`Outbound`] says — every
@@ -9,12 +10,12 @@
 //! client's Pings. Limits, deadlines and catching up are the session's. A panic in the
 //! connection's code ends that connection alone, with 1011.
 
-use std::collections::VecDeque;
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,8 +23,7 @@ use fastwebsockets::OpCode;
 use futures_util::FutureExt;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::Notify;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::frames::{
     self, send, Fragments, FrameBudget, FrameReader, Message, ReadError, Reassembler, HEAD_ROOM,
@@ -36,7 +36,7 @@ use crate::config::Settings;
 use crate::hub::Outbox;
 use crate::node::Node;
 use crate::protocol::{binary, CloseCode, Encoding};
-use crate::session::{Flow, Inbound, Out, Outbound, Session, Transport, Watch};
+use crate::session::{Flow, Inbound, Next, Out, Outbound, Session, Transport};
 
 /// Answers `GET /v1/ws` from a client the token check let in with `claims`: reads the
 /// `encoding` it asks for (400 when unknown), then upgrades and serves the connection.
@@ -78,18 +78,14 @@ pub async fn serve<S>(
     let metrics = crate::metrics::global();
     metrics.ws_connections.fetch_add(1, Ordering::Relaxed);
     node.connections.fetch_add(1, Ordering::Relaxed);
-    let (read, mut write) = tokio::io::split(io);
-    let mut read = Reader {
-        frames: FrameReader::new(node.settings.max_msg_bytes),
-        io: read,
-    };
+    let mut io = io;
     // Set while a frame is half written: no other frame may follow it then.
     let mid_frame = AtomicBool::new(false);
-    let run = drive(&node, claims, encoding, &mut read, &mut write, &mid_frame);
+    let run = drive(&node, claims, encoding, &mut io, &mid_frame);
     let wrote = match AssertUnwindSafe(run).catch_unwind().await {
         Ok(wrote) => wrote,
         Err(panic) => {
-            Box::pin(contain(&node, panic, &mut read, &mut write, &mid_frame)).await;
+            Box::pin(contain(&node, panic, &mut io, &mid_frame)).await;
             Wrote::Closed
         }
     };
@@ -101,41 +97,37 @@ pub async fn serve<S>(
 }
 
 /// Serves the connection with a session of its own until it ends; says how the writer
-/// ended. (The session is made here rather than passed in: an async function's
+/// ended. The reader and the writer are one state machine each, polled together in
+/// the connection's one task: an idle connection holds what they need between two
+/// events and nothing more (no second task, no split of the stream, no future per
+/// wait). (The session is made here rather than passed in: an async function's
 /// arguments take room in its future of their own.)
 async fn drive<S>(
     node: &Arc<Node>,
     claims: Option<Box<Claims>>,
     encoding: Encoding,
-    read: &mut Reader<S>,
-    write: &mut WriteHalf<S>,
+    io: &mut S,
     mid_frame: &AtomicBool,
 ) -> Wrote
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
-    // The outbound side lives here and the writer borrows it: moved into the writer's
-    // future, it would be held twice there (the argument and the moved-to local).
-    let (mut session, mut outbound) =
+    let (mut session, mut out) =
         Session::with_encoding(node.clone(), claims, Transport::WebSocket, encoding);
-    let timeout = node.settings.send_timeout;
-    let pongs = Pongs::default();
-    // The writer runs beside the reader in this task, not in a task of its own: an
-    // idle connection then costs one task allocation, not two.
-    let writer = write_loop(write, &mut outbound, &pongs, timeout, mid_frame);
-    tokio::pin!(writer);
-    let ended = tokio::select! {
-        flow = read_loop(read, &mut session, &pongs, &node.settings) => Ok(flow),
-        wrote = &mut writer => Err(wrote),
-    };
+    let cfg = &node.settings;
+    let timeout = cfg.send_timeout;
+    let mut w = Writer::new(out.outbox().clone(), mid_frame);
+    let mut frames = FrameReader::new(cfg.max_msg_bytes);
+    let ended = read_loop(io, &mut frames, &mut session, &mut out, &mut w, cfg).await;
     match ended {
         Ok(Flow::Continue) => {
             // The client went away: the writer stops at its next turn.
-            pongs.close();
+            w.reader_done = true;
             // Boxed, as below: an open connection's task should not carry the room
             // its ending takes.
             Box::pin(async {
-                let wrote = tokio::time::timeout(timeout, &mut writer).await;
+                let writing = poll_fn(|cx| w.poll(cx, io, &mut out));
+                let wrote = tokio::time::timeout(timeout, writing).await;
                 session.finish().await;
                 wrote.unwrap_or(Wrote::GaveUp)
             })
@@ -148,9 +140,14 @@ where
         // The server closes: a lingering close, so that the code reaches the client.
         ended => {
             let writing = ended.is_ok();
-            let linger = node.settings.close_linger;
+            let linger = cfg.close_linger;
+            let side = Side {
+                w: &mut w,
+                out: &mut out,
+                io,
+            };
             Box::pin(close_lingering(
-                writer, writing, read, session, timeout, linger,
+                side, writing, frames, session, timeout, linger,
             ))
             .await
         }
@@ -163,8 +160,7 @@ where
 async fn contain<S>(
     node: &Node,
     panic: Box<dyn std::any::Any + Send>,
-    read: &mut Reader<S>,
-    write: &mut WriteHalf<S>,
+    io: &mut S,
     mid_frame: &AtomicBool,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -174,189 +170,158 @@ async fn contain<S>(
         return;
     }
     let close = frames::close(CloseCode::Internal, "internal error");
-    if send(write, node.settings.send_timeout, &close).await {
-        let _ = tokio::time::timeout(node.settings.close_linger, frames::drain(&mut read.io)).await;
+    if send(io, node.settings.send_timeout, &close).await {
+        let _ = tokio::time::timeout(node.settings.close_linger, frames::drain(io)).await;
     }
 }
 
-/// The connection's reading side.
-struct Reader<S> {
-    frames: FrameReader,
-    io: ReadHalf<S>,
+/// The writing side of a connection, borrowed together for its ending.
+struct Side<'a, 'w, S> {
+    w: &'a mut Writer<'w>,
+    out: &'a mut Outbound,
+    io: &'a mut S,
 }
 
 /// Most Pongs owed at once: a reader with more waits for the writer.
 const MAX_OWED_PONGS: usize = 16;
-
-/// The Pongs the reader owes the client, handed to the writer in order. Kept in the
-/// connection's task (no channel to allocate): an idle connection owes none.
-#[derive(Default)]
-struct Pongs {
-    owed: std::sync::Mutex<Owed>,
-    /// Wakes the writer: a Pong is owed, or the reader stopped.
-    ready: Notify,
-    /// Wakes the reader: room for another Pong.
-    room: Notify,
-}
-
-#[derive(Default)]
-struct Owed {
-    payloads: VecDeque<Vec<u8>>,
-    /// The reader stopped: once the owed Pongs are sent, the writer stops too.
-    closed: bool,
-}
-
-impl Pongs {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Owed> {
-        self.owed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Owes the Pong for a Ping of `payload`, waiting while the most are owed.
-    async fn owe(&self, payload: Vec<u8>) {
-        loop {
-            {
-                let mut owed = self.lock();
-                if owed.payloads.len() < MAX_OWED_PONGS {
-                    owed.payloads.push_back(payload);
-                    break;
-                }
-            }
-            self.room.notified().await;
-        }
-        self.ready.notify_one();
-    }
-
-    /// The reader stopped.
-    fn close(&self) {
-        self.lock().closed = true;
-        self.ready.notify_one();
-    }
-
-    /// The next owed Pong's payload; `None` once the reader stopped and none is owed.
-    /// Cancel-safe.
-    async fn next(&self) -> Option<Vec<u8>> {
-        loop {
-            {
-                let mut owed = self.lock();
-                if let Some(p) = owed.payloads.pop_front() {
-                    drop(owed);
-                    self.room.notify_one();
-                    return Some(p);
-                }
-                if owed.closed {
-                    return None;
-                }
-            }
-            self.ready.notified().await;
-        }
-    }
-}
 
 /// Lets the writer send its Close (within `timeout`; `writing`: the writer has not
 /// finished yet) while whatever the client sends is read and dropped, frees the
 /// session, then waits up to `linger` for the client's Close or EOF: closing with
 /// unread data would reset the connection, and the client would never see the code.
 /// Returns how the writer ended.
-async fn close_lingering<S, W>(
-    mut writer: Pin<&mut W>,
+async fn close_lingering<S>(
+    side: Side<'_, '_, S>,
     writing: bool,
-    read: &mut Reader<S>,
+    mut frames: FrameReader,
     session: Session,
     timeout: Duration,
     linger: Duration,
 ) -> Wrote
 where
     S: AsyncRead + AsyncWrite + Unpin,
-    W: Future<Output = Wrote>,
 {
-    let frames = std::mem::replace(&mut read.frames, FrameReader::new(0));
-    let drain = frames::discard(frames, &mut read.io);
-    tokio::pin!(drain);
+    let Side { w, out, io } = side;
     let mut wrote = Wrote::Closed;
-    // A finished writer is not polled again.
-    let drained = writing
-        && tokio::select! {
-            w = tokio::time::timeout(timeout, writer.as_mut()) => {
-                wrote = w.unwrap_or(Wrote::GaveUp);
-                false
+    let mut drained = false;
+    if writing {
+        let ending = poll_fn(|cx| {
+            if !drained && frames.poll_discard(cx, io).is_ready() {
+                drained = true;
             }
-            _ = &mut drain => true,
-        };
-    if drained {
-        wrote = tokio::time::timeout(timeout, writer.as_mut())
+            w.poll(cx, io, out)
+        });
+        wrote = tokio::time::timeout(timeout, ending)
             .await
             .unwrap_or(Wrote::GaveUp);
     }
     session.finish().await;
     if !drained && wrote != Wrote::GaveUp {
-        let _ = tokio::time::timeout(linger, drain).await;
+        let rest = poll_fn(|cx| frames.poll_discard(cx, io));
+        let _ = tokio::time::timeout(linger, rest).await;
     }
     wrote
 }
 
-/// Reads until the connection ends (`Flow::Continue`) or must close (`Flow::Close`,
-/// already passed to the session's outbound side). Every frame is charged to the
+/// Reads until the connection ends (`Ok(Flow::Continue)`) or must close
+/// (`Ok(Flow::Close)`, already passed to the session's outbound side), writing
+/// meanwhile; `Err` when the writer ended first. Every frame is charged to the
 /// connection's [`FrameBudget`]; a client past it is closed with 1008. The middle
 /// fragments of a message that a read brought in whole are taken in one run
-/// ([`FrameReader::take_fragments`]), with the same charges and checks.
+/// ([`FrameReader::take_fragments`]), with the same charges and checks. A command is
+/// handled while the writer goes on (its replies may wait for room in the queue); the
+/// next frame is read once it is done.
 async fn read_loop<S>(
-    read: &mut Reader<S>,
+    io: &mut S,
+    frames: &mut FrameReader,
     session: &mut Session,
-    pongs: &Pongs,
+    out: &mut Outbound,
+    w: &mut Writer<'_>,
     cfg: &Settings,
-) -> Flow
+) -> Result<Flow, Wrote>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut whole = Reassembler::new(cfg.max_msg_bytes, Fragments::of(cfg));
     let mut budget = FrameBudget::subscriber(cfg);
     loop {
-        if read.frames.arrived() {
+        if frames.arrived() {
             session.heard();
         }
         // The middle fragments already held, in one go; what stops the run is read next.
-        if let Err((code, reason)) = read.frames.take_fragments(&mut whole, &mut budget) {
-            return session.close(code, reason);
+        if let Err((code, reason)) = frames.take_fragments(&mut whole, &mut budget) {
+            return Ok(session.close(code, reason));
         }
-        let msg = match read.frames.read(&mut read.io).await {
-            Ok(frame) => {
-                if budget.charge(frame.opcode).is_err() {
-                    return session.close(CloseCode::Policy, "frame rate limit exceeded");
-                }
-                match whole.push(frame) {
-                    Ok(Some(m)) => m,
-                    Ok(None) => continue,
-                    Err((code, reason)) => return session.close(code, reason),
-                }
+        // The writer first: a Pong it sends makes room for the reader's next.
+        let got = poll_fn(|cx| {
+            if let Poll::Ready(wrote) = w.poll(cx, io, out) {
+                return Poll::Ready(Err(wrote));
             }
-            Err(ReadError::Refused((code, reason))) => return session.close(code, reason),
-            Err(ReadError::Gone) => return Flow::Continue,
+            if w.pongs.len() >= MAX_OWED_PONGS {
+                // The writer is blocked in a write, and wakes the task when it moves.
+                return Poll::Pending;
+            }
+            frames.poll_frame(cx, io).map(Ok)
+        })
+        .await?;
+        let frame = match got.and_then(|()| frames.take_frame()) {
+            Ok(frame) => frame,
+            Err(ReadError::Refused((code, reason))) => return Ok(session.close(code, reason)),
+            Err(ReadError::Gone) => return Ok(Flow::Continue),
         };
-        let inbound = match msg {
-            Message::Close => return session.close(CloseCode::Normal, ""),
+        if budget.charge(frame.opcode).is_err() {
+            return Ok(session.close(CloseCode::Policy, "frame rate limit exceeded"));
+        }
+        let msg = match whole.push(frame) {
+            Ok(Some(m)) => m,
+            Ok(None) => continue,
+            Err((code, reason)) => return Ok(session.close(code, reason)),
+        };
+        let side = Side {
+            w: &mut *w,
+            out: &mut *out,
+            io: &mut *io,
+        };
+        let flow = match msg {
+            Message::Close => return Ok(session.close(CloseCode::Normal, "")),
             Message::Ping(p) => {
-                pongs.owe(p.to_vec()).await;
+                side.w.pongs.push(p.to_vec());
                 continue;
             }
             Message::Pong => continue,
             Message::Text(mut text) => {
-                // Boxed: a command is handled now and then, and an idle connection's
-                // task should not carry the room its handling takes.
-                let flow = Box::pin(session.receive(Inbound::Text(text.to_mut()))).await;
-                if flow != Flow::Continue {
-                    return flow;
-                }
-                continue;
+                Box::pin(receive(session, Inbound::Text(text.to_mut()), side)).await?
             }
-            Message::Binary(_) => Inbound::Binary,
+            Message::Binary(_) => Box::pin(receive(session, Inbound::Binary, side)).await?,
         };
-        let flow = Box::pin(session.receive(inbound)).await;
         if flow != Flow::Continue {
-            return flow;
+            return Ok(flow);
         }
     }
+}
+
+/// Hands one message to the session while the writer goes on; `Err` when the writer
+/// ended first (the message's handling is dropped with the connection).
+async fn receive<S>(
+    session: &mut Session,
+    msg: Inbound<'_>,
+    side: Side<'_, '_, S>,
+) -> Result<Flow, Wrote>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Side { w, out, io } = side;
+    // Pinned in place: the caller boxes this future (a command is handled now and then,
+    // and an idle connection's task should not carry the room its handling takes).
+    let handling = session.receive(msg);
+    tokio::pin!(handling);
+    poll_fn(|cx| {
+        if let Poll::Ready(flow) = handling.as_mut().poll(cx) {
+            return Poll::Ready(Ok(flow));
+        }
+        w.poll(cx, io, out).map(Err)
+    })
+    .await
 }
 
 /// How a writer ended.
@@ -369,132 +334,235 @@ enum Wrote {
     GaveUp,
 }
 
-/// Writes what the session's outbound side says, and Pongs, until the close. Each
+/// What follows the frame being written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Then {
+    /// More frames.
+    More,
+    /// Nothing: it is the close.
+    End(Wrote),
+}
+
+/// The writing side of a connection, a state machine its task polls ([`Writer::poll`]):
+/// it writes what the session's outbound side says — every queued message as one frame
+/// holding a JSON array (with `encoding=binary`: runs of tick and snapshot records as
+/// one binary frame, runs of JSON messages as one text frame, in queue order), a Ping
+/// for the heartbeat, the close — and the Pongs the reader owes, until the close. Each
 /// frame counts against the node's output budget while written, and a write is given
-/// up when the session is evicted or the client falls silent ([`Watch`]).
-async fn write_loop<S>(
-    write: &mut WriteHalf<S>,
-    out: &mut Outbound,
-    pongs: &Pongs,
-    timeout: Duration,
-    mid_frame: &AtomicBool,
-) -> Wrote
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let watch = out.watch();
-    let outbox = out.outbox().clone();
-    let mut frame_buf: Vec<u8> = Vec::new();
-    let mut w = Writer {
-        io: write,
-        timeout,
-        watch: &watch,
-        mid_frame,
-    };
-    loop {
-        let next = tokio::select! {
-            biased;
-            p = pongs.next() => {
-                let Some(p) = p else { return Wrote::Closed };
-                if !w.send(&frames::control(OpCode::Pong, &p)).await {
-                    return Wrote::GaveUp;
+/// up when it takes longer than the send timeout, the session is evicted or the client
+/// falls silent ([`Outbound::give_up`]).
+struct Writer<'a> {
+    /// The session's queue, whose frames count against the node's budget.
+    outbox: Arc<Outbox>,
+    mid_frame: &'a AtomicBool,
+    /// The frame being written: `buf[at..]` is what is left of it.
+    buf: Vec<u8>,
+    at: usize,
+    /// Where the batch's next run starts, in the outbound side's messages (0: none).
+    run: usize,
+    /// The payload's length and newest tick's `ts` (0: none), counted once the frame is
+    /// written (a length of 0: not a frame of messages).
+    payload: usize,
+    newest: u64,
+    /// When the write in hand is given up, and the timer of its looks (made the first
+    /// time a write blocks).
+    give_up_at: tokio::time::Instant,
+    look: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The Pongs the reader owes the client, in order: an idle connection owes none.
+    pongs: Vec<Vec<u8>>,
+    then: Then,
+    /// A frame is in hand (written or not yet).
+    in_frame: bool,
+    /// The frame in hand is counted against the node's budget (its whole buffer).
+    counted: bool,
+    /// The look's timer is set for the frame in hand.
+    armed: bool,
+    /// The reader stopped: once the owed Pongs are sent, the writer stops too.
+    reader_done: bool,
+}
+
+impl<'a> Writer<'a> {
+    fn new(outbox: Arc<Outbox>, mid_frame: &'a AtomicBool) -> Writer<'a> {
+        Writer {
+            outbox,
+            mid_frame,
+            buf: Vec::new(),
+            at: 0,
+            run: 0,
+            payload: 0,
+            newest: 0,
+            give_up_at: tokio::time::Instant::now(),
+            look: None,
+            pongs: Vec::new(),
+            then: Then::More,
+            in_frame: false,
+            counted: false,
+            armed: false,
+            reader_done: false,
+        }
+    }
+
+    /// Writes until there is nothing to write (`Pending`, the task woken when there is)
+    /// or the writer ends.
+    fn poll<S: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut S,
+        out: &mut Outbound,
+    ) -> Poll<Wrote> {
+        loop {
+            if self.in_frame {
+                while self.at < self.buf.len() {
+                    match Pin::new(&mut *io).poll_write(cx, &self.buf[self.at..]) {
+                        Poll::Ready(Ok(n)) if n > 0 => self.at += n,
+                        Poll::Ready(_) => return Poll::Ready(Wrote::GaveUp),
+                        Poll::Pending => return self.blocked(cx, out),
+                    }
                 }
+                self.written();
+                if let Then::End(wrote) = self.then {
+                    return Poll::Ready(wrote);
+                }
+            }
+            // A Pong owed goes first, then the rest of a batch, then what the session says.
+            if !self.pongs.is_empty() {
+                let p = self.pongs.remove(0);
+                self.begin(frames::control(OpCode::Pong, &p), Then::More, out);
                 continue;
             }
-            next = out.next() => next,
-        };
-        let sent = match next {
-            Out::Messages(msgs) => w.messages(msgs, &mut frame_buf, &outbox).await,
-            Out::Heartbeat => w.send(&frames::control(OpCode::Ping, &[])).await,
-            Out::Close(code, reason) => {
-                crate::metrics::global().disconnected(code.code());
-                let close = frames::close(code, reason);
-                if out.peer_gone() {
-                    // Written if it fits at once; the connection is reset either way.
-                    let _ = tokio::time::timeout(Duration::ZERO, w.io.write_all(&close)).await;
-                    return Wrote::GaveUp;
-                }
-                return match w.send(&close).await {
-                    true => Wrote::Closed,
-                    false => Wrote::GaveUp,
-                };
+            if self.reader_done {
+                return Poll::Ready(Wrote::Closed);
             }
-        };
-        if !sent {
-            return Wrote::GaveUp;
-        }
-        if frame_buf.capacity() > KEEP_FRAME_BUF || !out.has_queued() {
-            // The buffer is kept only while more is waiting: a connection that goes
-            // back to idle holds none, and a large batch (a backfill, a burst) is not
-            // held after it.
-            frame_buf = Vec::new();
-        }
-    }
-}
-
-/// The writing half of a connection, with what bounds each write.
-struct Writer<'a, S> {
-    io: &'a mut WriteHalf<S>,
-    timeout: Duration,
-    watch: &'a Watch,
-    mid_frame: &'a AtomicBool,
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> Writer<'_, S> {
-    /// Writes one whole frame; false when that failed, took longer than the timeout or
-    /// was given up ([`Watch`]).
-    async fn send(&mut self, frame: &[u8]) -> bool {
-        self.mid_frame.store(true, Ordering::Relaxed);
-        let give_up_at = tokio::time::Instant::now() + self.timeout;
-        let mut written = 0;
-        // One timer for the timeout and the watch's looks.
-        let look = tokio::time::sleep_until(self.watch.next_look().min(give_up_at));
-        tokio::pin!(look);
-        while written < frame.len() {
-            tokio::select! {
-                n = self.io.write(&frame[written..]) => match n {
-                    Ok(n) if n > 0 => written += n,
-                    _ => return false,
-                },
-                _ = look.as_mut() => {
-                    if self.watch.give_up() || tokio::time::Instant::now() >= give_up_at {
-                        return false;
+            if self.run > 0 {
+                if let Out::Messages(msgs) = out.out(Next::Messages) {
+                    if self.run < msgs.len() {
+                        let timeout = out.send_timeout();
+                        self.run += self.messages(&msgs[self.run..], timeout);
+                        continue;
                     }
-                    look.as_mut().reset(self.watch.next_look().min(give_up_at));
+                }
+                self.run = 0;
+            }
+            let next = match out.poll_next(cx) {
+                Poll::Ready(next) => next,
+                Poll::Pending => {
+                    // Idle: no frame buffer and no timer kept.
+                    self.buf = Vec::new();
+                    self.look = None;
+                    return Poll::Pending;
+                }
+            };
+            let timeout = out.send_timeout();
+            match out.out(next) {
+                Out::Messages(msgs) => self.run = self.messages(msgs, timeout),
+                Out::Heartbeat => self.begin(frames::control(OpCode::Ping, &[]), Then::More, out),
+                Out::Close(code, reason) => {
+                    crate::metrics::global().disconnected(code.code());
+                    let close = frames::close(code, reason);
+                    if out.peer_gone() {
+                        // Written if it fits at once; the connection is reset either way.
+                        let _ = Pin::new(&mut *io).poll_write(cx, &close);
+                        return Poll::Ready(Wrote::GaveUp);
+                    }
+                    self.begin(close, Then::End(Wrote::Closed), out);
                 }
             }
         }
-        self.mid_frame.store(false, Ordering::Relaxed);
-        true
     }
 
-    /// Writes `msgs` as frames: binary records (only a binary session has them) and
-    /// JSON messages in frames of their own, in queue order; a JSON session has one run.
-    async fn messages(&mut self, msgs: &[Bytes], frame_buf: &mut Vec<u8>, outbox: &Outbox) -> bool {
-        for run in msgs.chunk_by(|a, b| binary::is_record(a) == binary::is_record(b)) {
-            let records = binary::is_record(&run[0]);
-            let newest = match (crate::metrics::enabled(), records) {
-                (false, _) => None,
-                (true, true) => newest_record_ts(run),
-                (true, false) => crate::metrics::newest_tick_ts(run),
-            };
-            frame_buf.clear();
-            frame_buf.resize(HEAD_ROOM, 0);
-            let op = if records {
-                encode_records(run, frame_buf);
-                OpCode::Binary
-            } else {
-                encode_batch(run, frame_buf);
-                OpCode::Text
-            };
-            let len = frame_buf.len() - HEAD_ROOM;
-            let _counted = outbox.writing(frame_buf.len());
-            if !self.send(frames::seal(frame_buf, op)).await {
-                return false;
-            }
-            crate::metrics::global().wrote(len, newest);
+    /// Takes `frame` in hand, followed by `then`.
+    fn begin(&mut self, frame: Vec<u8>, then: Then, out: &Outbound) {
+        self.buf = frame;
+        self.start(0, then, out.send_timeout());
+    }
+
+    fn start(&mut self, at: usize, then: Then, timeout: Duration) {
+        self.at = at;
+        self.then = then;
+        self.in_frame = true;
+        self.armed = false;
+        self.give_up_at = tokio::time::Instant::now() + timeout;
+        self.mid_frame.store(true, Ordering::Relaxed);
+    }
+
+    /// The frame in hand is all written.
+    fn written(&mut self) {
+        self.in_frame = false;
+        self.mid_frame.store(false, Ordering::Relaxed);
+        if std::mem::take(&mut self.counted) {
+            self.outbox.write_ends(self.buf.len() as u64);
         }
-        true
+        if self.payload > 0 {
+            let newest = (self.newest != 0).then_some(self.newest);
+            crate::metrics::global().wrote(std::mem::take(&mut self.payload), newest);
+        }
+        if self.buf.capacity() > KEEP_FRAME_BUF {
+            // A large batch (a backfill, a burst) is not held after it.
+            self.buf = Vec::new();
+        }
+    }
+
+    /// A write blocked: `Pending` until it may go on, or given up ([`Outbound::give_up`], the
+    /// timeout). One timer for the timeout and the watch's looks.
+    fn blocked(&mut self, cx: &mut Context<'_>, out: &Outbound) -> Poll<Wrote> {
+        let at = out.next_look().min(self.give_up_at);
+        let look = self
+            .look
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        if !self.armed {
+            look.as_mut().reset(at);
+            self.armed = true;
+        }
+        while look.as_mut().poll(cx).is_ready() {
+            if out.give_up() || tokio::time::Instant::now() >= self.give_up_at {
+                return Poll::Ready(Wrote::GaveUp);
+            }
+            look.as_mut().reset(out.next_look().min(self.give_up_at));
+        }
+        Poll::Pending
+    }
+
+    /// Takes the first run of `msgs` in hand as one frame: binary records (only a binary
+    /// session has them) or JSON messages, in queue order (a JSON session has one run).
+    /// Returns how many messages it holds.
+    fn messages(&mut self, msgs: &[Bytes], timeout: Duration) -> usize {
+        let records = binary::is_record(&msgs[0]);
+        let n = msgs
+            .iter()
+            .take_while(|m| binary::is_record(m) == records)
+            .count();
+        let run = &msgs[..n];
+        self.newest = match (crate::metrics::enabled(), records) {
+            (false, _) => None,
+            (true, true) => newest_record_ts(run),
+            (true, false) => crate::metrics::newest_tick_ts(run),
+        }
+        .unwrap_or(0);
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        buf.resize(HEAD_ROOM, 0);
+        let op = if records {
+            encode_records(run, &mut buf);
+            OpCode::Binary
+        } else {
+            encode_batch(run, &mut buf);
+            OpCode::Text
+        };
+        self.payload = buf.len() - HEAD_ROOM;
+        let at = buf.len() - frames::seal(&mut buf, op).len();
+        self.outbox.write_begins(buf.len() as u64);
+        self.counted = true;
+        self.buf = buf;
+        self.start(at, Then::More, timeout);
+        n
+    }
+}
+
+impl Drop for Writer<'_> {
+    fn drop(&mut self) {
+        if self.counted {
+            self.outbox.write_ends(self.buf.len() as u64);
+        }
     }
 }
 
@@ -544,6 +612,6 @@ mod tests {
         let (io, _peer) = tokio::io::duplex(64);
         let task = serve(node, io, None, Encoding::Json, Reset::default());
         let size = std::mem::size_of_val(&task);
-        assert!(size <= 2048, "the connection future is {size} bytes");
+        assert!(size <= 1024, "the connection future is {size} bytes");
     }
 }
