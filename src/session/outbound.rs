@@ -109,28 +109,31 @@ pub struct Watch {
 const EVICTION_CHECK: Duration = Duration::from_millis(100);
 
 impl Watch {
-    /// The session's queue, whose frames a writer counts against the node's budget.
-    pub fn outbox(&self) -> &Arc<Outbox> {
-        &self.outbox
-    }
-
     /// Whether the write in progress should be given up now.
     pub fn give_up(&self) -> bool {
-        self.outbox.evicted()
-            || self
-                .silent_at()
-                .is_some_and(|at| at <= tokio::time::Instant::now())
+        give_up(&self.outbox, self.silent_at())
     }
 
     /// When to look again at [`Watch::give_up`] while a write is blocked.
     pub fn next_look(&self) -> tokio::time::Instant {
-        let soon = tokio::time::Instant::now() + EVICTION_CHECK;
-        self.silent_at().map_or(soon, |at| at.min(soon))
+        next_look(self.silent_at())
     }
 
     fn silent_at(&self) -> Option<tokio::time::Instant> {
         Some(self.outbox.life().last_heard() + self.silence?)
     }
+}
+
+/// Whether a write blocked now is given up: the session was evicted, or its client has
+/// been silent since `silent_at`.
+fn give_up(outbox: &Outbox, silent_at: Option<tokio::time::Instant>) -> bool {
+    outbox.evicted() || silent_at.is_some_and(|at| at <= tokio::time::Instant::now())
+}
+
+/// When a writer blocked in a write looks at [`give_up`] again.
+fn next_look(silent_at: Option<tokio::time::Instant>) -> tokio::time::Instant {
+    let soon = tokio::time::Instant::now() + EVICTION_CHECK;
+    silent_at.map_or(soon, |at| at.min(soon))
 }
 
 impl Outbound {
@@ -192,16 +195,12 @@ impl Outbound {
     /// Whether the write a writer is blocked in should be given up now (as
     /// [`Watch::give_up`], for a writer that holds the outbound side itself).
     pub fn give_up(&self) -> bool {
-        self.outbox().evicted()
-            || self
-                .silent_at()
-                .is_some_and(|at| at <= tokio::time::Instant::now())
+        give_up(self.outbox(), self.silent_at())
     }
 
     /// When to look again at [`Outbound::give_up`] while a write is blocked.
     pub fn next_look(&self) -> tokio::time::Instant {
-        let soon = tokio::time::Instant::now() + EVICTION_CHECK;
-        self.silent_at().map_or(soon, |at| at.min(soon))
+        next_look(self.silent_at())
     }
 
     /// How long one frame's write may take (`--send-timeout`).
@@ -229,10 +228,16 @@ impl Outbound {
         self.out(next)
     }
 
+    /// The messages of the last [`Next::Messages`], until the next
+    /// [`Outbound::poll_next`].
+    pub fn batch(&self) -> &[Bytes] {
+        &self.batch
+    }
+
     /// What [`Outbound::poll_next`] found, as [`Outbound::next`] returns it.
     pub fn out(&self, next: Next) -> Out<'_> {
         match next {
-            Next::Messages => Out::Messages(&self.batch),
+            Next::Messages => Out::Messages(self.batch()),
             Next::Heartbeat => Out::Heartbeat,
             Next::Close(code, reason) => Out::Close(code, reason),
         }

@@ -390,14 +390,6 @@ impl FrameBudget {
     }
 }
 
-/// Reads and drops what the client sends after the server's Close, until the client's
-/// own Close, EOF or an error. A stream that no longer parses as frames (the close was
-/// for broken framing) is left unread: the caller's bound on the time is then what the
-/// client has to read the Close before the connection goes. The caller bounds the time.
-pub async fn discard<S: AsyncRead + Unpin>(mut reader: FrameReader, mut io: S) {
-    poll_fn(|cx| reader.poll_discard(cx, &mut io)).await
-}
-
 /// Reads and drops raw bytes until EOF or an error.
 pub async fn drain<R: AsyncRead + Unpin>(mut read: R) {
     let mut buf = vec![0u8; 4096];
@@ -526,8 +518,11 @@ impl FrameReader {
         }
     }
 
-    /// [`discard`] as a poll, on this reader: `Ready` at the client's Close, EOF or an
-    /// error; never once the stream no longer parses as frames.
+    /// Reads and drops what the client sends after the server's Close: `Ready` at the
+    /// client's own Close, EOF or an error. A stream that no longer parses as frames
+    /// (the close was for broken framing) is left unread, never `Ready`: the caller's
+    /// bound on the time is then what the client has to read the Close before the
+    /// connection goes.
     pub fn poll_discard<S: AsyncRead + Unpin>(
         &mut self,
         cx: &mut Context<'_>,

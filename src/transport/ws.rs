@@ -36,7 +36,7 @@ use crate::config::Settings;
 use crate::hub::Outbox;
 use crate::node::Node;
 use crate::protocol::{binary, CloseCode, Encoding};
-use crate::session::{Flow, Inbound, Next, Out, Outbound, Session, Transport};
+use crate::session::{Flow, Inbound, Out, Outbound, Session, Transport};
 
 /// Answers `GET /v1/ws` from a client the token check let in with `claims`: reads the
 /// `encoding` it asks for (400 when unknown), then upgrades and serves the connection.
@@ -434,12 +434,10 @@ impl<'a> Writer<'a> {
                 return Poll::Ready(Wrote::Closed);
             }
             if self.run > 0 {
-                if let Out::Messages(msgs) = out.out(Next::Messages) {
-                    if self.run < msgs.len() {
-                        let timeout = out.send_timeout();
-                        self.run += self.messages(&msgs[self.run..], timeout);
-                        continue;
-                    }
+                if self.run < out.batch().len() {
+                    let timeout = out.send_timeout();
+                    self.run += self.messages(&out.batch()[self.run..], timeout);
+                    continue;
                 }
                 self.run = 0;
             }
