@@ -139,7 +139,7 @@ function makeRow(symbol, named) {
     rate: cell(el.querySelector(".rate")),
     chgCls: "",
     // quote and position
-    epoch: null, seq: null, q: null, prev: null, first: null, decimals: 2, decSamples: 0,
+    epoch: null, seq: null, by: 0, q: null, prev: null, first: null, decimals: 2, decSamples: 0,
     outdated: false, shownOutdated: false,
     // the node's word on the symbol (status): null while live, else {since, reason}
     health: null, shownHealth: "",
@@ -443,6 +443,8 @@ function openConn() {
   const c = {
     id: ++connIds, welcomed: false, node: null, limits: null, openedAt: 0,
     syncId: 0, synced: false, recheck: new Set(), leaving: null,
+    // The connection this one took over from in a move (its id).
+    took: 0,
   };
   conns.set(c.id, c);
   feed.postMessage({ kind: "open", conn: c.id, url: wsUrl() });
@@ -593,6 +595,7 @@ function onPlanned(c, m) {
 function finishMove(c) {
   const old = primary;
   primary = c;
+  c.took = old ? old.id : 0;
   next = null;
   stats.moves += 1;
   stats.lastMoveMs = Math.round(nowMs() - moveStartedAt);
@@ -679,15 +682,15 @@ function onFrames(frames, times, from) {
 
 function handle(m, now, c) {
   switch (m.type) {
-    case "tick": return onTick(m, now);
-    case "snapshot": return onSnapshot(m, now);
+    case "tick": return onTick(m, now, c);
+    case "snapshot": return onSnapshot(m, now, c);
     case "candle": return onCandle(m);
     case "candles": return onCandles(m, now);
     case "book": return books.onBook(m, now);
     case "book_update": return books.onUpdate(m, now, conns.size > 1);
     case "gap":
       if (m.channel === "book") return books.onGap(m);
-      return m.channel && m.channel !== "ticks" ? undefined : onGap(m, now);
+      return m.channel && m.channel !== "ticks" ? undefined : onGap(m, now, c);
     case "welcome": return onWelcome(c, m);
     case "subscribed": return onSubscribed(c, m);
     case "unsubscribed": return onUnsubscribed(m);
@@ -746,7 +749,7 @@ function applyQuote(row, m, now) {
   markHealthy();
 }
 
-function onSnapshot(m, now) {
+function onSnapshot(m, now, c) {
   const row = rows.get(m.symbol);
   if (!row) return;
   if (row.epoch !== null && m.epoch !== row.epoch) {
@@ -759,6 +762,7 @@ function onSnapshot(m, now) {
   stats.snapshots += 1;
   row.epoch = m.epoch;
   row.seq = m.seq;
+  row.by = c.id;
   if (row.error) {
     row.error = null;
     clearBadge(row);
@@ -774,7 +778,7 @@ function folded(row, m) {
   return missing > skipped ? -1 : missing;
 }
 
-function onTick(m, now) {
+function onTick(m, now, c) {
   const row = rows.get(m.symbol);
   if (!row) return;
   let skipped = m.skipped || 0;
@@ -786,8 +790,10 @@ function onTick(m, now) {
     row.epoch = m.epoch;
   } else if (row.seq !== null) {
     if (m.seq <= row.seq) {
-      // During a move both connections deliver: the second copy is dropped.
-      if (conns.size > 1) stats.overlap += 1;
+      // During a move both connections deliver: the second copy is dropped. So is one
+      // the new connection brings right after the move of what the old one gave
+      // before it closed.
+      if (conns.size > 1 || (row.by !== c.id && row.by === c.took)) stats.overlap += 1;
       else stats.duplicates += 1;
       return;
     }
@@ -801,6 +807,7 @@ function onTick(m, now) {
     }
   }
   row.seq = m.seq;
+  row.by = c.id;
   stats.ticks += 1;
   stats.skipped += skipped;
   row.ticks += 1;
@@ -814,12 +821,15 @@ function onTick(m, now) {
   applyQuote(row, m, now);
 }
 
-function onGap(m, now) {
+function onGap(m, now, c) {
   const row = rows.get(m.symbol);
   if (!row) return;
   stats.gaps += 1;
   row.gaps += 1;
-  if (row.seq === null || m.to > row.seq) row.seq = m.to;
+  if (row.seq === null || m.to > row.seq) {
+    row.seq = m.to;
+    row.by = c.id;
+  }
   row.outdated = true;
   row.lastGap = { from: m.from, to: m.to, reason: m.reason };
   const span = m.from === m.to ? `${m.from}` : `${m.from}–${m.to}`;
