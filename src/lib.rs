@@ -17,7 +17,8 @@
 //!    (retry delays of the client and the Redis bus).
 //! 4. [`hub`]: symbol → latest value, history ring and local subscribers; fan-out into
 //!    each session's bounded queue ([`hub::queue`], with the slow-consumer policy), the
-//!    node's one pacer of paced subscriptions (`throttle_ms`), and the bars of every
+//!    node's one pacer of paced subscriptions (`throttle_ms`), its one timer of every
+//!    waiting session's deadlines ([`hub::alarms`]), and the bars of every
 //!    symbol, folded from its ticks ([`hub::candles`]).
 //! 5. [`bus`]: carries ticks to the hub of every node (in-process by default, Redis
 //!    Pub/Sub or sharded Pub/Sub between nodes); watches the channels the node asks for.

@@ -20,6 +20,7 @@ use parking_lot::Mutex;
 use crate::protocol::{binary, Encoding, GapReason, ResumeFrom, ServerMsg};
 use crate::tick::{Kind, Symbol, Tick};
 
+pub mod alarms;
 pub mod book;
 pub mod budget;
 mod candled;
@@ -28,6 +29,7 @@ mod pace;
 pub mod policy;
 pub mod queue;
 
+pub use alarms::{Alarm, Alarms};
 pub use budget::Budget;
 use pace::{PaceGroup, Pacer};
 pub use policy::SlowPolicy;

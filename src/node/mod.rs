@@ -26,7 +26,7 @@ use crate::bus::{Bus, BusError, Topic};
 use crate::config::Settings;
 use crate::hub::book::{BookBase, BookStart};
 use crate::hub::candles::Interval;
-use crate::hub::{Behind, Budget, Hub, Outbox, Start};
+use crate::hub::{Alarms, Behind, Budget, Hub, Outbox, Start};
 use crate::protocol::{Channel, ResumeFrom, Stream};
 use crate::tick::{Symbol, Tick};
 use subscriptions::{Interest, Ticket};
@@ -47,6 +47,8 @@ pub struct Node {
     pub shutdown: CancellationToken,
     /// The node-wide bound on buffered output, and its count.
     pub budget: Arc<Budget>,
+    /// The one timer of every waiting session's next deadline.
+    pub alarms: Arc<Alarms>,
     /// Every connection task, so shutdown can wait for them.
     pub tasks: TaskTracker,
     /// Connections open now.
@@ -108,6 +110,8 @@ impl Node {
             settings.slow_policy,
         );
         tokio::spawn(budget.clone().enforce(hub.clone(), shutdown.child_token()));
+        let alarms = Alarms::new();
+        tokio::spawn(alarms.clone().run(shutdown.child_token()));
         Arc::new(Node {
             settings,
             hub,
@@ -115,6 +119,7 @@ impl Node {
             draining: shutdown.child_token(),
             shutdown,
             budget,
+            alarms,
             tasks: TaskTracker::new(),
             connections: AtomicU64::new(0),
             auth,

@@ -8,8 +8,6 @@
 //! that is always behind still gets its heartbeats and its close on time. The
 //! transport only encodes and writes.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -17,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::plan::{Due, Plan};
-use crate::hub::{Hub, Outbox, Receiver};
+use crate::hub::{Alarm, Hub, Outbox, Receiver};
 use crate::node::Node;
 use crate::protocol::{CloseCode, Encoding};
 
@@ -79,9 +77,10 @@ pub struct Outbound {
     /// When the next heartbeat is due.
     next_beat: tokio::time::Instant,
     expires: Option<tokio::time::Instant>,
-    /// The one timer of the session: set to whichever of the heartbeat, the silence
-    /// deadline and the token's expiry comes first.
-    timer: Pin<Box<tokio::time::Sleep>>,
+    /// The session's alarm in the node's one timer ([`Alarms`](crate::hub::Alarms)),
+    /// set while it waits to whichever of the heartbeat, the silence deadline, the
+    /// token's expiry and the planned close comes first.
+    alarm: Alarm,
     batch: Vec<Bytes>,
     /// The `welcome` (queued first) has been taken.
     started: bool,
@@ -164,7 +163,7 @@ impl Outbound {
             encoding,
             next_beat,
             expires: expires_in.map(|d| now + d),
-            timer: Box::pin(tokio::time::sleep_until(next_beat)),
+            alarm: Alarm::default(),
             batch: Vec::new(),
             started: false,
             closing: None,
@@ -312,10 +311,12 @@ impl Outbound {
             // Nothing to send: wait for the queue or the next deadline. The node's drain
             // and shutdown wake the queue (`Node::drain`).
             let wake_at = self.next_deadline();
-            if self.timer.deadline() != wake_at {
-                self.timer.as_mut().reset(wake_at);
+            if wake_at <= tokio::time::Instant::now() {
+                continue;
             }
-            if self.timer.as_mut().poll(cx).is_ready() || self.rx.poll_woken(cx).is_ready() {
+            let alarms = &self.node.alarms;
+            self.alarm = alarms.set(self.alarm, wake_at, self.rx.outbox());
+            if self.rx.poll_woken(cx).is_ready() {
                 continue;
             }
             // Idle: no room kept for a batch, here or in the queue.
@@ -386,6 +387,12 @@ impl Outbound {
             .into_iter()
             .flatten()
             .fold(self.next_beat, |a, b| a.min(b))
+    }
+}
+
+impl Drop for Outbound {
+    fn drop(&mut self) {
+        self.node.alarms.clear(self.alarm, self.rx.outbox());
     }
 }
 
