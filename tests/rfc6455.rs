@@ -280,6 +280,40 @@ async fn pings_are_answered_in_order_with_their_payloads() {
     bench.finish().await;
 }
 
+/// Frames a client writes together with its handshake, before the server's answer,
+/// are served in order after it: hyper has read them with the request, and the
+/// connection reads them first.
+#[tokio::test]
+async fn frames_sent_with_the_handshake_are_read_first() {
+    let mut bench = Bench::new(settings()).await;
+    let tcp = tokio::net::TcpStream::connect(bench.run.addr)
+        .await
+        .unwrap();
+    let mut early = whole(PING, b"early");
+    early.extend(whole(
+        TEXT,
+        br#"{"op":"subscribe","id":5,"symbols":["AAPL"]}"#,
+    ));
+    let mut raw = Raw::upgrade_then(tcp, bench.run.addr, "/v1/ws", "", &early).await;
+    let mut pong = None;
+    let mut subscribed = false;
+    while pong.is_none() || !subscribed {
+        let (op, payload) = raw.next_frame().await.expect("answers to the early frames");
+        match op {
+            PONG => pong = Some(payload),
+            TEXT => {
+                let text = String::from_utf8(payload).unwrap();
+                subscribed |= text.contains(r#""type":"subscribed""#) && text.contains(r#""id":5"#);
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(pong.unwrap(), b"early");
+    drop(raw);
+    bench.watcher_served().await;
+    bench.finish().await;
+}
+
 /// `text` as a message in fragments of `size` bytes, `empties` empty ones at its end.
 fn fragmented(text: &[u8], size: usize, empties: usize) -> Vec<u8> {
     let parts: Vec<&[u8]> = text.chunks(size).collect();

@@ -1,28 +1,112 @@
 //! The WebSocket upgrade both socket endpoints (`/v1/ws`, `/v1/publish`) go through:
 //! the handshake, the `Origin` check, and the task that serves the connection.
 
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
+use futures_util::future::Either;
+use futures_util::FutureExt;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tracing::Instrument;
 
 use super::door::{ClientAddr, Hold};
 use super::reply::{text, Body};
+use super::socket::Conn;
 use crate::metrics::Refused;
 use crate::node::Node;
 
 /// An upgraded connection's stream, as handed to the code that serves it: the
 /// WebSocket frames on it are read and written by [`frames`](super::frames).
-pub type Upgraded = hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>;
+///
+/// A plain TCP connection is taken back from hyper whole ([`Stream::Plain`]): served
+/// in place, it costs no allocation of its own and no dynamic call per read or write
+/// (hyper keeps an upgraded stream boxed behind a trait object). A TLS one stays
+/// hyper's.
+pub enum Stream {
+    /// A plain connection.
+    Plain(Conn),
+    /// A plain connection whose client sent bytes past its handshake before the
+    /// answer, which hyper had read already: they are read first.
+    Rewound(Box<(Bytes, Conn)>),
+    /// Any other stream (TLS), as hyper hands it over.
+    Hyper(TokioIo<hyper::upgrade::Upgraded>),
+}
+
+impl Stream {
+    fn new(upgraded: hyper::upgrade::Upgraded) -> Stream {
+        match upgraded.downcast::<TokioIo<Conn>>() {
+            Ok(parts) if parts.read_buf.is_empty() => Stream::Plain(parts.io.into_inner()),
+            Ok(parts) => Stream::Rewound(Box::new((parts.read_buf, parts.io.into_inner()))),
+            Err(upgraded) => Stream::Hyper(TokioIo::new(upgraded)),
+        }
+    }
+
+    /// The stream to write to.
+    fn writer(&mut self) -> Pin<&mut (dyn AsyncWrite + Unpin + Send)> {
+        match self {
+            Stream::Plain(c) => Pin::new(c),
+            Stream::Rewound(r) => Pin::new(&mut r.1),
+            Stream::Hyper(h) => Pin::new(h),
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(c) => Pin::new(c).poll_read(cx, buf),
+            Stream::Rewound(r) => {
+                let (pre, conn) = &mut **r;
+                if pre.is_empty() {
+                    return Pin::new(conn).poll_read(cx, buf);
+                }
+                let n = pre.len().min(buf.remaining());
+                buf.put_slice(&pre[..n]);
+                pre.advance(n);
+                Poll::Ready(Ok(()))
+            }
+            Stream::Hyper(h) => Pin::new(h).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(c) => Pin::new(c).poll_write(cx, buf),
+            other => other.writer().poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().writer().poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().writer().poll_shutdown(cx)
+    }
+}
 
 /// Answers a WebSocket upgrade request and, once the client has switched, runs `serve`
 /// on the connection as a task the node waits for at shutdown.
 pub fn upgrade<F, Fut>(node: Arc<Node>, req: &mut Request<Incoming>, serve: F) -> Response<Body>
 where
-    F: FnOnce(Arc<Node>, Upgraded) -> Fut + Send + 'static,
+    F: FnOnce(Arc<Node>, Stream) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     if !fastwebsockets::upgrade::is_upgrade_request(req) {
@@ -54,16 +138,19 @@ where
         None => tracing::debug_span!("conn"),
     };
     let tasks = node.tasks.clone();
-    let conn = async move {
-        let _held = hold;
-        // The handshake's `WebSocket` is gone before the connection is served: a value
-        // held across the await would take room in every connection's task.
-        let io = match fut.await {
-            Ok(ws) => ws.into_inner(),
-            Err(e) => return tracing::debug!(error = %e, "upgrade failed"),
-        };
-        serve(node, io).await
-    };
+    // A combinator, not an `async` block: the upgrade's state and the serving future
+    // then share the task's memory instead of lying side by side in it.
+    let conn = fut.then(move |upgraded| match upgraded {
+        // The door's place is dropped with the serving future.
+        Ok(ws) => {
+            let io = Stream::new(ws.into_inner().into_inner());
+            Either::Left(serve(node, io).map(move |()| drop(hold)))
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            Either::Right(std::future::ready(()))
+        }
+    });
     // Without debug logging the span is disabled: the task then carries no span at all.
     if span.is_disabled() {
         tasks.spawn(conn);

@@ -67,12 +67,26 @@ impl Raw {
     }
 
     /// Upgrades `tcp` with `extra` header lines (each ending in `\r\n`).
-    pub async fn upgrade(mut tcp: TcpStream, addr: SocketAddr, path: &str, extra: &str) -> Raw {
+    pub async fn upgrade(tcp: TcpStream, addr: SocketAddr, path: &str, extra: &str) -> Raw {
+        Raw::upgrade_then(tcp, addr, path, extra, &[]).await
+    }
+
+    /// Upgrades `tcp` as [`Raw::upgrade`], writing `early` in the same write as the
+    /// request, before its answer.
+    pub async fn upgrade_then(
+        mut tcp: TcpStream,
+        addr: SocketAddr,
+        path: &str,
+        extra: &str,
+        early: &[u8],
+    ) -> Raw {
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
         );
-        tcp.write_all(req.as_bytes()).await.unwrap();
+        let mut bytes = req.into_bytes();
+        bytes.extend_from_slice(early);
+        tcp.write_all(&bytes).await.unwrap();
         let mut raw = Raw {
             tcp,
             buf: Vec::new(),
