@@ -80,7 +80,7 @@ enum Refused {
 /// [`Outbox`], which both sides hold already.
 #[derive(Debug)]
 pub struct Life {
-    start: Instant,
+    /// Milliseconds from [`epoch`] to when the client was last heard from.
     last_heard_ms: AtomicU64,
     closing: Mutex<Option<(CloseCode, &'static str)>>,
 }
@@ -89,21 +89,19 @@ impl Life {
     /// Heard from just now.
     pub fn new() -> Life {
         Life {
-            start: Instant::now(),
-            last_heard_ms: AtomicU64::new(0),
+            last_heard_ms: AtomicU64::new(since_epoch()),
             closing: Mutex::new(None),
         }
     }
 
     /// The client showed a sign of life.
     pub fn heard(&self) {
-        let ms = self.start.elapsed().as_millis() as u64;
-        self.last_heard_ms.store(ms, Ordering::Relaxed);
+        self.last_heard_ms.store(since_epoch(), Ordering::Relaxed);
     }
 
     pub fn last_heard(&self) -> tokio::time::Instant {
         let ms = self.last_heard_ms.load(Ordering::Relaxed);
-        tokio::time::Instant::from_std(self.start + Duration::from_millis(ms))
+        tokio::time::Instant::from_std(epoch() + Duration::from_millis(ms))
     }
 
     /// Asks the outbound side to send what is queued, then close with `code`; the
@@ -118,6 +116,18 @@ impl Life {
     }
 }
 
+/// The process's one clock origin for [`Life`]: each session keeps 8 bytes of time,
+/// not an `Instant` of its own.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Milliseconds since [`epoch`].
+fn since_epoch() -> u64 {
+    epoch().elapsed().as_millis() as u64
+}
+
 impl Default for Life {
     fn default() -> Self {
         Life::new()
@@ -127,7 +137,8 @@ impl Default for Life {
 /// The sending side of one session's outbound queue, shared with the hub.
 pub struct Outbox {
     id: u64,
-    capacity: usize,
+    /// Most messages queued (a `u32`: an idle session's every byte counts).
+    capacity: u32,
     policy: SlowPolicy,
     queue: Mutex<Queue>,
     /// Wakes the writer: the queue went from empty to non-empty, it overflowed, or the
@@ -239,7 +250,7 @@ impl Outbox {
     ) -> (Arc<Outbox>, Receiver) {
         let outbox = Arc::new(Outbox {
             id,
-            capacity: capacity.max(1),
+            capacity: capacity.clamp(1, u32::MAX as usize) as u32,
             policy,
             queue: Mutex::new(Queue::default()),
             ready: Ready::default(),
@@ -283,7 +294,7 @@ impl Outbox {
         if behind.is_some_and(|b| b.load(Ordering::Acquire) != 0) {
             return Err(Refused::Behind);
         }
-        if q.items.len() >= self.capacity {
+        if q.items.len() >= self.capacity as usize {
             return Err(Refused::Full);
         }
         if behind.is_some() && self.budget.refuses(q.bytes) {
@@ -691,7 +702,7 @@ impl Receiver {
     /// how many.
     pub fn take(&mut self, into: &mut Vec<Bytes>, max: usize) -> usize {
         let mut q = self.outbox.queue.lock();
-        let was_full = q.items.len() >= self.outbox.capacity;
+        let was_full = q.items.len() >= self.outbox.capacity as usize;
         let n = q.items.len().min(max);
         let from = into.len();
         into.extend(q.items.drain(..n));
@@ -759,7 +770,9 @@ impl Drop for Receiver {
         q.items = VecDeque::new();
         let held = std::mem::take(&mut q.bytes);
         drop(q);
-        self.outbox.budget.sub(held);
+        // The frame its writer was writing, if the connection ended mid-write.
+        let writing = self.outbox.in_flight.swap(0, Ordering::Relaxed);
+        self.outbox.budget.sub(held + writing);
         self.outbox.budget.leave(self.outbox.id);
         self.outbox.room.notify_waiters();
     }

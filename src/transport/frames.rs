@@ -86,10 +86,12 @@ pub struct Reassembler {
     op: Option<OpCode>,
     /// Text only: `partial[..checked]` is whole characters of valid UTF-8.
     checked: usize,
-    /// Frames of the message being assembled, and how many of them were empty.
-    frames: usize,
-    empties: usize,
+    /// Frames of the message being assembled, and how many of them were empty (`u32`s,
+    /// as the limits are: a connection holds its reassembler all its life).
+    frames: u32,
+    empties: u32,
     /// Bytes handed to the UTF-8 check so far (what the check costs, for the tests).
+    #[cfg(test)]
     utf8_work: usize,
 }
 
@@ -104,6 +106,7 @@ impl Reassembler {
             checked: 0,
             frames: 0,
             empties: 0,
+            #[cfg(test)]
             utf8_work: 0,
         }
     }
@@ -171,13 +174,13 @@ impl Reassembler {
             self.partial.clear();
             (self.checked, self.frames, self.empties) = (0, 0, 0);
         }
-        self.frames += 1;
-        if self.frames > self.fragments.most {
+        self.frames = self.frames.saturating_add(1);
+        if self.frames as usize > self.fragments.most {
             return Err((CloseCode::Policy, "message in too many fragments"));
         }
         if len == 0 {
-            self.empties += 1;
-            if self.empties > self.fragments.empty {
+            self.empties = self.empties.saturating_add(1);
+            if self.empties as usize > self.fragments.empty {
                 return Err((CloseCode::Policy, "too many empty fragments"));
             }
         }
@@ -187,7 +190,7 @@ impl Reassembler {
     /// Frames the message being assembled may still come in.
     #[inline]
     fn frames_left(&self) -> usize {
-        self.fragments.most.saturating_sub(self.frames)
+        self.fragments.most.saturating_sub(self.frames as usize)
     }
 
     /// Counts a middle fragment (a continuation that is not the last) of `len` bytes,
@@ -207,7 +210,10 @@ impl Reassembler {
     /// An incomplete character at the end is checked again with the next fragment.
     fn check_text(&mut self, fin: bool) -> Result<(), Refusal> {
         let new = &self.partial[self.checked..];
-        self.utf8_work += new.len();
+        #[cfg(test)]
+        {
+            self.utf8_work += new.len();
+        }
         if new.is_ascii() {
             // Nothing incomplete before it (that would not be ASCII): all whole.
             self.checked = self.partial.len();
@@ -598,13 +604,14 @@ impl FrameReader {
             // The plain frames of a storm, up to the first that a check could stop.
             let room = Room {
                 frames: whole.frames_left().min(budget.free()),
-                empties: whole.fragments.empty.saturating_sub(whole.empties),
+                empties: whole.fragments.empty.saturating_sub(whole.empties as usize),
                 bytes: whole.max.saturating_sub(whole.partial.len() + end - start),
             };
             let plain = self.plain(room, &mut end);
-            whole.frames += plain.frames;
-            whole.empties += plain.empties;
-            budget.owed += u32::try_from(plain.frames).expect("fewer frames than the group");
+            let frames = u32::try_from(plain.frames).expect("fewer frames than the group");
+            whole.frames = whole.frames.saturating_add(frames);
+            whole.empties = whole.empties.saturating_add(plain.empties as u32);
+            budget.owed += frames;
             taken += plain.frames;
             // The next frame, whatever it is, with every check.
             let Some((at, len, key)) = self.held_middle() else {

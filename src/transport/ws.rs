@@ -10,6 +10,7 @@
 //! client's Pings. Limits, deadlines and catching up are the session's. A panic in the
 //! connection's code ends that connection alone, with 1011.
 
+use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -32,8 +33,6 @@ use super::reply::{text, Body};
 use super::request::query_param;
 use super::socket::Reset;
 use crate::auth::Claims;
-use crate::config::Settings;
-use crate::hub::Outbox;
 use crate::node::Node;
 use crate::protocol::{binary, CloseCode, Encoding};
 use crate::session::{Flow, Inbound, Out, Outbound, Session, Transport};
@@ -66,90 +65,102 @@ pub fn upgrade(
 /// past its deadline, or not reading what is written) has its connection reset through
 /// `reset`. A panic in the connection's code is contained here: it is counted, and the
 /// connection alone closes with 1011.
-pub async fn serve<S>(
+///
+/// (This and the functions it calls return `async` blocks rather than being `async fn`s:
+/// an `async fn` keeps its arguments twice in its future, as given and as moved in,
+/// and every byte of this future is held by every open connection.)
+#[allow(clippy::manual_async_fn)] // see the last paragraph above
+pub fn serve<S>(
     node: Arc<Node>,
-    io: S,
+    mut io: S,
     claims: Option<Box<Claims>>,
     encoding: Encoding,
     reset: Reset,
-) where
+) -> impl Future<Output = ()> + Send
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let metrics = crate::metrics::global();
-    metrics.ws_connections.fetch_add(1, Ordering::Relaxed);
-    node.connections.fetch_add(1, Ordering::Relaxed);
-    let mut io = io;
-    // Set while a frame is half written: no other frame may follow it then.
-    let mid_frame = AtomicBool::new(false);
-    let run = drive(&node, claims, encoding, &mut io, &mid_frame);
-    let wrote = match AssertUnwindSafe(run).catch_unwind().await {
-        Ok(wrote) => wrote,
-        Err(panic) => {
-            Box::pin(contain(&node, panic, &mut io, &mid_frame)).await;
-            Wrote::Closed
+    async move {
+        crate::metrics::global()
+            .ws_connections
+            .fetch_add(1, Ordering::Relaxed);
+        node.connections.fetch_add(1, Ordering::Relaxed);
+        // Set while a frame is half written: no other frame may follow it then.
+        let mid_frame = AtomicBool::new(false);
+        let run = drive(&node, claims, encoding, &mut io, &mid_frame);
+        let wrote = match AssertUnwindSafe(run).catch_unwind().await {
+            Ok(wrote) => wrote,
+            Err(panic) => {
+                Box::pin(contain(&node, panic, &mut io, &mid_frame)).await;
+                Wrote::Closed
+            }
+        };
+        if wrote == Wrote::GaveUp {
+            reset.ask();
         }
-    };
-    if wrote == Wrote::GaveUp {
-        reset.ask();
+        crate::metrics::global()
+            .ws_connections
+            .fetch_sub(1, Ordering::Relaxed);
+        node.connections.fetch_sub(1, Ordering::Relaxed);
     }
-    metrics.ws_connections.fetch_sub(1, Ordering::Relaxed);
-    node.connections.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// Serves the connection with a session of its own until it ends; says how the writer
 /// ended. The reader and the writer are one state machine each, polled together in
 /// the connection's one task: an idle connection holds what they need between two
 /// events and nothing more (no second task, no split of the stream, no future per
-/// wait). (The session is made here rather than passed in: an async function's
-/// arguments take room in its future of their own.)
-async fn drive<S>(
-    node: &Arc<Node>,
+/// wait).
+// Not an `async fn`: see `serve`.
+#[allow(clippy::manual_async_fn)]
+fn drive<'a, S>(
+    node: &'a Arc<Node>,
     claims: Option<Box<Claims>>,
     encoding: Encoding,
-    io: &mut S,
-    mid_frame: &AtomicBool,
-) -> Wrote
+    io: &'a mut S,
+    mid_frame: &'a AtomicBool,
+) -> impl Future<Output = Wrote> + use<'a, S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut session, mut out) =
-        Session::with_encoding(node.clone(), claims, Transport::WebSocket, encoding);
-    let cfg = &node.settings;
-    let timeout = cfg.send_timeout;
-    let mut w = Writer::new(out.outbox().clone(), mid_frame);
-    let mut frames = FrameReader::new(cfg.max_msg_bytes);
-    let ended = read_loop(io, &mut frames, &mut session, &mut out, &mut w, cfg).await;
-    match ended {
-        Ok(Flow::Continue) => {
-            // The client went away: the writer stops at its next turn.
-            w.reader_done = true;
-            // Boxed, as below: an open connection's task should not carry the room
-            // its ending takes.
-            Box::pin(async {
-                let writing = poll_fn(|cx| w.poll(cx, io, &mut out));
-                let wrote = tokio::time::timeout(timeout, writing).await;
-                session.finish().await;
-                wrote.unwrap_or(Wrote::GaveUp)
-            })
-            .await
-        }
-        Err(Wrote::GaveUp) => {
-            session.finish().await;
-            Wrote::GaveUp
-        }
-        // The server closes: a lingering close, so that the code reaches the client.
-        ended => {
-            let writing = ended.is_ok();
-            let linger = cfg.close_linger;
-            let side = Side {
-                w: &mut w,
-                out: &mut out,
-                io,
-            };
-            Box::pin(close_lingering(
-                side, writing, frames, session, timeout, linger,
-            ))
-            .await
+    async move {
+        let (mut session, mut out) =
+            Session::with_encoding(node.clone(), claims, Transport::WebSocket, encoding);
+        let mut w = Writer::new(mid_frame);
+        let mut frames = FrameReader::new(node.settings.max_msg_bytes);
+        let ended = read_loop(io, &mut frames, &mut session, &mut out, &mut w, node).await;
+        let timeout = node.settings.send_timeout;
+        match ended {
+            Ok(Flow::Continue) => {
+                // The client went away: the writer stops at its next turn.
+                w.reader_done = true;
+                // Boxed, as below: an open connection's task should not carry the room
+                // its ending takes.
+                Box::pin(async {
+                    let writing = poll_fn(|cx| w.poll(cx, io, &mut out));
+                    let wrote = tokio::time::timeout(timeout, writing).await;
+                    session.finish().await;
+                    wrote.unwrap_or(Wrote::GaveUp)
+                })
+                .await
+            }
+            Err(Wrote::GaveUp) => {
+                Box::pin(session.finish()).await;
+                Wrote::GaveUp
+            }
+            // The server closes: a lingering close, so that the code reaches the client.
+            ended => {
+                let writing = ended.is_ok();
+                let linger = node.settings.close_linger;
+                let side = Side {
+                    w: &mut w,
+                    out: &mut out,
+                    io,
+                };
+                Box::pin(close_lingering(
+                    side, writing, frames, session, timeout, linger,
+                ))
+                .await
+            }
         }
     }
 }
@@ -231,88 +242,101 @@ where
 /// ([`FrameReader::take_fragments`]), with the same charges and checks. A command is
 /// handled while the writer goes on (its replies may wait for room in the queue); the
 /// next frame is read once it is done.
-async fn read_loop<S>(
-    io: &mut S,
-    frames: &mut FrameReader,
-    session: &mut Session,
-    out: &mut Outbound,
-    w: &mut Writer<'_>,
-    cfg: &Settings,
-) -> Result<Flow, Wrote>
+// Not an `async fn`: see `serve`.
+#[allow(clippy::manual_async_fn)]
+fn read_loop<'a, 'w, S>(
+    io: &'a mut S,
+    frames: &'a mut FrameReader,
+    session: &'a mut Session,
+    out: &'a mut Outbound,
+    w: &'a mut Writer<'w>,
+    node: &'a Node,
+) -> impl Future<Output = Result<Flow, Wrote>> + use<'a, 'w, S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut whole = Reassembler::new(cfg.max_msg_bytes, Fragments::of(cfg));
-    let mut budget = FrameBudget::subscriber(cfg);
-    loop {
-        if frames.arrived() {
-            session.heard();
-        }
-        // The middle fragments already held, in one go; what stops the run is read next.
-        if let Err((code, reason)) = frames.take_fragments(&mut whole, &mut budget) {
-            return Ok(session.close(code, reason));
-        }
-        // The writer first: a Pong it sends makes room for the reader's next.
-        let got = poll_fn(|cx| {
-            if let Poll::Ready(wrote) = w.poll(cx, io, out) {
-                return Poll::Ready(Err(wrote));
+    async move {
+        let cfg = &node.settings;
+        let mut whole = Reassembler::new(cfg.max_msg_bytes, Fragments::of(cfg));
+        let mut budget = FrameBudget::subscriber(cfg);
+        loop {
+            if frames.arrived() {
+                session.heard();
             }
-            if w.pongs.len() >= MAX_OWED_PONGS {
-                // The writer is blocked in a write, and wakes the task when it moves.
-                return Poll::Pending;
+            // The middle fragments already held, in one go; what stops the run is read next.
+            if let Err((code, reason)) = frames.take_fragments(&mut whole, &mut budget) {
+                return Ok(session.close(code, reason));
             }
-            frames.poll_frame(cx, io).map(Ok)
-        })
-        .await?;
-        let frame = match got.and_then(|()| frames.take_frame()) {
-            Ok(frame) => frame,
-            Err(ReadError::Refused((code, reason))) => return Ok(session.close(code, reason)),
-            Err(ReadError::Gone) => return Ok(Flow::Continue),
-        };
-        if budget.charge(frame.opcode).is_err() {
-            return Ok(session.close(CloseCode::Policy, "frame rate limit exceeded"));
-        }
-        let msg = match whole.push(frame) {
-            Ok(Some(m)) => m,
-            Ok(None) => continue,
-            Err((code, reason)) => return Ok(session.close(code, reason)),
-        };
-        let side = Side {
-            w: &mut *w,
-            out: &mut *out,
-            io: &mut *io,
-        };
-        let flow = match msg {
-            Message::Close => return Ok(session.close(CloseCode::Normal, "")),
-            Message::Ping(p) => {
-                side.w.pongs.push(p.to_vec());
-                continue;
+            // The writer first: a Pong it sends makes room for the reader's next.
+            let got = poll_fn(|cx| {
+                if let Poll::Ready(wrote) = w.poll(cx, io, out) {
+                    return Poll::Ready(Err(wrote));
+                }
+                if w.pongs_owed() >= MAX_OWED_PONGS {
+                    // The writer is blocked in a write, and wakes the task when it moves.
+                    return Poll::Pending;
+                }
+                frames.poll_frame(cx, io).map(Ok)
+            })
+            .await?;
+            let frame = match got.and_then(|()| frames.take_frame()) {
+                Ok(frame) => frame,
+                Err(ReadError::Refused((code, reason))) => return Ok(session.close(code, reason)),
+                Err(ReadError::Gone) => return Ok(Flow::Continue),
+            };
+            if budget.charge(frame.opcode).is_err() {
+                return Ok(session.close(CloseCode::Policy, "frame rate limit exceeded"));
             }
-            Message::Pong => continue,
-            Message::Text(mut text) => {
-                Box::pin(receive(session, Inbound::Text(text.to_mut()), side)).await?
+            let msg = match whole.push(frame) {
+                Ok(Some(m)) => m,
+                Ok(None) => continue,
+                Err((code, reason)) => return Ok(session.close(code, reason)),
+            };
+            let flow = match msg {
+                Message::Close => return Ok(session.close(CloseCode::Normal, "")),
+                Message::Ping(p) => {
+                    w.owe_pong(p.to_vec());
+                    continue;
+                }
+                Message::Pong => continue,
+                // Boxed, with the message moved in: a command is handled now and then,
+                // and an idle connection's task should not carry the room its handling
+                // takes.
+                msg => {
+                    let side = Side {
+                        w: &mut *w,
+                        out: &mut *out,
+                        io: &mut *io,
+                    };
+                    Box::pin(receive(&mut *session, msg, side)).await?
+                }
+            };
+            if flow != Flow::Continue {
+                return Ok(flow);
             }
-            Message::Binary(_) => Box::pin(receive(session, Inbound::Binary, side)).await?,
-        };
-        if flow != Flow::Continue {
-            return Ok(flow);
         }
     }
 }
 
-/// Hands one message to the session while the writer goes on; `Err` when the writer
-/// ended first (the message's handling is dropped with the connection).
+/// Hands one message (text or binary) to the session while the writer goes on; `Err`
+/// when the writer ended first (the message's handling is dropped with the connection).
 async fn receive<S>(
     session: &mut Session,
-    msg: Inbound<'_>,
+    msg: Message<'_>,
     side: Side<'_, '_, S>,
 ) -> Result<Flow, Wrote>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let Side { w, out, io } = side;
-    // Pinned in place: the caller boxes this future (a command is handled now and then,
-    // and an idle connection's task should not carry the room its handling takes).
+    let mut text = match msg {
+        Message::Text(text) => Some(text),
+        _ => None,
+    };
+    let msg = match &mut text {
+        Some(text) => Inbound::Text(text.to_mut()),
+        None => Inbound::Binary,
+    };
     let handling = session.receive(msg);
     tokio::pin!(handling);
     poll_fn(|cx| {
@@ -352,48 +376,54 @@ enum Then {
 /// up when it takes longer than the send timeout, the session is evicted or the client
 /// falls silent ([`Outbound::give_up`]).
 struct Writer<'a> {
-    /// The session's queue, whose frames count against the node's budget.
-    outbox: Arc<Outbox>,
     mid_frame: &'a AtomicBool,
     /// The frame being written: `buf[at..]` is what is left of it.
     buf: Vec<u8>,
     at: usize,
-    /// Where the batch's next run starts, in the outbound side's messages (0: none).
-    run: usize,
     /// The payload's length and newest tick's `ts` (0: none), counted once the frame is
     /// written (a length of 0: not a frame of messages).
     payload: usize,
     newest: u64,
-    /// When the write in hand is given up, and the timer of its looks (made the first
-    /// time a write blocks).
-    give_up_at: tokio::time::Instant,
-    look: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// The Pongs the reader owes the client, in order: an idle connection owes none.
-    pongs: Vec<Vec<u8>>,
+    /// Set while the frame in hand is blocked in its write (made the first time a
+    /// write blocks, dropped once idle).
+    blocked: Option<Pin<Box<Blocked>>>,
+    /// The Pongs the reader owes the client, in order (boxed: an idle connection owes
+    /// none).
+    #[allow(clippy::box_collection)] // 8 bytes in every connection, where a VecDeque takes 32
+    pongs: Option<Box<VecDeque<Vec<u8>>>>,
+    /// Where the batch's next run starts, in the outbound side's messages (0: none).
+    run: u32,
     then: Then,
     /// A frame is in hand (written or not yet).
     in_frame: bool,
     /// The frame in hand is counted against the node's budget (its whole buffer).
     counted: bool,
-    /// The look's timer is set for the frame in hand.
+    /// `blocked` is set for the frame in hand.
     armed: bool,
     /// The reader stopped: once the owed Pongs are sent, the writer stops too.
     reader_done: bool,
 }
 
+pin_project_lite::pin_project! {
+    /// A write blocked: when it is given up, and the timer of its looks.
+    struct Blocked {
+        give_up_at: tokio::time::Instant,
+        #[pin]
+        look: tokio::time::Sleep,
+    }
+}
+
 impl<'a> Writer<'a> {
-    fn new(outbox: Arc<Outbox>, mid_frame: &'a AtomicBool) -> Writer<'a> {
+    fn new(mid_frame: &'a AtomicBool) -> Writer<'a> {
         Writer {
-            outbox,
             mid_frame,
             buf: Vec::new(),
             at: 0,
             run: 0,
             payload: 0,
             newest: 0,
-            give_up_at: tokio::time::Instant::now(),
-            look: None,
-            pongs: Vec::new(),
+            blocked: None,
+            pongs: None,
             then: Then::More,
             in_frame: false,
             counted: false,
@@ -419,24 +449,23 @@ impl<'a> Writer<'a> {
                         Poll::Pending => return self.blocked(cx, out),
                     }
                 }
-                self.written();
+                self.written(out);
                 if let Then::End(wrote) = self.then {
                     return Poll::Ready(wrote);
                 }
             }
             // A Pong owed goes first, then the rest of a batch, then what the session says.
-            if !self.pongs.is_empty() {
-                let p = self.pongs.remove(0);
-                self.begin(frames::control(OpCode::Pong, &p), Then::More, out);
+            if let Some(p) = self.next_pong() {
+                self.begin(frames::control(OpCode::Pong, &p), Then::More);
                 continue;
             }
             if self.reader_done {
                 return Poll::Ready(Wrote::Closed);
             }
             if self.run > 0 {
-                if self.run < out.batch().len() {
-                    let timeout = out.send_timeout();
-                    self.run += self.messages(&out.batch()[self.run..], timeout);
+                let run = self.run as usize;
+                if run < out.batch().len() {
+                    self.run += self.messages(&out.batch()[run..], out);
                     continue;
                 }
                 self.run = 0;
@@ -446,14 +475,13 @@ impl<'a> Writer<'a> {
                 Poll::Pending => {
                     // Idle: no frame buffer and no timer kept.
                     self.buf = Vec::new();
-                    self.look = None;
+                    self.blocked = None;
                     return Poll::Pending;
                 }
             };
-            let timeout = out.send_timeout();
             match out.out(next) {
-                Out::Messages(msgs) => self.run = self.messages(msgs, timeout),
-                Out::Heartbeat => self.begin(frames::control(OpCode::Ping, &[]), Then::More, out),
+                Out::Messages(msgs) => self.run = self.messages(msgs, out),
+                Out::Heartbeat => self.begin(frames::control(OpCode::Ping, &[]), Then::More),
                 Out::Close(code, reason) => {
                     crate::metrics::global().disconnected(code.code());
                     let close = frames::close(code, reason);
@@ -462,33 +490,52 @@ impl<'a> Writer<'a> {
                         let _ = Pin::new(&mut *io).poll_write(cx, &close);
                         return Poll::Ready(Wrote::GaveUp);
                     }
-                    self.begin(close, Then::End(Wrote::Closed), out);
+                    self.begin(close, Then::End(Wrote::Closed));
                 }
             }
         }
     }
 
-    /// Takes `frame` in hand, followed by `then`.
-    fn begin(&mut self, frame: Vec<u8>, then: Then, out: &Outbound) {
-        self.buf = frame;
-        self.start(0, then, out.send_timeout());
+    /// A Pong is owed for a Ping of payload `p`.
+    fn owe_pong(&mut self, p: Vec<u8>) {
+        self.pongs.get_or_insert_with(Default::default).push_back(p);
     }
 
-    fn start(&mut self, at: usize, then: Then, timeout: Duration) {
+    /// How many Pongs are owed.
+    fn pongs_owed(&self) -> usize {
+        self.pongs.as_ref().map_or(0, |p| p.len())
+    }
+
+    /// The next Pong's payload, if one is owed.
+    fn next_pong(&mut self) -> Option<Vec<u8>> {
+        let pongs = self.pongs.as_mut()?;
+        let p = pongs.pop_front();
+        if pongs.is_empty() {
+            self.pongs = None;
+        }
+        p
+    }
+
+    /// Takes `frame` in hand, followed by `then`.
+    fn begin(&mut self, frame: Vec<u8>, then: Then) {
+        self.buf = frame;
+        self.start(0, then);
+    }
+
+    fn start(&mut self, at: usize, then: Then) {
         self.at = at;
         self.then = then;
         self.in_frame = true;
         self.armed = false;
-        self.give_up_at = tokio::time::Instant::now() + timeout;
         self.mid_frame.store(true, Ordering::Relaxed);
     }
 
     /// The frame in hand is all written.
-    fn written(&mut self) {
+    fn written(&mut self, out: &Outbound) {
         self.in_frame = false;
         self.mid_frame.store(false, Ordering::Relaxed);
         if std::mem::take(&mut self.counted) {
-            self.outbox.write_ends(self.buf.len() as u64);
+            out.outbox().write_ends(self.buf.len() as u64);
         }
         if self.payload > 0 {
             let newest = (self.newest != 0).then_some(self.newest);
@@ -501,29 +548,41 @@ impl<'a> Writer<'a> {
     }
 
     /// A write blocked: `Pending` until it may go on, or given up ([`Outbound::give_up`], the
-    /// timeout). One timer for the timeout and the watch's looks.
+    /// send timeout, counted from the first time the frame's write blocked). One timer
+    /// for the timeout and the watch's looks.
     fn blocked(&mut self, cx: &mut Context<'_>, out: &Outbound) -> Poll<Wrote> {
-        let at = out.next_look().min(self.give_up_at);
-        let look = self
-            .look
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        let give_up_at = tokio::time::Instant::now() + out.send_timeout();
+        let at = out.next_look().min(give_up_at);
+        let blocked = self.blocked.get_or_insert_with(|| {
+            Box::pin(Blocked {
+                give_up_at,
+                look: tokio::time::sleep_until(at),
+            })
+        });
         if !self.armed {
-            look.as_mut().reset(at);
+            let b = blocked.as_mut().project();
+            *b.give_up_at = give_up_at;
+            b.look.reset(at);
             self.armed = true;
         }
-        while look.as_mut().poll(cx).is_ready() {
-            if out.give_up() || tokio::time::Instant::now() >= self.give_up_at {
+        loop {
+            let b = blocked.as_mut().project();
+            if b.look.poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let b = blocked.as_mut().project();
+            if out.give_up() || tokio::time::Instant::now() >= *b.give_up_at {
                 return Poll::Ready(Wrote::GaveUp);
             }
-            look.as_mut().reset(out.next_look().min(self.give_up_at));
+            let next = out.next_look().min(*b.give_up_at);
+            b.look.reset(next);
         }
-        Poll::Pending
     }
 
     /// Takes the first run of `msgs` in hand as one frame: binary records (only a binary
     /// session has them) or JSON messages, in queue order (a JSON session has one run).
     /// Returns how many messages it holds.
-    fn messages(&mut self, msgs: &[Bytes], timeout: Duration) -> usize {
+    fn messages(&mut self, msgs: &[Bytes], out: &Outbound) -> u32 {
         let records = binary::is_record(&msgs[0]);
         let n = msgs
             .iter()
@@ -548,19 +607,11 @@ impl<'a> Writer<'a> {
         };
         self.payload = buf.len() - HEAD_ROOM;
         let at = buf.len() - frames::seal(&mut buf, op).len();
-        self.outbox.write_begins(buf.len() as u64);
+        out.outbox().write_begins(buf.len() as u64);
         self.counted = true;
         self.buf = buf;
-        self.start(at, Then::More, timeout);
-        n
-    }
-}
-
-impl Drop for Writer<'_> {
-    fn drop(&mut self) {
-        if self.counted {
-            self.outbox.write_ends(self.buf.len() as u64);
-        }
+        self.start(at, Then::More);
+        n as u32
     }
 }
 
@@ -610,6 +661,8 @@ mod tests {
         let (io, _peer) = tokio::io::duplex(64);
         let task = serve(node, io, None, Encoding::Json, Reset::default());
         let size = std::mem::size_of_val(&task);
-        assert!(size <= 1024, "the connection future is {size} bytes");
+        // 720 over a pipe today; with the task's header and trailer, the upgrade's state
+        // and the tracker's handle, the task is one 896-byte allocation over TCP.
+        assert!(size <= 768, "the connection future is {size} bytes");
     }
 }
