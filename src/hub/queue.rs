@@ -519,9 +519,16 @@ impl Outbox {
     }
 
     /// The frame of `n` bytes counted by [`Outbox::write_begins`] is written or given up.
+    /// A frame already returned to the budget when the receiver was dropped is not
+    /// returned twice.
     pub fn write_ends(&self, n: u64) {
-        self.in_flight.fetch_sub(n, Ordering::Relaxed);
-        self.budget.sub(n);
+        let was = self
+            .in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(n))
+            })
+            .unwrap_or_else(|v| v);
+        self.budget.sub(was.min(n));
     }
 
     /// What the session holds now against the budget: queued and being written.
@@ -840,6 +847,30 @@ mod tests {
         };
         assert!(hub.subscribe("AAPL", &outbox, &behind, &start));
         (hub, budget, outbox, rx, behind)
+    }
+
+    /// A frame whose writing never finished (the connection ended mid-write) is given
+    /// back to the budget with the queue when the receiver goes, and only once, whether
+    /// the writer's own count ends before or after.
+    #[test]
+    fn a_frame_cut_off_mid_write_is_given_back_once() {
+        for writer_last in [false, true] {
+            let budget = Budget::new(1 << 20, 0, SlowPolicy::Conflate);
+            let (outbox, rx) = Outbox::in_budget(7, 64, SlowPolicy::Conflate, budget.clone());
+            let base = budget.held();
+            outbox.write_begins(1000);
+            assert_eq!(budget.held(), base + 1000);
+            if writer_last {
+                drop(rx);
+                assert_eq!(budget.held(), base, "given back with the queue");
+                outbox.write_ends(1000);
+            } else {
+                outbox.write_ends(1000);
+                drop(rx);
+            }
+            assert_eq!(budget.held(), base, "given back once");
+            assert_eq!(outbox.held(), 0);
+        }
     }
 
     /// Over the node's bound, a session holding at least the floor queues none of its
