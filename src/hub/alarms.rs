@@ -94,11 +94,13 @@ impl Alarms {
     }
 
     /// How many alarms are set.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.set.lock().len()
     }
 
     /// Whether no alarm is set.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -170,18 +170,22 @@ impl Budget {
     }
 
     /// Wakes the writer of every session counted, to look at its session again (the
-    /// node began to drain or to shut down). A writer waits on its own queue and timer
-    /// only, with no future per node-wide event kept in every idle connection.
+    /// node began to drain or to shut down). A writer waits on its own queue's wake
+    /// only (its deadlines ring through it too), with no future per node-wide event
+    /// kept in every idle connection.
     pub fn wake_all(&self) {
-        let members: Vec<Arc<dyn Member>> = self
-            .members
+        for m in self.live_members() {
+            m.wake();
+        }
+    }
+
+    /// The sessions counted that are still there, taken out of the lock.
+    fn live_members(&self) -> Vec<Arc<dyn Member>> {
+        self.members
             .lock()
             .values()
             .filter_map(Weak::upgrade)
-            .collect();
-        for m in members {
-            m.wake();
-        }
+            .collect()
     }
 
     /// Keeps the count under the bound until `stop`: whenever it passes the bound,
@@ -254,13 +258,8 @@ impl Budget {
 
     /// The sessions holding at least the floor, with what they hold, most first.
     fn largest(&self) -> Vec<(u64, Arc<dyn Member>)> {
-        let all: Vec<Arc<dyn Member>> = self
-            .members
-            .lock()
-            .values()
-            .filter_map(Weak::upgrade)
-            .collect();
-        let mut v: Vec<(u64, Arc<dyn Member>)> = all
+        let mut v: Vec<(u64, Arc<dyn Member>)> = self
+            .live_members()
             .into_iter()
             .map(|o| (o.held(), o))
             .filter(|(h, _)| *h >= self.floor.max(1))

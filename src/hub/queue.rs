@@ -308,13 +308,21 @@ impl Outbox {
         Ok(was_empty)
     }
 
-    /// Queues the session's first message (its `welcome`) in its new, empty queue.
-    pub fn first(&self, msg: Bytes) {
+    /// Queues `msg` (for a subscription when `behind` is given), counts it against the
+    /// budget, and wakes the writer if the queue was empty.
+    fn queue(&self, msg: Bytes, behind: Option<&Behind>) -> Result<(), Refused> {
         let n = cost(&msg);
-        if self.enqueue(msg, None).is_ok() {
-            self.budget.add(n);
+        let was_empty = self.enqueue(msg, behind)?;
+        self.budget.add(n);
+        if was_empty {
             self.ready.notify();
         }
+        Ok(())
+    }
+
+    /// Queues the session's first message (its `welcome`) in its new, empty queue.
+    pub fn first(&self, msg: Bytes) {
+        let _ = self.queue(msg, None);
     }
 
     /// Queues a message of the session's own (replies, errors), waiting for room.
@@ -326,15 +334,8 @@ impl Outbox {
             tokio::pin!(room);
             room.as_mut().enable();
             if let Some(m) = msg.take() {
-                let n = cost(&m);
-                match self.enqueue(m.clone(), None) {
-                    Ok(was_empty) => {
-                        self.budget.add(n);
-                        if was_empty {
-                            self.ready.notify();
-                        }
-                        return true;
-                    }
+                match self.queue(m.clone(), None) {
+                    Ok(()) => return true,
                     Err(Refused::Full) => msg = Some(m),
                     Err(_) => return false,
                 }
@@ -354,15 +355,8 @@ impl Outbox {
         msg: Bytes,
         missed: u64,
     ) -> bool {
-        let n = cost(&msg);
-        match self.enqueue(msg, Some(behind)) {
-            Ok(was_empty) => {
-                self.budget.add(n);
-                if was_empty {
-                    self.ready.notify();
-                }
-                true
-            }
+        match self.queue(msg, Some(behind)) {
+            Ok(()) => true,
             Err(why) => self.refused(why, slot, behind, missed),
         }
     }
@@ -756,15 +750,16 @@ impl Receiver {
         self.outbox.queue.lock().items.is_empty()
     }
 
-    /// Resolves once the writer has something to look at: a message queued, an
-    /// overflow, or [`Outbox::wake_writer`]. It may resolve with nothing new (the
-    /// caller looks and waits again). Cancel-safe: dropping it loses nothing.
+    /// [`Receiver::poll_woken`] as a future, for the tests.
+    #[cfg(test)]
     pub async fn woken(&self) {
         std::future::poll_fn(|cx| self.poll_woken(cx)).await
     }
 
-    /// [`Receiver::woken`] as a poll, for a writer that is a state machine of its own:
-    /// `Ready` once there is something to look at, else the task is woken when there is.
+    /// `Ready` once the writer has something to look at — a message queued, an
+    /// overflow, or [`Outbox::wake_writer`] — else the task is woken when it has. It may
+    /// be `Ready` with nothing new (the caller looks and waits again); a wake with no
+    /// writer waiting is kept for its next look.
     pub fn poll_woken(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
         self.outbox.ready.poll(cx)
     }

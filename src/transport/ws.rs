@@ -329,15 +329,12 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let Side { w, out, io } = side;
-    let mut text = match msg {
-        Message::Text(text) => Some(text),
-        _ => None,
+    let mut msg = msg;
+    let inbound = match &mut msg {
+        Message::Text(text) => Inbound::Text(text.to_mut()),
+        _ => Inbound::Binary,
     };
-    let msg = match &mut text {
-        Some(text) => Inbound::Text(text.to_mut()),
-        None => Inbound::Binary,
-    };
-    let handling = session.receive(msg);
+    let handling = session.receive(inbound);
     tokio::pin!(handling);
     poll_fn(|cx| {
         if let Poll::Ready(flow) = handling.as_mut().poll(cx) {
@@ -551,20 +548,26 @@ impl<'a> Writer<'a> {
     /// send timeout, counted from the first time the frame's write blocked). One timer
     /// for the timeout and the watch's looks.
     fn blocked(&mut self, cx: &mut Context<'_>, out: &Outbound) -> Poll<Wrote> {
-        let give_up_at = tokio::time::Instant::now() + out.send_timeout();
-        let at = out.next_look().min(give_up_at);
-        let blocked = self.blocked.get_or_insert_with(|| {
-            Box::pin(Blocked {
-                give_up_at,
-                look: tokio::time::sleep_until(at),
-            })
-        });
         if !self.armed {
-            let b = blocked.as_mut().project();
-            *b.give_up_at = give_up_at;
-            b.look.reset(at);
+            // The frame's first block: its deadline, and the timer (kept while busy).
+            let give_up_at = tokio::time::Instant::now() + out.send_timeout();
+            let at = out.next_look().min(give_up_at);
+            match self.blocked.as_mut() {
+                Some(blocked) => {
+                    let b = blocked.as_mut().project();
+                    *b.give_up_at = give_up_at;
+                    b.look.reset(at);
+                }
+                None => {
+                    self.blocked = Some(Box::pin(Blocked {
+                        give_up_at,
+                        look: tokio::time::sleep_until(at),
+                    }))
+                }
+            }
             self.armed = true;
         }
+        let blocked = self.blocked.as_mut().expect("armed above");
         loop {
             let b = blocked.as_mut().project();
             if b.look.poll(cx).is_pending() {
